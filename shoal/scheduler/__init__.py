@@ -1,0 +1,6 @@
+"""Pure placement: a snapshot of free slots and ready tasks in, a plan out."""
+
+from shoal.scheduler.plan import plan
+from shoal.scheduler.snapshot import JobView, NodeView, Placement, PoolSnapshot, TaskView
+
+__all__ = ["plan", "JobView", "NodeView", "Placement", "PoolSnapshot", "TaskView"]

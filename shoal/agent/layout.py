@@ -1,0 +1,235 @@
+"""The node folder layout and the environment a task's process sees (semantics §4).
+
+Everything lives under one root directory, ``AZ_BATCH_NODE_ROOT_DIR``::
+
+    <root>/applications/  fsmounts/  shared/  startup/  volatile/  workitems/
+    <root>/startup/{stdout.txt,stderr.txt,wd/}                       the start task
+    <root>/workitems/<jobId>/job-1/<taskId>/{stdout.txt,stderr.txt,wd/}   a task
+
+Pure path arithmetic plus two functions that build a process environment; nothing here
+starts a process.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pwd
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+NODE_SUBDIRS = ("applications", "fsmounts", "shared", "startup", "volatile", "workitems")
+STDOUT_FILE = "stdout.txt"
+STDERR_FILE = "stderr.txt"
+WORKING_DIR = "wd"
+CERTIFICATES_SUBDIR = "certs"
+# "job-1" is a literal path segment in Batch (a work-item counter whose meaning is undocumented).
+JOB_SEGMENT = "job-1"
+# The disk-full threshold Batch exposes to every task; Shoal does not enforce it yet.
+RESERVED_EPHEMERAL_DISK_SPACE_BYTES = 1_000_000_000
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_LANG = "C.UTF-8"
+
+# Batch ids are letters, digits, hyphens and underscores; anything else could escape the tree.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class UnsafeIdError(ValueError):
+    """A job or task id that cannot be used as a path segment."""
+
+
+def _check_id(kind: str, value: str) -> str:
+    if not _SAFE_ID.match(value):
+        raise UnsafeIdError(f"{kind} id {value!r} is not a valid Batch id")
+    return value
+
+
+@dataclass(frozen=True)
+class TaskPaths:
+    """The directory of one task (or of the start task) and the files in it."""
+
+    task_dir: Path
+
+    @property
+    def working_dir(self) -> Path:
+        return self.task_dir / WORKING_DIR
+
+    @property
+    def stdout(self) -> Path:
+        return self.task_dir / STDOUT_FILE
+
+    @property
+    def stderr(self) -> Path:
+        return self.task_dir / STDERR_FILE
+
+    @property
+    def certificates_dir(self) -> Path:
+        return self.task_dir / CERTIFICATES_SUBDIR
+
+    def create(self) -> None:
+        # One makedirs creates the task dir and its wd together.
+        os.makedirs(self.working_dir, exist_ok=True)
+
+
+@dataclass(frozen=True)
+class NodeLayout:
+    """Paths of a node root (``AZ_BATCH_NODE_ROOT_DIR``)."""
+
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | os.PathLike[str]) -> NodeLayout:
+        return cls(Path(root).absolute())
+
+    @property
+    def applications(self) -> Path:
+        return self.root / "applications"
+
+    @property
+    def fsmounts(self) -> Path:
+        return self.root / "fsmounts"
+
+    @property
+    def shared(self) -> Path:
+        return self.root / "shared"
+
+    @property
+    def startup(self) -> Path:
+        return self.root / "startup"
+
+    @property
+    def volatile(self) -> Path:
+        return self.root / "volatile"
+
+    @property
+    def workitems(self) -> Path:
+        return self.root / "workitems"
+
+    def create(self) -> None:
+        for name in NODE_SUBDIRS:
+            os.makedirs(self.root / name, exist_ok=True)
+
+    def start_task(self) -> TaskPaths:
+        return TaskPaths(self.startup)
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.workitems / _check_id("job", job_id)
+
+    def task(self, job_id: str, task_id: str) -> TaskPaths:
+        return TaskPaths(self.job_dir(job_id) / JOB_SEGMENT / _check_id("task", task_id))
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    """What the control plane told the agent about its node in the hello response."""
+
+    account_name: str
+    account_url: str
+    pool_id: str
+    node_id: str
+    is_dedicated: bool
+
+
+def base_environment(user: pwd.struct_passwd | None = None) -> dict[str, str]:
+    """The minimal environment a task starts from: the agent's own environment is not inherited."""
+    if user is None:
+        return dict(_own_base_environment())
+    return _base_environment(user)
+
+
+@functools.lru_cache(maxsize=1)
+def _own_base_environment() -> dict[str, str]:
+    # Computed once per agent process: it is the same for every task run as the agent's user.
+    return _base_environment(None)
+
+
+def _base_environment(user: pwd.struct_passwd | None) -> dict[str, str]:
+    if user is None:
+        home = os.environ.get("HOME") or _home_of_current_user()
+        name = os.environ.get("USER") or _name_of_current_user()
+    else:
+        home, name = user.pw_dir, user.pw_name
+    env = {
+        "PATH": os.environ.get("PATH") or DEFAULT_PATH,
+        "HOME": home,
+        "USER": name,
+        "LOGNAME": name,
+        "LANG": os.environ.get("LANG") or DEFAULT_LANG,
+    }
+    tz = os.environ.get("TZ")
+    if tz:
+        env["TZ"] = tz
+    return env
+
+
+def _home_of_current_user() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        return "/"
+
+
+def _name_of_current_user() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+def settings_to_dict(settings: Mapping[str, str] | Iterable[Mapping[str, str]] | None) -> dict[str, str]:
+    """Accept both ``{name: value}`` and Batch's ``[{"name", "value"}]`` environment settings."""
+    if not settings:
+        return {}
+    if isinstance(settings, Mapping):
+        return {str(k): "" if v is None else str(v) for k, v in settings.items()}
+    return {str(s["name"]): str(s.get("value") or "") for s in settings}
+
+
+def _common_batch_vars(layout: NodeLayout, node: NodeIdentity, paths: TaskPaths) -> dict[str, str]:
+    return {
+        "AZ_BATCH_ACCOUNT_NAME": node.account_name,
+        "AZ_BATCH_ACCOUNT_URL": node.account_url,
+        "AZ_BATCH_POOL_ID": node.pool_id,
+        "AZ_BATCH_NODE_ID": node.node_id,
+        "AZ_BATCH_NODE_IS_DEDICATED": "true" if node.is_dedicated else "false",
+        "AZ_BATCH_NODE_ROOT_DIR": str(layout.root),
+        "AZ_BATCH_NODE_SHARED_DIR": str(layout.shared),
+        "AZ_BATCH_NODE_STARTUP_DIR": str(layout.startup),
+        "AZ_BATCH_NODE_MOUNTS_DIR": str(layout.fsmounts),
+        "AZ_BATCH_TASK_DIR": str(paths.task_dir),
+        "AZ_BATCH_TASK_WORKING_DIR": str(paths.working_dir),
+        "AZ_BATCH_CERTIFICATES_DIR": str(paths.certificates_dir),
+        "AZ_BATCH_TASK_RESERVED_EPHEMERAL_DISK_SPACE_BYTES": str(RESERVED_EPHEMERAL_DISK_SPACE_BYTES),
+    }
+
+
+def start_task_environment(
+    layout: NodeLayout,
+    node: NodeIdentity,
+    user_settings: Mapping[str, str] | None = None,
+    user: pwd.struct_passwd | None = None,
+) -> dict[str, str]:
+    """Environment of the start task: base, then user settings, then AZ_BATCH_* (which win)."""
+    env = base_environment(user)
+    env.update(user_settings or {})
+    env.update(_common_batch_vars(layout, node, layout.start_task()))
+    return env
+
+
+def task_environment(
+    layout: NodeLayout,
+    node: NodeIdentity,
+    job_id: str,
+    task_id: str,
+    user_settings: Mapping[str, str] | None = None,
+    user: pwd.struct_passwd | None = None,
+) -> dict[str, str]:
+    """Environment of a job task: as the start task's plus AZ_BATCH_JOB_ID and AZ_BATCH_TASK_ID."""
+    env = base_environment(user)
+    env.update(user_settings or {})
+    env.update(_common_batch_vars(layout, node, layout.task(job_id, task_id)))
+    env["AZ_BATCH_JOB_ID"] = job_id
+    env["AZ_BATCH_TASK_ID"] = task_id
+    return env

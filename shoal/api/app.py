@@ -1,0 +1,89 @@
+"""The Starlette application: one wrapper authenticates, checks the api-version and maps errors;
+the route modules only translate between HTTP and `shoal.service`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from shoal.api import sharedkey
+from shoal.api.http import error_response, new_request_id
+from shoal.config import API_VERSIONS
+from shoal.errors import BadRequest, BatchError
+from shoal.service.context import Context
+
+if TYPE_CHECKING:
+    from shoal.api.agent import AgentHub
+
+log = logging.getLogger("shoal.api")
+Handler = Callable[[Request, Context], Awaitable[Response]]
+
+
+class Api:
+    """Holds what the routes share: the service context per request and the account keys."""
+
+    def __init__(self, ctx: Context, keys: dict[str, tuple[str, str]]) -> None:
+        self.ctx = ctx
+        self.keys = keys
+
+    def context_for(self, request: Request) -> Context:
+        from shoal.api.http import base_url
+
+        ctx = self.ctx
+        url = base_url(request)
+        if ctx.base_url == url:
+            return ctx
+        return Context(engine=ctx.engine, account=ctx.account, signals=ctx.signals, base_url=url)
+
+    def batch(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        """Wrap a Batch REST handler: Shared Key, api-version, error body."""
+
+        async def endpoint(request: Request) -> Response:
+            request.state.request_id = new_request_id()
+            try:
+                self._authenticate(request)
+                version = request.query_params.get("api-version")
+                if version is None:
+                    raise BadRequest("The api-version query parameter is required.",
+                                     code="MissingRequiredQueryParameter",
+                                     values={"QueryParameterName": "api-version"})
+                if version not in API_VERSIONS:
+                    raise BadRequest("The specified api-version is not supported.",
+                                     code="InvalidApiVersion" if version else "MissingRequiredQueryParameter",
+                                     values={"QueryParameterName": "api-version", "QueryParameterValue": version})
+                return await handler(request, self.context_for(request))
+            except BatchError as error:
+                return error_response(request, error)
+            except Exception:  # noqa: BLE001 - the client gets a Batch error, the log gets the trace
+                log.exception("unhandled error in %s %s", request.method, request.url.path)
+                return error_response(request, BatchError("An internal error occurred.", code="InternalError"))
+
+        return endpoint
+
+    def _authenticate(self, request: Request) -> None:
+        raw_path = request.scope.get("raw_path") or request.url.path.encode()
+        path = raw_path.decode("latin-1").split("?", 1)[0]
+        query = parse_qsl(request.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        sharedkey.verify(request.method, path, query, request.headers, self._keys_for)
+
+    def _keys_for(self, account: str) -> tuple[str, ...] | None:
+        pair = self.keys.get(account)
+        return pair if pair else None
+
+
+def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float) -> Starlette:
+    from shoal.api import agent, files, jobs, nodes, pools, tasks
+
+    routes: list[Route] = []
+    for module in (pools, nodes, jobs, tasks, files):
+        for path, methods, handler in module.ROUTES:
+            routes.append(Route(path, api.batch(handler), methods=methods))
+    routes.extend(agent.routes(api, agent_hub, poll_timeout_s))
+    return Starlette(routes=routes)

@@ -1,0 +1,84 @@
+"""Job routes: /jobs, /jobs/{id}, the job actions and /taskcounts."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shoal.api import listing
+from shoal.api.http import check_conditions, empty_response, has_conditions, read_json
+from shoal.service import jobs as job_service
+from shoal.service.context import Context
+
+
+async def create_job(request: Request, ctx: Context) -> Response:
+    body, _size = await read_json(request)
+    job_service.create(ctx, body)
+    etag, modified = job_service.etag_of(ctx, body["id"])
+    return empty_response(request, 201, etag=etag, last_modified=modified,
+                          location=f"{ctx.base_url}/jobs/{body['id']}")
+
+
+async def list_jobs(request: Request, ctx: Context) -> Response:
+    return listing.respond(request, job_service.list_all(ctx), "jobs")
+
+
+async def get_job(request: Request, ctx: Context) -> Response:
+    job_id = request.path_params["job_id"]
+    job = job_service.get(ctx, job_id)
+    etag, modified = job_service.etag_of(ctx, job_id)
+    if has_conditions(request):
+        check_conditions(request, etag, modified)
+    return listing.single(request, job, "jobs/@Element", modified)
+
+
+def _guard(request: Request, ctx: Context, job_id: str) -> None:
+    if has_conditions(request):
+        etag, modified = job_service.etag_of(ctx, job_id)
+        check_conditions(request, etag, modified)
+
+
+def _action(action, status: int, *, body: str = "required"):  # type: ignore[no-untyped-def]
+    async def handler(request: Request, ctx: Context) -> Response:
+        job_id = request.path_params["job_id"]
+        payload = None
+        if body != "none":
+            payload, _size = await read_json(request, optional=body == "optional")
+        _guard(request, ctx, job_id)
+        if body == "none":
+            action(ctx, job_id)
+        else:
+            action(ctx, job_id, payload)
+        etag, modified = job_service.etag_of(ctx, job_id)
+        return empty_response(request, status, etag=etag, last_modified=modified,
+                              location=f"{ctx.base_url}/jobs/{job_id}")
+
+    return handler
+
+
+async def delete_job(request: Request, ctx: Context) -> Response:
+    job_id = request.path_params["job_id"]
+    _guard(request, ctx, job_id)
+    job_service.delete_job(ctx, job_id)
+    return empty_response(request, 202)
+
+
+async def task_counts(request: Request, ctx: Context) -> Response:
+    from shoal.api.http import json_response
+
+    return json_response(request, job_service.task_counts(ctx, request.path_params["job_id"]),
+                         odata_type="taskcountsresult/@Element")
+
+
+ROUTES = [
+    ("/jobs", ["POST"], create_job),
+    ("/jobs", ["GET"], list_jobs),
+    ("/jobs/{job_id}", ["GET"], get_job),
+    ("/jobs/{job_id}", ["PATCH"], _action(job_service.patch, 200)),
+    ("/jobs/{job_id}", ["PUT"], _action(job_service.replace, 200)),
+    ("/jobs/{job_id}", ["DELETE"], delete_job),
+    ("/jobs/{job_id}/disable", ["POST"], _action(job_service.disable, 202)),
+    ("/jobs/{job_id}/enable", ["POST"], _action(job_service.enable, 202, body="none")),
+    ("/jobs/{job_id}/terminate", ["POST"], _action(job_service.terminate, 202, body="optional")),
+    ("/jobs/{job_id}/taskcounts", ["GET"], task_counts),
+]

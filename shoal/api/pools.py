@@ -1,0 +1,95 @@
+"""Pool routes: /pools, /pools/{id} and the pool actions, plus /nodecounts and /supportedimages."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shoal.api import listing
+from shoal.api.http import check_conditions, empty_response, has_conditions, read_json
+from shoal.model import catalog
+from shoal.service import nodes as node_service
+from shoal.service import pools as pool_service
+from shoal.service.context import Context
+
+POOL_TYPE = "pools/@Element"
+
+
+async def create_pool(request: Request, ctx: Context) -> Response:
+    body, _size = await read_json(request)
+    pool_service.create(ctx, body)
+    etag, modified = pool_service.etag_of(ctx, body["id"])
+    return empty_response(request, 201, etag=etag, last_modified=modified,
+                          location=f"{ctx.base_url}/pools/{body['id']}")
+
+
+async def list_pools(request: Request, ctx: Context) -> Response:
+    return listing.respond(request, pool_service.list_all(ctx), "pools")
+
+
+async def get_pool(request: Request, ctx: Context) -> Response:
+    pool_id = request.path_params["pool_id"]
+    pool = pool_service.get(ctx, pool_id)
+    if has_conditions(request):
+        check_conditions(request, pool["eTag"], _modified(ctx, pool_id))
+    if request.method == "HEAD":
+        return empty_response(request, 200, etag=pool["eTag"], last_modified=_modified(ctx, pool_id))
+    return listing.single(request, pool, POOL_TYPE, _modified(ctx, pool_id))
+
+
+def _modified(ctx: Context, pool_id: str):  # type: ignore[no-untyped-def]
+    return pool_service.etag_of(ctx, pool_id)[1]
+
+
+async def _guarded(request: Request, ctx: Context, pool_id: str) -> None:
+    if has_conditions(request):
+        etag, modified = pool_service.etag_of(ctx, pool_id)
+        check_conditions(request, etag, modified)
+
+
+def _write_action(action, status: int, *, needs_body: bool = True):  # type: ignore[no-untyped-def]
+    async def handler(request: Request, ctx: Context) -> Response:
+        pool_id = request.path_params["pool_id"]
+        body = None
+        if needs_body:
+            body, _size = await read_json(request)
+        await _guarded(request, ctx, pool_id)
+        if needs_body:
+            action(ctx, pool_id, body)
+        else:
+            action(ctx, pool_id)
+        etag, modified = pool_service.etag_of(ctx, pool_id)
+        return empty_response(request, status, etag=etag, last_modified=modified,
+                              location=f"{ctx.base_url}/pools/{pool_id}")
+
+    return handler
+
+
+async def delete_pool(request: Request, ctx: Context) -> Response:
+    pool_id = request.path_params["pool_id"]
+    await _guarded(request, ctx, pool_id)
+    pool_service.delete(ctx, pool_id)
+    return empty_response(request, 202)
+
+
+async def node_counts(request: Request, ctx: Context) -> Response:
+    return listing.respond(request, node_service.node_counts(ctx), "poolnodecounts")
+
+
+async def supported_images(request: Request, ctx: Context) -> Response:
+    return listing.respond(request, catalog.supported_images(), "supportedimages")
+
+
+ROUTES = [
+    ("/pools", ["POST"], create_pool),
+    ("/pools", ["GET"], list_pools),
+    ("/pools/{pool_id}", ["GET", "HEAD"], get_pool),
+    ("/pools/{pool_id}", ["PATCH"], _write_action(pool_service.patch, 200)),
+    ("/pools/{pool_id}", ["DELETE"], delete_pool),
+    ("/pools/{pool_id}/updateproperties", ["POST"], _write_action(pool_service.update_properties, 204)),
+    ("/pools/{pool_id}/resize", ["POST"], _write_action(pool_service.resize, 202)),
+    ("/pools/{pool_id}/stopresize", ["POST"], _write_action(pool_service.stop_resize, 202, needs_body=False)),
+    ("/pools/{pool_id}/removenodes", ["POST"], _write_action(pool_service.remove_nodes, 202)),
+    ("/nodecounts", ["GET"], node_counts),
+    ("/supportedimages", ["GET"], supported_images),
+]

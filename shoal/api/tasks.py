@@ -1,0 +1,108 @@
+"""Task routes: /jobs/{job_id}/tasks, addtaskcollection and the task actions."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shoal.api import listing
+from shoal.api.http import (
+    check_conditions,
+    decode_token,
+    empty_response,
+    has_conditions,
+    json_response,
+    max_results,
+    read_json,
+)
+from shoal.api.remote_files import delete_remote_tree
+from shoal.service import tasks as task_service
+from shoal.service.context import Context
+
+
+async def create_task(request: Request, ctx: Context) -> Response:
+    job_id = request.path_params["job_id"]
+    body, _size = await read_json(request)
+    created = task_service.create(ctx, job_id, body)
+    return empty_response(request, 201, etag=created["etag"], last_modified=created["last_modified"],
+                          location=f"{ctx.base_url}/jobs/{job_id}/tasks/{created['id']}")
+
+
+async def add_collection(request: Request, ctx: Context) -> Response:
+    body, size = await read_json(request)
+    results = task_service.create_collection(ctx, request.path_params["job_id"], body, size)
+    return json_response(request, {"value": results}, odata_type="taskaddresult")
+
+
+async def list_tasks(request: Request, ctx: Context) -> Response:
+    predicate = listing.compile_filter(request)
+    fields = listing.select_fields(request)
+    page, continuation = task_service.list_page(
+        ctx, request.path_params["job_id"], after_seq=decode_token(request), limit=max_results(request),
+        predicate=predicate)
+    return listing.page_response(request, page, "tasks", fields, continuation)
+
+
+def _ids(request: Request) -> tuple[str, str]:
+    return request.path_params["job_id"], request.path_params["task_id"]
+
+
+def _guard(request: Request, ctx: Context) -> None:
+    if has_conditions(request):
+        etag, modified = task_service.etag_of(ctx, *_ids(request))
+        check_conditions(request, etag, modified)
+
+
+async def get_task(request: Request, ctx: Context) -> Response:
+    task = task_service.get(ctx, *_ids(request))
+    _etag, modified = task_service.etag_of(ctx, *_ids(request))
+    _guard(request, ctx)
+    return listing.single(request, task, "tasks/@Element", modified)
+
+
+async def update_task(request: Request, ctx: Context) -> Response:
+    body, _size = await read_json(request)
+    _guard(request, ctx)
+    task_service.update_constraints(ctx, *_ids(request), body)
+    etag, modified = task_service.etag_of(ctx, *_ids(request))
+    return empty_response(request, 200, etag=etag, last_modified=modified)
+
+
+async def delete_task(request: Request, ctx: Context) -> Response:
+    _guard(request, ctx)
+    file_server, directory = task_service.delete_task(ctx, *_ids(request))
+    if file_server and directory:
+        await delete_remote_tree(ctx, file_server, directory)
+    return empty_response(request, 200)
+
+
+async def terminate_task(request: Request, ctx: Context) -> Response:
+    _guard(request, ctx)
+    task_service.terminate(ctx, *_ids(request))
+    etag, modified = task_service.etag_of(ctx, *_ids(request))
+    return empty_response(request, 204, etag=etag, last_modified=modified)
+
+
+async def reactivate_task(request: Request, ctx: Context) -> Response:
+    _guard(request, ctx)
+    task_service.reactivate(ctx, *_ids(request))
+    etag, modified = task_service.etag_of(ctx, *_ids(request))
+    return empty_response(request, 204, etag=etag, last_modified=modified)
+
+
+async def subtasks(request: Request, ctx: Context) -> Response:
+    task_service.get(ctx, *_ids(request))
+    return json_response(request, {"value": []}, odata_type="subtaskinformations")
+
+
+ROUTES = [
+    ("/jobs/{job_id}/tasks", ["POST"], create_task),
+    ("/jobs/{job_id}/tasks", ["GET"], list_tasks),
+    ("/jobs/{job_id}/addtaskcollection", ["POST"], add_collection),
+    ("/jobs/{job_id}/tasks/{task_id}", ["GET"], get_task),
+    ("/jobs/{job_id}/tasks/{task_id}", ["PUT"], update_task),
+    ("/jobs/{job_id}/tasks/{task_id}", ["DELETE"], delete_task),
+    ("/jobs/{job_id}/tasks/{task_id}/terminate", ["POST"], terminate_task),
+    ("/jobs/{job_id}/tasks/{task_id}/reactivate", ["POST"], reactivate_task),
+    ("/jobs/{job_id}/tasks/{task_id}/subtasksinfo", ["GET"], subtasks),
+]

@@ -1,0 +1,204 @@
+"""Sample histories of the service-defined metrics and the sample methods.
+
+A history is two parallel lists (timestamps as integer ticks, values as
+floats), oldest first, so that windows are found by bisection and returned as
+list slices without a Python object per sample.
+
+Time rules (semantics.md §1.7, §7.5):
+- A sample is visible to a formula once `now - visibility_lag` has reached its
+  timestamp; later samples do not exist as far as the formula can tell.
+- A timeinterval argument `d` means the instant `now - d`; a timestamp
+  argument is absolute.  A window is the half-open range (older, newer], so
+  a 10-minute window on a 30 s cadence holds at most 20 samples.
+- Expected samples in a window = window length // sample period; the
+  percentage of available samples is capped at 100.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Sequence
+from datetime import datetime
+
+from .errors import (
+    ARGUMENTS,
+    INSUFFICIENT,
+    INSUFFICIENT_SAMPLE_DATA,
+    INVALID_VALUE,
+    TYPE_MISMATCH,
+    FormulaError,
+    evaluation_error,
+)
+from .types import TimeInterval, Timestamp, datetime_to_ticks, type_name
+
+# Metrics that hold a sample history (read-only service-defined variables,
+# semantics.md §1.6).  Legacy names read the history of the current name.
+METRIC_ALIASES = {"$CurrentDedicated": "$CurrentDedicatedNodes"}
+METRICS = frozenset(
+    {
+        "$CPUPercent",
+        "$WallClockSeconds",
+        "$MemoryBytes",
+        "$DiskBytes",
+        "$DiskReadBytes",
+        "$DiskWriteBytes",
+        "$DiskReadOps",
+        "$DiskWriteOps",
+        "$NetworkInBytes",
+        "$NetworkOutBytes",
+        "$SampleNodeCount",
+        "$ActiveTasks",
+        "$RunningTasks",
+        "$PendingTasks",
+        "$SucceededTasks",
+        "$FailedTasks",
+        "$TaskSlotsPerNode",
+        "$CurrentDedicatedNodes",
+        "$CurrentLowPriorityNodes",
+        "$UsableNodeCount",
+        "$PreemptedNodeCount",
+    }
+)
+READ_ONLY_VARIABLES = METRICS | frozenset(METRIC_ALIASES)
+
+SAMPLE_METHODS = frozenset({"GetSample", "GetSamplePercent", "GetSamplePeriod", "Count", "HistoryBeginTime"})
+
+
+class SampleHistory:
+    """The recorded samples of one metric, oldest first."""
+
+    __slots__ = ("ticks", "values")
+
+    def __init__(self, ticks: list[int], values: list[float]) -> None:
+        self.ticks = ticks
+        self.values = values
+
+    @classmethod
+    def from_pairs(cls, pairs: Sequence[tuple[datetime, float]]) -> SampleHistory:
+        ticks = [datetime_to_ticks(moment) for moment, _ in pairs]
+        values = [float(value) for _, value in pairs]
+        if any(later < earlier for earlier, later in zip(ticks, ticks[1:], strict=False)):
+            order = sorted(range(len(ticks)), key=ticks.__getitem__)
+            ticks = [ticks[i] for i in order]
+            values = [values[i] for i in order]
+        return cls(ticks, values)
+
+
+EMPTY_HISTORY = SampleHistory([], [])
+
+
+class MetricView:
+    """One metric's history as seen by one evaluation (fixed now, lag, period)."""
+
+    __slots__ = ("name", "history", "now", "visible", "period")
+
+    def __init__(self, name: str, history: SampleHistory, now: int, lag: int, period: int) -> None:
+        self.name = name
+        self.history = history
+        self.now = now
+        self.period = period
+        # Index one past the newest visible sample.
+        self.visible = bisect_right(history.ticks, now - lag)
+
+    # -- the sample methods ---------------------------------------------------
+    def call(self, method: str, args: list, position: int) -> object:
+        if method == "GetSample":
+            return self._get_sample(args, position)
+        if method == "GetSamplePercent":
+            if len(args) not in (1, 2):
+                raise _arity(method, "1 or 2", position)
+            low, high = self._window(args[0], args[1] if len(args) == 2 else None, position)
+            return self._percent(low, high)[0]
+        if args:
+            raise _arity(method, "no", position)
+        if method == "GetSamplePeriod":
+            return TimeInterval(self.period)
+        if method == "Count":
+            return float(self.visible)
+        if method == "HistoryBeginTime":
+            if not self.visible:
+                raise evaluation_error(f"{self.name} has no samples yet", position, INVALID_VALUE)
+            return Timestamp(self.history.ticks[0])
+        raise evaluation_error(f"{self.name} has no method {method}()", position, ARGUMENTS)
+
+    def latest(self, position: int) -> float:
+        """The newest visible sample, for a metric read as a plain scalar."""
+        if not self.visible:
+            raise evaluation_error(f"{self.name} has no value yet", position, INVALID_VALUE)
+        return self.history.values[self.visible - 1]
+
+    def _get_sample(self, args: list, position: int) -> list:
+        if not 1 <= len(args) <= 3:
+            raise _arity("GetSample", "1 to 3", position)
+        first = args[0]
+        if type(first) is float and len(args) == 1:
+            # GetSample(n): the n newest samples, however old.
+            if not first >= 0:  # also refuses NaN
+                raise evaluation_error("GetSample count must be >= 0", position, INVALID_VALUE)
+            count = min(int(first), self.visible)
+            return self.history.values[self.visible - count:self.visible]
+        end = None
+        percent = None
+        if len(args) == 3:
+            end, percent = args[1], args[2]
+        elif len(args) == 2:
+            if type(args[1]) is float:
+                percent = args[1]
+            else:
+                end = args[1]
+        low, high = self._window(first, end, position)
+        if percent is not None:
+            if type(percent) is not float:
+                raise _type("samplePercent", percent, position)
+            if not 0 <= percent <= 100:
+                raise evaluation_error("samplePercent must be between 0 and 100", position, INVALID_VALUE)
+            received, _, _ = self._percent(low, high)
+            if received < percent:
+                raise FormulaError(
+                    INSUFFICIENT_SAMPLE_DATA,
+                    f"Insufficient data from data set: {self.name} wanted {_pct(percent)}%, received {_pct(received)}%",
+                    position,
+                    reason=INSUFFICIENT,
+                )
+        start, stop = self._indices(low, high)
+        return self.history.values[start:stop]
+
+    # -- windows --------------------------------------------------------------
+    def _instant(self, value: object, position: int) -> int:
+        kind = type(value)
+        if kind is TimeInterval:
+            return self.now - value.ticks  # type: ignore[attr-defined]
+        if kind is Timestamp:
+            return value.ticks  # type: ignore[attr-defined]
+        raise _type("time argument", value, position)
+
+    def _window(self, start: object, end: object | None, position: int) -> tuple[int, int]:
+        first = self._instant(start, position)
+        second = self.now if end is None else self._instant(end, position)
+        return (first, second) if first <= second else (second, first)
+
+    def _indices(self, low: int, high: int) -> tuple[int, int]:
+        ticks = self.history.ticks
+        stop = min(bisect_right(ticks, high), self.visible)
+        start = min(bisect_right(ticks, low), stop)
+        return start, stop
+
+    def _percent(self, low: int, high: int) -> tuple[float, int, int]:
+        start, stop = self._indices(low, high)
+        available = stop - start
+        expected = (high - low) // self.period if self.period > 0 else 0
+        if expected <= 0:
+            return 100.0, available, expected
+        return min(100.0, available * 100.0 / expected), available, expected
+
+
+def _pct(value: float) -> str:
+    return str(int(value)) if value == int(value) else f"{value:.1f}"
+
+
+def _arity(method: str, expected: str, position: int) -> FormulaError:
+    return evaluation_error(f"{method}() takes {expected} arguments", position, ARGUMENTS)
+
+
+def _type(what: str, value: object, position: int) -> FormulaError:
+    return evaluation_error(f"{what} cannot be a {type_name(value)}", position, TYPE_MISMATCH)

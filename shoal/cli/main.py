@@ -1,0 +1,203 @@
+"""`shoal`: start the service, run an agent, and look at pools, jobs and tasks."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from shoal.config import Settings, default_data_dir
+from shoal.errors import BatchError
+
+console = Console()
+data_dir_option = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+                               help="Shoal's data directory (default: $SHOAL_DATA_DIR or a per-user folder).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+@click.group()
+@click.version_option(package_name="shoal")
+def main() -> None:
+    """Shoal: a self-hosted batch service that speaks the Azure Batch API."""
+
+
+def _serve(host: str, port: int, data_dir: Path | None, database: str | None, local_provider: bool) -> None:
+    from shoal import server
+
+    settings = Settings(data_dir=data_dir or default_data_dir(), host=host, port=port, database_url=database)
+
+    def ready(plane: Any) -> None:
+        name, (key, _) = server.DEFAULT_ACCOUNT, plane.keys
+        click.echo(f"Shoal is up.\n  endpoint: {plane.endpoint}\n  account:  {name}\n"
+                   f"  key:      {key}\n  data:     {settings.data_dir}")
+        sys.stdout.flush()
+
+    server.run(settings, local_provider=local_provider, on_ready=ready)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8580, show_default=True, type=int, help="0 picks a free port.")
+@data_dir_option
+@click.option("--database", default=None, help="postgresql://… (default: SQLite in the data dir)")
+def up(host: str, port: int, data_dir: Path | None, database: str | None) -> None:
+    """Run everything in one process: API, scheduler and local compute nodes."""
+    _serve(host, port, data_dir, database, True)
+
+
+@main.command("server")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8580, show_default=True, type=int)
+@data_dir_option
+@click.option("--database", default=None, help="postgresql://… (default: SQLite in the data dir)")
+def server_command(host: str, port: int, data_dir: Path | None, database: str | None) -> None:
+    """Run the control plane alone (nodes join with `shoal agent`)."""
+    _serve(host, port, data_dir, database, False)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def agent(ctx: click.Context) -> None:
+    """Run a node agent (see `shoal agent --help`)."""
+    from shoal.agent.cli import cli_main
+
+    raise SystemExit(cli_main(ctx.args))
+
+
+@main.group()
+def account() -> None:
+    """The Batch account Shoal serves."""
+
+
+@account.command("show")
+@data_dir_option
+@json_option
+def account_show(data_dir: Path | None, as_json: bool) -> None:
+    from shoal.cli.config import account_from_data_dir
+
+    info = _or_exit(lambda: account_from_data_dir(data_dir))
+    if as_json:
+        click.echo(json.dumps(info.to_json()))
+        return
+    for key, value in info.to_json().items():
+        console.print(f"{key:>13}: {value}", highlight=False)
+
+
+def _client(data_dir: Path | None):  # type: ignore[no-untyped-def]
+    from shoal.cli.client import BatchClient
+    from shoal.cli.config import resolve_account
+
+    return _or_exit(lambda: BatchClient(resolve_account(data_dir)))
+
+
+def _or_exit(action):  # type: ignore[no-untyped-def]
+    try:
+        return action()
+    except BatchError as error:
+        console.print(f"[red]error[/red] {error.code}: {error.message}", highlight=False)
+        raise SystemExit(1) from None
+
+
+def _print(rows: list[dict[str, Any]], columns: list[tuple[str, str]], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(*[title for title, _ in columns])
+    for row in rows:
+        table.add_row(*[_dig(row, path) for _, path in columns])
+    console.print(table)
+
+
+def _dig(row: dict[str, Any], path: str) -> str:
+    value: Any = row
+    for part in path.split("/"):
+        value = value.get(part) if isinstance(value, dict) else None
+    return "" if value is None else str(value)
+
+
+@main.group()
+def pool() -> None:
+    """Pools."""
+
+
+@pool.command("list")
+@data_dir_option
+@json_option
+def pool_list(data_dir: Path | None, as_json: bool) -> None:
+    client = _client(data_dir)
+    rows = _or_exit(lambda: list(client.list("/pools")))
+    _print(rows, [("id", "id"), ("state", "state"), ("allocation", "allocationState"), ("vm size", "vmSize"),
+                  ("dedicated", "currentDedicatedNodes"), ("spot", "currentLowPriorityNodes"),
+                  ("slots/node", "taskSlotsPerNode")], as_json)
+
+
+@main.group()
+def job() -> None:
+    """Jobs."""
+
+
+@job.command("list")
+@data_dir_option
+@json_option
+def job_list(data_dir: Path | None, as_json: bool) -> None:
+    client = _client(data_dir)
+    rows = _or_exit(lambda: list(client.list("/jobs")))
+    _print(rows, [("id", "id"), ("state", "state"), ("pool", "poolInfo/poolId"), ("priority", "priority")],
+           as_json)
+
+
+@main.group()
+def task() -> None:
+    """Tasks."""
+
+
+@task.command("list")
+@click.argument("job_id")
+@click.option("--state", default=None, help="only tasks in this state")
+@data_dir_option
+@json_option
+def task_list(job_id: str, state: str | None, data_dir: Path | None, as_json: bool) -> None:
+    client = _client(data_dir)
+    params = {"$filter": f"state eq '{state}'"} if state else None
+    rows = _or_exit(lambda: list(client.list(f"/jobs/{job_id}/tasks", params)))
+    _print(rows, [("id", "id"), ("state", "state"), ("exit", "executionInfo/exitCode"),
+                  ("result", "executionInfo/result"), ("node", "nodeInfo/nodeId")], as_json)
+
+
+@task.command("wait")
+@click.argument("job_id")
+@click.option("--timeout", default=3600.0, show_default=True, help="seconds")
+@data_dir_option
+@json_option
+def task_wait(job_id: str, timeout: float, data_dir: Path | None, as_json: bool) -> None:
+    """Wait until every task of JOB_ID has completed; exit 1 if any failed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    client = _client(data_dir)
+    deadline = time.monotonic() + timeout
+    counts: dict[str, int] = {}
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console,
+                  disable=as_json) as progress:
+        bar = progress.add_task(job_id, total=None, detail="")
+        while True:
+            counts = _or_exit(lambda: client.get(f"/jobs/{job_id}/taskcounts"))["taskCounts"]
+            total = counts["active"] + counts["running"] + counts["completed"]
+            progress.update(bar, total=total or None, completed=counts["completed"],
+                            detail=f"active {counts['active']} · running {counts['running']} · "
+                                   f"failed {counts['failed']}")
+            if counts["active"] == 0 and counts["running"] == 0:
+                break
+            if time.monotonic() > deadline:
+                console.print("[red]timed out[/red]")
+                raise SystemExit(2)
+            time.sleep(0.5)
+    if as_json:
+        click.echo(json.dumps(counts))
+    raise SystemExit(1 if counts["failed"] else 0)

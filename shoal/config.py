@@ -1,0 +1,57 @@
+"""Settings and named defaults. The environment is read here and nowhere else (prefix SHOAL_)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+API_VERSIONS = ("2025-06-01", "2024-02-01.19.0")
+MAX_CLOCK_SKEW_S = 15 * 60
+MAX_RESULTS_DEFAULT = 1000
+MAX_TASKS_PER_COLLECTION = 100
+MAX_COLLECTION_BODY_BYTES = 1024 * 1024
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+HEARTBEAT_TIMEOUT_S = 30.0
+AGENT_POLL_TIMEOUT_S = 15.0
+SCHEDULER_IDLE_WAKE_S = 1.0
+PROVIDER_RECONCILE_S = 0.5
+DEFAULT_RESIZE_TIMEOUT_S = 15 * 60
+DEFAULT_RETENTION_S = 7 * 24 * 3600
+
+
+def default_data_dir() -> Path:
+    explicit = os.environ.get("SHOAL_DATA_DIR")
+    if explicit:
+        return Path(explicit)
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("shoal", appauthor=False))
+
+
+def _float_env(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw else default
+
+
+@dataclass
+class Settings:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8580
+    database_url: str | None = None
+    heartbeat_timeout_s: float = field(default_factory=lambda: _float_env("SHOAL_HEARTBEAT_TIMEOUT_S", HEARTBEAT_TIMEOUT_S))
+    poll_timeout_s: float = field(default_factory=lambda: _float_env("SHOAL_AGENT_POLL_TIMEOUT_S", AGENT_POLL_TIMEOUT_S))
+
+    @property
+    def sqlite_url(self) -> str:
+        return f"sqlite:///{self.data_dir / 'shoal.db'}"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or os.environ.get("SHOAL_DATABASE_URL") or self.sqlite_url
+
+    @property
+    def nodes_dir(self) -> Path:
+        return self.data_dir / "nodes"

@@ -1,0 +1,198 @@
+"""The control plane process: the API, the scheduler loop, the lifecycle loop and a provider.
+
+`shoal up` and `shoal server` both run this; `up` adds the local provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from sqlalchemy import select
+
+from shoal import clock
+from shoal.api import remote_files
+from shoal.api.agent import AgentHub
+from shoal.api.app import Api, build_app
+from shoal.config import PROVIDER_RECONCILE_S, SCHEDULER_IDLE_WAKE_S, Settings
+from shoal.service import allocation, ids, scheduling
+from shoal.service import jobs as job_service
+from shoal.service import nodes as node_service
+from shoal.service.context import Context, Signals
+from shoal.store.db import open_store
+from shoal.store.schema import accounts, nodes
+
+log = logging.getLogger("shoal.server")
+DEFAULT_ACCOUNT = "shoal"
+ENDPOINT_FILE = "endpoint.json"
+# A short pause after a wake-up lets a burst of adds or completions share one scheduling pass.
+SCHEDULER_COALESCE_S = 0.002
+LIFECYCLE_INTERVAL_S = 0.5
+
+
+def ensure_account(engine: Any, name: str = DEFAULT_ACCOUNT) -> tuple[str, str]:
+    with engine.begin() as conn:
+        row = conn.execute(select(accounts).where(accounts.c.name == name)).first()
+        if row is not None:
+            return row.primary_key, row.secondary_key
+        keys = (ids.account_key(), ids.account_key())
+        conn.execute(accounts.insert().values(name=name, primary_key=keys[0], secondary_key=keys[1],
+                                              created=clock.now()))
+        return keys
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its shutdown, which would skip ours (stopping agents)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[no-untyped-def,override]
+        yield
+
+
+class ControlPlane:
+    def __init__(self, settings: Settings, *, local_provider: bool = True) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.engine = open_store(settings.effective_database_url)
+        self.keys = ensure_account(self.engine)
+        self.sock = bind_socket(settings.host, settings.port)
+        port = self.sock.getsockname()[1]
+        host = settings.host if ":" not in settings.host else f"[{settings.host}]"
+        self.endpoint = f"http://{host}:{port}"
+        self.hub = AgentHub()
+        self._scheduler_wake = asyncio.Event()
+        self._provider_wake = asyncio.Event()
+        signals = Signals(wake_scheduler=self._scheduler_wake.set, wake_node=self.hub.wake,
+                          wake_provider=self._provider_wake.set)
+        self.ctx = Context(engine=self.engine, account=DEFAULT_ACCOUNT, signals=signals, base_url=self.endpoint)
+        self.api = Api(self.ctx, {DEFAULT_ACCOUNT: self.keys})
+        self.app = build_app(self.api, self.hub, settings.poll_timeout_s)
+        self.provider = None
+        if local_provider:
+            from shoal.providers.local import LocalProvider
+
+            self.provider = LocalProvider(self.ctx, settings.data_dir, self.endpoint)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.stopping = False
+
+    def write_endpoint_file(self) -> None:
+        path = Path(self.settings.data_dir) / ENDPOINT_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"endpoint": self.endpoint, "account": DEFAULT_ACCOUNT}))
+        tmp.replace(path)
+
+    async def _scheduler_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._scheduler_wake.wait(), SCHEDULER_IDLE_WAKE_S)
+            await asyncio.sleep(SCHEDULER_COALESCE_S)
+            self._scheduler_wake.clear()
+            try:
+                for node_id in scheduling.schedule(self.ctx):
+                    self.hub.wake(node_id)
+            except Exception:
+                log.exception("scheduling pass failed")
+
+    async def _lifecycle_loop(self) -> None:
+        while True:
+            try:
+                if allocation.reconcile(self.ctx):
+                    self._provider_wake.set()
+                    self._scheduler_wake.set()
+                node_service.mark_silent_nodes_unusable(self.ctx, self.settings.heartbeat_timeout_s)
+                job_service.finish_waiting_disables(self.ctx)
+                with self.engine.begin() as conn:
+                    job_service.finish_all_complete_jobs(self.ctx, conn)
+                for job_id, pool_seq in job_service.reap_deleted(self.ctx):
+                    await self._remove_job_folders(job_id, pool_seq)
+            except Exception:
+                log.exception("lifecycle pass failed")
+            await asyncio.sleep(LIFECYCLE_INTERVAL_S)
+
+    async def _remove_job_folders(self, job_id: str, pool_seq: int | None) -> None:
+        if pool_seq is None:
+            return
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(nodes.c.file_server_url).where(nodes.c.pool_seq == pool_seq)).all()
+        for (url,) in rows:
+            if url:
+                await remote_files.delete_remote_tree(self.ctx, url, f"workitems/{job_id}")
+
+    async def _provider_loop(self) -> None:
+        assert self.provider is not None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._provider_wake.wait(), PROVIDER_RECONCILE_S)
+            self._provider_wake.clear()
+            try:
+                await self.provider.reconcile()
+            except Exception:
+                log.exception("provider pass failed")
+
+    async def start_loops(self) -> None:
+        self._tasks.append(asyncio.create_task(self._scheduler_loop()))
+        self._tasks.append(asyncio.create_task(self._lifecycle_loop()))
+        if self.provider is not None:
+            self._tasks.append(asyncio.create_task(self._provider_loop()))
+
+    async def stop_loops(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.provider is not None:
+            await self.provider.shutdown(stop_agents=True)
+        await remote_files.close()
+
+    async def serve(self) -> None:
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
+                                timeout_keep_alive=75, loop="none", timeout_graceful_shutdown=2)
+        server = _QuietServer(config)
+        await self.start_loops()
+        self.write_endpoint_file()
+        loop = asyncio.get_running_loop()
+
+        def request_stop() -> None:
+            server.should_exit = True
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, request_stop)
+        try:
+            await server.serve(sockets=[self.sock])
+        finally:
+            await self.stop_loops()
+
+
+def run(settings: Settings, *, local_provider: bool = True, on_ready: Any = None) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is optional on exotic platforms
+        pass
+
+    async def main() -> None:
+        plane = ControlPlane(settings, local_provider=local_provider)
+        if on_ready is not None:
+            on_ready(plane)
+        await plane.serve()
+
+    asyncio.run(main())

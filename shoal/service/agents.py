@@ -1,0 +1,202 @@
+"""The control plane's side of the agent protocol (docs/agent-protocol.md).
+
+Every call authenticates the node by its token, counts as a heartbeat, and is answered from
+the store: what the node should run is whatever the store says runs there and the agent does
+not yet hold; what it should kill is whatever it holds that the store no longer runs there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from shoal import clock
+from shoal.errors import BatchError, Unauthenticated
+from shoal.service import jobs as job_service
+from shoal.service import transitions
+from shoal.service.context import Context
+from shoal.store.schema import jobs, nodes, pools, tasks
+
+Attempt = tuple[str, str, int]
+
+
+class NodeGone(BatchError):
+    status = 410
+    code = "NodeGone"
+
+
+@dataclass
+class SyncAnswer:
+    ack: list[Attempt] = field(default_factory=list)
+    run: list[dict[str, Any]] = field(default_factory=list)
+    kill: list[list[Any]] = field(default_factory=list)
+    run_start_task: bool = False
+    leave: bool = False
+
+    def has_news(self) -> bool:
+        return bool(self.ack or self.run or self.kill or self.run_start_task or self.leave)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ack": [list(a) for a in self.ack], "run": self.run, "kill": self.kill,
+                "deleteTaskDirs": [], "runStartTask": self.run_start_task, "leave": self.leave}
+
+
+def _node_by_token(conn: Connection, node_id: str, token: str) -> Any:
+    row = conn.execute(select(nodes).where(nodes.c.id == node_id)).first()
+    if row is None:
+        raise NodeGone("The node is no longer part of a pool.")
+    if row.token != token:
+        raise Unauthenticated("The node token is not valid.")
+    return row
+
+
+def hello(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A (re)started agent: it holds no tasks, so whatever ran on this node is requeued."""
+    now = clock.now()
+    with ctx.engine.begin() as conn:
+        node = _node_by_token(conn, node_id, token)
+        pool = conn.execute(select(pools).where(pools.c.seq == node.pool_seq)).first()
+        start_task = pool.spec.get("startTask")
+        if node.incarnation and node.incarnation != body.get("incarnation"):
+            transitions.requeue(conn, transitions.running_on(conn, [node_id]), user_requested=False)
+        leaving = node.state == "leavingpool"
+        new_state = node.state if leaving else ("starting" if start_task else "idle")
+        conn.execute(update(nodes).where(nodes.c.id == node_id).values(
+            state=new_state, state_transition_time=now, last_boot_time=now, last_heartbeat=now,
+            incarnation=body.get("incarnation"), agent_pid=body.get("pid") or node.agent_pid,
+            file_server_url=body.get("fileServerUrl"), ip_address=body.get("ipAddress") or "127.0.0.1",
+            run_start_task=bool(start_task) and not leaving, start_task_info=None, etag=clock.new_etag()))
+    ctx.signals.wake_scheduler()
+    return {"heartbeatIntervalS": 5.0, "node": {
+        "poolId": pool.id, "isDedicated": bool(node.is_dedicated), "accountName": ctx.account,
+        "accountUrl": ctx.base_url, "taskSlotsPerNode": pool.slots_per_node, "startTask": start_task}}
+
+
+def sync(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAnswer:
+    answer = SyncAnswer()
+    touched_jobs: set[int] = set()
+    with ctx.engine.begin() as conn:
+        node = _node_by_token(conn, node_id, token)
+        now = clock.now()
+        values: dict[str, Any] = {"last_heartbeat": now}
+        if node.state == "unusable":
+            values.update(state="idle", state_transition_time=now)
+        conn.execute(update(nodes).where(nodes.c.id == node_id).values(**values))
+        if body.get("startTask") is not None:
+            answer.run_start_task = False
+            _record_start_task(conn, node, body["startTask"])
+        elif node.run_start_task:
+            answer.run_start_task = True
+        reports = body.get("reports") or []
+        if reports:
+            answer.ack, touched_jobs = _apply_reports(conn, node_id, reports)
+            if touched_jobs:
+                job_service.finish_all_complete_jobs(ctx, conn, list(touched_jobs))
+                transitions.refresh_node_busy(conn, [node_id])
+        _deliveries(ctx, conn, node, body, answer)
+    if reports:
+        ctx.signals.wake_scheduler()
+    return answer
+
+
+def deliveries(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAnswer:
+    """The read-only half of a sync, for the end of a long poll."""
+    answer = SyncAnswer()
+    with ctx.engine.connect() as conn:
+        node = _node_by_token(conn, node_id, token)
+        if node.run_start_task and body.get("startTask") is None:
+            answer.run_start_task = True
+        _deliveries(ctx, conn, node, body, answer)
+    return answer
+
+
+def _record_start_task(conn: Connection, node: Any, report: dict[str, Any]) -> None:
+    now = clock.now()
+    info = {k: report[k] for k in ("state", "startTime", "endTime", "exitCode", "retryCount", "lastRetryTime")
+            if report.get(k) is not None}
+    info.setdefault("retryCount", 0)
+    if report.get("failure"):
+        info["failureInfo"] = report["failure"]
+    values: dict[str, Any] = {"start_task_info": info}
+    if report.get("state") == "completed":
+        values["run_start_task"] = False
+        info["result"] = "success" if report.get("exitCode") == 0 and not report.get("failure") else "failure"
+    pool = conn.execute(select(pools.c.spec).where(pools.c.seq == node.pool_seq)).scalar_one()
+    wait = (pool.get("startTask") or {}).get("waitForSuccess", True)
+    if node.state in ("starting", "waitingforstarttask", "starttaskfailed"):
+        if report.get("state") == "running":
+            new_state = "waitingforstarttask" if wait else "idle"
+        elif info.get("result") == "success" or not wait:
+            new_state = "idle"
+        else:
+            new_state = "starttaskfailed"
+        if new_state != node.state:
+            values.update(state=new_state, state_transition_time=now)
+    conn.execute(update(nodes).where(nodes.c.id == node.id).values(etag=clock.new_etag(), **values))
+
+
+def _apply_reports(conn: Connection, node_id: str, reports: list[dict[str, Any]]) -> tuple[list[Attempt], set[int]]:
+    acked: list[Attempt] = []
+    touched_jobs: set[int] = set()
+    keys = {(r["jobId"].lower(), r["taskId"].lower()) for r in reports}
+    job_keys = {k[0] for k in keys}
+    rows = conn.execute(select(tasks, jobs.c.key.label("job_key")).join(jobs, jobs.c.seq == tasks.c.job_seq)
+                        .where(jobs.c.key.in_(job_keys), tasks.c.node_id == node_id,
+                               tasks.c.state == "running")).all()
+    current = {(r.job_key, r.key): r for r in rows}
+    for report in reports:
+        attempt: Attempt = (report["jobId"], report["taskId"], int(report["attempt"]))
+        acked.append(attempt)
+        row = current.get((report["jobId"].lower(), report["taskId"].lower()))
+        # A report for an attempt that is no longer the running one (requeued, terminated,
+        # already reported) is acknowledged and dropped: nothing completes twice.
+        if row is None or row.attempt != attempt[2]:
+            continue
+        transitions.complete(conn, row, exit_code=report.get("exitCode"), failure=report.get("failure"),
+                             end_time=report.get("endTime"), start_time=report.get("startTime"))
+        touched_jobs.add(row.job_seq)
+    return acked, touched_jobs
+
+
+def _deliveries(ctx: Context, conn: Connection, node: Any, body: dict[str, Any], answer: SyncAnswer) -> None:
+    if node.state == "leavingpool":
+        running = transitions.running_on(conn, [node.id])
+        if not running:
+            answer.leave = True
+            conn.execute(nodes.delete().where(nodes.c.id == node.id))
+            ctx.signals.wake_provider()
+            return
+    known = {(k[0].lower(), k[1].lower(), int(k[2])): k for k in body.get("known") or []}
+    acked = {(a[0].lower(), a[1].lower(), a[2]) for a in answer.ack}
+    rows = conn.execute(select(tasks, jobs.c.id.label("job_id"), jobs.c.key.label("job_key"),
+                               jobs.c.spec.label("job_spec"))
+                        .join(jobs, jobs.c.seq == tasks.c.job_seq)
+                        .where(tasks.c.node_id == node.id, tasks.c.state == "running")).all()
+    running_keys = set()
+    for row in rows:
+        key = (row.job_key, row.key, row.attempt)
+        running_keys.add(key)
+        if key not in known and key not in acked:
+            answer.run.append(_assignment(row))
+    for key, original in known.items():
+        if key not in running_keys and key not in acked:
+            answer.kill.append([original[0], original[1], int(original[2]), "stale"])
+
+
+def _assignment(row: Any) -> dict[str, Any]:
+    spec = row.spec
+    env: dict[str, str] = {}
+    for item in row.job_spec.get("commonEnvironmentSettings") or []:
+        env[item["name"]] = item.get("value") or ""
+    for item in spec.get("environmentSettings") or []:
+        env[item["name"]] = item.get("value") or ""
+    wall = (spec.get("constraints") or {}).get("maxWallClockTime")
+    wall_s = None
+    if wall:
+        seconds = clock.parse_duration(wall).total_seconds()
+        wall_s = seconds if seconds < 10 * 365 * 86400 else None
+    return {"jobId": row.job_id, "taskId": row.id, "attempt": row.attempt, "commandLine": spec["commandLine"],
+            "environment": env, "requiredSlots": row.required_slots, "maxWallClockTimeS": wall_s,
+            "userIdentity": spec.get("userIdentity")}

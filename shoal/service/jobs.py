@@ -1,0 +1,317 @@
+"""Jobs: creation, updates and the job state machine (semantics §2.4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, case, delete, func, insert, select, update
+
+from shoal import clock
+from shoal.errors import BadRequest, Conflict, InvalidProperty, MissingProperty, NotFound
+from shoal.service import transitions
+from shoal.service import validation as v
+from shoal.service.context import Context
+from shoal.store.schema import jobs, pools, tasks
+
+_KEPT = ("displayName", "constraints", "jobManagerTask", "jobPreparationTask", "jobReleaseTask",
+         "commonEnvironmentSettings", "poolInfo", "onAllTasksComplete", "onTaskFailure", "metadata",
+         "usesTaskDependencies", "networkConfiguration", "allowTaskPreemption")
+DISABLE_OPTIONS = ("requeue", "terminate", "wait")
+
+
+def job_not_found() -> NotFound:
+    return NotFound("The specified job does not exist.", code="JobNotFound")
+
+
+def load(conn: Connection, ctx: Context, job_id: str) -> Any:
+    row = conn.execute(select(jobs).where(jobs.c.account == ctx.account, jobs.c.key == job_id.lower())).first()
+    if row is None:
+        raise job_not_found()
+    return row
+
+
+def _validate_constraints(body: dict[str, Any]) -> None:
+    constraints = v.obj(body, "constraints")
+    if constraints is not None:
+        v.duration(constraints, "maxWallClockTime", path="constraints.maxWallClockTime")
+        v.integer(constraints, "maxTaskRetryCount", minimum=-1, path="constraints.maxTaskRetryCount")
+
+
+def _validate_mutable(body: dict[str, Any]) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    priority = v.integer(body, "priority", minimum=-1000, maximum=1000)
+    if priority is not None:
+        fields["priority"] = priority
+    parallel = v.integer(body, "maxParallelTasks", minimum=-1)
+    if parallel is not None:
+        if parallel == 0:
+            raise InvalidProperty("maxParallelTasks", 0, "The value must be -1 or greater than 0.")
+        fields["max_parallel_tasks"] = parallel
+    v.choice(body, "onAllTasksComplete", ("noaction", "terminatejob"))
+    v.choice(body, "onTaskFailure", ("noaction", "performexitoptionsjobaction"))
+    _validate_constraints(body)
+    v.name_value_pairs(body, "metadata")
+    pool_info = v.obj(body, "poolInfo")
+    if pool_info is not None:
+        if pool_info.get("autoPoolSpecification") is not None:
+            raise BadRequest("Auto pools are not supported yet.", code="FeatureNotSupported",
+                             values={"PropertyName": "poolInfo.autoPoolSpecification"})
+        pool_id = v.string(pool_info, "poolId", required=True, path="poolInfo.poolId")
+        assert pool_id is not None
+        fields["pool_key"] = pool_id.lower()
+    return fields
+
+
+def create(ctx: Context, body: Any) -> None:
+    body = v.require_object(body)
+    job_id = v.resource_id(body)
+    if body.get("poolInfo") is None:
+        raise MissingProperty("poolInfo")
+    v.string(body, "displayName", max_len=v.MAX_DISPLAY_NAME)
+    fields = _validate_mutable(body)
+    v.name_value_pairs(body, "commonEnvironmentSettings")
+    if body.get("jobManagerTask") is not None:
+        raise BadRequest("Job manager tasks are not supported yet.", code="FeatureNotSupported",
+                         values={"PropertyName": "jobManagerTask"})
+    spec = {name: body[name] for name in _KEPT if name in body}
+    now = clock.now()
+    with ctx.engine.begin() as conn:
+        if conn.execute(select(jobs.c.seq).where(jobs.c.account == ctx.account,
+                                                 jobs.c.key == job_id.lower())).first():
+            raise Conflict("The specified job already exists.", code="JobExists")
+        conn.execute(insert(jobs).values(
+            account=ctx.account, id=job_id, key=job_id.lower(), state="active",
+            priority=fields.get("priority", 0), pool_key=fields["pool_key"],
+            max_parallel_tasks=fields.get("max_parallel_tasks", -1), spec=spec,
+            execution_info={"startTime": clock.iso(now), "poolId": body["poolInfo"]["poolId"]},
+            etag=clock.new_etag(), last_modified=now, creation_time=now, state_transition_time=now))
+
+
+def to_wire(ctx: Context, row: Any) -> dict[str, Any]:
+    spec = row.spec
+    out: dict[str, Any] = {
+        "id": row.id,
+        "url": f"{ctx.base_url}/jobs/{row.id}",
+        "eTag": row.etag,
+        "lastModified": clock.iso(row.last_modified),
+        "creationTime": clock.iso(row.creation_time),
+        "state": row.state,
+        "stateTransitionTime": clock.iso(row.state_transition_time),
+        "priority": row.priority,
+        "maxParallelTasks": row.max_parallel_tasks,
+        "allowTaskPreemption": bool(spec.get("allowTaskPreemption", False)),
+        "usesTaskDependencies": bool(spec.get("usesTaskDependencies", False)),
+        "onAllTasksComplete": spec.get("onAllTasksComplete", "noaction"),
+        "onTaskFailure": spec.get("onTaskFailure", "noaction"),
+        "constraints": {"maxWallClockTime": clock.UNLIMITED, "maxTaskRetryCount": 0,
+                        **(spec.get("constraints") or {})},
+        "executionInfo": row.execution_info,
+    }
+    if row.previous_state:
+        out["previousState"] = row.previous_state
+        out["previousStateTransitionTime"] = clock.iso(row.previous_state_transition_time)
+    for name in _KEPT:
+        if name in spec and name not in out:
+            out[name] = spec[name]
+    out.setdefault("metadata", [])
+    return out
+
+
+def get(ctx: Context, job_id: str) -> dict[str, Any]:
+    with ctx.engine.connect() as conn:
+        return to_wire(ctx, load(conn, ctx, job_id))
+
+
+def etag_of(ctx: Context, job_id: str) -> tuple[str, Any]:
+    with ctx.engine.connect() as conn:
+        row = load(conn, ctx, job_id)
+        return row.etag, row.last_modified
+
+
+def list_all(ctx: Context) -> list[dict[str, Any]]:
+    with ctx.engine.connect() as conn:
+        rows = conn.execute(select(jobs).where(jobs.c.account == ctx.account).order_by(jobs.c.key)).all()
+        return [to_wire(ctx, r) for r in rows]
+
+
+def _guard_changeable(row: Any) -> None:
+    if row.state == "deleting":
+        raise Conflict("The specified job has been marked for deletion and is being reclaimed.",
+                       code="JobBeingDeleted")
+    if row.state in ("completed", "terminating"):
+        raise Conflict("The specified job is already in a completed state.", code="JobCompleted")
+
+
+def _set_state(conn: Connection, row: Any, state: str, **values: Any) -> None:
+    now = clock.now()
+    conn.execute(update(jobs).where(jobs.c.seq == row.seq).values(
+        state=state, previous_state=row.state, previous_state_transition_time=row.state_transition_time,
+        state_transition_time=now, etag=clock.new_etag(), last_modified=now, **values))
+
+
+def _apply_update(ctx: Context, job_id: str, body: Any, *, replace: bool) -> None:
+    body = v.require_object(body)
+    fields = _validate_mutable(body)
+    with ctx.engine.begin() as conn:
+        row = load(conn, ctx, job_id)
+        _guard_changeable(row)
+        if "pool_key" in fields and fields["pool_key"] != row.pool_key and row.state != "disabled":
+            raise Conflict("The pool of a job can only be changed while the job is disabled.",
+                           code="JobNotDisabled")
+        spec = dict(row.spec)
+        for name in ("constraints", "poolInfo", "onAllTasksComplete", "metadata", "allowTaskPreemption"):
+            if name in body and body[name] is not None:
+                spec[name] = body[name]
+            elif replace and name not in ("poolInfo",):
+                spec.pop(name, None)
+        if replace:
+            fields.setdefault("priority", 0)
+            fields.setdefault("max_parallel_tasks", -1)
+        now = clock.now()
+        conn.execute(update(jobs).where(jobs.c.seq == row.seq).values(
+            spec=spec, etag=clock.new_etag(), last_modified=now, **fields))
+    ctx.signals.wake_scheduler()
+
+
+def patch(ctx: Context, job_id: str, body: Any) -> None:
+    _apply_update(ctx, job_id, body, replace=False)
+
+
+def replace(ctx: Context, job_id: str, body: Any) -> None:
+    _apply_update(ctx, job_id, body, replace=True)
+
+
+def disable(ctx: Context, job_id: str, body: Any) -> None:
+    body = v.require_object(body)
+    if body.get("disableTasks") is None:
+        raise MissingProperty("disableTasks")
+    option = v.choice(body, "disableTasks", DISABLE_OPTIONS)
+    with ctx.engine.begin() as conn:
+        row = load(conn, ctx, job_id)
+        if row.state in ("disabling", "disabled"):
+            return
+        if row.state != "active":
+            raise Conflict(f"The specified job is in state {row.state} and cannot be disabled.",
+                           code="JobNotActive")
+        running = conn.execute(select(tasks).where(tasks.c.job_seq == row.seq,
+                                                   tasks.c.state == "running")).all()
+        touched: set[str] = set()
+        if option == "requeue":
+            touched = transitions.requeue(conn, running, user_requested=True)
+        elif option == "terminate":
+            touched = transitions.terminate(conn, running)
+        transitions.refresh_node_busy(conn, touched)
+        waiting = option == "wait" and bool(running)
+        _set_state(conn, row, "disabling" if waiting else "disabled", disable_option=option)
+    for node_id in touched:
+        ctx.signals.wake_node(node_id)
+    ctx.signals.wake_scheduler()
+
+
+def enable(ctx: Context, job_id: str) -> None:
+    with ctx.engine.begin() as conn:
+        row = load(conn, ctx, job_id)
+        if row.state == "active":
+            return
+        if row.state not in ("disabled", "disabling"):
+            raise Conflict(f"The specified job is in state {row.state} and cannot be enabled.",
+                           code="JobNotDisabled")
+        _set_state(conn, row, "active", disable_option=None)
+    ctx.signals.wake_scheduler()
+
+
+def terminate(ctx: Context, job_id: str, body: Any, reason: str = "UserTerminate") -> None:
+    body = v.require_object(body or {})
+    reason = v.string(body, "terminateReason", max_len=64) or reason
+    with ctx.engine.begin() as conn:
+        row = load(conn, ctx, job_id)
+        _guard_changeable(row)
+        terminate_in(ctx, conn, row, reason)
+
+
+def terminate_in(ctx: Context, conn: Connection, row: Any, reason: str) -> None:
+    """terminating → completed: running tasks are killed; active tasks stay active, never to run."""
+    running = conn.execute(select(tasks).where(tasks.c.job_seq == row.seq, tasks.c.state == "running")).all()
+    touched = transitions.terminate(conn, running)
+    transitions.refresh_node_busy(conn, touched)
+    info = dict(row.execution_info)
+    info["endTime"] = clock.iso(clock.now())
+    info["terminateReason"] = reason
+    _set_state(conn, row, "completed", execution_info=info)
+    for node_id in touched:
+        ctx.signals.wake_node(node_id)
+
+
+def delete_job(ctx: Context, job_id: str) -> None:
+    with ctx.engine.begin() as conn:
+        row = load(conn, ctx, job_id)
+        if row.state == "deleting":
+            return
+        running = conn.execute(select(tasks).where(tasks.c.job_seq == row.seq, tasks.c.state == "running")).all()
+        touched = transitions.terminate(conn, running)
+        transitions.refresh_node_busy(conn, touched)
+        _set_state(conn, row, "deleting")
+    for node_id in touched:
+        ctx.signals.wake_node(node_id)
+    ctx.signals.wake_provider()
+
+
+def task_counts(ctx: Context, job_id: str) -> dict[str, Any]:
+    with ctx.engine.connect() as conn:
+        row = load(conn, ctx, job_id)
+        outcome = case((tasks.c.execution_info["result"].as_string() == "failure", "failure"),
+                       else_="other").label("outcome")
+        result = conn.execute(select(tasks.c.state, outcome, func.count(), func.sum(tasks.c.required_slots))
+                              .where(tasks.c.job_seq == row.seq).group_by(tasks.c.state, outcome)).all()
+    counts = {"active": 0, "running": 0, "completed": 0, "succeeded": 0, "failed": 0}
+    slots = dict(counts)
+    for state, outcome, count, slot_sum in result:
+        bucket = "running" if state == "preparing" else state
+        counts[bucket] += count
+        slots[bucket] += int(slot_sum or 0)
+        if state == "completed":
+            key = "failed" if outcome == "failure" else "succeeded"
+            counts[key] += count
+            slots[key] += int(slot_sum or 0)
+    return {"taskCounts": counts, "taskSlotCounts": slots}
+
+
+def finish_all_complete_jobs(ctx: Context, conn: Connection, job_seqs: list[int] | None = None) -> None:
+    """onAllTasksComplete=terminatejob: a job whose tasks are all completed terminates."""
+    query = select(jobs).where(jobs.c.account == ctx.account, jobs.c.state == "active")
+    if job_seqs is not None:
+        if not job_seqs:
+            return
+        query = query.where(jobs.c.seq.in_(job_seqs))
+    for row in conn.execute(query).all():
+        if row.spec.get("onAllTasksComplete") != "terminatejob":
+            continue
+        unfinished = conn.execute(select(func.count()).where(
+            tasks.c.job_seq == row.seq, tasks.c.state != "completed")).scalar_one()
+        if unfinished == 0:
+            terminate_in(ctx, conn, row, "AllTasksComplete")
+
+
+def reap_deleted(ctx: Context) -> list[tuple[str, list[str]]]:
+    """Remove jobs in `deleting` with their tasks; returns (job id, node ids of the job's pool)
+    so the caller can remove the job's folders from those nodes."""
+    removed = []
+    with ctx.engine.begin() as conn:
+        for row in conn.execute(select(jobs).where(jobs.c.account == ctx.account,
+                                                   jobs.c.state == "deleting")).all():
+            conn.execute(delete(tasks).where(tasks.c.job_seq == row.seq))
+            conn.execute(delete(jobs).where(jobs.c.seq == row.seq))
+            pool_seq = conn.execute(select(pools.c.seq).where(pools.c.account == ctx.account,
+                                                              pools.c.key == row.pool_key)).scalar()
+            removed.append((row.id, pool_seq))
+    return removed
+
+
+def finish_waiting_disables(ctx: Context) -> None:
+    with ctx.engine.begin() as conn:
+        for row in conn.execute(select(jobs).where(jobs.c.account == ctx.account,
+                                                   jobs.c.state == "disabling")).all():
+            running = conn.execute(select(func.count()).where(
+                tasks.c.job_seq == row.seq, tasks.c.state == "running")).scalar_one()
+            if running == 0:
+                _set_state(conn, row, "disabled")

@@ -1,0 +1,193 @@
+"""Compute nodes: what the API shows of them, and what providers and health checks change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+
+from shoal import clock
+from shoal.errors import NotFound
+from shoal.service import pools as pool_service
+from shoal.service import transitions
+from shoal.service.context import Context
+from shoal.store.schema import jobs, nodes, pools, tasks
+
+AGENT_VERSION = "shoal-0.1.0"
+
+
+def node_not_found(node_id: str) -> NotFound:
+    return NotFound("The specified node does not exist.", code="NodeNotFound")
+
+
+def to_wire(ctx: Context, pool: Any, row: Any, running: list[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": row.id,
+        "url": f"{ctx.base_url}/pools/{pool.id}/nodes/{row.id}",
+        "state": row.state,
+        "schedulingState": row.scheduling_state,
+        "stateTransitionTime": clock.iso(row.state_transition_time),
+        "allocationTime": clock.iso(row.allocation_time),
+        "ipAddress": row.ip_address or "127.0.0.1",
+        "affinityId": f"TVM:{row.id}",
+        "vmSize": pool.vm_size.lower(),
+        "totalTasksRun": row.total_tasks_run,
+        "totalTasksSucceeded": row.total_tasks_succeeded,
+        "runningTasksCount": len(running),
+        "runningTaskSlotsCount": sum(t.required_slots for t in running),
+        "isDedicated": bool(row.is_dedicated),
+        "nodeAgentInfo": {"version": AGENT_VERSION, "lastUpdateTime": clock.iso(row.allocation_time)},
+    }
+    if row.last_boot_time:
+        out["lastBootTime"] = clock.iso(row.last_boot_time)
+    start_task = pool.spec.get("startTask")
+    if start_task:
+        out["startTask"] = start_task
+    if row.start_task_info:
+        out["startTaskInfo"] = row.start_task_info
+    if row.errors:
+        out["errors"] = row.errors
+    if running:
+        out["recentTasks"] = [_task_information(ctx, t) for t in running]
+    return out
+
+
+def _task_information(ctx: Context, task: Any) -> dict[str, Any]:
+    return {"taskUrl": f"{ctx.base_url}/jobs/{task.job_id}/tasks/{task.id}", "jobId": task.job_id,
+            "taskId": task.id, "taskState": task.state,
+            "executionInfo": task.execution_info}
+
+
+def _running_by_node(conn: Any, node_ids: list[str]) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {n: [] for n in node_ids}
+    if not node_ids:
+        return out
+    rows = conn.execute(select(tasks.c.node_id, tasks.c.id, tasks.c.state, tasks.c.required_slots,
+                               tasks.c.execution_info, jobs.c.id.label("job_id"))
+                        .join(jobs, jobs.c.seq == tasks.c.job_seq)
+                        .where(tasks.c.node_id.in_(node_ids), tasks.c.state == "running")).all()
+    for row in rows:
+        out[row.node_id].append(row)
+    return out
+
+
+def list_for_pool(ctx: Context, pool_id: str) -> list[dict[str, Any]]:
+    with ctx.engine.connect() as conn:
+        pool = pool_service.load(conn, ctx, pool_id)
+        rows = conn.execute(select(nodes).where(nodes.c.pool_seq == pool.seq)
+                            .order_by(nodes.c.allocation_time, nodes.c.id)).all()
+        running = _running_by_node(conn, [r.id for r in rows])
+        return [to_wire(ctx, pool, r, running[r.id]) for r in rows]
+
+
+def load(conn: Any, ctx: Context, pool_id: str, node_id: str) -> tuple[Any, Any]:
+    pool = pool_service.load(conn, ctx, pool_id)
+    row = conn.execute(select(nodes).where(nodes.c.pool_seq == pool.seq, nodes.c.id == node_id)).first()
+    if row is None:
+        raise node_not_found(node_id)
+    return pool, row
+
+
+def get(ctx: Context, pool_id: str, node_id: str) -> dict[str, Any]:
+    with ctx.engine.connect() as conn:
+        pool, row = load(conn, ctx, pool_id, node_id)
+        return to_wire(ctx, pool, row, _running_by_node(conn, [row.id])[row.id])
+
+
+def node_counts(ctx: Context) -> list[dict[str, Any]]:
+    """/nodecounts: per pool, per dedicated/spot, a count per node state."""
+    states = ("creating", "idle", "offline", "preempted", "rebooting", "reimaging", "running", "starting",
+              "startTaskFailed", "leavingPool", "unknown", "unusable", "waitingForStartTask",
+              "deallocated", "deallocating", "upgradingOS")
+    with ctx.engine.connect() as conn:
+        pool_rows = conn.execute(select(pools.c.seq, pools.c.id).where(pools.c.account == ctx.account)
+                                 .order_by(pools.c.key)).all()
+        counts = conn.execute(select(nodes.c.pool_seq, nodes.c.is_dedicated, nodes.c.state, func.count())
+                              .group_by(nodes.c.pool_seq, nodes.c.is_dedicated, nodes.c.state)).all()
+    by_key: dict[tuple[int, bool, str], int] = {(p, bool(d), s): c for p, d, s, c in counts}
+    out = []
+    for seq, pool_id in pool_rows:
+        entry: dict[str, Any] = {"poolId": pool_id}
+        for dedicated, name in ((True, "dedicated"), (False, "lowPriority")):
+            block = {state: by_key.get((seq, dedicated, state.lower()), 0) for state in states}
+            block["total"] = sum(block.values())
+            entry[name] = block
+        out.append(entry)
+    return out
+
+
+@dataclass(frozen=True)
+class ProvisioningRecord:
+    """What a provider needs to know about one node record."""
+
+    node_id: str
+    pool_id: str
+    token: str
+    state: str
+    is_dedicated: bool
+    agent_pid: int | None
+    last_heartbeat: Any
+
+
+def provisioning_view(ctx: Context) -> list[ProvisioningRecord]:
+    with ctx.engine.connect() as conn:
+        rows = conn.execute(select(nodes.c.id, pools.c.id.label("pool_id"), nodes.c.token, nodes.c.state,
+                                   nodes.c.is_dedicated, nodes.c.agent_pid, nodes.c.last_heartbeat)
+                            .join(pools, pools.c.seq == nodes.c.pool_seq)
+                            .where(pools.c.account == ctx.account)).all()
+    return [ProvisioningRecord(r.id, r.pool_id, r.token, r.state, bool(r.is_dedicated), r.agent_pid,
+                               clock.as_utc(r.last_heartbeat)) for r in rows]
+
+
+def agent_spawned(ctx: Context, node_id: str, pid: int) -> None:
+    with ctx.engine.begin() as conn:
+        conn.execute(update(nodes).where(nodes.c.id == node_id).values(agent_pid=pid))
+
+
+def agent_lost(ctx: Context, node_id: str) -> None:
+    """The provider found the node's agent gone: its running tasks are requeued (a recovery,
+    not a retry) and the node starts over as a fresh agent on the same node id."""
+    with ctx.engine.begin() as conn:
+        row = conn.execute(select(nodes).where(nodes.c.id == node_id)).first()
+        if row is None:
+            return
+        if row.state == "leavingpool":
+            forget_in(conn, node_id)
+            return
+        running = transitions.running_on(conn, [node_id])
+        transitions.requeue(conn, running, user_requested=False)
+        conn.execute(update(nodes).where(nodes.c.id == node_id).values(
+            state="creating", state_transition_time=clock.now(), agent_pid=None, incarnation=None,
+            etag=clock.new_etag()))
+    ctx.signals.wake_scheduler()
+
+
+def forget(ctx: Context, node_id: str) -> None:
+    with ctx.engine.begin() as conn:
+        forget_in(conn, node_id)
+    ctx.signals.wake_provider()
+
+
+def forget_in(conn: Any, node_id: str) -> None:
+    running = transitions.running_on(conn, [node_id])
+    transitions.requeue(conn, running, user_requested=False)
+    conn.execute(delete(nodes).where(nodes.c.id == node_id))
+
+
+def mark_silent_nodes_unusable(ctx: Context, timeout_s: float) -> bool:
+    """A node whose agent stopped calling becomes `unusable`; its tasks are requeued elsewhere."""
+    cutoff = clock.now() - timedelta(seconds=timeout_s)
+    with ctx.engine.begin() as conn:
+        silent = conn.execute(select(nodes.c.id).where(
+            nodes.c.state.in_(("starting", "waitingforstarttask", "idle", "running", "starttaskfailed",
+                               "offline")),
+            nodes.c.last_heartbeat < cutoff)).scalars().all()
+        if not silent:
+            return False
+        transitions.requeue(conn, transitions.running_on(conn, list(silent)), user_requested=False)
+        conn.execute(update(nodes).where(nodes.c.id.in_(silent)).values(
+            state="unusable", state_transition_time=clock.now(), etag=clock.new_etag()))
+    ctx.signals.wake_scheduler()
+    return True

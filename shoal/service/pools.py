@@ -1,0 +1,343 @@
+"""Pools: the Batch rules for creating, changing, resizing and deleting pools."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, insert, select, update
+
+from shoal import clock
+from shoal.errors import BadRequest, Conflict, InvalidProperty, MissingProperty, NotFound
+from shoal.model import catalog
+from shoal.service import ids
+from shoal.service import validation as v
+from shoal.service.context import Context
+from shoal.store.schema import nodes, pools
+
+MIN_RESIZE_TIMEOUT = timedelta(minutes=5)
+DEFAULT_RESIZE_TIMEOUT = timedelta(minutes=15)
+DEALLOCATION_OPTIONS = ("requeue", "terminate", "taskcompletion", "retaineddata")
+# Properties a client may set at creation that Shoal keeps verbatim in `spec`.
+_KEPT_PROPERTIES = (
+    "displayName", "virtualMachineConfiguration", "startTask", "applicationPackageReferences",
+    "userAccounts", "metadata", "mountConfiguration", "networkConfiguration", "enableInterNodeCommunication",
+    "certificateReferences", "targetNodeCommunicationMode", "upgradePolicy", "resourceTags",
+    "enableAutoScale", "autoScaleFormula", "autoScaleEvaluationInterval",
+)
+
+
+def pool_not_found(pool_id: str) -> NotFound:
+    return NotFound("The specified pool does not exist.", code="PoolNotFound")
+
+
+def load(conn: Connection, ctx: Context, pool_id: str, *, for_update: bool = False) -> Any:
+    query = select(pools).where(pools.c.account == ctx.account, pools.c.key == pool_id.lower())
+    row = conn.execute(query).first()
+    if row is None:
+        raise pool_not_found(pool_id)
+    return row
+
+
+def _validate_start_task(body: dict[str, Any], path: str = "startTask") -> dict[str, Any] | None:
+    start = v.obj(body, "startTask", path=path)
+    if start is None:
+        return None
+    v.command_line(start, path=f"{path}.commandLine")
+    v.name_value_pairs(start, "environmentSettings", path=f"{path}.environmentSettings")
+    v.integer(start, "maxTaskRetryCount", minimum=-1, path=f"{path}.maxTaskRetryCount")
+    v.boolean(start, "waitForSuccess", path=f"{path}.waitForSuccess")
+    return start
+
+
+def _validate_vm_configuration(body: dict[str, Any]) -> None:
+    vmc = v.obj(body, "virtualMachineConfiguration")
+    if vmc is None:
+        raise MissingProperty("virtualMachineConfiguration")
+    sku = v.string(vmc, "nodeAgentSKUId", required=True, path="virtualMachineConfiguration.nodeAgentSKUId")
+    image = v.obj(vmc, "imageReference", required=True, path="virtualMachineConfiguration.imageReference")
+    assert image is not None and sku is not None
+    if not catalog.is_supported_node_agent_sku(sku):
+        raise InvalidProperty("virtualMachineConfiguration.nodeAgentSKUId", sku,
+                              "The specified node agent SKU is not supported.")
+    if image.get("virtualMachineImageId") is None and catalog.find_image(image) is None:
+        raise InvalidProperty("virtualMachineConfiguration.imageReference", image.get("sku"),
+                              "The specified image reference is not supported.")
+
+
+def _validate_metadata(body: dict[str, Any]) -> None:
+    v.name_value_pairs(body, "metadata")
+
+
+def create(ctx: Context, body: Any) -> None:
+    body = v.require_object(body)
+    pool_id = v.resource_id(body)
+    vm_size_name = v.string(body, "vmSize", required=True)
+    assert vm_size_name is not None
+    size = catalog.find_vm_size(vm_size_name)
+    if size is None:
+        raise InvalidProperty("vmSize", vm_size_name, "The specified VM size is not supported.")
+    _validate_vm_configuration(body)
+    v.string(body, "displayName", max_len=v.MAX_DISPLAY_NAME)
+    slots = v.integer(body, "taskSlotsPerNode", default=1, minimum=1,
+                      maximum=catalog.max_task_slots(size))
+    assert slots is not None
+    policy = v.obj(body, "taskSchedulingPolicy") or {}
+    fill = v.choice(policy, "nodeFillType", ("spread", "pack"), default="spread",
+                    path="taskSchedulingPolicy.nodeFillType")
+    autoscale = v.boolean(body, "enableAutoScale", default=False)
+    target_dedicated = v.integer(body, "targetDedicatedNodes", minimum=0)
+    target_spot = v.integer(body, "targetLowPriorityNodes", minimum=0)
+    if autoscale:
+        if target_dedicated is not None or target_spot is not None:
+            raise InvalidProperty("targetDedicatedNodes", target_dedicated,
+                                  "targetDedicatedNodes and targetLowPriorityNodes cannot be specified "
+                                  "when enableAutoScale is true.")
+        if not body.get("autoScaleFormula"):
+            raise MissingProperty("autoScaleFormula")
+        raise BadRequest("Autoscale pools are not supported yet.", code="FeatureNotSupported",
+                         values={"PropertyName": "enableAutoScale"})
+    if body.get("autoScaleFormula") is not None and not autoscale:
+        raise InvalidProperty("autoScaleFormula", "…", "autoScaleFormula requires enableAutoScale to be true.")
+    resize_timeout = v.duration(body, "resizeTimeout", minimum=MIN_RESIZE_TIMEOUT) or DEFAULT_RESIZE_TIMEOUT
+    _validate_start_task(body)
+    _validate_metadata(body)
+    v.array(body, "applicationPackageReferences")
+    v.array(body, "userAccounts")
+    v.array(body, "certificateReferences")
+
+    spec = {name: body[name] for name in _KEPT_PROPERTIES if name in body}
+    now = clock.now()
+    targets = (target_dedicated or 0, target_spot or 0)
+    with ctx.engine.begin() as conn:
+        exists = conn.execute(select(pools.c.seq).where(
+            pools.c.account == ctx.account, pools.c.key == pool_id.lower())).first()
+        if exists:
+            raise Conflict("The specified pool already exists.", code="PoolExists")
+        conn.execute(insert(pools).values(
+            account=ctx.account, id=pool_id, key=pool_id.lower(), state="active",
+            allocation_state="resizing", vm_size=size.name, slots_per_node=slots, fill_type=fill,
+            target_dedicated=targets[0], target_low_priority=targets[1],
+            resize_timeout_s=resize_timeout.total_seconds(), resize_deadline=now + resize_timeout,
+            deallocation_option="requeue", resize_errors=None, spec=spec, etag=clock.new_etag(),
+            last_modified=now, creation_time=now, state_transition_time=now,
+            allocation_state_transition_time=now, join_token=ids.token()))
+    ctx.signals.wake_provider()
+
+
+def node_counts_by_pool(conn: Connection, pool_seqs: list[int]) -> dict[int, tuple[int, int]]:
+    """(dedicated, spot) nodes per pool, counting nodes that are not leaving."""
+    if not pool_seqs:
+        return {}
+    rows = conn.execute(
+        select(nodes.c.pool_seq, nodes.c.is_dedicated, func.count())
+        .where(nodes.c.pool_seq.in_(pool_seqs), nodes.c.state != "leavingpool")
+        .group_by(nodes.c.pool_seq, nodes.c.is_dedicated)).all()
+    out: dict[int, list[int]] = {seq: [0, 0] for seq in pool_seqs}
+    for seq, dedicated, count in rows:
+        out[seq][0 if dedicated else 1] = count
+    return {seq: (d, s) for seq, (d, s) in out.items()}
+
+
+def to_wire(ctx: Context, row: Any, current: tuple[int, int]) -> dict[str, Any]:
+    spec = row.spec
+    out: dict[str, Any] = {
+        "id": row.id,
+        "url": f"{ctx.base_url}/pools/{row.id}",
+        "eTag": row.etag,
+        "lastModified": clock.iso(row.last_modified),
+        "creationTime": clock.iso(row.creation_time),
+        "state": row.state,
+        "stateTransitionTime": clock.iso(row.state_transition_time),
+        "allocationState": row.allocation_state,
+        "allocationStateTransitionTime": clock.iso(row.allocation_state_transition_time),
+        "vmSize": row.vm_size.lower(),
+        "resizeTimeout": clock.format_duration(timedelta(seconds=row.resize_timeout_s)),
+        "currentDedicatedNodes": current[0],
+        "currentLowPriorityNodes": current[1],
+        "targetDedicatedNodes": row.target_dedicated,
+        "targetLowPriorityNodes": row.target_low_priority,
+        "enableAutoScale": bool(spec.get("enableAutoScale", False)),
+        "enableInterNodeCommunication": bool(spec.get("enableInterNodeCommunication", False)),
+        "taskSlotsPerNode": row.slots_per_node,
+        "taskSchedulingPolicy": {"nodeFillType": row.fill_type},
+        "currentNodeCommunicationMode": "simplified",
+    }
+    if row.resize_errors and row.allocation_state == "steady":
+        out["resizeErrors"] = row.resize_errors
+    for name in _KEPT_PROPERTIES:
+        if name in spec and name not in out:
+            out[name] = spec[name]
+    out.setdefault("metadata", [])
+    return out
+
+
+def get(ctx: Context, pool_id: str) -> dict[str, Any]:
+    with ctx.engine.connect() as conn:
+        row = load(conn, ctx, pool_id)
+        return to_wire(ctx, row, node_counts_by_pool(conn, [row.seq])[row.seq])
+
+
+def etag_of(ctx: Context, pool_id: str) -> tuple[str, Any]:
+    with ctx.engine.connect() as conn:
+        row = load(conn, ctx, pool_id)
+        return row.etag, row.last_modified
+
+
+def list_all(ctx: Context) -> list[dict[str, Any]]:
+    with ctx.engine.connect() as conn:
+        rows = conn.execute(select(pools).where(pools.c.account == ctx.account).order_by(pools.c.key)).all()
+        counts = node_counts_by_pool(conn, [r.seq for r in rows])
+        return [to_wire(ctx, r, counts[r.seq]) for r in rows]
+
+
+def _guard_not_deleting(row: Any) -> None:
+    if row.state == "deleting":
+        raise Conflict("The specified pool has been marked for deletion and is being reclaimed.",
+                       code="PoolBeingDeleted")
+
+
+def patch(ctx: Context, pool_id: str, body: Any) -> None:
+    """PATCH: replace only the properties present."""
+    body = v.require_object(body)
+    if "startTask" in body:
+        _validate_start_task(body)
+    if "metadata" in body:
+        _validate_metadata(body)
+    v.array(body, "applicationPackageReferences")
+    with ctx.engine.begin() as conn:
+        row = load(conn, ctx, pool_id)
+        _guard_not_deleting(row)
+        spec = dict(row.spec)
+        for name in ("startTask", "metadata", "applicationPackageReferences", "certificateReferences",
+                     "targetNodeCommunicationMode", "displayName", "resourceTags"):
+            if name in body:
+                spec[name] = body[name]
+        _touch(conn, row, spec=spec)
+
+
+def update_properties(ctx: Context, pool_id: str, body: Any) -> None:
+    """POST updateproperties: replace the updatable properties; absent ones are cleared."""
+    body = v.require_object(body)
+    _validate_start_task(body)
+    if "metadata" not in body:
+        raise MissingProperty("metadata")
+    if "applicationPackageReferences" not in body:
+        raise MissingProperty("applicationPackageReferences")
+    _validate_metadata(body)
+    v.array(body, "applicationPackageReferences")
+    with ctx.engine.begin() as conn:
+        row = load(conn, ctx, pool_id)
+        _guard_not_deleting(row)
+        spec = dict(row.spec)
+        for name in ("startTask", "metadata", "applicationPackageReferences", "certificateReferences",
+                     "targetNodeCommunicationMode"):
+            if body.get(name) is None:
+                spec.pop(name, None)
+            else:
+                spec[name] = body[name]
+        _touch(conn, row, spec=spec)
+
+
+def _touch(conn: Connection, row: Any, **values: Any) -> None:
+    conn.execute(update(pools).where(pools.c.seq == row.seq).values(
+        etag=clock.new_etag(), last_modified=clock.now(), **values))
+
+
+def resize(ctx: Context, pool_id: str, body: Any) -> None:
+    body = v.require_object(body)
+    dedicated = v.integer(body, "targetDedicatedNodes", minimum=0)
+    spot = v.integer(body, "targetLowPriorityNodes", minimum=0)
+    timeout = v.duration(body, "resizeTimeout", minimum=MIN_RESIZE_TIMEOUT) or DEFAULT_RESIZE_TIMEOUT
+    option = v.choice(body, "nodeDeallocationOption", DEALLOCATION_OPTIONS, default="requeue")
+    with ctx.engine.begin() as conn:
+        row = load(conn, ctx, pool_id)
+        _guard_not_deleting(row)
+        if row.spec.get("enableAutoScale"):
+            raise Conflict("The specified pool has auto scale enabled; resize is not allowed.",
+                           code="AutoScaleEnabled")
+        if row.allocation_state != "steady":
+            raise Conflict("The specified pool is already being resized.", code="PoolNotSteady")
+        now = clock.now()
+        _touch(conn, row, allocation_state="resizing", allocation_state_transition_time=now,
+               target_dedicated=row.target_dedicated if dedicated is None else dedicated,
+               target_low_priority=row.target_low_priority if spot is None else spot,
+               resize_timeout_s=timeout.total_seconds(), resize_deadline=now + timeout,
+               deallocation_option=option, resize_errors=None)
+    ctx.signals.wake_provider()
+
+
+def stop_resize(ctx: Context, pool_id: str) -> None:
+    with ctx.engine.begin() as conn:
+        row = load(conn, ctx, pool_id)
+        _guard_not_deleting(row)
+        if row.allocation_state == "steady":
+            return
+        # Batch keeps the nodes it reached; the resize ends with a ResizeStopped error.
+        _touch(conn, row, allocation_state="stopping", allocation_state_transition_time=clock.now(),
+               resize_errors=[{"code": "ResizeStopped",
+                               "message": "Desired number of dedicated nodes could not be allocated "
+                                          "as the resize operation was stopped by the user."}])
+    ctx.signals.wake_provider()
+
+
+def remove_nodes(ctx: Context, pool_id: str, body: Any) -> None:
+    body = v.require_object(body)
+    node_list = body.get("nodeList")
+    if node_list is None:
+        raise MissingProperty("nodeList")
+    if not isinstance(node_list, list) or not all(isinstance(n, str) for n in node_list):
+        raise InvalidProperty("nodeList", node_list, "The value must be an array of node ids.")
+    if not 1 <= len(node_list) <= 100:
+        raise InvalidProperty("nodeList", len(node_list), "Between 1 and 100 node ids may be removed at once.")
+    timeout = v.duration(body, "resizeTimeout", minimum=MIN_RESIZE_TIMEOUT) or DEFAULT_RESIZE_TIMEOUT
+    option = v.choice(body, "nodeDeallocationOption", DEALLOCATION_OPTIONS, default="requeue")
+    from shoal.service import removal
+
+    with ctx.engine.begin() as conn:
+        row = load(conn, ctx, pool_id)
+        _guard_not_deleting(row)
+        if row.allocation_state != "steady":
+            raise Conflict("The specified pool is already being resized.", code="PoolNotSteady")
+        found = conn.execute(select(nodes).where(nodes.c.pool_seq == row.seq,
+                                                 nodes.c.id.in_(node_list))).all()
+        missing = set(node_list) - {n.id for n in found}
+        if missing:
+            raise NotFound("The specified node does not exist.", code="NodeNotFound",
+                           values={"NodeId": sorted(missing)[0]})
+        dedicated = sum(1 for n in found if n.is_dedicated and n.state != "leavingpool")
+        spot = sum(1 for n in found if not n.is_dedicated and n.state != "leavingpool")
+        now = clock.now()
+        _touch(conn, row, allocation_state="resizing", allocation_state_transition_time=now,
+               target_dedicated=max(0, row.target_dedicated - dedicated),
+               target_low_priority=max(0, row.target_low_priority - spot),
+               resize_timeout_s=timeout.total_seconds(), resize_deadline=now + timeout,
+               deallocation_option=option, resize_errors=None)
+        removal.mark_leaving(ctx, conn, [n for n in found if n.state != "leavingpool"], option)
+    ctx.signals.wake_provider()
+
+
+def delete(ctx: Context, pool_id: str) -> None:
+    with ctx.engine.begin() as conn:
+        row = load(conn, ctx, pool_id)
+        if row.state == "deleting":
+            return
+        now = clock.now()
+        # Deleting shrinks to zero with requeue semantics, then the pool disappears.
+        _touch(conn, row, state="deleting", state_transition_time=now, allocation_state="resizing",
+               allocation_state_transition_time=now, target_dedicated=0, target_low_priority=0,
+               deallocation_option="requeue")
+    ctx.signals.wake_provider()
+
+
+def exists(ctx: Context, pool_id: str) -> bool:
+    with ctx.engine.connect() as conn:
+        try:
+            load(conn, ctx, pool_id)
+        except NotFound:
+            return False
+        return True
+
+
+def forget(conn: Connection, seq: int) -> None:
+    conn.execute(delete(pools).where(pools.c.seq == seq))

@@ -1,0 +1,33 @@
+"""Taking nodes out of a pool with a node deallocation option (Batch semantics §2.3)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, update
+
+from shoal import clock
+from shoal.service import transitions
+from shoal.service.context import Context
+from shoal.store.schema import nodes
+
+
+def mark_leaving(ctx: Context, conn: Connection, node_rows: Sequence[Any], option: str) -> None:
+    """requeue/terminate act on running tasks now; taskcompletion/retaineddata let them finish
+    (the node takes no new work and leaves when it is empty)."""
+    if not node_rows:
+        return
+    ids = [n.id for n in node_rows]
+    running = transitions.running_on(conn, ids)
+    if option == "requeue":
+        transitions.requeue(conn, running, user_requested=True)
+    elif option == "terminate":
+        transitions.terminate(conn, running)
+    now = clock.now()
+    conn.execute(update(nodes).where(nodes.c.id.in_(ids)).values(
+        state="leavingpool", leave_option=option, scheduling_state="disabled",
+        state_transition_time=now, etag=clock.new_etag()))
+    for node_id in ids:
+        ctx.signals.wake_node(node_id)
+    ctx.signals.wake_scheduler()

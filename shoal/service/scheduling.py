@@ -1,0 +1,106 @@
+"""The shell around the pure scheduler: snapshot from the store, plan, commit in one transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, select, update
+
+from shoal import clock
+from shoal.scheduler import JobView, NodeView, PoolSnapshot, TaskView, plan
+from shoal.service.context import Context
+from shoal.store.schema import jobs, nodes, pools, tasks
+
+SCHEDULABLE_NODE_STATES = ("idle", "running")
+# How many ready tasks to look at per free slot: enough to backfill past tasks that need more
+# slots than any node has free, without reading a whole backlog every pass.
+_LOOKAHEAD_PER_SLOT = 4
+
+
+def schedule(ctx: Context) -> set[str]:
+    """One pass over every pool; returns the ids of nodes that got work."""
+    woken: set[str] = set()
+    with ctx.engine.begin() as conn:
+        pool_rows = conn.execute(select(pools.c.seq, pools.c.key, pools.c.id, pools.c.fill_type)
+                                 .where(pools.c.account == ctx.account, pools.c.state == "active")).all()
+        for pool in pool_rows:
+            woken |= _schedule_pool(ctx, conn, pool)
+    return woken
+
+
+def _snapshot(conn: Connection, ctx: Context, pool: Any) -> tuple[PoolSnapshot, dict[str, Any]] | None:
+    node_rows = conn.execute(select(nodes.c.id, nodes.c.slots, nodes.c.ip_address).where(
+        nodes.c.pool_seq == pool.seq, nodes.c.state.in_(SCHEDULABLE_NODE_STATES),
+        nodes.c.scheduling_state == "enabled").order_by(nodes.c.allocation_time, nodes.c.id)).all()
+    if not node_rows:
+        return None
+    used = dict(conn.execute(select(tasks.c.node_id, func.sum(tasks.c.required_slots)).where(
+        tasks.c.node_id.in_([n.id for n in node_rows]), tasks.c.state == "running")
+        .group_by(tasks.c.node_id)).all())
+    node_views = tuple(NodeView(n.id, n.slots, int(used.get(n.id) or 0)) for n in node_rows)
+    free_total = sum(max(0, n.free_slots) for n in node_views)
+    if free_total <= 0:
+        return None
+    job_rows = conn.execute(select(jobs.c.seq, jobs.c.max_parallel_tasks).where(
+        jobs.c.account == ctx.account, jobs.c.pool_key == pool.key, jobs.c.state == "active")).all()
+    if not job_rows:
+        return None
+    limited = [j.seq for j in job_rows if j.max_parallel_tasks > 0]
+    running_per_job = dict(conn.execute(select(tasks.c.job_seq, func.count()).where(
+        tasks.c.job_seq.in_(limited), tasks.c.state == "running").group_by(tasks.c.job_seq)).all()) if limited else {}
+    job_views = tuple(JobView(j.seq, None if j.max_parallel_tasks <= 0 else
+                              j.max_parallel_tasks - int(running_per_job.get(j.seq, 0))) for j in job_rows)
+    ready = conn.execute(
+        select(tasks.c.seq, tasks.c.job_seq, tasks.c.required_slots)
+        .join(jobs, jobs.c.seq == tasks.c.job_seq)
+        .where(and_(jobs.c.account == ctx.account, jobs.c.pool_key == pool.key, jobs.c.state == "active",
+                    tasks.c.state == "active"))
+        .order_by(jobs.c.priority.desc(), jobs.c.seq, tasks.c.seq)
+        .limit(free_total * _LOOKAHEAD_PER_SLOT)).all()
+    if not ready:
+        return None
+    task_views = tuple(TaskView(t.seq, t.job_seq, t.required_slots) for t in ready)
+    return PoolSnapshot(pool.fill_type, node_views, task_views, job_views), {n.id: n for n in node_rows}
+
+
+def _schedule_pool(ctx: Context, conn: Connection, pool: Any) -> set[str]:
+    built = _snapshot(conn, ctx, pool)
+    if built is None:
+        return set()
+    snapshot, node_rows = built
+    placements = plan(snapshot)
+    if not placements:
+        return set()
+    now = clock.now()
+    now_iso = clock.iso(now)
+    rows = {r.seq: r for r in conn.execute(
+        select(tasks.c.seq, tasks.c.id, tasks.c.state, tasks.c.state_transition_time, tasks.c.execution_info,
+               tasks.c.attempt, jobs.c.id.label("job_id"))
+        .join(jobs, jobs.c.seq == tasks.c.job_seq)
+        .where(tasks.c.seq.in_([p.task_seq for p in placements]))).all()}
+    per_node: dict[str, int] = {}
+    for placement in placements:
+        row = rows[placement.task_seq]
+        info = dict(row.execution_info)
+        info["startTime"] = now_iso
+        for name in ("endTime", "exitCode", "result", "failureInfo"):
+            info.pop(name, None)
+        node_info = {
+            "affinityId": f"TVM:{placement.node_id}",
+            "nodeUrl": f"{ctx.base_url}/pools/{pool.id}/nodes/{placement.node_id}",
+            "poolId": pool.id, "nodeId": placement.node_id,
+            "taskRootDirectory": f"workitems/{row.job_id}/job-1/{row.id}",
+            "taskRootDirectoryUrl": f"{ctx.base_url}/pools/{pool.id}/nodes/{placement.node_id}/files/"
+                                    f"workitems/{row.job_id}/job-1/{row.id}",
+        }
+        conn.execute(update(tasks).where(tasks.c.seq == placement.task_seq, tasks.c.state == "active").values(
+            state="running", previous_state="active", previous_state_transition_time=row.state_transition_time,
+            state_transition_time=now, node_id=placement.node_id, attempt=row.attempt + 1,
+            execution_info=info, node_info=node_info, etag=clock.new_etag(), last_modified=now))
+        per_node[placement.node_id] = per_node.get(placement.node_id, 0) + 1
+    for node_id, count in per_node.items():
+        conn.execute(update(nodes).where(nodes.c.id == node_id).values(
+            total_tasks_run=nodes.c.total_tasks_run + count))
+    conn.execute(update(nodes).where(nodes.c.id.in_(list(per_node)), nodes.c.state == "idle").values(
+        state="running", state_transition_time=now))
+    return set(per_node)

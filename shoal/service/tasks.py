@@ -1,0 +1,291 @@
+"""Tasks: adding (one or a collection), reading, changing and ending tasks (semantics §2.5)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from shoal import clock
+from shoal.config import MAX_COLLECTION_BODY_BYTES, MAX_TASKS_PER_COLLECTION
+from shoal.errors import BadRequest, BatchError, BodyTooLarge, Conflict, InvalidProperty, NotFound
+from shoal.service import jobs as job_service
+from shoal.service import transitions
+from shoal.service import validation as v
+from shoal.service.context import Context
+from shoal.store.schema import nodes, tasks
+
+_KEPT = ("displayName", "commandLine", "exitConditions", "containerSettings", "resourceFiles", "outputFiles",
+         "environmentSettings", "affinityInfo", "constraints", "userIdentity", "multiInstanceSettings",
+         "dependsOn", "applicationPackageReferences", "authenticationTokenSettings")
+DEFAULT_RETENTION = "P7D"
+
+
+def task_not_found() -> NotFound:
+    return NotFound("The specified task does not exist.", code="TaskNotFound")
+
+
+def task_dir(job_id: str, task_id: str) -> str:
+    return f"workitems/{job_id}/job-1/{task_id}"
+
+
+def _validate(body: Any) -> dict[str, Any]:
+    body = v.require_object(body)
+    task_id = v.resource_id(body)
+    v.command_line(body)
+    v.string(body, "displayName", max_len=v.MAX_DISPLAY_NAME)
+    v.integer(body, "requiredSlots", minimum=1)
+    v.name_value_pairs(body, "environmentSettings")
+    constraints = v.obj(body, "constraints")
+    if constraints is not None:
+        v.duration(constraints, "maxWallClockTime", path="constraints.maxWallClockTime")
+        v.duration(constraints, "retentionTime", path="constraints.retentionTime")
+        v.integer(constraints, "maxTaskRetryCount", minimum=-1, path="constraints.maxTaskRetryCount")
+    identity = v.obj(body, "userIdentity")
+    if identity is not None and identity.get("userName") is not None and identity.get("autoUser") is not None:
+        raise InvalidProperty("userIdentity", "…", "Specify either userName or autoUser, not both.")
+    if body.get("multiInstanceSettings") is not None:
+        raise BadRequest("Multi-instance tasks are not supported yet.", code="FeatureNotSupported",
+                         values={"PropertyName": "multiInstanceSettings"})
+    if body.get("dependsOn") is not None:
+        raise BadRequest("Task dependencies are not supported yet.", code="FeatureNotSupported",
+                         values={"PropertyName": "dependsOn"})
+    return {"id": task_id, "spec": {name: body[name] for name in _KEPT if name in body},
+            "required_slots": body.get("requiredSlots") or 1}
+
+
+def _job_for_adding(conn: Connection, ctx: Context, job_id: str) -> Any:
+    job = job_service.load(conn, ctx, job_id)
+    if job.state in ("completed", "terminating"):
+        raise Conflict("The specified job is already in a completed state.", code="JobCompleted")
+    if job.state == "deleting":
+        raise Conflict("The specified job has been marked for deletion and is being reclaimed.",
+                       code="JobBeingDeleted")
+    return job
+
+
+def _row_values(job: Any, task: dict[str, Any], now: Any) -> dict[str, Any]:
+    return {"job_seq": job.seq, "id": task["id"], "key": task["id"].lower(), "state": "active",
+            "required_slots": task["required_slots"], "attempt": 0, "spec": task["spec"],
+            "execution_info": {"retryCount": 0, "requeueCount": 0}, "etag": clock.new_etag(),
+            "last_modified": now, "creation_time": now, "state_transition_time": now}
+
+
+def create(ctx: Context, job_id: str, body: Any) -> dict[str, Any]:
+    task = _validate(body)
+    now = clock.now()
+    with ctx.engine.begin() as conn:
+        job = _job_for_adding(conn, ctx, job_id)
+        if conn.execute(select(tasks.c.seq).where(tasks.c.job_seq == job.seq,
+                                                  tasks.c.key == task["id"].lower())).first():
+            raise Conflict("The specified task already exists.", code="TaskExists")
+        values = _row_values(job, task, now)
+        conn.execute(insert(tasks).values(**values))
+    ctx.signals.wake_scheduler()
+    return {"etag": values["etag"], "last_modified": now, "id": task["id"]}
+
+
+def create_collection(ctx: Context, job_id: str, body: Any, body_size: int) -> list[dict[str, Any]]:
+    if body_size > MAX_COLLECTION_BODY_BYTES:
+        raise BodyTooLarge("The request body is too large and exceeds the maximum permissible limit.",
+                           values={"MaxLimit": str(MAX_COLLECTION_BODY_BYTES)})
+    body = v.require_object(body)
+    items = body.get("value")
+    if not isinstance(items, list):
+        raise InvalidProperty("value", items, "The value must be an array of tasks.")
+    if len(items) > MAX_TASKS_PER_COLLECTION:
+        raise BodyTooLarge("The number of tasks in the collection exceeds the maximum permissible limit.",
+                           values={"MaxLimit": str(MAX_TASKS_PER_COLLECTION)})
+    # The whole collection is validated before anything is stored: one bad task is a 400 for
+    # the request, and stored state stays as it was.
+    parsed = []
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        try:
+            task = _validate(item)
+        except BatchError as exc:
+            exc.values.setdefault("TaskIndex", str(index))
+            raise
+        key = task["id"].lower()
+        if key in seen:
+            raise InvalidProperty("value", task["id"], "The collection contains the same task id twice.")
+        seen.add(key)
+        parsed.append(task)
+    now = clock.now()
+    results: list[dict[str, Any]] = []
+    with ctx.engine.begin() as conn:
+        job = _job_for_adding(conn, ctx, job_id)
+        existing = set(conn.execute(select(tasks.c.key).where(
+            tasks.c.job_seq == job.seq, tasks.c.key.in_(list(seen)))).scalars().all())
+        rows = []
+        for task in parsed:
+            if task["id"].lower() in existing:
+                results.append({"status": "clienterror", "taskId": task["id"], "error": {
+                    "code": "TaskExists",
+                    "message": {"lang": "en-US", "value": "The specified task already exists."}}})
+                continue
+            values = _row_values(job, task, now)
+            rows.append(values)
+            results.append({"status": "success", "taskId": task["id"], "eTag": values["etag"],
+                            "lastModified": clock.iso(now),
+                            "location": f"{ctx.base_url}/jobs/{job.id}/tasks/{task['id']}"})
+        if rows:
+            conn.execute(insert(tasks), rows)
+    ctx.signals.wake_scheduler()
+    return results
+
+
+def load(conn: Connection, ctx: Context, job_id: str, task_id: str) -> tuple[Any, Any]:
+    job = job_service.load(conn, ctx, job_id)
+    row = conn.execute(select(tasks).where(tasks.c.job_seq == job.seq, tasks.c.key == task_id.lower())).first()
+    if row is None:
+        raise task_not_found()
+    return job, row
+
+
+def to_wire(ctx: Context, job: Any, row: Any, pool_id: str | None = None) -> dict[str, Any]:
+    spec = row.spec
+    constraints = {"maxWallClockTime": clock.UNLIMITED, "retentionTime": DEFAULT_RETENTION,
+                   "maxTaskRetryCount": (job.spec.get("constraints") or {}).get("maxTaskRetryCount", 0)}
+    constraints.update(spec.get("constraints") or {})
+    out: dict[str, Any] = {
+        "id": row.id,
+        "url": f"{ctx.base_url}/jobs/{job.id}/tasks/{row.id}",
+        "eTag": row.etag,
+        "lastModified": clock.iso(row.last_modified),
+        "creationTime": clock.iso(row.creation_time),
+        "state": row.state,
+        "stateTransitionTime": clock.iso(row.state_transition_time),
+        "commandLine": spec["commandLine"],
+        "requiredSlots": row.required_slots,
+        "constraints": constraints,
+        "executionInfo": row.execution_info,
+    }
+    if row.previous_state:
+        out["previousState"] = row.previous_state
+        out["previousStateTransitionTime"] = clock.iso(row.previous_state_transition_time)
+    if row.node_info:
+        out["nodeInfo"] = row.node_info
+    for name in _KEPT:
+        if name in spec and name not in out:
+            out[name] = spec[name]
+    return out
+
+
+def get(ctx: Context, job_id: str, task_id: str) -> dict[str, Any]:
+    with ctx.engine.connect() as conn:
+        job, row = load(conn, ctx, job_id, task_id)
+        return to_wire(ctx, job, row)
+
+
+def etag_of(ctx: Context, job_id: str, task_id: str) -> tuple[str, Any]:
+    with ctx.engine.connect() as conn:
+        _job, row = load(conn, ctx, job_id, task_id)
+        return row.etag, row.last_modified
+
+
+def list_page(ctx: Context, job_id: str, *, after_seq: int, limit: int,
+              predicate: Callable[[dict[str, Any]], bool] | None) -> tuple[list[dict[str, Any]], int | None]:
+    """Tasks in insertion order after `after_seq`; returns the page and the seq to continue
+    from (None at the end). The filter runs on the wire form, page by page."""
+    out: list[dict[str, Any]] = []
+    chunk = max(limit, 200)
+    with ctx.engine.connect() as conn:
+        job = job_service.load(conn, ctx, job_id)
+        cursor = after_seq
+        while True:
+            rows = conn.execute(select(tasks).where(tasks.c.job_seq == job.seq, tasks.c.seq > cursor)
+                                .order_by(tasks.c.seq).limit(chunk)).all()
+            for row in rows:
+                cursor = row.seq
+                wire = to_wire(ctx, job, row)
+                if predicate is None or predicate(wire):
+                    out.append(wire)
+                    if len(out) == limit:
+                        more = conn.execute(select(tasks.c.seq).where(
+                            tasks.c.job_seq == job.seq, tasks.c.seq > cursor).limit(1)).first()
+                        return out, (cursor if more else None)
+            if len(rows) < chunk:
+                return out, None
+
+
+def update_constraints(ctx: Context, job_id: str, task_id: str, body: Any) -> None:
+    body = v.require_object(body)
+    constraints = v.obj(body, "constraints") or {}
+    v.duration(constraints, "maxWallClockTime", path="constraints.maxWallClockTime")
+    v.duration(constraints, "retentionTime", path="constraints.retentionTime")
+    v.integer(constraints, "maxTaskRetryCount", minimum=-1, path="constraints.maxTaskRetryCount")
+    with ctx.engine.begin() as conn:
+        _job, row = load(conn, ctx, job_id, task_id)
+        spec = dict(row.spec)
+        if constraints:
+            spec["constraints"] = constraints
+        else:
+            spec.pop("constraints", None)
+        conn.execute(update(tasks).where(tasks.c.seq == row.seq).values(
+            spec=spec, etag=clock.new_etag(), last_modified=clock.now()))
+
+
+def terminate(ctx: Context, job_id: str, task_id: str) -> None:
+    with ctx.engine.begin() as conn:
+        job, row = load(conn, ctx, job_id, task_id)
+        if row.state == "completed":
+            return
+        touched = transitions.terminate(conn, [row])
+        transitions.refresh_node_busy(conn, touched)
+        job_service.finish_all_complete_jobs(ctx, conn, [job.seq])
+    for node_id in touched:
+        ctx.signals.wake_node(node_id)
+    ctx.signals.wake_scheduler()
+
+
+def reactivate(ctx: Context, job_id: str, task_id: str) -> None:
+    with ctx.engine.begin() as conn:
+        job, row = load(conn, ctx, job_id, task_id)
+        if job.state in ("completed", "terminating", "deleting"):
+            raise Conflict("The job of the task is completed or being deleted.", code="JobCompleted")
+        info = dict(row.execution_info)
+        if row.state != "completed" or info.get("result") != "failure":
+            raise Conflict("Only a completed task that failed can be reactivated.",
+                           code="TaskNotReactivatable")
+        for name in ("exitCode", "failureInfo", "result", "endTime", "startTime"):
+            info.pop(name, None)
+        info["retryCount"] = 0
+        now = clock.now()
+        conn.execute(update(tasks).where(tasks.c.seq == row.seq).values(
+            state="active", previous_state=row.state, previous_state_transition_time=row.state_transition_time,
+            state_transition_time=now, execution_info=info, etag=clock.new_etag(), last_modified=now))
+    ctx.signals.wake_scheduler()
+
+
+def delete_task(ctx: Context, job_id: str, task_id: str) -> tuple[str | None, str | None]:
+    """Returns the (file server url, task dir) the caller should clean up, if known."""
+    with ctx.engine.begin() as conn:
+        job, row = load(conn, ctx, job_id, task_id)
+        touched = transitions.terminate(conn, [row]) if row.state == "running" else set()
+        transitions.refresh_node_busy(conn, touched)
+        conn.execute(delete(tasks).where(tasks.c.seq == row.seq))
+        node_id = (row.node_info or {}).get("nodeId")
+        url = None
+        if node_id:
+            url = conn.execute(select(nodes.c.file_server_url).where(nodes.c.id == node_id)).scalar()
+        job_service.finish_all_complete_jobs(ctx, conn, [job.seq])
+    for touched_id in touched:
+        ctx.signals.wake_node(touched_id)
+    ctx.signals.wake_scheduler()
+    return url, task_dir(job.id, row.id)
+
+
+def node_of(ctx: Context, job_id: str, task_id: str) -> tuple[Any, str]:
+    """The node row holding a task's files and the task's directory on it."""
+    with ctx.engine.connect() as conn:
+        job, row = load(conn, ctx, job_id, task_id)
+        node_id = (row.node_info or {}).get("nodeId")
+        node = None
+        if node_id:
+            node = conn.execute(select(nodes).where(nodes.c.id == node_id)).first()
+        if node is None:
+            raise NotFound("The task has no files: it has not run on a node that still exists.",
+                           code="FileNotFound")
+        return node, task_dir(job.id, row.id)

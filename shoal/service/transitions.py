@@ -1,0 +1,145 @@
+"""Task state changes shared by every path that ends or returns a running task.
+
+A task's current attempt is `(node_id, attempt)` while it runs. Moving the task out of
+`running` is all it takes to stop it: the node's agent lists the attempts it holds on its next
+sync, learns this one is stale and kills it (see docs/agent-protocol.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, select, update
+
+from shoal import clock
+from shoal.store.schema import jobs, nodes, tasks
+
+FAILURE_EXIT_CODE = {"category": "usererror", "code": "FailureExitCode",
+                     "message": "The task exited with an exit code representing a failure"}
+TERMINATED = {"category": "usererror", "code": "TaskEnded", "message": "The task was terminated."}
+
+
+def _state_change(row: Any, new_state: str, now: datetime) -> dict[str, Any]:
+    return {"state": new_state, "previous_state": row.state, "previous_state_transition_time":
+            row.state_transition_time, "state_transition_time": now, "etag": clock.new_etag(),
+            "last_modified": now}
+
+
+def requeue(conn: Connection, rows: Iterable[Any], *, user_requested: bool) -> set[str]:
+    """Put running tasks back to active. Recovery requeues (node lost, preempted) change neither
+    retryCount nor requeueCount; user-requested ones (resize, disable, reboot) count a requeue."""
+    now = clock.now()
+    touched: set[str] = set()
+    for row in rows:
+        info = dict(row.execution_info)
+        if user_requested:
+            info["requeueCount"] = info.get("requeueCount", 0) + 1
+            info["lastRequeueTime"] = clock.iso(now)
+        conn.execute(update(tasks).where(tasks.c.seq == row.seq).values(
+            node_id=None, execution_info=info, **_state_change(row, "active", now)))
+        if row.node_id:
+            touched.add(row.node_id)
+    return touched
+
+
+def complete(conn: Connection, row: Any, *, exit_code: int | None, failure: dict[str, Any] | None,
+             end_time: str | None = None, start_time: str | None = None) -> bool:
+    """End the current attempt with a result; returns True if the task was retried."""
+    now = clock.now()
+    info = dict(row.execution_info)
+    if start_time:
+        info["startTime"] = start_time
+    info["endTime"] = end_time or clock.iso(now)
+    if exit_code is not None:
+        info["exitCode"] = exit_code
+    else:
+        info.pop("exitCode", None)
+    retried = False
+    if failure is None and exit_code == 0:
+        info["result"] = "success"
+        info.pop("failureInfo", None)
+        new_state = "completed"
+    elif failure is None:
+        max_retries = effective_max_retries(conn, row)
+        if max_retries == -1 or info.get("retryCount", 0) < max_retries:
+            info["retryCount"] = info.get("retryCount", 0) + 1
+            info["lastRetryTime"] = clock.iso(now)
+            new_state = "active"
+            retried = True
+        else:
+            info["result"] = "failure"
+            info["failureInfo"] = dict(FAILURE_EXIT_CODE)
+            new_state = "completed"
+    else:
+        # Pre-processing errors and timeouts are final: Batch does not retry them.
+        info["result"] = "failure"
+        info["failureInfo"] = failure
+        new_state = "completed"
+    conn.execute(update(tasks).where(tasks.c.seq == row.seq).values(
+        node_id=None, execution_info=info, **_state_change(row, new_state, now)))
+    if row.node_id:
+        succeeded = 1 if new_state == "completed" and info.get("result") == "success" else 0
+        conn.execute(update(nodes).where(nodes.c.id == row.node_id).values(
+            total_tasks_succeeded=nodes.c.total_tasks_succeeded + succeeded))
+    return retried
+
+
+def terminate(conn: Connection, rows: Iterable[Any], failure: dict[str, Any] | None = None) -> set[str]:
+    """End tasks (active or running) as completed with failureInfo, never to run again."""
+    now = clock.now()
+    touched: set[str] = set()
+    for row in rows:
+        info = dict(row.execution_info)
+        info["endTime"] = clock.iso(now)
+        if row.state == "running":
+            info["result"] = "failure"
+            info["failureInfo"] = dict(failure or TERMINATED)
+        conn.execute(update(tasks).where(tasks.c.seq == row.seq).values(
+            node_id=None, execution_info=info, **_state_change(row, "completed", now)))
+        if row.node_id:
+            touched.add(row.node_id)
+    return touched
+
+
+def effective_max_retries(conn: Connection, row: Any) -> int:
+    own = (row.spec.get("constraints") or {}).get("maxTaskRetryCount")
+    if own is not None:
+        return int(own)
+    job_spec = conn.execute(select(jobs.c.spec).where(jobs.c.seq == row.job_seq)).scalar_one()
+    return int((job_spec.get("constraints") or {}).get("maxTaskRetryCount") or 0)
+
+
+def refresh_node_busy(conn: Connection, node_ids: Iterable[str]) -> None:
+    """Keep `idle` ↔ `running` in step with the tasks a node runs."""
+    ids = [n for n in set(node_ids) if n]
+    if not ids:
+        return
+    busy = {node_id for (node_id,) in conn.execute(
+        select(tasks.c.node_id).where(tasks.c.node_id.in_(ids), tasks.c.state == "running")
+        .group_by(tasks.c.node_id)).all()}
+    now = clock.now()
+    idle_ids = [n for n in ids if n not in busy]
+    if busy:
+        conn.execute(update(nodes).where(nodes.c.id.in_(busy), nodes.c.state == "idle").values(
+            state="running", state_transition_time=now))
+    if idle_ids:
+        conn.execute(update(nodes).where(nodes.c.id.in_(idle_ids), nodes.c.state == "running").values(
+            state="idle", state_transition_time=now))
+
+
+def running_on(conn: Connection, node_ids: list[str]) -> list[Any]:
+    if not node_ids:
+        return []
+    return conn.execute(select(tasks).where(tasks.c.node_id.in_(node_ids),
+                                            tasks.c.state == "running")).all()
+
+
+def running_slots(conn: Connection, node_ids: list[str]) -> dict[str, int]:
+    if not node_ids:
+        return {}
+    rows = conn.execute(select(tasks.c.node_id, func.sum(tasks.c.required_slots), func.count())
+                        .where(and_(tasks.c.node_id.in_(node_ids), tasks.c.state == "running"))
+                        .group_by(tasks.c.node_id)).all()
+    return {node_id: int(slots) for node_id, slots, _count in rows}

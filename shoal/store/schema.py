@@ -1,0 +1,148 @@
+"""The store's tables (SQLAlchemy Core).
+
+Resources keep the properties Shoal queries or changes as columns and the rest of what the
+client sent as a JSON `spec`, so the wire format can grow without a migration for every
+property. Ids are case-preserving but unique case-insensitively, as in Batch: `key` is the
+lower-cased id.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# BigInteger ids become SQLite's rowid alias only when declared INTEGER.
+SurrogateId = BigInteger().with_variant(Integer(), "sqlite")
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("primary_key", String(128), nullable=False),
+    Column("secondary_key", String(128), nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+)
+
+pools = Table(
+    "pools",
+    metadata,
+    Column("seq", SurrogateId, primary_key=True, autoincrement=True),
+    Column("account", String(64), ForeignKey("accounts.name"), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("allocation_state", String(16), nullable=False),
+    Column("vm_size", String(64), nullable=False),
+    Column("slots_per_node", Integer, nullable=False),
+    Column("fill_type", String(16), nullable=False),
+    Column("target_dedicated", Integer, nullable=False),
+    Column("target_low_priority", Integer, nullable=False),
+    Column("resize_timeout_s", Float, nullable=False),
+    Column("resize_deadline", DateTime(timezone=True)),
+    Column("deallocation_option", String(32)),
+    Column("resize_errors", JSON),
+    Column("spec", JSON, nullable=False),
+    Column("etag", String(40), nullable=False),
+    Column("last_modified", DateTime(timezone=True), nullable=False),
+    Column("creation_time", DateTime(timezone=True), nullable=False),
+    Column("state_transition_time", DateTime(timezone=True), nullable=False),
+    Column("allocation_state_transition_time", DateTime(timezone=True), nullable=False),
+    Column("join_token", String(64), nullable=False),
+    UniqueConstraint("account", "key", name="uq_pools_account_key"),
+)
+
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("pool_seq", SurrogateId, ForeignKey("pools.seq", ondelete="CASCADE"), nullable=False),
+    Column("state", String(24), nullable=False),
+    Column("scheduling_state", String(16), nullable=False),
+    Column("is_dedicated", Boolean, nullable=False),
+    Column("token", String(64), nullable=False, unique=True),
+    Column("slots", Integer, nullable=False),
+    Column("allocation_time", DateTime(timezone=True), nullable=False),
+    Column("state_transition_time", DateTime(timezone=True), nullable=False),
+    Column("last_boot_time", DateTime(timezone=True)),
+    Column("last_heartbeat", DateTime(timezone=True)),
+    Column("agent_pid", Integer),
+    Column("incarnation", String(64)),
+    Column("file_server_url", String(256)),
+    Column("ip_address", String(64)),
+    Column("start_task_info", JSON),
+    Column("run_start_task", Boolean, nullable=False, default=False),
+    Column("total_tasks_run", Integer, nullable=False, default=0),
+    Column("total_tasks_succeeded", Integer, nullable=False, default=0),
+    Column("leave_option", String(32)),
+    Column("errors", JSON),
+    Column("etag", String(40), nullable=False),
+)
+Index("ix_nodes_pool", nodes.c.pool_seq)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("seq", SurrogateId, primary_key=True, autoincrement=True),
+    Column("account", String(64), ForeignKey("accounts.name"), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("previous_state", String(16)),
+    Column("priority", Integer, nullable=False),
+    Column("pool_key", String(64), nullable=False),
+    Column("max_parallel_tasks", Integer, nullable=False),
+    Column("spec", JSON, nullable=False),
+    Column("execution_info", JSON, nullable=False),
+    Column("disable_option", String(16)),
+    Column("etag", String(40), nullable=False),
+    Column("last_modified", DateTime(timezone=True), nullable=False),
+    Column("creation_time", DateTime(timezone=True), nullable=False),
+    Column("state_transition_time", DateTime(timezone=True), nullable=False),
+    Column("previous_state_transition_time", DateTime(timezone=True)),
+    UniqueConstraint("account", "key", name="uq_jobs_account_key"),
+)
+Index("ix_jobs_pool_state", jobs.c.pool_key, jobs.c.state)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("seq", SurrogateId, primary_key=True, autoincrement=True),
+    Column("job_seq", SurrogateId, ForeignKey("jobs.seq", ondelete="CASCADE"), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("previous_state", String(16)),
+    Column("required_slots", Integer, nullable=False),
+    Column("node_id", String(64)),
+    Column("attempt", Integer, nullable=False, default=0),
+    Column("kill_option", String(16)),
+    Column("spec", JSON, nullable=False),
+    Column("execution_info", JSON, nullable=False),
+    Column("node_info", JSON),
+    Column("etag", String(40), nullable=False),
+    Column("last_modified", DateTime(timezone=True), nullable=False),
+    Column("creation_time", DateTime(timezone=True), nullable=False),
+    Column("state_transition_time", DateTime(timezone=True), nullable=False),
+    Column("previous_state_transition_time", DateTime(timezone=True)),
+    UniqueConstraint("job_seq", "key", name="uq_tasks_job_key"),
+)
+Index("ix_tasks_job_state_seq", tasks.c.job_seq, tasks.c.state, tasks.c.seq)
+Index("ix_tasks_node", tasks.c.node_id)
+
+__all__ = ["metadata", "accounts", "pools", "nodes", "jobs", "tasks", "Text"]
