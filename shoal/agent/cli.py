@@ -16,8 +16,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--join", required=True, help="control plane base URL")
     parser.add_argument("--pool", required=True, help="pool id")
     parser.add_argument("--node-id", help="node id (omit to register with --join-token)")
-    parser.add_argument("--token", default=os.environ.get("SHOAL_NODE_TOKEN"),
-                        help="node token (required with --node-id; default $SHOAL_NODE_TOKEN, which keeps it out of ps)")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("SHOAL_NODE_TOKEN"),
+        help="node token (required with --node-id; default $SHOAL_NODE_TOKEN, which keeps it out of ps)",
+    )
     parser.add_argument("--join-token", help="pool join token, for an agent started by hand")
     parser.add_argument("--root", required=True, help="node root directory (AZ_BATCH_NODE_ROOT_DIR)")
     parser.add_argument("--files-host", default="127.0.0.1", help="address the node file server binds")

@@ -200,7 +200,9 @@ class FileServer:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Bind (port 0 = ephemeral) and serve in the running event loop; returns the base URL."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto must be IPPROTO_TCP: asyncio only sets TCP_NODELAY on accepted sockets whose listening
+        # socket says so, and without it keep-alive responses stall 40 ms on delayed ACKs.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(128)

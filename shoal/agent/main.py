@@ -49,6 +49,7 @@ from shoal.agent.layout import (
     task_environment,
 )
 from shoal.agent.process import (
+    KILL_GRACE_S,
     USER_ERROR,
     Failure,
     ProcessResult,
@@ -210,6 +211,9 @@ class Agent:
         if self._start_task_runner is not None:
             self._start_task_runner.cancel()
         await asyncio.gather(*kills, return_exceptions=True)
+        if self._background:
+            # Let kills already under way reach their SIGKILL; deletions may be cut short.
+            await asyncio.wait(list(self._background), timeout=KILL_GRACE_S + 1)
         for task in list(self._background):
             task.cancel()
         if self.fileserver is not None:
@@ -438,6 +442,10 @@ class Agent:
     def _launch_start_task(self) -> None:
         if self._start_task_runner is not None and not self._start_task_runner.done():
             return  # already running; its outcome will be reported
+        if self._start_task_version != self._start_task_delivered:
+            # The control plane asked before it saw our latest start-task state (it repeats
+            # runStartTask until a report arrives); that state answers the request.
+            return
         if not self.start_task_def:
             return
         self._start_task_runner = asyncio.ensure_future(self._run_start_task(self.start_task_def))
@@ -451,9 +459,12 @@ class Agent:
         assert self.node is not None
         max_retries = int(definition.get("maxTaskRetryCount") or 0)
         retry = 0
+        last_retry_time: str | None = None
         paths = self.layout.start_task()
         while True:
             started = utc_now()
+            if retry:
+                last_retry_time = iso(started)
             self._set_start_task_state(
                 {
                     "state": "running",
@@ -461,6 +472,7 @@ class Agent:
                     "endTime": None,
                     "exitCode": None,
                     "retryCount": retry,
+                    "lastRetryTime": last_retry_time,
                     "failure": None,
                 }
             )
@@ -494,7 +506,7 @@ class Agent:
                         "FailureExitCode",
                         f"The start task exited with exit code {result.exit_code}",
                     )
-                state = {"state": "completed", "retryCount": retry}
+                state = {"state": "completed", "retryCount": retry, "lastRetryTime": last_retry_time}
                 state.update(result.to_report_fields())
                 self._set_start_task_state(state)
                 return

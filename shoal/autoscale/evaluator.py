@@ -308,11 +308,11 @@ def _compile_name(node: ast.Name) -> Compiled:
         canonical = TARGET_ALIASES.get(name, name)
 
         def read_target(run: _Run) -> Value:
-            value = run.targets.get(canonical)
-            if value is None:
-                # Reading a target the formula has not set yields the current one.
-                value = run.data.current.get(canonical, 0.0)
-            return float(value)
+            assigned = run.targets.get(canonical)
+            if assigned is not None:
+                return assigned
+            # Reading a target the formula has not set yields the current one.
+            return float(run.data.current.get(canonical, 0.0))
 
         return read_target
     if name == NODE_DEALLOCATION_OPTION:

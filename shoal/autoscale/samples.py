@@ -29,7 +29,7 @@ from .errors import (
     FormulaError,
     evaluation_error,
 )
-from .types import TimeInterval, Timestamp, datetime_to_ticks, type_name
+from .types import TimeInterval, Timestamp, Value, datetime_to_ticks, type_name
 
 # Metrics that hold a sample history (read-only service-defined variables,
 # semantics.md §1.6).  Legacy names read the history of the current name.
@@ -101,7 +101,7 @@ class MetricView:
         self.visible = bisect_right(history.ticks, now - lag)
 
     # -- the sample methods ---------------------------------------------------
-    def call(self, method: str, args: list, position: int) -> object:
+    def call(self, method: str, args: list, position: int) -> Value:
         if method == "GetSample":
             return self._get_sample(args, position)
         if method == "GetSamplePercent":

@@ -268,7 +268,7 @@ def format_value(value: Value) -> str:
     if kind is float:
         return format_double(value)  # type: ignore[arg-type]
     if kind is list:
-        return "[" + ",".join(format_double(v) for v in value) + "]"  # type: ignore[union-attr]
+        return "[" + ",".join(format_double(v) for v in value) + "]"  # type: ignore[union-attr, arg-type]
     if kind is Timestamp:
         return format_timestamp(value)  # type: ignore[arg-type]
     if kind is TimeInterval:

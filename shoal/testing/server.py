@@ -1,0 +1,88 @@
+"""A real `shoal up` subprocess for tests: a fresh data dir, a free port, stopped afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STARTUP_TIMEOUT_S = 30.0
+
+
+@dataclass
+class RunningShoal:
+    data_dir: Path
+    process: subprocess.Popen[bytes]
+    endpoint: str
+    account: str
+    primary_key: str
+    secondary_key: str
+    log_path: Path
+
+    def client(self, key: str | None = None) -> Any:
+        from azure.batch import BatchClient
+        from azure.core.credentials import AzureNamedKeyCredential
+
+        return BatchClient(self.endpoint, AzureNamedKeyCredential(self.account, key or self.primary_key))
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def account_info(data_dir: Path) -> dict[str, str]:
+    out = subprocess.run([sys.executable, "-m", "shoal.cli", "account", "show", "--data-dir", str(data_dir),
+                          "--json"], capture_output=True, check=True, text=True)
+    return json.loads(out.stdout)
+
+
+def start_shoal(data_dir: Path, *, port: int = 0, extra_args: list[str] | None = None,
+                env: dict[str, str] | None = None) -> RunningShoal:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    endpoint_file = data_dir / "endpoint.json"
+    endpoint_file.unlink(missing_ok=True)
+    log_path = data_dir / f"shoal-up-{int(time.time() * 1000)}.log"
+    process_env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
+    process_env.update(env or {})
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shoal.cli", "up", "--port", str(port), "--data-dir", str(data_dir),
+             *(extra_args or [])], stdout=log_file, stderr=subprocess.STDOUT, env=process_env,
+            start_new_session=True)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not endpoint_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"shoal up did not start:\n{log_path.read_text(errors='replace')}")
+        time.sleep(0.05)
+    info = account_info(data_dir)
+    return RunningShoal(data_dir, process, info["endpoint"], info["name"], info["primaryKey"],
+                        info["secondaryKey"], log_path)
+
+
+def stop_shoal(shoal: RunningShoal, *, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+    if shoal.process.poll() is None:
+        shoal.process.send_signal(sig)
+        try:
+            shoal.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            shoal.process.kill()
+            shoal.process.wait()
+
+
+def kill_agents(data_dir: Path) -> None:
+    """After a kill -9 of the server its agents live on; tests clean them up."""
+    import psutil
+
+    marker = str(data_dir / "nodes")
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if any(marker in part for part in process.info["cmdline"] or []):
+                os.killpg(process.pid, signal.SIGKILL)
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue

@@ -1,0 +1,36 @@
+"""Fixtures shared by every test: a real `shoal up`, an SDK client, image and pool helpers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shoal.testing.server import RunningShoal, kill_agents, start_shoal, stop_shoal
+
+for name in [n for n in os.environ if n.startswith("SHOAL_")]:
+    del os.environ[name]
+
+
+@pytest.fixture(scope="module")
+def shoal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningShoal]:
+    """One `shoal up` per test module (starting one costs about a second)."""
+    running = start_shoal(tmp_path_factory.mktemp("shoal"))
+    try:
+        yield running
+    finally:
+        stop_shoal(running)
+        kill_agents(running.data_dir)
+
+
+@pytest.fixture(scope="module")
+def client(shoal: RunningShoal) -> Any:
+    return shoal.client()
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent

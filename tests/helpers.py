@@ -1,0 +1,52 @@
+"""Helpers for acceptance tests: SDK option builders and polling waits."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def image() -> Any:
+    from azure.batch import models
+
+    return models.VirtualMachineConfiguration(
+        image_reference=models.BatchVmImageReference(publisher="canonical", offer="0001-com-ubuntu-server-jammy",
+                                                     sku="22_04-lts", version="latest"),
+        node_agent_sku_id="batch.node.ubuntu 22.04")
+
+
+def pool_options(pool_id: str, **kwargs: Any) -> Any:
+    from azure.batch import models
+
+    kwargs.setdefault("vm_size", "standard_d2s_v3")
+    return models.BatchPoolCreateOptions(id=pool_id, virtual_machine_configuration=image(), **kwargs)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1,
+             message: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def wait_pool_idle(client: Any, pool_id: str, count: int, timeout: float = 30.0) -> list[Any]:
+    def ready() -> list[Any] | None:
+        nodes = list(client.list_nodes(pool_id))
+        idle = [n for n in nodes if n.state in ("idle", "running")]
+        return nodes if len(idle) == count and len(nodes) == count else None
+
+    return wait_for(ready, timeout, message=f"{count} idle nodes in {pool_id}")
+
+
+def wait_tasks_done(client: Any, job_id: str, timeout: float = 60.0) -> Any:
+    def done() -> Any:
+        counts = client.get_job_task_counts(job_id).task_counts
+        return counts if counts.active == 0 and counts.running == 0 else None
+
+    return wait_for(done, timeout, interval=0.2, message=f"tasks of {job_id} to complete")
