@@ -50,7 +50,9 @@ def ensure_account(engine: Any, name: str = DEFAULT_ACCOUNT) -> tuple[str, str]:
 
 def bind_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio then sets TCP_NODELAY on accepted sockets, which spares
+    # every keep-alive request a 40 ms delayed-ACK stall.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)
