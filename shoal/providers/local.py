@@ -95,9 +95,14 @@ class LocalProvider:
     def _adopt(self, node_id: str, pid: int) -> _Agent | None:
         try:
             process = psutil.Process(pid)
-            if node_id not in " ".join(process.cmdline()):
+            cmdline = " ".join(process.cmdline())
+            if node_id not in cmdline:
                 return None
-        except psutil.Error:
+            if self.join_url not in cmdline:
+                # An agent of an earlier server on another endpoint could never reach us.
+                os.killpg(process.pid, signal.SIGKILL)
+                return None
+        except (psutil.Error, ProcessLookupError, PermissionError):
             return None
         agent = _Agent(node_id, process)
         self.agents[node_id] = agent
