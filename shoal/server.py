@@ -97,7 +97,12 @@ class ControlPlane:
     def write_endpoint_file(self) -> None:
         path = Path(self.settings.data_dir) / ENDPOINT_FILE
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"endpoint": self.endpoint, "account": DEFAULT_ACCOUNT}))
+        record = {"endpoint": self.endpoint, "account": DEFAULT_ACCOUNT}
+        if self.settings.database_url:
+            # `shoal account show` finds the account in that database; the file is private.
+            record["database"] = self.settings.database_url
+        tmp.write_text(json.dumps(record))
+        tmp.chmod(0o600)
         tmp.replace(path)
 
     async def _scheduler_loop(self) -> None:

@@ -34,3 +34,15 @@ def client(shoal: RunningShoal) -> Any:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[object]:
+    """A throw-away PostgreSQL cluster on loopback, started only by tests that ask for it."""
+    from shoal.testing.postgres import TempPostgres
+
+    server = TempPostgres().start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -44,7 +44,8 @@ def error_response(request: Request, error: BatchError) -> Response:
     if error.values:
         body["values"] = [{"key": k, "value": v} for k, v in error.values.items()]
     headers = request_headers(request)
-    if request.method == "HEAD":
+    if request.method == "HEAD" or error.status == 304:
+        # HEAD answers and 304s carry no body (RFC 9110).
         return Response(status_code=error.status, headers=headers)
     return Response(orjson.dumps(body), status_code=error.status, headers=headers, media_type=JSON_TYPE)
 
@@ -102,28 +103,44 @@ def _etags(value: str) -> set[str]:
     return {part.strip().strip('"') for part in value.split(",") if part.strip()}
 
 
+# Batch allows one conditional header per request, except these pairs, where the ETag header decides.
+_CONDITION_HEADERS = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
+_ALLOWED_PAIRS = ({"if-none-match", "if-modified-since"}, {"if-match", "if-unmodified-since"})
+
+
+def _not_modified() -> BatchError:
+    # Batch answers an unmet If-None-Match / If-Modified-Since on a read with 304, not 412.
+    return BatchError("The condition specified in the conditional header(s) was not met for a read operation.",
+                      code="ConditionNotMet", status=304)
+
+
 def check_conditions(request: Request, etag: str, last_modified: datetime) -> None:
-    """If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since as Batch applies them."""
+    """If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since as Batch applies them
+    (REST docs, "Specifying conditional headers")."""
     headers = request.headers
+    present = {name for name in _CONDITION_HEADERS if name in headers}
+    if len(present) > 1 and present not in _ALLOWED_PAIRS:
+        raise BadRequest("Multiple condition headers are not supported.", code="MultipleConditionHeadersNotSupported")
+    read = request.method in ("GET", "HEAD")
     last = clock.as_utc(last_modified)
     assert last is not None
     last = last.replace(microsecond=0)
     if_match = headers.get("if-match")
-    if if_match and "*" not in if_match and etag not in _etags(if_match):
-        raise ConditionNotMet()
-    if_none = headers.get("if-none-match")
-    if if_none and ("*" in if_none or etag in _etags(if_none)):
-        raise ConditionNotMet()
-    since = headers.get("if-modified-since")
-    if since:
-        when = _parse_http_date(since)
-        if when is not None and last <= when:
+    if if_match is not None:
+        if "*" not in if_match and etag not in _etags(if_match):
             raise ConditionNotMet()
-    unmodified = headers.get("if-unmodified-since")
-    if unmodified:
-        when = _parse_http_date(unmodified)
+    elif "if-unmodified-since" in headers:
+        when = _parse_http_date(headers["if-unmodified-since"])
         if when is not None and last > when:
             raise ConditionNotMet()
+    if_none = headers.get("if-none-match")
+    if if_none is not None:
+        if "*" in if_none or etag in _etags(if_none):
+            raise _not_modified() if read else ConditionNotMet()
+    elif "if-modified-since" in headers:
+        when = _parse_http_date(headers["if-modified-since"])
+        if when is not None and last <= when:
+            raise _not_modified() if read else ConditionNotMet()
 
 
 def has_conditions(request: Request) -> bool:

@@ -31,10 +31,16 @@ def account_from_data_dir(data_dir: Path | None) -> AccountInfo:
     from shoal.store.schema import accounts
 
     directory = Path(data_dir) if data_dir else default_data_dir()
+    endpoint_file = directory / "endpoint.json"
+    record = json.loads(endpoint_file.read_text()) if endpoint_file.exists() else {}
     db = directory / "shoal.db"
-    if not db.exists():
+    if record.get("database"):
+        url = record["database"]
+    elif db.exists():
+        url = f"sqlite:///{db}"
+    else:
         raise BatchError(f"No Shoal data in {directory}: run `shoal up` first.", code="NotInitialised")
-    engine = create_store_engine(f"sqlite:///{db}")
+    engine = create_store_engine(url)
     try:
         with engine.connect() as conn:
             row = conn.execute(select(accounts)).first()
@@ -42,11 +48,7 @@ def account_from_data_dir(data_dir: Path | None) -> AccountInfo:
         engine.dispose()
     if row is None:
         raise BatchError(f"No account in {directory}: run `shoal up` first.", code="NotInitialised")
-    endpoint = None
-    endpoint_file = directory / "endpoint.json"
-    if endpoint_file.exists():
-        endpoint = json.loads(endpoint_file.read_text()).get("endpoint")
-    return AccountInfo(row.name, endpoint, row.primary_key, row.secondary_key)
+    return AccountInfo(row.name, record.get("endpoint"), row.primary_key, row.secondary_key)
 
 
 def resolve_account(data_dir: Path | None) -> AccountInfo:

@@ -257,7 +257,7 @@ def resize(ctx: Context, pool_id: str, body: Any) -> None:
             raise Conflict("The specified pool has auto scale enabled; resize is not allowed.",
                            code="AutoScaleEnabled")
         if row.allocation_state != "steady":
-            raise Conflict("The specified pool is already being resized.", code="PoolNotSteady")
+            raise Conflict("The specified pool is already being resized.", code="PoolBeingResized")
         now = clock.now()
         _touch(conn, row, allocation_state="resizing", allocation_state_transition_time=now,
                target_dedicated=row.target_dedicated if dedicated is None else dedicated,
@@ -298,7 +298,7 @@ def remove_nodes(ctx: Context, pool_id: str, body: Any) -> None:
         row = load(conn, ctx, pool_id)
         _guard_not_deleting(row)
         if row.allocation_state != "steady":
-            raise Conflict("The specified pool is already being resized.", code="PoolNotSteady")
+            raise Conflict("The specified pool is already being resized.", code="PoolBeingResized")
         found = conn.execute(select(nodes).where(nodes.c.pool_seq == row.seq,
                                                  nodes.c.id.in_(node_list))).all()
         missing = set(node_list) - {n.id for n in found}

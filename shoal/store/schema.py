@@ -70,7 +70,7 @@ pools = Table(
 nodes = Table(
     "nodes",
     metadata,
-    Column("id", String(64), primary_key=True),
+    Column("id", String(96), primary_key=True),
     Column("pool_seq", SurrogateId, ForeignKey("pools.seq", ondelete="CASCADE"), nullable=False),
     Column("state", String(24), nullable=False),
     Column("scheduling_state", String(16), nullable=False),
@@ -129,7 +129,7 @@ tasks = Table(
     Column("state", String(16), nullable=False),
     Column("previous_state", String(16)),
     Column("required_slots", Integer, nullable=False),
-    Column("node_id", String(64)),
+    Column("node_id", String(96)),
     Column("attempt", Integer, nullable=False, default=0),
     Column("kill_option", String(16)),
     Column("spec", JSON, nullable=False),

@@ -74,7 +74,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('account', 'key', name='uq_pools_account_key')
     )
     op.create_table('nodes',
-    sa.Column('id', sa.String(length=64), nullable=False),
+    sa.Column('id', sa.String(length=96), nullable=False),
     sa.Column('pool_seq', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('state', sa.String(length=24), nullable=False),
     sa.Column('scheduling_state', sa.String(length=16), nullable=False),
@@ -111,7 +111,7 @@ def upgrade() -> None:
     sa.Column('state', sa.String(length=16), nullable=False),
     sa.Column('previous_state', sa.String(length=16), nullable=True),
     sa.Column('required_slots', sa.Integer(), nullable=False),
-    sa.Column('node_id', sa.String(length=64), nullable=True),
+    sa.Column('node_id', sa.String(length=96), nullable=True),
     sa.Column('attempt', sa.Integer(), nullable=False),
     sa.Column('kill_option', sa.String(length=16), nullable=True),
     sa.Column('spec', sa.JSON(), nullable=False),

@@ -1,0 +1,117 @@
+"""The store and the service rules on both backends: SQLite and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import inspect, select
+
+from shoal.errors import Conflict, NotFound
+from shoal.server import DEFAULT_ACCOUNT, ensure_account
+from shoal.service import agents, allocation, scheduling
+from shoal.service import jobs as job_service
+from shoal.service import pools as pool_service
+from shoal.service import tasks as task_service
+from shoal.service.context import Context
+from shoal.store.db import migrate, open_store
+from shoal.store.schema import nodes
+
+_names = itertools.count()
+IMAGE = {"imageReference": {"publisher": "canonical", "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts",
+                            "version": "latest"}, "nodeAgentSKUId": "batch.node.ubuntu 22.04"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ctx(request: pytest.FixtureRequest, tmp_path) -> Iterator[Context]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'shoal.db'}"
+    else:
+        url = request.getfixturevalue("postgres").create_database(f"store_{next(_names)}")
+    engine = open_store(url)
+    ensure_account(engine)
+    try:
+        yield Context(engine=engine, account=DEFAULT_ACCOUNT, base_url="http://test")
+    finally:
+        engine.dispose()
+
+
+def _pool(ctx: Context, pool_id: str = "p", nodes_wanted: int = 1, slots: int = 2) -> None:
+    pool_service.create(ctx, {"id": pool_id, "vmSize": "Standard_D2s_v3", "virtualMachineConfiguration": IMAGE,
+                              "targetDedicatedNodes": nodes_wanted, "taskSlotsPerNode": slots})
+
+
+def _bring_up_nodes(ctx: Context) -> list[Any]:
+    """The real control-plane path a node takes: allocation creates it, its agent says hello."""
+    allocation.reconcile(ctx)
+    with ctx.engine.connect() as conn:
+        rows = conn.execute(select(nodes)).all()
+    for row in rows:
+        agents.hello(ctx, row.id, row.token, {"incarnation": "i1", "fileServerUrl": "http://127.0.0.1:1"})
+    return rows
+
+
+def test_migrations_create_the_schema_and_are_idempotent(ctx):
+    migrate(ctx.engine)
+    tables = set(inspect(ctx.engine).get_table_names())
+    assert {"accounts", "pools", "nodes", "jobs", "tasks", "alembic_version"} <= tables
+
+
+def test_pool_ids_are_unique_case_insensitively(ctx):
+    _pool(ctx, "Render")
+    with pytest.raises(Conflict) as info:
+        _pool(ctx, "render")
+    assert info.value.code == "PoolExists"
+    assert pool_service.get(ctx, "RENDER")["id"] == "Render"
+    with pytest.raises(NotFound):
+        pool_service.get(ctx, "missing")
+
+
+def test_tasks_run_and_a_report_completes_a_task_exactly_once(ctx):
+    _pool(ctx, slots=2)
+    node = _bring_up_nodes(ctx)[0]
+    job_service.create(ctx, {"id": "j", "poolInfo": {"poolId": "p"}})
+    results = task_service.create_collection(
+        ctx, "j", {"value": [{"id": f"t{i}", "commandLine": "/bin/true"} for i in range(3)]}, 100)
+    assert [r["status"] for r in results] == ["success"] * 3
+    assert scheduling.schedule(ctx) == {node.id}
+    answer = agents.sync(ctx, node.id, node.token, {"known": [], "reports": [], "wait": False})
+    assert sorted(a["taskId"] for a in answer.run) == ["t0", "t1"]
+    report = {"jobId": "j", "taskId": "t0", "attempt": 1, "exitCode": 0}
+    known = [["j", "t0", 1], ["j", "t1", 1]]
+    first = agents.sync(ctx, node.id, node.token, {"known": known, "reports": [report]})
+    second = agents.sync(ctx, node.id, node.token, {"known": known, "reports": [report]})
+    assert first.ack == second.ack == [("j", "t0", 1)]
+    counts = job_service.task_counts(ctx, "j")["taskCounts"]
+    assert counts == {"active": 1, "running": 1, "completed": 1, "succeeded": 1, "failed": 0}
+    with ctx.engine.connect() as conn:
+        assert conn.execute(select(nodes.c.total_tasks_succeeded)).scalar_one() == 1
+
+
+def test_failed_task_counts_and_retry(ctx):
+    _pool(ctx)
+    node = _bring_up_nodes(ctx)[0]
+    job_service.create(ctx, {"id": "j", "poolInfo": {"poolId": "p"}, "constraints": {"maxTaskRetryCount": 1}})
+    task_service.create(ctx, "j", {"id": "bad", "commandLine": "/bin/false"})
+    for attempt in (1, 2):
+        scheduling.schedule(ctx)
+        agents.sync(ctx, node.id, node.token, {"known": [], "reports": [
+            {"jobId": "j", "taskId": "bad", "attempt": attempt, "exitCode": 1}]})
+    task = task_service.get(ctx, "j", "bad")
+    assert task["state"] == "completed"
+    assert task["executionInfo"]["retryCount"] == 1
+    assert task["executionInfo"]["failureInfo"]["code"] == "FailureExitCode"
+    assert job_service.task_counts(ctx, "j")["taskCounts"]["failed"] == 1
+
+
+def test_duplicate_ids_in_a_collection_store_nothing(ctx):
+    job_service.create(ctx, {"id": "j", "poolInfo": {"poolId": "p"}})
+    from shoal.errors import BadRequest
+
+    with pytest.raises(BadRequest):
+        task_service.create_collection(ctx, "j", {"value": [{"id": "a", "commandLine": "x"},
+                                                            {"id": "A", "commandLine": "y"}]}, 100)
+    page, _ = task_service.list_page(ctx, "j", after_seq=0, limit=10, predicate=None)
+    assert page == []
