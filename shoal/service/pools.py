@@ -89,10 +89,11 @@ def create(ctx: Context, body: Any) -> None:
     target_dedicated = v.integer(body, "targetDedicatedNodes", minimum=0)
     target_spot = v.integer(body, "targetLowPriorityNodes", minimum=0)
     if autoscale:
-        if target_dedicated is not None or target_spot is not None:
-            raise InvalidProperty("targetDedicatedNodes", target_dedicated,
-                                  "targetDedicatedNodes and targetLowPriorityNodes cannot be specified "
-                                  "when enableAutoScale is true.")
+        # Name the target actually given, so the client sees which property to drop.
+        for name, value in (("targetDedicatedNodes", target_dedicated), ("targetLowPriorityNodes", target_spot)):
+            if value is not None:
+                raise InvalidProperty(name, value, "targetDedicatedNodes and targetLowPriorityNodes cannot be "
+                                                   "specified when enableAutoScale is true.")
         if not body.get("autoScaleFormula"):
             raise MissingProperty("autoScaleFormula")
         raise BadRequest("Autoscale pools are not supported yet.", code="FeatureNotSupported",

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs, then runs it: the project and its test extras in
+# .venv, azure-batch 14.2.0 in .venv-sdk14 (it cannot share a venv with 15.x), and PostgreSQL's
+# server binaries (the tests start a throw-away cluster on loopback themselves).
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh tests/scheduler -x`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
+.venv/bin/python -m pip install --quiet -e '.[test]'
+
+if [ ! -x .venv-sdk14/bin/python ]; then
+    "$PYTHON" -m venv .venv-sdk14
+fi
+.venv-sdk14/bin/python -m pip install --quiet 'azure-batch==14.2.0'
+
+bash scripts/ensure-postgres.sh
+
+export AZURE_BATCH_14_PYTHON="$PWD/.venv-sdk14/bin/python"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
