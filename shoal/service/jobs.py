@@ -47,8 +47,13 @@ def _validate_mutable(body: dict[str, Any]) -> dict[str, Any]:
         if parallel == 0:
             raise InvalidProperty("maxParallelTasks", 0, "The value must be -1 or greater than 0.")
         fields["max_parallel_tasks"] = parallel
-    v.choice(body, "onAllTasksComplete", ("noaction", "terminatejob"))
-    v.choice(body, "onTaskFailure", ("noaction", "performexitoptionsjobaction"))
+    # Enum values are matched without case but stored in their canonical lower-case spelling,
+    # which is what the rest of the service compares against.
+    for name, options in (("onAllTasksComplete", ("noaction", "terminatejob")),
+                          ("onTaskFailure", ("noaction", "performexitoptionsjobaction"))):
+        value = v.choice(body, name, options)
+        if value is not None:
+            body[name] = value
     _validate_constraints(body)
     v.name_value_pairs(body, "metadata")
     pool_info = v.obj(body, "poolInfo")
@@ -151,6 +156,9 @@ def _set_state(conn: Connection, row: Any, state: str, **values: Any) -> None:
 
 def _apply_update(ctx: Context, job_id: str, body: Any, *, replace: bool) -> None:
     body = v.require_object(body)
+    if replace and body.get("poolInfo") is None:
+        # PUT replaces the whole job and a job always has a pool (JobUpdateParameter requires it).
+        raise MissingProperty("poolInfo")
     fields = _validate_mutable(body)
     with ctx.engine.begin() as conn:
         row = load(conn, ctx, job_id)
@@ -167,6 +175,8 @@ def _apply_update(ctx: Context, job_id: str, body: Any, *, replace: bool) -> Non
         if replace:
             fields.setdefault("priority", 0)
             fields.setdefault("max_parallel_tasks", -1)
+        if "pool_key" in fields and fields["pool_key"] != row.pool_key:
+            fields["execution_info"] = {**row.execution_info, "poolId": body["poolInfo"]["poolId"]}
         now = clock.now()
         conn.execute(update(jobs).where(jobs.c.seq == row.seq).values(
             spec=spec, etag=clock.new_etag(), last_modified=now, **fields))
@@ -259,7 +269,10 @@ def delete_job(ctx: Context, job_id: str) -> None:
 def task_counts(ctx: Context, job_id: str) -> dict[str, Any]:
     with ctx.engine.connect() as conn:
         row = load(conn, ctx, job_id)
-        outcome = case((tasks.c.execution_info["result"].as_string() == "failure", "failure"),
+        # A completed task counts as succeeded or failed only by its result: one terminated
+        # before it ever ran has neither.
+        result_field = tasks.c.execution_info["result"].as_string()
+        outcome = case((result_field == "failure", "failure"), (result_field == "success", "success"),
                        else_="other").label("outcome")
         result = conn.execute(select(tasks.c.state, outcome, func.count(), func.sum(tasks.c.required_slots))
                               .where(tasks.c.job_seq == row.seq).group_by(tasks.c.state, outcome)).all()
@@ -269,7 +282,7 @@ def task_counts(ctx: Context, job_id: str) -> dict[str, Any]:
         bucket = "running" if state == "preparing" else state
         counts[bucket] += count
         slots[bucket] += int(slot_sum or 0)
-        if state == "completed":
+        if state == "completed" and outcome != "other":
             key = "failed" if outcome == "failure" else "succeeded"
             counts[key] += count
             slots[key] += int(slot_sum or 0)

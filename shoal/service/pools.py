@@ -321,8 +321,8 @@ def remove_nodes(ctx: Context, pool_id: str, body: Any) -> None:
 def delete(ctx: Context, pool_id: str) -> None:
     with ctx.engine.begin() as conn:
         row = load(conn, ctx, pool_id)
-        if row.state == "deleting":
-            return
+        # A second delete is refused like any other change to a deleting pool (semantics §2.1).
+        _guard_not_deleting(row)
         now = clock.now()
         # Deleting shrinks to zero with requeue semantics, then the pool disappears.
         _touch(conn, row, state="deleting", state_transition_time=now, allocation_state="resizing",

@@ -9,7 +9,15 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from shoal import clock
 from shoal.config import MAX_COLLECTION_BODY_BYTES, MAX_TASKS_PER_COLLECTION
-from shoal.errors import BadRequest, BatchError, BodyTooLarge, Conflict, InvalidProperty, NotFound
+from shoal.errors import (
+    BadRequest,
+    BatchError,
+    BodyTooLarge,
+    Conflict,
+    InvalidProperty,
+    MissingProperty,
+    NotFound,
+)
 from shoal.service import jobs as job_service
 from shoal.service import transitions
 from shoal.service import validation as v
@@ -92,6 +100,8 @@ def create_collection(ctx: Context, job_id: str, body: Any, body_size: int) -> l
                            values={"MaxLimit": str(MAX_COLLECTION_BODY_BYTES)})
     body = v.require_object(body)
     items = body.get("value")
+    if items is None:
+        raise MissingProperty("value")
     if not isinstance(items, list):
         raise InvalidProperty("value", items, "The value must be an array of tasks.")
     if len(items) > MAX_TASKS_PER_COLLECTION:

@@ -276,3 +276,39 @@ def test_task_counts_count_slots(client: Any, pool: str) -> None:
     assert (slots.active, slots.running, slots.completed, slots.succeeded, slots.failed) == (0, 3, 3, 2, 1)
     end_job(client, "counts").result()
     assert error_of(lambda: client.get_job_task_counts("no-such-job")) == (404, "JobNotFound")
+
+
+def test_enum_values_match_without_case(client: Any, pool: str, shoal: Any) -> None:
+    new_job(client, "enum-case")
+    add_task(client, "enum-case", "t", "true")
+    body = b'{"onAllTasksComplete": "TerminateJob"}'
+    url = f"{shoal.endpoint}/jobs/enum-case?api-version=2025-06-01"
+    headers = sign_request("PATCH", url, {"Content-Length": str(len(body)), "Content-Type": "application/json"},
+                           shoal.account, shoal.primary_key)
+    assert httpx.patch(url, content=body, headers=headers).status_code == 200
+    assert client.get_job("enum-case").all_tasks_complete_mode == "terminatejob"
+    assert wait_job(client, "enum-case", "completed").execution_info.termination_reason == "AllTasksComplete"
+
+
+def test_task_terminated_before_running_is_not_a_success(client: Any, pool: str) -> None:
+    new_job(client, "never-ran")
+    client.begin_disable_job("never-ran", models.BatchJobDisableOptions(disable_tasks="requeue"),
+                             polling_interval=POLL_S).result()
+    add_task(client, "never-ran", "t", "true")
+    client.terminate_task("never-ran", "t")
+    assert client.get_task("never-ran", "t").state == "completed"
+    counts = client.get_job_task_counts("never-ran").task_counts
+    assert (counts.completed, counts.succeeded) == (1, 0)
+    end_job(client, "never-ran").result()
+
+
+def test_change_pool_of_disabled_job(client: Any, pool: str) -> None:
+    new_job(client, "move-job")
+    other = models.BatchPoolInfo(pool_id="other-pool")
+    assert error_of(lambda: client.update_job("move-job", models.BatchJobUpdateOptions(pool_info=other)))[0] == 409
+    client.begin_disable_job("move-job", models.BatchJobDisableOptions(disable_tasks="requeue"),
+                             polling_interval=POLL_S).result()
+    client.update_job("move-job", models.BatchJobUpdateOptions(pool_info=other))
+    job = client.get_job("move-job")
+    assert job.pool_info.pool_id == "other-pool" and job.execution_info.pool_id == "other-pool"
+    end_job(client, "move-job").result()

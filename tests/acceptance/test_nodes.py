@@ -34,6 +34,7 @@ def agent_pids(node_id: str) -> list[int]:
 
 
 def error_of(exc: HttpResponseError) -> tuple[int, str]:
+    exc.response.read()  # streamed downloads leave the error body unread
     return exc.status_code, exc.response.json()["code"]
 
 
@@ -153,6 +154,9 @@ def test_node_files_api(client, ready_node):
     client.delete_node_file("nodes-ok", node.id, "shared/greeting.txt")
     with pytest.raises(HttpResponseError) as info:
         client.get_node_file_properties("nodes-ok", node.id, "shared/greeting.txt")
+    assert info.value.status_code == 404  # a HEAD: no error body
+    with pytest.raises(HttpResponseError) as info:
+        read_node_file(client, "nodes-ok", node.id, "shared/greeting.txt")
     assert error_of(info.value) == (404, "FileNotFound")
     assert "shared/greeting.txt" not in {f.name for f in client.list_node_files("nodes-ok", node.id, recursive=True)}
 

@@ -222,6 +222,11 @@ def test_resize_conflicts_and_stop_resize(client):
         client.begin_remove_nodes("busy", models.BatchNodeRemoveOptions(node_ids=[nodes[0].id]),
                                   polling_interval=POLL_S)
         assert client.get_pool("busy").allocation_state == "resizing"
+        assert client.get_node("busy", nodes[0].id).state == "leavingpool"
+        counts = list(client.list_pool_node_counts(filter="poolId eq 'busy'"))
+        assert [c.pool_id for c in counts] == ["busy"]
+        assert (counts[0].dedicated.leaving_pool, counts[0].dedicated.idle) == (1, 1)
+        assert client.get_pool("busy").current_dedicated_nodes == 1
         with pytest.raises(HttpResponseError) as info:
             client.begin_resize_pool("busy", models.BatchPoolResizeOptions(target_dedicated_nodes=3),
                                      polling_interval=POLL_S)
@@ -251,7 +256,8 @@ def test_delete_pool_stops_agents_and_removes_node_folders(shoal, client):
                      lambda: client.begin_resize_pool("del", models.BatchPoolResizeOptions(target_dedicated_nodes=1),
                                                       polling_interval=POLL_S),
                      lambda: client.replace_pool_properties("del", models.BatchPoolReplaceOptions(
-                         metadata=[], application_package_references=[]))):
+                         metadata=[], application_package_references=[])),
+                     lambda: client.begin_delete_pool("del", polling_interval=POLL_S)):
             with pytest.raises(HttpResponseError) as info:
                 call()
             assert error_of(info.value)[:2] == (409, "PoolBeingDeleted")
@@ -310,3 +316,24 @@ def test_vm_size_is_case_insensitive(client):
     client.create_pool(pool_options("sized", vm_size="STANDARD_D4S_V3", task_slots_per_node=16))
     pool = client.get_pool("sized")
     assert (pool.vm_size, pool.task_slots_per_node) == ("standard_d4s_v3", 16)
+
+
+def test_list_nodes_paging_filter_select(client):
+    client.create_pool(pool_options("lst", target_dedicated_nodes=3))
+    nodes = wait_pool_idle(client, "lst", 3)
+    pages = list(client.list_nodes("lst", max_results=1).by_page())
+    assert len(pages) == 3
+    assert sorted(n.id for page in pages for n in page) == sorted(n.id for n in nodes)
+    assert len(list(client.list_nodes("lst", filter="state eq 'idle'"))) == 3
+    assert list(client.list_nodes("lst", filter="state eq 'running'")) == []
+    selected = list(client.list_nodes("lst", select=["id", "state"]))
+    assert {n.state for n in selected} == {"idle"} and all(n.vm_size is None for n in selected)
+    one = client.get_node("lst", nodes[0].id, select=["id"])
+    assert (one.id, one.state) == (nodes[0].id, None)
+    with pytest.raises(HttpResponseError) as info:
+        list(client.list_nodes("lst-missing"))
+    assert error_of(info.value)[:2] == (404, "PoolNotFound")
+    client.create_pool(pool_options("lst-other"))
+    with pytest.raises(HttpResponseError) as info:
+        client.get_node("lst-other", nodes[0].id)
+    assert error_of(info.value)[:2] == (404, "NodeNotFound")
