@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -68,7 +68,12 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0) -> list[Route]
     async def sync(request: Request) -> Response:
         node_id = request.path_params["node_id"]
         token = _token(request)
-        body = orjson.loads(await request.body() or b"{}")
+        try:
+            raw = await request.body()
+        except ClientDisconnect:
+            # The agent dropped a long-poll to report news; it sends a fresh sync at once.
+            return Response(status_code=499)
+        body = orjson.loads(raw or b"{}")
         event = hub.event(node_id)
         # Cleared before reading the store: a wake-up after this point is never lost.
         event.clear()

@@ -15,6 +15,7 @@ from sqlalchemy import Connection, select, update
 from shoal import clock
 from shoal.errors import BatchError, Unauthenticated
 from shoal.service import jobs as job_service
+from shoal.service import scheduling
 from shoal.service import transitions
 from shoal.service.context import Context
 from shoal.store.schema import jobs, nodes, pools, tasks
@@ -77,6 +78,7 @@ def hello(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> dict[
 def sync(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAnswer:
     answer = SyncAnswer()
     touched_jobs: set[int] = set()
+    woken: set[str] = set()
     with ctx.engine.begin() as conn:
         node = _node_by_token(conn, node_id, token)
         now = clock.now()
@@ -95,7 +97,10 @@ def sync(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAn
             if touched_jobs:
                 job_service.finish_all_complete_jobs(ctx, conn, list(touched_jobs))
                 transitions.refresh_node_busy(conn, [node_id])
+                woken = scheduling.schedule_pool(ctx, conn, node.pool_seq)
         _deliveries(ctx, conn, node, body, answer)
+    for other in woken - {node_id}:
+        ctx.signals.wake_node(other)
     if reports:
         ctx.signals.wake_scheduler()
     return answer

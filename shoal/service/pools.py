@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 
 from shoal import clock
 from shoal.errors import BadRequest, Conflict, InvalidProperty, MissingProperty, NotFound
@@ -338,7 +338,3 @@ def exists(ctx: Context, pool_id: str) -> bool:
         except NotFound:
             return False
         return True
-
-
-def forget(conn: Connection, seq: int) -> None:
-    conn.execute(delete(pools).where(pools.c.seq == seq))

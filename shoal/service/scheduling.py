@@ -28,6 +28,14 @@ def schedule(ctx: Context) -> set[str]:
     return woken
 
 
+def schedule_pool(ctx: Context, conn: Connection, pool_seq: int) -> set[str]:
+    """A pass over one pool inside the caller's transaction: an agent's report that freed
+    slots gets its next tasks in the same answer, saving a round trip per task."""
+    pool = conn.execute(select(pools.c.seq, pools.c.key, pools.c.id, pools.c.fill_type)
+                        .where(pools.c.seq == pool_seq, pools.c.state == "active")).first()
+    return set() if pool is None else _schedule_pool(ctx, conn, pool)
+
+
 def _snapshot(conn: Connection, ctx: Context, pool: Any) -> tuple[PoolSnapshot, dict[str, Any]] | None:
     node_rows = conn.execute(select(nodes.c.id, nodes.c.slots, nodes.c.ip_address).where(
         nodes.c.pool_seq == pool.seq, nodes.c.state.in_(SCHEDULABLE_NODE_STATES),

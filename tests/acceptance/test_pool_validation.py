@@ -11,7 +11,7 @@ from azure.batch import models
 from azure.core.exceptions import HttpResponseError
 
 from shoal.api.sharedkey import sign_request
-from tests.helpers import image, pool_options
+from tests.helpers import image, pool_options, wait_for
 
 
 def error_of(exc: HttpResponseError) -> tuple[int, str, dict[str, str]]:
@@ -30,6 +30,8 @@ def raw_request(shoal: Any, method: str, path: str, content: bytes) -> httpx.Res
 @pytest.fixture(scope="module")
 def existing(client: Any) -> str:
     client.create_pool(pool_options("valid-existing", metadata=[models.BatchMetadataItem(name="k", value="v")]))
+    # Steady first: the end of the initial sizing changes the ETag the tests compare.
+    wait_for(lambda: client.get_pool("valid-existing").allocation_state == "steady", 10, message="steady pool")
     return "valid-existing"
 
 

@@ -337,3 +337,28 @@ def test_list_nodes_paging_filter_select(client):
     with pytest.raises(HttpResponseError) as info:
         client.get_node("lst-other", nodes[0].id)
     assert error_of(info.value)[:2] == (404, "NodeNotFound")
+
+
+def test_conditional_header_rules_raw(shoal, client):
+    client.create_pool(pool_options("cond-raw"))
+    etag = client.get_pool("cond-raw").etag
+    later = "Fri, 01 Jan 2100 00:00:00 GMT"
+    # Reads: an unmet If-None-Match / If-Modified-Since is 304 without a body, If-Match is 412.
+    response = raw_request(shoal, "GET", "/pools/cond-raw", headers={"If-Modified-Since": later})
+    assert (response.status_code, response.content) == (304, b"")
+    response = raw_request(shoal, "HEAD", "/pools/cond-raw", headers={"If-None-Match": f'"{etag}"'})
+    assert response.status_code == 304
+    response = raw_request(shoal, "GET", "/pools/cond-raw", headers={"If-Match": '"0x8D0000000000000"'})
+    assert (response.status_code, response.json()["code"]) == (412, "ConditionNotMet")
+    # The ETag header decides when it comes with its date counterpart.
+    response = raw_request(shoal, "GET", "/pools/cond-raw",
+                           headers={"If-None-Match": '"other"', "If-Modified-Since": later})
+    assert response.status_code == 200
+    # Writes: an unmet condition is 412 whichever header it is.
+    response = raw_request(shoal, "PATCH", "/pools/cond-raw", content=b'{"displayName": "x"}',
+                           headers={"If-None-Match": f'"{etag}"'})
+    assert (response.status_code, response.json()["code"]) == (412, "ConditionNotMet")
+    response = raw_request(shoal, "GET", "/pools/cond-raw",
+                           headers={"If-Match": f'"{etag}"', "If-None-Match": '"other"'})
+    assert (response.status_code, response.json()["code"]) == (400, "MultipleConditionHeadersNotSupported")
+    assert client.get_pool("cond-raw").display_name is None
