@@ -543,7 +543,7 @@ async def run_agent(
         AgentConfig(join_url, pool_id, node_id, token, Path(root), files_host, join_token, orphan_timeout_s)
     )
     loop = asyncio.get_running_loop()
-    installed: list[int] = []
+    installed: list[signal.Signals] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             loop.add_signal_handler(sig, agent.request_stop)

@@ -58,7 +58,7 @@ def hello(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> dict[
     now = clock.now()
     with ctx.engine.begin() as conn:
         node = _node_by_token(conn, node_id, token)
-        pool = conn.execute(select(pools).where(pools.c.seq == node.pool_seq)).first()
+        pool = conn.execute(select(pools).where(pools.c.seq == node.pool_seq)).one()
         start_task = pool.spec.get("startTask")
         if node.incarnation and node.incarnation != body.get("incarnation"):
             transitions.requeue(conn, transitions.running_on(conn, [node_id]), user_requested=False)

@@ -305,8 +305,8 @@ def finish_all_complete_jobs(ctx: Context, conn: Connection, job_seqs: list[int]
             terminate_in(ctx, conn, row, "AllTasksComplete")
 
 
-def reap_deleted(ctx: Context) -> list[tuple[str, list[str]]]:
-    """Remove jobs in `deleting` with their tasks; returns (job id, node ids of the job's pool)
+def reap_deleted(ctx: Context) -> list[tuple[str, int | None]]:
+    """Remove jobs in `deleting` with their tasks; returns (job id, seq of the job's pool)
     so the caller can remove the job's folders from those nodes."""
     removed = []
     with ctx.engine.begin() as conn:

@@ -54,7 +54,7 @@ def _snapshot(conn: Connection, ctx: Context, pool: Any) -> tuple[PoolSnapshot, 
     if not job_rows:
         return None
     limited = [j.seq for j in job_rows if j.max_parallel_tasks > 0]
-    running_per_job = dict(conn.execute(select(tasks.c.job_seq, func.count()).where(
+    running_per_job: dict[int, int] = dict(conn.execute(select(tasks.c.job_seq, func.count()).where(
         tasks.c.job_seq.in_(limited), tasks.c.state == "running").group_by(tasks.c.job_seq)).all()) if limited else {}
     job_views = tuple(JobView(j.seq, None if j.max_parallel_tasks <= 0 else
                               j.max_parallel_tasks - int(running_per_job.get(j.seq, 0))) for j in job_rows)

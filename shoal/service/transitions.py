@@ -132,8 +132,8 @@ def refresh_node_busy(conn: Connection, node_ids: Iterable[str]) -> None:
 def running_on(conn: Connection, node_ids: list[str]) -> list[Any]:
     if not node_ids:
         return []
-    return conn.execute(select(tasks).where(tasks.c.node_id.in_(node_ids),
-                                            tasks.c.state == "running")).all()
+    return list(conn.execute(select(tasks).where(tasks.c.node_id.in_(node_ids),
+                                                 tasks.c.state == "running")).all())
 
 
 def running_slots(conn: Connection, node_ids: list[str]) -> dict[str, int]:

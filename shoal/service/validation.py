@@ -131,7 +131,7 @@ def name_value_pairs(body: dict[str, Any], name: str, *, path: str | None = None
         val = item.get("value")
         if val is not None and not isinstance(val, str):
             raise InvalidProperty(f"{label}[{index}].value", val, "The value must be a string.")
-        out.append({"name": key, "value": val if val is not None else ""})
+        out.append({"name": key or "", "value": val if val is not None else ""})
     return out
 
 
