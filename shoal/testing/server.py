@@ -60,7 +60,12 @@ def start_shoal(data_dir: Path, *, port: int = 0, extra_args: list[str] | None =
             process.kill()
             raise RuntimeError(f"shoal up did not start:\n{log_path.read_text(errors='replace')}")
         time.sleep(0.05)
-    info = account_info(data_dir)
+    try:
+        info = account_info(data_dir)
+    except Exception:
+        process.kill()
+        process.wait()
+        raise
     return RunningShoal(data_dir, process, info["endpoint"], info["name"], info["primaryKey"],
                         info["secondaryKey"], log_path)
 
