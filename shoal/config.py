@@ -42,6 +42,7 @@ class Settings:
     port: int = 8580
     database_url: str | None = None
     heartbeat_timeout_s: float = field(default_factory=lambda: _float_env("SHOAL_HEARTBEAT_TIMEOUT_S", HEARTBEAT_TIMEOUT_S))
+    time_scale: float = 1.0
     poll_timeout_s: float = field(default_factory=lambda: _float_env("SHOAL_AGENT_POLL_TIMEOUT_S", AGENT_POLL_TIMEOUT_S))
 
     @property

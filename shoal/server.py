@@ -28,6 +28,7 @@ from shoal.service import nodes as node_service
 from shoal.service.context import Context, Signals
 from shoal.store.db import open_store
 from shoal.store.schema import accounts, nodes
+from shoal.timebase import TimeBase
 
 log = logging.getLogger("shoal.server")
 DEFAULT_ACCOUNT = "shoal"
@@ -79,6 +80,7 @@ class ControlPlane:
         host = settings.host if ":" not in settings.host else f"[{settings.host}]"
         self.endpoint = f"http://{host}:{port}"
         self.hub = AgentHub()
+        self.timebase = TimeBase(settings.time_scale)
         self._scheduler_wake = asyncio.Event()
         self._provider_wake = asyncio.Event()
         signals = Signals(wake_scheduler=self._scheduler_wake.set, wake_node=self.hub.wake,

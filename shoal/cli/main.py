@@ -27,10 +27,12 @@ def main() -> None:
     """Shoal: a self-hosted batch service that speaks the Azure Batch API."""
 
 
-def _serve(host: str, port: int, data_dir: Path | None, database: str | None, local_provider: bool) -> None:
+def _serve(host: str, port: int, data_dir: Path | None, database: str | None, local_provider: bool,
+           time_scale: float = 1.0) -> None:
     from shoal import server
 
-    settings = Settings(data_dir=data_dir or default_data_dir(), host=host, port=port, database_url=database)
+    settings = Settings(data_dir=data_dir or default_data_dir(), host=host, port=port, database_url=database,
+                        time_scale=time_scale)
 
     def ready(plane: Any) -> None:
         name, (key, _) = server.DEFAULT_ACCOUNT, plane.keys
@@ -46,9 +48,11 @@ def _serve(host: str, port: int, data_dir: Path | None, database: str | None, lo
 @click.option("--port", default=8580, show_default=True, type=int, help="0 picks a free port.")
 @data_dir_option
 @click.option("--database", default=None, help="postgresql://… (default: SQLite in the data dir)")
-def up(host: str, port: int, data_dir: Path | None, database: str | None) -> None:
+@click.option("--time-scale", default=1.0, type=click.FloatRange(min=0.001), show_default=True,
+              help="Run autoscale intervals, metric samples and eviction schedules this many times faster.")
+def up(host: str, port: int, data_dir: Path | None, database: str | None, time_scale: float) -> None:
     """Run everything in one process: API, scheduler and local compute nodes."""
-    _serve(host, port, data_dir, database, True)
+    _serve(host, port, data_dir, database, True, time_scale)
 
 
 @main.command("server")
