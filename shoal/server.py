@@ -11,6 +11,7 @@ import json
 import logging
 import signal
 import socket
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from shoal.api import remote_files
 from shoal.api.agent import AgentHub
 from shoal.api.app import Api, build_app
 from shoal.config import PROVIDER_RECONCILE_S, SCHEDULER_IDLE_WAKE_S, Settings
-from shoal.service import allocation, ids, scheduling
+from shoal.service import allocation, autoscale, ids, metrics, scheduling
 from shoal.service import jobs as job_service
 from shoal.service import nodes as node_service
 from shoal.service.context import Context, Signals
@@ -36,6 +37,7 @@ ENDPOINT_FILE = "endpoint.json"
 # A short pause after a wake-up lets a burst of adds or completions share one scheduling pass.
 SCHEDULER_COALESCE_S = 0.002
 LIFECYCLE_INTERVAL_S = 0.5
+AUTOSCALE_CHECK_S = 1.0
 
 
 def ensure_account(engine: Any, name: str = DEFAULT_ACCOUNT) -> tuple[str, str]:
@@ -85,7 +87,8 @@ class ControlPlane:
         self._provider_wake = asyncio.Event()
         signals = Signals(wake_scheduler=self._scheduler_wake.set, wake_node=self.hub.wake,
                           wake_provider=self._provider_wake.set)
-        self.ctx = Context(engine=self.engine, account=DEFAULT_ACCOUNT, signals=signals, base_url=self.endpoint)
+        self.ctx = Context(engine=self.engine, account=DEFAULT_ACCOUNT, signals=signals, base_url=self.endpoint,
+                           timebase=self.timebase, sample_lag=timedelta(seconds=settings.sample_lag_s))
         self.api = Api(self.ctx, {DEFAULT_ACCOUNT: self.keys})
         self.app = build_app(self.api, self.hub, settings.poll_timeout_s)
         self.provider = None
@@ -144,6 +147,24 @@ class ControlPlane:
             if url:
                 await remote_files.delete_remote_tree(self.ctx, url, f"workitems/{job_id}")
 
+    async def _sampler_loop(self) -> None:
+        """Metric samples every sample period, on the scaled timeline."""
+        while True:
+            try:
+                metrics.sample(self.ctx)
+            except Exception:
+                log.exception("metric sampling failed")
+            await self.timebase.sleep(metrics.SAMPLE_PERIOD)
+
+    async def _autoscale_loop(self) -> None:
+        while True:
+            try:
+                if autoscale.run_due(self.ctx):
+                    self._provider_wake.set()
+            except Exception:
+                log.exception("autoscale pass failed")
+            await asyncio.sleep(min(AUTOSCALE_CHECK_S, self.timebase.real_seconds(metrics.SAMPLE_PERIOD)))
+
     async def _provider_loop(self) -> None:
         assert self.provider is not None
         while True:
@@ -158,6 +179,8 @@ class ControlPlane:
     async def start_loops(self) -> None:
         self._tasks.append(asyncio.create_task(self._scheduler_loop()))
         self._tasks.append(asyncio.create_task(self._lifecycle_loop()))
+        self._tasks.append(asyncio.create_task(self._sampler_loop()))
+        self._tasks.append(asyncio.create_task(self._autoscale_loop()))
         if self.provider is not None:
             self._tasks.append(asyncio.create_task(self._provider_loop()))
 

@@ -48,6 +48,7 @@ from shoal.agent.layout import (
     start_task_environment,
     task_environment,
 )
+from shoal.agent.metrics import ResourceMeter
 from shoal.agent.process import (
     KILL_GRACE_S,
     USER_ERROR,
@@ -100,6 +101,7 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.layout = NodeLayout.at(config.root)
+        self.meter = ResourceMeter(str(config.root))
         self.client = ControlPlaneClient(config.join_url, config.node_id, config.token)
         self.incarnation = uuid.uuid4().hex
         self.node: NodeIdentity | None = None
@@ -241,6 +243,8 @@ class Agent:
             else None,
             "wait": wait,
         }
+        if self.meter.due():
+            body["metrics"] = self.meter.reading()
         return body, keys, self._start_task_version
 
     async def _sync_until_done(self) -> int:

@@ -86,6 +86,8 @@ def sync(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAn
         if node.state == "unusable":
             values.update(state="idle", state_transition_time=now)
         conn.execute(update(nodes).where(nodes.c.id == node_id).values(**values))
+        if isinstance(body.get("metrics"), dict):
+            ctx.node_metrics[node_id] = body["metrics"]
         if body.get("startTask") is not None:
             answer.run_start_task = False
             _record_start_task(conn, node, body["startTask"])

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import Engine
+
+from shoal.timebase import TimeBase
 
 
 def _noop(*_args: object) -> None:
@@ -28,3 +32,10 @@ class Context:
     signals: Signals = field(default_factory=Signals)
     # The externally visible base URL of the account endpoint, for `url` and `odata` fields.
     base_url: str = "http://127.0.0.1"
+    # The timeline autoscale runs on (scaled with `shoal up --time-scale`).
+    timebase: TimeBase = field(default_factory=TimeBase)
+    # How long a metric sample takes to become visible to formulas (Batch: about a minute).
+    sample_lag: timedelta = timedelta(0)
+    # Latest resource readings per node, as agents report them: a cache; the durable record is
+    # the metric_samples table the sampler writes every sample period.
+    node_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)

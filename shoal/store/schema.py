@@ -64,6 +64,11 @@ pools = Table(
     Column("state_transition_time", DateTime(timezone=True), nullable=False),
     Column("allocation_state_transition_time", DateTime(timezone=True), nullable=False),
     Column("join_token", String(64), nullable=False),
+    # Autoscale: the last run as the API shows it, when the next evaluation is due (on the
+    # scaled timeline, see shoal/timebase.py) and when autoscale was last enabled (30 s rule).
+    Column("autoscale_run", JSON),
+    Column("autoscale_due", DateTime(timezone=True)),
+    Column("autoscale_enabled_at", DateTime(timezone=True)),
     UniqueConstraint("account", "key", name="uq_pools_account_key"),
 )
 
@@ -145,4 +150,18 @@ tasks = Table(
 Index("ix_tasks_job_state_seq", tasks.c.job_seq, tasks.c.state, tasks.c.seq)
 Index("ix_tasks_node", tasks.c.node_id)
 
-__all__ = ["metadata", "accounts", "pools", "nodes", "jobs", "tasks", "Text"]
+# Autoscale metric samples: bounded (old rows are trimmed every sample tick) and time-indexed.
+# Pool-level metrics have node_id NULL; per-node resource metrics carry the node.
+metric_samples = Table(
+    "metric_samples",
+    metadata,
+    Column("seq", SurrogateId, primary_key=True, autoincrement=True),
+    Column("pool_seq", SurrogateId, ForeignKey("pools.seq", ondelete="CASCADE"), nullable=False),
+    Column("metric", String(32), nullable=False),
+    Column("node_id", String(96)),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("value", Float, nullable=False),
+)
+Index("ix_metric_samples_pool_time", metric_samples.c.pool_seq, metric_samples.c.time)
+
+__all__ = ["metadata", "accounts", "pools", "nodes", "jobs", "tasks", "metric_samples", "Text"]

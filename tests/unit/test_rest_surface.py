@@ -26,8 +26,6 @@ NOT_YET_SERVED = {
     ("DELETE", "/jobschedules/{}"), ("GET", "/jobschedules/{}"), ("PATCH", "/jobschedules/{}"),
     ("PUT", "/jobschedules/{}"), ("POST", "/jobschedules/{}/disable"), ("POST", "/jobschedules/{}/enable"),
     ("GET", "/jobschedules/{}/jobs"), ("POST", "/jobschedules/{}/terminate"),
-    ("POST", "/pools/{}/disableautoscale"), ("POST", "/pools/{}/enableautoscale"),
-    ("POST", "/pools/{}/evaluateautoscale"),
     ("POST", "/pools/{}/nodes/{}/disablescheduling"), ("POST", "/pools/{}/nodes/{}/enablescheduling"),
     ("GET", "/pools/{}/nodes/{}/extensions"), ("GET", "/pools/{}/nodes/{}/extensions/{}"),
     ("GET", "/pools/{}/nodes/{}/rdp"), ("POST", "/pools/{}/nodes/{}/reboot"), ("POST", "/pools/{}/nodes/{}/reimage"),
@@ -51,7 +49,7 @@ def served_operations() -> set[tuple[str, str]]:
     app = build_app(Api(Context(engine=None, account="x"), {}), AgentHub(), 1.0)  # type: ignore[arg-type]
     out = set()
     for route in app.routes:
-        if route.path.startswith("/agent/"):
+        if route.path.startswith(("/agent/", "/shoal/")):
             continue
         for method in route.methods or ():
             # Starlette adds HEAD to every GET route; Batch defines HEAD only where the spec says.

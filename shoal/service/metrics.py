@@ -1,0 +1,114 @@
+"""Metric samples for autoscale: one sample per metric per pool every sample period.
+
+Task and node counts come from the store; resource metrics ($CPUPercent, memory, disk,
+network) are the average of what the pool's agents last reported. Samples are stamped on the
+scaled timeline (shoal/timebase.py) and trimmed to a bounded history.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, func, insert, select
+
+from shoal import clock
+from shoal.service.context import Context
+from shoal.store.schema import jobs, metric_samples, nodes, pools, tasks
+
+SAMPLE_PERIOD = timedelta(seconds=30)
+# Semantics §1.7: keep at least 24 h of history.
+HISTORY = timedelta(hours=24)
+TASK_METRICS = ("$ActiveTasks", "$RunningTasks", "$PendingTasks", "$SucceededTasks", "$FailedTasks")
+NODE_COUNT_METRICS = ("$CurrentDedicatedNodes", "$CurrentLowPriorityNodes", "$PreemptedNodeCount",
+                      "$UsableNodeCount", "$TaskSlotsPerNode")
+# What agents report (keys of the `metrics` object in a sync) → formula variable.
+RESOURCE_METRICS = {
+    "cpuPercent": "$CPUPercent", "memoryMiB": "$MemoryBytes", "diskGiB": "$DiskBytes",
+    "diskReadBytes": "$DiskReadBytes", "diskWriteBytes": "$DiskWriteBytes", "diskReadOps": "$DiskReadOps",
+    "diskWriteOps": "$DiskWriteOps", "networkInBytes": "$NetworkInBytes", "networkOutBytes": "$NetworkOutBytes",
+    "wallClockSeconds": "$WallClockSeconds",
+}
+LIVE_JOB_STATES = ("active", "disabling", "disabled", "enabling")
+
+
+def pool_counts(conn: Connection, pool: Any) -> dict[str, float]:
+    """The task- and node-count variables of one pool, as a formula reads them now."""
+    rows = conn.execute(
+        select(tasks.c.state, tasks.c.execution_info["result"].as_string(), func.count())
+        .join(jobs, jobs.c.seq == tasks.c.job_seq)
+        .where(jobs.c.account == pool.account, jobs.c.pool_key == pool.key, jobs.c.state.in_(LIVE_JOB_STATES))
+        .group_by(tasks.c.state, tasks.c.execution_info["result"].as_string())).all()
+    out = dict.fromkeys(TASK_METRICS, 0.0)
+    for state, result, count in rows:
+        if state == "active":
+            out["$ActiveTasks"] += count
+        elif state in ("running", "preparing"):
+            out["$RunningTasks"] += count
+        elif state == "completed":
+            out["$SucceededTasks" if result == "success" else "$FailedTasks"] += count
+    out["$PendingTasks"] = out["$ActiveTasks"] + out["$RunningTasks"]
+    node_rows = conn.execute(select(nodes.c.state, nodes.c.is_dedicated, func.count())
+                             .where(nodes.c.pool_seq == pool.seq, nodes.c.state != "leavingpool")
+                             .group_by(nodes.c.state, nodes.c.is_dedicated)).all()
+    out.update(dict.fromkeys(NODE_COUNT_METRICS, 0.0))
+    for state, dedicated, count in node_rows:
+        out["$CurrentDedicatedNodes" if dedicated else "$CurrentLowPriorityNodes"] += count
+        if state == "preempted":
+            out["$PreemptedNodeCount"] += count
+        if state in ("idle", "running"):
+            out["$UsableNodeCount"] += count
+    out["$TaskSlotsPerNode"] = float(pool.slots_per_node)
+    return out
+
+
+def _resource_averages(ctx: Context, node_ids: list[str]) -> dict[str, float]:
+    readings = [ctx.node_metrics[n] for n in node_ids if n in ctx.node_metrics]
+    if not readings:
+        return {}
+    totals: dict[str, float] = defaultdict(float)
+    for reading in readings:
+        for key, variable in RESOURCE_METRICS.items():
+            totals[variable] += float(reading.get(key) or 0.0)
+    out = {variable: total / len(readings) for variable, total in totals.items()}
+    out["$SampleNodeCount"] = float(len(readings))
+    return out
+
+
+def record_zero_samples(conn: Connection, pool_seq: int, when: datetime) -> None:
+    """Semantics §7.10: a new pool starts with one zero sample of every count metric, so
+    formulas like `val($PendingTasks.GetSample(1), 0)` have something to read."""
+    conn.execute(insert(metric_samples), [
+        {"pool_seq": pool_seq, "metric": metric, "node_id": None, "time": when, "value": 0.0}
+        for metric in (*TASK_METRICS, *NODE_COUNT_METRICS)])
+
+
+def sample(ctx: Context) -> None:
+    """One sample tick over every pool of the account; trims history past HISTORY."""
+    now = ctx.timebase.now()
+    with ctx.engine.begin() as conn:
+        for pool in conn.execute(select(pools).where(pools.c.account == ctx.account,
+                                                     pools.c.state == "active")).all():
+            values = pool_counts(conn, pool)
+            live = conn.execute(select(nodes.c.id).where(
+                nodes.c.pool_seq == pool.seq, nodes.c.state.in_(("idle", "running", "waitingforstarttask",
+                                                                  "starttaskfailed")))).scalars().all()
+            values.update(_resource_averages(ctx, list(live)))
+            conn.execute(insert(metric_samples), [
+                {"pool_seq": pool.seq, "metric": metric, "node_id": None, "time": now, "value": value}
+                for metric, value in values.items()])
+        conn.execute(delete(metric_samples).where(metric_samples.c.time < now - HISTORY))
+
+
+def history(conn: Connection, pool_seq: int, now: datetime) -> dict[str, list[tuple[datetime, float]]]:
+    rows = conn.execute(select(metric_samples.c.metric, metric_samples.c.time, metric_samples.c.value)
+                        .where(and_(metric_samples.c.pool_seq == pool_seq,
+                                    metric_samples.c.time >= now - HISTORY))
+                        .order_by(metric_samples.c.time, metric_samples.c.seq)).all()
+    out: dict[str, list[tuple[datetime, float]]] = defaultdict(list)
+    for metric, when, value in rows:
+        stamp = clock.as_utc(when)
+        assert stamp is not None
+        out[metric].append((stamp, value))
+    return dict(out)
