@@ -15,8 +15,7 @@ from sqlalchemy import Connection, select, update
 from shoal import clock
 from shoal.errors import BatchError, Unauthenticated
 from shoal.service import jobs as job_service
-from shoal.service import scheduling
-from shoal.service import transitions
+from shoal.service import scheduling, transitions
 from shoal.service.context import Context
 from shoal.store.schema import jobs, nodes, pools, tasks
 

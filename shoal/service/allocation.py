@@ -60,7 +60,10 @@ def _reconcile_pool(ctx: Context, conn: Any, pool: Any) -> bool:
             removal.mark_leaving(ctx, conn, surplus, pool.deallocation_option or "requeue")
             leaving.extend(surplus)
             changed = True
-    if not leaving and not changed:
+    # Nodes count towards the pool once allocated (as in Batch, `creating` nodes are current), so a
+    # grow is done in the pass that adds them; only nodes still leaving keep the pool resizing. A
+    # deleting pool has targets of zero, so no leaving nodes there means no nodes at all.
+    if not leaving:
         if pool.state == "deleting":
             conn.execute(delete(nodes).where(nodes.c.pool_seq == pool.seq))
             conn.execute(delete(pools).where(pools.c.seq == pool.seq))

@@ -38,6 +38,12 @@ def error_of(exc: HttpResponseError) -> tuple[int, str, dict[str, str]]:
     return exc.status_code, body["code"], {v["key"]: v["value"] for v in body.get("values", [])}
 
 
+def create_steady(client: Any, options: Any) -> None:
+    """Create a pool and wait out its initial sizing, which changes the ETag and refuses resizes."""
+    client.create_pool(options)
+    wait_for(lambda: client.get_pool(options.id).allocation_state == "steady", 10, message=f"{options.id} steady")
+
+
 def pool_missing(client: Any, pool_id: str) -> bool:
     """HEAD /pools/{id} answered 404. SDK 15.1.0's error policy raises on the 404 that `pool_exists`
     means to turn into False, so both outcomes count."""
@@ -169,7 +175,7 @@ def test_not_found_and_exists_errors(client):
 
 
 def test_resize_up_and_down_with_node_counts(client):
-    client.create_pool(pool_options("rsz", target_dedicated_nodes=1))
+    create_steady(client, pool_options("rsz", target_dedicated_nodes=1))
     wait_pool_idle(client, "rsz", 1)
     client.begin_resize_pool("rsz", models.BatchPoolResizeOptions(target_dedicated_nodes=3),
                              polling_interval=POLL_S).result()
@@ -270,7 +276,7 @@ def test_delete_pool_stops_agents_and_removes_node_folders(shoal, client):
 
 
 def test_conditional_requests(client):
-    client.create_pool(pool_options("cond"))
+    create_steady(client, pool_options("cond"))
     etag = client.get_pool("cond").etag
     client.update_pool("cond", models.BatchPoolUpdateOptions(display_name="v2"), etag=etag,
                        match_condition=MatchConditions.IfNotModified)
@@ -340,7 +346,7 @@ def test_list_nodes_paging_filter_select(client):
 
 
 def test_conditional_header_rules_raw(shoal, client):
-    client.create_pool(pool_options("cond-raw"))
+    create_steady(client, pool_options("cond-raw"))
     etag = client.get_pool("cond-raw").etag
     later = "Fri, 01 Jan 2100 00:00:00 GMT"
     # Reads: an unmet If-None-Match / If-Modified-Since is 304 without a body, If-Match is 412.
