@@ -141,6 +141,22 @@ def pool_list(data_dir: Path | None, as_json: bool) -> None:
                   ("slots/node", "taskSlotsPerNode")], as_json)
 
 
+@pool.command("autoscale-now")
+@click.argument("pool_id")
+@data_dir_option
+@json_option
+def pool_autoscale_now(pool_id: str, data_dir: Path | None, as_json: bool) -> None:
+    """Evaluate POOL_ID's autoscale formula now and apply it (beyond Azure)."""
+    client = _client(data_dir)
+    run = _or_exit(lambda: client.request("POST", f"/shoal/v1/pools/{pool_id}/autoscale-now").json())
+    if as_json:
+        click.echo(json.dumps(run))
+        return
+    console.print(f"{run.get('timestamp')}  {run.get('results')}", highlight=False)
+    if run.get("error"):
+        console.print(f"[red]error[/red] {run['error'].get('code')}: {run['error'].get('message')}")
+
+
 @main.group()
 def job() -> None:
     """Jobs."""

@@ -8,8 +8,9 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, select, update
 
 from shoal import clock
-from shoal.errors import BadRequest, Conflict, InvalidProperty, MissingProperty, NotFound
+from shoal.errors import Conflict, InvalidProperty, MissingProperty, NotFound
 from shoal.model import catalog
+from shoal.service import autoscale as autoscale_service
 from shoal.service import ids
 from shoal.service import validation as v
 from shoal.service.context import Context
@@ -94,10 +95,8 @@ def create(ctx: Context, body: Any) -> None:
             if value is not None:
                 raise InvalidProperty(name, value, "targetDedicatedNodes and targetLowPriorityNodes cannot be "
                                                    "specified when enableAutoScale is true.")
-        if not body.get("autoScaleFormula"):
-            raise MissingProperty("autoScaleFormula")
-        raise BadRequest("Autoscale pools are not supported yet.", code="FeatureNotSupported",
-                         values={"PropertyName": "enableAutoScale"})
+        autoscale_service.parse(body.get("autoScaleFormula"))
+        autoscale_service.interval(body)
     if body.get("autoScaleFormula") is not None and not autoscale:
         raise InvalidProperty("autoScaleFormula", "…", "autoScaleFormula requires enableAutoScale to be true.")
     resize_timeout = v.duration(body, "resizeTimeout", minimum=MIN_RESIZE_TIMEOUT) or DEFAULT_RESIZE_TIMEOUT
@@ -108,6 +107,9 @@ def create(ctx: Context, body: Any) -> None:
     v.array(body, "certificateReferences")
 
     spec = {name: body[name] for name in _KEPT_PROPERTIES if name in body}
+    if autoscale:
+        spec.setdefault("autoScaleEvaluationInterval",
+                        clock.format_duration(autoscale_service.DEFAULT_INTERVAL))
     now = clock.now()
     targets = (target_dedicated or 0, target_spot or 0)
     with ctx.engine.begin() as conn:
@@ -123,6 +125,9 @@ def create(ctx: Context, body: Any) -> None:
             deallocation_option="requeue", resize_errors=None, spec=spec, etag=clock.new_etag(),
             last_modified=now, creation_time=now, state_transition_time=now,
             allocation_state_transition_time=now, join_token=ids.token()))
+        seq = conn.execute(select(pools.c.seq).where(pools.c.account == ctx.account,
+                                                     pools.c.key == pool_id.lower())).scalar_one()
+        autoscale_service.start_on_create(ctx, conn, seq)
     ctx.signals.wake_provider()
 
 
@@ -159,6 +164,7 @@ def to_wire(ctx: Context, row: Any, current: tuple[int, int]) -> dict[str, Any]:
         "targetDedicatedNodes": row.target_dedicated,
         "targetLowPriorityNodes": row.target_low_priority,
         "enableAutoScale": bool(spec.get("enableAutoScale", False)),
+        **({"autoScaleRun": row.autoscale_run} if row.autoscale_run and spec.get("enableAutoScale") else {}),
         "enableInterNodeCommunication": bool(spec.get("enableInterNodeCommunication", False)),
         "taskSlotsPerNode": row.slots_per_node,
         "taskSchedulingPolicy": {"nodeFillType": row.fill_type},

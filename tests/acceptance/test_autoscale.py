@@ -1,0 +1,137 @@
+"""Autoscale pools through the SDK against `shoal up --time-scale 60` (5 min pass in 5 s)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+from azure.batch import models
+from azure.core.exceptions import HttpResponseError
+
+from shoal.testing.server import kill_agents, start_shoal, stop_shoal
+from tests.helpers import pool_options, wait_for, wait_tasks_done
+
+TIME_SCALE = 60
+# Grow while tasks wait; let running tasks finish when shrinking.
+QUEUE_FORMULA = """
+// one node per 2 waiting tasks, at most 2
+waiting = max($ActiveTasks.GetSample(1));
+$TargetDedicatedNodes = min(2, (waiting + 1) / 2);
+$NodeDeallocationOption = taskcompletion;
+"""
+
+
+@pytest.fixture(scope="module")
+def scaled(tmp_path_factory):
+    running = start_shoal(tmp_path_factory.mktemp("autoscale"), extra_args=["--time-scale", str(TIME_SCALE)])
+    try:
+        yield running
+    finally:
+        stop_shoal(running)
+        kill_agents(running.data_dir)
+
+
+@pytest.fixture(scope="module")
+def client(scaled):
+    return scaled.client()
+
+
+def autoscale_pool(pool_id: str, formula: str, **kwargs):
+    return pool_options(pool_id, enable_auto_scale=True, auto_scale_formula=formula,
+                        auto_scale_evaluation_interval=timedelta(minutes=5), task_slots_per_node=2, **kwargs)
+
+
+def test_pool_grows_from_zero_and_shrinks_back_letting_tasks_finish(client):
+    client.create_pool(autoscale_pool("elastic", QUEUE_FORMULA))
+    pool = client.get_pool("elastic")
+    assert pool.enable_auto_scale and pool.auto_scale_run is not None
+    assert pool.target_dedicated_nodes == 0
+    client.create_job(models.BatchJobCreateOptions(id="burst", pool_info=models.BatchPoolInfo(pool_id="elastic")))
+    client.create_tasks("burst", [models.BatchTaskCreateOptions(id=f"t{i}", command_line="/bin/sleep 4")
+                                  for i in range(4)])
+    wait_for(lambda: client.get_pool("elastic").target_dedicated_nodes == 2, 30, message="targets to grow")
+    wait_for(lambda: len([n for n in client.list_nodes("elastic") if n.state in ("idle", "running")]) == 2,
+             30, message="two nodes up")
+    # Once every task runs, nothing waits: the formula shrinks to 0 with taskcompletion, so
+    # the running tasks end normally rather than being requeued.
+    wait_for(lambda: client.get_pool("elastic").target_dedicated_nodes == 0, 30, message="targets to shrink")
+    counts = wait_tasks_done(client, "burst", timeout=60)
+    assert counts.succeeded == 4
+    assert all(t.execution_info.requeue_count == 0 for t in client.list_tasks("burst"))
+    wait_for(lambda: list(client.list_nodes("elastic")) == [], 60, message="nodes to leave")
+    run = client.get_pool("elastic").auto_scale_run
+    assert run.results.startswith("$TargetDedicatedNodes=0;$NodeDeallocationOption=taskcompletion;")
+
+
+def test_evaluate_returns_the_exact_results_string_and_applies_nothing(client):
+    client.create_pool(autoscale_pool("evaluated", "$TargetDedicatedNodes = 0;"))
+    run = client.evaluate_pool_auto_scale(
+        "evaluated", models.BatchPoolEvaluateAutoScaleOptions(
+            auto_scale_formula="$TargetDedicatedNodes = 3; $TargetLowPriorityNodes = 1; x = 2.5; $big = x * 2;"))
+    assert run.results == ("$TargetDedicatedNodes=3;$TargetLowPriorityNodes=1;$NodeDeallocationOption=requeue;"
+                           "$big=5;x=2.5")
+    assert run.error is None
+    assert client.get_pool("evaluated").target_dedicated_nodes == 0
+
+
+def test_evaluation_error_is_reported_and_targets_stay(client):
+    client.create_pool(autoscale_pool("failing", "$TargetDedicatedNodes = 0;"))
+    run = client.evaluate_pool_auto_scale(
+        "failing", models.BatchPoolEvaluateAutoScaleOptions(
+            auto_scale_formula="$TargetDedicatedNodes = max($CPUPercent.GetSample(TimeInterval_Hour, 90));"))
+    assert run.error is not None and run.error.code
+    assert client.get_pool("failing").target_dedicated_nodes == 0
+
+
+@pytest.mark.parametrize("formula", ["$TargetDedicatedNodes = ;", "$TargetDedicatedNodes = nosuchfunc(", "x" * 9000])
+def test_invalid_formula_is_refused_at_create(client, formula):
+    with pytest.raises(HttpResponseError) as info:
+        client.create_pool(autoscale_pool("badformula", formula))
+    assert info.value.status_code == 400
+    assert info.value.error.code in ("AutoScalingFormulaSyntaxError", "AutoScaleFormulaTooLong")
+    assert "badformula" not in [p.id for p in client.list_pools()]
+
+
+def test_enable_validates_and_disable_allows_resize(client):
+    client.create_pool(pool_options("manual", target_dedicated_nodes=0))
+    wait_for(lambda: client.get_pool("manual").allocation_state == "steady", 30, message="steady pool")
+    with pytest.raises(HttpResponseError) as info:
+        client.enable_pool_auto_scale("manual", models.BatchPoolEnableAutoScaleOptions(
+            auto_scale_formula="$TargetDedicatedNodes = (;"))
+    assert info.value.status_code == 400
+    assert info.value.error.code == "AutoScalingFormulaSyntaxError"
+    with pytest.raises(HttpResponseError) as info:
+        client.enable_pool_auto_scale("manual", models.BatchPoolEnableAutoScaleOptions(
+            auto_scale_formula="$TargetDedicatedNodes = 0;", auto_scale_evaluation_interval=timedelta(minutes=1)))
+    assert info.value.status_code == 400
+    client.enable_pool_auto_scale("manual", models.BatchPoolEnableAutoScaleOptions(
+        auto_scale_formula="$TargetDedicatedNodes = 0;", auto_scale_evaluation_interval=timedelta(minutes=5)))
+    pool = client.get_pool("manual")
+    assert pool.enable_auto_scale and pool.auto_scale_run.results.startswith("$TargetDedicatedNodes=0")
+    # Batch refuses a second enable within 30 s (here 0.5 s of real time at 60×).
+    with pytest.raises(HttpResponseError) as info:
+        client.enable_pool_auto_scale("manual", models.BatchPoolEnableAutoScaleOptions(
+            auto_scale_formula="$TargetDedicatedNodes = 0;"))
+    assert info.value.error.code == "TooManyEnableAutoScaleRequests"
+    with pytest.raises(HttpResponseError) as info:
+        client.begin_resize_pool("manual", models.BatchPoolResizeOptions(target_dedicated_nodes=1)).result()
+    assert info.value.status_code == 409
+    client.disable_pool_auto_scale("manual")
+    assert not client.get_pool("manual").enable_auto_scale
+    wait_for(lambda: client.get_pool("manual").allocation_state == "steady", 30, message="steady pool")
+    client.begin_resize_pool("manual", models.BatchPoolResizeOptions(target_dedicated_nodes=1),
+                             polling_interval=0.2).result()
+
+
+def test_autoscale_now_evaluates_at_once(scaled, client):
+    client.create_pool(pool_options("forced", enable_auto_scale=True,
+                                    auto_scale_formula="$TargetDedicatedNodes = $TargetDedicatedNodes;",
+                                    auto_scale_evaluation_interval=timedelta(hours=100)))
+    first = client.get_pool("forced").auto_scale_run.timestamp
+    result = subprocess.run([sys.executable, "-m", "shoal.cli", "pool", "autoscale-now", "forced",
+                             "--data-dir", str(scaled.data_dir), "--json"], capture_output=True, text=True,
+                            timeout=60, check=True)
+    assert "$TargetDedicatedNodes=0" in result.stdout
+    assert client.get_pool("forced").auto_scale_run.timestamp > first
