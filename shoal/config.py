@@ -43,6 +43,11 @@ class Settings:
     database_url: str | None = None
     heartbeat_timeout_s: float = field(default_factory=lambda: _float_env("SHOAL_HEARTBEAT_TIMEOUT_S", HEARTBEAT_TIMEOUT_S))
     time_scale: float = 1.0
+    # Spot capacity of this machine (None: unlimited), evictions per spot node-hour (scaled
+    # timeline), and how long a preempted node waits for capacity to come back.
+    spot_capacity: int | None = None
+    spot_eviction_rate: float = 0.0
+    spot_recovery_s: float = 300.0
     # Seconds (on the scaled timeline) before a metric sample is visible to formulas.
     sample_lag_s: float = field(default_factory=lambda: _float_env("SHOAL_SAMPLE_LAG_S", 0.0))
     poll_timeout_s: float = field(default_factory=lambda: _float_env("SHOAL_AGENT_POLL_TIMEOUT_S", AGENT_POLL_TIMEOUT_S))

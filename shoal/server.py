@@ -23,7 +23,7 @@ from shoal.api import remote_files
 from shoal.api.agent import AgentHub
 from shoal.api.app import Api, build_app
 from shoal.config import PROVIDER_RECONCILE_S, SCHEDULER_IDLE_WAKE_S, Settings
-from shoal.service import allocation, autoscale, ids, metrics, scheduling
+from shoal.service import allocation, autoscale, ids, metrics, preemption, scheduling
 from shoal.service import jobs as job_service
 from shoal.service import nodes as node_service
 from shoal.service.context import Context, Signals
@@ -88,14 +88,16 @@ class ControlPlane:
         signals = Signals(wake_scheduler=self._scheduler_wake.set, wake_node=self.hub.wake,
                           wake_provider=self._provider_wake.set)
         self.ctx = Context(engine=self.engine, account=DEFAULT_ACCOUNT, signals=signals, base_url=self.endpoint,
-                           timebase=self.timebase, sample_lag=timedelta(seconds=settings.sample_lag_s))
+                           timebase=self.timebase, sample_lag=timedelta(seconds=settings.sample_lag_s),
+                           spot_capacity=settings.spot_capacity)
         self.api = Api(self.ctx, {DEFAULT_ACCOUNT: self.keys})
         self.app = build_app(self.api, self.hub, settings.poll_timeout_s)
         self.provider = None
         if local_provider:
             from shoal.providers.local import LocalProvider
 
-            self.provider = LocalProvider(self.ctx, settings.data_dir, self.endpoint)
+            self.provider = LocalProvider(self.ctx, settings.data_dir, self.endpoint,
+                                          spot_eviction_rate=settings.spot_eviction_rate)
         self._tasks: list[asyncio.Task[None]] = []
         self.stopping = False
 
@@ -129,6 +131,8 @@ class ControlPlane:
                     self._provider_wake.set()
                     self._scheduler_wake.set()
                 node_service.mark_silent_nodes_unusable(self.ctx, self.settings.heartbeat_timeout_s)
+                preemption.recover(self.ctx, timedelta(seconds=self.settings.spot_recovery_s),
+                                   self.settings.spot_capacity)
                 job_service.finish_waiting_disables(self.ctx)
                 with self.engine.begin() as conn:
                     job_service.finish_all_complete_jobs(self.ctx, conn)

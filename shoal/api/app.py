@@ -79,10 +79,10 @@ class Api:
 
 
 def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float) -> Starlette:
-    from shoal.api import agent, autoscale, files, jobs, nodes, pools, tasks
+    from shoal.api import agent, autoscale, files, jobs, nodes, pools, spot, tasks
 
     routes: list[Route] = []
-    for module in (pools, autoscale, nodes, jobs, tasks, files):
+    for module in (pools, autoscale, nodes, spot, jobs, tasks, files):
         for path, methods, handler in module.ROUTES:
             routes.append(Route(path, api.batch(handler), methods=methods))
     routes.extend(agent.routes(api, agent_hub, poll_timeout_s))

@@ -28,11 +28,11 @@ def main() -> None:
 
 
 def _serve(host: str, port: int, data_dir: Path | None, database: str | None, local_provider: bool,
-           time_scale: float = 1.0) -> None:
+           time_scale: float = 1.0, spot: dict[str, Any] | None = None) -> None:
     from shoal import server
 
     settings = Settings(data_dir=data_dir or default_data_dir(), host=host, port=port, database_url=database,
-                        time_scale=time_scale)
+                        time_scale=time_scale, **(spot or {}))
 
     def ready(plane: Any) -> None:
         name, (key, _) = server.DEFAULT_ACCOUNT, plane.keys
@@ -50,9 +50,19 @@ def _serve(host: str, port: int, data_dir: Path | None, database: str | None, lo
 @click.option("--database", default=None, help="postgresql://… (default: SQLite in the data dir)")
 @click.option("--time-scale", default=1.0, type=click.FloatRange(min=0.001), show_default=True,
               help="Run autoscale intervals, metric samples and eviction schedules this many times faster.")
-def up(host: str, port: int, data_dir: Path | None, database: str | None, time_scale: float) -> None:
+@click.option("--spot-capacity", default=None, type=click.IntRange(min=0),
+              help="Spot nodes this machine can hold at once (default: unlimited).")
+@click.option("--spot-eviction-rate", default=0.0, type=click.FloatRange(min=0), show_default=True,
+              help="Evictions per spot node-hour (scaled time); a pool's metadata "
+                   "'shoal:spotEvictionRate' overrides it.")
+@click.option("--spot-recovery", default=300.0, type=click.FloatRange(min=0), show_default=True,
+              help="Seconds (scaled time) before a preempted node gets capacity back.")
+def up(host: str, port: int, data_dir: Path | None, database: str | None, time_scale: float,
+       spot_capacity: int | None, spot_eviction_rate: float, spot_recovery: float) -> None:
     """Run everything in one process: API, scheduler and local compute nodes."""
-    _serve(host, port, data_dir, database, True, time_scale)
+    _serve(host, port, data_dir, database, True, time_scale,
+           {"spot_capacity": spot_capacity, "spot_eviction_rate": spot_eviction_rate,
+            "spot_recovery_s": spot_recovery})
 
 
 @main.command("server")
@@ -158,6 +168,33 @@ def pool_autoscale_now(pool_id: str, data_dir: Path | None, as_json: bool) -> No
 
 
 @main.group()
+def node() -> None:
+    """Compute nodes."""
+
+
+@node.command("list")
+@click.argument("pool_id")
+@data_dir_option
+@json_option
+def node_list(pool_id: str, data_dir: Path | None, as_json: bool) -> None:
+    client = _client(data_dir)
+    rows = _or_exit(lambda: list(client.list(f"/pools/{pool_id}/nodes")))
+    _print(rows, [("id", "id"), ("state", "state"), ("dedicated", "isDedicated"),
+                  ("running", "runningTasksCount"), ("succeeded", "totalTasksSucceeded")], as_json)
+
+
+@node.command("preempt")
+@click.argument("pool_id")
+@click.argument("node_id")
+@data_dir_option
+def node_preempt(pool_id: str, node_id: str, data_dir: Path | None) -> None:
+    """Take a spot node's capacity away now, as an eviction would (beyond Azure)."""
+    client = _client(data_dir)
+    _or_exit(lambda: client.request("POST", f"/shoal/v1/pools/{pool_id}/nodes/{node_id}/preempt"))
+    console.print(f"preempted {node_id}", highlight=False)
+
+
+@main.group()
 def job() -> None:
     """Jobs."""
 
@@ -221,3 +258,5 @@ def task_wait(job_id: str, timeout: float, data_dir: Path | None, as_json: bool)
     if as_json:
         click.echo(json.dumps(counts))
     raise SystemExit(1 if counts["failed"] else 0)
+from shoal.cli.autoscale import autoscale  # noqa: E402
+main.add_command(autoscale)

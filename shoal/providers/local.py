@@ -20,7 +20,9 @@ from pathlib import Path
 
 import psutil
 
+from shoal.providers.eviction import EvictionPolicy
 from shoal.service import nodes as node_service
+from shoal.service import preemption
 from shoal.service.context import Context
 
 log = logging.getLogger("shoal.providers.local")
@@ -49,8 +51,11 @@ class _Agent:
 
 
 class LocalProvider:
-    def __init__(self, ctx: Context, data_dir: Path, join_url: str) -> None:
+    def __init__(self, ctx: Context, data_dir: Path, join_url: str, *, spot_eviction_rate: float = 0.0,
+                 eviction_seed: int | None = None) -> None:
         self.ctx = ctx
+        self.eviction = EvictionPolicy(spot_eviction_rate, eviction_seed)
+        self._last_eviction_check: float | None = None
         self.nodes_dir = data_dir / "nodes"
         self.join_url = join_url
         self.agents: dict[str, _Agent] = {}
@@ -62,11 +67,17 @@ class LocalProvider:
         return self.node_dir(node_id) / "batch" / "tasks"
 
     async def reconcile(self) -> None:
+        self._evict_spot_nodes()
         records = {r.node_id: r for r in node_service.provisioning_view(self.ctx)}
         for record in records.values():
             agent = self.agents.get(record.node_id)
             if agent is None and record.agent_pid:
                 agent = self._adopt(record.node_id, record.agent_pid)
+            if record.state == "preempted":
+                # The VM went with its capacity: no agent, no local data, until it comes back.
+                if agent is not None or self.node_dir(record.node_id).exists():
+                    self._drop(record.node_id)
+                continue
             if record.state == "leavingpool":
                 if agent is None or not agent.alive():
                     self._drop(record.node_id)
@@ -91,6 +102,19 @@ class LocalProvider:
                     agent.terminate(signal.SIGKILL)
                 continue
             self._drop(node_id)
+
+    def _evict_spot_nodes(self) -> None:
+        now = time.monotonic()
+        elapsed_real = now - (self._last_eviction_check or now)
+        self._last_eviction_check = now
+        if elapsed_real <= 0:
+            return
+        elapsed_hours = elapsed_real * self.ctx.timebase.scale / 3600
+        live = preemption.live_spot_nodes(self.ctx)
+        chosen = self.eviction.choose(((node_id, spec) for node_id, spec in live), elapsed_hours)
+        if chosen:
+            log.info("evicting spot nodes %s", chosen)
+            preemption.preempt_many(self.ctx, chosen)
 
     def _adopt(self, node_id: str, pid: int) -> _Agent | None:
         try:

@@ -49,6 +49,9 @@ def _node_by_token(conn: Connection, node_id: str, token: str) -> Any:
         raise NodeGone("The node is no longer part of a pool.")
     if row.token != token:
         raise Unauthenticated("The node token is not valid.")
+    if row.state == "preempted":
+        # The VM is gone with its data: the agent stops everything and deletes its root.
+        raise NodeGone("The node was preempted.")
     return row
 
 

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from shoal import clock
-from shoal.service import ids, removal, transitions
+from shoal.service import ids, preemption, removal, transitions
 from shoal.service.context import Context
 from shoal.store.schema import nodes, pools
 
 LIVE_STATES = ("starting", "waitingforstarttask", "idle", "running", "starttaskfailed", "unusable",
                "offline")
 # Which nodes go first when a pool shrinks: broken and unstarted ones, then the least busy.
-_REMOVAL_ORDER = {"unusable": 0, "starttaskfailed": 1, "creating": 2, "starting": 3,
+_REMOVAL_ORDER = {"preempted": -1, "unusable": 0, "starttaskfailed": 1, "creating": 2, "starting": 3,
                   "waitingforstarttask": 4, "offline": 5, "idle": 6, "running": 7}
 
 
@@ -32,7 +32,33 @@ def reconcile(ctx: Context) -> bool:
             pools.c.allocation_state.in_(("resizing", "stopping")))).all()
         for pool in rows:
             changed |= _reconcile_pool(ctx, conn, pool)
+        # Pools seek their spot target continuously: a steady pool short of spot nodes (scarce
+        # capacity, or nodes preempted and gone) takes capacity as soon as there is some.
+        for pool in conn.execute(select(pools).where(
+                pools.c.account == ctx.account, pools.c.state == "active", pools.c.allocation_state == "steady",
+                pools.c.target_low_priority > 0)).all():
+            staying = conn.execute(select(func.count()).where(
+                nodes.c.pool_seq == pool.seq, nodes.c.is_dedicated.is_(False),
+                nodes.c.state != "leavingpool")).scalar_one()
+            changed |= _add_nodes(conn, pool, False, pool.target_low_priority - staying, ctx.spot_capacity) > 0
     return changed
+
+
+def _add_nodes(conn: Any, pool: Any, dedicated: bool, wanted: int, spot_capacity: int | None) -> int:
+    """Create up to `wanted` node records; spot ones only as far as the machine's spot capacity
+    goes. Returns how many were created."""
+    if wanted <= 0:
+        return 0
+    count = wanted if dedicated else preemption.spot_room(conn, spot_capacity, wanted)
+    now = clock.now()
+    for _ in range(count):
+        conn.execute(insert(nodes).values(
+            id=ids.node_id(dedicated), pool_seq=pool.seq, state="creating",
+            scheduling_state="enabled", is_dedicated=dedicated, token=ids.token(),
+            slots=pool.slots_per_node, allocation_time=now, state_transition_time=now,
+            run_start_task=False, total_tasks_run=0, total_tasks_succeeded=0,
+            etag=clock.new_etag()))
+    return count
 
 
 def _reconcile_pool(ctx: Context, conn: Any, pool: Any) -> bool:
@@ -44,17 +70,13 @@ def _reconcile_pool(ctx: Context, conn: Any, pool: Any) -> bool:
         _set_steady(conn, pool, errors=pool.resize_errors)
         return True
     changed = False
+    short_of_spot = False
     for dedicated, target in ((True, pool.target_dedicated), (False, pool.target_low_priority)):
         group = [n for n in staying if bool(n.is_dedicated) == dedicated]
         if len(group) < target:
-            for _ in range(target - len(group)):
-                conn.execute(insert(nodes).values(
-                    id=ids.node_id(dedicated), pool_seq=pool.seq, state="creating",
-                    scheduling_state="enabled", is_dedicated=dedicated, token=ids.token(),
-                    slots=pool.slots_per_node, allocation_time=now, state_transition_time=now,
-                    run_start_task=False, total_tasks_run=0, total_tasks_succeeded=0,
-                    etag=clock.new_etag()))
-            changed = True
+            added = _add_nodes(conn, pool, dedicated, target - len(group), ctx.spot_capacity)
+            changed |= added > 0
+            short_of_spot |= len(group) + added < target
         elif len(group) > target:
             surplus = _pick_surplus(conn, group, len(group) - target)
             removal.mark_leaving(ctx, conn, surplus, pool.deallocation_option or "requeue")
@@ -68,7 +90,10 @@ def _reconcile_pool(ctx: Context, conn: Any, pool: Any) -> bool:
             conn.execute(delete(nodes).where(nodes.c.pool_seq == pool.seq))
             conn.execute(delete(pools).where(pools.c.seq == pool.seq))
         else:
-            _set_steady(conn, pool, errors=None)
+            _set_steady(conn, pool, errors=[{
+                "code": "AllocationFailed",
+                "message": "Spot capacity is short: the pool keeps seeking its low-priority target."}]
+                if short_of_spot else None)
         return True
     deadline = clock.as_utc(pool.resize_deadline)
     if deadline is not None and now > deadline and pool.state != "deleting":

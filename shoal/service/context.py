@@ -39,3 +39,6 @@ class Context:
     # Latest resource readings per node, as agents report them: a cache; the durable record is
     # the metric_samples table the sampler writes every sample period.
     node_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # How many spot nodes the machine can hold at once (None: no limit); scarce capacity keeps
+    # pools below their spot target, as on Azure.
+    spot_capacity: int | None = None

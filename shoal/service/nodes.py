@@ -156,6 +156,8 @@ def agent_lost(ctx: Context, node_id: str) -> None:
         if row.state == "leavingpool":
             forget_in(conn, node_id)
             return
+        if row.state == "preempted":
+            return  # its capacity is gone; preemption.recover brings it back
         running = transitions.running_on(conn, [node_id])
         transitions.requeue(conn, running, user_requested=False)
         conn.execute(update(nodes).where(nodes.c.id == node_id).values(

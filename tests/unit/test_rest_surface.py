@@ -9,8 +9,8 @@ import json
 import re
 from pathlib import Path
 
-from shoal.api.app import Api, build_app
 from shoal.api.agent import AgentHub
+from shoal.api.app import Api, build_app
 from shoal.service.context import Context
 
 SPEC = Path(__file__).resolve().parents[3] / "shared" / "spec" / "batch-data-plane.openapi.json"
