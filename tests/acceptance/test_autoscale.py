@@ -135,3 +135,30 @@ def test_autoscale_now_evaluates_at_once(scaled, client):
                             timeout=60, check=True)
     assert "$TargetDedicatedNodes=0" in result.stdout
     assert client.get_pool("forced").auto_scale_run.timestamp > first
+
+
+def test_agent_resource_metrics_and_task_counts_reach_formulas(client):
+    client.create_pool(pool_options("measured", enable_auto_scale=True, task_slots_per_node=2,
+                                    auto_scale_formula="$TargetDedicatedNodes = 1;",
+                                    auto_scale_evaluation_interval=timedelta(minutes=5)))
+    wait_for(lambda: any(n.state == "idle" for n in client.list_nodes("measured")), 30, message="node up")
+    client.create_job(models.BatchJobCreateOptions(id="measured-job",
+                                                   pool_info=models.BatchPoolInfo(pool_id="measured")))
+    client.create_tasks("measured-job", [models.BatchTaskCreateOptions(id=f"t{i}", command_line="/bin/true")
+                                         for i in range(3)])
+    wait_tasks_done(client, "measured-job")
+    probe = ("$TargetDedicatedNodes = 1; nodes = max($SampleNodeCount.GetSample(1)); "
+             "cpu = max($CPUPercent.GetSample(1)); mem = max($MemoryBytes.GetSample(1)); "
+             "done = max($SucceededTasks.GetSample(1)); slots = max($TaskSlotsPerNode.GetSample(1));")
+
+    def sampled() -> dict[str, float] | None:
+        run = client.evaluate_pool_auto_scale("measured", models.BatchPoolEvaluateAutoScaleOptions(
+            auto_scale_formula=probe))
+        if run.error is not None:
+            return None
+        values = dict(part.split("=", 1) for part in run.results.split(";"))
+        return values if values.get("done") == "3" else None
+
+    values = wait_for(sampled, 30, message="samples with the finished tasks")
+    assert values["nodes"] == "1" and values["slots"] == "2"
+    assert 0 <= float(values["cpu"]) <= 100 and float(values["mem"]) > 0
