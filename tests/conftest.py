@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from shoal.testing.server import RunningShoal, kill_agents, start_shoal, stop_shoal
+from shoal.testing.server import RunningShoal, running_shoal
 
 for name in [n for n in os.environ if n.startswith("SHOAL_")]:
     del os.environ[name]
@@ -18,12 +18,8 @@ for name in [n for n in os.environ if n.startswith("SHOAL_")]:
 @pytest.fixture(scope="module")
 def shoal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningShoal]:
     """One `shoal up` per test module (starting one costs about a second)."""
-    running = start_shoal(tmp_path_factory.mktemp("shoal"))
-    try:
+    with running_shoal(tmp_path_factory.mktemp("shoal")) as running:
         yield running
-    finally:
-        stop_shoal(running)
-        kill_agents(running.data_dir)
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,17 @@ def stop_shoal(shoal: RunningShoal, *, sig: int = signal.SIGTERM, timeout: float
         except subprocess.TimeoutExpired:
             shoal.process.kill()
             shoal.process.wait()
+
+
+@contextlib.contextmanager
+def running_shoal(data_dir: Path, *, extra_args: list[str] | None = None) -> Iterator[RunningShoal]:
+    """A `shoal up` for the length of a `with` block; its agents are gone afterwards too."""
+    shoal = start_shoal(data_dir, extra_args=extra_args)
+    try:
+        yield shoal
+    finally:
+        stop_shoal(shoal)
+        kill_agents(data_dir)
 
 
 def kill_agents(data_dir: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from azure.batch import models
 from azure.core.exceptions import HttpResponseError
 
-from shoal.testing.server import kill_agents, start_shoal, stop_shoal
+from shoal.testing.server import running_shoal
 from tests.helpers import pool_options, wait_for, wait_tasks_done
 
 TIME_SCALE = 60
@@ -25,12 +25,8 @@ $NodeDeallocationOption = taskcompletion;
 
 @pytest.fixture(scope="module")
 def scaled(tmp_path_factory):
-    running = start_shoal(tmp_path_factory.mktemp("autoscale"), extra_args=["--time-scale", str(TIME_SCALE)])
-    try:
+    with running_shoal(tmp_path_factory.mktemp("autoscale"), extra_args=["--time-scale", str(TIME_SCALE)]) as running:
         yield running
-    finally:
-        stop_shoal(running)
-        kill_agents(running.data_dir)
 
 
 @pytest.fixture(scope="module")

@@ -8,20 +8,16 @@ import sys
 import pytest
 from azure.batch import models
 
-from shoal.testing.server import kill_agents, start_shoal, stop_shoal
+from shoal.testing.server import running_shoal
 from tests.helpers import pool_options, wait_for, wait_tasks_done
 
 
 @pytest.fixture(scope="module")
 def spot_shoal(tmp_path_factory):
     # 60× time: a preempted node gets its capacity back after 60 s of scaled time (1 s real).
-    running = start_shoal(tmp_path_factory.mktemp("spot"),
-                          extra_args=["--time-scale", "60", "--spot-recovery", "60", "--spot-capacity", "3"])
-    try:
+    with running_shoal(tmp_path_factory.mktemp("spot"),
+                       extra_args=["--time-scale", "60", "--spot-recovery", "60", "--spot-capacity", "3"]) as running:
         yield running
-    finally:
-        stop_shoal(running)
-        kill_agents(running.data_dir)
 
 
 @pytest.fixture(scope="module")
