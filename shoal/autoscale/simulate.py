@@ -18,10 +18,14 @@ Model (each rule restates semantics.md or the service's own choice):
   the least busy ready nodes. `requeue`/`terminate` remove them at once (their running tasks go
   back to the queue / fail); `taskcompletion`/`retaineddata` let running tasks finish, take no new
   work and leave when empty (§2.3; there are no retention times here, so both behave alike).
-- Spot nodes are preempted at a Poisson rate per node-hour (seeded). Their tasks are requeued
-  (§6.3); a preempted node stays in the pool, counted by `$CurrentLowPriorityNodes` and
-  `$PreemptedNodeCount` but not billed, and comes back after `spot_recovery_s` plus startup.
-- `$CPUPercent` is busy slots / slots of usable nodes × 100.
+- Spot nodes are preempted at a Poisson rate per node-hour (seeded), as the local provider does.
+  Their tasks go back to the queue as a recovery, not a requeue (§6.3, service/preemption.py); a
+  preempted node stays in the pool, counted by `$CurrentLowPriorityNodes` and
+  `$PreemptedNodeCount` but not billed, and starts again after `spot_recovery_s`.
+- Task and node counts are what service/metrics.py counts (nodes leaving the pool excluded);
+  the evaluator gets them both as samples and as current values, as service/autoscale.py does.
+  Resource metrics are sampled only while usable nodes exist: `$CPUPercent` is busy slots /
+  slots of usable nodes × 100, the others read 0.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from .types import datetime_to_ticks
 SAMPLE_PERIOD_S = 30.0
 DEFAULT_EVALUATION_INTERVAL_S = 300.0
 DEFAULT_NODE_STARTUP_S = 180.0
-DEFAULT_SPOT_RECOVERY_S = 600.0
+DEFAULT_SPOT_RECOVERY_S = 300.0  # as the service's Settings.spot_recovery_s
 # Without --duration the run ends once every task is done and the pool has settled, or here.
 MAX_AUTO_DURATION_S = 48 * 3600.0
 # Virtual t=0 for time() in formulas: a Monday, midnight UTC.
@@ -184,7 +188,8 @@ class TaskRecord:
     state: str  # "succeeded" | "failed" | "active" | "running" | "waiting" (not yet arrived)
     first_start: float | None
     end: float | None
-    requeues: int
+    requeues: int  # put back by a shrink with `requeue`
+    recoveries: int  # put back because their spot node was preempted
 
 
 @dataclass(frozen=True)
@@ -194,7 +199,8 @@ class Summary:
     tasks_failed: int
     tasks_unfinished: int
     tasks_unschedulable: int  # need more slots than a node has: they never run (§3.1)
-    requeues: int
+    requeues: int  # task runs put back by a shrink with `requeue`
+    recovered: int  # task runs put back by spot preemptions
     preemptions: int
     mean_wait_s: float | None  # arrival to first start, over tasks that started
     p95_wait_s: float | None
@@ -231,6 +237,7 @@ class _Task:
     first_start: float | None = None
     end: float | None = None
     requeues: int = 0
+    recoveries: int = 0
 
 
 @dataclass
@@ -261,7 +268,7 @@ class _Simulation:
         self.event_serial = 0
         self.rng = random.Random(options.seed)
         self.targets = {True: 0, False: 0}  # dedicated? -> target
-        self.succeeded = self.failed = self.requeued = self.preemptions = 0
+        self.succeeded = self.failed = self.requeued = self.recovered = self.preemptions = 0
         self.samples = {name: SampleHistory([], []) for name in METRICS}
         self.series = Series()
         self.evaluations: list[EvaluationRecord] = []
@@ -395,13 +402,18 @@ class _Simulation:
         if node.leaving is not None and not node.running:
             del self.nodes[node.node_id]  # a draining node leaves once its last task is done
 
-    def _requeue(self, node: _Node) -> None:
-        """Put the node's running tasks back in the queue (not counted as a retry, as in Batch)."""
+    def _requeue(self, node: _Node, *, preempted: bool = False) -> None:
+        """Put the node's running tasks back in the queue; a preemption's are recoveries, which
+        Batch does not count as requeues."""
         for seq in sorted(node.running):
             task = self.tasks[seq]
             task.state, task.node = "active", None
-            task.requeues += 1
-            self.requeued += 1
+            if preempted:
+                task.recoveries += 1
+                self.recovered += 1
+            else:
+                task.requeues += 1
+                self.requeued += 1
             bisect.insort(self.active, seq)
         node.running.clear()
         node.used_slots = 0
@@ -425,7 +437,7 @@ class _Simulation:
 
     def _preempt(self, node: _Node) -> None:
         self.preemptions += 1
-        self._requeue(node)
+        self._requeue(node, preempted=True)
         if node.leaving is not None:
             del self.nodes[node.node_id]
             return
@@ -459,8 +471,9 @@ class _Simulation:
 
     # -- samples and evaluation ----------------------------------------------
     def _counts(self) -> dict[str, float]:
-        nodes = self.nodes.values()
-        running = sum(len(n.running) for n in nodes)
+        """The count variables as service/metrics.py computes them: leaving nodes excluded."""
+        running = sum(len(n.running) for n in self.nodes.values())
+        nodes = [n for n in self.nodes.values() if n.leaving is None]
         return {
             "$ActiveTasks": len(self.active),
             "$RunningTasks": running,
@@ -481,25 +494,25 @@ class _Simulation:
             # The zero-valued sample Shoal records at pool creation (semantics.md §1.7).
             values = {name: 0.0 for name in values}
             values["$TaskSlotsPerNode"] = self.options.task_slots_per_node
-        elif any(n.state != PREEMPTED for n in self.nodes.values()):
+        else:
+            # Resource metrics are averages over the nodes that report them: usable nodes only.
             ready = [n for n in self.nodes.values() if n.state == READY]
-            slots = len(ready) * self.options.task_slots_per_node
-            values["$CPUPercent"] = 100.0 * sum(n.used_slots for n in ready) / slots if slots else 0.0
-            values["$SampleNodeCount"] = len(ready)
-            values.update({name: 0.0 for name in _UNMEASURED})
+            if ready:
+                slots = len(ready) * self.options.task_slots_per_node
+                values["$CPUPercent"] = 100.0 * sum(n.used_slots for n in ready) / slots
+                values["$SampleNodeCount"] = len(ready)
+                values.update({name: 0.0 for name in _UNMEASURED})
         for name, value in values.items():
             history = self.samples[name]
             history.ticks.append(ticks)
             history.values.append(float(value))
 
     def _evaluate(self) -> None:
-        current: dict[str, float | str] = {
-            "$TargetDedicatedNodes": self.targets[True],
-            "$TargetLowPriorityNodes": self.targets[False],
-        }
-        counts = self._counts()
-        # Node counts are the control plane's current values; task counts come from samples.
-        current.update({name: counts[name] for name in _NODE_COUNT_METRICS})
+        # As service/autoscale.py: counts read as scalars are the control plane's current values.
+        current: dict[str, float | str] = dict(self._counts())
+        current["$TargetDedicatedNodes"] = self.targets[True]
+        current["$TargetLowPriorityNodes"] = self.targets[False]
+        current["$NodeDeallocationOption"] = DEFAULT_DEALLOCATION_OPTION
         result = evaluate(self.formula, EvaluationInput(
             now=self.options.start + timedelta(seconds=self.now), samples=self.samples, current=current,
             visibility_lag=timedelta(seconds=self.options.sample_lag_s)))
@@ -549,26 +562,26 @@ class _Simulation:
 
     def _task_records(self) -> list[TaskRecord]:
         return [TaskRecord(t.spec.arrival, t.spec.duration, t.spec.slots, t.state, t.first_start, t.end,
-                           t.requeues) for t in self.tasks]
+                           t.requeues, t.recoveries) for t in self.tasks]
 
     def _summary(self, stop_reason: str) -> Summary:
         waits = sorted(t.first_start - t.spec.arrival for t in self.tasks if t.first_start is not None)
-        finished = [t for t in self.tasks if t.end is not None]
-        everything_done = bool(self.tasks) and len(finished) == len(self.tasks)
+        ends = [t.end for t in self.tasks if t.end is not None]
+        everything_done = bool(self.tasks) and len(ends) == len(self.tasks)
         dedicated_h = self.node_seconds[True] / 3600.0
         spot_h = self.node_seconds[False] / 3600.0
         return Summary(
             tasks_total=len(self.tasks),
             tasks_succeeded=self.succeeded,
             tasks_failed=self.failed,
-            tasks_unfinished=len(self.tasks) - len(finished),
+            tasks_unfinished=len(self.tasks) - len(ends),
             tasks_unschedulable=len(self.tasks) - self.schedulable,
             requeues=self.requeued,
+            recovered=self.recovered,
             preemptions=self.preemptions,
             mean_wait_s=sum(waits) / len(waits) if waits else None,
             p95_wait_s=_percentile(waits, 95) if waits else None,
-            makespan_s=(max(t.end for t in finished) - self.tasks[0].spec.arrival  # type: ignore[type-var]
-                        if everything_done else None),
+            makespan_s=max(ends) - self.tasks[0].spec.arrival if everything_done else None,
             dedicated_node_hours=dedicated_h,
             low_priority_node_hours=spot_h,
             total_node_hours=dedicated_h + spot_h,

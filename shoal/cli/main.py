@@ -259,4 +259,5 @@ def task_wait(job_id: str, timeout: float, data_dir: Path | None, as_json: bool)
         click.echo(json.dumps(counts))
     raise SystemExit(1 if counts["failed"] else 0)
 from shoal.cli.autoscale import autoscale  # noqa: E402
+
 main.add_command(autoscale)

@@ -5,26 +5,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
 import pytest
 from azure.batch import models
 from azure.core.exceptions import HttpResponseError
 
-from shoal.api.sharedkey import sign_request
+from tests.acceptance import rest
 from tests.helpers import image, pool_options, wait_for
 
 
 def error_of(exc: HttpResponseError) -> tuple[int, str, dict[str, str]]:
     body = exc.response.json()
     return exc.status_code, body["code"], {v["key"]: v["value"] for v in body.get("values", [])}
-
-
-def raw_request(shoal: Any, method: str, path: str, content: bytes) -> httpx.Response:
-    """A Shared Key signed request with a body the SDK would never send."""
-    url = f"{shoal.endpoint}{path}?api-version=2025-06-01"
-    headers = {"Content-Type": "application/json; odata=minimalmetadata", "Content-Length": str(len(content))}
-    return httpx.request(method, url, content=content,
-                         headers=sign_request(method, url, headers, shoal.account, shoal.primary_key))
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +104,8 @@ def test_size_limits_are_inclusive(client):
 ], ids=["malformed", "array", "empty", "id-not-string"])
 def test_bad_request_bodies(shoal, client, existing, body, code):
     before = snapshot(client)
-    response = raw_request(shoal, "POST", "/pools", body)
-    assert response.status_code == 400, response.text
-    assert response.json()["code"] == code
+    response = rest.call(shoal, "POST", "/pools", body=body)
+    rest.assert_batch_error(response, 400, code)
     assert snapshot(client) == before
 
 
@@ -162,7 +152,7 @@ def test_json_round_trip_of_create_body(shoal, client):
     """The same body the SDK sends, posted raw, creates an identical pool (wire-format sanity)."""
     body = {"id": "v-raw", "vmSize": "Standard_D2s_v3", "taskSlotsPerNode": 4,
             "virtualMachineConfiguration": image().as_dict()}
-    response = raw_request(shoal, "POST", "/pools", json.dumps(body).encode())
+    response = rest.call(shoal, "POST", "/pools", body=json.dumps(body).encode())
     assert response.status_code == 201, response.text
     pool = client.get_pool("v-raw")
     assert (pool.vm_size, pool.task_slots_per_node) == ("standard_d2s_v3", 4)

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import httpx
 import psutil
 import pytest
 from azure.batch import models
@@ -22,7 +21,7 @@ from azure.core.exceptions import (
     ResourceNotModifiedError,
 )
 
-from shoal.api.sharedkey import sign_request
+from tests.acceptance import rest
 from tests.helpers import pool_options, wait_for, wait_pool_idle
 
 # The SDK's long-running operations poll every 5 s by default; the local provider is much faster.
@@ -94,23 +93,13 @@ def test_create_get_exists_headers(client):
     assert pool_missing(client, "crud-missing")
 
 
-def raw_request(shoal: Any, method: str, path: str, *, content: bytes = b"",
-                headers: dict[str, str] | None = None) -> httpx.Response:
-    """A Shared Key signed request outside the SDK, for what the SDK cannot send."""
-    url = f"{shoal.endpoint}{path}?api-version=2025-06-01"
-    wire = {"Content-Type": "application/json; odata=minimalmetadata", "Content-Length": str(len(content)),
-            **(headers or {})}
-    signed = sign_request(method, url, wire, shoal.account, shoal.primary_key)
-    return httpx.request(method, url, content=content, headers=signed)
-
-
 def test_create_location_header_raw(shoal):
     body = {"id": "crud-raw", "vmSize": "standard_d2s_v3",
             "virtualMachineConfiguration": {"imageReference": {"publisher": "canonical",
                                                                "offer": "0001-com-ubuntu-server-jammy",
                                                                "sku": "22_04-lts", "version": "latest"},
                                             "nodeAgentSKUId": "batch.node.ubuntu 22.04"}}
-    response = raw_request(shoal, "POST", "/pools", content=json.dumps(body).encode())
+    response = rest.call(shoal, "POST", "/pools", body=json.dumps(body).encode())
     assert response.status_code == 201, response.text
     assert response.headers["Location"] == f"{shoal.endpoint}/pools/crud-raw"
     assert response.headers["ETag"] and response.headers["Last-Modified"] and response.headers["request-id"]
@@ -350,21 +339,21 @@ def test_conditional_header_rules_raw(shoal, client):
     etag = client.get_pool("cond-raw").etag
     later = "Fri, 01 Jan 2100 00:00:00 GMT"
     # Reads: an unmet If-None-Match / If-Modified-Since is 304 without a body, If-Match is 412.
-    response = raw_request(shoal, "GET", "/pools/cond-raw", headers={"If-Modified-Since": later})
+    response = rest.call(shoal, "GET", "/pools/cond-raw", headers={"If-Modified-Since": later})
     assert (response.status_code, response.content) == (304, b"")
-    response = raw_request(shoal, "HEAD", "/pools/cond-raw", headers={"If-None-Match": f'"{etag}"'})
+    response = rest.call(shoal, "HEAD", "/pools/cond-raw", headers={"If-None-Match": f'"{etag}"'})
     assert response.status_code == 304
-    response = raw_request(shoal, "GET", "/pools/cond-raw", headers={"If-Match": '"0x8D0000000000000"'})
-    assert (response.status_code, response.json()["code"]) == (412, "ConditionNotMet")
+    response = rest.call(shoal, "GET", "/pools/cond-raw", headers={"If-Match": '"0x8D0000000000000"'})
+    rest.assert_batch_error(response, 412, "ConditionNotMet")
     # The ETag header decides when it comes with its date counterpart.
-    response = raw_request(shoal, "GET", "/pools/cond-raw",
+    response = rest.call(shoal, "GET", "/pools/cond-raw",
                            headers={"If-None-Match": '"other"', "If-Modified-Since": later})
     assert response.status_code == 200
     # Writes: an unmet condition is 412 whichever header it is.
-    response = raw_request(shoal, "PATCH", "/pools/cond-raw", content=b'{"displayName": "x"}',
+    response = rest.call(shoal, "PATCH", "/pools/cond-raw", body=b'{"displayName": "x"}',
                            headers={"If-None-Match": f'"{etag}"'})
-    assert (response.status_code, response.json()["code"]) == (412, "ConditionNotMet")
-    response = raw_request(shoal, "GET", "/pools/cond-raw",
+    rest.assert_batch_error(response, 412, "ConditionNotMet")
+    response = rest.call(shoal, "GET", "/pools/cond-raw",
                            headers={"If-Match": f'"{etag}"', "If-None-Match": '"other"'})
-    assert (response.status_code, response.json()["code"]) == (400, "MultipleConditionHeadersNotSupported")
+    rest.assert_batch_error(response, 400, "MultipleConditionHeadersNotSupported")
     assert client.get_pool("cond-raw").display_name is None
