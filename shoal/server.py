@@ -91,7 +91,10 @@ class ControlPlane:
                            timebase=self.timebase, sample_lag=timedelta(seconds=settings.sample_lag_s),
                            spot_capacity=settings.spot_capacity)
         self.api = Api(self.ctx, {DEFAULT_ACCOUNT: self.keys})
-        self.app = build_app(self.api, self.hub, settings.poll_timeout_s)
+        # An idle agent calls at least once per long-poll: keep that well inside the timeout
+        # after which a silent node is declared unusable.
+        poll_timeout = min(settings.poll_timeout_s, settings.heartbeat_timeout_s / 3)
+        self.app = build_app(self.api, self.hub, poll_timeout, min(5.0, settings.heartbeat_timeout_s / 3))
         self.provider = None
         if local_provider:
             from shoal.providers.local import LocalProvider

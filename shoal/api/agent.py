@@ -58,11 +58,13 @@ def _guard(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Reque
     return endpoint
 
 
-def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0) -> list[Route]:
+def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
+           heartbeat_interval_s: float = 5.0) -> list[Route]:
     async def hello(request: Request) -> Response:
         body = orjson.loads(await request.body() or b"{}")
         answer = agents.hello(api.ctx, request.path_params["node_id"], _token(request), body)
         answer["pollTimeoutS"] = poll_timeout_s
+        answer["heartbeatIntervalS"] = heartbeat_interval_s
         return _json(answer)
 
     async def sync(request: Request) -> Response:

@@ -78,12 +78,12 @@ class Api:
         return pair if pair else None
 
 
-def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float) -> Starlette:
+def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_interval_s: float = 5.0) -> Starlette:
     from shoal.api import agent, autoscale, files, jobs, nodes, pools, spot, tasks
 
     routes: list[Route] = []
     for module in (pools, autoscale, nodes, spot, jobs, tasks, files):
         for path, methods, handler in module.ROUTES:
             routes.append(Route(path, api.batch(handler), methods=methods))
-    routes.extend(agent.routes(api, agent_hub, poll_timeout_s))
+    routes.extend(agent.routes(api, agent_hub, poll_timeout_s, heartbeat_interval_s))
     return Starlette(routes=routes)

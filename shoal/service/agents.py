@@ -72,7 +72,7 @@ def hello(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> dict[
             file_server_url=body.get("fileServerUrl"), ip_address=body.get("ipAddress") or "127.0.0.1",
             run_start_task=bool(start_task) and not leaving, start_task_info=None, etag=clock.new_etag()))
     ctx.signals.wake_scheduler()
-    return {"heartbeatIntervalS": 5.0, "node": {
+    return {"node": {
         "poolId": pool.id, "isDedicated": bool(node.is_dedicated), "accountName": ctx.account,
         "accountUrl": ctx.base_url, "taskSlotsPerNode": pool.slots_per_node, "startTask": start_task}}
 
@@ -86,7 +86,7 @@ def sync(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAn
         now = clock.now()
         values: dict[str, Any] = {"last_heartbeat": now}
         if node.state == "unusable":
-            values.update(state="idle", state_transition_time=now)
+            values.update(state=_state_on_return(conn, node), state_transition_time=now)
         conn.execute(update(nodes).where(nodes.c.id == node_id).values(**values))
         if isinstance(body.get("metrics"), dict):
             ctx.node_metrics[node_id] = body["metrics"]
@@ -119,6 +119,22 @@ def deliveries(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> 
             answer.run_start_task = True
         _deliveries(ctx, conn, node, body, answer)
     return answer
+
+
+def _state_on_return(conn: Connection, node: Any) -> str:
+    """A node that went silent and calls again resumes where its start task left it."""
+    spec = conn.execute(select(pools.c.spec).where(pools.c.seq == node.pool_seq)).scalar_one()
+    wait = (spec.get("startTask") or {}).get("waitForSuccess", True)
+    info = node.start_task_info or {}
+    if node.run_start_task:
+        return "starting"
+    if wait and info.get("state") == "running":
+        return "waitingforstarttask"
+    if wait and info.get("result") == "failure":
+        return "starttaskfailed"
+    busy = conn.execute(select(tasks.c.seq).where(tasks.c.node_id == node.id, tasks.c.state == "running")
+                        .limit(1)).first()
+    return "running" if busy else "idle"
 
 
 def _record_start_task(conn: Connection, node: Any, report: dict[str, Any]) -> None:

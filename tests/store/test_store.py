@@ -82,10 +82,12 @@ def test_tasks_run_and_a_report_completes_a_task_exactly_once(ctx):
     report = {"jobId": "j", "taskId": "t0", "attempt": 1, "exitCode": 0}
     known = [["j", "t0", 1], ["j", "t1", 1]]
     first = agents.sync(ctx, node.id, node.token, {"known": known, "reports": [report]})
-    second = agents.sync(ctx, node.id, node.token, {"known": known, "reports": [report]})
+    second = agents.sync(ctx, node.id, node.token, {"known": [*known, ["j", "t2", 1]], "reports": [report]})
     assert first.ack == second.ack == [("j", "t0", 1)]
+    # The freed slot went to the waiting task in the same answer.
+    assert [a["taskId"] for a in first.run] == ["t2"] and second.run == []
     counts = job_service.task_counts(ctx, "j")["taskCounts"]
-    assert counts == {"active": 1, "running": 1, "completed": 1, "succeeded": 1, "failed": 0}
+    assert counts == {"active": 0, "running": 2, "completed": 1, "succeeded": 1, "failed": 0}
     with ctx.engine.connect() as conn:
         assert conn.execute(select(nodes.c.total_tasks_succeeded)).scalar_one() == 1
 
@@ -115,3 +117,23 @@ def test_duplicate_ids_in_a_collection_store_nothing(ctx):
                                                             {"id": "A", "commandLine": "y"}]}, 100)
     page, _ = task_service.list_page(ctx, "j", after_seq=0, limit=10, predicate=None)
     assert page == []
+
+
+def test_a_silent_node_that_returns_resumes_its_start_task_state(ctx):
+    from shoal.service import nodes as node_service
+
+    pool_service.create(ctx, {"id": "p", "vmSize": "Standard_D2s_v3", "virtualMachineConfiguration": IMAGE,
+                              "targetDedicatedNodes": 1, "startTask": {"commandLine": "/bin/false"}})
+    node = _bring_up_nodes(ctx)[0]
+    agents.sync(ctx, node.id, node.token, {"startTask": {"state": "completed", "exitCode": 1,
+                                                         "failure": {"code": "FailureExitCode"}}})
+    assert pool_service.get(ctx, "p") and _node_state(ctx) == "starttaskfailed"
+    assert node_service.mark_silent_nodes_unusable(ctx, timeout_s=-1)
+    assert _node_state(ctx) == "unusable"
+    agents.sync(ctx, node.id, node.token, {"known": [], "wait": False})
+    assert _node_state(ctx) == "starttaskfailed"
+
+
+def _node_state(ctx: Context) -> str:
+    with ctx.engine.connect() as conn:
+        return conn.execute(select(nodes.c.state)).scalar_one()
