@@ -205,6 +205,10 @@ class ControlPlane:
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
                                 timeout_keep_alive=75, loop="none", timeout_graceful_shutdown=2)
         server = _QuietServer(config)
+        if self.provider is not None:
+            # Before the first request: nodes whose agents did not survive a restart are marked
+            # lost now, so nobody is told a dead node is idle.
+            await self.provider.reconcile()
         await self.start_loops()
         self.write_endpoint_file()
         loop = asyncio.get_running_loop()
