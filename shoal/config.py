@@ -14,6 +14,8 @@ MAX_COLLECTION_BODY_BYTES = 1024 * 1024
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
 HEARTBEAT_TIMEOUT_S = 30.0
+# Batch's metric samples reach formulas about a minute late (semantics §1.7).
+SAMPLE_LAG_S = 60.0
 AGENT_POLL_TIMEOUT_S = 15.0
 SCHEDULER_IDLE_WAKE_S = 1.0
 PROVIDER_RECONCILE_S = 0.5
@@ -49,7 +51,7 @@ class Settings:
     spot_eviction_rate: float = 0.0
     spot_recovery_s: float = 300.0
     # Seconds (on the scaled timeline) before a metric sample is visible to formulas.
-    sample_lag_s: float = field(default_factory=lambda: _float_env("SHOAL_SAMPLE_LAG_S", 0.0))
+    sample_lag_s: float = field(default_factory=lambda: _float_env("SHOAL_SAMPLE_LAG_S", SAMPLE_LAG_S))
     poll_timeout_s: float = field(default_factory=lambda: _float_env("SHOAL_AGENT_POLL_TIMEOUT_S", AGENT_POLL_TIMEOUT_S))
 
     @property

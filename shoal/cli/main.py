@@ -28,11 +28,13 @@ def main() -> None:
 
 
 def _serve(host: str, port: int, data_dir: Path | None, database: str | None, local_provider: bool,
-           time_scale: float = 1.0, spot: dict[str, Any] | None = None) -> None:
+           time_scale: float = 1.0, spot: dict[str, Any] | None = None, sample_lag: float | None = None) -> None:
     from shoal import server
 
     settings = Settings(data_dir=data_dir or default_data_dir(), host=host, port=port, database_url=database,
                         time_scale=time_scale, **(spot or {}))
+    if sample_lag is not None:
+        settings.sample_lag_s = sample_lag
 
     def ready(plane: Any) -> None:
         name, (key, _) = server.DEFAULT_ACCOUNT, plane.keys
@@ -57,12 +59,14 @@ def _serve(host: str, port: int, data_dir: Path | None, database: str | None, lo
                    "'shoal:spotEvictionRate' overrides it.")
 @click.option("--spot-recovery", default=300.0, type=click.FloatRange(min=0), show_default=True,
               help="Seconds (scaled time) before a preempted node gets capacity back.")
+@click.option("--sample-lag", default=None, type=click.FloatRange(min=0),
+              help="Seconds (scaled time) before a metric sample is visible to formulas [default: 60].")
 def up(host: str, port: int, data_dir: Path | None, database: str | None, time_scale: float,
-       spot_capacity: int | None, spot_eviction_rate: float, spot_recovery: float) -> None:
+       spot_capacity: int | None, spot_eviction_rate: float, spot_recovery: float, sample_lag: float | None) -> None:
     """Run everything in one process: API, scheduler and local compute nodes."""
     _serve(host, port, data_dir, database, True, time_scale,
            {"spot_capacity": spot_capacity, "spot_eviction_rate": spot_eviction_rate,
-            "spot_recovery_s": spot_recovery})
+            "spot_recovery_s": spot_recovery}, sample_lag)
 
 
 @main.command("server")
