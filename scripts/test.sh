@@ -20,5 +20,9 @@ fi
 
 bash scripts/ensure-postgres.sh
 
+# Lint and types first: they take seconds and fail fast.
+.venv/bin/ruff check --quiet .
+.venv/bin/mypy --no-error-summary shoal
+
 export AZURE_BATCH_14_PYTHON="$PWD/.venv-sdk14/bin/python"
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

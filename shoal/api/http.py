@@ -35,7 +35,7 @@ def request_headers(request: Request) -> dict[str, str]:
 
 def error_response(request: Request, error: BatchError) -> Response:
     now = clock.now()
-    body = {
+    body: dict[str, Any] = {
         "odata.metadata": f"{base_url(request)}/{ERROR_METADATA}",
         "code": error.code,
         "message": {"lang": "en-US",

@@ -320,7 +320,7 @@ def remove_nodes(ctx: Context, pool_id: str, body: Any) -> None:
                target_low_priority=max(0, row.target_low_priority - spot),
                resize_timeout_s=timeout.total_seconds(), resize_deadline=now + timeout,
                deallocation_option=option, resize_errors=None)
-        removal.mark_leaving(ctx, conn, [n for n in found if n.state != "leavingpool"], option)
+        removal.mark_leaving(ctx, conn, [n for n in found if n.state != "leavingpool"], option or "requeue")
     ctx.signals.wake_provider()
 
 
