@@ -86,4 +86,18 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
         for path, methods, handler in module.ROUTES:
             routes.append(Route(path, api.batch(handler), methods=methods))
     routes.extend(agent.routes(api, agent_hub, poll_timeout_s, heartbeat_interval_s))
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, exception_handlers={404: _no_such_route, 405: _no_such_method})
+
+
+async def _no_such_route(request: Request, _exc: Exception) -> Response:
+    request.state.request_id = new_request_id()
+    return error_response(request, BatchError("The requested URI does not represent any resource on the server.",
+                                              code="InvalidUri", status=404,
+                                              values={"RequestUri": request.url.path}))
+
+
+async def _no_such_method(request: Request, _exc: Exception) -> Response:
+    request.state.request_id = new_request_id()
+    return error_response(request, BatchError("The HTTP verb is not supported for this resource.",
+                                              code="UnsupportedHttpVerb", status=405,
+                                              values={"HttpVerb": request.method}))

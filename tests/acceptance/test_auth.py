@@ -70,3 +70,9 @@ def test_unknown_api_version_is_400(shoal, version):
 
 def test_missing_api_version_is_400(shoal):
     assert_batch_error(call(shoal, "GET", "/pools", api_version=None), 400, "MissingRequiredQueryParameter")
+
+
+def test_unknown_route_and_method_get_azure_error_bodies(shoal):
+    body = assert_batch_error(call(shoal, "GET", "/no/such/thing"), 404, "InvalidUri")
+    assert {"key": "RequestUri", "value": "/no/such/thing"} in body["values"]
+    assert_batch_error(call(shoal, "PUT", "/pools"), 405, "UnsupportedHttpVerb")
