@@ -23,9 +23,11 @@ from shoal.api import remote_files
 from shoal.api.agent import AgentHub
 from shoal.api.app import Api, build_app
 from shoal.config import PROVIDER_RECONCILE_S, SCHEDULER_IDLE_WAKE_S, Settings
+from shoal.errors import BatchError
 from shoal.service import allocation, autoscale, ids, metrics, preemption, scheduling
 from shoal.service import jobs as job_service
 from shoal.service import nodes as node_service
+from shoal.service import tasks as task_service
 from shoal.service.context import Context, Signals
 from shoal.store.db import open_store
 from shoal.store.schema import accounts, nodes
@@ -141,9 +143,19 @@ class ControlPlane:
                     job_service.finish_all_complete_jobs(self.ctx, conn)
                 for job_id, pool_seq in job_service.reap_deleted(self.ctx):
                     await self._remove_job_folders(job_id, pool_seq)
+                job_service.enforce_max_wall_clock(self.ctx)
+                await self._remove_expired_task_folders()
             except Exception:
                 log.exception("lifecycle pass failed")
             await asyncio.sleep(LIFECYCLE_INTERVAL_S)
+
+    async def _remove_expired_task_folders(self) -> None:
+        expired = task_service.expired_folders(self.ctx)
+        for _seq, url, token, folder in expired:
+            if url and token:
+                with contextlib.suppress(BatchError):
+                    await remote_files.call("DELETE", url, token, folder, params={"recursive": "true"})
+        task_service.folders_removed(self.ctx, [seq for seq, *_ in expired])
 
     async def _remove_job_folders(self, job_id: str, pool_seq: int | None) -> None:
         if pool_seq is None:

@@ -328,3 +328,19 @@ def finish_waiting_disables(ctx: Context) -> None:
                 tasks.c.job_seq == row.seq, tasks.c.state == "running")).scalar_one()
             if running == 0:
                 _set_state(conn, row, "disabled")
+
+
+def enforce_max_wall_clock(ctx: Context) -> None:
+    """A job whose constraints.maxWallClockTime has passed since it was created terminates
+    with reason MaxWallClockTimeExpiry (semantics §2.4)."""
+    now = clock.now()
+    with ctx.engine.begin() as conn:
+        for row in conn.execute(select(jobs).where(jobs.c.account == ctx.account,
+                                                   jobs.c.state.in_(("active", "disabled", "disabling")))).all():
+            limit = (row.spec.get("constraints") or {}).get("maxWallClockTime")
+            if not limit:
+                continue
+            created = clock.as_utc(row.creation_time)
+            assert created is not None
+            if now - created > clock.parse_duration(limit):
+                terminate_in(ctx, conn, row, "MaxWallClockTimeExpiry")

@@ -104,7 +104,8 @@ def _schedule_pool(ctx: Context, conn: Connection, pool: Any) -> set[str]:
         conn.execute(update(tasks).where(tasks.c.seq == placement.task_seq, tasks.c.state == "active").values(
             state="running", previous_state="active", previous_state_transition_time=row.state_transition_time,
             state_transition_time=now, node_id=placement.node_id, attempt=row.attempt + 1,
-            execution_info=info, node_info=node_info, etag=clock.new_etag(), last_modified=now))
+            execution_info=info, node_info=node_info, etag=clock.new_etag(), last_modified=now,
+            retention_deadline=None))
         per_node[placement.node_id] = per_node.get(placement.node_id, 0) + 1
     for node_id, count in per_node.items():
         conn.execute(update(nodes).where(nodes.c.id == node_id).values(

@@ -22,7 +22,7 @@ from shoal.service import jobs as job_service
 from shoal.service import transitions
 from shoal.service import validation as v
 from shoal.service.context import Context
-from shoal.store.schema import nodes, tasks
+from shoal.store.schema import jobs, nodes, tasks
 
 _KEPT = ("displayName", "commandLine", "exitConditions", "containerSettings", "resourceFiles", "outputFiles",
          "environmentSettings", "affinityInfo", "constraints", "userIdentity", "multiInstanceSettings",
@@ -265,7 +265,8 @@ def reactivate(ctx: Context, job_id: str, task_id: str) -> None:
         now = clock.now()
         conn.execute(update(tasks).where(tasks.c.seq == row.seq).values(
             state="active", previous_state=row.state, previous_state_transition_time=row.state_transition_time,
-            state_transition_time=now, execution_info=info, etag=clock.new_etag(), last_modified=now))
+            state_transition_time=now, execution_info=info, etag=clock.new_etag(), last_modified=now,
+            retention_deadline=None))
     ctx.signals.wake_scheduler()
 
 
@@ -299,3 +300,27 @@ def node_of(ctx: Context, job_id: str, task_id: str) -> tuple[Any, str]:
             raise NotFound("The task has no files: it has not run on a node that still exists.",
                            code="FileNotFound")
         return node, task_dir(job.id, row.id)
+
+
+def expired_folders(ctx: Context, limit: int = 100) -> list[tuple[int, str | None, str | None, str]]:
+    """Completed tasks whose retentionTime has passed: (task seq, file server, node token, folder)."""
+    with ctx.engine.connect() as conn:
+        rows = conn.execute(
+            select(tasks.c.seq, tasks.c.id, tasks.c.node_info, jobs.c.id.label("job_id"))
+            .join(jobs, jobs.c.seq == tasks.c.job_seq)
+            .where(jobs.c.account == ctx.account, tasks.c.retention_deadline.is_not(None),
+                   tasks.c.retention_deadline < clock.now(), tasks.c.state == "completed")
+            .limit(limit)).all()
+        out = []
+        for row in rows:
+            node_id = (row.node_info or {}).get("nodeId")
+            node = conn.execute(select(nodes.c.file_server_url, nodes.c.token).where(nodes.c.id == node_id)).first()
+            out.append((row.seq, node.file_server_url if node else None, node.token if node else None,
+                        task_dir(row.job_id, row.id)))
+        return out
+
+
+def folders_removed(ctx: Context, seqs: list[int]) -> None:
+    if seqs:
+        with ctx.engine.begin() as conn:
+            conn.execute(update(tasks).where(tasks.c.seq.in_(seqs)).values(retention_deadline=None))

@@ -8,7 +8,7 @@ sync, learns this one is stale and kills it (see docs/agent-protocol.md).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, and_, func, select, update
@@ -18,13 +18,23 @@ from shoal.store.schema import jobs, nodes, tasks
 
 FAILURE_EXIT_CODE = {"category": "usererror", "code": "FailureExitCode",
                      "message": "The task exited with an exit code representing a failure"}
+DEFAULT_RETENTION = timedelta(days=7)
 TERMINATED = {"category": "usererror", "code": "TaskEnded", "message": "The task was terminated."}
 
 
 def _state_change(row: Any, new_state: str, now: datetime) -> dict[str, Any]:
-    return {"state": new_state, "previous_state": row.state, "previous_state_transition_time":
-            row.state_transition_time, "state_transition_time": now, "etag": clock.new_etag(),
-            "last_modified": now}
+    values = {"state": new_state, "previous_state": row.state, "previous_state_transition_time":
+              row.state_transition_time, "state_transition_time": now, "etag": clock.new_etag(),
+              "last_modified": now, "retention_deadline": None}
+    if new_state == "completed" and row.node_info:
+        # The task's folder stays on its node for retentionTime, then goes (semantics §2.5).
+        values["retention_deadline"] = now + retention(row.spec)
+    return values
+
+
+def retention(spec: dict[str, Any]) -> timedelta:
+    text = (spec.get("constraints") or {}).get("retentionTime")
+    return clock.parse_duration(text) if text else DEFAULT_RETENTION
 
 
 def requeue(conn: Connection, rows: Iterable[Any], *, user_requested: bool) -> set[str]:

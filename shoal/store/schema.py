@@ -145,10 +145,13 @@ tasks = Table(
     Column("creation_time", DateTime(timezone=True), nullable=False),
     Column("state_transition_time", DateTime(timezone=True), nullable=False),
     Column("previous_state_transition_time", DateTime(timezone=True)),
+    # When a completed task's folder on its node is due for deletion (retentionTime).
+    Column("retention_deadline", DateTime(timezone=True)),
     UniqueConstraint("job_seq", "key", name="uq_tasks_job_key"),
 )
 Index("ix_tasks_job_state_seq", tasks.c.job_seq, tasks.c.state, tasks.c.seq)
 Index("ix_tasks_node", tasks.c.node_id)
+Index("ix_tasks_retention", tasks.c.retention_deadline)
 
 # Autoscale metric samples: bounded (old rows are trimmed every sample tick) and time-indexed.
 # Pool-level metrics have node_id NULL; per-node resource metrics carry the node.
