@@ -96,7 +96,8 @@ class ControlPlane:
         # An idle agent calls at least once per long-poll: keep that well inside the timeout
         # after which a silent node is declared unusable.
         poll_timeout = min(settings.poll_timeout_s, settings.heartbeat_timeout_s / 3)
-        self.app = build_app(self.api, self.hub, poll_timeout, min(5.0, settings.heartbeat_timeout_s / 3))
+        self.app = build_app(self.api, self.hub, poll_timeout, min(5.0, settings.heartbeat_timeout_s / 3),
+                             manual_join=not local_provider)
         self.provider = None
         if local_provider:
             from shoal.providers.local import LocalProvider

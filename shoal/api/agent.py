@@ -59,7 +59,16 @@ def _guard(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Reque
 
 
 def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
-           heartbeat_interval_s: float = 5.0) -> list[Route]:
+           heartbeat_interval_s: float = 5.0, manual_join: bool = False) -> list[Route]:
+    async def register(request: Request) -> Response:
+        scheme, _, join_token = request.headers.get("authorization", "").partition(" ")
+        if scheme != "ShoalJoin" or not join_token:
+            raise Unauthenticated("A pool join token is required.")
+        if not manual_join:
+            raise BatchError("This server's provider brings its nodes up; agents cannot join by hand.",
+                             code="ManualJoinDisabled", status=409)
+        return _json(agents.register(api.ctx, join_token, orjson.loads(await request.body() or b"{}")))
+
     async def hello(request: Request) -> Response:
         body = orjson.loads(await request.body() or b"{}")
         answer = agents.hello(api.ctx, request.path_params["node_id"], _token(request), body)
@@ -94,6 +103,7 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
         return _json(later.to_json())
 
     return [
+        Route("/agent/v1/register", _guard(register), methods=["POST"]),
         Route("/agent/v1/nodes/{node_id}/hello", _guard(hello), methods=["POST"]),
         Route("/agent/v1/nodes/{node_id}/sync", _guard(sync), methods=["POST"]),
     ]

@@ -78,15 +78,27 @@ class Api:
         return pair if pair else None
 
 
-def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_interval_s: float = 5.0) -> Starlette:
+def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_interval_s: float = 5.0,
+              manual_join: bool = False) -> Starlette:
     from shoal.api import agent, autoscale, files, jobs, nodes, pools, spot, tasks
 
     routes: list[Route] = []
     for module in (pools, autoscale, nodes, spot, jobs, tasks, files):
         for path, methods, handler in module.ROUTES:
             routes.append(Route(path, api.batch(handler), methods=methods))
-    routes.extend(agent.routes(api, agent_hub, poll_timeout_s, heartbeat_interval_s))
+    routes.extend(agent.routes(api, agent_hub, poll_timeout_s, heartbeat_interval_s, manual_join))
+    routes.append(Route("/shoal/v1/pools/{pool_id}/join-token", api.batch(_join_token), methods=["GET"]))
     return Starlette(routes=routes, exception_handlers={404: _no_such_route, 405: _no_such_method})
+
+
+async def _join_token(request: Request, ctx: Context) -> Response:
+    """Beyond Azure: the secret an agent started by hand presents to join this pool."""
+    from shoal.api.http import json_response
+    from shoal.service import pools as pool_service
+
+    with ctx.engine.connect() as conn:
+        pool = pool_service.load(conn, ctx, request.path_params["pool_id"])
+    return json_response(request, {"poolId": pool.id, "joinToken": pool.join_token})
 
 
 async def _no_such_route(request: Request, _exc: Exception) -> Response:

@@ -155,6 +155,15 @@ def pool_list(data_dir: Path | None, as_json: bool) -> None:
                   ("slots/node", "taskSlotsPerNode")], as_json)
 
 
+@pool.command("join-token")
+@click.argument("pool_id")
+@data_dir_option
+def pool_join_token(pool_id: str, data_dir: Path | None) -> None:
+    """Print the token an agent started by hand joins POOL_ID with (`shoal agent --join-token`)."""
+    client = _client(data_dir)
+    click.echo(_or_exit(lambda: client.get(f"/shoal/v1/pools/{pool_id}/join-token"))["joinToken"])
+
+
 @pool.command("autoscale-now")
 @click.argument("pool_id")
 @data_dir_option

@@ -7,13 +7,14 @@ not yet hold; what it should kill is whatever it holds that the store no longer 
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, select, update
 
 from shoal import clock
-from shoal.errors import BatchError, Unauthenticated
+from shoal.errors import BatchError, Conflict, Unauthenticated
 from shoal.service import jobs as job_service
 from shoal.service import scheduling, transitions
 from shoal.service.context import Context
@@ -53,6 +54,31 @@ def _node_by_token(conn: Connection, node_id: str, token: str) -> Any:
         # The VM is gone with its data: the agent stops everything and deletes its root.
         raise NodeGone("The node was preempted.")
     return row
+
+
+def register(ctx: Context, join_token: str, body: dict[str, Any]) -> dict[str, str]:
+    """An agent started by hand (`shoal agent --join URL --pool P --join-token T`) takes one of
+    the pool's node records that no provider has brought up yet."""
+    pool_id = body.get("poolId")
+    with ctx.engine.begin() as conn:
+        pool = conn.execute(select(pools).where(pools.c.account == ctx.account,
+                                                pools.c.key == str(pool_id or "").lower())).first()
+        if pool is None or not hmac.compare_digest(pool.join_token, join_token):
+            raise Unauthenticated("The pool join token is not valid for this pool.")
+        if pool.state != "active":
+            raise Conflict("The pool is being deleted.", code="PoolBeingDeleted")
+        free = conn.execute(select(nodes).where(
+            nodes.c.pool_seq == pool.seq, nodes.c.state == "creating", nodes.c.incarnation.is_(None),
+            nodes.c.agent_pid.is_(None)).order_by(nodes.c.is_dedicated.desc(), nodes.c.allocation_time)
+            .limit(1)).first()
+        if free is None:
+            raise Conflict("The pool has no node waiting for an agent: raise its target first.",
+                           code="NoNodeToJoin")
+        # Claimed: `starting` until its hello, so no second agent takes it.
+        conn.execute(update(nodes).where(nodes.c.id == free.id).values(
+            state="starting", state_transition_time=clock.now(), last_heartbeat=clock.now(),
+            etag=clock.new_etag()))
+    return {"nodeId": free.id, "token": free.token}
 
 
 def hello(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -111,9 +137,10 @@ def sync(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAn
 
 
 def deliveries(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAnswer:
-    """The read-only half of a sync, for the end of a long poll."""
+    """The second half of a sync, for the end of a long poll. It writes only when the node
+    leaves (its record goes in the same transaction that tells the agent to leave)."""
     answer = SyncAnswer()
-    with ctx.engine.connect() as conn:
+    with ctx.engine.begin() as conn:
         node = _node_by_token(conn, node_id, token)
         if node.run_start_task and body.get("startTask") is None:
             answer.run_start_task = True

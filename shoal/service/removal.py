@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, update
+from sqlalchemy import Connection, delete, update
 
 from shoal import clock
 from shoal.service import transitions
@@ -16,6 +16,12 @@ from shoal.store.schema import nodes
 def mark_leaving(ctx: Context, conn: Connection, node_rows: Sequence[Any], option: str) -> None:
     """requeue/terminate act on running tasks now; taskcompletion/retaineddata let them finish
     (the node takes no new work and leaves when it is empty)."""
+    # A node record no agent ever took (no provider started one, nobody joined by hand) has
+    # nothing to wind down: it simply goes.
+    unclaimed = [n.id for n in node_rows if n.state == "creating" and n.agent_pid is None and n.incarnation is None]
+    if unclaimed:
+        conn.execute(delete(nodes).where(nodes.c.id.in_(unclaimed)))
+    node_rows = [n for n in node_rows if n.id not in unclaimed]
     if not node_rows:
         return
     ids = [n.id for n in node_rows]

@@ -44,7 +44,7 @@ def account_info(data_dir: Path) -> dict[str, str]:
 
 
 def start_shoal(data_dir: Path, *, port: int = 0, extra_args: list[str] | None = None,
-                env: dict[str, str] | None = None) -> RunningShoal:
+                env: dict[str, str] | None = None, command: str = "up") -> RunningShoal:
     data_dir.mkdir(parents=True, exist_ok=True)
     endpoint_file = data_dir / "endpoint.json"
     endpoint_file.unlink(missing_ok=True)
@@ -53,7 +53,7 @@ def start_shoal(data_dir: Path, *, port: int = 0, extra_args: list[str] | None =
     process_env.update(env or {})
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "shoal.cli", "up", "--port", str(port), "--data-dir", str(data_dir),
+            [sys.executable, "-m", "shoal.cli", command, "--port", str(port), "--data-dir", str(data_dir),
              *(extra_args or [])], stdout=log_file, stderr=subprocess.STDOUT, env=process_env,
             start_new_session=True)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
