@@ -198,17 +198,20 @@ def _apply_reports(conn: Connection, node_id: str, reports: list[dict[str, Any]]
                         .where(jobs.c.key.in_(job_keys), tasks.c.node_id == node_id,
                                tasks.c.state == "running")).all()
     current = {(r.job_key, r.key): r for r in rows}
+    reported = []
     for report in reports:
         attempt: Attempt = (report["jobId"], report["taskId"], int(report["attempt"]))
         acked.append(attempt)
-        row = current.get((report["jobId"].lower(), report["taskId"].lower()))
+        key = (report["jobId"].lower(), report["taskId"].lower())
+        row = current.get(key)
         # A report for an attempt that is no longer the running one (requeued, terminated,
         # already reported) is acknowledged and dropped: nothing completes twice.
         if row is None or row.attempt != attempt[2]:
             continue
-        transitions.complete(conn, row, exit_code=report.get("exitCode"), failure=report.get("failure"),
-                             end_time=report.get("endTime"), start_time=report.get("startTime"))
+        del current[key]
+        reported.append((row, report))
         touched_jobs.add(row.job_seq)
+    transitions.complete_reports(conn, reported)
     return acked, touched_jobs
 
 

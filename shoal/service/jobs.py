@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, case, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 
 from shoal import clock
 from shoal.errors import BadRequest, Conflict, InvalidProperty, MissingProperty, NotFound
@@ -271,18 +271,15 @@ def task_counts(ctx: Context, job_id: str) -> dict[str, Any]:
         row = load(conn, ctx, job_id)
         # A completed task counts as succeeded or failed only by its result: one terminated
         # before it ever ran has neither.
-        result_field = tasks.c.execution_info["result"].as_string()
-        outcome = case((result_field == "failure", "failure"), (result_field == "success", "success"),
-                       else_="other").label("outcome")
-        result = conn.execute(select(tasks.c.state, outcome, func.count(), func.sum(tasks.c.required_slots))
-                              .where(tasks.c.job_seq == row.seq).group_by(tasks.c.state, outcome)).all()
+        result = conn.execute(select(tasks.c.state, tasks.c.outcome, func.count(), func.sum(tasks.c.required_slots))
+                              .where(tasks.c.job_seq == row.seq).group_by(tasks.c.state, tasks.c.outcome)).all()
     counts = {"active": 0, "running": 0, "completed": 0, "succeeded": 0, "failed": 0}
     slots = dict(counts)
     for state, outcome, count, slot_sum in result:
         bucket = "running" if state == "preparing" else state
         counts[bucket] += count
         slots[bucket] += int(slot_sum or 0)
-        if state == "completed" and outcome != "other":
+        if state == "completed" and outcome in ("success", "failure"):
             key = "failed" if outcome == "failure" else "succeeded"
             counts[key] += count
             slots[key] += int(slot_sum or 0)

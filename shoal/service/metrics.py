@@ -36,17 +36,17 @@ LIVE_JOB_STATES = ("active", "disabling", "disabled", "enabling")
 def pool_counts(conn: Connection, pool: Any) -> dict[str, float]:
     """The task- and node-count variables of one pool, as a formula reads them now."""
     rows = conn.execute(
-        select(tasks.c.state, tasks.c.execution_info["result"].as_string(), func.count())
+        select(tasks.c.state, tasks.c.outcome, func.count())
         .join(jobs, jobs.c.seq == tasks.c.job_seq)
         .where(jobs.c.account == pool.account, jobs.c.pool_key == pool.key, jobs.c.state.in_(LIVE_JOB_STATES))
-        .group_by(tasks.c.state, tasks.c.execution_info["result"].as_string())).all()
+        .group_by(tasks.c.state, tasks.c.outcome)).all()
     out = dict.fromkeys(TASK_METRICS, 0.0)
     for state, result, count in rows:
         if state == "active":
             out["$ActiveTasks"] += count
         elif state in ("running", "preparing"):
             out["$RunningTasks"] += count
-        elif state == "completed":
+        elif state == "completed" and result in ("success", "failure"):
             out["$SucceededTasks" if result == "success" else "$FailedTasks"] += count
     out["$PendingTasks"] = out["$ActiveTasks"] + out["$RunningTasks"]
     node_rows = conn.execute(select(nodes.c.state, nodes.c.is_dedicated, func.count())

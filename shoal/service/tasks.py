@@ -266,7 +266,7 @@ def reactivate(ctx: Context, job_id: str, task_id: str) -> None:
         conn.execute(update(tasks).where(tasks.c.seq == row.seq).values(
             state="active", previous_state=row.state, previous_state_transition_time=row.state_transition_time,
             state_transition_time=now, execution_info=info, etag=clock.new_etag(), last_modified=now,
-            retention_deadline=None))
+            retention_deadline=None, outcome=None))
     ctx.signals.wake_scheduler()
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, select, update
+from sqlalchemy import Connection, and_, bindparam, func, select, update
 
 from shoal import clock
 from shoal.store.schema import jobs, nodes, tasks
@@ -22,14 +22,40 @@ DEFAULT_RETENTION = timedelta(days=7)
 TERMINATED = {"category": "usererror", "code": "TaskEnded", "message": "The task was terminated."}
 
 
-def _state_change(row: Any, new_state: str, now: datetime) -> dict[str, Any]:
-    values = {"state": new_state, "previous_state": row.state, "previous_state_transition_time":
-              row.state_transition_time, "state_transition_time": now, "etag": clock.new_etag(),
-              "last_modified": now, "retention_deadline": None}
+# One prepared statement for every task move: built once, executed with many rows at a time.
+# (Building SQLAlchemy statements per row cost more than the database work itself.)
+_MOVE = (
+    update(tasks)
+    .where(tasks.c.seq == bindparam("b_seq"))
+    .values(state=bindparam("b_state"), previous_state=bindparam("b_previous_state"),
+            previous_state_transition_time=bindparam("b_previous_time", type_=tasks.c.state_transition_time.type),
+            state_transition_time=bindparam("b_now", type_=tasks.c.state_transition_time.type),
+            node_id=None, execution_info=bindparam("b_info", type_=tasks.c.execution_info.type),
+            etag=bindparam("b_etag"), last_modified=bindparam("b_now", type_=tasks.c.last_modified.type),
+            retention_deadline=bindparam("b_retention", type_=tasks.c.retention_deadline.type),
+            outcome=bindparam("b_outcome"))
+)
+_COUNT_SUCCESS = (
+    update(nodes)
+    .where(nodes.c.id == bindparam("b_node"))
+    .values(total_tasks_succeeded=nodes.c.total_tasks_succeeded + bindparam("b_count"))
+)
+
+
+def _move(row: Any, new_state: str, now: datetime, info: dict[str, Any]) -> dict[str, Any]:
+    retention_deadline = None
     if new_state == "completed" and row.node_info:
         # The task's folder stays on its node for retentionTime, then goes (semantics §2.5).
-        values["retention_deadline"] = now + retention(row.spec)
-    return values
+        retention_deadline = now + retention(row.spec)
+    return {"b_seq": row.seq, "b_state": new_state, "b_previous_state": row.state,
+            "b_previous_time": row.state_transition_time, "b_now": now, "b_info": info,
+            "b_etag": clock.new_etag(), "b_retention": retention_deadline,
+            "b_outcome": info.get("result") if new_state == "completed" else None}
+
+
+def _apply(conn: Connection, moves: list[dict[str, Any]]) -> None:
+    if moves:
+        conn.execute(_MOVE, moves)
 
 
 def retention(spec: dict[str, Any]) -> timedelta:
@@ -42,74 +68,78 @@ def requeue(conn: Connection, rows: Iterable[Any], *, user_requested: bool) -> s
     retryCount nor requeueCount; user-requested ones (resize, disable, reboot) count a requeue."""
     now = clock.now()
     touched: set[str] = set()
+    moves = []
     for row in rows:
         info = dict(row.execution_info)
         if user_requested:
             info["requeueCount"] = info.get("requeueCount", 0) + 1
             info["lastRequeueTime"] = clock.iso(now)
-        conn.execute(update(tasks).where(tasks.c.seq == row.seq).values(
-            node_id=None, execution_info=info, **_state_change(row, "active", now)))
+        moves.append(_move(row, "active", now, info))
         if row.node_id:
             touched.add(row.node_id)
+    _apply(conn, moves)
     return touched
 
 
-def complete(conn: Connection, row: Any, *, exit_code: int | None, failure: dict[str, Any] | None,
-             end_time: str | None = None, start_time: str | None = None) -> bool:
-    """End the current attempt with a result; returns True if the task was retried."""
+def complete_reports(conn: Connection, reported: list[tuple[Any, dict[str, Any]]]) -> None:
+    """End current attempts with what their agents reported: success, a retry, or a failure."""
     now = clock.now()
+    moves = []
+    succeeded: dict[str, int] = {}
+    for row, report in reported:
+        new_state, info = _outcome(conn, row, report, now)
+        moves.append(_move(row, new_state, now, info))
+        if row.node_id and info.get("result") == "success":
+            succeeded[row.node_id] = succeeded.get(row.node_id, 0) + 1
+    _apply(conn, moves)
+    if succeeded:
+        conn.execute(_COUNT_SUCCESS, [{"b_node": node, "b_count": count} for node, count in succeeded.items()])
+
+
+def _outcome(conn: Connection, row: Any, report: dict[str, Any], now: datetime) -> tuple[str, dict[str, Any]]:
     info = dict(row.execution_info)
-    if start_time:
-        info["startTime"] = start_time
-    info["endTime"] = end_time or clock.iso(now)
+    exit_code, failure = report.get("exitCode"), report.get("failure")
+    if report.get("startTime"):
+        info["startTime"] = report["startTime"]
+    info["endTime"] = report.get("endTime") or clock.iso(now)
     if exit_code is not None:
         info["exitCode"] = exit_code
     else:
         info.pop("exitCode", None)
-    retried = False
     if failure is None and exit_code == 0:
         info["result"] = "success"
         info.pop("failureInfo", None)
-        new_state = "completed"
-    elif failure is None:
+        return "completed", info
+    if failure is None:
         max_retries = effective_max_retries(conn, row)
         if max_retries == -1 or info.get("retryCount", 0) < max_retries:
             info["retryCount"] = info.get("retryCount", 0) + 1
             info["lastRetryTime"] = clock.iso(now)
-            new_state = "active"
-            retried = True
-        else:
-            info["result"] = "failure"
-            info["failureInfo"] = dict(FAILURE_EXIT_CODE)
-            new_state = "completed"
-    else:
-        # Pre-processing errors and timeouts are final: Batch does not retry them.
+            return "active", info
         info["result"] = "failure"
-        info["failureInfo"] = failure
-        new_state = "completed"
-    conn.execute(update(tasks).where(tasks.c.seq == row.seq).values(
-        node_id=None, execution_info=info, **_state_change(row, new_state, now)))
-    if row.node_id:
-        succeeded = 1 if new_state == "completed" and info.get("result") == "success" else 0
-        conn.execute(update(nodes).where(nodes.c.id == row.node_id).values(
-            total_tasks_succeeded=nodes.c.total_tasks_succeeded + succeeded))
-    return retried
+        info["failureInfo"] = dict(FAILURE_EXIT_CODE)
+        return "completed", info
+    # Pre-processing errors and timeouts are final: Batch does not retry them.
+    info["result"] = "failure"
+    info["failureInfo"] = failure
+    return "completed", info
 
 
 def terminate(conn: Connection, rows: Iterable[Any], failure: dict[str, Any] | None = None) -> set[str]:
     """End tasks (active or running) as completed with failureInfo, never to run again."""
     now = clock.now()
     touched: set[str] = set()
+    moves = []
     for row in rows:
         info = dict(row.execution_info)
         info["endTime"] = clock.iso(now)
         if row.state == "running":
             info["result"] = "failure"
             info["failureInfo"] = dict(failure or TERMINATED)
-        conn.execute(update(tasks).where(tasks.c.seq == row.seq).values(
-            node_id=None, execution_info=info, **_state_change(row, "completed", now)))
+        moves.append(_move(row, "completed", now, info))
         if row.node_id:
             touched.add(row.node_id)
+    _apply(conn, moves)
     return touched
 
 

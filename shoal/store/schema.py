@@ -145,6 +145,8 @@ tasks = Table(
     Column("creation_time", DateTime(timezone=True), nullable=False),
     Column("state_transition_time", DateTime(timezone=True), nullable=False),
     Column("previous_state_transition_time", DateTime(timezone=True)),
+    # executionInfo.result of a completed task, as a column so task counts need no JSON.
+    Column("outcome", String(8)),
     # When a completed task's folder on its node is due for deletion (retentionTime).
     Column("retention_deadline", DateTime(timezone=True)),
     UniqueConstraint("job_seq", "key", name="uq_tasks_job_key"),

@@ -137,3 +137,32 @@ def test_a_silent_node_that_returns_resumes_its_start_task_state(ctx):
 def _node_state(ctx: Context) -> str:
     with ctx.engine.connect() as conn:
         return conn.execute(select(nodes.c.state)).scalar_one()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_upgrading_an_older_store_keeps_its_data(backend, tmp_path, request):
+    """A store at revision 0003 with a completed task upgrades to head with its outcome filled in."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from shoal.store.db import MIGRATIONS_DIR, create_store_engine
+
+    url = (f"sqlite:///{tmp_path / 'old.db'}" if backend == "sqlite"
+           else request.getfixturevalue("postgres").create_database(f"upgrade_{next(_names)}"))
+    engine = create_store_engine(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0003")
+    ensure_account(engine)
+    ctx = Context(engine=engine, account=DEFAULT_ACCOUNT, base_url="http://test")
+    job_service.create(ctx, {"id": "old", "poolInfo": {"poolId": "p"}})
+    task_service.create(ctx, "old", {"id": "done", "commandLine": "/bin/true"})
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE tasks SET state = 'completed', execution_info = :info"),
+                     {"info": '{"result": "success", "retryCount": 0}'})
+    migrate(engine)
+    assert job_service.task_counts(ctx, "old")["taskCounts"]["succeeded"] == 1
+    engine.dispose()
