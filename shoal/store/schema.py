@@ -151,7 +151,10 @@ tasks = Table(
     Column("retention_deadline", DateTime(timezone=True)),
     UniqueConstraint("job_seq", "key", name="uq_tasks_job_key"),
 )
-Index("ix_tasks_job_state_seq", tasks.c.job_seq, tasks.c.state, tasks.c.seq)
+# Serves the scheduler's ready scan (job, state, in insertion order) and, covering outcome and
+# slots too, answers task counts from the index alone.
+Index("ix_tasks_job_state_seq_counts", tasks.c.job_seq, tasks.c.state, tasks.c.seq, tasks.c.outcome,
+      tasks.c.required_slots)
 Index("ix_tasks_node", tasks.c.node_id)
 Index("ix_tasks_retention", tasks.c.retention_deadline)
 

@@ -166,3 +166,14 @@ def test_upgrading_an_older_store_keeps_its_data(backend, tmp_path, request):
     migrate(engine)
     assert job_service.task_counts(ctx, "old")["taskCounts"]["succeeded"] == 1
     engine.dispose()
+
+
+def test_migrations_produce_exactly_the_declared_schema(ctx):
+    """schema.py and the Alembic revisions never drift apart (on either backend)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from shoal.store.schema import metadata
+
+    with ctx.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
