@@ -11,7 +11,7 @@ import hmac
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from shoal import clock
 from shoal.errors import BatchError, Conflict, Unauthenticated
@@ -129,10 +129,10 @@ def sync(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAn
                 transitions.refresh_node_busy(conn, [node_id])
                 woken = scheduling.schedule_pool(ctx, conn, node.pool_seq)
         _deliveries(ctx, conn, node, body, answer)
+    # The pool of this node was scheduled inline above; other pools are not touched by its
+    # reports, so the scheduler loop need not run for them.
     for other in woken - {node_id}:
         ctx.signals.wake_node(other)
-    if reports:
-        ctx.signals.wake_scheduler()
     return answer
 
 
@@ -215,6 +215,13 @@ def _apply_reports(conn: Connection, node_id: str, reports: list[dict[str, Any]]
     return acked, touched_jobs
 
 
+_RUNNING_KEYS = (
+    select(tasks.c.seq, jobs.c.key, tasks.c.key, tasks.c.attempt)
+    .join(jobs, jobs.c.seq == tasks.c.job_seq)
+    .where(tasks.c.node_id == bindparam("b_node"), tasks.c.state == "running")
+)
+
+
 def _deliveries(ctx: Context, conn: Connection, node: Any, body: dict[str, Any], answer: SyncAnswer) -> None:
     if node.state == "leavingpool":
         running = transitions.running_on(conn, [node.id])
@@ -225,16 +232,20 @@ def _deliveries(ctx: Context, conn: Connection, node: Any, body: dict[str, Any],
             return
     known = {(k[0].lower(), k[1].lower(), int(k[2])): k for k in body.get("known") or []}
     acked = {(a[0].lower(), a[1].lower(), a[2]) for a in answer.ack}
-    rows = conn.execute(select(tasks, jobs.c.id.label("job_id"), jobs.c.key.label("job_key"),
-                               jobs.c.spec.label("job_spec"))
-                        .join(jobs, jobs.c.seq == tasks.c.job_seq)
-                        .where(tasks.c.node_id == node.id, tasks.c.state == "running")).all()
+    # Keys first; whole rows (specs and all) only for the few attempts the agent lacks.
+    held = conn.execute(_RUNNING_KEYS, {"b_node": node.id}).all()
     running_keys = set()
-    for row in rows:
-        key = (row.job_key, row.key, row.attempt)
+    missing = []
+    for seq, job_key, task_key, attempt in held:
+        key = (job_key, task_key, attempt)
         running_keys.add(key)
         if key not in known and key not in acked:
-            answer.run.append(_assignment(row))
+            missing.append(seq)
+    if missing:
+        rows = conn.execute(select(tasks, jobs.c.id.label("job_id"), jobs.c.spec.label("job_spec"))
+                            .join(jobs, jobs.c.seq == tasks.c.job_seq).where(tasks.c.seq.in_(missing))
+                            .order_by(tasks.c.seq)).all()
+        answer.run.extend(_assignment(row) for row in rows)
     for key, original in known.items():
         if key not in running_keys and key not in acked:
             answer.kill.append([original[0], original[1], int(original[2]), "stale"])
