@@ -18,6 +18,8 @@ API_PREFIX = "/agent/v1"
 BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 5.0
 REQUEST_TIMEOUT_S = 30.0
+# The last word of a node that left: not worth waiting long for.
+GOODBYE_TIMEOUT_S = 2.0
 # A long-poll is held by the server up to pollTimeoutS; give it this much extra before giving up.
 LONG_POLL_MARGIN_S = 10.0
 
@@ -122,6 +124,9 @@ class ControlPlaneClient:
         answer = await self.post("/register", body, headers={"Authorization": f"ShoalJoin {join_token}"})
         self.node_id, self.token = answer["nodeId"], answer["token"]
         return self.node_id, self.token
+
+    async def goodbye(self) -> None:
+        await self._post_once(f"/nodes/{self.node_id}/goodbye", {}, self._auth(), GOODBYE_TIMEOUT_S)
 
     async def hello(self, body: dict[str, Any], give_up_after_s: float | None = None) -> dict[str, Any]:
         return await self.post(f"/nodes/{self.node_id}/hello", body, give_up_after_s=give_up_after_s)

@@ -138,6 +138,7 @@ class Agent:
             return await self._sync_until_done()
         except _Leave:
             await self._shutdown(delete_root=True)
+            await self._say_goodbye()
             return EXIT_OK
         except AuthRejectedError as exc:
             log.error("control plane rejected the node token: %s", exc)
@@ -166,6 +167,12 @@ class Agent:
         with contextlib.suppress(asyncio.CancelledError):
             await work
         return False
+
+    async def _say_goodbye(self) -> None:
+        """Tell the control plane the node is gone, so its record goes now rather than when a
+        provider or the heartbeat timeout notices. Best effort: one short try."""
+        with contextlib.suppress(Exception):
+            await self.client.goodbye()
 
     def request_stop(self) -> None:
         """SIGTERM: kill running trees and exit; unsent reports may be lost (the node left)."""

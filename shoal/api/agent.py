@@ -102,8 +102,13 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
         later.ack = answer.ack
         return _json(later.to_json())
 
+    async def goodbye(request: Request) -> Response:
+        agents.goodbye(api.ctx, request.path_params["node_id"], _token(request))
+        return _json({})
+
     return [
         Route("/agent/v1/register", _guard(register), methods=["POST"]),
+        Route("/agent/v1/nodes/{node_id}/goodbye", _guard(goodbye), methods=["POST"]),
         Route("/agent/v1/nodes/{node_id}/hello", _guard(hello), methods=["POST"]),
         Route("/agent/v1/nodes/{node_id}/sync", _guard(sync), methods=["POST"]),
     ]

@@ -81,6 +81,19 @@ def register(ctx: Context, join_token: str, body: dict[str, Any]) -> dict[str, s
     return {"nodeId": free.id, "token": free.token}
 
 
+def goodbye(ctx: Context, node_id: str, token: str) -> None:
+    """The agent of a leaving node has stopped and deleted its folders."""
+    with ctx.engine.begin() as conn:
+        row = conn.execute(select(nodes).where(nodes.c.id == node_id)).first()
+        if row is None:
+            return
+        if row.token != token:
+            raise Unauthenticated("The node token is not valid.")
+        if row.state == "leavingpool":
+            conn.execute(nodes.delete().where(nodes.c.id == node_id))
+    ctx.signals.wake_provider()
+
+
 def hello(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> dict[str, Any]:
     """A (re)started agent: it holds no tasks, so whatever ran on this node is requeued."""
     now = clock.now()
@@ -226,9 +239,9 @@ def _deliveries(ctx: Context, conn: Connection, node: Any, body: dict[str, Any],
     if node.state == "leavingpool":
         running = transitions.running_on(conn, [node.id])
         if not running:
+            # The record goes when the agent says goodbye (or its provider sees it gone, or it
+            # falls silent): a node has left only once it has stopped.
             answer.leave = True
-            conn.execute(nodes.delete().where(nodes.c.id == node.id))
-            ctx.signals.wake_provider()
             return
     known = {(k[0].lower(), k[1].lower(), int(k[2])): k for k in body.get("known") or []}
     acked = {(a[0].lower(), a[1].lower(), a[2]) for a in answer.ack}

@@ -182,12 +182,17 @@ def mark_silent_nodes_unusable(ctx: Context, timeout_s: float) -> bool:
     """A node whose agent stopped calling becomes `unusable`; its tasks are requeued elsewhere."""
     cutoff = clock.now() - timedelta(seconds=timeout_s)
     with ctx.engine.begin() as conn:
+        # A leaving node that fell silent has left, whatever became of its goodbye.
+        gone = conn.execute(select(nodes.c.id).where(nodes.c.state == "leavingpool",
+                                                     nodes.c.last_heartbeat < cutoff)).scalars().all()
+        for node_id in gone:
+            forget_in(conn, node_id)
         silent = conn.execute(select(nodes.c.id).where(
             nodes.c.state.in_(("starting", "waitingforstarttask", "idle", "running", "starttaskfailed",
                                "offline")),
             nodes.c.last_heartbeat < cutoff)).scalars().all()
         if not silent:
-            return False
+            return bool(gone)
         transitions.requeue(conn, transitions.running_on(conn, list(silent)), user_requested=False)
         conn.execute(update(nodes).where(nodes.c.id.in_(silent)).values(
             state="unusable", state_transition_time=clock.now(), etag=clock.new_etag()))
