@@ -79,7 +79,7 @@ def server_command(host: str, port: int, data_dir: Path | None, database: str | 
     _serve(host, port, data_dir, database, False)
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
 @click.pass_context
 def agent(ctx: click.Context) -> None:
     """Run a node agent (see `shoal agent --help`)."""
