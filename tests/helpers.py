@@ -50,3 +50,21 @@ def wait_tasks_done(client: Any, job_id: str, timeout: float = 60.0) -> Any:
         return counts if counts.active == 0 and counts.running == 0 else None
 
     return wait_for(done, timeout, interval=0.2, message=f"tasks of {job_id} to complete")
+
+
+def error_of(call: Callable[[], Any]) -> tuple[int, str]:
+    """(HTTP status, Batch error code) of a call that must fail."""
+    import pytest
+    from azure.core.exceptions import HttpResponseError
+
+    with pytest.raises(HttpResponseError) as caught:
+        call()
+    return caught.value.status_code, caught.value.response.json()["code"]
+
+
+def wait_task_state(client: Any, job_id: str, task_id: str, state: str, timeout: float = 20.0) -> Any:
+    def reached() -> Any:
+        task = client.get_task(job_id, task_id)
+        return task if task.state == state else None
+
+    return wait_for(reached, timeout, interval=0.1, message=f"{job_id}/{task_id} {state}")

@@ -12,7 +12,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError
 
 from shoal.api.sharedkey import sign_request
-from tests.helpers import pool_options, wait_for, wait_pool_idle
+from tests.helpers import error_of, pool_options, wait_for, wait_pool_idle, wait_task_state
 
 POOL = "jobs-pool"
 POLL_S = 0.1
@@ -38,20 +38,6 @@ def raw_post(shoal: Any, path: str, body: bytes = b"") -> httpx.Response:
     url = f"{shoal.endpoint}{path}?api-version=2025-06-01"
     headers = sign_request("POST", url, {"Content-Length": str(len(body))}, shoal.account, shoal.primary_key)
     return httpx.post(url, content=body, headers=headers)
-
-
-def error_of(call: Any) -> tuple[int, str]:
-    with pytest.raises(HttpResponseError) as caught:
-        call()
-    return caught.value.status_code, caught.value.response.json()["code"]
-
-
-def wait_task(client: Any, job_id: str, task_id: str, state: str, timeout: float = 20.0) -> Any:
-    def reached() -> Any:
-        task = client.get_task(job_id, task_id)
-        return task if task.state == state else None
-
-    return wait_for(reached, timeout, interval=POLL_S, message=f"{job_id}/{task_id} {state}")
 
 
 def wait_job(client: Any, job_id: str, state: str, timeout: float = 20.0) -> Any:
@@ -139,7 +125,7 @@ def test_update_and_replace(client: Any, pool: str) -> None:
 def test_delete_job_removes_tasks_and_folders(client: Any, pool: str, shoal: Any) -> None:
     new_job(client, "del-job")
     add_task(client, "del-job", "sleeper", "sleep 60")
-    task = wait_task(client, "del-job", "sleeper", "running")
+    task = wait_task_state(client, "del-job", "sleeper", "running")
     folder = shoal.data_dir / "nodes" / task.node_info.node_id / "batch" / "tasks" / "workitems" / "del-job"
     wait_for(lambda: (folder / "job-1" / "sleeper" / "stdout.txt").exists(), 10, message="task folder")
     poller = client.begin_delete_job("del-job", polling_interval=POLL_S)
@@ -161,7 +147,7 @@ def test_delete_job_removes_tasks_and_folders(client: Any, pool: str, shoal: Any
 def test_disable_requeue_then_enable(client: Any, pool: str) -> None:
     new_job(client, "dis-requeue")
     add_task(client, "dis-requeue", "t", "sleep 60")
-    first = wait_task(client, "dis-requeue", "t", "running")
+    first = wait_task_state(client, "dis-requeue", "t", "running")
     client.begin_disable_job("dis-requeue", models.BatchJobDisableOptions(disable_tasks="requeue"),
                              polling_interval=POLL_S).result()
     assert client.get_job("dis-requeue").state == "disabled"
@@ -174,7 +160,7 @@ def test_disable_requeue_then_enable(client: Any, pool: str) -> None:
     assert client.get_task("dis-requeue", "t").state == "active"
     client.begin_enable_job("dis-requeue", polling_interval=POLL_S).result()
     assert client.get_job("dis-requeue").state == "active"
-    again = wait_task(client, "dis-requeue", "t", "running")
+    again = wait_task_state(client, "dis-requeue", "t", "running")
     assert again.execution_info.start_time >= first.execution_info.start_time
     end_job(client, "dis-requeue").result()
 
@@ -182,7 +168,7 @@ def test_disable_requeue_then_enable(client: Any, pool: str) -> None:
 def test_disable_terminate(client: Any, pool: str) -> None:
     new_job(client, "dis-term")
     add_task(client, "dis-term", "t", "sleep 60")
-    wait_task(client, "dis-term", "t", "running")
+    wait_task_state(client, "dis-term", "t", "running")
     client.begin_disable_job("dis-term", models.BatchJobDisableOptions(disable_tasks="terminate"),
                              polling_interval=POLL_S).result()
     job = client.get_job("dis-term")
@@ -196,7 +182,7 @@ def test_disable_terminate(client: Any, pool: str) -> None:
 def test_disable_wait(client: Any, pool: str) -> None:
     new_job(client, "dis-wait")
     add_task(client, "dis-wait", "t", "sleep 2")
-    wait_task(client, "dis-wait", "t", "running")
+    wait_task_state(client, "dis-wait", "t", "running")
     client.begin_disable_job("dis-wait", models.BatchJobDisableOptions(disable_tasks="wait"),
                              polling_interval=60).result(timeout=0)  # returns at once; we poll below
     assert client.get_job("dis-wait").state == "disabling"
@@ -210,7 +196,7 @@ def test_disable_wait(client: Any, pool: str) -> None:
 def test_terminate_job(client: Any, pool: str) -> None:
     new_job(client, "term-job")
     add_task(client, "term-job", "t", "sleep 60")
-    wait_task(client, "term-job", "t", "running")
+    wait_task_state(client, "term-job", "t", "running")
     client.begin_terminate_job("term-job", TerminateOptions(termination_reason="StopNow"),
                                polling_interval=POLL_S).result()
     job = client.get_job("term-job")
@@ -258,7 +244,7 @@ def test_common_environment_settings(client: Any, pool: str) -> None:
         models.EnvironmentSetting(name="SHARED", value="job")])
     add_task(client, "env-job", "t", "printenv FROM_JOB SHARED",
              environment_settings=[models.EnvironmentSetting(name="SHARED", value="task")])
-    wait_task(client, "env-job", "t", "completed")
+    wait_task_state(client, "env-job", "t", "completed")
     assert b"".join(client.download_task_file("env-job", "t", "stdout.txt")) == b"job\ntask\n"
 
 

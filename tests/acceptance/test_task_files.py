@@ -7,10 +7,9 @@ from typing import Any
 import httpx
 import pytest
 from azure.batch import models
-from azure.core.exceptions import HttpResponseError
 
 from shoal.api.sharedkey import sign_request
-from tests.helpers import pool_options, wait_for, wait_pool_idle
+from tests.helpers import error_of, pool_options, wait_for, wait_pool_idle
 
 POOL = "files-pool"
 JOB = "files-job"
@@ -29,15 +28,6 @@ def task(client: Any) -> str:
     wait_for(lambda: client.get_task(JOB, "writer").state == "completed", 20, interval=0.1, message="writer")
     assert client.get_task(JOB, "writer").execution_info.exit_code == 0
     return "writer"
-
-
-def error_of(call: Any) -> tuple[int, str]:
-    """Status and Batch error code of a failing call (no code for HEAD: it has no body)."""
-    with pytest.raises(HttpResponseError) as caught:
-        call()
-    response = caught.value.response
-    body = response.read()  # downloads are streamed
-    return caught.value.status_code, response.json()["code"] if body else ""
 
 
 def raw(shoal: Any, method: str, path: str, headers: dict[str, str] | None = None) -> httpx.Response:

@@ -11,7 +11,7 @@ from azure.batch import models
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError
 
-from tests.helpers import pool_options, wait_for, wait_pool_idle
+from tests.helpers import error_of, pool_options, wait_for, wait_pool_idle, wait_task_state
 
 POOL = "tasks-pool"
 POLL_S = 0.1
@@ -41,20 +41,6 @@ def job(client: Any, pool: str, request: pytest.FixtureRequest) -> Any:
 
 def add(client: Any, job_id: str, task_id: str, command: str, **kwargs: Any) -> None:
     client.create_task(job_id, models.BatchTaskCreateOptions(id=task_id, command_line=command, **kwargs))
-
-
-def error_of(call: Any) -> tuple[int, str]:
-    with pytest.raises(HttpResponseError) as caught:
-        call()
-    return caught.value.status_code, caught.value.response.json()["code"]
-
-
-def wait_state(client: Any, job_id: str, task_id: str, state: str, timeout: float = 20.0) -> Any:
-    def reached() -> Any:
-        task = client.get_task(job_id, task_id)
-        return task if task.state == state else None
-
-    return wait_for(reached, timeout, interval=POLL_S, message=f"{job_id}/{task_id} {state}")
 
 
 def stdout_of(client: Any, job_id: str, task_id: str, name: str = "stdout.txt") -> bytes:
@@ -198,7 +184,7 @@ def test_reactivate_failed_task(client: Any, job: str, tmp_path: Path) -> None:
     marker = tmp_path / "runs"
     add(client, job, "t", f"/bin/sh -c 'echo run >> {marker}; exit 2'",
         constraints=models.BatchTaskConstraints(max_task_retry_count=1))
-    failed = wait_state(client, job, "t", "completed")
+    failed = wait_task_state(client, job, "t", "completed")
     assert failed.execution_info.retry_count == 1 and failed.execution_info.exit_code == 2
     assert failed.execution_info.failure_info.code == "FailureExitCode"
     status = client.reactivate_task(job, "t", cls=lambda response, _b, _h: response.http_response.status_code)
@@ -208,23 +194,23 @@ def test_reactivate_failed_task(client: Any, job: str, tmp_path: Path) -> None:
     assert active.execution_info.retry_count == 0
     assert active.execution_info.failure_info is None and active.execution_info.exit_code is None
     wait_for(lambda: marker.read_text().count("run") == 4, 20, interval=POLL_S, message="two more runs")
-    assert wait_state(client, job, "t", "completed").execution_info.retry_count == 1
+    assert wait_task_state(client, job, "t", "completed").execution_info.retry_count == 1
 
     add(client, job, "ok", "true")
-    wait_state(client, job, "ok", "completed")
+    wait_task_state(client, job, "ok", "completed")
     assert error_of(lambda: client.reactivate_task(job, "ok"))[0] == 409
 
 
 def test_command_line_runs_without_shell(client: Any, job: str) -> None:
     add(client, job, "t", "echo $HOME 'two words' \"x  y\"")
-    wait_state(client, job, "t", "completed")
+    wait_task_state(client, job, "t", "completed")
     assert stdout_of(client, job, "t") == b"$HOME two words x  y\n"
 
 
 def test_environment_settings(client: Any, job: str) -> None:
     add(client, job, "t", "printenv MY_VAR AZ_BATCH_TASK_ID AZ_BATCH_JOB_ID AZ_BATCH_POOL_ID",
         environment_settings=[models.EnvironmentSetting(name="MY_VAR", value="hello world")])
-    wait_state(client, job, "t", "completed")
+    wait_task_state(client, job, "t", "completed")
     assert stdout_of(client, job, "t") == f"hello world\nt\n{job}\n{POOL}\n".encode()
 
 
@@ -233,7 +219,7 @@ def test_max_task_retry_count(client: Any, job: str, tmp_path: Path) -> None:
     counter = tmp_path / "count"
     script = f"n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {counter}; [ $n -ge 3 ]"
     add(client, job, "t", f"/bin/sh -c '{script}'", constraints=models.BatchTaskConstraints(max_task_retry_count=3))
-    task = wait_state(client, job, "t", "completed")
+    task = wait_task_state(client, job, "t", "completed")
     assert counter.read_text() == "3\n"
     info = task.execution_info
     assert (info.result, info.exit_code, info.retry_count) == ("success", 0, 2)
@@ -243,7 +229,7 @@ def test_max_task_retry_count(client: Any, job: str, tmp_path: Path) -> None:
     client.update_job(job, models.BatchJobUpdateOptions(
         constraints=models.BatchJobConstraints(max_task_retry_count=2)))
     add(client, job, "inherits", "false")
-    task = wait_state(client, job, "inherits", "completed")
+    task = wait_task_state(client, job, "inherits", "completed")
     assert (task.execution_info.result, task.execution_info.retry_count) == ("failure", 2)
     assert task.constraints.max_task_retry_count == 2
 
@@ -252,7 +238,7 @@ def test_max_wall_clock_time_kills_tree(client: Any, job: str) -> None:
     add(client, job, "t", TREE, constraints=models.BatchTaskConstraints(
         max_wall_clock_time="PT2S", max_task_retry_count=3))
     main, child = tree_pids(client, job, "t")
-    task = wait_state(client, job, "t", "completed", timeout=15)
+    task = wait_task_state(client, job, "t", "completed", timeout=15)
     info = task.execution_info
     assert info.result == "failure" and info.failure_info.code == "TaskEnded"
     assert info.failure_info.category == "usererror"
@@ -263,7 +249,7 @@ def test_max_wall_clock_time_kills_tree(client: Any, job: str) -> None:
 
 def test_execution_and_node_info(client: Any, job: str) -> None:
     add(client, job, "t", "/bin/sh -c 'exit 3'")
-    task = wait_state(client, job, "t", "completed")
+    task = wait_task_state(client, job, "t", "completed")
     info = task.execution_info
     assert (info.exit_code, info.result, info.retry_count, info.requeue_count) == (3, "failure", 0, 0)
     assert info.failure_info.category == "usererror" and info.failure_info.code == "FailureExitCode"
@@ -278,7 +264,7 @@ def test_execution_and_node_info(client: Any, job: str) -> None:
 
 def test_missing_program_not_retried(client: Any, job: str) -> None:
     add(client, job, "t", "/no/such/program --flag", constraints=models.BatchTaskConstraints(max_task_retry_count=3))
-    task = wait_state(client, job, "t", "completed")
+    task = wait_task_state(client, job, "t", "completed")
     info = task.execution_info
     assert info.result == "failure" and info.failure_info.code == "CommandProgramNotFound"
     assert info.failure_info.category == "usererror"
@@ -287,7 +273,7 @@ def test_missing_program_not_retried(client: Any, job: str) -> None:
 
 def test_stdout_and_stderr_in_task_folder(client: Any, job: str, shoal: Any) -> None:
     add(client, job, "t", "/bin/sh -c 'echo to-out; echo to-err >&2; pwd'")
-    task = wait_state(client, job, "t", "completed")
+    task = wait_task_state(client, job, "t", "completed")
     root = shoal.data_dir / "nodes" / task.node_info.node_id / "batch" / "tasks" / task.node_info.task_root_directory
     assert (root / "stdout.txt").read_bytes() == f"to-out\n{root / 'wd'}\n".encode()
     assert (root / "stderr.txt").read_bytes() == b"to-err\n"
