@@ -24,7 +24,7 @@ from shoal.api.agent import AgentHub
 from shoal.api.app import Api, build_app
 from shoal.config import PROVIDER_RECONCILE_S, SCHEDULER_IDLE_WAKE_S, Settings
 from shoal.errors import BatchError
-from shoal.service import allocation, autoscale, ids, metrics, preemption, scheduling
+from shoal.service import allocation, autoscale, ids, metrics, node_operations, preemption, scheduling
 from shoal.service import jobs as job_service
 from shoal.service import nodes as node_service
 from shoal.service import tasks as task_service
@@ -145,6 +145,7 @@ class ControlPlane:
                 for job_id, pool_seq in job_service.reap_deleted(self.ctx):
                     await self._remove_job_folders(job_id, pool_seq)
                 job_service.enforce_max_wall_clock(self.ctx)
+                node_operations.start_pending(self.ctx)
                 await self._remove_expired_task_folders()
             except Exception:
                 log.exception("lifecycle pass failed")

@@ -95,6 +95,14 @@ class _Leave(Exception):
     """The node must leave the pool: kill everything, delete the root, exit 0."""
 
 
+class _Restart(Exception):
+    """Reboot or reimage: stop everything, (reimage: wipe the root), start over as a new incarnation."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.reimage = kind == "reimage"
+
+
 class Agent:
     """One agent process's worth of state; :func:`run_agent` is the public entry point."""
 
@@ -132,10 +140,14 @@ class Agent:
             assert self.client.token is not None
             self.fileserver = FileServer(self.layout.root, self.client.token)
             file_url = await self.fileserver.start(self.config.files_host)
-            if not await self._unless_stopped(self._hello(file_url)):
-                await self._shutdown(delete_root=False)
-                return EXIT_OK
-            return await self._sync_until_done()
+            while True:
+                if not await self._unless_stopped(self._hello(file_url)):
+                    await self._shutdown(delete_root=False)
+                    return EXIT_OK
+                try:
+                    return await self._sync_until_done()
+                except _Restart as restart:
+                    await self._restart(wipe=restart.reimage)
         except _Leave:
             await self._shutdown(delete_root=True)
             await self._say_goodbye()
@@ -211,6 +223,33 @@ class Agent:
             is_dedicated=bool(node.get("isDedicated", True)),
         )
         self.start_task_def = node.get("startTask")
+
+    async def _restart(self, wipe: bool) -> None:
+        """What a reboot does to a node, without a new process: every task and the start task
+        killed, reports of this incarnation dropped (the control plane already moved those
+        tasks), and with a reimage the node root emptied and laid out afresh."""
+        log.info("restarting the node (%s)", "reimage" if wipe else "reboot")
+        kills = [proc.kill() for proc in self.running.values()]
+        if self._start_task_proc is not None:
+            kills.append(self._start_task_proc.kill())
+        if self._start_task_runner is not None:
+            self._start_task_runner.cancel()
+        await asyncio.gather(*kills, return_exceptions=True)
+        self.running.clear()
+        self.reports.clear()
+        self._delivered.clear()
+        self._start_task_state = None
+        self._start_task_proc = None
+        self._start_task_runner = None
+        self._start_task_version = self._start_task_delivered = 0
+        self.incarnation = uuid.uuid4().hex
+        if wipe:
+            for child in list(self.layout.root.iterdir()):
+                if child.is_dir() and not child.is_symlink():
+                    await asyncio.to_thread(shutil.rmtree, child, True)
+                else:
+                    child.unlink(missing_ok=True)
+        self.layout.create()
 
     async def _shutdown(self, delete_root: bool) -> None:
         kills = [proc.kill() for proc in self.running.values()]
@@ -337,6 +376,8 @@ class Agent:
             had_work = True
         if answer.get("leave"):
             raise _Leave()
+        if answer.get("restart"):
+            raise _Restart(str(answer["restart"]))
         return had_work
 
     def _spawn_background(self, coro: Any) -> None:

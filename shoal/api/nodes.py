@@ -6,6 +6,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shoal.api import listing
+from shoal.api.http import empty_response, read_json
+from shoal.service import node_operations
 from shoal.service import nodes as node_service
 from shoal.service.context import Context
 
@@ -19,7 +21,35 @@ async def get_node(request: Request, ctx: Context) -> Response:
     return listing.single(request, node, "nodes/@Element", None)
 
 
+def _ids(request: Request) -> tuple[str, str]:
+    return request.path_params["pool_id"], request.path_params["node_id"]
+
+
+async def disable_scheduling(request: Request, ctx: Context) -> Response:
+    body, _size = await read_json(request, optional=True)
+    node_operations.disable_scheduling(ctx, *_ids(request), body)
+    return empty_response(request, 200)
+
+
+async def enable_scheduling(request: Request, ctx: Context) -> Response:
+    node_operations.enable_scheduling(ctx, *_ids(request))
+    return empty_response(request, 200)
+
+
+def _restart(kind: str):  # type: ignore[no-untyped-def]
+    async def handler(request: Request, ctx: Context) -> Response:
+        body, _size = await read_json(request, optional=True)
+        node_operations.restart(ctx, *_ids(request), body, kind)
+        return empty_response(request, 202)
+
+    return handler
+
+
 ROUTES = [
+    ("/pools/{pool_id}/nodes/{node_id}/disablescheduling", ["POST"], disable_scheduling),
+    ("/pools/{pool_id}/nodes/{node_id}/enablescheduling", ["POST"], enable_scheduling),
+    ("/pools/{pool_id}/nodes/{node_id}/reboot", ["POST"], _restart("reboot")),
+    ("/pools/{pool_id}/nodes/{node_id}/reimage", ["POST"], _restart("reimage")),
     ("/pools/{pool_id}/nodes", ["GET"], list_nodes),
     ("/pools/{pool_id}/nodes/{node_id}", ["GET"], get_node),
 ]

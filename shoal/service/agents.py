@@ -35,13 +35,15 @@ class SyncAnswer:
     kill: list[list[Any]] = field(default_factory=list)
     run_start_task: bool = False
     leave: bool = False
+    restart: str | None = None  # "reboot" | "reimage"
 
     def has_news(self) -> bool:
-        return bool(self.ack or self.run or self.kill or self.run_start_task or self.leave)
+        return bool(self.ack or self.run or self.kill or self.run_start_task or self.leave or self.restart)
 
     def to_json(self) -> dict[str, Any]:
         return {"ack": [list(a) for a in self.ack], "run": self.run, "kill": self.kill,
-                "deleteTaskDirs": [], "runStartTask": self.run_start_task, "leave": self.leave}
+                "deleteTaskDirs": [], "runStartTask": self.run_start_task, "leave": self.leave,
+                "restart": self.restart}
 
 
 def _node_by_token(conn: Connection, node_id: str, token: str) -> Any:
@@ -104,12 +106,14 @@ def hello(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> dict[
         if node.incarnation and node.incarnation != body.get("incarnation"):
             transitions.requeue(conn, transitions.running_on(conn, [node_id]), user_requested=False)
         leaving = node.state == "leavingpool"
-        new_state = node.state if leaving else ("starting" if start_task else "idle")
+        idle = "offline" if node.scheduling_state == "disabled" else "idle"
+        new_state = node.state if leaving else ("starting" if start_task else idle)
         conn.execute(update(nodes).where(nodes.c.id == node_id).values(
             state=new_state, state_transition_time=now, last_boot_time=now, last_heartbeat=now,
             incarnation=body.get("incarnation"), agent_pid=body.get("pid") or node.agent_pid,
             file_server_url=body.get("fileServerUrl"), ip_address=body.get("ipAddress") or "127.0.0.1",
-            run_start_task=bool(start_task) and not leaving, start_task_info=None, etag=clock.new_etag()))
+            run_start_task=bool(start_task) and not leaving, start_task_info=None, pending_action=None,
+            etag=clock.new_etag()))
     ctx.signals.wake_scheduler()
     return {"node": {
         "poolId": pool.id, "isDedicated": bool(node.is_dedicated), "accountName": ctx.account,
@@ -245,6 +249,10 @@ def _deliveries(ctx: Context, conn: Connection, node: Any, body: dict[str, Any],
             return
     known = {(k[0].lower(), k[1].lower(), int(k[2])): k for k in body.get("known") or []}
     acked = {(a[0].lower(), a[1].lower(), a[2]) for a in answer.ack}
+    if node.state in ("rebooting", "reimaging") and body.get("incarnation") == node.incarnation:
+        # This incarnation must go; the next hello comes from a fresh one.
+        answer.restart = "reboot" if node.state == "rebooting" else "reimage"
+        return
     # Keys first; whole rows (specs and all) only for the few attempts the agent lacks.
     held = conn.execute(_RUNNING_KEYS, {"b_node": node.id}).all()
     running_keys = set()

@@ -189,7 +189,7 @@ def mark_silent_nodes_unusable(ctx: Context, timeout_s: float) -> bool:
             forget_in(conn, node_id)
         silent = conn.execute(select(nodes.c.id).where(
             nodes.c.state.in_(("starting", "waitingforstarttask", "idle", "running", "starttaskfailed",
-                               "offline")),
+                               "offline", "rebooting", "reimaging")),
             nodes.c.last_heartbeat < cutoff)).scalars().all()
         if not silent:
             return bool(gone)

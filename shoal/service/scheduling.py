@@ -63,7 +63,8 @@ def schedule_pool(ctx: Context, conn: Connection, pool_seq: int) -> set[str]:
 def _snapshot(conn: Connection, ctx: Context, pool: Any) -> tuple[PoolSnapshot, dict[str, Any]] | None:
     node_rows = conn.execute(select(nodes.c.id, nodes.c.slots, nodes.c.ip_address).where(
         nodes.c.pool_seq == pool.seq, nodes.c.state.in_(SCHEDULABLE_NODE_STATES),
-        nodes.c.scheduling_state == "enabled").order_by(nodes.c.allocation_time, nodes.c.id)).all()
+        nodes.c.scheduling_state == "enabled", nodes.c.pending_action.is_(None))
+        .order_by(nodes.c.allocation_time, nodes.c.id)).all()
     if not node_rows:
         return None
     used = dict(conn.execute(select(tasks.c.node_id, func.sum(tasks.c.required_slots)).where(

@@ -167,6 +167,10 @@ def refresh_node_busy(conn: Connection, node_ids: Iterable[str]) -> None:
     if idle_ids:
         conn.execute(update(nodes).where(nodes.c.id.in_(idle_ids), nodes.c.state == "running").values(
             state="idle", state_transition_time=now))
+        # With scheduling disabled, a node with nothing left to run is offline.
+        conn.execute(update(nodes).where(nodes.c.id.in_(idle_ids), nodes.c.state == "idle",
+                                         nodes.c.scheduling_state == "disabled").values(
+            state="offline", state_transition_time=now))
 
 
 def running_on(conn: Connection, node_ids: list[str]) -> list[Any]:

@@ -95,6 +95,8 @@ nodes = Table(
     Column("total_tasks_run", Integer, nullable=False, default=0),
     Column("total_tasks_succeeded", Integer, nullable=False, default=0),
     Column("leave_option", String(32)),
+    # A reboot or reimage waiting for running tasks to end (taskcompletion/retaineddata).
+    Column("pending_action", String(16)),
     Column("errors", JSON),
     Column("etag", String(40), nullable=False),
 )

@@ -1,0 +1,73 @@
+"""Node operations through the SDK: disable/enable scheduling, reboot, reimage."""
+
+from __future__ import annotations
+
+from azure.batch import models
+
+# Not re-exported by azure-batch 15.1.0, whose reboot/reimage also fail client-side without options.
+from azure.batch.models._models import BatchNodeRebootOptions, BatchNodeReimageOptions
+
+from tests.helpers import error_of, pool_options, wait_for, wait_pool_idle, wait_task_state
+
+# The start task counts its runs in the node's shared folder; a reboot keeps the folder, a
+# reimage wipes it.
+BOOTS = "/bin/sh -c 'echo boot >> $AZ_BATCH_NODE_SHARED_DIR/boots.txt'"
+
+
+def _boots(client, pool_id: str, node_id: str) -> int:
+    data = b"".join(client.download_node_file(pool_id, node_id, "shared/boots.txt"))
+    return data.count(b"boot")
+
+
+def _node_state(client, pool_id: str, node_id: str) -> str:
+    return client.get_node(pool_id, node_id).state
+
+
+def test_disable_scheduling_lets_tasks_finish_then_node_is_offline(client):
+    client.create_pool(pool_options("sched", target_dedicated_nodes=1, task_slots_per_node=2))
+    node = wait_pool_idle(client, "sched", 1)[0]
+    client.create_job(models.BatchJobCreateOptions(id="sched-job", pool_info=models.BatchPoolInfo(pool_id="sched")))
+    client.create_task("sched-job", models.BatchTaskCreateOptions(id="first", command_line="/bin/sleep 2"))
+    wait_task_state(client, "sched-job", "first", "running")
+    client.disable_node_scheduling("sched", node.id, models.BatchNodeDisableSchedulingOptions(
+        node_disable_scheduling_option="taskcompletion"))
+    assert client.get_node("sched", node.id).scheduling_state == "disabled"
+    client.create_task("sched-job", models.BatchTaskCreateOptions(id="second", command_line="/bin/true"))
+    wait_task_state(client, "sched-job", "first", "completed")
+    assert client.get_task("sched-job", "first").execution_info.result == "success"
+    wait_for(lambda: _node_state(client, "sched", node.id) == "offline", 20, message="offline node")
+    assert client.get_task("sched-job", "second").state == "active"
+    again = models.BatchNodeDisableSchedulingOptions(node_disable_scheduling_option="requeue")
+    assert error_of(lambda: client.disable_node_scheduling("sched", node.id, again))[:2] == (
+        409, "NodeAlreadyInTargetSchedulingState")
+    client.enable_node_scheduling("sched", node.id)
+    wait_task_state(client, "sched-job", "second", "completed")
+    assert client.get_node("sched", node.id).scheduling_state == "enabled"
+
+
+def test_reboot_requeues_running_tasks_reruns_the_start_task_and_keeps_files(client):
+    client.create_pool(pool_options("reboot", target_dedicated_nodes=1, task_slots_per_node=1,
+                                    start_task=models.BatchStartTask(command_line=BOOTS, wait_for_success=True)))
+    node = wait_pool_idle(client, "reboot", 1)[0]
+    assert _boots(client, "reboot", node.id) == 1
+    client.create_job(models.BatchJobCreateOptions(id="reboot-job", pool_info=models.BatchPoolInfo(pool_id="reboot")))
+    client.create_task("reboot-job", models.BatchTaskCreateOptions(id="long", command_line="/bin/sleep 3"))
+    wait_task_state(client, "reboot-job", "long", "running")
+    client.begin_reboot_node("reboot", node.id, BatchNodeRebootOptions(node_reboot_kind="requeue"),
+                             polling_interval=0.2).result()
+    wait_for(lambda: _node_state(client, "reboot", node.id) in ("idle", "running"), 30, message="node back")
+    assert _boots(client, "reboot", node.id) == 2
+    task = wait_task_state(client, "reboot-job", "long", "completed", timeout=30)
+    assert task.execution_info.result == "success" and task.execution_info.requeue_count == 1
+
+
+def test_reimage_wipes_the_node_and_reruns_the_start_task(client):
+    client.create_pool(pool_options("reimage", target_dedicated_nodes=1,
+                                    start_task=models.BatchStartTask(command_line=BOOTS, wait_for_success=True)))
+    node = wait_pool_idle(client, "reimage", 1)[0]
+    client.begin_reimage_node("reimage", node.id, BatchNodeReimageOptions(node_reimage_option="requeue"),
+                              polling_interval=0.2).result()
+    wait_for(lambda: _node_state(client, "reimage", node.id) == "idle"
+             and client.get_node("reimage", node.id).start_task_info is not None
+             and client.get_node("reimage", node.id).start_task_info.state == "completed", 30, message="node back")
+    assert _boots(client, "reimage", node.id) == 1  # the first boot's file went with the old disk
