@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import signal
@@ -53,6 +54,22 @@ def ensure_account(engine: Any, name: str = DEFAULT_ACCOUNT) -> tuple[str, str]:
         return keys
 
 
+class AlreadyRunning(RuntimeError):
+    """Another Shoal process already serves this data directory."""
+
+
+def hold_data_dir(data_dir: Path) -> Any:
+    """One server per data directory: two would both schedule and both start agents for the
+    same nodes. The lock is the kernel's, so it goes with the process, even after kill -9."""
+    handle = open(data_dir / "shoal.lock", "a+")  # noqa: SIM115 - held for the life of the process
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise AlreadyRunning(f"another Shoal server is already using {data_dir}") from None
+    return handle
+
+
 def bind_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP explicitly: asyncio then sets TCP_NODELAY on accepted sockets, which spares
@@ -77,6 +94,7 @@ class ControlPlane:
     def __init__(self, settings: Settings, *, local_provider: bool = True) -> None:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = hold_data_dir(settings.data_dir)
         self.engine = open_store(settings.effective_database_url)
         self.keys = ensure_account(self.engine)
         self.sock = bind_socket(settings.host, settings.port)

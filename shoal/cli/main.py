@@ -42,7 +42,11 @@ def _serve(host: str, port: int, data_dir: Path | None, database: str | None, lo
                    f"  key:      {key}\n  data:     {settings.data_dir}")
         sys.stdout.flush()
 
-    server.run(settings, local_provider=local_provider, on_ready=ready)
+    try:
+        server.run(settings, local_provider=local_provider, on_ready=ready)
+    except server.AlreadyRunning as exc:
+        console.print(f"[red]error[/red] {exc}", highlight=False)
+        raise SystemExit(1) from None
 
 
 @main.command()

@@ -54,3 +54,12 @@ def test_cli_reports_a_missing_job_as_an_error(shoal):
     result = shoal_cli(shoal, "task", "list", "no-such-job", check=False)
     assert result.returncode == 1
     assert "JobNotFound" in result.stdout
+
+
+def test_a_second_server_on_the_same_data_dir_is_refused(shoal):
+    result = subprocess.run([sys.executable, "-m", "shoal.cli", "up", "--port", "0", "--data-dir", str(shoal.data_dir)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "already using" in result.stdout
+    # The running server is untouched.
+    assert json.loads(shoal_cli(shoal, "account", "show", "--json").stdout)["endpoint"] == shoal.endpoint
