@@ -43,7 +43,7 @@ def _validate(body: Any) -> dict[str, Any]:
     task_id = v.resource_id(body)
     v.command_line(body)
     v.string(body, "displayName", max_len=v.MAX_DISPLAY_NAME)
-    v.integer(body, "requiredSlots", minimum=1)
+    required_slots = v.integer(body, "requiredSlots", default=1, minimum=1)
     v.name_value_pairs(body, "environmentSettings")
     constraints = v.obj(body, "constraints")
     if constraints is not None:
@@ -60,7 +60,7 @@ def _validate(body: Any) -> dict[str, Any]:
         raise BadRequest("Task dependencies are not supported yet.", code="FeatureNotSupported",
                          values={"PropertyName": "dependsOn"})
     return {"id": task_id, "spec": {name: body[name] for name in _KEPT if name in body},
-            "required_slots": body.get("requiredSlots") or 1}
+            "required_slots": required_slots}
 
 
 def _job_for_adding(conn: Connection, ctx: Context, job_id: str) -> Any:

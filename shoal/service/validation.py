@@ -10,6 +10,7 @@ from shoal.clock import parse_duration
 from shoal.errors import BadRequest, InvalidProperty, MissingProperty
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+INTEGER_TEXT = re.compile(r"^-?[0-9]{1,10}$")
 MAX_DISPLAY_NAME = 1024
 
 
@@ -56,6 +57,10 @@ def integer(body: dict[str, Any], name: str, *, default: int | None = None, mini
     value = body.get(name)
     if value is None:
         return default
+    if isinstance(value, str) and INTEGER_TEXT.match(value):
+        # Batch's JSON reader takes integers written as strings, and `az batch` sends them so;
+        # stored (and echoed) as the integer they are.
+        value = body[name] = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidProperty(label, value, "The value must be an integer.")
     if minimum is not None and value < minimum:
@@ -69,6 +74,8 @@ def boolean(body: dict[str, Any], name: str, *, default: bool | None = None, pat
     value = body.get(name)
     if value is None:
         return default
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        value = body[name] = value.lower() == "true"
     if not isinstance(value, bool):
         raise InvalidProperty(path or name, value, "The value must be a boolean.")
     return value

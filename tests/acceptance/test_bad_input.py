@@ -110,7 +110,7 @@ def test_body_not_an_object(shoal: Any, unchanged: None, path: str) -> None:
     (job_body(poolInfo="bad-pool"), "InvalidPropertyValue", "poolInfo"),
     (job_body(maxParallelTasks=0), "InvalidPropertyValue", "maxParallelTasks"),
     (job_body(constraints={"maxTaskRetryCount": -2}), "InvalidPropertyValue", "constraints.maxTaskRetryCount"),
-    (job_body(constraints={"maxTaskRetryCount": "3"}), "InvalidPropertyValue", "constraints.maxTaskRetryCount"),
+    (job_body(constraints={"maxTaskRetryCount": "three"}), "InvalidPropertyValue", "constraints.maxTaskRetryCount"),
     (job_body(constraints={"maxWallClockTime": "forever"}), "InvalidPropertyValue",
      "constraints.maxWallClockTime"),
     (job_body(onAllTasksComplete="sometimes"), "InvalidPropertyValue", "onAllTasksComplete"),
@@ -138,7 +138,7 @@ def test_longest_id_is_accepted(client: Any, shoal: Any, setup: None) -> None:
     (task_body("bad/id"), "InvalidPropertyValue", "id"),
     (task_body("t" * 65), "InvalidPropertyValue", "id"),
     (task_body(requiredSlots=0), "InvalidPropertyValue", "requiredSlots"),
-    (task_body(requiredSlots="2"), "InvalidPropertyValue", "requiredSlots"),
+    (task_body(requiredSlots="two"), "InvalidPropertyValue", "requiredSlots"),
     (task_body(constraints={"maxTaskRetryCount": -2}), "InvalidPropertyValue", "constraints.maxTaskRetryCount"),
     (task_body(constraints={"maxWallClockTime": 30}), "InvalidPropertyValue", "constraints.maxWallClockTime"),
     (task_body(constraints={"retentionTime": "P1X"}), "InvalidPropertyValue", "constraints.retentionTime"),
@@ -254,3 +254,14 @@ def test_bad_query_parameters(shoal: Any, unchanged: None) -> None:
 def test_oversized_body(shoal: Any, unchanged: None) -> None:
     huge = job_body(displayName="z" * (5 * 1024 * 1024))
     assert_error(send(shoal, "POST", "/jobs", huge), 413, "RequestBodyTooLarge")
+
+
+def test_integers_written_as_strings_are_taken_as_batch_does(shoal: Any, client: Any, setup: None) -> None:
+    """`az batch` sends integer options as JSON strings; Batch accepts them, and so does Shoal,
+    storing and answering them as integers."""
+    body = {"id": "quoted", "commandLine": "true", "requiredSlots": "1",
+            "constraints": {"maxTaskRetryCount": "2"}}
+    assert send(shoal, "POST", f"/jobs/{JOB}/tasks", body).status_code == 201
+    task = client.get_task(JOB, "quoted")
+    assert task.required_slots == 1 and task.constraints.max_task_retry_count == 2
+    client.delete_task(JOB, "quoted")
