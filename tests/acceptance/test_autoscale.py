@@ -48,8 +48,9 @@ def test_pool_grows_from_zero_and_shrinks_back_letting_tasks_finish(client):
     client.create_tasks("burst", [models.BatchTaskCreateOptions(id=f"t{i}", command_line="/bin/sleep 4")
                                   for i in range(4)])
     wait_for(lambda: client.get_pool("elastic").target_dedicated_nodes == 2, 30, message="targets to grow")
-    wait_for(lambda: len([n for n in client.list_nodes("elastic") if n.state in ("idle", "running")]) == 2,
-             30, message="two nodes up")
+    # Nodes come up (how many are up before the next evaluation depends on the machine's speed).
+    wait_for(lambda: any(n.state in ("idle", "running") for n in client.list_nodes("elastic")), 30,
+             message="nodes up")
     # Once every task runs, nothing waits: the formula shrinks to 0 with taskcompletion, so
     # the running tasks end normally rather than being requeued.
     wait_for(lambda: client.get_pool("elastic").target_dedicated_nodes == 0, 30, message="targets to shrink")
