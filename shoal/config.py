@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 API_VERSIONS = ("2025-06-01", "2024-02-01.19.0")
-MAX_CLOCK_SKEW_S = 15 * 60
 MAX_RESULTS_DEFAULT = 1000
 MAX_TASKS_PER_COLLECTION = 100
 MAX_COLLECTION_BODY_BYTES = 1024 * 1024
@@ -19,8 +18,6 @@ SAMPLE_LAG_S = 60.0
 AGENT_POLL_TIMEOUT_S = 15.0
 SCHEDULER_IDLE_WAKE_S = 1.0
 PROVIDER_RECONCILE_S = 0.5
-DEFAULT_RESIZE_TIMEOUT_S = 15 * 60
-DEFAULT_RETENTION_S = 7 * 24 * 3600
 
 
 def default_data_dir() -> Path:
@@ -61,7 +58,3 @@ class Settings:
     @property
     def effective_database_url(self) -> str:
         return self.database_url or os.environ.get("SHOAL_DATABASE_URL") or self.sqlite_url
-
-    @property
-    def nodes_dir(self) -> Path:
-        return self.data_dir / "nodes"

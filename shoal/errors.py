@@ -60,11 +60,6 @@ class Unauthenticated(BatchError):
     code = "AuthenticationFailed"
 
 
-class Forbidden(BatchError):
-    status = 403
-    code = "AuthenticationFailed"
-
-
 class NotFound(BatchError):
     status = 404
     code = "ResourceNotFound"

@@ -15,8 +15,6 @@ from shoal.service import ids, preemption, removal, transitions
 from shoal.service.context import Context
 from shoal.store.schema import nodes, pools
 
-LIVE_STATES = ("starting", "waitingforstarttask", "idle", "running", "starttaskfailed", "unusable",
-               "offline")
 # Which nodes go first when a pool shrinks: broken and unstarted ones, then the least busy.
 _REMOVAL_ORDER = {"preempted": -1, "unusable": 0, "starttaskfailed": 1, "creating": 2, "starting": 3,
                   "waitingforstarttask": 4, "offline": 5, "idle": 6, "running": 7}
