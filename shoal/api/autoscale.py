@@ -5,16 +5,14 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shoal.api.http import check_conditions, empty_response, has_conditions, json_response, read_json
+from shoal.api.http import empty_response, guard, json_response, read_json
 from shoal.service import autoscale
 from shoal.service import pools as pool_service
 from shoal.service.context import Context
 
 
 def _guard(request: Request, ctx: Context, pool_id: str) -> None:
-    if has_conditions(request):
-        etag, modified = pool_service.etag_of(ctx, pool_id)
-        check_conditions(request, etag, modified)
+    guard(request, lambda: pool_service.etag_of(ctx, pool_id))
 
 
 def _done(request: Request, ctx: Context, pool_id: str) -> Response:

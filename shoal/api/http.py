@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -141,6 +142,12 @@ def check_conditions(request: Request, etag: str, last_modified: datetime) -> No
         when = _parse_http_date(headers["if-modified-since"])
         if when is not None and last <= when:
             raise _not_modified() if read else ConditionNotMet()
+
+
+def guard(request: Request, stamp: Callable[[], tuple[str, datetime]]) -> None:
+    """Apply the request's conditional headers; the resource's ETag is read only if it has any."""
+    if has_conditions(request):
+        check_conditions(request, *stamp())
 
 
 def has_conditions(request: Request) -> bool:

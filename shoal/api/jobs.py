@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shoal.api import listing
-from shoal.api.http import check_conditions, empty_response, has_conditions, read_json
+from shoal.api.http import empty_response, guard, read_json
 from shoal.service import jobs as job_service
 from shoal.service.context import Context
 
@@ -25,17 +25,13 @@ async def list_jobs(request: Request, ctx: Context) -> Response:
 
 async def get_job(request: Request, ctx: Context) -> Response:
     job_id = request.path_params["job_id"]
-    job = job_service.get(ctx, job_id)
     etag, modified = job_service.etag_of(ctx, job_id)
-    if has_conditions(request):
-        check_conditions(request, etag, modified)
-    return listing.single(request, job, "jobs/@Element", modified)
+    guard(request, lambda: (etag, modified))
+    return listing.single(request, job_service.get(ctx, job_id), "jobs/@Element", modified)
 
 
 def _guard(request: Request, ctx: Context, job_id: str) -> None:
-    if has_conditions(request):
-        etag, modified = job_service.etag_of(ctx, job_id)
-        check_conditions(request, etag, modified)
+    guard(request, lambda: job_service.etag_of(ctx, job_id))
 
 
 def _action(action, status: int, *, body: str = "required"):  # type: ignore[no-untyped-def]

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shoal.api import listing
-from shoal.api.http import check_conditions, empty_response, has_conditions, read_json
+from shoal.api.http import empty_response, guard, read_json
 from shoal.model import catalog
 from shoal.service import nodes as node_service
 from shoal.service import pools as pool_service
@@ -29,22 +29,11 @@ async def list_pools(request: Request, ctx: Context) -> Response:
 
 async def get_pool(request: Request, ctx: Context) -> Response:
     pool_id = request.path_params["pool_id"]
-    pool = pool_service.get(ctx, pool_id)
-    if has_conditions(request):
-        check_conditions(request, pool["eTag"], _modified(ctx, pool_id))
+    etag, modified = pool_service.etag_of(ctx, pool_id)
+    guard(request, lambda: (etag, modified))
     if request.method == "HEAD":
-        return empty_response(request, 200, etag=pool["eTag"], last_modified=_modified(ctx, pool_id))
-    return listing.single(request, pool, POOL_TYPE, _modified(ctx, pool_id))
-
-
-def _modified(ctx: Context, pool_id: str):  # type: ignore[no-untyped-def]
-    return pool_service.etag_of(ctx, pool_id)[1]
-
-
-async def _guarded(request: Request, ctx: Context, pool_id: str) -> None:
-    if has_conditions(request):
-        etag, modified = pool_service.etag_of(ctx, pool_id)
-        check_conditions(request, etag, modified)
+        return empty_response(request, 200, etag=etag, last_modified=modified)
+    return listing.single(request, pool_service.get(ctx, pool_id), POOL_TYPE, modified)
 
 
 def _write_action(action, status: int, *, needs_body: bool = True):  # type: ignore[no-untyped-def]
@@ -53,7 +42,7 @@ def _write_action(action, status: int, *, needs_body: bool = True):  # type: ign
         body = None
         if needs_body:
             body, _size = await read_json(request)
-        await _guarded(request, ctx, pool_id)
+        guard(request, lambda: pool_service.etag_of(ctx, pool_id))
         if needs_body:
             action(ctx, pool_id, body)
         else:
@@ -67,7 +56,7 @@ def _write_action(action, status: int, *, needs_body: bool = True):  # type: ign
 
 async def delete_pool(request: Request, ctx: Context) -> Response:
     pool_id = request.path_params["pool_id"]
-    await _guarded(request, ctx, pool_id)
+    guard(request, lambda: pool_service.etag_of(ctx, pool_id))
     pool_service.delete(ctx, pool_id)
     return empty_response(request, 202)
 
