@@ -24,7 +24,6 @@ from shoal.api import remote_files
 from shoal.api.agent import AgentHub
 from shoal.api.app import Api, build_app
 from shoal.config import PROVIDER_RECONCILE_S, SCHEDULER_IDLE_WAKE_S, Settings
-from shoal.errors import BatchError
 from shoal.service import allocation, autoscale, ids, metrics, node_operations, preemption, scheduling
 from shoal.service import jobs as job_service
 from shoal.service import nodes as node_service
@@ -172,19 +171,16 @@ class ControlPlane:
     async def _remove_expired_task_folders(self) -> None:
         expired = task_service.expired_folders(self.ctx)
         for _seq, url, token, folder in expired:
-            if url and token:
-                with contextlib.suppress(BatchError):
-                    await remote_files.call("DELETE", url, token, folder, params={"recursive": "true"})
+            await remote_files.delete_remote_tree(url, token, folder)
         task_service.folders_removed(self.ctx, [seq for seq, *_ in expired])
 
     async def _remove_job_folders(self, job_id: str, pool_seq: int | None) -> None:
         if pool_seq is None:
             return
         with self.engine.connect() as conn:
-            rows = conn.execute(select(nodes.c.file_server_url).where(nodes.c.pool_seq == pool_seq)).all()
-        for (url,) in rows:
-            if url:
-                await remote_files.delete_remote_tree(self.ctx, url, f"workitems/{job_id}")
+            rows = conn.execute(select(nodes.c.file_server_url, nodes.c.token).where(nodes.c.pool_seq == pool_seq)).all()
+        for url, token in rows:
+            await remote_files.delete_remote_tree(url, token, f"workitems/{job_id}")
 
     async def _sampler_loop(self) -> None:
         """Metric samples every sample period, on the scaled timeline."""

@@ -13,7 +13,6 @@ from urllib.parse import quote
 import httpx
 
 from shoal.errors import BatchError, NotFound
-from shoal.service.context import Context
 
 _client: httpx.AsyncClient | None = None
 FILE_TIMEOUT_S = 30.0
@@ -67,15 +66,9 @@ async def call(method: str, file_server: str | None, token: str, path: str, *,
     return response
 
 
-async def delete_remote_tree(ctx: Context, file_server: str, directory: str) -> None:
-    """Best effort: a task's folder on a node that is gone is gone with the node."""
-    from sqlalchemy import select
-
-    from shoal.store.schema import nodes
-
-    with ctx.engine.connect() as conn:
-        token = conn.execute(select(nodes.c.token).where(nodes.c.file_server_url == file_server)).scalar()
-    if token is None:
+async def delete_remote_tree(file_server: str | None, token: str | None, directory: str) -> None:
+    """Best effort: a folder on a node that is gone (or never served files) is gone with it."""
+    if not file_server or not token:
         return
     with contextlib.suppress(BatchError):
         await call("DELETE", file_server, token, directory, params={"recursive": "true"})

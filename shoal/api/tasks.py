@@ -7,10 +7,9 @@ from starlette.responses import Response
 
 from shoal.api import listing
 from shoal.api.http import (
-    check_conditions,
     decode_token,
     empty_response,
-    has_conditions,
+    guard,
     json_response,
     max_results,
     read_json,
@@ -48,16 +47,13 @@ def _ids(request: Request) -> tuple[str, str]:
 
 
 def _guard(request: Request, ctx: Context) -> None:
-    if has_conditions(request):
-        etag, modified = task_service.etag_of(ctx, *_ids(request))
-        check_conditions(request, etag, modified)
+    guard(request, lambda: task_service.etag_of(ctx, *_ids(request)))
 
 
 async def get_task(request: Request, ctx: Context) -> Response:
-    task = task_service.get(ctx, *_ids(request))
-    _etag, modified = task_service.etag_of(ctx, *_ids(request))
-    _guard(request, ctx)
-    return listing.single(request, task, "tasks/@Element", modified)
+    etag, modified = task_service.etag_of(ctx, *_ids(request))
+    guard(request, lambda: (etag, modified))
+    return listing.single(request, task_service.get(ctx, *_ids(request)), "tasks/@Element", modified)
 
 
 async def update_task(request: Request, ctx: Context) -> Response:
@@ -70,9 +66,7 @@ async def update_task(request: Request, ctx: Context) -> Response:
 
 async def delete_task(request: Request, ctx: Context) -> Response:
     _guard(request, ctx)
-    file_server, directory = task_service.delete_task(ctx, *_ids(request))
-    if file_server and directory:
-        await delete_remote_tree(ctx, file_server, directory)
+    await delete_remote_tree(*task_service.delete_task(ctx, *_ids(request)))
     return empty_response(request, 200)
 
 

@@ -270,22 +270,21 @@ def reactivate(ctx: Context, job_id: str, task_id: str) -> None:
     ctx.signals.wake_scheduler()
 
 
-def delete_task(ctx: Context, job_id: str, task_id: str) -> tuple[str | None, str | None]:
-    """Returns the (file server url, task dir) the caller should clean up, if known."""
+def delete_task(ctx: Context, job_id: str, task_id: str) -> tuple[str | None, str | None, str]:
+    """Returns the (file server url, node token, task dir) of the folder the caller should remove."""
     with ctx.engine.begin() as conn:
         job, row = load(conn, ctx, job_id, task_id)
         touched = transitions.terminate(conn, [row]) if row.state == "running" else set()
         transitions.refresh_node_busy(conn, touched)
         conn.execute(delete(tasks).where(tasks.c.seq == row.seq))
         node_id = (row.node_info or {}).get("nodeId")
-        url = None
-        if node_id:
-            url = conn.execute(select(nodes.c.file_server_url).where(nodes.c.id == node_id)).scalar()
+        node = conn.execute(select(nodes.c.file_server_url, nodes.c.token).where(nodes.c.id == node_id)).first() \
+            if node_id else None
         job_service.finish_all_complete_jobs(ctx, conn, [job.seq])
     for touched_id in touched:
         ctx.signals.wake_node(touched_id)
     ctx.signals.wake_scheduler()
-    return url, task_dir(job.id, row.id)
+    return (node.file_server_url if node else None, node.token if node else None, task_dir(job.id, row.id))
 
 
 def node_of(ctx: Context, job_id: str, task_id: str) -> tuple[Any, str]:
@@ -311,10 +310,12 @@ def expired_folders(ctx: Context, limit: int = 100) -> list[tuple[int, str | Non
             .where(jobs.c.account == ctx.account, tasks.c.retention_deadline.is_not(None),
                    tasks.c.retention_deadline < clock.now(), tasks.c.state == "completed")
             .limit(limit)).all()
+        node_ids = {(row.node_info or {}).get("nodeId") for row in rows}
+        servers = {n.id: n for n in conn.execute(select(nodes.c.id, nodes.c.file_server_url, nodes.c.token)
+                                                 .where(nodes.c.id.in_(node_ids - {None}))).all()}
         out = []
         for row in rows:
-            node_id = (row.node_info or {}).get("nodeId")
-            node = conn.execute(select(nodes.c.file_server_url, nodes.c.token).where(nodes.c.id == node_id)).first()
+            node = servers.get((row.node_info or {}).get("nodeId"))
             out.append((row.seq, node.file_server_url if node else None, node.token if node else None,
                         task_dir(row.job_id, row.id)))
         return out
