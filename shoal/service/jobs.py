@@ -196,6 +196,7 @@ def disable(ctx: Context, job_id: str, body: Any) -> None:
     if body.get("disableTasks") is None:
         raise MissingProperty("disableTasks")
     option = v.choice(body, "disableTasks", DISABLE_OPTIONS)
+    assert option is not None  # required above
     with ctx.engine.begin() as conn:
         row = load(conn, ctx, job_id)
         if row.state in ("disabling", "disabled"):
@@ -205,11 +206,7 @@ def disable(ctx: Context, job_id: str, body: Any) -> None:
                            code="JobNotActive")
         running = conn.execute(select(tasks).where(tasks.c.job_seq == row.seq,
                                                    tasks.c.state == "running")).all()
-        touched: set[str] = set()
-        if option == "requeue":
-            touched = transitions.requeue(conn, running, user_requested=True)
-        elif option == "terminate":
-            touched = transitions.terminate(conn, running)
+        touched = transitions.stop_running(conn, running, option)
         transitions.refresh_node_busy(conn, touched)
         waiting = option == "wait" and bool(running)
         _set_state(conn, row, "disabling" if waiting else "disabled", disable_option=option)

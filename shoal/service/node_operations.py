@@ -26,15 +26,6 @@ DISABLE_OPTIONS = ("requeue", "terminate", "taskcompletion")
 RESTARTS = {"reboot": "rebooting", "reimage": "reimaging"}
 
 
-def _handle_running(conn: Connection, node_id: str, option: str) -> set[str]:
-    running = transitions.running_on(conn, [node_id])
-    if option == "requeue":
-        return transitions.requeue(conn, running, user_requested=True)
-    if option == "terminate":
-        return transitions.terminate(conn, running)
-    return set()
-
-
 def disable_scheduling(ctx: Context, pool_id: str, node_id: str, body: Any) -> None:
     body = v.require_object(body or {})
     option = v.choice(body, "nodeDisableSchedulingOption", DISABLE_OPTIONS, default="requeue")
@@ -43,7 +34,7 @@ def disable_scheduling(ctx: Context, pool_id: str, node_id: str, body: Any) -> N
         _pool, row = node_service.load(conn, ctx, pool_id, node_id)
         if row.scheduling_state == "disabled":
             raise Conflict("The node's scheduling is already disabled.", code="NodeAlreadyInTargetSchedulingState")
-        _handle_running(conn, row.id, option)
+        transitions.stop_running(conn, transitions.running_on(conn, [row.id]), option)
         conn.execute(update(nodes).where(nodes.c.id == row.id).values(scheduling_state="disabled",
                                                                        etag=clock.new_etag()))
         transitions.refresh_node_busy(conn, [row.id])
@@ -74,7 +65,7 @@ def restart(ctx: Context, pool_id: str, node_id: str, body: Any, kind: str) -> N
         if row.state not in ("idle", "running", "offline", "starttaskfailed", "unusable"):
             raise Conflict(f"The node is {row.state}; it can be {kind}ed only when idle or running.",
                            code="NodeNotReady")
-        _handle_running(conn, row.id, option)
+        transitions.stop_running(conn, transitions.running_on(conn, [row.id]), option)
         conn.execute(update(nodes).where(nodes.c.id == row.id).values(pending_action=kind, etag=clock.new_etag()))
         begin_pending(conn)
     ctx.signals.wake_node(node_id)

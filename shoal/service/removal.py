@@ -25,11 +25,7 @@ def mark_leaving(ctx: Context, conn: Connection, node_rows: Sequence[Any], optio
     if not node_rows:
         return
     ids = [n.id for n in node_rows]
-    running = transitions.running_on(conn, ids)
-    if option == "requeue":
-        transitions.requeue(conn, running, user_requested=True)
-    elif option == "terminate":
-        transitions.terminate(conn, running)
+    transitions.stop_running(conn, transitions.running_on(conn, ids), option)
     now = clock.now()
     conn.execute(update(nodes).where(nodes.c.id.in_(ids)).values(
         state="leavingpool", leave_option=option, scheduling_state="disabled",

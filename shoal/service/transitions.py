@@ -143,6 +143,17 @@ def terminate(conn: Connection, rows: Iterable[Any], failure: dict[str, Any] | N
     return touched
 
 
+def stop_running(conn: Connection, rows: Iterable[Any], option: str) -> set[str]:
+    """Apply a deallocation/disable option to running tasks: `requeue` puts them back (counting
+    a requeue), `terminate` ends them; anything else (taskcompletion, retaineddata, wait) lets
+    them run. Returns the nodes whose tasks moved."""
+    if option == "requeue":
+        return requeue(conn, rows, user_requested=True)
+    if option == "terminate":
+        return terminate(conn, rows)
+    return set()
+
+
 def effective_max_retries(conn: Connection, row: Any) -> int:
     own = (row.spec.get("constraints") or {}).get("maxTaskRetryCount")
     if own is not None:
