@@ -133,9 +133,10 @@ def sync(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAn
         conn.execute(update(nodes).where(nodes.c.id == node_id).values(**values))
         if isinstance(body.get("metrics"), dict):
             ctx.node_metrics[node_id] = body["metrics"]
+        ready = False
         if body.get("startTask") is not None:
             answer.run_start_task = False
-            _record_start_task(conn, node, body["startTask"])
+            ready = _record_start_task(conn, node, body["startTask"])
         elif node.run_start_task:
             answer.run_start_task = True
         reports = body.get("reports") or []
@@ -144,24 +145,26 @@ def sync(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAn
             if touched_jobs:
                 job_service.finish_all_complete_jobs(ctx, conn, list(touched_jobs))
                 transitions.refresh_node_busy(conn, [node_id])
-                woken = scheduling.schedule_pool(ctx, conn, node.pool_seq)
-        _deliveries(ctx, conn, node, body, answer)
-    # The pool of this node was scheduled inline above; other pools are not touched by its
-    # reports, so the scheduler loop need not run for them.
+        if touched_jobs or ready:
+            # Slots were freed or a node became ready: schedule its pool now, so this answer
+            # already carries the next tasks.
+            woken = scheduling.schedule_pool(ctx, conn, node.pool_seq)
+        _deliveries(conn, node, body, answer)
+    # The pool of this node was scheduled inline above; other pools are not touched by this
+    # sync, so the scheduler loop need not run for them.
     for other in woken - {node_id}:
         ctx.signals.wake_node(other)
     return answer
 
 
 def deliveries(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAnswer:
-    """The second half of a sync, for the end of a long poll. It writes only when the node
-    leaves (its record goes in the same transaction that tells the agent to leave)."""
+    """The read-only second half of a sync, for the end of a long poll."""
     answer = SyncAnswer()
-    with ctx.engine.begin() as conn:
+    with ctx.engine.connect() as conn:
         node = _node_by_token(conn, node_id, token)
         if node.run_start_task and body.get("startTask") is None:
             answer.run_start_task = True
-        _deliveries(ctx, conn, node, body, answer)
+        _deliveries(conn, node, body, answer)
     return answer
 
 
@@ -181,7 +184,8 @@ def _state_on_return(conn: Connection, node: Any) -> str:
     return "running" if busy else "idle"
 
 
-def _record_start_task(conn: Connection, node: Any, report: dict[str, Any]) -> None:
+def _record_start_task(conn: Connection, node: Any, report: dict[str, Any]) -> bool:
+    """Record the start task's state; True when that made the node ready for tasks."""
     now = clock.now()
     info = {k: report[k] for k in ("state", "startTime", "endTime", "exitCode", "retryCount", "lastRetryTime")
             if report.get(k) is not None}
@@ -195,15 +199,17 @@ def _record_start_task(conn: Connection, node: Any, report: dict[str, Any]) -> N
     pool = conn.execute(select(pools.c.spec).where(pools.c.seq == node.pool_seq)).scalar_one()
     wait = (pool.get("startTask") or {}).get("waitForSuccess", True)
     if node.state in ("starting", "waitingforstarttask", "starttaskfailed"):
+        ready = "offline" if node.scheduling_state == "disabled" else "idle"
         if report.get("state") == "running":
-            new_state = "waitingforstarttask" if wait else "idle"
+            new_state = "waitingforstarttask" if wait else ready
         elif info.get("result") == "success" or not wait:
-            new_state = "idle"
+            new_state = ready
         else:
             new_state = "starttaskfailed"
         if new_state != node.state:
             values.update(state=new_state, state_transition_time=now)
     conn.execute(update(nodes).where(nodes.c.id == node.id).values(etag=clock.new_etag(), **values))
+    return values.get("state") == "idle"
 
 
 def _apply_reports(conn: Connection, node_id: str, reports: list[dict[str, Any]]) -> tuple[list[Attempt], set[int]]:
@@ -239,7 +245,7 @@ _RUNNING_KEYS = (
 )
 
 
-def _deliveries(ctx: Context, conn: Connection, node: Any, body: dict[str, Any], answer: SyncAnswer) -> None:
+def _deliveries(conn: Connection, node: Any, body: dict[str, Any], answer: SyncAnswer) -> None:
     if node.state == "leavingpool":
         running = transitions.running_on(conn, [node.id])
         if not running:
