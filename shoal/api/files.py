@@ -12,6 +12,7 @@ from starlette.responses import Response
 from shoal import clock
 from shoal.api import listing, remote_files
 from shoal.api.http import request_headers
+from shoal.errors import ConditionNotMet, NotFound
 from shoal.service import nodes as node_service
 from shoal.service import tasks as task_service
 from shoal.service.context import Context
@@ -80,8 +81,6 @@ def _file_handler(locate):  # type: ignore[no-untyped-def]
         if response.headers.get("content-type", "").startswith("application/json") and request.method == "GET" \
                 and response.headers.get("x-shoal-is-directory") is None:
             # A directory: Batch answers a GET on a directory as not found.
-            from shoal.errors import NotFound
-
             raise NotFound("The specified path is a directory.", code="FileNotFound")
         out_headers = {**request_headers(request), **_file_headers(response, f"{url_base}/{file_path}")}
         if request.method == "HEAD":
@@ -98,8 +97,6 @@ def _check_modified_since(request: Request, last_modified: str) -> None:
         return
     try:
         if parsedate_to_datetime(last_modified) <= parsedate_to_datetime(since):
-            from shoal.errors import ConditionNotMet
-
             raise ConditionNotMet()
     except (TypeError, ValueError):
         return

@@ -33,6 +33,11 @@ _START = (
 )
 
 
+_COUNT_RUN = (
+    update(nodes)
+    .where(nodes.c.id == bindparam("b_node"))
+    .values(total_tasks_run=nodes.c.total_tasks_run + bindparam("b_count"))
+)
 _READY = (
     select(tasks.c.seq, tasks.c.job_seq, tasks.c.required_slots)
     .where(tasks.c.job_seq == bindparam("b_job"), tasks.c.state == "active")
@@ -131,9 +136,7 @@ def _schedule_pool(ctx: Context, conn: Connection, pool: Any) -> set[str]:
         })
         per_node[placement.node_id] = per_node.get(placement.node_id, 0) + 1
     conn.execute(_START, starts)
-    for node_id, count in per_node.items():
-        conn.execute(update(nodes).where(nodes.c.id == node_id).values(
-            total_tasks_run=nodes.c.total_tasks_run + count))
+    conn.execute(_COUNT_RUN, [{"b_node": node_id, "b_count": count} for node_id, count in per_node.items()])
     conn.execute(update(nodes).where(nodes.c.id.in_(list(per_node)), nodes.c.state == "idle").values(
         state="running", state_transition_time=now))
     return set(per_node)
