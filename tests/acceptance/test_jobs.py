@@ -94,6 +94,9 @@ def test_list_paging_filter_select(client: Any, pool: str) -> None:
 
 def test_update_and_replace(client: Any, pool: str) -> None:
     new_job(client, "upd-job", priority=5, metadata=[models.BatchMetadataItem(name="a", value="1")])
+    # A task no node can hold keeps the job unfinished: with no tasks at all, terminatejob
+    # (set below) would end the job at once, racing the rest of the test.
+    add_task(client, "upd-job", "parked", "/bin/true", required_slots=1000)
     client.update_job("upd-job", models.BatchJobUpdateOptions(
         priority=-20, max_parallel_tasks=3, all_tasks_complete_mode="terminatejob",
         constraints=models.BatchJobConstraints(max_wall_clock_time="PT1H", max_task_retry_count=2)))
