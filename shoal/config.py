@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,24 @@ def default_data_dir() -> Path:
     return Path(user_data_dir("shoal", appauthor=False))
 
 
+# Where node roots live when Shoal runs as root. They cannot live in the data directory, which is
+# private (0700): a task's user must be able to reach its own folder. Node ids are unique, so
+# every server on the machine can share this parent; each gets a subfolder for its data dir.
+SYSTEM_NODES_DIR = Path("/var/lib/shoal/nodes")
+
+
+def default_nodes_dir(data_dir: Path) -> Path:
+    """Node roots: $SHOAL_NODES_DIR, else beside other servers' under /var/lib when root (so task
+    users can reach them), else inside the data dir (no other user runs tasks then)."""
+    explicit = os.environ.get("SHOAL_NODES_DIR")
+    if explicit:
+        return Path(explicit)
+    if os.geteuid() != 0:
+        return data_dir / "nodes"
+    digest = hashlib.sha256(str(Path(data_dir).absolute()).encode()).hexdigest()[:16]
+    return SYSTEM_NODES_DIR / digest
+
+
 def _float_env(name: str, default: float) -> float:
     raw = os.environ.get(name)
     return float(raw) if raw else default
@@ -50,6 +69,11 @@ class Settings:
     # Seconds (on the scaled timeline) before a metric sample is visible to formulas.
     sample_lag_s: float = field(default_factory=lambda: _float_env("SHOAL_SAMPLE_LAG_S", SAMPLE_LAG_S))
     poll_timeout_s: float = field(default_factory=lambda: _float_env("SHOAL_AGENT_POLL_TIMEOUT_S", AGENT_POLL_TIMEOUT_S))
+    nodes_dir: Path | None = None
+
+    @property
+    def effective_nodes_dir(self) -> Path:
+        return self.nodes_dir or default_nodes_dir(self.data_dir)
 
     @property
     def sqlite_url(self) -> str:

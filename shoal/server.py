@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
 import signal
 import socket
 from datetime import timedelta
@@ -57,6 +58,18 @@ class AlreadyRunning(RuntimeError):
     """Another Shoal process already serves this data directory."""
 
 
+def make_private(data_dir: Path) -> None:
+    """The data directory holds the keys and every node token: only Shoal's user may enter it,
+    and whatever the server creates there (database, WAL, logs, endpoint file) is 0600. An older
+    data directory made with looser modes is tightened, its files too."""
+    os.umask(0o077)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o700)
+    for child in data_dir.iterdir():
+        if child.is_file() and not child.is_symlink():
+            child.chmod(0o600)
+
+
 def hold_data_dir(data_dir: Path) -> Any:
     """One server per data directory: two would both schedule and both start agents for the
     same nodes. The lock is the kernel's, so it goes with the process, even after kill -9."""
@@ -92,7 +105,7 @@ class _QuietServer(uvicorn.Server):
 class ControlPlane:
     def __init__(self, settings: Settings, *, local_provider: bool = True) -> None:
         self.settings = settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private(settings.data_dir)
         self._lock = hold_data_dir(settings.data_dir)
         self.engine = open_store(settings.effective_database_url)
         self.keys = ensure_account(self.engine)
@@ -119,7 +132,7 @@ class ControlPlane:
         if local_provider:
             from shoal.providers.local import LocalProvider
 
-            self.provider = LocalProvider(self.ctx, settings.data_dir, self.endpoint,
+            self.provider = LocalProvider(self.ctx, settings.effective_nodes_dir, self.endpoint,
                                           spot_eviction_rate=settings.spot_eviction_rate)
         self._tasks: list[asyncio.Task[None]] = []
         self.stopping = False
@@ -128,6 +141,8 @@ class ControlPlane:
         path = Path(self.settings.data_dir) / ENDPOINT_FILE
         tmp = path.with_suffix(".tmp")
         record = {"endpoint": self.endpoint, "account": DEFAULT_ACCOUNT}
+        if self.provider is not None:
+            record["nodesDir"] = str(self.settings.effective_nodes_dir)
         if self.settings.database_url:
             # `shoal account show` finds the account in that database; the file is private.
             record["database"] = self.settings.database_url

@@ -1,6 +1,7 @@
 """The local provider: every node is a `shoal agent` subprocess on this machine.
 
-Each node gets its own node root, `<data-dir>/nodes/<node id>/batch/tasks`. Agents run in their
+Each node gets its own node root, `<nodes dir>/<node id>/batch/tasks` (the nodes dir is outside
+the private data dir when Shoal runs as root; see `shoal.config.default_nodes_dir`). Agents run in their
 own session so that a crash of the server (kill -9) leaves them running; a restarted server
 adopts them by pid, and the agents resend whatever was not acknowledged.
 """
@@ -50,13 +51,27 @@ class _Agent:
             self.process.send_signal(sig)
 
 
+def _make_traversable(directory: Path) -> None:
+    """Create ``directory`` and any missing parents 0755 (the server's umask is 077): task users
+    must be able to walk down to their node's folders."""
+    missing = []
+    current = directory.absolute()
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        path.mkdir(exist_ok=True)
+        path.chmod(0o755)
+
+
 class LocalProvider:
-    def __init__(self, ctx: Context, data_dir: Path, join_url: str, *, spot_eviction_rate: float = 0.0,
+    def __init__(self, ctx: Context, nodes_dir: Path, join_url: str, *, spot_eviction_rate: float = 0.0,
                  eviction_seed: int | None = None) -> None:
         self.ctx = ctx
         self.eviction = EvictionPolicy(spot_eviction_rate, eviction_seed)
         self._last_eviction_check: float | None = None
-        self.nodes_dir = data_dir / "nodes"
+        self.nodes_dir = nodes_dir
+        _make_traversable(nodes_dir)
         self.join_url = join_url
         self.agents: dict[str, _Agent] = {}
 

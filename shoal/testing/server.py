@@ -26,6 +26,7 @@ class RunningShoal:
     primary_key: str
     secondary_key: str
     log_path: Path
+    nodes_dir: Path
 
     def client(self, key: str | None = None) -> Any:
         from azure.batch import BatchClient
@@ -68,8 +69,9 @@ def start_shoal(data_dir: Path, *, port: int = 0, extra_args: list[str] | None =
         process.kill()
         process.wait()
         raise
+    nodes_dir = Path(json.loads(endpoint_file.read_text()).get("nodesDir") or data_dir / "nodes")
     return RunningShoal(data_dir, process, info["endpoint"], info["name"], info["primaryKey"],
-                        info["secondaryKey"], log_path)
+                        info["secondaryKey"], log_path, nodes_dir)
 
 
 def stop_shoal(shoal: RunningShoal, *, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
@@ -97,10 +99,13 @@ def kill_agents(data_dir: Path) -> None:
     """After a kill -9 of the server its agents live on; tests clean them up."""
     import psutil
 
-    marker = str(data_dir / "nodes")
+    from shoal.config import default_nodes_dir
+
+    # Agents of a provider live under the nodes dir; agents started by hand under the data dir.
+    markers = (str(default_nodes_dir(data_dir)), str(data_dir))
     for process in psutil.process_iter(["cmdline"]):
         try:
-            if any(marker in part for part in process.info["cmdline"] or []):
+            if any(marker in part for part in process.info["cmdline"] or [] for marker in markers):
                 os.killpg(process.pid, signal.SIGKILL)
         except (psutil.Error, ProcessLookupError, PermissionError):
             continue

@@ -129,7 +129,7 @@ def test_delete_job_removes_tasks_and_folders(client: Any, pool: str, shoal: Any
     new_job(client, "del-job")
     add_task(client, "del-job", "sleeper", "sleep 60")
     task = wait_task_state(client, "del-job", "sleeper", "running")
-    folder = shoal.data_dir / "nodes" / task.node_info.node_id / "batch" / "tasks" / "workitems" / "del-job"
+    folder = shoal.nodes_dir / task.node_info.node_id / "batch" / "tasks" / "workitems" / "del-job"
     wait_for(lambda: (folder / "job-1" / "sleeper" / "stdout.txt").exists(), 10, message="task folder")
     poller = client.begin_delete_job("del-job", polling_interval=POLL_S)
     try:

@@ -87,7 +87,7 @@ def test_node_ids_states_and_start_task_info(client, ready_node):
 
 def test_start_task_environment(shoal, client, ready_node):
     node, _ = ready_node
-    root = shoal.data_dir / "nodes" / node.id / "batch" / "tasks"
+    root = shoal.nodes_dir / node.id / "batch" / "tasks"
     env = parse_env(read_node_file(client, "nodes-ok", node.id, "startup/stdout.txt").decode())
     assert env["GREETING"] == GREETING
     assert env["AZ_BATCH_NODE_ROOT_DIR"] == str(root)
@@ -107,7 +107,7 @@ def test_task_environment_and_folder_layout(shoal, client, ready_node):
         id="dump", command_line="/bin/sh -c 'env; echo CWD=$(pwd)'",
         environment_settings=[models.EnvironmentSetting(name="MINE", value="task value")]))
     assert wait_tasks_done(client, "envjob", timeout=30).succeeded == 1
-    root = shoal.data_dir / "nodes" / node.id / "batch" / "tasks"
+    root = shoal.nodes_dir / node.id / "batch" / "tasks"
     task_dir = root / "workitems" / "envjob" / "job-1" / "dump"
     env = parse_env(read_node_file(client, "nodes-ok", node.id, "workitems/envjob/job-1/dump/stdout.txt").decode())
     expected = {

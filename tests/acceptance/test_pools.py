@@ -240,7 +240,7 @@ def test_resize_conflicts_and_stop_resize(client):
 def test_delete_pool_stops_agents_and_removes_node_folders(shoal, client):
     client.create_pool(pool_options("del", target_dedicated_nodes=2))
     nodes = wait_pool_idle(client, "del", 2)
-    folders = [shoal.data_dir / "nodes" / n.id for n in nodes]
+    folders = [shoal.nodes_dir / n.id for n in nodes]
     processes = [p for n in nodes for p in agent_processes(n.id)]
     assert all(f.is_dir() for f in folders) and len(processes) == 2
     with frozen_agent(nodes[0].id):

@@ -157,7 +157,7 @@ def test_delete_running_task(client: Any, job: str, shoal: Any) -> None:
     add(client, job, "t", TREE)
     main, child = tree_pids(client, job, "t")
     node_id = client.get_task(job, "t").node_info.node_id
-    folder = shoal.data_dir / "nodes" / node_id / "batch" / "tasks" / "workitems" / job / "job-1" / "t"
+    folder = shoal.nodes_dir / node_id / "batch" / "tasks" / "workitems" / job / "job-1" / "t"
     assert folder.is_dir()
     client.delete_task(job, "t")
     assert error_of(lambda: client.get_task(job, "t")) == (404, "TaskNotFound")
@@ -274,7 +274,7 @@ def test_missing_program_not_retried(client: Any, job: str) -> None:
 def test_stdout_and_stderr_in_task_folder(client: Any, job: str, shoal: Any) -> None:
     add(client, job, "t", "/bin/sh -c 'echo to-out; echo to-err >&2; pwd'")
     task = wait_task_state(client, job, "t", "completed")
-    root = shoal.data_dir / "nodes" / task.node_info.node_id / "batch" / "tasks" / task.node_info.task_root_directory
+    root = shoal.nodes_dir / task.node_info.node_id / "batch" / "tasks" / task.node_info.task_root_directory
     assert (root / "stdout.txt").read_bytes() == f"to-out\n{root / 'wd'}\n".encode()
     assert (root / "stderr.txt").read_bytes() == b"to-err\n"
     assert stdout_of(client, job, "t", "stderr.txt") == b"to-err\n"
