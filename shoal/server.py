@@ -24,6 +24,7 @@ from shoal import clock
 from shoal.api import remote_files
 from shoal.api.agent import AgentHub
 from shoal.api.app import Api, build_app
+from shoal.api.http_protocol import BoundedHeadProtocol
 from shoal.config import PROVIDER_RECONCILE_S, SCHEDULER_IDLE_WAKE_S, Settings
 from shoal.service import allocation, autoscale, ids, metrics, node_operations, preemption, scheduling
 from shoal.service import jobs as job_service
@@ -246,7 +247,8 @@ class ControlPlane:
 
     async def serve(self) -> None:
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
-                                timeout_keep_alive=75, loop="none", timeout_graceful_shutdown=2)
+                                timeout_keep_alive=75, loop="none", timeout_graceful_shutdown=2,
+                                http=BoundedHeadProtocol)
         server = _QuietServer(config)
         if self.provider is not None:
             # Before the first request: nodes whose agents did not survive a restart are marked
