@@ -67,7 +67,7 @@ def make_private(data_dir: Path) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     data_dir.chmod(0o700)
     for child in data_dir.iterdir():
-        if child.is_file() and not child.is_symlink():
+        if child.is_file() and not child.is_symlink() and child.stat().st_uid == os.geteuid():
             child.chmod(0o600)
 
 

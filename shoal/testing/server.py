@@ -44,19 +44,57 @@ def account_info(data_dir: Path) -> dict[str, str]:
     return json.loads(out.stdout)
 
 
+def interpreter_for_others() -> tuple[str, str | None]:
+    """A Python another user can run with this environment's packages: ours when they can reach
+    it, else the system's Python of the same minor version with our site-packages on its path
+    (pyenv lives in root's 0700 home)."""
+    import sysconfig
+
+    if _others_can_execute(Path(sys.executable).resolve()):
+        return sys.executable, None
+    system = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
+    if not system.exists():
+        raise RuntimeError(f"no Python another user can run: {sys.executable} is private and {system} is missing")
+    repo = Path(__file__).resolve().parents[2]
+    return str(system), os.pathsep.join([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], str(repo)])
+
+
+def _others_can_execute(path: Path) -> bool:
+    for part in [path, *path.parents]:
+        mode = part.stat().st_mode
+        if not mode & (0o001 if part.is_dir() else 0o001):
+            return False
+    return True
+
+
 def start_shoal(data_dir: Path, *, port: int = 0, extra_args: list[str] | None = None,
-                env: dict[str, str] | None = None, command: str = "up") -> RunningShoal:
+                env: dict[str, str] | None = None, command: str = "up", as_user: str | None = None) -> RunningShoal:
+    """Start `shoal COMMAND` on ``data_dir``; ``as_user`` runs it as that OS user (the caller is
+    root and ``data_dir`` is that user's)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     endpoint_file = data_dir / "endpoint.json"
     endpoint_file.unlink(missing_ok=True)
     log_path = data_dir / f"shoal-up-{int(time.time() * 1000)}.log"
     process_env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
     process_env.update(env or {})
+    identity: dict[str, Any] = {}
+    python = sys.executable
+    if as_user is not None:
+        import pwd
+
+        user = pwd.getpwnam(as_user)
+        identity = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+        process_env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
+        python, path = interpreter_for_others()
+        if path:
+            process_env["PYTHONPATH"] = path
     with open(log_path, "wb") as log_file:
+        if identity:
+            os.fchown(log_file.fileno(), identity["user"], identity["group"])
         process = subprocess.Popen(
-            [sys.executable, "-m", "shoal.cli", command, "--port", str(port), "--data-dir", str(data_dir),
+            [python, "-m", "shoal.cli", command, "--port", str(port), "--data-dir", str(data_dir),
              *(extra_args or [])], stdout=log_file, stderr=subprocess.STDOUT, env=process_env,
-            start_new_session=True)
+            start_new_session=True, **identity)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while not endpoint_file.exists():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -85,9 +123,10 @@ def stop_shoal(shoal: RunningShoal, *, sig: int = signal.SIGTERM, timeout: float
 
 
 @contextlib.contextmanager
-def running_shoal(data_dir: Path, *, extra_args: list[str] | None = None) -> Iterator[RunningShoal]:
+def running_shoal(data_dir: Path, *, extra_args: list[str] | None = None,
+                  as_user: str | None = None) -> Iterator[RunningShoal]:
     """A `shoal up` for the length of a `with` block; its agents are gone afterwards too."""
-    shoal = start_shoal(data_dir, extra_args=extra_args)
+    shoal = start_shoal(data_dir, extra_args=extra_args, as_user=as_user)
     try:
         yield shoal
     finally:
