@@ -31,7 +31,7 @@ from shoal.service import jobs as job_service
 from shoal.service import nodes as node_service
 from shoal.service import tasks as task_service
 from shoal.service.context import Context, Signals
-from shoal.store.db import open_store
+from shoal.store.db import StoreInUse, create_store_engine, hold_store, migrate
 from shoal.store.schema import accounts, nodes
 from shoal.timebase import TimeBase
 
@@ -108,7 +108,14 @@ class ControlPlane:
         self.settings = settings
         make_private(settings.data_dir)
         self._lock = hold_data_dir(settings.data_dir)
-        self.engine = open_store(settings.effective_database_url)
+        self.engine = create_store_engine(settings.effective_database_url)
+        try:
+            # Claimed before migrating: a second server must not change the schema under the first.
+            self._store_claim = hold_store(self.engine)
+        except StoreInUse as exc:
+            self.engine.dispose()
+            raise AlreadyRunning(str(exc)) from None
+        migrate(self.engine)
         self.keys = ensure_account(self.engine)
         self.sock = bind_socket(settings.host, settings.port)
         port = self.sock.getsockname()[1]

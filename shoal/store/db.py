@@ -6,7 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -38,6 +38,31 @@ def create_store_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+# One number for "a Shoal control plane serves this database" (pg_advisory_lock takes a bigint).
+SERVER_LOCK_KEY = 0x5340_414C  # "SHOAL"-ish, stable across releases
+
+
+class StoreInUse(RuntimeError):
+    """Another Shoal server already serves this database."""
+
+
+def hold_store(engine: Engine) -> Connection | None:
+    """Claim the database for this process until it exits; None on SQLite, where the data-dir lock
+    already guarantees one server. Two servers on one PostgreSQL would both schedule from their
+    own snapshots and over-fill nodes; until replicas coordinate, the second one is refused.
+    The lock is a session lock: it goes with the connection, so a killed server frees it at once."""
+    if engine.dialect.name != "postgresql":
+        return None
+    conn = engine.connect()
+    got = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": SERVER_LOCK_KEY}).scalar()
+    conn.commit()
+    if not got:
+        conn.close()
+        raise StoreInUse("another Shoal server is already serving this PostgreSQL database; "
+                         "several servers on one database are not supported yet")
+    return conn
 
 
 def migrate(engine: Engine) -> None:

@@ -61,8 +61,7 @@ def interpreter_for_others() -> tuple[str, str | None]:
 
 def _others_can_execute(path: Path) -> bool:
     for part in [path, *path.parents]:
-        mode = part.stat().st_mode
-        if not mode & (0o001 if part.is_dir() else 0o001):
+        if not part.stat().st_mode & 0o001:
             return False
     return True
 
