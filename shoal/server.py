@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,10 @@ ENDPOINT_FILE = "endpoint.json"
 # A short pause after a wake-up lets a burst of adds or completions share one scheduling pass.
 SCHEDULER_COALESCE_S = 0.002
 LIFECYCLE_INTERVAL_S = 0.5
+# A lifecycle duty that talks to nodes gives up after this long and tries again on its next pass.
+LIFECYCLE_DUTY_TIMEOUT_S = 60.0
+# Node folder deletions sent at once: a pool of unresponsive nodes costs one timeout, not one each.
+REMOTE_DELETE_CONCURRENCY = 32
 AUTOSCALE_CHECK_S = 1.0
 
 
@@ -170,31 +175,53 @@ class ControlPlane:
             except Exception:
                 log.exception("scheduling pass failed")
 
-    async def _lifecycle_loop(self) -> None:
+    def _lifecycle_duties(self) -> list[tuple[str, Callable[[], Any]]]:
+        """The lifecycle's duties, each run by its own loop: one that fails or hangs (a node that
+        never answers a folder deletion) cannot hold up the others (resizes, silent nodes)."""
+        ctx, settings = self.ctx, self.settings
+
+        def allocate() -> None:
+            if allocation.reconcile(ctx):
+                self._provider_wake.set()
+                self._scheduler_wake.set()
+
+        def finish_complete_jobs() -> None:
+            with self.engine.begin() as conn:
+                job_service.finish_all_complete_jobs(ctx, conn)
+
+        return [
+            ("allocation", allocate),
+            ("silent nodes", lambda: node_service.mark_silent_nodes_unusable(ctx, settings.heartbeat_timeout_s)),
+            ("spot recovery", lambda: preemption.recover(ctx, timedelta(seconds=settings.spot_recovery_s),
+                                                         settings.spot_capacity)),
+            ("job disables", lambda: job_service.finish_waiting_disables(ctx)),
+            ("job completion", finish_complete_jobs),
+            ("deleted jobs", self._reap_deleted_jobs),
+            ("job wall clock", lambda: job_service.enforce_max_wall_clock(ctx)),
+            ("node operations", lambda: node_operations.start_pending(ctx)),
+            ("task retention", self._remove_expired_task_folders),
+        ]
+
+    async def _duty_loop(self, name: str, duty: Callable[[], Any]) -> None:
         while True:
             try:
-                if allocation.reconcile(self.ctx):
-                    self._provider_wake.set()
-                    self._scheduler_wake.set()
-                node_service.mark_silent_nodes_unusable(self.ctx, self.settings.heartbeat_timeout_s)
-                preemption.recover(self.ctx, timedelta(seconds=self.settings.spot_recovery_s),
-                                   self.settings.spot_capacity)
-                job_service.finish_waiting_disables(self.ctx)
-                with self.engine.begin() as conn:
-                    job_service.finish_all_complete_jobs(self.ctx, conn)
-                for job_id, pool_seq in job_service.reap_deleted(self.ctx):
-                    await self._remove_job_folders(job_id, pool_seq)
-                job_service.enforce_max_wall_clock(self.ctx)
-                node_operations.start_pending(self.ctx)
-                await self._remove_expired_task_folders()
+                outcome = duty()
+                if asyncio.iscoroutine(outcome):
+                    await asyncio.wait_for(outcome, LIFECYCLE_DUTY_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("lifecycle duty %r took longer than %s s; it runs again next pass",
+                            name, LIFECYCLE_DUTY_TIMEOUT_S)
             except Exception:
-                log.exception("lifecycle pass failed")
+                log.exception("lifecycle duty %r failed", name)
             await asyncio.sleep(LIFECYCLE_INTERVAL_S)
+
+    async def _reap_deleted_jobs(self) -> None:
+        for job_id, pool_seq in job_service.reap_deleted(self.ctx):
+            await self._remove_job_folders(job_id, pool_seq)
 
     async def _remove_expired_task_folders(self) -> None:
         expired = task_service.expired_folders(self.ctx)
-        for _seq, url, token, folder in expired:
-            await remote_files.delete_remote_tree(url, token, folder)
+        await _bounded_gather(remote_files.delete_remote_tree(url, token, folder) for _seq, url, token, folder in expired)
         task_service.folders_removed(self.ctx, [seq for seq, *_ in expired])
 
     async def _remove_job_folders(self, job_id: str, pool_seq: int | None) -> None:
@@ -202,8 +229,7 @@ class ControlPlane:
             return
         with self.engine.connect() as conn:
             rows = conn.execute(select(nodes.c.file_server_url, nodes.c.token).where(nodes.c.pool_seq == pool_seq)).all()
-        for url, token in rows:
-            await remote_files.delete_remote_tree(url, token, f"workitems/{job_id}")
+        await _bounded_gather(remote_files.delete_remote_tree(url, token, f"workitems/{job_id}") for url, token in rows)
 
     async def _sampler_loop(self) -> None:
         """Metric samples every sample period, on the scaled timeline."""
@@ -236,7 +262,8 @@ class ControlPlane:
 
     async def start_loops(self) -> None:
         self._tasks.append(asyncio.create_task(self._scheduler_loop()))
-        self._tasks.append(asyncio.create_task(self._lifecycle_loop()))
+        for name, duty in self._lifecycle_duties():
+            self._tasks.append(asyncio.create_task(self._duty_loop(name, duty)))
         self._tasks.append(asyncio.create_task(self._sampler_loop()))
         self._tasks.append(asyncio.create_task(self._autoscale_loop()))
         if self.provider is not None:
@@ -274,6 +301,17 @@ class ControlPlane:
             await server.serve(sockets=[self.sock])
         finally:
             await self.stop_loops()
+
+
+async def _bounded_gather(calls: Iterable[Awaitable[Any]]) -> None:
+    """Await ``calls`` REMOTE_DELETE_CONCURRENCY at a time; failures are the callee's to swallow."""
+    gate = asyncio.Semaphore(REMOTE_DELETE_CONCURRENCY)
+
+    async def gated(call: Awaitable[Any]) -> None:
+        async with gate:
+            await call
+
+    await asyncio.gather(*(gated(c) for c in calls), return_exceptions=True)
 
 
 def run(settings: Settings, *, local_provider: bool = True, on_ready: Any = None) -> None:
