@@ -6,18 +6,24 @@ agents and report what they lose (ARCHITECTURE.md: providers only provision).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
 
 from shoal import clock
-from shoal.service import ids, preemption, removal, transitions
+from shoal.service import ids, preemption, quotas, removal, transitions
 from shoal.service.context import Context
 from shoal.store.schema import nodes, pools
 
 # Which nodes go first when a pool shrinks: broken and unstarted ones, then the least busy.
 _REMOVAL_ORDER = {"preempted": -1, "unusable": 0, "starttaskfailed": 1, "creating": 2, "starting": 3,
                   "waitingforstarttask": 4, "offline": 5, "idle": 6, "running": 7}
+
+
+# Node records created per pool and pass: a large resize proceeds over several passes, each a
+# short transaction, rather than one that holds the store (and the loop running it) for long.
+NODES_PER_PASS = 50
 
 
 def reconcile(ctx: Context) -> bool:
@@ -38,25 +44,43 @@ def reconcile(ctx: Context) -> bool:
             staying = conn.execute(select(func.count()).where(
                 nodes.c.pool_seq == pool.seq, nodes.c.is_dedicated.is_(False),
                 nodes.c.state != "leavingpool")).scalar_one()
-            changed |= _add_nodes(conn, pool, False, pool.target_low_priority - staying, ctx.spot_capacity) > 0
+            changed |= _add_nodes(ctx, conn, pool, False, pool.target_low_priority - staying).added > 0
     return changed
 
 
-def _add_nodes(conn: Any, pool: Any, dedicated: bool, wanted: int, spot_capacity: int | None) -> int:
-    """Create up to `wanted` node records; spot ones only as far as the machine's spot capacity
-    goes. Returns how many were created."""
+@dataclass(frozen=True)
+class _Growth:
+    added: int
+    # Why the pool cannot reach its target (a resize error), or None if it can, now or in later passes.
+    error: dict[str, str] | None
+
+
+def _add_nodes(ctx: Context, conn: Any, pool: Any, dedicated: bool, wanted: int) -> _Growth:
+    """Create up to `wanted` node records, as far as the account's core quota, the machine's
+    capacity (spot: its spot capacity) allow, and at most NODES_PER_PASS in this pass."""
     if wanted <= 0:
-        return 0
-    count = wanted if dedicated else preemption.spot_room(conn, spot_capacity, wanted)
-    now = clock.now()
-    for _ in range(count):
-        conn.execute(insert(nodes).values(
+        return _Growth(0, None)
+    room = quotas.room_for(ctx, conn, pool, dedicated, wanted)
+    possible = room.nodes if dedicated else preemption.spot_room(conn, ctx.spot_capacity, room.nodes)
+    count = min(possible, NODES_PER_PASS)
+    if room.limited_by == "quota":
+        error: dict[str, str] | None = quotas.quota_error(dedicated)
+    elif room.limited_by == "capacity":
+        error = quotas.capacity_error()
+    elif possible < wanted:
+        error = {"code": "AllocationFailed",
+                 "message": "Spot capacity is short: the pool keeps seeking its low-priority target."}
+    else:
+        error = None
+    if count > 0:
+        now = clock.now()
+        conn.execute(insert(nodes), [dict(
             id=ids.node_id(dedicated), pool_seq=pool.seq, state="creating",
             scheduling_state="enabled", is_dedicated=dedicated, token=ids.token(),
             slots=pool.slots_per_node, allocation_time=now, state_transition_time=now,
             run_start_task=False, total_tasks_run=0, total_tasks_succeeded=0,
-            etag=clock.new_etag()))
-    return count
+            etag=clock.new_etag()) for _ in range(count)])
+    return _Growth(count, error)
 
 
 def _reconcile_pool(ctx: Context, conn: Any, pool: Any) -> bool:
@@ -68,36 +92,38 @@ def _reconcile_pool(ctx: Context, conn: Any, pool: Any) -> bool:
         _set_steady(conn, pool, errors=pool.resize_errors)
         return True
     changed = False
-    short_of_spot = False
+    errors: list[dict[str, str]] = []
+    still_growing = False
     for dedicated, target in ((True, pool.target_dedicated), (False, pool.target_low_priority)):
         group = [n for n in staying if bool(n.is_dedicated) == dedicated]
         if len(group) < target:
-            added = _add_nodes(conn, pool, dedicated, target - len(group), ctx.spot_capacity)
-            changed |= added > 0
-            short_of_spot |= len(group) + added < target
+            growth = _add_nodes(ctx, conn, pool, dedicated, target - len(group))
+            changed |= growth.added > 0
+            if growth.error is not None:
+                errors.append(growth.error)
+            elif len(group) + growth.added < target:
+                still_growing = True
         elif len(group) > target:
             surplus = _pick_surplus(conn, group, len(group) - target)
             removal.mark_leaving(ctx, conn, surplus, pool.deallocation_option or "requeue")
             leaving.extend(surplus)
             changed = True
     # Nodes count towards the pool once allocated (as in Batch, `creating` nodes are current), so a
-    # grow is done in the pass that adds them; only nodes still leaving keep the pool resizing. A
-    # deleting pool has targets of zero, so no leaving nodes there means no nodes at all.
-    if not leaving:
+    # grow is done in the pass that adds its last nodes; nodes still leaving, or still to be added
+    # in later passes, keep the pool resizing. A deleting pool has targets of zero, so no leaving
+    # nodes there means no nodes at all.
+    if not leaving and not still_growing:
         if pool.state == "deleting":
             conn.execute(delete(nodes).where(nodes.c.pool_seq == pool.seq))
             conn.execute(delete(pools).where(pools.c.seq == pool.seq))
         else:
-            _set_steady(conn, pool, errors=[{
-                "code": "AllocationFailed",
-                "message": "Spot capacity is short: the pool keeps seeking its low-priority target."}]
-                if short_of_spot else None)
+            _set_steady(conn, pool, errors=errors or None)
         return True
     deadline = clock.as_utc(pool.resize_deadline)
     if deadline is not None and now > deadline and pool.state != "deleting":
-        _set_steady(conn, pool, errors=[{"code": "AllocationTimedout",
-                                         "message": "Desired number of nodes could not be allocated "
-                                                    "within the resize timeout."}])
+        _set_steady(conn, pool, errors=[*errors, {"code": "AllocationTimedout",
+                                                  "message": "Desired number of nodes could not be allocated "
+                                                             "within the resize timeout."}])
         return True
     return changed
 

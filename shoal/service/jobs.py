@@ -7,15 +7,20 @@ from typing import Any
 from sqlalchemy import Connection, delete, func, insert, select, update
 
 from shoal import clock
-from shoal.errors import BadRequest, Conflict, InvalidProperty, MissingProperty, NotFound
-from shoal.service import transitions
+from shoal.errors import Conflict, InvalidProperty, MissingProperty, NotFound
+from shoal.service import quotas, request_body, transitions
 from shoal.service import validation as v
 from shoal.service.context import Context
 from shoal.store.schema import jobs, pools, tasks
 
-_KEPT = ("displayName", "constraints", "jobManagerTask", "jobPreparationTask", "jobReleaseTask",
-         "commonEnvironmentSettings", "poolInfo", "onAllTasksComplete", "onTaskFailure", "metadata",
-         "usesTaskDependencies", "networkConfiguration", "allowTaskPreemption")
+_KEPT = ("displayName", "constraints", "commonEnvironmentSettings", "poolInfo", "onAllTasksComplete",
+         "onTaskFailure", "metadata")
+# What Shoal does not carry out yet: refused when given, never stored and ignored. A boolean is
+# "given" when true (false asks for nothing); `allowTaskPreemption` would let higher-priority jobs
+# requeue this job's tasks, which Shoal's scheduler never does.
+UNSUPPORTED_ON_CREATE = ("jobManagerTask", "jobPreparationTask", "jobReleaseTask", "networkConfiguration",
+                         "usesTaskDependencies", "allowTaskPreemption", "poolInfo.autoPoolSpecification")
+UNSUPPORTED_ON_UPDATE = ("networkConfiguration", "allowTaskPreemption", "poolInfo.autoPoolSpecification")
 DISABLE_OPTIONS = ("requeue", "terminate", "wait")
 
 
@@ -58,9 +63,7 @@ def _validate_mutable(body: dict[str, Any]) -> dict[str, Any]:
     v.name_value_pairs(body, "metadata")
     pool_info = v.obj(body, "poolInfo")
     if pool_info is not None:
-        if pool_info.get("autoPoolSpecification") is not None:
-            raise BadRequest("Auto pools are not supported yet.", code="FeatureNotSupported",
-                             values={"PropertyName": "poolInfo.autoPoolSpecification"})
+        request_body.refuse_unsupported(body, ("poolInfo.autoPoolSpecification",))
         pool_id = v.string(pool_info, "poolId", required=True, path="poolInfo.poolId")
         assert pool_id is not None
         fields["pool_key"] = pool_id.lower()
@@ -69,21 +72,21 @@ def _validate_mutable(body: dict[str, Any]) -> dict[str, Any]:
 
 def create(ctx: Context, body: Any) -> None:
     body = v.require_object(body)
+    request_body.check(body, "job.create")
     job_id = v.resource_id(body)
     if body.get("poolInfo") is None:
         raise MissingProperty("poolInfo")
     v.string(body, "displayName", max_len=v.MAX_DISPLAY_NAME)
+    request_body.refuse_unsupported(body, UNSUPPORTED_ON_CREATE)
     fields = _validate_mutable(body)
-    v.name_value_pairs(body, "commonEnvironmentSettings")
-    if body.get("jobManagerTask") is not None:
-        raise BadRequest("Job manager tasks are not supported yet.", code="FeatureNotSupported",
-                         values={"PropertyName": "jobManagerTask"})
-    spec = {name: body[name] for name in _KEPT if name in body}
+    v.environment_settings(body, "commonEnvironmentSettings")
+    spec = {name: body[name] for name in _KEPT if body.get(name) is not None}
     now = clock.now()
     with ctx.engine.begin() as conn:
         if conn.execute(select(jobs.c.seq).where(jobs.c.account == ctx.account,
                                                  jobs.c.key == job_id.lower())).first():
             raise Conflict("The specified job already exists.", code="JobExists")
+        quotas.check_active_jobs(ctx, conn)
         conn.execute(insert(jobs).values(
             account=ctx.account, id=job_id, key=job_id.lower(), state="active",
             priority=fields.get("priority", 0), pool_key=fields["pool_key"],
@@ -104,8 +107,8 @@ def to_wire(ctx: Context, row: Any) -> dict[str, Any]:
         "stateTransitionTime": clock.iso(row.state_transition_time),
         "priority": row.priority,
         "maxParallelTasks": row.max_parallel_tasks,
-        "allowTaskPreemption": bool(spec.get("allowTaskPreemption", False)),
-        "usesTaskDependencies": bool(spec.get("usesTaskDependencies", False)),
+        "allowTaskPreemption": False,
+        "usesTaskDependencies": False,
         "onAllTasksComplete": spec.get("onAllTasksComplete", "noaction"),
         "onTaskFailure": spec.get("onTaskFailure", "noaction"),
         "constraints": {"maxWallClockTime": clock.UNLIMITED, "maxTaskRetryCount": 0,
@@ -156,6 +159,8 @@ def _set_state(conn: Connection, row: Any, state: str, **values: Any) -> None:
 
 def _apply_update(ctx: Context, job_id: str, body: Any, *, replace: bool) -> None:
     body = v.require_object(body)
+    request_body.check(body, "job.replace" if replace else "job.patch")
+    request_body.refuse_unsupported(body, UNSUPPORTED_ON_UPDATE)
     if replace and body.get("poolInfo") is None:
         # PUT replaces the whole job and a job always has a pool (JobUpdateParameter requires it).
         raise MissingProperty("poolInfo")
@@ -167,7 +172,7 @@ def _apply_update(ctx: Context, job_id: str, body: Any, *, replace: bool) -> Non
             raise Conflict("The pool of a job can only be changed while the job is disabled.",
                            code="JobNotDisabled")
         spec = dict(row.spec)
-        for name in ("constraints", "poolInfo", "onAllTasksComplete", "metadata", "allowTaskPreemption"):
+        for name in ("constraints", "poolInfo", "onAllTasksComplete", "metadata"):
             if name in body and body[name] is not None:
                 spec[name] = body[name]
             elif replace and name not in ("poolInfo",):
@@ -193,6 +198,7 @@ def replace(ctx: Context, job_id: str, body: Any) -> None:
 
 def disable(ctx: Context, job_id: str, body: Any) -> None:
     body = v.require_object(body)
+    request_body.check(body, "job.disable")
     if body.get("disableTasks") is None:
         raise MissingProperty("disableTasks")
     option = v.choice(body, "disableTasks", DISABLE_OPTIONS)
@@ -229,6 +235,7 @@ def enable(ctx: Context, job_id: str) -> None:
 
 def terminate(ctx: Context, job_id: str, body: Any, reason: str = "UserTerminate") -> None:
     body = v.require_object(body or {})
+    request_body.check(body, "job.terminate")
     reason = v.string(body, "terminateReason", max_len=64) or reason
     with ctx.engine.begin() as conn:
         row = load(conn, ctx, job_id)

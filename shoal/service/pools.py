@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
@@ -11,7 +11,7 @@ from shoal import clock
 from shoal.errors import Conflict, InvalidProperty, MissingProperty, NotFound
 from shoal.model import catalog
 from shoal.service import autoscale as autoscale_service
-from shoal.service import ids
+from shoal.service import ids, quotas, request_body
 from shoal.service import validation as v
 from shoal.service.context import Context
 from shoal.store.schema import nodes, pools
@@ -21,11 +21,34 @@ DEFAULT_RESIZE_TIMEOUT = timedelta(minutes=15)
 DEALLOCATION_OPTIONS = ("requeue", "terminate", "taskcompletion", "retaineddata")
 # Properties a client may set at creation that Shoal keeps verbatim in `spec`.
 _KEPT_PROPERTIES = (
-    "displayName", "virtualMachineConfiguration", "startTask", "applicationPackageReferences",
-    "userAccounts", "metadata", "mountConfiguration", "networkConfiguration", "enableInterNodeCommunication",
-    "certificateReferences", "targetNodeCommunicationMode", "upgradePolicy", "resourceTags",
-    "enableAutoScale", "autoScaleFormula", "autoScaleEvaluationInterval",
+    "displayName", "virtualMachineConfiguration", "startTask", "userAccounts", "metadata",
+    "targetNodeCommunicationMode", "enableAutoScale", "autoScaleFormula", "autoScaleEvaluationInterval",
 )
+# What Shoal's nodes do not carry out yet: refused when given (a non-empty value, or true), never
+# stored and ignored. Empty lists pass, since some clients send them for "none".
+UNSUPPORTED_ON_CREATE = (
+    "cloudServiceConfiguration", "certificateReferences", "applicationPackageReferences", "applicationLicenses",
+    "mountConfiguration", "networkConfiguration", "enableInterNodeCommunication", "resourceTags",
+    "virtualMachineConfiguration.containerConfiguration", "virtualMachineConfiguration.dataDisks",
+    "virtualMachineConfiguration.diskEncryptionConfiguration", "virtualMachineConfiguration.extensions",
+    "virtualMachineConfiguration.licenseType", "virtualMachineConfiguration.nodePlacementConfiguration",
+    "virtualMachineConfiguration.osDisk", "virtualMachineConfiguration.securityProfile",
+    "virtualMachineConfiguration.serviceArtifactReference", "virtualMachineConfiguration.windowsConfiguration",
+    "virtualMachineConfiguration.imageReference.virtualMachineImageId",
+    "virtualMachineConfiguration.imageReference.sharedGalleryImageId",
+    "virtualMachineConfiguration.imageReference.communityGalleryImageId",
+)
+_UNSUPPORTED_IN_START_TASK = ("resourceFiles", "containerSettings")
+# Pool properties the 2025-06-01 PATCH may change on an empty pool; Shoal does not change them.
+_NOT_UPDATABLE = ("vmSize", "virtualMachineConfiguration", "taskSlotsPerNode", "taskSchedulingPolicy",
+                  "networkConfiguration", "userAccounts", "mountConfiguration", "upgradePolicy",
+                  "enableInterNodeCommunication")
+_UNSUPPORTED_ON_UPDATE = ("certificateReferences", "applicationPackageReferences", "resourceTags")
+# Batch returns these write-only secrets of a pool's user accounts never (GET, list, or otherwise).
+_SECRET_USER_PROPERTIES = ("password",)
+_SECRET_LINUX_USER_PROPERTIES = ("sshPrivateKey",)
+# Node communication modes: Shoal's agents always talk to the service the "simplified" way.
+_COMMUNICATION_MODES = ("default", "simplified")
 
 
 def pool_not_found(pool_id: str) -> NotFound:
@@ -45,9 +68,11 @@ def _validate_start_task(body: dict[str, Any], path: str = "startTask") -> dict[
     if start is None:
         return None
     v.command_line(start, path=f"{path}.commandLine")
-    v.name_value_pairs(start, "environmentSettings", path=f"{path}.environmentSettings")
-    v.integer(start, "maxTaskRetryCount", minimum=-1, path=f"{path}.maxTaskRetryCount")
+    v.environment_settings(start, "environmentSettings", path=f"{path}.environmentSettings")
+    v.integer(start, "maxTaskRetryCount", minimum=-1, maximum=100, path=f"{path}.maxTaskRetryCount")
     v.boolean(start, "waitForSuccess", path=f"{path}.waitForSuccess")
+    v.user_identity(start, path=f"{path}.userIdentity")
+    request_body.refuse_unsupported(start, _UNSUPPORTED_IN_START_TASK, root=path)
     return start
 
 
@@ -61,7 +86,7 @@ def _validate_vm_configuration(body: dict[str, Any]) -> None:
     if not catalog.is_supported_node_agent_sku(sku):
         raise InvalidProperty("virtualMachineConfiguration.nodeAgentSKUId", sku,
                               "The specified node agent SKU is not supported.")
-    if image.get("virtualMachineImageId") is None and catalog.find_image(image) is None:
+    if catalog.find_image(image) is None:
         raise InvalidProperty("virtualMachineConfiguration.imageReference", image.get("sku"),
                               "The specified image reference is not supported.")
 
@@ -70,9 +95,44 @@ def _validate_metadata(body: dict[str, Any]) -> None:
     v.name_value_pairs(body, "metadata")
 
 
+def _validate_user_accounts(body: dict[str, Any]) -> None:
+    seen: set[str] = set()
+    for index, account in enumerate(v.array(body, "userAccounts")):
+        path = f"userAccounts[{index}]"
+        if not isinstance(account, dict):
+            raise InvalidProperty(path, account, "Each user account must be a JSON object.")
+        name = v.string(account, "name", required=True, max_len=v.MAX_USER_NAME, path=f"{path}.name")
+        v.string(account, "password", required=True, path=f"{path}.password")
+        v.choice(account, "elevationLevel", ("nonadmin", "admin"), path=f"{path}.elevationLevel")
+        assert name is not None
+        if name.lower() in seen:
+            raise InvalidProperty(f"{path}.name", name, "Two user accounts of a pool cannot have the same name.")
+        seen.add(name.lower())
+        linux = v.obj(account, "linuxUserConfiguration", path=f"{path}.linuxUserConfiguration")
+        if linux is not None:
+            for key in ("uid", "gid"):
+                v.integer(linux, key, minimum=0, path=f"{path}.linuxUserConfiguration.{key}")
+        request_body.refuse_unsupported(account, ("windowsUserConfiguration",), root=path)
+
+
+def _validate_communication_mode(body: dict[str, Any]) -> None:
+    v.choice(body, "targetNodeCommunicationMode", _COMMUNICATION_MODES)
+
+
+def resize_deadline(now: datetime, timeout: timedelta) -> datetime:
+    """now + timeout, or the latest time there is for a timeout beyond it (Batch allows up to
+    TimeSpan.MaxValue, which no calendar reaches)."""
+    try:
+        return now + timeout
+    except OverflowError:
+        return datetime.max.replace(tzinfo=now.tzinfo)
+
+
 def create(ctx: Context, body: Any) -> None:
     body = v.require_object(body)
+    request_body.check(body, "pool.create")
     pool_id = v.resource_id(body)
+    request_body.refuse_unsupported(body, UNSUPPORTED_ON_CREATE)
     vm_size_name = v.string(body, "vmSize", required=True)
     assert vm_size_name is not None
     size = catalog.find_vm_size(vm_size_name)
@@ -86,6 +146,14 @@ def create(ctx: Context, body: Any) -> None:
     policy = v.obj(body, "taskSchedulingPolicy") or {}
     fill = v.choice(policy, "nodeFillType", ("spread", "pack"), default="spread",
                     path="taskSchedulingPolicy.nodeFillType")
+    # Batch's "none" is the default order (by job priority); ordering by creation time is not done.
+    v.choice(policy, "jobDefaultOrder", ("none",), path="taskSchedulingPolicy.jobDefaultOrder")
+    upgrade = v.obj(body, "upgradePolicy")
+    if upgrade is not None:
+        # Nodes never get OS upgrades here, which is what the "manual" mode promises.
+        v.choice(upgrade, "mode", ("manual",), path="upgradePolicy.mode")
+        request_body.refuse_unsupported(upgrade, ("automaticOSUpgradePolicy", "rollingUpgradePolicy"),
+                                        root="upgradePolicy")
     autoscale = v.boolean(body, "enableAutoScale", default=False)
     target_dedicated = v.integer(body, "targetDedicatedNodes", minimum=0)
     target_spot = v.integer(body, "targetLowPriorityNodes", minimum=0)
@@ -102,11 +170,10 @@ def create(ctx: Context, body: Any) -> None:
     resize_timeout = v.duration(body, "resizeTimeout", minimum=MIN_RESIZE_TIMEOUT) or DEFAULT_RESIZE_TIMEOUT
     _validate_start_task(body)
     _validate_metadata(body)
-    v.array(body, "applicationPackageReferences")
-    v.array(body, "userAccounts")
-    v.array(body, "certificateReferences")
+    _validate_user_accounts(body)
+    _validate_communication_mode(body)
 
-    spec = {name: body[name] for name in _KEPT_PROPERTIES if name in body}
+    spec = {name: body[name] for name in _KEPT_PROPERTIES if body.get(name) is not None}
     if autoscale:
         spec.setdefault("autoScaleEvaluationInterval",
                         clock.format_duration(autoscale_service.DEFAULT_INTERVAL))
@@ -117,11 +184,12 @@ def create(ctx: Context, body: Any) -> None:
             pools.c.account == ctx.account, pools.c.key == pool_id.lower())).first()
         if exists:
             raise Conflict("The specified pool already exists.", code="PoolExists")
+        quotas.check_pool_count(ctx, conn)
         conn.execute(insert(pools).values(
             account=ctx.account, id=pool_id, key=pool_id.lower(), state="active",
             allocation_state="resizing", vm_size=size.name, slots_per_node=slots, fill_type=fill,
             target_dedicated=targets[0], target_low_priority=targets[1],
-            resize_timeout_s=resize_timeout.total_seconds(), resize_deadline=now + resize_timeout,
+            resize_timeout_s=resize_timeout.total_seconds(), resize_deadline=resize_deadline(now, resize_timeout),
             deallocation_option="requeue", resize_errors=None, spec=spec, etag=clock.new_etag(),
             last_modified=now, creation_time=now, state_transition_time=now,
             allocation_state_transition_time=now, join_token=ids.token()))
@@ -165,7 +233,7 @@ def to_wire(ctx: Context, row: Any, current: tuple[int, int]) -> dict[str, Any]:
         "targetLowPriorityNodes": row.target_low_priority,
         "enableAutoScale": bool(spec.get("enableAutoScale", False)),
         **({"autoScaleRun": row.autoscale_run} if row.autoscale_run and spec.get("enableAutoScale") else {}),
-        "enableInterNodeCommunication": bool(spec.get("enableInterNodeCommunication", False)),
+        "enableInterNodeCommunication": False,
         "taskSlotsPerNode": row.slots_per_node,
         "taskSchedulingPolicy": {"nodeFillType": row.fill_type},
         "currentNodeCommunicationMode": "simplified",
@@ -175,8 +243,19 @@ def to_wire(ctx: Context, row: Any, current: tuple[int, int]) -> dict[str, Any]:
     for name in _KEPT_PROPERTIES:
         if name in spec and name not in out:
             out[name] = spec[name]
+    if "userAccounts" in out:
+        out["userAccounts"] = [_without_secrets(account) for account in out["userAccounts"]]
     out.setdefault("metadata", [])
     return out
+
+
+def _without_secrets(account: dict[str, Any]) -> dict[str, Any]:
+    shown = {k: val for k, val in account.items() if k not in _SECRET_USER_PROPERTIES}
+    linux = shown.get("linuxUserConfiguration")
+    if isinstance(linux, dict):
+        shown["linuxUserConfiguration"] = {k: val for k, val in linux.items()
+                                           if k not in _SECRET_LINUX_USER_PROPERTIES}
+    return shown
 
 
 def get(ctx: Context, pool_id: str) -> dict[str, Any]:
@@ -207,18 +286,23 @@ def _guard_not_deleting(row: Any) -> None:
 def patch(ctx: Context, pool_id: str, body: Any) -> None:
     """PATCH: replace only the properties present."""
     body = v.require_object(body)
+    request_body.check(body, "pool.patch")
+    for name in _NOT_UPDATABLE:
+        if body.get(name) is not None:
+            raise request_body.not_supported(name, "Shoal cannot change it on an existing pool.")
+    request_body.refuse_unsupported(body, _UNSUPPORTED_ON_UPDATE)
     if "startTask" in body:
         _validate_start_task(body)
     if "metadata" in body:
         _validate_metadata(body)
-    v.array(body, "applicationPackageReferences")
+    v.string(body, "displayName", max_len=v.MAX_DISPLAY_NAME)
+    _validate_communication_mode(body)
     with ctx.engine.begin() as conn:
         row = load(conn, ctx, pool_id)
         _guard_not_deleting(row)
         spec = dict(row.spec)
-        for name in ("startTask", "metadata", "applicationPackageReferences", "certificateReferences",
-                     "targetNodeCommunicationMode", "displayName", "resourceTags"):
-            if name in body:
+        for name in ("startTask", "metadata", "targetNodeCommunicationMode", "displayName"):
+            if body.get(name) is not None:
                 spec[name] = body[name]
         _touch(conn, row, spec=spec)
 
@@ -226,6 +310,7 @@ def patch(ctx: Context, pool_id: str, body: Any) -> None:
 def update_properties(ctx: Context, pool_id: str, body: Any) -> None:
     """POST updateproperties: replace the updatable properties; absent ones are cleared."""
     body = v.require_object(body)
+    request_body.check(body, "pool.updateproperties")
     _validate_start_task(body)
     if "metadata" not in body:
         raise MissingProperty("metadata")
@@ -233,12 +318,14 @@ def update_properties(ctx: Context, pool_id: str, body: Any) -> None:
         raise MissingProperty("applicationPackageReferences")
     _validate_metadata(body)
     v.array(body, "applicationPackageReferences")
+    v.array(body, "certificateReferences")
+    request_body.refuse_unsupported(body, ("applicationPackageReferences", "certificateReferences"))
+    _validate_communication_mode(body)
     with ctx.engine.begin() as conn:
         row = load(conn, ctx, pool_id)
         _guard_not_deleting(row)
         spec = dict(row.spec)
-        for name in ("startTask", "metadata", "applicationPackageReferences", "certificateReferences",
-                     "targetNodeCommunicationMode"):
+        for name in ("startTask", "metadata", "targetNodeCommunicationMode"):
             if body.get(name) is None:
                 spec.pop(name, None)
             else:
@@ -253,6 +340,7 @@ def _touch(conn: Connection, row: Any, **values: Any) -> None:
 
 def resize(ctx: Context, pool_id: str, body: Any) -> None:
     body = v.require_object(body)
+    request_body.check(body, "pool.resize")
     dedicated = v.integer(body, "targetDedicatedNodes", minimum=0)
     spot = v.integer(body, "targetLowPriorityNodes", minimum=0)
     timeout = v.duration(body, "resizeTimeout", minimum=MIN_RESIZE_TIMEOUT) or DEFAULT_RESIZE_TIMEOUT
@@ -269,7 +357,7 @@ def resize(ctx: Context, pool_id: str, body: Any) -> None:
         _touch(conn, row, allocation_state="resizing", allocation_state_transition_time=now,
                target_dedicated=row.target_dedicated if dedicated is None else dedicated,
                target_low_priority=row.target_low_priority if spot is None else spot,
-               resize_timeout_s=timeout.total_seconds(), resize_deadline=now + timeout,
+               resize_timeout_s=timeout.total_seconds(), resize_deadline=resize_deadline(now, timeout),
                deallocation_option=option, resize_errors=None)
     ctx.signals.wake_provider()
 
@@ -290,6 +378,7 @@ def stop_resize(ctx: Context, pool_id: str) -> None:
 
 def remove_nodes(ctx: Context, pool_id: str, body: Any) -> None:
     body = v.require_object(body)
+    request_body.check(body, "pool.removenodes")
     node_list = body.get("nodeList")
     if node_list is None:
         raise MissingProperty("nodeList")
@@ -318,7 +407,7 @@ def remove_nodes(ctx: Context, pool_id: str, body: Any) -> None:
         _touch(conn, row, allocation_state="resizing", allocation_state_transition_time=now,
                target_dedicated=max(0, row.target_dedicated - dedicated),
                target_low_priority=max(0, row.target_low_priority - spot),
-               resize_timeout_s=timeout.total_seconds(), resize_deadline=now + timeout,
+               resize_timeout_s=timeout.total_seconds(), resize_deadline=resize_deadline(now, timeout),
                deallocation_option=option, resize_errors=None)
         removal.mark_leaving(ctx, conn, [n for n in found if n.state != "leavingpool"], option or "requeue")
     ctx.signals.wake_provider()

@@ -10,7 +10,6 @@ from sqlalchemy import Connection, delete, insert, select, update
 from shoal import clock
 from shoal.config import MAX_COLLECTION_BODY_BYTES, MAX_TASKS_PER_COLLECTION
 from shoal.errors import (
-    BadRequest,
     BatchError,
     BodyTooLarge,
     Conflict,
@@ -19,14 +18,12 @@ from shoal.errors import (
     NotFound,
 )
 from shoal.service import jobs as job_service
-from shoal.service import transitions
+from shoal.service import request_body, transitions
 from shoal.service import validation as v
 from shoal.service.context import Context
 from shoal.store.schema import jobs, nodes, tasks
 
-_KEPT = ("displayName", "commandLine", "exitConditions", "containerSettings", "resourceFiles", "outputFiles",
-         "environmentSettings", "affinityInfo", "constraints", "userIdentity", "multiInstanceSettings",
-         "dependsOn", "applicationPackageReferences", "authenticationTokenSettings")
+_KEPT = ("displayName", "commandLine", "environmentSettings", "affinityInfo", "constraints", "userIdentity")
 DEFAULT_RETENTION = "P7D"
 
 
@@ -38,29 +35,33 @@ def task_dir(job_id: str, task_id: str) -> str:
     return f"workitems/{job_id}/job-1/{task_id}"
 
 
+# Accepted by the API but not carried out by Shoal's nodes yet: refused when given (non-empty),
+# never stored and ignored. An empty list is what some clients send for "none", so it passes.
+UNSUPPORTED = ("exitConditions", "containerSettings", "resourceFiles", "outputFiles", "multiInstanceSettings",
+               "dependsOn", "applicationPackageReferences", "authenticationTokenSettings")
+
+
 def _validate(body: Any) -> dict[str, Any]:
     body = v.require_object(body)
+    request_body.check(body, "task.create")
     task_id = v.resource_id(body)
     v.command_line(body)
     v.string(body, "displayName", max_len=v.MAX_DISPLAY_NAME)
     required_slots = v.integer(body, "requiredSlots", default=1, minimum=1)
-    v.name_value_pairs(body, "environmentSettings")
+    v.environment_settings(body)
     constraints = v.obj(body, "constraints")
     if constraints is not None:
-        v.duration(constraints, "maxWallClockTime", path="constraints.maxWallClockTime")
-        v.duration(constraints, "retentionTime", path="constraints.retentionTime")
-        v.integer(constraints, "maxTaskRetryCount", minimum=-1, path="constraints.maxTaskRetryCount")
-    identity = v.obj(body, "userIdentity")
-    if identity is not None and identity.get("userName") is not None and identity.get("autoUser") is not None:
-        raise InvalidProperty("userIdentity", "…", "Specify either userName or autoUser, not both.")
-    if body.get("multiInstanceSettings") is not None:
-        raise BadRequest("Multi-instance tasks are not supported yet.", code="FeatureNotSupported",
-                         values={"PropertyName": "multiInstanceSettings"})
-    if body.get("dependsOn") is not None:
-        raise BadRequest("Task dependencies are not supported yet.", code="FeatureNotSupported",
-                         values={"PropertyName": "dependsOn"})
-    return {"id": task_id, "spec": {name: body[name] for name in _KEPT if name in body},
+        _validate_constraints(constraints)
+    v.user_identity(body)
+    request_body.refuse_unsupported(body, UNSUPPORTED)
+    return {"id": task_id, "spec": {name: body[name] for name in _KEPT if body.get(name) is not None},
             "required_slots": required_slots}
+
+
+def _validate_constraints(constraints: dict[str, Any]) -> None:
+    v.duration(constraints, "maxWallClockTime", path="constraints.maxWallClockTime")
+    v.duration(constraints, "retentionTime", path="constraints.retentionTime")
+    v.integer(constraints, "maxTaskRetryCount", minimum=-1, path="constraints.maxTaskRetryCount")
 
 
 def _job_for_adding(conn: Connection, ctx: Context, job_id: str) -> Any:
@@ -99,6 +100,9 @@ def create_collection(ctx: Context, job_id: str, body: Any, body_size: int) -> l
         raise BodyTooLarge("The request body is too large and exceeds the maximum permissible limit.",
                            values={"MaxLimit": str(MAX_COLLECTION_BODY_BYTES)})
     body = v.require_object(body)
+    if set(body) - {"value"}:
+        raise request_body.UnknownProperty(sorted(set(body) - {"value"})[0], sorted(set(body) - {"value"})[0],
+                                           "task collection")
     items = body.get("value")
     if items is None:
         raise MissingProperty("value")
@@ -222,10 +226,9 @@ def list_page(ctx: Context, job_id: str, *, after_seq: int, limit: int,
 
 def update_constraints(ctx: Context, job_id: str, task_id: str, body: Any) -> None:
     body = v.require_object(body)
+    request_body.check(body, "task.update")
     constraints = v.obj(body, "constraints") or {}
-    v.duration(constraints, "maxWallClockTime", path="constraints.maxWallClockTime")
-    v.duration(constraints, "retentionTime", path="constraints.retentionTime")
-    v.integer(constraints, "maxTaskRetryCount", minimum=-1, path="constraints.maxTaskRetryCount")
+    _validate_constraints(constraints)
     with ctx.engine.begin() as conn:
         _job, row = load(conn, ctx, job_id, task_id)
         spec = dict(row.spec)

@@ -9,9 +9,15 @@ from typing import Any
 from shoal.clock import parse_duration
 from shoal.errors import BadRequest, InvalidProperty, MissingProperty
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-INTEGER_TEXT = re.compile(r"^-?[0-9]{1,10}$")
+# fullmatch, never `$`: `$` also matches before a trailing newline, and "id\n" is not an id.
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+INTEGER_TEXT = re.compile(r"-?[0-9]{1,10}")
 MAX_DISPLAY_NAME = 1024
+# Batch caps a command line at 8,191 characters (the Windows command-line limit, kept on Linux).
+MAX_COMMAND_LINE = 8191
+# The longest duration Batch represents (.NET TimeSpan.MaxValue, which Batch echoes as "unlimited").
+MAX_DURATION = timedelta(days=10675199, hours=2, minutes=48, seconds=5, microseconds=477580)
+MAX_USER_NAME = 20
 
 
 def require_object(body: Any, name: str = "body") -> dict[str, Any]:
@@ -26,7 +32,7 @@ def resource_id(body: dict[str, Any], name: str = "id") -> str:
         raise MissingProperty(name)
     if not isinstance(value, str):
         raise InvalidProperty(name, value, "The id must be a string.")
-    if not ID_PATTERN.match(value):
+    if not ID_PATTERN.fullmatch(value):
         raise InvalidProperty(
             name, value,
             "The id can contain any combination of alphanumeric characters including hyphens and "
@@ -57,7 +63,7 @@ def integer(body: dict[str, Any], name: str, *, default: int | None = None, mini
     value = body.get(name)
     if value is None:
         return default
-    if isinstance(value, str) and INTEGER_TEXT.match(value):
+    if isinstance(value, str) and INTEGER_TEXT.fullmatch(value.strip()):
         # Batch's JSON reader takes integers written as strings, and `az batch` sends them so;
         # stored (and echoed) as the integer they are.
         value = body[name] = int(value)
@@ -89,10 +95,12 @@ def duration(body: dict[str, Any], name: str, *, minimum: timedelta | None = Non
         return None
     try:
         parsed = parse_duration(value)
-    except ValueError as exc:
-        raise InvalidProperty(label, value, "The value must be an ISO 8601 duration.") from exc
+    except (ValueError, OverflowError) as exc:
+        raise InvalidProperty(label, str(value)[:64], "The value must be an ISO 8601 duration.") from exc
     if minimum is not None and parsed < minimum:
         raise InvalidProperty(label, value, f"The value must be at least {minimum}.")
+    if parsed > MAX_DURATION:
+        raise InvalidProperty(label, value[:64], "The value is longer than the longest duration Batch allows.")
     return parsed
 
 
@@ -127,7 +135,7 @@ def array(body: dict[str, Any], name: str, *, path: str | None = None) -> list[A
 
 
 def name_value_pairs(body: dict[str, Any], name: str, *, path: str | None = None) -> list[dict[str, str]]:
-    """environmentSettings / metadata: a list of {name, value} with string names."""
+    """metadata: a list of {name, value} with non-empty string names."""
     label = path or name
     items = array(body, name, path=label)
     out = []
@@ -142,9 +150,40 @@ def name_value_pairs(body: dict[str, Any], name: str, *, path: str | None = None
     return out
 
 
+def environment_settings(body: dict[str, Any], name: str = "environmentSettings", *,
+                         path: str | None = None) -> list[dict[str, str]]:
+    """Environment variables: the name becomes `NAME=value` in a process environment, so it must be
+    non-empty and hold no `=` (exec cannot represent it; Batch refuses it)."""
+    label = path or name
+    pairs = name_value_pairs(body, name, path=label)
+    for index, pair in enumerate(pairs):
+        if "=" in pair["name"]:
+            raise InvalidProperty(f"{label}[{index}].name", pair["name"][:64],
+                                  "An environment variable name must not contain '='.")
+    return pairs
+
+
 def command_line(body: dict[str, Any], name: str = "commandLine", *, path: str | None = None) -> str:
     value = string(body, name, required=True, path=path)
     assert value is not None
     if not value.strip():
         raise InvalidProperty(path or name, value, "The command line must not be empty.")
+    if len(value) > MAX_COMMAND_LINE:
+        raise InvalidProperty(path or name, value[:64],
+                              f"The command line must be at most {MAX_COMMAND_LINE} characters.")
     return value
+
+
+def user_identity(body: dict[str, Any], name: str = "userIdentity", *, path: str | None = None) -> None:
+    """userIdentity: a named pool user account or an auto-user, not both."""
+    label = path or name
+    identity = obj(body, name, path=label)
+    if identity is None:
+        return
+    user = string(identity, "username", max_len=MAX_USER_NAME, path=f"{label}.username")
+    auto = obj(identity, "autoUser", path=f"{label}.autoUser")
+    if user is not None and auto is not None:
+        raise InvalidProperty(label, "…", "Specify either username or autoUser, not both.")
+    if auto is not None:
+        choice(auto, "scope", ("task", "pool"), path=f"{label}.autoUser.scope")
+        choice(auto, "elevationLevel", ("nonadmin", "admin"), path=f"{label}.autoUser.elevationLevel")

@@ -178,10 +178,13 @@ def test_collection_over_one_megabyte(shoal: Any, unchanged: None) -> None:
 
 
 def test_sdk_halves_a_collection_that_is_too_large(client: Any, setup: None) -> None:
-    """The 413's code is what makes the SDK split its chunk: 100 tasks of 15 KB all get added."""
+    """The 413's code is what makes the SDK split its chunk: 100 tasks of 15 KB all get added.
+    (The bulk is an environment value: a command line may not be longer than 8,191 characters.)"""
     client.create_job(models.BatchJobCreateOptions(id="big-collection", pool_info=models.BatchPoolInfo(
         pool_id=POOL)))
-    tasks = [models.BatchTaskCreateOptions(id=f"b{i}", command_line="echo " + "y" * 15_000) for i in range(100)]
+    padding = [models.EnvironmentSetting(name="PADDING", value="y" * 15_000)]
+    tasks = [models.BatchTaskCreateOptions(id=f"b{i}", command_line="true", environment_settings=padding)
+             for i in range(100)]
     result = client.create_tasks("big-collection", tasks)
     assert sorted(r.status for r in result.result_values) == ["success"] * 100
     assert len(list(client.list_tasks("big-collection", select=["id"]))) == 100
