@@ -1,0 +1,13 @@
+"""The control plane process (`shoal up`, `shoal server`).
+
+- `startup`: the private data dir, one server per data dir and per database, the account, the socket;
+- `plane`: wiring: store, API, provider, and the background duties, then serving;
+- one module per background duty: `scheduling` (placement passes), `lifecycle` (allocation,
+  silent nodes, spot recovery, job completion and limits, node operations, folder removal),
+  `sampling` (metric samples), `autoscaling` (formula evaluations), `provisioning` (the provider).
+"""
+
+from shoal.server.plane import ControlPlane, run
+from shoal.server.startup import DEFAULT_ACCOUNT, AlreadyRunning, ensure_account
+
+__all__ = ["DEFAULT_ACCOUNT", "AlreadyRunning", "ControlPlane", "ensure_account", "run"]

@@ -1,0 +1,158 @@
+"""The control plane process: wiring of the store, the API, a provider and the background duties.
+
+`shoal up` and `shoal server` both run this; `up` adds the local provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from datetime import timedelta
+from typing import Any
+
+import uvicorn
+
+from shoal.api import remote_files
+from shoal.api.agent import AgentHub
+from shoal.api.app import Api, build_app
+from shoal.api.http_protocol import BoundedHeadProtocol
+from shoal.config import Settings
+from shoal.server.autoscaling import autoscale_loop
+from shoal.server.duty import Wakeups, run_periodically
+from shoal.server.lifecycle import LIFECYCLE_DUTY_TIMEOUT_S, LIFECYCLE_INTERVAL_S, lifecycle_duties
+from shoal.server.provisioning import provider_loop
+from shoal.server.sampling import sampler_loop
+from shoal.server.scheduling import scheduler_loop
+from shoal.server.startup import (
+    DEFAULT_ACCOUNT,
+    AlreadyRunning,
+    bind_socket,
+    ensure_account,
+    hold_data_dir,
+    make_private,
+    write_endpoint_file,
+)
+from shoal.service.context import Context, Signals
+from shoal.store.db import StoreInUse, create_store_engine, hold_store, migrate
+from shoal.timebase import TimeBase
+
+log = logging.getLogger("shoal.server")
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its shutdown, which would skip ours (stopping agents)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[no-untyped-def,override]
+        yield
+
+
+class ControlPlane:
+    def __init__(self, settings: Settings, *, local_provider: bool = True) -> None:
+        self.settings = settings
+        make_private(settings.data_dir)
+        self._lock = hold_data_dir(settings.data_dir)
+        self.engine = create_store_engine(settings.effective_database_url)
+        try:
+            # Claimed before migrating: a second server must not change the schema under the first.
+            self._store_claim = hold_store(self.engine)
+        except StoreInUse as exc:
+            self.engine.dispose()
+            raise AlreadyRunning(str(exc)) from None
+        migrate(self.engine)
+        self.keys = ensure_account(self.engine)
+        self.sock = bind_socket(settings.host, settings.port)
+        port = self.sock.getsockname()[1]
+        host = settings.host if ":" not in settings.host else f"[{settings.host}]"
+        self.endpoint = f"http://{host}:{port}"
+        self.hub = AgentHub()
+        self.timebase = TimeBase(settings.time_scale)
+        self.wakeups = Wakeups()
+        signals = Signals(wake_scheduler=self.wakeups.scheduler.set, wake_node=self.hub.wake,
+                          wake_provider=self.wakeups.provider.set)
+        self.ctx = Context(engine=self.engine, account=DEFAULT_ACCOUNT, signals=signals, base_url=self.endpoint,
+                           timebase=self.timebase, sample_lag=timedelta(seconds=settings.sample_lag_s),
+                           spot_capacity=settings.spot_capacity)
+        self.api = Api(self.ctx, {DEFAULT_ACCOUNT: self.keys})
+        # An idle agent calls at least once per long-poll: keep that well inside the timeout
+        # after which a silent node is declared unusable.
+        poll_timeout = min(settings.poll_timeout_s, settings.heartbeat_timeout_s / 3)
+        self.app = build_app(self.api, self.hub, poll_timeout, min(5.0, settings.heartbeat_timeout_s / 3),
+                             manual_join=not local_provider)
+        self.provider = None
+        if local_provider:
+            from shoal.providers.local import LocalProvider
+
+            self.provider = LocalProvider(self.ctx, settings.effective_nodes_dir, self.endpoint,
+                                          spot_eviction_rate=settings.spot_eviction_rate)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def write_endpoint_file(self) -> None:
+        record = {"endpoint": self.endpoint, "account": DEFAULT_ACCOUNT}
+        if self.provider is not None:
+            record["nodesDir"] = str(self.settings.effective_nodes_dir)
+        if self.settings.database_url:
+            # `shoal account show` finds the account in that database; the file is private.
+            record["database"] = self.settings.database_url
+        write_endpoint_file(self.settings.data_dir, record)
+
+    async def start_loops(self) -> None:
+        duties: list[Any] = [scheduler_loop(self.ctx, self.wakeups.scheduler, self.hub),
+                             sampler_loop(self.ctx), autoscale_loop(self.ctx, self.wakeups)]
+        duties.extend(run_periodically(name, duty, LIFECYCLE_INTERVAL_S, LIFECYCLE_DUTY_TIMEOUT_S)
+                      for name, duty in lifecycle_duties(self.ctx, self.settings, self.wakeups))
+        if self.provider is not None:
+            duties.append(provider_loop(self.provider, self.wakeups.provider))
+        self._tasks.extend(asyncio.create_task(duty) for duty in duties)
+
+    async def stop_loops(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.provider is not None:
+            await self.provider.shutdown(stop_agents=True)
+        await remote_files.close()
+
+    async def serve(self) -> None:
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
+                                timeout_keep_alive=75, loop="none", timeout_graceful_shutdown=2,
+                                http=BoundedHeadProtocol)
+        server = _QuietServer(config)
+        if self.provider is not None:
+            # Before the first request: nodes whose agents did not survive a restart are marked
+            # lost now, so nobody is told a dead node is idle.
+            await self.provider.reconcile()
+        await self.start_loops()
+        self.write_endpoint_file()
+        loop = asyncio.get_running_loop()
+
+        def request_stop() -> None:
+            server.should_exit = True
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, request_stop)
+        try:
+            await server.serve(sockets=[self.sock])
+        finally:
+            await self.stop_loops()
+
+
+def run(settings: Settings, *, local_provider: bool = True, on_ready: Any = None) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is optional on exotic platforms
+        pass
+
+    async def main() -> None:
+        plane = ControlPlane(settings, local_provider=local_provider)
+        if on_ready is not None:
+            on_ready(plane)
+        await plane.serve()
+
+    asyncio.run(main())

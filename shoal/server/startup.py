@@ -1,0 +1,80 @@
+"""Start-up of the control plane process: the private data directory, the locks that keep it to
+one server, the account, the listening socket and the endpoint file."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from shoal import clock
+from shoal.service import ids
+from shoal.store.schema import accounts
+
+DEFAULT_ACCOUNT = "shoal"
+ENDPOINT_FILE = "endpoint.json"
+
+
+class AlreadyRunning(RuntimeError):
+    """Another Shoal process already serves this data directory or this database."""
+
+
+def make_private(data_dir: Path) -> None:
+    """The data directory holds the keys and every node token: only Shoal's user may enter it,
+    and whatever the server creates there (database, WAL, logs, endpoint file) is 0600. An older
+    data directory made with looser modes is tightened, its files too."""
+    os.umask(0o077)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o700)
+    for child in data_dir.iterdir():
+        if child.is_file() and not child.is_symlink() and child.stat().st_uid == os.geteuid():
+            child.chmod(0o600)
+
+
+def hold_data_dir(data_dir: Path) -> Any:
+    """One server per data directory: two would both schedule and both start agents for the
+    same nodes. The lock is the kernel's, so it goes with the process, even after kill -9."""
+    handle = open(data_dir / "shoal.lock", "a+")  # noqa: SIM115 - held for the life of the process
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise AlreadyRunning(f"another Shoal server is already using {data_dir}") from None
+    return handle
+
+
+def ensure_account(engine: Any, name: str = DEFAULT_ACCOUNT) -> tuple[str, str]:
+    with engine.begin() as conn:
+        row = conn.execute(select(accounts).where(accounts.c.name == name)).first()
+        if row is not None:
+            return row.primary_key, row.secondary_key
+        keys = (ids.account_key(), ids.account_key())
+        conn.execute(accounts.insert().values(name=name, primary_key=keys[0], secondary_key=keys[1],
+                                              created=clock.now()))
+        return keys
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio then sets TCP_NODELAY on accepted sockets, which spares
+    # every keep-alive request a 40 ms delayed-ACK stall.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def write_endpoint_file(data_dir: Path, record: dict[str, str]) -> None:
+    """Where clients (the CLI, tests) find this server; private, since it may name the database."""
+    path = data_dir / ENDPOINT_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.chmod(0o600)
+    tmp.replace(path)
