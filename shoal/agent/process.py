@@ -4,17 +4,30 @@ The command line is split with :mod:`shlex` and executed directly (no shell, so 
 literal), in the task's working directory, with stdout/stderr going to files, in a session of
 its own so that the whole tree can be killed through its process group.
 
+Nothing a task carries can break the agent: the command line, environment and user are checked
+before anything starts (Batch's 8,191-character cap, no NUL, no ``=`` in a name), and whatever
+the spawn still refuses ends that attempt with a ``usererror`` failure; :meth:`TaskProcess.start`
+never raises. Parsing and spawning run in a small thread pool, off the event loop: ``shlex`` is
+pure Python, and one slow parse must not stall the agent's syncs.
+
 Why not ``asyncio.create_subprocess_exec``: on Python 3.11 its default child watcher
 (``ThreadedChildWatcher``) starts one thread per child. A node agent runs hundreds of short
 tasks per second, so instead we spawn with :class:`subprocess.Popen` (which vforks) and learn
-about the exit through a pidfd registered with the event loop: no thread, one fd per task.
-Where pidfds are unavailable (non-Linux, kernel < 5.3) we fall back to a thread per task.
+about the exit through a pidfd registered with the event loop: no thread per task, one fd per
+task. Where pidfds are unavailable (non-Linux, kernel < 5.3) we fall back to a thread per task.
+
+Task trees die with their node (:mod:`shoal.agent.tree`): inside the agent's node cgroup they
+need nothing per spawn; in the fallback each leader gets a parent-death signal and its process
+group is recorded for the next agent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
+import logging
 import os
 import pwd
 import shlex
@@ -28,6 +41,18 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from shoal.agent import tree
+
+log = logging.getLogger("shoal.agent.process")
+
+MAX_COMMAND_LINE_CHARS = 8191
+"""Batch's cap on a command line (the Windows command-line limit, applied on every OS)."""
+SPAWN_THREADS = 4
+"""Spawner threads: Popen blocks its caller until the child has exec'd. They live as long as
+the process, which the fallback's parent-death signal relies on (it fires when the thread that
+forked the child ends)."""
+_QUOTE_CHARS = 64
 
 KILL_GRACE_S = 2.0
 """How long a killed tree gets between SIGTERM and SIGKILL."""
@@ -117,6 +142,146 @@ def resolve_user(name: str) -> pwd.struct_passwd:
     return pwd.getpwnam(name)
 
 
+def _quote(value: str) -> str:
+    """A value for a message: bounded, since it may be megabytes of whatever a task sent."""
+    shown = value if len(value) <= _QUOTE_CHARS else value[:_QUOTE_CHARS] + "..."
+    return repr(shown)
+
+
+def _launch_failure(message: str) -> Failure:
+    return Failure(USER_ERROR, "CommandLaunchFailed", message)
+
+
+def command_line_problem(command_line: object) -> str | None:
+    """Why a command line cannot be started, checked before it is parsed (so never slowly)."""
+    if not isinstance(command_line, str):
+        return f"The command line must be a string, not {type(command_line).__name__}"
+    if len(command_line) > MAX_COMMAND_LINE_CHARS:
+        return (f"The command line is {len(command_line)} characters long; "
+                f"the limit is {MAX_COMMAND_LINE_CHARS}")
+    if "\0" in command_line:
+        return "The command line contains a NUL character"
+    if not command_line.strip():
+        return "The command line is empty"
+    return None
+
+
+def environment_problem(env: Mapping[str, str]) -> str | None:
+    """Why an environment cannot be handed to execve."""
+    for name, value in env.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            return f"The environment variable {name!r} must have a string name and value"
+        if not name:
+            return "An environment variable has an empty name"
+        if "=" in name:
+            return f"The environment variable name {_quote(name)} contains '='"
+        if "\0" in name:
+            return f"The environment variable name {_quote(name)} contains a NUL character"
+        if "\0" in value:
+            return f"The value of the environment variable {_quote(name)} contains a NUL character"
+    return None
+
+
+def user_problem(user: pwd.struct_passwd | None) -> str | None:
+    """Why the agent cannot become ``user`` (only root can switch to another user)."""
+    if user is None or os.geteuid() == 0:
+        return None
+    if user.pw_uid == os.geteuid() and user.pw_gid == os.getegid():
+        return None
+    return f"Cannot run as user {_quote(user.pw_name)}: the node agent is not running as root"
+
+
+_spawn_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _spawner() -> concurrent.futures.ThreadPoolExecutor:
+    # Ours, not the loop's default executor: asyncio.run shuts that one down with its loop, and
+    # a spawning thread must outlive its children (see SPAWN_THREADS).
+    global _spawn_pool
+    if _spawn_pool is None:
+        _spawn_pool = concurrent.futures.ThreadPoolExecutor(SPAWN_THREADS, thread_name_prefix="shoal-spawn")
+    return _spawn_pool
+
+
+def launch(spec: ProcessSpec, containment: tree.NodeContainment | None = None) -> subprocess.Popen[bytes] | Failure:
+    """Check, parse and spawn (blocking; runs in a spawner thread). Never raises: whatever stops
+    the program from starting is the returned failure."""
+    try:
+        return _launch(spec, containment)
+    except (ValueError, TypeError, OSError, OverflowError) as exc:
+        return _launch_failure(f"Cannot start the command line: {exc}")
+    except Exception as exc:  # a bug must fail one task, never the agent
+        log.exception("unexpected error starting a task")
+        return _launch_failure(f"Cannot start the command line: {type(exc).__name__}: {exc}")
+
+
+def _launch(spec: ProcessSpec, containment: tree.NodeContainment | None) -> subprocess.Popen[bytes] | Failure:
+    problem = command_line_problem(spec.command_line) or environment_problem(spec.env) or user_problem(spec.user)
+    if problem is not None:
+        return _launch_failure(problem)
+    try:
+        args = shlex.split(spec.command_line)
+    except ValueError as exc:
+        return _launch_failure(f"Cannot parse the command line: {exc}")
+    if not args:
+        return _launch_failure("The command line is empty")
+    program = _quote(args[0])
+    user = spec.user
+    out = err = -1
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        out = os.open(spec.stdout_path, flags, 0o664)
+        err = os.open(spec.stderr_path, flags, 0o664)
+        if user is not None:
+            for fd in (out, err):
+                os.fchown(fd, user.pw_uid, user.pw_gid)
+        popen = subprocess.Popen(
+            args,
+            stdin=_devnull(),
+            stdout=out,
+            stderr=err,
+            cwd=spec.cwd,
+            env=dict(spec.env),
+            start_new_session=True,
+            user=user.pw_uid if user else None,
+            group=user.pw_gid if user else None,
+            extra_groups=os.getgrouplist(user.pw_name, user.pw_gid) if user else None,
+            preexec_fn=containment.preexec_fn if containment else None,
+        )
+    except OSError as exc:
+        return _os_error_failure(exc, spec, program)
+    except (ValueError, TypeError, OverflowError) as exc:
+        # Whatever got past the checks above (say, text that is not valid in the file system's
+        # encoding): refused by Popen before any child existed.
+        return _launch_failure(f"Cannot start {program}: {exc}")
+    finally:
+        for fd in (out, err):
+            if fd >= 0:
+                os.close(fd)
+    if containment is not None:
+        try:
+            containment.spawned(popen.pid)
+        except OSError as exc:
+            log.warning("cannot record process group %s: %s", popen.pid, exc)
+    return popen
+
+
+def _os_error_failure(exc: OSError, spec: ProcessSpec, program: str) -> Failure:
+    # Popen blames the working directory for any failure before exec (chdir, or switching user).
+    before_exec = exc.filename is not None and Path(os.fsdecode(exc.filename)) == Path(spec.cwd)
+    if before_exec:
+        if not os.path.isdir(spec.cwd):
+            return _launch_failure(f"Working directory missing: {spec.cwd}")
+        if spec.user is not None:
+            return _launch_failure(f"Cannot start the task as user {_quote(spec.user.pw_name)}: {exc.strerror}")
+        return _launch_failure(f"Cannot enter the working directory {spec.cwd}: {exc.strerror}")
+    if isinstance(exc, FileNotFoundError):
+        return Failure(USER_ERROR, "CommandProgramNotFound", f"The program {program} was not found")
+    if isinstance(exc, PermissionError):
+        return _launch_failure(f"Cannot execute {program}: {exc.strerror}")
+    return _launch_failure(f"Cannot start {program}: {exc}")
+
+
 @dataclass
 class TaskProcess:
     """One running (or finished) command line and its process tree."""
@@ -129,76 +294,56 @@ class TaskProcess:
     _timed_out: bool = False
     _killed: bool = False
     _kill_task: asyncio.Task[None] | None = None
+    _containment: tree.NodeContainment | None = None
 
     @property
     def pid(self) -> int | None:
         return self._popen.pid if self._popen else None
 
     def start(self) -> asyncio.Future[ProcessResult]:
-        """Spawn the process; the returned future resolves with its result (never raises)."""
+        """Spawn the process in a spawner thread; the returned future resolves with its result.
+        Never raises: an attempt that cannot start resolves with a failure."""
         loop = asyncio.get_running_loop()
         self._done = loop.create_future()
         self.start_time = utc_now()
-        failure = self._spawn()
-        if failure is not None:
-            self._done.set_result(ProcessResult(self.start_time, utc_now(), None, failure))
+        self._containment = tree.current()
+        try:
+            spawning = loop.run_in_executor(_spawner(), launch, self.spec, self._containment)
+        except RuntimeError as exc:  # the pool is shut down: the interpreter is exiting
+            self._fail(_launch_failure(f"Cannot start the command line: {exc}"))
             return self._done
-        assert self._popen is not None
         if self.spec.max_wall_clock_s is not None:
             self._timer = loop.call_later(max(0.0, self.spec.max_wall_clock_s), self._on_timeout)
+        spawning.add_done_callback(functools.partial(self._on_spawned, loop))
+        return self._done
+
+    def _fail(self, failure: Failure) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self._done is not None
+        if not self._done.done():
+            self._done.set_result(ProcessResult(self.start_time, utc_now(), None, failure))
+
+    def _on_spawned(self, loop: asyncio.AbstractEventLoop, spawning: asyncio.Future[Any]) -> None:
+        try:
+            outcome = spawning.result()
+        except BaseException as exc:  # cancelled with its loop, or a bug in launch()
+            outcome = _launch_failure(f"Cannot start the command line: {exc!r}")
+        if isinstance(outcome, Failure):
+            self._fail(outcome)
+            return
+        self._popen = outcome
+        if self._killed or self._timed_out:
+            self._start_kill()  # kill() or the wall clock came while the spawn was under way
         if _HAVE_PIDFD:
             try:
-                pidfd = os.pidfd_open(self._popen.pid)
+                pidfd = os.pidfd_open(outcome.pid)
             except OSError:
                 pidfd = -1
             if pidfd >= 0:
                 loop.add_reader(pidfd, self._on_pidfd, loop, pidfd)
-                return self._done
+                return
         loop.create_task(self._wait_in_thread())
-        return self._done
-
-    def _spawn(self) -> Failure | None:
-        spec = self.spec
-        try:
-            args = shlex.split(spec.command_line)
-        except ValueError as exc:
-            return Failure(USER_ERROR, "CommandLaunchFailed", f"Cannot parse the command line: {exc}")
-        if not args:
-            return Failure(USER_ERROR, "CommandLaunchFailed", "The command line is empty")
-        out = err = -1
-        try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-            out = os.open(spec.stdout_path, flags, 0o664)
-            err = os.open(spec.stderr_path, flags, 0o664)
-            user = spec.user
-            if user is not None:
-                for fd in (out, err):
-                    os.fchown(fd, user.pw_uid, user.pw_gid)
-            self._popen = subprocess.Popen(
-                args,
-                stdin=_devnull(),
-                stdout=out,
-                stderr=err,
-                cwd=spec.cwd,
-                env=dict(spec.env),
-                start_new_session=True,
-                user=user.pw_uid if user else None,
-                group=user.pw_gid if user else None,
-                extra_groups=os.getgrouplist(user.pw_name, user.pw_gid) if user else None,
-            )
-        except FileNotFoundError as exc:
-            if exc.filename is not None and Path(exc.filename) == Path(spec.cwd):
-                return Failure(USER_ERROR, "CommandLaunchFailed", f"Working directory missing: {spec.cwd}")
-            return Failure(USER_ERROR, "CommandProgramNotFound", f"The program {args[0]!r} was not found")
-        except PermissionError as exc:
-            return Failure(USER_ERROR, "CommandLaunchFailed", f"Cannot execute {args[0]!r}: {exc.strerror}")
-        except OSError as exc:
-            return Failure(USER_ERROR, "CommandLaunchFailed", f"Cannot start {args[0]!r}: {exc}")
-        finally:
-            for fd in (out, err):
-                if fd >= 0:
-                    os.close(fd)
-        return None
 
     def _on_pidfd(self, loop: asyncio.AbstractEventLoop, pidfd: int) -> None:
         loop.remove_reader(pidfd)
@@ -222,6 +367,7 @@ class TaskProcess:
         if self.spec.kill_leftovers and not self._kill_task:
             # Background children of a finished task die with it; one syscall, usually ESRCH.
             _signal_group(self._popen.pid, signal.SIGKILL)
+            self._forget_group()
         failure = None
         if self._timed_out:
             limit = self.spec.max_wall_clock_s
@@ -239,7 +385,19 @@ class TaskProcess:
 
     def _start_kill(self) -> None:
         if self._kill_task is None and self._popen is not None:
-            self._kill_task = asyncio.get_running_loop().create_task(kill_tree(self._popen))
+            self._kill_task = asyncio.get_running_loop().create_task(self._kill_and_forget(self._popen))
+
+    async def _kill_and_forget(self, popen: subprocess.Popen[bytes]) -> None:
+        await kill_tree(popen)
+        self._forget_group()
+
+    def _forget_group(self) -> None:
+        """The group is dead: drop its record (fallback containment only; a file unlink, so in
+        the spawner pool rather than on the loop)."""
+        containment = self._containment
+        if containment is not None and not containment.entered and self._popen is not None:
+            with contextlib.suppress(RuntimeError):
+                _spawner().submit(containment.finished, self._popen.pid)
 
     async def kill(self) -> ProcessResult:
         """Kill the whole tree and wait for the main process to be reaped."""
