@@ -59,6 +59,7 @@ from shoal.agent.process import (
     iso,
     utc_now,
 )
+from shoal.agent.tree import contain_node, release_node
 
 log = logging.getLogger("shoal.agent")
 
@@ -134,6 +135,9 @@ class Agent:
 
     async def run(self) -> int:
         self.layout.create()
+        # Task trees die with their node (shoal.agent.tree): what an earlier agent on this root
+        # left running dies before hello lets the control plane requeue it elsewhere.
+        containment = await asyncio.to_thread(contain_node, self.layout.root)
         try:
             if self.config.node_id is None and not await self._unless_stopped(self._register()):
                 return EXIT_OK
@@ -165,6 +169,7 @@ class Agent:
             raise
         finally:
             await self.client.aclose()
+            await asyncio.to_thread(release_node, containment)
 
     async def _unless_stopped(self, coro: Any) -> bool:
         """Run ``coro`` unless SIGTERM comes first; False when stopped."""

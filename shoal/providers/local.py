@@ -8,6 +8,7 @@ adopts them by pid, and the agents resend whatever was not acknowledged.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import psutil
 
+from shoal.agent.tree import kill_node_processes
 from shoal.providers.eviction import EvictionPolicy
 from shoal.service import nodes as node_service
 from shoal.service import preemption
@@ -91,10 +93,12 @@ class LocalProvider:
             if record.state == "preempted":
                 # The VM went with its capacity: no agent, no local data, until it comes back.
                 if agent is not None or self.node_dir(record.node_id).exists():
+                    await asyncio.to_thread(kill_node_processes, self.node_root(record.node_id), remove=True)
                     self._drop(record.node_id)
                 continue
             if record.state == "leavingpool":
                 if agent is None or not agent.alive():
+                    await asyncio.to_thread(kill_node_processes, self.node_root(record.node_id), remove=True)
                     self._drop(record.node_id)
                     node_service.forget(self.ctx, record.node_id)
                 continue
@@ -103,6 +107,8 @@ class LocalProvider:
             if record.state != "creating":
                 # The agent died under a live node: requeue its tasks and start it afresh.
                 log.warning("agent of node %s is gone; restarting it", record.node_id)
+                # Its task trees die first: requeued, they must not run twice at once.
+                await asyncio.to_thread(kill_node_processes, self.node_root(record.node_id))
                 node_service.agent_lost(self.ctx, record.node_id)
             self._spawn(record.node_id, record.pool_id, record.token)
         now = time.monotonic()
@@ -116,6 +122,7 @@ class LocalProvider:
                 if now - agent.gone_since > LEAVE_GRACE_S:
                     agent.terminate(signal.SIGKILL)
                 continue
+            await asyncio.to_thread(kill_node_processes, self.node_root(node_id), remove=True)
             self._drop(node_id)
 
     def _evict_spot_nodes(self) -> None:
