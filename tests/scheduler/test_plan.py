@@ -65,3 +65,29 @@ def test_no_free_slots_no_placements():
 
 def test_job_at_its_parallel_limit_gets_nothing():
     assert plan(snapshot("pack", [("a", 2, 0)], [(1, 1, 1)], jobs={1: 0})) == []
+
+
+def test_spread_ties_go_to_the_node_listed_first_round_after_round():
+    placements = plan(snapshot("spread", [("a", 2, 0), ("b", 2, 0), ("c", 2, 0)], [(i, 1, 1) for i in range(6)]))
+    assert [p.node_id for p in placements] == ["a", "b", "c", "a", "b", "c"]
+
+
+def test_spread_prefers_most_free_over_listing_order():
+    placements = plan(snapshot("spread", [("a", 4, 2), ("b", 4, 0), ("c", 4, 1)], [(i, 1, 1) for i in range(4)]))
+    # Free a=2 b=4 c=3: b; then b and c tie at 3 and b is listed first; then c; then all tie at 2.
+    assert [p.node_id for p in placements] == ["b", "b", "c", "a"]
+
+
+def test_pack_ties_go_to_the_node_listed_first_and_fullest_wins():
+    placements = plan(snapshot("pack", [("x", 4, 0), ("y", 4, 2), ("z", 4, 2)], [(i, 1, 1) for i in range(7)]))
+    assert [p.node_id for p in placements] == ["y", "y", "z", "z", "x", "x", "x"]
+
+
+def test_pack_skips_nodes_too_full_for_the_task():
+    placements = plan(snapshot("pack", [("a", 4, 3), ("b", 4, 2), ("c", 4, 0)], [(1, 1, 2), (2, 1, 3), (3, 1, 1)]))
+    assert [(p.task_seq, p.node_id) for p in placements] == [(1, "b"), (2, "c"), (3, "a")]
+
+
+def test_a_task_bigger_than_every_node_is_skipped_and_the_rest_still_place():
+    placements = plan(snapshot("spread", [("a", 4, 0)], [(1, 1, 5), (2, 1, 4)]))
+    assert [(p.task_seq, p.node_id) for p in placements] == [(2, "a")]
