@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 
 _etag_counter = itertools.count()
 
@@ -69,7 +71,11 @@ def parse_duration(text: str) -> timedelta:
         number = ""
     if number:
         raise ValueError(f"not an ISO 8601 duration: {text!r}")
-    return timedelta(seconds=total)
+    try:
+        return timedelta(seconds=total)
+    except OverflowError as exc:
+        # Callers treat every unparseable duration alike; an overflow is one more way to be wrong.
+        raise ValueError(f"duration out of range: {text!r}") from exc
 
 
 def format_duration(delta: timedelta) -> str:
@@ -91,3 +97,63 @@ def format_duration(delta: timedelta) -> str:
 
 # The "unlimited" duration Batch reports (TimeSpan.MaxValue).
 UNLIMITED = "P10675199DT2H48M5.4775807S"
+
+
+# IMF-fixdate (RFC 9110 §5.6.7), what every HTTP client sends: "Sun, 06 Nov 1994 08:49:37 GMT".
+_IMF_FIXDATE = re.compile(
+    r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (\d{2}) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
+    r"(\d{4}) (\d{2}):(\d{2}):(\d{2}) (?:GMT|UTC)\Z"
+)
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+# Longer than any real header date; past it the text is not a date, whatever it says.
+_MAX_DATE_TEXT = 64
+
+
+def parse_http_date(text: str | None) -> datetime | None:
+    """An HTTP date header as an aware UTC datetime, or None when it is not a usable date.
+
+    IMF-fixdate is parsed exactly; other RFC 2822 forms are tried as a courtesy, and anything
+    that parses to a moment outside datetime's range (huge years or offsets) is None, never an
+    exception, because these headers arrive from anyone."""
+    if not text or len(text) > _MAX_DATE_TEXT:
+        return None
+    match = _IMF_FIXDATE.match(text)
+    try:
+        if match:
+            day, month, year, hour, minute, second = match.groups()
+            return datetime(int(year), _MONTHS.index(month) + 1, int(day), int(hour), int(minute),
+                            int(second), tzinfo=UTC)
+        parsed = parsedate_to_datetime(text)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
+    except (TypeError, ValueError, OverflowError, IndexError):
+        return None
+
+
+# The ISO 8601 forms agents and clients send: date, "T", time with optional fraction, Z or offset.
+_ISO_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})\Z")
+
+
+def parse_iso(text: object) -> datetime | None:
+    """An ISO 8601 instant with an explicit zone as an aware UTC datetime, or None if it is not one."""
+    if not isinstance(text, str) or not _ISO_INSTANT.match(text):
+        return None
+    body = text[:-1] + "+00:00" if text.endswith("Z") else text
+    head, dot, rest = body.partition(".")
+    if dot:
+        # fromisoformat takes at most six fraction digits before Python 3.11's wider parser.
+        digits = rest[:-6]
+        body = f"{head}.{(digits + '000000')[:6]}{rest[-6:]}"
+    try:
+        return datetime.fromisoformat(body).astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+
+
+def seconds_between(later: datetime, earlier: datetime) -> float:
+    """`later - earlier` in seconds, without overflow for moments near datetime's limits."""
+    try:
+        return (later - earlier).total_seconds()
+    except OverflowError:
+        return float("inf") if later > earlier else float("-inf")

@@ -1,4 +1,9 @@
-"""The agent protocol's HTTP side (docs/agent-protocol.md): hello and the sync long-poll."""
+"""The agent protocol's HTTP side (docs/agent-protocol.md): hello and the sync long-poll.
+
+Anyone can reach these routes, so each one authenticates before it reads a byte of the body,
+reads at most a route-sized cap, checks the body's shape (shoal.api.agent_bodies) before the
+service sees it, and keeps per-node state (the wake-up event) only for nodes that authenticated.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,12 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from shoal.api import agent_bodies
+from shoal.api.http import dumps, parse_json_off_loop, read_body
 from shoal.errors import BatchError, Unauthenticated
 from shoal.service import agents
 
@@ -25,15 +31,35 @@ class AgentHub:
         self._events: dict[str, asyncio.Event] = {}
 
     def event(self, node_id: str) -> asyncio.Event:
+        """The node's event; call only for a node that has just authenticated, so the table holds
+        at most one entry per real node."""
         event = self._events.get(node_id)
         if event is None:
             event = self._events[node_id] = asyncio.Event()
         return event
 
+    def forget(self, node_id: str) -> None:
+        event = self._events.pop(node_id, None)
+        if event is not None:
+            # A long-poll still waiting on it answers now rather than at its timeout.
+            event.set()
+
+    def __len__(self) -> int:
+        return len(self._events)
+
     def wake(self, node_id: str) -> None:
         event = self._events.get(node_id)
         if event is not None:
             event.set()
+
+
+# Body caps. Hello and register carry a few short fields. A sync carries up to 2,000 reports
+# (about 300 bytes each, plus a failure message of at most 4 KiB when a task could not start)
+# and one `known` entry (about 150 bytes) per attempt the agent holds: a worst honest sync is
+# under 2 MiB in practice; 8 MiB leaves room without letting one request hold much memory.
+MAX_REGISTER_BODY_BYTES = 8 * 1024
+MAX_HELLO_BODY_BYTES = 64 * 1024
+MAX_SYNC_BODY_BYTES = 8 * 1024 * 1024
 
 
 def _token(request: Request) -> str:
@@ -45,7 +71,12 @@ def _token(request: Request) -> str:
 
 
 def _json(payload: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+    return Response(dumps(payload), status_code=status, media_type="application/json")
+
+
+async def _body(request: Request, limit: int) -> Any:
+    raw = await read_body(request, limit)
+    return await parse_json_off_loop(raw) if raw.strip() else {}
 
 
 def _guard(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
@@ -53,7 +84,11 @@ def _guard(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Reque
         try:
             return await handler(request)
         except BatchError as error:
-            return _json({"code": error.code, "message": error.message}, error.status)
+            values = {"values": error.values} if error.values else {}
+            return _json({"code": error.code, "message": error.message, **values}, error.status)
+        except ClientDisconnect:
+            # The agent dropped the call (a long-poll it interrupts to report news): no one to answer.
+            return Response(status_code=499)
 
     return endpoint
 
@@ -67,24 +102,35 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
         if not manual_join:
             raise BatchError("This server's provider brings its nodes up; agents cannot join by hand.",
                              code="ManualJoinDisabled", status=409)
-        return _json(agents.register(api.ctx, join_token, orjson.loads(await request.body() or b"{}")))
+        # The join token is checked against the pool the body names, so this body is read
+        # unauthenticated: it is capped at a few KiB.
+        body = agent_bodies.check_register(await _body(request, MAX_REGISTER_BODY_BYTES))
+        return _json(agents.register(api.ctx, join_token, body))
+
+    async def authenticated(request: Request) -> tuple[str, str]:
+        node_id, token = request.path_params["node_id"], _token(request)
+        try:
+            agents.authenticate(api.ctx, node_id, token)
+        except agents.NodeGone:
+            hub.forget(node_id)
+            raise
+        return node_id, token
 
     async def hello(request: Request) -> Response:
-        body = orjson.loads(await request.body() or b"{}")
-        answer = agents.hello(api.ctx, request.path_params["node_id"], _token(request), body)
+        node_id, token = await authenticated(request)
+        body = agent_bodies.check_hello(await _body(request, MAX_HELLO_BODY_BYTES))
+        peer = request.client.host if request.client else None
+        body = agents.admit_addresses(body, peer, joined_by_hand=manual_join)
+        answer = agents.hello(api.ctx, node_id, token, body)
         answer["pollTimeoutS"] = poll_timeout_s
         answer["heartbeatIntervalS"] = heartbeat_interval_s
         return _json(answer)
 
     async def sync(request: Request) -> Response:
-        node_id = request.path_params["node_id"]
-        token = _token(request)
-        try:
-            raw = await request.body()
-        except ClientDisconnect:
-            # The agent dropped a long-poll to report news; it sends a fresh sync at once.
-            return Response(status_code=499)
-        body = orjson.loads(raw or b"{}")
+        node_id, token = await authenticated(request)
+        # A ClientDisconnect here is the agent dropping a long-poll to report news; it sends a
+        # fresh sync at once (_guard answers 499 to no one).
+        body = agent_bodies.check_sync(await _body(request, MAX_SYNC_BODY_BYTES))
         event = hub.event(node_id)
         # Cleared before reading the store: a wake-up after this point is never lost.
         event.clear()
@@ -103,7 +149,10 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
         return _json(later.to_json())
 
     async def goodbye(request: Request) -> Response:
-        agents.goodbye(api.ctx, request.path_params["node_id"], _token(request))
+        # No body is read: the call says everything by being made.
+        node_id = request.path_params["node_id"]
+        agents.goodbye(api.ctx, node_id, _token(request))
+        hub.forget(node_id)
         return _json({})
 
     return [

@@ -6,14 +6,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from shoal.api import sharedkey
+from shoal.api import sharedkey, unserved
 from shoal.api.http import error_response, new_request_id
 from shoal.config import API_VERSIONS
 from shoal.errors import BadRequest, BatchError
@@ -61,6 +61,9 @@ class Api:
                 return await handler(request, self.context_for(request))
             except BatchError as error:
                 return error_response(request, error)
+            except ClientDisconnect:
+                # The client left while we read its body: nobody is there to answer.
+                return Response(status_code=499)
             except Exception:  # noqa: BLE001 - the client gets a Batch error, the log gets the trace
                 log.exception("unhandled error in %s %s", request.method, request.url.path)
                 return error_response(request, BatchError("An internal error occurred.", code="InternalError"))
@@ -68,10 +71,17 @@ class Api:
         return endpoint
 
     def _authenticate(self, request: Request) -> None:
+        """Verify Shared Key before anything else is read (the body included), then leave the
+        handlers exactly the query that was signed."""
         raw_path = request.scope.get("raw_path") or request.url.path.encode()
         path = raw_path.decode("latin-1").split("?", 1)[0]
         query = parse_qsl(request.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        sharedkey.refuse_ambiguity(query, request.headers.items())
         sharedkey.verify(request.method, path, query, request.headers, self._keys_for)
+        if any(not value for _name, value in query):
+            # The SDK's canonical form does not sign blank parameters: handlers must not see them.
+            request.scope["query_string"] = urlencode([(n, v) for n, v in query if v]).encode("latin-1")
+            request.__dict__.pop("_query_params", None)
 
     def _keys_for(self, account: str) -> tuple[str, ...] | None:
         pair = self.keys.get(account)
@@ -88,7 +98,27 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
             routes.append(Route(path, api.batch(handler), methods=methods))
     routes.extend(agent.routes(api, agent_hub, poll_timeout_s, heartbeat_interval_s, manual_join))
     routes.append(Route("/shoal/v1/pools/{pool_id}/join-token", api.batch(_join_token), methods=["GET"]))
-    return Starlette(routes=routes, exception_handlers={404: _no_such_route, 405: _no_such_method})
+
+    async def no_such_route(request: Request, exc: Exception) -> Response:
+        operation = unserved.operation_for(request.method, request.url.path)
+        if operation is not None:
+            return await api.batch(_unserved(operation))(request)
+        return await _no_such_route(request, exc)
+
+    async def no_such_method(request: Request, exc: Exception) -> Response:
+        operation = unserved.operation_for(request.method, request.url.path)
+        if operation is not None:
+            return await api.batch(_unserved(operation))(request)
+        return await _no_such_method(request, exc)
+
+    return Starlette(routes=routes, exception_handlers={404: no_such_route, 405: no_such_method})
+
+
+def _unserved(operation: str) -> Handler:
+    async def handler(_request: Request, _ctx: Context) -> Response:
+        raise unserved.not_supported(operation)
+
+    return handler
 
 
 async def _join_token(request: Request, ctx: Context) -> Response:

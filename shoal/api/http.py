@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import re
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 from starlette.requests import Request
@@ -48,23 +50,139 @@ def error_response(request: Request, error: BatchError) -> Response:
     if request.method == "HEAD" or error.status == 304:
         # HEAD answers and 304s carry no body (RFC 9110).
         return Response(status_code=error.status, headers=headers)
-    return Response(orjson.dumps(body), status_code=error.status, headers=headers, media_type=JSON_TYPE)
+    return Response(dumps(body), status_code=error.status, headers=headers, media_type=JSON_TYPE)
+
+
+# Deeper than any Batch body (a pool spec nests about eight levels) and far below orjson's output
+# limit (254), so whatever is accepted can always be rendered again, wrapped in a list answer.
+MAX_JSON_DEPTH = 64
+# Bodies larger than this are parsed and checked on a worker thread, off the event loop.
+_PARSE_INLINE_BYTES = 256 * 1024
+
+
+def body_too_large(limit: int) -> BodyTooLarge:
+    return BodyTooLarge("The request body is too large and exceeds the maximum permissible limit.",
+                        values={"MaxLimit": str(limit)})
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, read chunk by chunk and abandoned as soon as it passes `limit` bytes:
+    a client can make us hold at most `limit` bytes (plus one chunk), whatever it sends."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit() or len(declared) > 19:
+            raise BadRequest("The value of the Content-Length header is not valid.", code="InvalidHeaderValue",
+                             values={"HeaderName": "Content-Length", "HeaderValue": declared[:32]})
+        if int(declared) > limit:
+            raise body_too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise body_too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    """True when `value` nests containers more than `limit` deep. Iterative: a recursive walk is
+    exactly what a deep document is built to break."""
+    if not isinstance(value, dict | list):
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
+
+
+def parse_json(raw: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse a JSON body (UTF-8, RFC 8259) or raise 400 InvalidRequestBody; refuses documents
+    nested deeper than `max_depth`."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest("The request body is not valid JSON.", code="InvalidRequestBody",
+                         values={"Reason": str(exc)[:200]}) from exc
+    # Cheap first: a document cannot nest deeper than it has opening brackets.
+    if raw.count(b"{") + raw.count(b"[") > max_depth and json_depth_exceeds(value, max_depth):
+        raise BadRequest("The request body is nested too deeply.", code="InvalidRequestBody",
+                         values={"Reason": f"JSON nesting is limited to {max_depth} levels."})
+    return value
+
+
+async def parse_json_off_loop(raw: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    if len(raw) <= _PARSE_INLINE_BYTES:
+        return parse_json(raw, max_depth=max_depth)
+    return await asyncio.to_thread(parse_json, raw, max_depth=max_depth)
 
 
 async def read_json(request: Request, *, optional: bool = False) -> tuple[Any, int]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise BodyTooLarge("The request body is too large and exceeds the maximum permissible limit.",
-                           values={"MaxLimit": str(MAX_BODY_BYTES)})
+    """A Batch request body: a JSON object of at most MAX_BODY_BYTES, and its size in bytes."""
+    raw = await read_body(request, MAX_BODY_BYTES)
     if not raw.strip():
         if optional:
             return {}, 0
         raise BadRequest("The request body is missing.", code="InvalidRequestBody")
+    value = await parse_json_off_loop(raw)
+    if not isinstance(value, dict):
+        # Every Batch request body is a JSON object.
+        raise BadRequest("The request body must be a JSON object.", code="InvalidRequestBody")
+    return value, len(raw)
+
+
+def dumps(payload: Any) -> bytes:
+    """JSON bytes for a response. orjson first; whatever it refuses (data nested past its limit,
+    stored before depth was bounded; keys that are not strings) is written by an iterative
+    encoder instead, so no stored value can make a response fail."""
     try:
-        return orjson.loads(raw), len(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest("The request body is not valid JSON.", code="InvalidRequestBody",
-                         values={"Reason": str(exc)[:200]}) from exc
+        return orjson.dumps(payload)
+    except (orjson.JSONEncodeError, TypeError):
+        return _dumps_iteratively(payload)
+
+
+def _scalar(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except (orjson.JSONEncodeError, TypeError):
+        return orjson.dumps(str(value))
+
+
+def _dumps_iteratively(payload: Any) -> bytes:
+    out: list[bytes] = []
+    # Work items: a value to write, or raw bytes (separators and closing brackets) to emit.
+    stack: list[Any] = [(payload,)]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, bytes):
+            out.append(item)
+            continue
+        value = item[0]
+        if isinstance(value, dict):
+            out.append(b"{")
+            stack.append(b"}")
+            entries = list(value.items())
+            for index in range(len(entries) - 1, -1, -1):
+                key, child = entries[index]
+                stack.append((child,))
+                stack.append(_scalar(key if isinstance(key, str) else str(key)) + b":")
+                if index:
+                    stack.append(b",")
+        elif isinstance(value, list | tuple):
+            out.append(b"[")
+            stack.append(b"]")
+            for index in range(len(value) - 1, -1, -1):
+                stack.append((value[index],))
+                if index:
+                    stack.append(b",")
+        else:
+            out.append(_scalar(value))
+    return b"".join(out)
 
 
 def json_response(request: Request, payload: Any, *, status: int = 200, etag: str | None = None,
@@ -76,7 +194,7 @@ def json_response(request: Request, payload: Any, *, status: int = 200, etag: st
         headers["Last-Modified"] = clock.http_date(last_modified)
     if isinstance(payload, dict) and odata_type:
         payload = {"odata.metadata": f"{base_url(request)}/$metadata#{odata_type}", **payload}
-    return Response(orjson.dumps(payload), status_code=status, headers=headers, media_type=JSON_TYPE)
+    return Response(dumps(payload), status_code=status, headers=headers, media_type=JSON_TYPE)
 
 
 def empty_response(request: Request, status: int, *, etag: str | None = None,
@@ -90,14 +208,6 @@ def empty_response(request: Request, status: int, *, etag: str | None = None,
         headers["Location"] = location
         headers["DataServiceId"] = location
     return Response(status_code=status, headers=headers)
-
-
-def _parse_http_date(value: str) -> datetime | None:
-    try:
-        parsed = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return clock.as_utc(parsed)
 
 
 def _etags(value: str) -> set[str]:
@@ -131,7 +241,7 @@ def check_conditions(request: Request, etag: str, last_modified: datetime) -> No
         if "*" not in if_match and etag not in _etags(if_match):
             raise ConditionNotMet()
     elif "if-unmodified-since" in headers:
-        when = _parse_http_date(headers["if-unmodified-since"])
+        when = clock.parse_http_date(headers["if-unmodified-since"])
         if when is not None and last > when:
             raise ConditionNotMet()
     if_none = headers.get("if-none-match")
@@ -139,7 +249,7 @@ def check_conditions(request: Request, etag: str, last_modified: datetime) -> No
         if "*" in if_none or etag in _etags(if_none):
             raise _not_modified() if read else ConditionNotMet()
     elif "if-modified-since" in headers:
-        when = _parse_http_date(headers["if-modified-since"])
+        when = clock.parse_http_date(headers["if-modified-since"])
         if when is not None and last <= when:
             raise _not_modified() if read else ConditionNotMet()
 
@@ -155,16 +265,19 @@ def has_conditions(request: Request) -> bool:
     return any(h in headers for h in ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since"))
 
 
+# ASCII digits only: int() would also take "1_000", " 7 " and other scripts' digits.
+_DECIMAL = re.compile(r"[0-9]{1,19}\Z")
+_INT64_MAX = 2**63 - 1
+_MAX_TOKEN_TEXT = 64
+
+
 def max_results(request: Request) -> int:
     raw = request.query_params.get("maxresults")
     if raw is None:
         return MAX_RESULTS_DEFAULT
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
+    value = int(raw) if _DECIMAL.match(raw) else 0
     if not 1 <= value <= 1000:
-        raise InvalidQuery("maxresults", raw, "The value must be between 1 and 1000.")
+        raise InvalidQuery("maxresults", raw[:64], "The value must be between 1 and 1000.")
     return value
 
 
@@ -173,24 +286,25 @@ def encode_token(value: int) -> str:
 
 
 def decode_token(request: Request) -> int:
+    """The offset or sequence number a `$skiptoken` carries: 0..2^63-1 (a database integer)."""
     raw = request.query_params.get("$skiptoken")
     if not raw:
         return 0
     try:
-        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+        if len(raw) > _MAX_TOKEN_TEXT:
+            raise ValueError("too long")
+        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode("ascii")
         prefix, value = text.split(":", 1)
-        if prefix != "shoal":
+        if prefix != "shoal" or not _DECIMAL.match(value) or int(value) > _INT64_MAX:
             raise ValueError(text)
         return int(value)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidQuery("$skiptoken", raw, "The continuation token is not valid.") from exc
+        raise InvalidQuery("$skiptoken", raw[:64], "The continuation token is not valid.") from exc
 
 
 def next_link(request: Request, token: int) -> str:
     params = [(k, v) for k, v in request.query_params.multi_items() if k != "$skiptoken"]
     params.append(("$skiptoken", encode_token(token)))
-    from urllib.parse import urlencode
-
     return f"{base_url(request)}{request.url.path}?{urlencode(params)}"
 
 

@@ -20,7 +20,7 @@ def compile_filter(request: Request) -> odata.Predicate | None:
     try:
         return odata.compile_filter(text)
     except odata.ODataError as exc:
-        raise InvalidQuery("$filter", text, str(exc)) from exc
+        raise InvalidQuery("$filter", text[:256], str(exc)) from exc
 
 
 def select_fields(request: Request) -> list[str] | None:
@@ -28,7 +28,7 @@ def select_fields(request: Request) -> list[str] | None:
     try:
         return odata.parse_select(text)
     except odata.ODataError as exc:
-        raise InvalidQuery("$select", text, str(exc)) from exc
+        raise InvalidQuery("$select", (text or "")[:256], str(exc)) from exc
 
 
 def respond(request: Request, items: list[dict[str, Any]], odata_type: str) -> Response:

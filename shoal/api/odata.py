@@ -11,6 +11,10 @@ a resource, so a list operation can filter rows it has already serialised. Gramm
 
 `not` applies to a whole comparison (`not state eq 'active'`), which is what people mean, although
 strict OData would bind it to `state` alone.
+
+Filters come from any authenticated caller, so parsing and evaluation are bounded: parentheses
+and `not` nest at most MAX_NESTING deep (the parser and the predicate it builds recurse once per
+level), and a comparison of values that cannot be ordered is simply false, never an error.
 """
 
 from __future__ import annotations
@@ -56,6 +60,9 @@ _TOKEN = re.compile(
     """,
     re.VERBOSE,
 )
+
+# Far beyond any hand-written filter, far below Python's recursion limit (about five frames a level).
+MAX_NESTING = 32
 
 _SELECT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -106,7 +113,10 @@ def _tokenize(text: str) -> list[_Token]:
         elif kind == "timestamp":
             tokens.append(_Token("datetime", raw, position, _parse_timestamp(raw, position)))
         elif kind == "number":
-            number = float(raw) if any(c in raw for c in ".eE") else int(raw)
+            try:
+                number = float(raw) if any(c in raw for c in ".eE") else int(raw)
+            except ValueError as exc:  # more digits than Python converts
+                raise ODataError("the number is too long", position) from exc
             tokens.append(_Token("number", raw, position, number))
         elif kind == "string":
             tokens.append(_Token("string", raw, position, raw[1:-1].replace("''", "'")))
@@ -155,6 +165,14 @@ def _is_number(value: Any) -> bool:
 
 def _compare(op: str, left: Any, right: Any, *, fold_case: bool) -> bool:
     """Apply `op`; values of unrelated types are unequal and unordered rather than an error."""
+    try:
+        return _compare_values(op, left, right, fold_case=fold_case)
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        # Objects and lists have no order, and stored values may nest past what == can walk.
+        return op == "ne"
+
+
+def _compare_values(op: str, left: Any, right: Any, *, fold_case: bool) -> bool:
     if left is None or right is None:
         if op == "eq":
             return left is None and right is None
@@ -178,6 +196,12 @@ class _Parser:
     def __init__(self, text: str) -> None:
         self.tokens = _tokenize(text)
         self.index = 0
+        self.depth = 0
+
+    def enter(self, token: _Token) -> None:
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise ODataError(f"the filter nests more than {MAX_NESTING} levels deep", token.position)
 
     @property
     def current(self) -> _Token:
@@ -228,8 +252,11 @@ class _Parser:
         return lambda resource: all(part(resource) for part in parts)
 
     def not_expr(self) -> Predicate:
+        token = self.current
         if self.accept_keyword("not"):
+            self.enter(token)
             inner = self.not_expr()
+            self.depth -= 1
             return lambda resource: not inner(resource)
         return self.comparison()
 
@@ -257,8 +284,10 @@ class _Parser:
             return (lambda _resource: value), None
         if token.kind == "punct" and token.text == "(":
             self.advance()
+            self.enter(token)
             inner = self.or_expr()
             self.expect_punct(")")
+            self.depth -= 1
             return inner, None
         if token.kind == "name":
             self.advance()

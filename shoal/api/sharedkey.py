@@ -13,11 +13,12 @@ import binascii
 import hashlib
 import hmac
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
-from email.utils import formatdate, parsedate_to_datetime
+from datetime import UTC, datetime
+from email.utils import formatdate
 from urllib.parse import parse_qsl, urlsplit
 
-from shoal.errors import BatchError
+from shoal import clock
+from shoal.errors import BadRequest, BatchError
 
 # The standard headers whose values are signed, in the order they appear in the string to sign.
 SIGNED_STANDARD_HEADERS = (
@@ -184,13 +185,38 @@ def request_time(headers: Mapping[str, str]) -> datetime:
     raw = lowered.get("ocp-date") or lowered.get("date")
     if not raw:
         raise SharedKeyError("The request has neither an ocp-date nor a Date header.")
-    try:
-        sent = parsedate_to_datetime(raw)
-    except (TypeError, ValueError) as exc:
-        raise SharedKeyError(f"The request date '{raw}' is not an RFC 1123 date.") from exc
-    if sent.tzinfo is None:
-        sent = sent.replace(tzinfo=UTC)
+    sent = clock.parse_http_date(raw)
+    if sent is None:
+        raise SharedKeyError(f"The request date '{raw[:64]}' is not an RFC 1123 date.")
     return sent
+
+
+def _is_signed_header(name: str) -> bool:
+    return name in SIGNED_STANDARD_HEADERS or "ocp-" in name or name in ("authorization", "x-ms-date")
+
+
+def refuse_ambiguity(query_items: Sequence[tuple[str, str]], header_items: Iterable[tuple[str, str]]) -> None:
+    """Refuse a request that repeats a query parameter (in any letter case) or a header that the
+    signature covers. The SDK's canonical form signs only the first value of a repeated
+    parameter and a router reads the last: rather than pick, Shoal accepts one value per name,
+    so what a handler uses is always what was signed. No Batch operation repeats either."""
+    seen: set[str] = set()
+    for name, _value in query_items:
+        folded = name.lower()
+        if folded in seen:
+            raise BadRequest("A query parameter is given more than once.", code="InvalidQueryParameterValue",
+                             values={"QueryParameterName": name[:64],
+                                     "Reason": "Each query parameter may appear once."})
+        seen.add(folded)
+    seen_headers: set[str] = set()
+    for name, _value in header_items:
+        folded = name.lower()
+        if not _is_signed_header(folded):
+            continue
+        if folded in seen_headers:
+            raise BadRequest("A header is given more than once.", code="InvalidHeaderValue",
+                             values={"HeaderName": name[:64], "Reason": "Each signed header may appear once."})
+        seen_headers.add(folded)
 
 
 def verify(
@@ -211,18 +237,21 @@ def verify(
     account, signature = parse_authorization(lowered.get("authorization"))
     sent = request_time(lowered)
     current = now or datetime.now(UTC)
-    if abs(current - sent) > timedelta(seconds=MAX_CLOCK_SKEW_S):
+    if abs(clock.seconds_between(current, sent)) > MAX_CLOCK_SKEW_S:
         raise SharedKeyError(
             f"The request date {sent.isoformat()} is more than {MAX_CLOCK_SKEW_S // 60} minutes off."
         )
     keys = keys_for_account(account) or ()
     candidates = _candidate_strings(method, path_as_sent, query_items, lowered, account)
+    # Bytes, not str: compare_digest refuses str with non-ASCII characters, and the header is
+    # whatever the caller sent.
+    presented = signature.encode("utf-8", "replace")
     for key in keys:
         for candidate in candidates:
-            if hmac.compare_digest(_signature(key, candidate), signature):
+            if hmac.compare_digest(_signature(key, candidate).encode("ascii"), presented):
                 return account
     raise SharedKeyError(
-        f"The MAC signature found in the HTTP request '{signature}' is not the same as any computed signature."
+        f"The MAC signature found in the HTTP request '{signature[:128]}' is not the same as any computed signature."
     )
 
 

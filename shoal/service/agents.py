@@ -8,19 +8,27 @@ not yet hold; what it should kill is whatever it holds that the store no longer 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import Connection, bindparam, select, update
 
 from shoal import clock
-from shoal.errors import BatchError, Conflict, Unauthenticated
+from shoal.errors import BadRequest, BatchError, Conflict, InvalidProperty, Unauthenticated
 from shoal.service import jobs as job_service
 from shoal.service import scheduling, transitions
 from shoal.service.context import Context
 from shoal.store.schema import jobs, nodes, pools, tasks
 
 Attempt = tuple[str, str, int]
+
+# How far an agent's clock may disagree with ours before its times count as made up: a report's
+# start may precede its assignment, and any end may pass our now, by at most this much.
+# Within it, times are clamped to the assignment and to now.
+REPORT_CLOCK_SKEW_S = 60.0
 
 
 class NodeGone(BatchError):
@@ -46,16 +54,94 @@ class SyncAnswer:
                 "restart": self.restart}
 
 
+def token_matches(expected: str, presented: str) -> bool:
+    """Constant time, so the answer's timing says nothing about how much of a token was right."""
+    return hmac.compare_digest(expected.encode("utf-8"), presented.encode("utf-8", "replace"))
+
+
 def _node_by_token(conn: Connection, node_id: str, token: str) -> Any:
     row = conn.execute(select(nodes).where(nodes.c.id == node_id)).first()
     if row is None:
         raise NodeGone("The node is no longer part of a pool.")
-    if row.token != token:
+    if not token_matches(row.token, token):
         raise Unauthenticated("The node token is not valid.")
     if row.state == "preempted":
         # The VM is gone with its data: the agent stops everything and deletes its root.
         raise NodeGone("The node was preempted.")
     return row
+
+
+def authenticate(ctx: Context, node_id: str, token: str) -> None:
+    """Check a node's token before anything of its request is read (its body included)."""
+    with ctx.engine.connect() as conn:
+        row = conn.execute(select(nodes.c.token, nodes.c.state).where(nodes.c.id == node_id)).first()
+    if row is None:
+        raise NodeGone("The node is no longer part of a pool.")
+    if not token_matches(row.token, token):
+        raise Unauthenticated("The node token is not valid.")
+    if row.state == "preempted":
+        raise NodeGone("The node was preempted.")
+
+
+def _refuse_address(name: str, value: Any, reason: str) -> InvalidProperty:
+    return InvalidProperty(name, str(value)[:256], reason)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def admit_addresses(body: dict[str, Any], peer_host: str | None, *, joined_by_hand: bool) -> dict[str, Any]:
+    """The `fileServerUrl` and `ipAddress` the control plane records for a hello, or 400.
+
+    The control plane sends the node token to the file server URL with every file request, so
+    the URL must point at the node itself, never at whatever a token holder names (SSRF): a
+    node a local provider started serves on loopback; a node that joined by hand serves on the
+    address its hello came from (an agent bound to a wildcard address is recorded at that
+    address). Host names are refused: what they resolve to can change after the check."""
+    admitted = dict(body)
+    peer = _ip(peer_host) if peer_host else None
+    if joined_by_hand and peer is None:
+        raise BadRequest("The agent's network address is not known.", code="InvalidRequest")
+    url = body.get("fileServerUrl")
+    if url is not None:
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise _refuse_address("fileServerUrl", url, "The value is not a URL.") from exc
+        if parts.scheme not in ("http", "https") or parts.username is not None or parts.password is not None                 or parts.path not in ("", "/") or parts.query or parts.fragment or port is None:
+            raise _refuse_address("fileServerUrl", url, "The value must be scheme://address:port and nothing else.")
+        host = _ip(parts.hostname or "")
+        if host is None:
+            raise _refuse_address("fileServerUrl", url, "The host must be an IP address.")
+        if joined_by_hand:
+            assert peer is not None
+            if host.is_unspecified:
+                host = peer
+            if host != peer:
+                raise _refuse_address("fileServerUrl", url,
+                                      "The host must be the address the agent connects from.")
+        elif not host.is_loopback:
+            raise _refuse_address("fileServerUrl", url, "A local node's file server must be on loopback.")
+        shown = f"[{host}]" if host.version == 6 else str(host)
+        admitted["fileServerUrl"] = f"{parts.scheme}://{shown}:{port}"
+    if joined_by_hand:
+        # Whatever the agent believes its address is, the one it connects from is the one we know.
+        admitted["ipAddress"] = str(peer)
+    else:
+        claimed = body.get("ipAddress")
+        address = _ip(claimed) if claimed is not None else ipaddress.ip_address("127.0.0.1")
+        if address is None or not address.is_loopback:
+            raise _refuse_address("ipAddress", claimed, "A local node's address must be on loopback.")
+        admitted["ipAddress"] = str(address)
+    return admitted
 
 
 def register(ctx: Context, join_token: str, body: dict[str, Any]) -> dict[str, str]:
@@ -65,7 +151,7 @@ def register(ctx: Context, join_token: str, body: dict[str, Any]) -> dict[str, s
     with ctx.engine.begin() as conn:
         pool = conn.execute(select(pools).where(pools.c.account == ctx.account,
                                                 pools.c.key == str(pool_id or "").lower())).first()
-        if pool is None or not hmac.compare_digest(pool.join_token, join_token):
+        if pool is None or not token_matches(pool.join_token, join_token):
             raise Unauthenticated("The pool join token is not valid for this pool.")
         if pool.state != "active":
             raise Conflict("The pool is being deleted.", code="PoolBeingDeleted")
@@ -89,7 +175,7 @@ def goodbye(ctx: Context, node_id: str, token: str) -> None:
         row = conn.execute(select(nodes).where(nodes.c.id == node_id)).first()
         if row is None:
             return
-        if row.token != token:
+        if not token_matches(row.token, token):
             raise Unauthenticated("The node token is not valid.")
         if row.state == "leavingpool":
             conn.execute(nodes.delete().where(nodes.c.id == node_id))
@@ -114,10 +200,38 @@ def hello(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> dict[
             file_server_url=body.get("fileServerUrl"), ip_address=body.get("ipAddress") or "127.0.0.1",
             run_start_task=bool(start_task) and not leaving, start_task_info=None, pending_action=None,
             etag=clock.new_etag()))
+        # The agent says whether it can run tasks as their own users (it cannot without root);
+        # the node's `errors` say so to every client. Our words, not the agent's: only its user
+        # name is quoted, bounded.
+        isolation = body.get("isolation")
+        errors = [e for e in node.errors or [] if isinstance(e, dict) and e.get("code") != "IsolationUnavailable"]
+        if isinstance(isolation, dict) and isolation.get("userIsolation") is False:
+            agent_user = "".join(c for c in str(isolation.get("agentUser") or "?")[:64] if c.isprintable())
+            errors.append({"code": "IsolationUnavailable", "message": (
+                f"The node's agent does not run as root, so it cannot create users: every task runs as "
+                f"{agent_user!r}, unisolated from other tasks and from the agent, and a task naming a "
+                f"userName fails."), "errorDetails": [{"name": "agentUser", "value": agent_user}]})
+        if errors != (node.errors or []):
+            conn.execute(update(nodes).where(nodes.c.id == node_id).values(errors=errors or None))
     ctx.signals.wake_scheduler()
+    # Pool user accounts become real users on the node; the password travels so the agent can
+    # set it (never logged), the SSH key only where inter-node communication wants it installed.
+    inter_node = bool(pool.spec.get("enableInterNodeCommunication"))
+    user_accounts = []
+    for account in pool.spec.get("userAccounts") or []:
+        if not isinstance(account, dict):
+            continue
+        linux = account.get("linuxUserConfiguration")
+        linux = linux if isinstance(linux, dict) else {}
+        user_accounts.append({
+            "name": account.get("name"), "password": account.get("password"),
+            "elevationLevel": account.get("elevationLevel") or "nonadmin",
+            "linuxUserConfiguration": {"uid": linux.get("uid"), "gid": linux.get("gid"),
+                                       "sshPrivateKey": linux.get("sshPrivateKey") if inter_node else None}})
     return {"node": {
         "poolId": pool.id, "isDedicated": bool(node.is_dedicated), "accountName": ctx.account,
-        "accountUrl": ctx.base_url, "taskSlotsPerNode": pool.slots_per_node, "startTask": start_task}}
+        "accountUrl": ctx.base_url, "taskSlotsPerNode": pool.slots_per_node, "startTask": start_task,
+        "userAccounts": user_accounts}}
 
 
 def sync(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAnswer:
@@ -141,7 +255,7 @@ def sync(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAn
             answer.run_start_task = True
         reports = body.get("reports") or []
         if reports:
-            answer.ack, touched_jobs = _apply_reports(conn, node_id, reports)
+            answer.ack, touched_jobs = _apply_reports(conn, ctx, node_id, reports, now)
             if touched_jobs:
                 job_service.finish_all_complete_jobs(ctx, conn, list(touched_jobs))
                 transitions.refresh_node_busy(conn, [node_id])
@@ -184,9 +298,30 @@ def _state_on_return(conn: Connection, node: Any) -> str:
     return "running" if busy else "idle"
 
 
+def _checked_times(report: dict[str, Any], not_before: datetime | None, now: datetime, label: str) -> None:
+    """Refuse times no honest agent reports (a start before the work was handed out, an end in
+    the future, an end before the start); clamp the few seconds clocks may disagree by."""
+    start = clock.parse_iso(report.get("startTime"))
+    end = clock.parse_iso(report.get("endTime"))
+    if start is not None and not_before is not None:
+        if clock.seconds_between(not_before, start) > REPORT_CLOCK_SKEW_S:
+            raise InvalidProperty(f"{label}.startTime", report["startTime"],
+                                  "The start precedes the time the work was assigned.")
+        start = max(start, not_before)
+        report["startTime"] = clock.iso(start)
+    if end is not None:
+        if clock.seconds_between(end, now) > REPORT_CLOCK_SKEW_S:
+            raise InvalidProperty(f"{label}.endTime", report["endTime"], "The end is in the future.")
+        end = min(end, now)
+        if start is not None and end < start:
+            raise InvalidProperty(f"{label}.endTime", report["endTime"], "The end precedes the start.")
+        report["endTime"] = clock.iso(end)
+
+
 def _record_start_task(conn: Connection, node: Any, report: dict[str, Any]) -> bool:
     """Record the start task's state; True when that made the node ready for tasks."""
     now = clock.now()
+    _checked_times(report, clock.as_utc(node.last_boot_time), now, "startTask")
     info = {k: report[k] for k in ("state", "startTime", "endTime", "exitCode", "retryCount", "lastRetryTime")
             if report.get(k) is not None}
     info.setdefault("retryCount", 0)
@@ -212,25 +347,29 @@ def _record_start_task(conn: Connection, node: Any, report: dict[str, Any]) -> b
     return values.get("state") == "idle"
 
 
-def _apply_reports(conn: Connection, node_id: str, reports: list[dict[str, Any]]) -> tuple[list[Attempt], set[int]]:
+def _apply_reports(conn: Connection, ctx: Context, node_id: str, reports: list[dict[str, Any]],
+                   now: datetime) -> tuple[list[Attempt], set[int]]:
     acked: list[Attempt] = []
     touched_jobs: set[int] = set()
     keys = {(r["jobId"].lower(), r["taskId"].lower()) for r in reports}
     job_keys = {k[0] for k in keys}
     rows = conn.execute(select(tasks, jobs.c.key.label("job_key")).join(jobs, jobs.c.seq == tasks.c.job_seq)
-                        .where(jobs.c.key.in_(job_keys), tasks.c.node_id == node_id,
-                               tasks.c.state == "running")).all()
+                        .where(jobs.c.account == ctx.account, jobs.c.key.in_(job_keys),
+                               tasks.c.node_id == node_id, tasks.c.state == "running")).all()
     current = {(r.job_key, r.key): r for r in rows}
     reported = []
-    for report in reports:
-        attempt: Attempt = (report["jobId"], report["taskId"], int(report["attempt"]))
+    for index, report in enumerate(reports):
+        attempt: Attempt = (report["jobId"], report["taskId"], report["attempt"])
         acked.append(attempt)
         key = (report["jobId"].lower(), report["taskId"].lower())
         row = current.get(key)
-        # A report for an attempt that is no longer the running one (requeued, terminated,
-        # already reported) is acknowledged and dropped: nothing completes twice.
+        # Only the attempt this node runs now can be ended by this node. Anything else (an
+        # attempt requeued, terminated or already reported, or one the node never held) is
+        # acknowledged and dropped: it changes nothing, nothing completes twice, and an honest
+        # agent with a stale report is never wedged by a refusal.
         if row is None or row.attempt != attempt[2]:
             continue
+        _checked_times(report, clock.as_utc(row.state_transition_time), now, f"reports[{index}]")
         del current[key]
         reported.append((row, report))
         touched_jobs.add(row.job_seq)
@@ -253,11 +392,15 @@ def _deliveries(conn: Connection, node: Any, body: dict[str, Any], answer: SyncA
             # falls silent): a node has left only once it has stopped.
             answer.leave = True
             return
-    known = {(k[0].lower(), k[1].lower(), int(k[2])): k for k in body.get("known") or []}
+    known = {(k[0].lower(), k[1].lower(), k[2]): k for k in body.get("known") or []}
     acked = {(a[0].lower(), a[1].lower(), a[2]) for a in answer.ack}
     if node.state in ("rebooting", "reimaging") and body.get("incarnation") == node.incarnation:
         # This incarnation must go; the next hello comes from a fresh one.
         answer.restart = "reboot" if node.state == "rebooting" else "reimage"
+        return
+    if node.incarnation and body.get("incarnation") != node.incarnation:
+        # Not the agent that said hello last (a process the node has moved on from, or a caller
+        # with a stolen token that skipped hello): it is given nothing to run.
         return
     # Keys first; whole rows (specs and all) only for the few attempts the agent lacks.
     held = conn.execute(_RUNNING_KEYS, {"b_node": node.id}).all()
@@ -275,7 +418,7 @@ def _deliveries(conn: Connection, node: Any, body: dict[str, Any], answer: SyncA
         answer.run.extend(_assignment(row) for row in rows)
     for key, original in known.items():
         if key not in running_keys and key not in acked:
-            answer.kill.append([original[0], original[1], int(original[2]), "stale"])
+            answer.kill.append([original[0], original[1], original[2], "stale"])
 
 
 def _assignment(row: Any) -> dict[str, Any]:

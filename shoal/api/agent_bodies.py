@@ -1,0 +1,162 @@
+"""The shapes of agent request bodies (docs/agent-protocol.md), checked before the service sees them.
+
+A node token is a credential a task might steal, so an agent body is input like any other:
+every field the control plane reads is checked for type and size here, and a body that does not
+fit answers 400 `InvalidPropertyValue` naming the field. Fields the control plane does not read
+are left alone (newer agents may send more). The service then checks what needs the store
+(which attempts the node holds, times against the assignment).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from shoal import clock
+from shoal.errors import BadRequest, InvalidProperty
+
+# Ids are Batch ids (≤ 64 characters); incarnations are uuid hex; both fit their columns.
+MAX_ID_CHARS = 64
+MAX_INCARNATION_CHARS = 64
+# The agent sends at most 2,000 reports a sync (shoal/agent/main.py MAX_REPORTS_PER_SYNC).
+MAX_REPORTS_PER_SYNC = 2000
+MAX_METRICS = 64
+# Failure texts are the agent's own words; longer ones are cut rather than refused, so a
+# verbose error never wedges a node's reports.
+MAX_FAILURE_CODE_CHARS = 256
+MAX_FAILURE_MESSAGE_CHARS = 4096
+INT32 = (-(2**31), 2**31 - 1)
+MAX_PID = 2**31 - 1
+MAX_URL_CHARS = 256
+
+
+def _refuse(name: str, value: Any, reason: str) -> InvalidProperty:
+    return InvalidProperty(name, repr(value)[:64], reason)
+
+
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.", code="InvalidRequestBody")
+    return body
+
+
+def _text(body: dict[str, Any], name: str, limit: int, *, path: str | None = None,
+          required: bool = False) -> str | None:
+    value = body.get(name)
+    label = path or name
+    if value is None:
+        if required:
+            raise _refuse(label, value, "The value is required.")
+        return None
+    if not isinstance(value, str) or not value or len(value) > limit or "\x00" in value:
+        raise _refuse(label, value, f"The value must be a non-empty string of at most {limit} characters.")
+    return value
+
+
+def _integer(value: Any, label: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _refuse(label, value, f"The value must be an integer from {low} to {high}.")
+    return value
+
+
+def _time(body: dict[str, Any], name: str, label: str) -> None:
+    value = body.get(name)
+    if value is not None and clock.parse_iso(value) is None:
+        raise _refuse(label, value, "The value must be an ISO 8601 time with a zone (…Z).")
+
+
+def _failure(body: dict[str, Any], label: str) -> None:
+    failure = body.get("failure")
+    if failure is None:
+        return
+    if not isinstance(failure, dict):
+        raise _refuse(label, failure, "The value must be an object or null.")
+    for key, limit in (("category", MAX_FAILURE_CODE_CHARS), ("code", MAX_FAILURE_CODE_CHARS),
+                       ("message", MAX_FAILURE_MESSAGE_CHARS)):
+        text = failure.get(key)
+        if text is None:
+            continue
+        if not isinstance(text, str):
+            raise _refuse(f"{label}.{key}", text, "The value must be a string.")
+        failure[key] = text[:limit]
+    # Only these three travel on into the task's failureInfo.
+    body["failure"] = {k: failure[k] for k in ("category", "code", "message") if failure.get(k) is not None}
+
+
+def _attempt_fields(report: dict[str, Any], label: str) -> None:
+    _text(report, "jobId", MAX_ID_CHARS, path=f"{label}.jobId", required=True)
+    _text(report, "taskId", MAX_ID_CHARS, path=f"{label}.taskId", required=True)
+    _integer(report.get("attempt"), f"{label}.attempt", 0, INT32[1])
+
+
+def _outcome_fields(report: dict[str, Any], label: str) -> None:
+    for name in ("startTime", "endTime"):
+        _time(report, name, f"{label}.{name}")
+    if report.get("exitCode") is not None:
+        _integer(report["exitCode"], f"{label}.exitCode", *INT32)
+    _failure(report, f"{label}.failure")
+
+
+def check_hello(body: Any) -> dict[str, Any]:
+    body = _object(body)
+    if body.get("pid") is not None:
+        _integer(body["pid"], "pid", 1, MAX_PID)
+    _text(body, "incarnation", MAX_INCARNATION_CHARS)
+    _text(body, "fileServerUrl", MAX_URL_CHARS)
+    _text(body, "ipAddress", MAX_URL_CHARS)
+    return body
+
+
+def check_register(body: Any) -> dict[str, Any]:
+    body = _object(body)
+    _text(body, "poolId", MAX_ID_CHARS, required=True)
+    return body
+
+
+def check_sync(body: Any) -> dict[str, Any]:
+    body = _object(body)
+    _text(body, "incarnation", MAX_INCARNATION_CHARS)
+    if body.get("wait") is not None and not isinstance(body["wait"], bool):
+        raise _refuse("wait", body["wait"], "The value must be a boolean.")
+    known = body.get("known")
+    if known is not None:
+        if not isinstance(known, list):
+            raise _refuse("known", known, "The value must be a list of [jobId, taskId, attempt].")
+        for index, entry in enumerate(known):
+            label = f"known[{index}]"
+            if not isinstance(entry, list) or len(entry) != 3:
+                raise _refuse(label, entry, "The value must be [jobId, taskId, attempt].")
+            for position, part in enumerate(entry[:2]):
+                if not isinstance(part, str) or not part or len(part) > MAX_ID_CHARS:
+                    raise _refuse(f"{label}[{position}]", part, "The value must be a Batch id.")
+            _integer(entry[2], f"{label}[2]", 0, INT32[1])
+    reports = body.get("reports")
+    if reports is not None:
+        if not isinstance(reports, list) or len(reports) > MAX_REPORTS_PER_SYNC:
+            raise _refuse("reports", type(reports).__name__,
+                          f"The value must be a list of at most {MAX_REPORTS_PER_SYNC} reports.")
+        for index, report in enumerate(reports):
+            label = f"reports[{index}]"
+            if not isinstance(report, dict):
+                raise _refuse(label, report, "The value must be an object.")
+            _attempt_fields(report, label)
+            _outcome_fields(report, label)
+    start_task = body.get("startTask")
+    if start_task is not None:
+        if not isinstance(start_task, dict):
+            raise _refuse("startTask", start_task, "The value must be an object or null.")
+        if start_task.get("state") not in ("running", "completed"):
+            raise _refuse("startTask.state", start_task.get("state"), "The value must be running or completed.")
+        _outcome_fields(start_task, "startTask")
+        _time(start_task, "lastRetryTime", "startTask.lastRetryTime")
+        if start_task.get("retryCount") is not None:
+            _integer(start_task["retryCount"], "startTask.retryCount", 0, INT32[1])
+    metrics = body.get("metrics")
+    if metrics is not None:
+        if not isinstance(metrics, dict) or len(metrics) > MAX_METRICS:
+            raise _refuse("metrics", type(metrics).__name__, f"The value must be an object of at most {MAX_METRICS} numbers.")
+        for key, value in metrics.items():
+            if len(key) > MAX_ID_CHARS or isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not math.isfinite(value):
+                raise _refuse(f"metrics.{key[:MAX_ID_CHARS]}", value, "The value must be a finite number.")
+    return body

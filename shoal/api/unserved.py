@@ -1,0 +1,70 @@
+"""Batch operations Shoal does not serve yet.
+
+A client calling one of these is calling a real Batch operation: it gets 400
+`FeatureNotSupported` naming the operation (after authentication, as every Batch call), not the
+404 `InvalidUri` of a path Batch does not have. Paths are written as in the Batch OpenAPI
+document with each path parameter as `{}`; tests/security/test_http.py checks this table is
+exactly the spec's operations minus the routes Shoal serves.
+"""
+
+from __future__ import annotations
+
+import re
+
+from shoal.errors import BadRequest
+
+# (method, path, Batch operationId)
+OPERATIONS: tuple[tuple[str, str, str], ...] = (
+    ("GET", "/applications", "Application_List"),
+    ("GET", "/applications/{}", "Application_Get"),
+    ("GET", "/poolusagemetrics", "Pool_ListUsageMetrics"),
+    ("POST", "/certificates", "Certificate_Add"),
+    ("GET", "/certificates", "Certificate_List"),
+    ("POST", "/certificates(thumbprintAlgorithm={},thumbprint={})/canceldelete", "Certificate_CancelDeletion"),
+    ("DELETE", "/certificates(thumbprintAlgorithm={},thumbprint={})", "Certificate_Delete"),
+    ("GET", "/certificates(thumbprintAlgorithm={},thumbprint={})", "Certificate_Get"),
+    ("POST", "/jobschedules", "JobSchedule_Add"),
+    ("GET", "/jobschedules", "JobSchedule_List"),
+    ("HEAD", "/jobschedules/{}", "JobSchedule_Exists"),
+    ("DELETE", "/jobschedules/{}", "JobSchedule_Delete"),
+    ("GET", "/jobschedules/{}", "JobSchedule_Get"),
+    ("PATCH", "/jobschedules/{}", "JobSchedule_Patch"),
+    ("PUT", "/jobschedules/{}", "JobSchedule_Update"),
+    ("POST", "/jobschedules/{}/disable", "JobSchedule_Disable"),
+    ("POST", "/jobschedules/{}/enable", "JobSchedule_Enable"),
+    ("POST", "/jobschedules/{}/terminate", "JobSchedule_Terminate"),
+    ("GET", "/jobschedules/{}/jobs", "Job_ListFromJobSchedule"),
+    ("GET", "/jobs/{}/jobpreparationandreleasetaskstatus", "Job_ListPreparationAndReleaseTaskStatus"),
+    ("POST", "/pools/{}/nodes/{}/users", "ComputeNode_AddUser"),
+    ("DELETE", "/pools/{}/nodes/{}/users/{}", "ComputeNode_DeleteUser"),
+    ("PUT", "/pools/{}/nodes/{}/users/{}", "ComputeNode_UpdateUser"),
+    ("GET", "/pools/{}/nodes/{}/remoteloginsettings", "ComputeNode_GetRemoteLoginSettings"),
+    ("GET", "/pools/{}/nodes/{}/rdp", "ComputeNode_GetRemoteDesktop"),
+    ("POST", "/pools/{}/nodes/{}/uploadbatchservicelogs", "ComputeNode_UploadBatchServiceLogs"),
+    ("GET", "/pools/{}/nodes/{}/extensions", "ComputeNodeExtension_List"),
+    ("GET", "/pools/{}/nodes/{}/extensions/{}", "ComputeNodeExtension_Get"),
+)
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    parts = template.split("{}")
+    # A path parameter is one segment; Batch paths (and their ids) are matched without case.
+    return re.compile("[^/]+".join(re.escape(part) for part in parts) + "/?", re.IGNORECASE)
+
+
+_COMPILED = tuple((method, _pattern(path), name) for method, path, name in OPERATIONS)
+
+
+def operation_for(method: str, path: str) -> str | None:
+    """The Batch operationId of an unserved operation this request calls, if any."""
+    for candidate_method, pattern, name in _COMPILED:
+        if candidate_method == method and pattern.fullmatch(path):
+            return name
+    return None
+
+
+def not_supported(operation: str) -> BadRequest:
+    return BadRequest(f"The operation {operation} is not supported by this Batch service yet.",
+                      code="FeatureNotSupported",
+                      values={"OperationName": operation,
+                              "Reason": "Shoal does not implement this Batch operation."})
