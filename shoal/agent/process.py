@@ -53,6 +53,7 @@ SPAWN_THREADS = 4
 the process, which the fallback's parent-death signal relies on (it fires when the thread that
 forked the child ends)."""
 _QUOTE_CHARS = 64
+_NO_ID = 2**32 - 1  # (uid_t)-1 and (gid_t)-1
 
 KILL_GRACE_S = 2.0
 """How long a killed tree gets between SIGTERM and SIGKILL."""
@@ -184,7 +185,13 @@ def environment_problem(env: Mapping[str, str]) -> str | None:
 
 def user_problem(user: pwd.struct_passwd | None) -> str | None:
     """Why the agent cannot become ``user`` (only root can switch to another user)."""
-    if user is None or os.geteuid() == 0:
+    if user is None:
+        return None
+    for kind, value in (("uid", user.pw_uid), ("gid", user.pw_gid)):
+        # (uid_t)-1 tells setreuid "leave it": a task "switched" to it would stay root.
+        if not isinstance(value, int) or not 0 <= value < _NO_ID:
+            return f"Cannot run as user {_quote(str(user.pw_name))}: {kind} {value!r} is not a valid id"
+    if os.geteuid() == 0:
         return None
     if user.pw_uid == os.geteuid() and user.pw_gid == os.getegid():
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import psutil
 import pytest
 
 from shoal.agent.layout import NodeIdentity, NodeLayout, start_task_environment, task_environment
-from shoal.agent.process import ProcessResult, ProcessSpec, TaskProcess, run_process
+from shoal.agent.process import MAX_COMMAND_LINE_CHARS, ProcessResult, ProcessSpec, TaskProcess, run_process
 
 NODE = NodeIdentity("acct", "https://acct.example", "pool1", "tvmps_abc_d", True)
 
@@ -186,3 +187,159 @@ def test_runs_as_named_user_when_root(tmp_path: Path) -> None:
     os.chown(spec.cwd, nobody.pw_uid, nobody.pw_gid)
     assert run(spec).exit_code == 0
     assert spec.stdout_path.read_text().strip() == str(nobody.pw_uid)
+
+
+# ---- inputs that must fail one attempt, never the agent --------------------------------------
+
+
+def launch_failure(result: ProcessResult) -> str:
+    """The message of a launch failure (and that it is one: usererror, no exit code)."""
+    assert result.exit_code is None, result
+    assert result.failure is not None, result
+    assert (result.failure.category, result.failure.code) == ("usererror", "CommandLaunchFailed"), result.failure
+    return result.failure.message
+
+
+def run_bounded(spec: ProcessSpec, timeout: float = 10.0) -> ProcessResult:
+    """Run in a thread so that a runner that hangs (a parse stuck on its event loop) fails the
+    test after ``timeout`` instead of hanging it."""
+    results: list[ProcessResult | BaseException] = []
+
+    def target() -> None:
+        try:
+            results.append(run(spec))
+        except BaseException as exc:  # the runner must not raise: record it for the assertion
+            results.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert results, f"the runner did not finish within {timeout} s"
+    assert isinstance(results[0], ProcessResult), results[0]
+    return results[0]
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("echo a\0b", "NUL"),
+        ("echo " + "x" * MAX_COMMAND_LINE_CHARS, "limit is 8191"),
+        ("echo \udc80\ud800", "Cannot start"),  # lone surrogates: JSON can carry them, execve cannot
+    ],
+    ids=["nul", "over-the-cap", "lone-surrogate"],
+)
+def test_command_lines_that_cannot_start_fail_the_attempt(tmp_path: Path, command: str, expected: str) -> None:
+    assert expected in launch_failure(run_bounded(make_spec(tmp_path, command)))
+
+
+def test_the_cap_is_batchs_8191_characters(tmp_path: Path) -> None:
+    at_cap = make_spec(tmp_path, "echo " + "x" * (MAX_COMMAND_LINE_CHARS - len("echo ")))
+    assert run_bounded(at_cap).exit_code == 0
+    assert len(at_cap.stdout_path.read_text()) == MAX_COMMAND_LINE_CHARS - len("echo ") + 1
+    over = make_spec(tmp_path, "echo " + "x" * (MAX_COMMAND_LINE_CHARS - len("echo ") + 1), task="t2")
+    assert "8192 characters long; the limit is 8191" in launch_failure(run_bounded(over))
+
+
+def test_huge_command_line_is_refused_at_once_and_the_loop_keeps_turning(tmp_path: Path) -> None:
+    # One 3.9 MB word: shlex grows a token one character at a time (quadratic); on the event
+    # loop it froze the original runner for minutes.
+    spec = make_spec(tmp_path, "echo " + "a" * 3_900_000)
+
+    async def scenario() -> tuple[ProcessResult, float]:
+        gaps: list[float] = []
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            last = time.monotonic()
+            while not stop.is_set():
+                await asyncio.sleep(0.005)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        tick = asyncio.ensure_future(ticker())
+        result = await TaskProcess(spec).start()
+        stop.set()
+        await tick
+        return result, max(gaps, default=0.0)
+
+    began = time.monotonic()
+    results: list[tuple[ProcessResult, float]] = []
+    thread = threading.Thread(target=lambda: results.append(asyncio.run(scenario())), daemon=True)
+    thread.start()
+    thread.join(10)
+    assert results, "a 3.9 MB command line froze the runner"
+    result, worst_gap = results[0]
+    assert "limit is 8191" in launch_failure(result)
+    assert time.monotonic() - began < 5
+    assert worst_gap < 0.5
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"A=B": "1"}, "contains '='"),
+        ({"A\0B": "1"}, "NUL"),
+        ({"GOOD": "a\0b"}, "NUL"),
+        ({"": "1"}, "empty name"),
+        ({"GOOD": "\ud800"}, "Cannot start"),
+    ],
+    ids=["equals-in-name", "nul-in-name", "nul-in-value", "empty-name", "lone-surrogate-value"],
+)
+def test_environments_that_cannot_start_fail_the_attempt(
+    tmp_path: Path, settings: dict[str, str], expected: str
+) -> None:
+    assert expected in launch_failure(run_bounded(make_spec(tmp_path, "true", settings=settings)))
+
+
+def test_a_huge_environment_name_is_quoted_briefly(tmp_path: Path) -> None:
+    message = launch_failure(run_bounded(make_spec(tmp_path, "true", settings={"=" * 1_000_000: "x"})))
+    assert len(message) < 300
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+@pytest.mark.parametrize(
+    ("uid", "gid", "name", "expected"),
+    [
+        (2**32 - 1, 1000, "minus-one", "not a valid id"),  # setreuid(-1) would leave the task root
+        (1000, 2**32 - 1, "minus-one-gid", "not a valid id"),
+        (2**40, 1000, "too-big", "not a valid id"),
+        (-5, 1000, "negative", "not a valid id"),
+        (12345, 12345, "nul\0user", "Cannot start"),  # getgrouplist refuses the name
+    ],
+    ids=["uid-minus-one", "gid-minus-one", "uid-overflow", "uid-negative", "nul-in-name"],
+)
+def test_users_that_cannot_be_switched_to_fail_the_attempt(
+    tmp_path: Path, uid: int, gid: int, name: str, expected: str
+) -> None:
+    import pwd
+
+    user = pwd.struct_passwd((name, "x", uid, gid, "", "/", "/bin/sh"))
+    spec = make_spec(tmp_path, "id -u", user=user)
+    assert expected in launch_failure(run_bounded(spec))
+    assert not spec.stdout_path.exists() or spec.stdout_path.read_text() == ""  # nothing ran as root
+
+
+def test_many_bad_and_good_attempts_side_by_side(tmp_path: Path) -> None:
+    """One runner, a mix of attempts: the bad ones fail alone, the good ones still run, and one
+    killed while its spawn is still under way (in the spawner thread) is killed all the same."""
+    bad = [make_spec(tmp_path, "echo \0", task=f"bad{i}") for i in range(10)]
+    good = [make_spec(tmp_path, f"sh -c 'echo {i}'", task=f"good{i}") for i in range(10)]
+
+    async def killed_at_once() -> ProcessResult:
+        proc = TaskProcess(make_spec(tmp_path, "sleep 30", task="victim"))
+        proc.start()
+        return await proc.kill()
+
+    async def scenario() -> tuple[list[ProcessResult], ProcessResult]:
+        victim = asyncio.ensure_future(killed_at_once())
+        results = await asyncio.gather(*(run_process(s) for pair in zip(bad, good, strict=True) for s in pair))
+        return results, await victim
+
+    began = time.monotonic()
+    results, victim = asyncio.run(scenario())
+    assert all(r.failure is not None and r.failure.code == "CommandLaunchFailed" for r in results[0::2])
+    assert all(r.exit_code == 0 and r.failure is None for r in results[1::2])
+    assert [s.stdout_path.read_text() for s in good] == [f"{i}\n" for i in range(10)]
+    assert victim.killed and victim.exit_code in (128 + 9, 128 + 15)
+    assert time.monotonic() - began < 5
