@@ -1,0 +1,190 @@
+"""An honest surface: what Shoal does not carry out is refused with FeatureNotSupported naming the
+property (never stored and ignored), unknown properties are refused, and pool user passwords are
+write-only."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from azure.batch import models
+
+from tests.acceptance import rest
+from tests.helpers import pool_options
+
+POOL = "surface-pool"
+JOB = "surface-job"
+RESOURCE_FILE = [{"httpUrl": "http://127.0.0.1:9/unreachable", "filePath": "in.txt"}]
+
+
+@pytest.fixture(scope="module")
+def setup(client: Any) -> None:
+    client.create_pool(pool_options(POOL, target_dedicated_nodes=0))
+    client.create_job(models.BatchJobCreateOptions(id=JOB, pool_info=models.BatchPoolInfo(pool_id=POOL)))
+
+
+def send(shoal: Any, method: str, path: str, body: Any) -> Any:
+    return rest.call(shoal, method, path, body=json.dumps(body).encode())
+
+
+def values_of(response: Any) -> dict[str, str]:
+    return {item["key"]: item["value"] for item in response.json().get("values", [])}
+
+
+def refused(response: Any, code: str, name: str) -> None:
+    rest.assert_batch_error(response, 400, code)
+    assert values_of(response)["PropertyName"] == name
+
+
+# (multiInstanceSettings, dependsOn and jobManagerTask were refused already: tests/acceptance.)
+TASK_FEATURES = [
+    ("resourceFiles", RESOURCE_FILE),
+    ("outputFiles", [{"filePattern": "*.txt", "destination": {"container": {"containerUrl": "http://x/c"}},
+                      "uploadOptions": {"uploadCondition": "taskcompletion"}}]),
+    ("containerSettings", {"imageName": "ubuntu"}),
+    ("exitConditions", {"default": {"jobAction": "terminate"}}),
+    ("applicationPackageReferences", [{"applicationId": "app"}]),
+    ("authenticationTokenSettings", {"access": ["job"]}),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), TASK_FEATURES, ids=[n for n, _ in TASK_FEATURES])
+def test_unimplemented_task_feature_is_refused(client: Any, shoal: Any, setup: None, name: str, value: Any) -> None:
+    task_id = f"t-{name.lower()}"
+    response = send(shoal, "POST", f"/jobs/{JOB}/tasks", {"id": task_id, "commandLine": "true", name: value})
+    refused(response, "FeatureNotSupported", name)
+    assert rest.call(shoal, "GET", f"/jobs/{JOB}/tasks/{task_id}").status_code == 404
+
+
+def test_empty_lists_mean_none_and_pass(client: Any, shoal: Any, setup: None) -> None:
+    body = {"id": "t-empty", "commandLine": "true", "resourceFiles": [], "outputFiles": [],
+            "applicationPackageReferences": []}
+    assert send(shoal, "POST", f"/jobs/{JOB}/tasks", body).status_code == 201
+    shown = rest.call(shoal, "GET", f"/jobs/{JOB}/tasks/t-empty").json()
+    assert "resourceFiles" not in shown  # nothing was kept that could look like a promise
+
+
+def test_resource_file_through_the_sdk_is_refused(client: Any, setup: None) -> None:
+    """The issue's case: a task with an unreachable resource file used to succeed."""
+    from azure.core.exceptions import HttpResponseError
+
+    with pytest.raises(HttpResponseError) as caught:
+        client.create_task(JOB, models.BatchTaskCreateOptions(
+            id="t-sdk-rf", command_line="cat in.txt",
+            resource_files=[models.ResourceFile(http_url="http://127.0.0.1:9/x", file_path="in.txt")]))
+    assert caught.value.status_code == 400
+    assert caught.value.error is not None and caught.value.error.code == "FeatureNotSupported"
+
+
+JOB_FEATURES = [
+    ("jobPreparationTask", {"commandLine": "true"}),
+    ("jobReleaseTask", {"commandLine": "true"}),
+    ("networkConfiguration", {"subnetId": "/subscriptions/x/subnets/y"}),
+    ("usesTaskDependencies", True),
+    ("allowTaskPreemption", True),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), JOB_FEATURES, ids=[n for n, _ in JOB_FEATURES])
+def test_unimplemented_job_feature_is_refused(shoal: Any, setup: None, name: str, value: Any) -> None:
+    job_id = f"j-{name.lower()}"
+    response = send(shoal, "POST", "/jobs", {"id": job_id, "poolInfo": {"poolId": POOL}, name: value})
+    refused(response, "FeatureNotSupported", name)
+    assert rest.call(shoal, "GET", f"/jobs/{job_id}").status_code == 404
+
+
+def test_job_update_refuses_what_it_would_ignore(shoal: Any, setup: None) -> None:
+    before = rest.call(shoal, "GET", f"/jobs/{JOB}").json()["eTag"]
+    refused(send(shoal, "PATCH", f"/jobs/{JOB}", {"allowTaskPreemption": True}), "FeatureNotSupported",
+            "allowTaskPreemption")
+    refused(send(shoal, "PATCH", f"/jobs/{JOB}", {"networkConfiguration": {"subnetId": "s"}}),
+            "FeatureNotSupported", "networkConfiguration")
+    assert rest.call(shoal, "GET", f"/jobs/{JOB}").json()["eTag"] == before
+
+
+def pool_body(pool_id: str, **extra: Any) -> dict[str, Any]:
+    return {"id": pool_id, "vmSize": "standard_d2s_v3", "targetDedicatedNodes": 0,
+            "virtualMachineConfiguration": {
+                "imageReference": {"publisher": "canonical", "offer": "0001-com-ubuntu-server-jammy",
+                                   "sku": "22_04-lts", "version": "latest"},
+                "nodeAgentSKUId": "batch.node.ubuntu 22.04"}, **extra}
+
+
+POOL_FEATURES = [
+    ("mountConfiguration", {"mountConfiguration": [{"nfsMountConfiguration": {
+        "source": "nfs://h/x", "relativeMountPath": "m"}}]}),
+    ("networkConfiguration", {"networkConfiguration": {"subnetId": "/subscriptions/x/subnets/y"}}),
+    ("certificateReferences", {"certificateReferences": [{"thumbprint": "ab", "thumbprintAlgorithm": "sha1"}]}),
+    ("applicationPackageReferences", {"applicationPackageReferences": [{"applicationId": "app"}]}),
+    ("enableInterNodeCommunication", {"enableInterNodeCommunication": True}),
+    ("resourceTags", {"resourceTags": {"team": "x"}}),
+    ("startTask.resourceFiles", {"startTask": {"commandLine": "true", "resourceFiles": RESOURCE_FILE}}),
+    ("startTask.containerSettings", {"startTask": {"commandLine": "true", "containerSettings": {"imageName": "u"}}}),
+]
+
+
+@pytest.mark.parametrize(("name", "extra"), POOL_FEATURES, ids=[n for n, _ in POOL_FEATURES])
+def test_unimplemented_pool_feature_is_refused(shoal: Any, setup: None, name: str, extra: dict[str, Any]) -> None:
+    pool_id = f"p-{name.lower().replace('.', '-')}"
+    refused(send(shoal, "POST", "/pools", pool_body(pool_id, **extra)), "FeatureNotSupported", name)
+    assert rest.call(shoal, "GET", f"/pools/{pool_id}").status_code == 404
+
+
+def test_vm_configuration_pieces_that_would_do_nothing_are_refused(shoal: Any, setup: None) -> None:
+    body = pool_body("p-vmc")
+    body["virtualMachineConfiguration"]["dataDisks"] = [{"lun": 1, "diskSizeGB": 50}]
+    refused(send(shoal, "POST", "/pools", body), "FeatureNotSupported", "virtualMachineConfiguration.dataDisks")
+    body = pool_body("p-vmc")
+    body["virtualMachineConfiguration"]["containerConfiguration"] = {"type": "dockerCompatible"}
+    refused(send(shoal, "POST", "/pools", body), "FeatureNotSupported",
+            "virtualMachineConfiguration.containerConfiguration")
+    assert rest.call(shoal, "GET", "/pools/p-vmc").status_code == 404
+
+
+def test_pool_patch_refuses_what_it_would_ignore(shoal: Any, setup: None) -> None:
+    before = rest.call(shoal, "GET", f"/pools/{POOL}").json()
+    for body, name in (({"vmSize": "standard_d4s_v3"}, "vmSize"), ({"taskSlotsPerNode": 2}, "taskSlotsPerNode"),
+                       ({"applicationPackageReferences": [{"applicationId": "a"}]}, "applicationPackageReferences")):
+        refused(send(shoal, "PATCH", f"/pools/{POOL}", body), "FeatureNotSupported", name)
+    after = rest.call(shoal, "GET", f"/pools/{POOL}").json()
+    assert (after["eTag"], after["vmSize"], after["taskSlotsPerNode"]) == (
+        before["eTag"], before["vmSize"], before["taskSlotsPerNode"])
+
+
+UNKNOWN = [
+    ("/jobs", {"id": "j-unknown", "poolInfo": {"poolId": POOL}, "colour": "red"}, "colour"),
+    ("/jobs", {"id": "j-unknown", "poolInfo": {"poolId": POOL, "poolName": "x"}}, "poolInfo.poolName"),
+    (f"/jobs/{JOB}/tasks", {"id": "t-unknown", "commandLine": "true", "commandline": "false"}, "commandline"),
+    (f"/jobs/{JOB}/tasks", {"id": "t-unknown", "commandLine": "true", "constraints": {"maxRetries": 3}},
+     "constraints.maxRetries"),
+    (f"/jobs/{JOB}/tasks", {"id": "t-unknown", "commandLine": "true", "userIdentity": {"userName": "x"}},
+     "userIdentity.userName"),
+    (f"/jobs/{JOB}/addtaskcollection", {"value": [], "extra": 1}, "extra"),
+    ("/pools", pool_body("p-unknown", gpuCount=2), "gpuCount"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "name"), UNKNOWN, ids=[n for _, _, n in UNKNOWN])
+def test_unknown_property_is_refused(shoal: Any, setup: None, path: str, body: dict[str, Any], name: str) -> None:
+    refused(send(shoal, "POST", path, body), "InvalidRequestBody", name)
+    assert rest.call(shoal, "GET", "/jobs/j-unknown").status_code == 404
+    assert rest.call(shoal, "GET", f"/jobs/{JOB}/tasks/t-unknown").status_code == 404
+    assert rest.call(shoal, "GET", "/pools/p-unknown").status_code == 404
+
+
+def test_user_account_password_is_write_only(client: Any, shoal: Any, setup: None) -> None:
+    secret = "s3cret-Pa55word"
+    body = pool_body("p-users", userAccounts=[
+        {"name": "alice", "password": secret, "elevationLevel": "admin",
+         "linuxUserConfiguration": {"uid": 4001, "gid": 4001, "sshPrivateKey": "-----BEGIN KEY-----"}}])
+    assert send(shoal, "POST", "/pools", body).status_code == 201
+    single = rest.call(shoal, "GET", "/pools/p-users")
+    listed = rest.call(shoal, "GET", "/pools")
+    for text in (single.text, listed.text):
+        assert secret not in text and "BEGIN KEY" not in text
+    account = single.json()["userAccounts"][0]
+    assert account == {"name": "alice", "elevationLevel": "admin",
+                       "linuxUserConfiguration": {"uid": 4001, "gid": 4001}}
+    sdk_account = client.get_pool("p-users").user_accounts[0]
+    assert (sdk_account.name, sdk_account.password) == ("alice", None)
