@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select, update
 
 from shoal import clock
-from shoal.scheduler import JobView, NodeView, PoolSnapshot, TaskView, plan
+from shoal.scheduler import JobView, NodeView, PoolSnapshot, TaskView, gather, plan
 from shoal.service.context import Context
 from shoal.store.schema import jobs, nodes, pools, tasks
 
 SCHEDULABLE_NODE_STATES = ("idle", "running")
-# How many ready tasks to look at per free slot: enough to backfill past tasks that need more
-# slots than any node has free, without reading a whole backlog every pass.
-_LOOKAHEAD_PER_SLOT = 4
 
 
 # Built once and run with every placement of a pass (executemany): per-row statement building
@@ -38,9 +36,20 @@ _COUNT_RUN = (
     .where(nodes.c.id == bindparam("b_node"))
     .values(total_tasks_run=nodes.c.total_tasks_run + bindparam("b_count"))
 )
-_READY = (
+# The per-size ready queues (index job, state, required_slots, seq): the smallest size a job has
+# waiting within a range, and a job's oldest ready tasks of one size. Both are index seeks; see
+# scheduler/backlog.py for why these two are all a pass needs to read.
+_NEXT_SIZE = (
+    select(tasks.c.required_slots)
+    .where(tasks.c.job_seq == bindparam("b_job"), tasks.c.state == "active",
+           tasks.c.required_slots >= bindparam("b_low"), tasks.c.required_slots <= bindparam("b_high"))
+    .order_by(tasks.c.required_slots)
+    .limit(1)
+)
+_READY_OF_SIZE = (
     select(tasks.c.seq, tasks.c.job_seq, tasks.c.required_slots)
-    .where(tasks.c.job_seq == bindparam("b_job"), tasks.c.state == "active")
+    .where(tasks.c.job_seq == bindparam("b_job"), tasks.c.state == "active",
+           tasks.c.required_slots == bindparam("b_slots"))
     .order_by(tasks.c.seq)
     .limit(bindparam("b_limit"))
 )
@@ -72,9 +81,12 @@ def _snapshot(conn: Connection, ctx: Context, pool: Any) -> tuple[PoolSnapshot, 
         .order_by(nodes.c.allocation_time, nodes.c.id)).all()
     if not node_rows:
         return None
-    used = dict(conn.execute(select(tasks.c.node_id, func.sum(tasks.c.required_slots)).where(
-        tasks.c.node_id.in_([n.id for n in node_rows]), tasks.c.state == "running")
-        .group_by(tasks.c.node_id)).all())
+    # Through the pool rather than an IN list of every node id: a pool of 50,000 nodes would
+    # exceed the database's bound-parameter limit.
+    used = dict(conn.execute(select(tasks.c.node_id, func.sum(tasks.c.required_slots))
+                             .join(nodes, nodes.c.id == tasks.c.node_id)
+                             .where(nodes.c.pool_seq == pool.seq, tasks.c.state == "running")
+                             .group_by(tasks.c.node_id)).all())
     node_views = tuple(NodeView(n.id, n.slots, int(used.get(n.id) or 0)) for n in node_rows)
     free_total = sum(max(0, n.free_slots) for n in node_views)
     if free_total <= 0:
@@ -88,17 +100,24 @@ def _snapshot(conn: Connection, ctx: Context, pool: Any) -> tuple[PoolSnapshot, 
         tasks.c.job_seq.in_(limited), tasks.c.state == "running").group_by(tasks.c.job_seq)).all()) if limited else {}
     job_views = tuple(JobView(j.seq, None if j.max_parallel_tasks <= 0 else
                               j.max_parallel_tasks - int(running_per_job.get(j.seq, 0))) for j in job_rows)
-    # Job by job in priority order, each an index range scan (job, state, seq): no sort over
-    # the whole backlog on every pass.
-    wanted = free_total * _LOOKAHEAD_PER_SLOT
-    ready: list[Any] = []
-    for job in sorted(job_rows, key=lambda j: (-j.priority, j.seq)):
-        if len(ready) >= wanted:
-            break
-        ready.extend(conn.execute(_READY, {"b_job": job.seq, "b_limit": wanted - len(ready)}).all())
-    if not ready:
+    ordered = sorted(job_rows, key=lambda j: (-j.priority, j.seq))
+    by_seq = {view.job_seq: view for view in job_views}
+
+    def sizes_of(job_seq: int, low: int, high: int) -> Iterator[int]:
+        while low <= high:
+            size = conn.execute(_NEXT_SIZE, {"b_job": job_seq, "b_low": low, "b_high": high}).scalar()
+            if size is None:
+                return
+            yield size
+            low = size + 1
+
+    def ready_of(job_seq: int, size: int, limit: int) -> list[TaskView]:
+        rows = conn.execute(_READY_OF_SIZE, {"b_job": job_seq, "b_slots": size, "b_limit": limit}).all()
+        return [TaskView(t.seq, t.job_seq, t.required_slots) for t in rows]
+
+    task_views = gather(node_views, [by_seq[j.seq] for j in ordered], sizes_of, ready_of)
+    if not task_views:
         return None
-    task_views = tuple(TaskView(t.seq, t.job_seq, t.required_slots) for t in ready)
     return PoolSnapshot(pool.fill_type, node_views, task_views, job_views), {n.id: n for n in node_rows}
 
 

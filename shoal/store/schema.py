@@ -157,6 +157,10 @@ tasks = Table(
 # slots too, answers task counts from the index alone.
 Index("ix_tasks_job_state_seq_counts", tasks.c.job_seq, tasks.c.state, tasks.c.seq, tasks.c.outcome,
       tasks.c.required_slots)
+# The scheduler's per-size ready queues: a job's ready tasks of one requiredSlots value in
+# insertion order, and the distinct sizes a job has waiting, each an index seek, so tasks that
+# fit are found without walking past ones that do not.
+Index("ix_tasks_job_state_slots_seq", tasks.c.job_seq, tasks.c.state, tasks.c.required_slots, tasks.c.seq)
 Index("ix_tasks_node", tasks.c.node_id)
 Index("ix_tasks_retention", tasks.c.retention_deadline)
 

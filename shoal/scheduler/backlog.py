@@ -1,0 +1,75 @@
+"""Which ready tasks a pass needs to see: enough to place exactly what reading the whole backlog
+would place, bounded by the free slots rather than by the backlog's size.
+
+The backlog is read as per-job, per-`requiredSlots` queues (an index range each). Three facts
+bound what is read:
+
+- a pass places at most `cap(r) = Σ floor(free(node) / r)` tasks needing r slots, and the ones
+  it places from a (job, r) queue are a prefix of that queue no longer than the job's parallel
+  allowance (once an r-task finds no node, no later r-task will);
+- so after `cap(r)` r-tasks that cannot be skipped for their job's allowance have been offered,
+  no later task of r or more slots can be placed: either they all ran, leaving every node with
+  fewer than r free, or one found no node with r free;
+- sizes bigger than every free node are never read at all, so a job full of tasks that cannot
+  fit costs one index probe, and the smaller tasks behind it still run.
+
+The scheduler stays pure: the store is reached through the two callables the shell passes in.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+
+from shoal.scheduler.snapshot import JobView, NodeView, TaskView
+
+# (job, smallest, largest) → the distinct requiredSlots of the job's ready tasks in that range,
+# ascending.
+SizesOf = Callable[[int, int, int], Iterable[int]]
+# (job, requiredSlots, limit) → up to `limit` of the job's ready tasks of that size, oldest first.
+ReadyOf = Callable[[int, int, int], Sequence[TaskView]]
+
+
+def capacity(nodes: Iterable[NodeView]) -> Callable[[int], int]:
+    """cap(r): how many r-slot tasks the free slots could hold at most."""
+    histogram = Counter(node.free_slots for node in nodes if node.free_slots > 0)
+    return lambda slots: sum(count * (free // slots) for free, count in histogram.items())
+
+
+def gather(nodes: Iterable[NodeView], jobs: Sequence[JobView], sizes_of: SizesOf,
+           ready_of: ReadyOf) -> tuple[TaskView, ...]:
+    """The ready tasks to plan from, in plan order. `jobs` come highest priority first."""
+    nodes = tuple(nodes)
+    cap = capacity(nodes)
+    largest_free = max((node.free_slots for node in nodes), default=0)
+    # Sizes from `closed` up can no longer be placed by tasks of the jobs still to come.
+    closed = largest_free + 1
+    left: dict[int, int] = {}
+    offered: list[TaskView] = []
+    for job in jobs:
+        if closed <= 1:
+            break
+        allowance = job.parallel_allowance
+        if allowance is not None and allowance <= 0:
+            continue
+        sizes = [size for size in sizes_of(job.job_seq, 1, closed - 1) if 1 <= size < closed]
+        # A limited job with tasks of several sizes may spend its allowance on one size and skip
+        # the rest, so its tasks do not count against the caps (they are still bounded by it).
+        counts = allowance is None or len(sizes) == 1
+        job_tasks: list[TaskView] = []
+        # Within a job the sizes interleave in age order, so what closes here only applies to the
+        # jobs after this one.
+        closes = closed
+        for size in sizes:
+            room = left[size] if size in left else cap(size)
+            limit = room if allowance is None else min(room, allowance)
+            got = ready_of(job.job_seq, size, limit)
+            job_tasks.extend(got)
+            if counts:
+                left[size] = room - len(got)
+                if left[size] <= 0:
+                    closes = min(closes, size)
+        closed = closes
+        job_tasks.sort(key=lambda task: task.task_seq)
+        offered.extend(job_tasks)
+    return tuple(offered)

@@ -1,0 +1,56 @@
+"""Property: the bucketed plan equals the straightforward one, and planning from the per-size ready
+queues places exactly what planning from the whole backlog would, on random pools and backlogs."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shoal.scheduler import JobView, NodeView, PoolSnapshot, TaskView, gather, plan
+from shoal.scheduler.backlog import capacity
+from tests.scheduler.reference import Backlog, reference_plan
+
+
+@st.composite
+def pools(draw):
+    slots = draw(st.integers(1, 8))
+    nodes = []
+    for index in range(draw(st.integers(0, 12))):
+        total = draw(st.integers(1, slots))
+        nodes.append(NodeView(f"n{index}", total, draw(st.integers(0, total))))
+    jobs = [JobView(seq, draw(st.none() | st.integers(0, 4))) for seq in range(1, draw(st.integers(1, 5)) + 1)]
+    # Shuffled job order stands for priority order; task seqs grow with insertion across jobs.
+    jobs = draw(st.permutations(jobs))
+    tasks = [TaskView(seq, draw(st.sampled_from([j.job_seq for j in jobs])), draw(st.integers(1, slots + 1)))
+             for seq in range(draw(st.integers(0, 40)))]
+    return draw(st.sampled_from(["spread", "pack"])), nodes, list(jobs), tasks
+
+
+@settings(max_examples=400, deadline=None)
+@given(pools())
+def test_bucketed_plan_equals_the_reference(pool):
+    fill, nodes, jobs, tasks = pool
+    snapshot = PoolSnapshot(fill, tuple(nodes), Backlog(tasks).in_plan_order(jobs), tuple(jobs))
+    assert plan(snapshot) == reference_plan(snapshot)
+
+
+@settings(max_examples=400, deadline=None)
+@given(pools())
+def test_ready_queues_place_what_the_whole_backlog_would(pool):
+    fill, nodes, jobs, tasks = pool
+    backlog = Backlog(tasks)
+    whole = reference_plan(PoolSnapshot(fill, tuple(nodes), backlog.in_plan_order(jobs), tuple(jobs)))
+    offered = gather(nodes, jobs, backlog.sizes_of, backlog.ready_of)
+    assert plan(PoolSnapshot(fill, tuple(nodes), offered, tuple(jobs))) == whole
+    # Bounded by what could run: unlimited jobs offer at most cap(r) tasks of each size r in all,
+    # a capped job at most its allowance per size, and nothing bigger than the largest free node.
+    cap = capacity(nodes)
+    allowance = {job.job_seq: job.parallel_allowance for job in jobs}
+    largest = max((node.free_slots for node in nodes), default=0)
+    unlimited = Counter(t.required_slots for t in offered if allowance[t.job_seq] is None)
+    assert all(count <= cap(size) for size, count in unlimited.items())
+    per_job_size = Counter((t.job_seq, t.required_slots) for t in offered if allowance[t.job_seq] is not None)
+    assert all(count <= (allowance[job] or 0) for (job, _), count in per_job_size.items())
+    assert all(t.required_slots <= largest for t in offered)
