@@ -6,16 +6,31 @@ Everything lives under one root directory, ``AZ_BATCH_NODE_ROOT_DIR``::
     <root>/startup/{stdout.txt,stderr.txt,wd/}                       the start task
     <root>/workitems/<jobId>/job-1/<taskId>/{stdout.txt,stderr.txt,wd/}   a task
 
-Pure path arithmetic plus two functions that build a process environment; nothing here
-starts a process.
+Path arithmetic, the folders' owners and modes, and two functions that build a process
+environment; nothing here starts a process.
+
+Owners and modes follow a Batch Linux node (the agent's umask, inherited from the server, is
+077, so every mode is set explicitly):
+
+- the node root and its folders: root's, 0755, so every task user can walk down to its own;
+- ``shared``: root and the node's group (every user of the node), 3770: group-writable, new
+  files take the group (setgid), and nobody deletes another user's files (sticky);
+- ``startup``: the start task's user and the node's group, 2750: pool users read it, only the
+  start task writes it;
+- a task's folder and its ``wd``: the task's user, 0700: other task users cannot read them.
+
+Inside a folder a task user owns, that user may swap any entry for a symlink, so entries there
+are made and changed through a descriptor of the folder, never by following a path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pwd
 import re
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +46,12 @@ JOB_SEGMENT = "job-1"
 RESERVED_EPHEMERAL_DISK_SPACE_BYTES = 1_000_000_000
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_LANG = "C.UTF-8"
+NODE_DIR_MODE = 0o755
+SHARED_DIR_MODE = 0o3770
+STARTUP_DIR_MODE = 0o2750
+TASK_DIR_MODE = 0o700
+# Internal to the agent: no task needs it.
+VOLATILE_DIR_MODE = 0o700
 
 # Batch ids are letters, digits, hyphens and underscores; anything else could escape the tree.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -68,9 +89,74 @@ class TaskPaths:
     def certificates_dir(self) -> Path:
         return self.task_dir / CERTIFICATES_SUBDIR
 
-    def create(self) -> None:
-        # One makedirs creates the task dir and its wd together.
-        os.makedirs(self.working_dir, exist_ok=True)
+    def create(self, owner: Ownership | None = None) -> None:
+        """Make the task folder and its ``wd``, owned as ``owner`` says (None: the agent's own
+        user, nothing to change). Parents up to the node root are root's and traversable."""
+        _make_parents(self.task_dir.parent)
+        mode = owner.mode if owner else TASK_DIR_MODE
+        _make_dir(self.task_dir, mode)
+        fd = os.open(self.task_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            if owner is not None:
+                os.fchown(fd, owner.uid, owner.gid)
+                os.fchmod(fd, owner.mode)
+            _own_entry_beneath(fd, WORKING_DIR, owner, mode)
+            for name in (STDOUT_FILE, STDERR_FILE):
+                _unlink_if_link(fd, name)
+        finally:
+            os.close(fd)
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """Who owns a task folder and with which mode."""
+
+    uid: int
+    gid: int
+    mode: int = TASK_DIR_MODE
+
+
+def _make_dir(path: Path, mode: int) -> bool:
+    """mkdir with exactly ``mode`` whatever the umask; True when it was made now."""
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        return False
+    os.chmod(path, mode)
+    return True
+
+
+def _make_parents(directory: Path) -> None:
+    if directory.is_dir():
+        return
+    _make_parents(directory.parent)
+    _make_dir(directory, NODE_DIR_MODE)
+
+
+def _own_entry_beneath(dir_fd: int, name: str, owner: Ownership | None, mode: int) -> None:
+    """Make ``name`` a directory beneath ``dir_fd`` owned by ``owner``; a link or file a task
+    left there is removed rather than followed."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=dir_fd)
+            raise FileNotFoundError(name)
+    except FileNotFoundError:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, mode, dir_fd=dir_fd)
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        if owner is not None:
+            os.fchown(fd, owner.uid, owner.gid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def _unlink_if_link(dir_fd: int, name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+            os.unlink(name, dir_fd=dir_fd)
 
 
 @dataclass(frozen=True)
@@ -107,9 +193,19 @@ class NodeLayout:
     def workitems(self) -> Path:
         return self.root / "workitems"
 
-    def create(self) -> None:
+    def create(self, group: int | None = None) -> None:
+        """The node's folders, root's (or the agent's user's) and traversable; with ``group`` (the
+        node's group, when the agent is root) ``shared`` becomes writable by every user of it."""
+        os.makedirs(self.root, exist_ok=True)
+        os.chmod(self.root, NODE_DIR_MODE)
         for name in NODE_SUBDIRS:
-            os.makedirs(self.root / name, exist_ok=True)
+            path = self.root / name
+            _make_dir(path, NODE_DIR_MODE)
+            if name == "volatile":
+                os.chmod(path, VOLATILE_DIR_MODE)
+        if group is not None:
+            os.chown(self.shared, -1, group, follow_symlinks=False)
+            os.chmod(self.shared, SHARED_DIR_MODE)
 
     def start_task(self) -> TaskPaths:
         return TaskPaths(self.startup)

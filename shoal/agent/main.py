@@ -40,9 +40,12 @@ from shoal.agent.client import (
     UnreachableError,
 )
 from shoal.agent.fileserver import FileServer
+from shoal.agent.identity import ACCOUNT, AGENT, POOL, Identity, IdentityError, parse_identity
 from shoal.agent.layout import (
+    STARTUP_DIR_MODE,
     NodeIdentity,
     NodeLayout,
+    Ownership,
     UnsafeIdError,
     settings_to_dict,
     start_task_environment,
@@ -51,6 +54,7 @@ from shoal.agent.layout import (
 from shoal.agent.metrics import ResourceMeter
 from shoal.agent.process import (
     KILL_GRACE_S,
+    SERVER_ERROR,
     USER_ERROR,
     Failure,
     ProcessResult,
@@ -60,6 +64,7 @@ from shoal.agent.process import (
     utc_now,
 )
 from shoal.agent.tree import contain_node, release_node
+from shoal.agent.users import NodeUsers, UserProvisionError
 
 log = logging.getLogger("shoal.agent")
 
@@ -72,6 +77,14 @@ REPORT_COALESCE_S = 0.002
 MIN_LONG_POLL_S = 0.2
 # Upper bound on reports per sync body, so a backlog after an outage goes in digestible pieces.
 MAX_REPORTS_PER_SYNC = 2000
+
+# How often task-scope users whose folders are gone (retention, job deletion) are removed.
+TASK_USER_SWEEP_S = 5.0
+# The scope of the start task's own user when it asks for a task-scope auto user; job/task
+# scopes always contain a '/', so no task can collide with it.
+START_TASK_SCOPE = "startup"
+# Failure messages quote what went wrong, never a whole hostile value.
+MAX_FAILURE_MESSAGE_CHARS = 500
 
 EXIT_OK = 0
 EXIT_AUTH_REJECTED = 1
@@ -130,6 +143,14 @@ class Agent:
         self._stop = asyncio.Event()
         self._is_root = os.geteuid() == 0
         self.fileserver: FileServer | None = None
+        # Attempts being prepared (user created, folders made) before their process exists.
+        self._launching: dict[AttemptKey, asyncio.Task[None]] = {}
+        # The node's users; None when the agent is not root (tasks run as the agent's user).
+        self.users: NodeUsers | None = None
+        self.pool_account_names: set[str] = set()
+        self._last_user_sweep = time.monotonic()
+        if not self._is_root:
+            log.warning("%s", _no_isolation_message())
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -211,6 +232,7 @@ class Agent:
             "fileServerUrl": file_url,
             "ipAddress": _ip_address(self.config.files_host),
             "incarnation": self.incarnation,
+            "isolation": self._isolation(),
         }
         try:
             answer = await self.client.hello(body, give_up_after_s=self.config.orphan_timeout_s)
@@ -228,12 +250,36 @@ class Agent:
             is_dedicated=bool(node.get("isDedicated", True)),
         )
         self.start_task_def = node.get("startTask")
+        accounts = node.get("userAccounts")
+        accounts = accounts if isinstance(accounts, list) else []
+        self.pool_account_names = {a["name"] for a in accounts if isinstance(a, dict) and isinstance(a.get("name"), str)}
+        if self._is_root:
+            if self.users is None:
+                self.users = NodeUsers(self.client.node_id, self.layout.root.parent / "home")
+            await asyncio.to_thread(self._provision, self.users, accounts)
+
+    def _isolation(self) -> dict[str, Any]:
+        """What the hello tells the control plane about running tasks as their own users."""
+        if self._is_root:
+            return {"userIsolation": True}
+        return {"userIsolation": False, "agentUser": _name_of_uid(os.geteuid()), "message": _no_isolation_message()}
+
+    def _provision(self, users: NodeUsers, accounts: list[Any]) -> None:
+        """Worker thread: the node's group and users, then ``shared`` for that group. A failure
+        here is logged; tasks needing the missing user then fail with a clear failureInfo."""
+        try:
+            users.provision(accounts)
+        except (UserProvisionError, OSError) as exc:
+            log.error("cannot create the node's users: %s", exc)
+        if users.gid is not None:
+            self.layout.create(group=users.gid)
 
     async def _restart(self, wipe: bool) -> None:
         """What a reboot does to a node, without a new process: every task and the start task
         killed, reports of this incarnation dropped (the control plane already moved those
         tasks), and with a reimage the node root emptied and laid out afresh."""
         log.info("restarting the node (%s)", "reimage" if wipe else "reboot")
+        self._cancel_launches()
         kills = [proc.kill() for proc in self.running.values()]
         if self._start_task_proc is not None:
             kills.append(self._start_task_proc.kill())
@@ -254,9 +300,24 @@ class Agent:
                     await asyncio.to_thread(shutil.rmtree, child, True)
                 else:
                     child.unlink(missing_ok=True)
+            # A reimaged node has only the users its next hello provisions.
+            await self._remove_users()
         self.layout.create()
 
+    def _cancel_launches(self) -> None:
+        for launch in self._launching.values():
+            launch.cancel()
+        self._launching.clear()
+
+    async def _remove_users(self) -> None:
+        if self.users is not None:
+            try:
+                await asyncio.to_thread(self.users.remove_all)
+            except Exception:  # best effort: the provider removes them again once the node is gone
+                log.exception("cannot remove the node's users")
+
     async def _shutdown(self, delete_root: bool) -> None:
+        self._cancel_launches()
         kills = [proc.kill() for proc in self.running.values()]
         if self._start_task_proc is not None:
             kills.append(self._start_task_proc.kill())
@@ -273,6 +334,7 @@ class Agent:
             await self.fileserver.stop()
         if delete_root:
             await asyncio.to_thread(shutil.rmtree, self.layout.root, True)
+            await self._remove_users()
 
     # ---- the sync loop -----------------------------------------------------------------------
 
@@ -284,6 +346,7 @@ class Agent:
     def _build_body(self, wait: bool) -> tuple[dict[str, Any], list[AttemptKey], int]:
         keys = list(self.reports)[:MAX_REPORTS_PER_SYNC]
         known = [[j, t, a] for (j, t, a) in self.running]
+        known.extend([j, t, a] for (j, t, a) in self._launching)
         known.extend([j, t, a] for (j, t, a) in self.reports)
         body: dict[str, Any] = {
             "incarnation": self.incarnation,
@@ -360,25 +423,31 @@ class Agent:
                 w.cancel()
 
     def _apply(self, answer: dict[str, Any]) -> bool:
-        """Act on a sync answer; True when it asked anything of us."""
+        """Act on a sync answer; True when it asked anything of us. One malformed item is
+        logged and skipped: nothing in an answer may stop the agent."""
         had_work = False
-        for j, t, a in answer.get("ack") or ():
-            key = (j, t, int(a))
-            self.reports.pop(key, None)
-            self._delivered.discard(key)
+        for item in answer.get("ack") or ():
             had_work = True
+            with _logged("ack", item):
+                key = (str(item[0]), str(item[1]), int(item[2]))
+                self.reports.pop(key, None)
+                self._delivered.discard(key)
         for item in answer.get("kill") or ():
-            self._kill_attempt((item[0], item[1], int(item[2])))
             had_work = True
+            with _logged("kill", item):
+                self._kill_attempt((str(item[0]), str(item[1]), int(item[2])))
         for assignment in answer.get("run") or ():
-            self._start_attempt(assignment)
             had_work = True
-        for j, t in answer.get("deleteTaskDirs") or ():
-            self._spawn_background(self._delete_task_dir(j, t))
+            with _logged("run", assignment):
+                self._start_attempt(assignment)
+        for item in answer.get("deleteTaskDirs") or ():
             had_work = True
+            with _logged("deleteTaskDirs", item):
+                self._spawn_background(self._delete_task_dir(str(item[0]), str(item[1])))
         if answer.get("runStartTask"):
             self._launch_start_task()
             had_work = True
+        self._maybe_sweep_task_users()
         if answer.get("leave"):
             raise _Leave()
         if answer.get("restart"):
@@ -392,37 +461,66 @@ class Agent:
 
     # ---- tasks -------------------------------------------------------------------------------
 
-    def _start_attempt(self, assignment: dict[str, Any]) -> None:
-        job_id, task_id = str(assignment["jobId"]), str(assignment["taskId"])
-        key = (job_id, task_id, int(assignment["attempt"]))
-        if key in self.running or key in self.reports:
+    def _start_attempt(self, assignment: Any) -> None:
+        key = _attempt_key(assignment)
+        if key is None:
+            log.warning("dropped an assignment without jobId, taskId and attempt")
+            return
+        if key in self.running or key in self.reports or key in self._launching:
             return  # already ours: a resent assignment
-        assert self.node is not None
+        self._launching[key] = asyncio.ensure_future(self._launch_attempt(key, assignment))
+
+    async def _launch_attempt(self, key: AttemptKey, assignment: dict[str, Any]) -> None:
+        """Prepare and start one attempt. Whatever goes wrong before the process runs fails this
+        attempt with a failureInfo; it never reaches the agent's loop."""
         started = utc_now()
+        spec: ProcessSpec | None = None
+        failure: Failure | None = None
+        try:
+            spec = await self._prepare_attempt(key, assignment)
+        except asyncio.CancelledError:
+            raise  # killed before it started: nothing to report
+        except Exception as exc:
+            failure = _failure_of(exc, key)
+        if self._launching.get(key) is not asyncio.current_task():
+            return  # killed (or the node restarted) while it was being prepared
+        del self._launching[key]
+        if spec is None:
+            self._finish_without_running(key, started, failure or _failure_of(RuntimeError("no process"), key))
+            return
+        proc = TaskProcess(spec)
+        self.running[key] = proc
+        try:
+            result = await proc.start()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            result = ProcessResult(started, utc_now(), None, _failure_of(exc, key))
+        self._on_attempt_done(key, proc, result)
+
+    async def _prepare_attempt(self, key: AttemptKey, assignment: dict[str, Any]) -> ProcessSpec:
+        assert self.node is not None
+        job_id, task_id, _ = key
+        command_line = assignment.get("commandLine")
+        if not isinstance(command_line, str):
+            raise _LaunchFailure(Failure(USER_ERROR, "CommandLaunchFailed", "The command line is not a string"))
         try:
             paths = self.layout.task(job_id, task_id)
         except UnsafeIdError as exc:
-            self._finish_without_running(key, started, Failure(USER_ERROR, "CommandLaunchFailed", str(exc)))
-            return
-        user, failure = self._resolve_user(assignment.get("userIdentity"))
-        if failure is not None:
-            self._finish_without_running(key, started, failure)
-            return
+            raise _LaunchFailure(Failure(USER_ERROR, "CommandLaunchFailed", str(exc))) from exc
+        user = await self._user(parse_identity(assignment.get("userIdentity")), f"{job_id}/{task_id}")
         try:
-            paths.create()
-            if user is not None:
-                for d in (paths.task_dir, paths.working_dir):
-                    os.chown(d, user.pw_uid, user.pw_gid)
+            paths.create(Ownership(user.pw_uid, user.pw_gid) if user is not None else None)
         except OSError as exc:
-            failure = Failure(USER_ERROR, "CommandLaunchFailed", f"Cannot create the task directory: {exc}")
-            self._finish_without_running(key, started, failure)
-            return
+            raise _LaunchFailure(
+                Failure(USER_ERROR, "CommandLaunchFailed", f"Cannot create the task directory: {exc}")
+            ) from exc
         env = task_environment(
             self.layout, self.node, job_id, task_id, settings_to_dict(assignment.get("environment")), user
         )
         wall = assignment.get("maxWallClockTimeS")
-        spec = ProcessSpec(
-            command_line=str(assignment.get("commandLine") or ""),
+        return ProcessSpec(
+            command_line=command_line,
             cwd=paths.working_dir,
             env=env,
             stdout_path=paths.stdout,
@@ -430,9 +528,43 @@ class Agent:
             max_wall_clock_s=float(wall) if wall is not None else None,
             user=user,
         )
-        proc = TaskProcess(spec)
-        self.running[key] = proc
-        proc.start().add_done_callback(lambda fut: self._on_attempt_done(key, proc, fut.result()))
+
+    async def _user(self, identity: Identity, scope_key: str) -> pwd.struct_passwd | None:
+        """The OS user for ``identity``; None = the agent's own (root for admin auto users, as
+        Batch gives root to admin auto users on Linux). Creating a user runs in a thread."""
+        if not self._is_root or self.users is None:
+            if identity.kind == ACCOUNT:
+                self._check_account_name(identity)
+                raise IdentityError(
+                    "IsolationUnavailable",
+                    f"The node agent does not run as root, so it cannot run a task as user {identity.account!r}",
+                )
+            return None
+        users = self.users
+        if identity.kind == AGENT:
+            return None
+        if identity.kind == POOL:
+            return users.pool_user or await asyncio.to_thread(users.ensure_pool_user)
+        if identity.kind == ACCOUNT:
+            self._check_account_name(identity)
+            assert identity.account is not None
+            account = users.accounts.get(identity.account)
+            if account is None:
+                reason = users.account_errors.get(identity.account, "it could not be created")
+                raise IdentityError(
+                    "UserAccountUnavailable",
+                    f"The pool user account {identity.account!r} is not available on this node: {reason}",
+                )
+            return account
+        return users.task_users.get(scope_key) or await asyncio.to_thread(users.ensure_task_user, scope_key)
+
+    def _check_account_name(self, identity: Identity) -> None:
+        if identity.account not in self.pool_account_names:
+            raise IdentityError(
+                "UserAccountNotFound",
+                f"The userIdentity names {identity.account!r}, which is not a user account of pool "
+                f"{self.node.pool_id if self.node else self.config.pool_id}",
+            )
 
     def _finish_without_running(self, key: AttemptKey, started: Any, failure: Failure) -> None:
         self._record_report(key, ProcessResult(started, utc_now(), None, failure))
@@ -450,6 +582,9 @@ class Agent:
         self._news.set()
 
     def _kill_attempt(self, key: AttemptKey) -> None:
+        launch = self._launching.pop(key, None)
+        if launch is not None:
+            launch.cancel()
         proc = self.running.pop(key, None)
         if proc is not None:
             self._spawn_background(proc.kill())
@@ -457,7 +592,7 @@ class Agent:
         self._delivered.discard(key)
 
     async def _delete_task_dir(self, job_id: str, task_id: str) -> None:
-        if any(k[0] == job_id and k[1] == task_id for k in self.running):
+        if self._task_is_active(job_id, task_id):
             log.warning("not deleting the directory of running task %s/%s", job_id, task_id)
             return
         try:
@@ -471,28 +606,43 @@ class Agent:
                 parent.rmdir()
             except OSError:
                 break
+        if self.users is not None:
+            await asyncio.to_thread(self.users.remove_task_user, f"{job_id}/{task_id}")
 
-    def _resolve_user(
-        self, identity: dict[str, Any] | None
-    ) -> tuple[pwd.struct_passwd | None, Failure | None]:
-        """The OS user to run as: None = the agent's own user.
+    def _task_is_active(self, job_id: str, task_id: str) -> bool:
+        return any(k[0] == job_id and k[1] == task_id for k in (*self.running, *self._launching))
 
-        Limitation: auto users (and named users when the agent is not root) run as the agent's
-        own user; creating pool users is the provisioning step's job, not the agent's.
-        """
-        if not identity or not self._is_root:
-            return None, None
-        name = identity.get("userName")
-        if not name:
-            return None, None
+    def _maybe_sweep_task_users(self) -> None:
+        """Task-scope users go with their task's folder, whoever removed it (the file server on
+        the control plane's order, job deletion, a deleteTaskDirs)."""
+        if self.users is None or not self.users.task_users:
+            return
+        now = time.monotonic()
+        if now - self._last_user_sweep < TASK_USER_SWEEP_S:
+            return
+        self._last_user_sweep = now
+        active = {f"{j}/{t}" for (j, t, _) in (*self.running, *self._launching)}
+        if self._start_task_runner is not None and not self._start_task_runner.done():
+            active.add(START_TASK_SCOPE)
+        self._spawn_background(asyncio.to_thread(self._sweep_task_users, self.users, active))
+
+    def _sweep_task_users(self, users: NodeUsers, active: set[str]) -> None:
+        for scope_key in list(users.task_users):
+            if scope_key in active or self._scope_folder_exists(scope_key):
+                continue
+            try:
+                users.remove_task_user(scope_key)
+            except (UserProvisionError, OSError) as exc:
+                log.warning("cannot remove the user of %s: %s", scope_key, exc)
+
+    def _scope_folder_exists(self, scope_key: str) -> bool:
+        if scope_key == START_TASK_SCOPE:
+            return self.layout.startup.is_dir()
+        job_id, _, task_id = scope_key.partition("/")
         try:
-            return pwd.getpwnam(name), None
-        except KeyError:
-            return None, Failure(
-                USER_ERROR,
-                "CommandLaunchFailed",
-                f"The user identity {name!r} does not exist on node {self.client.node_id}",
-            )
+            return self.layout.task(job_id, task_id).task_dir.is_dir()
+        except UnsafeIdError:
+            return False
 
     # ---- start task --------------------------------------------------------------------------
 
@@ -514,7 +664,7 @@ class Agent:
 
     async def _run_start_task(self, definition: dict[str, Any]) -> None:
         assert self.node is not None
-        max_retries = int(definition.get("maxTaskRetryCount") or 0)
+        max_retries = _int_or(definition.get("maxTaskRetryCount"), 0)
         retry = 0
         last_retry_time: str | None = None
         paths = self.layout.start_task()
@@ -533,22 +683,14 @@ class Agent:
                     "failure": None,
                 }
             )
-            user, failure = self._resolve_user(definition.get("userIdentity"))
+            failure: Failure | None = None
+            try:
+                spec = await self._prepare_start_task(definition, paths)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failure = _failure_of(exc, ("", START_TASK_SCOPE, retry))
             if failure is None:
-                paths.create()
-                env = start_task_environment(
-                    self.layout, self.node, settings_to_dict(definition.get("environmentSettings")), user
-                )
-                spec = ProcessSpec(
-                    command_line=str(definition.get("commandLine") or ""),
-                    cwd=paths.working_dir,
-                    env=env,
-                    stdout_path=paths.stdout,
-                    stderr_path=paths.stderr,
-                    user=user,
-                    # A start task may legitimately leave a daemon running.
-                    kill_leftovers=False,
-                )
                 self._start_task_proc = TaskProcess(spec)
                 result = await self._start_task_proc.start()
                 self._start_task_proc = None
@@ -568,6 +710,102 @@ class Agent:
                 self._set_start_task_state(state)
                 return
             retry += 1
+
+    async def _prepare_start_task(self, definition: dict[str, Any], paths: Any) -> ProcessSpec:
+        assert self.node is not None
+        command_line = definition.get("commandLine")
+        if not isinstance(command_line, str):
+            raise _LaunchFailure(Failure(USER_ERROR, "CommandLaunchFailed", "The command line is not a string"))
+        user = await self._user(parse_identity(definition.get("userIdentity")), START_TASK_SCOPE)
+        owner = None
+        if self.users is not None and self.users.gid is not None:
+            # Pool users read what the start task leaves (semantics §4.1); only its user writes.
+            owner = Ownership(user.pw_uid if user else os.geteuid(), self.users.gid, STARTUP_DIR_MODE)
+        try:
+            paths.create(owner)
+        except OSError as exc:
+            raise _LaunchFailure(
+                Failure(USER_ERROR, "CommandLaunchFailed", f"Cannot create the start task directory: {exc}")
+            ) from exc
+        env = start_task_environment(
+            self.layout, self.node, settings_to_dict(definition.get("environmentSettings")), user
+        )
+        return ProcessSpec(
+            command_line=command_line,
+            cwd=paths.working_dir,
+            env=env,
+            stdout_path=paths.stdout,
+            stderr_path=paths.stderr,
+            user=user,
+            # A start task may legitimately leave a daemon running.
+            kill_leftovers=False,
+        )
+
+
+def _int_or(value: Any, default: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        return default
+
+
+class _LaunchFailure(Exception):
+    """An attempt that cannot start, with the failureInfo that says why."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+def _failure_of(exc: BaseException, key: tuple[str, str, int]) -> Failure:
+    """The failureInfo of an attempt whose start raised ``exc``."""
+    if isinstance(exc, _LaunchFailure):
+        return exc.failure
+    if isinstance(exc, IdentityError):
+        return Failure(USER_ERROR, exc.code, exc.message[:MAX_FAILURE_MESSAGE_CHARS])
+    if isinstance(exc, UserProvisionError):
+        return Failure(SERVER_ERROR, "UserCreationFailed",
+                       f"The task's user could not be created on the node: {exc}"[:MAX_FAILURE_MESSAGE_CHARS])
+    log.warning("attempt %s/%s/%s could not start", *key, exc_info=exc)
+    return Failure(USER_ERROR, "CommandLaunchFailed",
+                   f"The task could not be started: {type(exc).__name__}: {exc}"[:MAX_FAILURE_MESSAGE_CHARS])
+
+
+def _attempt_key(assignment: Any) -> AttemptKey | None:
+    if not isinstance(assignment, dict):
+        return None
+    job_id, task_id, attempt = assignment.get("jobId"), assignment.get("taskId"), assignment.get("attempt")
+    if not isinstance(job_id, str) or not isinstance(task_id, str):
+        return None
+    if isinstance(attempt, bool) or not isinstance(attempt, int):
+        return None
+    return job_id, task_id, attempt
+
+
+@contextlib.contextmanager
+def _logged(what: str, item: Any) -> Any:
+    """Skip one malformed item of a sync answer, saying so, instead of dying on it."""
+    try:
+        yield
+    except (_Leave, _Restart):
+        raise
+    except Exception:
+        log.exception("skipped a malformed %s item: %.200r", what, item)
+
+
+def _no_isolation_message() -> str:
+    return (f"The node agent runs as {_name_of_uid(os.geteuid())!r}, not root: it cannot create users, so "
+            "every task runs as that user and tasks are not isolated from each other or from the agent; "
+            "a task naming a userName fails.")
+
+
+def _name_of_uid(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def _ip_address(files_host: str) -> str:

@@ -4,6 +4,11 @@ Each node gets its own node root, `<nodes dir>/<node id>/batch/tasks` (the nodes
 the private data dir when Shoal runs as root; see `shoal.config.default_nodes_dir`). Agents run in their
 own session so that a crash of the server (kill -9) leaves them running; a restarted server
 adopts them by pid, and the agents resend whatever was not acknowledged.
+
+An agent gets nothing of the server's environment (which may hold `PGPASSWORD`, the database URL or
+`AZURE_BATCH_ACCESS_KEY`): only the variables in `AGENT_ENV_PASSTHROUGH`. Its node token comes
+through a pipe on stdin, so it is in neither its argv nor its environment (which
+`/proc/<pid>/environ` keeps for the process's whole life, even after `os.environ.pop`).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -23,6 +29,7 @@ from pathlib import Path
 import psutil
 
 from shoal.agent.tree import kill_node_processes
+from shoal.agent.users import remove_node_users
 from shoal.providers.eviction import EvictionPolicy
 from shoal.service import nodes as node_service
 from shoal.service import preemption
@@ -31,6 +38,10 @@ from shoal.service.context import Context
 log = logging.getLogger("shoal.providers.local")
 
 LEAVE_GRACE_S = 10.0
+# What an agent may inherit from the server's environment: how to find Python and its packages,
+# and how to log. Everything else (credentials, database URLs) stays with the server.
+AGENT_ENV_PASSTHROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "SHOAL_LOG_LEVEL")
+DEFAULT_AGENT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass
@@ -66,6 +77,24 @@ def _make_traversable(directory: Path) -> None:
         path.chmod(0o755)
 
 
+def agent_environment(server_env: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """The explicit, minimal environment of an agent process."""
+    env = {name: server_env[name] for name in AGENT_ENV_PASSTHROUGH if server_env.get(name)}
+    env.setdefault("PATH", DEFAULT_AGENT_PATH)
+    try:
+        env["HOME"] = pwd.getpwuid(os.geteuid()).pw_dir
+    except KeyError:
+        env["HOME"] = "/"
+    return env
+
+
+def _private_log(path: Path) -> int:
+    """The agent's log: 0600 whatever the umask, and never through a link a task could plant."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
 class LocalProvider:
     def __init__(self, ctx: Context, nodes_dir: Path, join_url: str, *, spot_eviction_rate: float = 0.0,
                  eviction_seed: int | None = None) -> None:
@@ -76,6 +105,8 @@ class LocalProvider:
         _make_traversable(nodes_dir)
         self.join_url = join_url
         self.agents: dict[str, _Agent] = {}
+        # Nodes whose users are being removed in a worker thread: not respawned until done.
+        self._cleaning: dict[str, asyncio.Future[None]] = {}
 
     def node_dir(self, node_id: str) -> Path:
         return self.nodes_dir / node_id
@@ -103,6 +134,8 @@ class LocalProvider:
                     node_service.forget(self.ctx, record.node_id)
                 continue
             if agent is not None and agent.alive():
+                continue
+            if self._still_cleaning(record.node_id):
                 continue
             if record.state != "creating":
                 # The agent died under a live node: requeue its tasks and start it afresh.
@@ -156,25 +189,46 @@ class LocalProvider:
 
     def _spawn(self, node_id: str, pool_id: str, token: str) -> None:
         root = self.node_root(node_id)
-        root.mkdir(parents=True, exist_ok=True)
-        log_file = open(self.node_dir(node_id) / "agent.log", "ab")  # noqa: SIM115 - owned by the child
-        env = dict(os.environ)
-        # The token travels in the environment, not argv, so `ps` does not show it.
-        env["SHOAL_NODE_TOKEN"] = token
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "shoal.agent", "--join", self.join_url, "--pool", pool_id,
-             "--node-id", node_id, "--root", str(root)],
-            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True, close_fds=True)
-        log_file.close()
+        # Task users walk down to their folders through these, so they are 0755 (umask is 077).
+        _make_traversable(root)
+        log_fd = _private_log(self.node_dir(node_id) / "agent.log")
+        try:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "shoal.agent", "--join", self.join_url, "--pool", pool_id,
+                 "--node-id", node_id, "--root", str(root), "--token-stdin"],
+                stdin=subprocess.PIPE, stdout=log_fd, stderr=subprocess.STDOUT, env=agent_environment(os.environ),
+                start_new_session=True, close_fds=True)
+        finally:
+            os.close(log_fd)
+        assert popen.stdin is not None
+        try:
+            # A few dozen bytes into an empty pipe: never blocks.
+            popen.stdin.write(token.encode() + b"\n")
+            popen.stdin.close()
+        except BrokenPipeError:
+            pass  # the agent died at once; the next pass sees it gone
         self.agents[node_id] = _Agent(node_id, psutil.Process(popen.pid), popen)
         node_service.agent_spawned(self.ctx, node_id, popen.pid)
+
+    def _still_cleaning(self, node_id: str) -> bool:
+        cleaning = self._cleaning.get(node_id)
+        if cleaning is None:
+            return False
+        if not cleaning.done():
+            return True
+        del self._cleaning[node_id]
+        if not cleaning.cancelled() and cleaning.exception() is not None:
+            log.error("removing the users of node %s failed: %s", node_id, cleaning.exception())
+        return False
 
     def _drop(self, node_id: str) -> None:
         agent = self.agents.pop(node_id, None)
         if agent is not None and agent.alive():
             agent.terminate(signal.SIGKILL)
         shutil.rmtree(self.node_dir(node_id), ignore_errors=True)
+        if os.geteuid() == 0 and node_id not in self._cleaning:
+            # A killed agent could not remove its node's users; userdel runs off the event loop.
+            self._cleaning[node_id] = asyncio.ensure_future(asyncio.to_thread(remove_node_users, node_id))
 
     async def shutdown(self, *, stop_agents: bool) -> None:
         if not stop_agents:

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -22,9 +27,27 @@ NODE_ID = "tvmps_0123456789abcdef_d"
 NODE_TOKEN = "node-token"
 
 
+@contextlib.contextmanager
+def node_base() -> Iterator[Path]:
+    """A folder for a node root that task users can walk into (pytest's own are root's, 0700).
+    The stand-in's node's users are removed afterwards, whatever the agent managed to do."""
+    from shoal.agent.users import remove_node_users
+
+    base = Path(tempfile.mkdtemp(prefix="shoal-agent-test-"))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        if os.geteuid() == 0:
+            remove_node_users(NODE_ID)
+        shutil.rmtree(base, ignore_errors=True)
+
+
 class StandIn:
-    def __init__(self, start_task: dict[str, Any] | None = None, poll_timeout_s: float = 5.0) -> None:
+    def __init__(self, start_task: dict[str, Any] | None = None, poll_timeout_s: float = 5.0,
+                 user_accounts: list[dict[str, Any]] | None = None) -> None:
         self.start_task = start_task
+        self.user_accounts = user_accounts or []
         self.poll_timeout_s = poll_timeout_s
         self.hellos: list[dict[str, Any]] = []
         self.syncs: list[dict[str, Any]] = []
@@ -110,6 +133,7 @@ class StandIn:
                     "accountUrl": "http://acct.local",
                     "taskSlotsPerNode": 4,
                     "startTask": self.start_task,
+                    "userAccounts": self.user_accounts,
                 },
             }
         )

@@ -8,16 +8,24 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from shoal.agent.main import EXIT_OK, EXIT_ORPHANED, run_agent
-from tests.agent.standin import NODE_ID, NODE_TOKEN, StandIn
+from tests.agent.standin import NODE_ID, NODE_TOKEN, StandIn, node_base
 
 Script = Callable[[StandIn, Path], Awaitable[None]]
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """Node roots where the agent's task users can reach them (they run as their own users)."""
+    with node_base() as base:
+        yield base
 
 
 def run_with_standin(tmp_path: Path, script: Script, standin: StandIn) -> int:
