@@ -277,9 +277,13 @@ class ProcessGroupFiles:
             with contextlib.suppress(OSError):
                 (self.directory / name).unlink()
         deadline = time.monotonic() + timeout_s
-        while pending and time.monotonic() < deadline:
+        while pending:
+            pending = _groups_with_live_members(pending)
+            if not pending or time.monotonic() > deadline:
+                break
+            for pgid in pending:
+                _signal_group(pgid, signal.SIGKILL)
             time.sleep(_KILL_POLL_S)
-            pending = {pgid for pgid in pending if _signal_group(pgid, signal.SIGKILL)}
         return pending
 
     def _prepare(self) -> None:
@@ -312,6 +316,19 @@ def _group_is_ours(pgid: int, name: str) -> bool:
     a leader with another start time means our group is gone and the number was reused."""
     ticks = process_start_ticks(pgid)
     return ticks is None or str(ticks) == name.partition("-")[2]
+
+
+def _groups_with_live_members(groups: set[int]) -> set[int]:
+    """Which of ``groups`` still have a member that is not a zombie (a killed child of the
+    caller stays in its group until reaped). A scan of /proc: only while killing."""
+    live: set[int] = set()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(_PROC):
+            if entry.name.isdigit():
+                fields = _proc_stat_fields(int(entry.name))
+                if fields and len(fields) > 2 and fields[0] not in ("Z", "X") and int(fields[2]) in groups:
+                    live.add(int(fields[2]))
+    return live
 
 
 def _signal_group(pgid: int, sig: int) -> bool:
