@@ -10,9 +10,13 @@ from sqlalchemy import Connection, bindparam, func, select, update
 from shoal import clock
 from shoal.scheduler import JobView, NodeView, PoolSnapshot, TaskView, gather, plan
 from shoal.service.context import Context
+from shoal.service.tasks import task_dir
 from shoal.store.schema import jobs, nodes, pools, tasks
 
 SCHEDULABLE_NODE_STATES = ("idle", "running")
+# A pass over 10,000 4-slot nodes places 40,000 tasks: IN lists go in chunks, well under the bound
+# parameter limits of SQLite (32,766) and PostgreSQL (65,535).
+_IN_CHUNK = 5_000
 
 
 # Built once and run with every placement of a pass (executemany): per-row statement building
@@ -53,6 +57,11 @@ _READY_OF_SIZE = (
     .order_by(tasks.c.seq)
     .limit(bindparam("b_limit"))
 )
+
+
+def _chunks(values: list[Any]) -> Iterator[list[Any]]:
+    for start in range(0, len(values), _IN_CHUNK):
+        yield values[start:start + _IN_CHUNK]
 
 
 def schedule(ctx: Context) -> set[str]:
@@ -96,8 +105,10 @@ def _snapshot(conn: Connection, ctx: Context, pool: Any) -> tuple[PoolSnapshot, 
     if not job_rows:
         return None
     limited = [j.seq for j in job_rows if j.max_parallel_tasks > 0]
-    running_per_job: dict[int, int] = dict(conn.execute(select(tasks.c.job_seq, func.count()).where(
-        tasks.c.job_seq.in_(limited), tasks.c.state == "running").group_by(tasks.c.job_seq)).all()) if limited else {}
+    running_per_job: dict[int, int] = {}
+    for chunk in _chunks(limited):
+        running_per_job.update(conn.execute(select(tasks.c.job_seq, func.count()).where(
+            tasks.c.job_seq.in_(chunk), tasks.c.state == "running").group_by(tasks.c.job_seq)).all())
     job_views = tuple(JobView(j.seq, None if j.max_parallel_tasks <= 0 else
                               j.max_parallel_tasks - int(running_per_job.get(j.seq, 0))) for j in job_rows)
     ordered = sorted(job_rows, key=lambda j: (-j.priority, j.seq))
@@ -131,11 +142,13 @@ def _schedule_pool(ctx: Context, conn: Connection, pool: Any) -> set[str]:
         return set()
     now = clock.now()
     now_iso = clock.iso(now)
-    rows = {r.seq: r for r in conn.execute(
-        select(tasks.c.seq, tasks.c.id, tasks.c.state, tasks.c.state_transition_time, tasks.c.execution_info,
-               tasks.c.attempt, jobs.c.id.label("job_id"))
-        .join(jobs, jobs.c.seq == tasks.c.job_seq)
-        .where(tasks.c.seq.in_([p.task_seq for p in placements]))).all()}
+    rows: dict[int, Any] = {}
+    for chunk in _chunks([p.task_seq for p in placements]):
+        rows.update((r.seq, r) for r in conn.execute(
+            select(tasks.c.seq, tasks.c.id, tasks.c.state, tasks.c.state_transition_time, tasks.c.execution_info,
+                   tasks.c.attempt, jobs.c.id.label("job_id"))
+            .join(jobs, jobs.c.seq == tasks.c.job_seq)
+            .where(tasks.c.seq.in_(chunk))))
     per_node: dict[str, int] = {}
     starts = []
     for placement in placements:
@@ -144,7 +157,7 @@ def _schedule_pool(ctx: Context, conn: Connection, pool: Any) -> set[str]:
         info["startTime"] = now_iso
         for name in ("endTime", "exitCode", "result", "failureInfo"):
             info.pop(name, None)
-        root = f"workitems/{row.job_id}/job-1/{row.id}"
+        root = task_dir(row.job_id, row.id)
         node_url = f"{ctx.base_url}/pools/{pool.id}/nodes/{placement.node_id}"
         starts.append({
             "b_seq": placement.task_seq, "b_previous_time": row.state_transition_time, "b_now": now,
@@ -156,6 +169,7 @@ def _schedule_pool(ctx: Context, conn: Connection, pool: Any) -> set[str]:
         per_node[placement.node_id] = per_node.get(placement.node_id, 0) + 1
     conn.execute(_START, starts)
     conn.execute(_COUNT_RUN, [{"b_node": node_id, "b_count": count} for node_id, count in per_node.items()])
-    conn.execute(update(nodes).where(nodes.c.id.in_(list(per_node)), nodes.c.state == "idle").values(
-        state="running", state_transition_time=now))
+    for chunk in _chunks(list(per_node)):
+        conn.execute(update(nodes).where(nodes.c.id.in_(chunk), nodes.c.state == "idle").values(
+            state="running", state_transition_time=now))
     return set(per_node)
