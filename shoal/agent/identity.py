@@ -44,7 +44,8 @@ def parse_identity(value: Any) -> Identity:
         return DEFAULT_IDENTITY
     if not isinstance(value, dict):
         raise IdentityError("InvalidUserIdentity", "userIdentity must be an object")
-    name = value.get("userName")
+    # The wire name is "username" (userName is only the SDKs' spelling); take either.
+    name = value.get("username", value.get("userName"))
     if name is not None:
         return Identity(ACCOUNT, check_user_name(name))
     auto = value.get("autoUser")
@@ -61,13 +62,13 @@ def parse_identity(value: Any) -> Identity:
 
 def check_user_name(name: Any) -> str:
     if not isinstance(name, str) or not name:
-        raise IdentityError("InvalidUserIdentity", "userIdentity.userName must be a non-empty string")
+        raise IdentityError("InvalidUserIdentity", "userIdentity.username must be a non-empty string")
     if len(name) > MAX_USER_NAME_CHARS:
         raise IdentityError("InvalidUserIdentity",
-                            f"userIdentity.userName is longer than {MAX_USER_NAME_CHARS} characters")
+                            f"userIdentity.username is longer than {MAX_USER_NAME_CHARS} characters")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name) or ":" in name:
         raise IdentityError("InvalidUserIdentity",
-                            "userIdentity.userName contains a control character or ':'")
+                            "userIdentity.username contains a control character or ':'")
     return name
 
 

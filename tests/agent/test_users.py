@@ -62,6 +62,7 @@ def _deep(levels: int) -> dict[str, object]:
     ({"autoUser": {"scope": "task"}}, TASK),
     ({"autoUser": {"scope": "task", "elevationLevel": "admin"}}, AGENT),
     ({"autoUser": {"elevationLevel": "admin"}}, AGENT),
+    ({"username": "alice"}, ACCOUNT),
     ({"userName": "alice"}, ACCOUNT),
     # Nesting the agent does not read is not walked: no recursion, whatever the depth.
     (_deep(5000), POOL),
@@ -71,7 +72,7 @@ def test_identities(value: object, kind: str) -> None:
 
 
 @pytest.mark.parametrize("value", [
-    "alice", [], {"userName": "a\x00b"}, {"userName": 7}, {"userName": ""}, {"userName": "x" * 5000},
+    "alice", [], {"username": "a\x00b"}, {"username": 7}, {"userName": ""}, {"userName": "x" * 5000},
     {"userName": "a\nroot"}, {"autoUser": "pool"}, {"autoUser": {"scope": "node"}},
     {"autoUser": {"elevationLevel": ["admin"]}}, {"userName": _deep(900)},
 ])
