@@ -247,3 +247,47 @@ class socket_port:
 
     def __exit__(self, *exc: object) -> None:
         self.sock.close()
+
+
+def test_no_assignment_can_stop_the_agent(tmp_path: Path) -> None:
+    """Whatever an assignment carries, the attempt fails with a failureInfo and the agent goes on."""
+    standin = StandIn()
+    deep: dict = {}
+    for _ in range(500):  # as deep as the stand-in's JSON encoder goes
+        deep = {"autoUser": deep}
+    bad = {
+        "not-an-object": {"userIdentity": "alice"},
+        "nul-in-name": {"userIdentity": {"username": "a\x00b"}},
+        "unknown-user": {"userIdentity": {"username": "mallory"}},
+        "bad-scope": {"userIdentity": {"autoUser": {"scope": 5}}},
+        "deep-username": {"userIdentity": {"username": deep}},
+        "dict-command": {"commandLine": {"not": "a string"}},
+        "bad-environment": {"environment": [1, 2, 3]},
+        "bad-wall-clock": {"maxWallClockTimeS": "soon"},
+    }
+
+    async def script(s: StandIn, root: Path) -> None:
+        await s.until(lambda: len(s.syncs) >= 1)
+        # Items the agent cannot even key are dropped; the loop goes on.
+        s.assignments[("x", "y", 1)] = {"jobId": None, "taskId": ["t"], "attempt": "1"}
+        s.pending_kill.append(["only-two", "parts"])
+        keys = {}
+        for task_id, fields in bad.items():
+            command = fields.pop("commandLine", "/bin/true")
+            keys[task_id] = s.assign("job1", task_id, command, **fields)
+        keys["traversal"] = s.assign("..", "t", "/bin/true")
+        await s.until(lambda: set(keys.values()) <= s.committed.keys())
+        for task_id, key in keys.items():
+            failure = s.committed[key]["failure"]
+            assert failure is not None and failure["category"] in ("usererror", "servererror"), (task_id, failure)
+            assert s.committed[key]["exitCode"] is None
+            assert len(failure["message"]) <= 600
+        assert s.committed[keys["unknown-user"]]["failure"]["code"] in ("UserAccountNotFound", "IsolationUnavailable")
+        assert s.committed[keys["not-an-object"]]["failure"]["code"] == "InvalidUserIdentity"
+        ok = s.assign("job1", "after", "/bin/echo fine")
+        await s.until(lambda: ok in s.committed)
+        assert s.committed[ok]["exitCode"] == 0
+        s.leave = True
+        s.poke()
+
+    assert run_with_standin(tmp_path, script, standin) == EXIT_OK
