@@ -37,6 +37,12 @@ BODIES = {
     "task.create": ("TaskAddParameter", "BatchTaskCreateOptions"),
     "task.collection": ("TaskAddCollectionParameter", "BatchTaskGroup"),
     "task.update": ("TaskUpdateParameter", "BatchTask"),
+    # Not read through shoal.service.request_body yet (their routes are elsewhere); listed so they can be.
+    "pool.enableautoscale": ("PoolEnableAutoScaleParameter", "BatchPoolEnableAutoScaleOptions"),
+    "pool.evaluateautoscale": ("PoolEvaluateAutoScaleParameter", "BatchPoolEvaluateAutoScaleOptions"),
+    "node.disablescheduling": ("NodeDisableSchedulingParameter", "BatchNodeDisableSchedulingOptions"),
+    "node.reboot": ("NodeRebootParameter", "_models.BatchNodeRebootOptions"),
+    "node.reimage": ("NodeReimageParameter", "_models.BatchNodeReimageOptions"),
 }
 
 Tree = Any

@@ -22,7 +22,7 @@ DEALLOCATION_OPTIONS = ("requeue", "terminate", "taskcompletion", "retaineddata"
 # Properties a client may set at creation that Shoal keeps verbatim in `spec`.
 _KEPT_PROPERTIES = (
     "displayName", "virtualMachineConfiguration", "startTask", "userAccounts", "metadata",
-    "targetNodeCommunicationMode", "enableAutoScale", "autoScaleFormula", "autoScaleEvaluationInterval",
+    "targetNodeCommunicationMode", "upgradePolicy", "enableAutoScale", "autoScaleFormula", "autoScaleEvaluationInterval",
 )
 # What Shoal's nodes do not carry out yet: refused when given (a non-empty value, or true), never
 # stored and ignored. Empty lists pass, since some clients send them for "none".
@@ -116,7 +116,8 @@ def _validate_user_accounts(body: dict[str, Any]) -> None:
 
 
 def _validate_communication_mode(body: dict[str, Any]) -> None:
-    v.choice(body, "targetNodeCommunicationMode", _COMMUNICATION_MODES)
+    request_body.supported_choice(body, "targetNodeCommunicationMode", ("default", "simplified", "classic"),
+                                  _COMMUNICATION_MODES, path="targetNodeCommunicationMode")
 
 
 def resize_deadline(now: datetime, timeout: timedelta) -> datetime:
@@ -147,11 +148,13 @@ def create(ctx: Context, body: Any) -> None:
     fill = v.choice(policy, "nodeFillType", ("spread", "pack"), default="spread",
                     path="taskSchedulingPolicy.nodeFillType")
     # Batch's "none" is the default order (by job priority); ordering by creation time is not done.
-    v.choice(policy, "jobDefaultOrder", ("none",), path="taskSchedulingPolicy.jobDefaultOrder")
+    request_body.supported_choice(policy, "jobDefaultOrder", ("none", "creationtime"), ("none",),
+                                  path="taskSchedulingPolicy.jobDefaultOrder")
     upgrade = v.obj(body, "upgradePolicy")
     if upgrade is not None:
         # Nodes never get OS upgrades here, which is what the "manual" mode promises.
-        v.choice(upgrade, "mode", ("manual",), path="upgradePolicy.mode")
+        request_body.supported_choice(upgrade, "mode", ("manual", "automatic", "rolling"), ("manual",),
+                                      path="upgradePolicy.mode")
         request_body.refuse_unsupported(upgrade, ("automaticOSUpgradePolicy", "rollingUpgradePolicy"),
                                         root="upgradePolicy")
     autoscale = v.boolean(body, "enableAutoScale", default=False)

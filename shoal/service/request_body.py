@@ -121,8 +121,29 @@ def _no_nul_anywhere(value: Any, path: str) -> None:
 
 
 def given(value: Any) -> bool:
-    """Whether a client asked for something: absent, null, false, empty string/list/object do not."""
-    return value not in (None, False, "", [], {})
+    """Whether a client asked for something: absent, null, false (also as the string `az` may
+    send), empty string/list/object do not."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "false")
+    return value not in (None, False, [], {})
+
+
+def supported_choice(body: dict[str, Any], name: str, options: tuple[str, ...], supported: tuple[str, ...], *,
+                     path: str) -> str | None:
+    """An enum property: a value Batch does not know is invalid; one it knows that Shoal does not
+    carry out is FeatureNotSupported."""
+    value = body.get(name)
+    if value is None:
+        return None
+    folded = value.lower() if isinstance(value, str) else None
+    if folded not in options:
+        raise InvalidProperty(path, _shown(value), f"The value must be one of: {', '.join(options)}.")
+    if folded not in supported:
+        raise BadRequest(f"The value {value} of {path} is not supported by this Batch service (Shoal).",
+                         code="FeatureNotSupported",
+                         values={"PropertyName": path, "PropertyValue": str(value),
+                                 "Reason": f"Shoal supports only: {', '.join(supported)}."})
+    return folded
 
 
 def refuse_unsupported(body: dict[str, Any], paths: tuple[str, ...], *, root: str = "") -> None:

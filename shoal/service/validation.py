@@ -57,8 +57,12 @@ def string(body: dict[str, Any], name: str, *, required: bool = False, max_len: 
     return value
 
 
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
 def integer(body: dict[str, Any], name: str, *, default: int | None = None, minimum: int | None = None,
             maximum: int | None = None, path: str | None = None) -> int | None:
+    """An Int32 (every integer of Batch's request bodies is one), within [minimum, maximum]."""
     label = path or name
     value = body.get(name)
     if value is None:
@@ -73,6 +77,8 @@ def integer(body: dict[str, Any], name: str, *, default: int | None = None, mini
         raise InvalidProperty(label, value, f"The value must be at least {minimum}.")
     if maximum is not None and value > maximum:
         raise InvalidProperty(label, value, f"The value must be at most {maximum}.")
+    if not INT32_MIN <= value <= INT32_MAX:
+        raise InvalidProperty(label, value, "The value must be a 32-bit integer.")
     return value
 
 

@@ -188,3 +188,32 @@ def test_user_account_password_is_write_only(client: Any, shoal: Any, setup: Non
                        "linuxUserConfiguration": {"uid": 4001, "gid": 4001}}
     sdk_account = client.get_pool("p-users").user_accounts[0]
     assert (sdk_account.name, sdk_account.password) == ("alice", None)
+
+
+KNOWN_BUT_UNSUPPORTED_VALUES = [
+    ({"targetNodeCommunicationMode": "classic"}, "targetNodeCommunicationMode"),
+    ({"upgradePolicy": {"mode": "automatic"}}, "upgradePolicy.mode"),
+    ({"taskSchedulingPolicy": {"nodeFillType": "pack", "jobDefaultOrder": "creationtime"}},
+     "taskSchedulingPolicy.jobDefaultOrder"),
+]
+
+
+@pytest.mark.parametrize(("extra", "name"), KNOWN_BUT_UNSUPPORTED_VALUES, ids=[n for _, n in KNOWN_BUT_UNSUPPORTED_VALUES])
+def test_a_value_batch_knows_but_shoal_does_not_do_is_refused(shoal: Any, setup: None, extra: dict[str, Any],
+                                                              name: str) -> None:
+    refused(send(shoal, "POST", "/pools", pool_body("p-values", **extra)), "FeatureNotSupported", name)
+    assert rest.call(shoal, "GET", "/pools/p-values").status_code == 404
+
+
+def test_what_shoal_does_is_accepted_and_shown(shoal: Any, setup: None) -> None:
+    """The values that match what Shoal does pass, and GET shows them: manual upgrades, the
+    simplified communication mode, no preemption (also as the string `az` may send)."""
+    body = pool_body("p-honest", upgradePolicy={"mode": "manual"}, targetNodeCommunicationMode="simplified",
+                     taskSchedulingPolicy={"nodeFillType": "pack", "jobDefaultOrder": "none"})
+    assert send(shoal, "POST", "/pools", body).status_code == 201
+    shown = rest.call(shoal, "GET", "/pools/p-honest").json()
+    assert (shown["upgradePolicy"], shown["targetNodeCommunicationMode"]) == ({"mode": "manual"}, "simplified")
+    job = {"id": "j-honest", "poolInfo": {"poolId": POOL}, "allowTaskPreemption": "false",
+           "usesTaskDependencies": False}
+    assert send(shoal, "POST", "/jobs", job).status_code == 201
+    assert rest.call(shoal, "GET", "/jobs/j-honest").json()["allowTaskPreemption"] is False
