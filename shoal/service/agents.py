@@ -240,6 +240,13 @@ def sync(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAn
     woken: set[str] = set()
     with ctx.engine.begin() as conn:
         node = _node_by_token(conn, node_id, token)
+        if not _current_incarnation(node, body):
+            # Not the agent that said hello last: a process the node has moved on from (whose
+            # attempts that hello requeued), or a caller with a stolen token that never said
+            # hello. It changes nothing and is given nothing; its reports are acknowledged so
+            # an old process stops resending them.
+            answer.ack = [(r["jobId"], r["taskId"], r["attempt"]) for r in body.get("reports") or []]
+            return answer
         now = clock.now()
         values: dict[str, Any] = {"last_heartbeat": now}
         if node.state == "unusable":
@@ -271,11 +278,22 @@ def sync(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAn
     return answer
 
 
+def _current_incarnation(node: Any, body: dict[str, Any]) -> bool:
+    """Whether a sync comes from the agent process whose hello the node last took. A node that
+    has not said hello yet (a fresh record) has no incarnation to match."""
+    if not node.incarnation:
+        return True
+    presented = body.get("incarnation")
+    return isinstance(presented, str) and token_matches(node.incarnation, presented)
+
+
 def deliveries(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAnswer:
     """The read-only second half of a sync, for the end of a long poll."""
     answer = SyncAnswer()
     with ctx.engine.connect() as conn:
         node = _node_by_token(conn, node_id, token)
+        if not _current_incarnation(node, body):
+            return answer
         if node.run_start_task and body.get("startTask") is None:
             answer.run_start_task = True
         _deliveries(conn, node, body, answer)
@@ -398,9 +416,7 @@ def _deliveries(conn: Connection, node: Any, body: dict[str, Any], answer: SyncA
         # This incarnation must go; the next hello comes from a fresh one.
         answer.restart = "reboot" if node.state == "rebooting" else "reimage"
         return
-    if node.incarnation and body.get("incarnation") != node.incarnation:
-        # Not the agent that said hello last (a process the node has moved on from, or a caller
-        # with a stolen token that skipped hello): it is given nothing to run.
+    if not _current_incarnation(node, body):
         return
     # Keys first; whole rows (specs and all) only for the few attempts the agent lacks.
     held = conn.execute(_RUNNING_KEYS, {"b_node": node.id}).all()
