@@ -20,13 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from azure.batch import models
 
 from shoal.agent import tree
 from shoal.testing.server import RunningShoal
 from tests.helpers import pool_options, wait_for, wait_pool_idle, wait_tasks_done
+from tests.security.agents import agent_process
 
 POOL = "dup-exec"
 JOB = "dup-exec-job"
@@ -67,15 +67,6 @@ def beats() -> Iterator[Path]:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def agent_process(shoal: RunningShoal, node_id: str) -> psutil.Process | None:
-    marker = str(shoal.nodes_dir)
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = process.info["cmdline"] or []
-        if "shoal.agent" in cmdline and node_id in cmdline and any(marker in part for part in cmdline):
-            return process
-    return None
 
 
 def attempts(folder: Path, task_id: str) -> list[tuple[float, float, bool]]:
