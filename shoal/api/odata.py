@@ -187,6 +187,9 @@ def _compare_values(op: str, left: Any, right: Any, *, fold_case: bool) -> bool:
         pass
     elif type(left) is not type(right):
         return op == "ne"
+    elif isinstance(left, dict | list) and op not in ("eq", "ne"):
+        # Objects and lists are equal or not; they have no order.
+        return False
     elif fold_case and isinstance(left, str):
         left, right = left.casefold(), right.casefold()
     return _COMPARISONS[op](left, right)

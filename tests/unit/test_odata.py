@@ -158,3 +158,38 @@ def test_apply_select_keeps_selected_top_level_and_metadata():
     }
     assert apply_select(resource, None) is resource
     assert apply_select(TASK, ["ExecutionInfo"]) == {"executionInfo": TASK["executionInfo"]}
+
+
+def test_nesting_is_bounded_before_recursion_is():
+    from shoal.api.odata import MAX_NESTING
+
+    inner = "state eq 'active'"
+    assert compile_filter("(" * MAX_NESTING + inner + ")" * MAX_NESTING)(POOL)
+    assert compile_filter("not " * MAX_NESTING + inner)(POOL) is True  # an even number of nots
+    for text in ("(" * (MAX_NESTING + 1) + inner + ")" * (MAX_NESTING + 1), "(" * 100_000,
+                 "not " * (MAX_NESTING + 1) + inner, "not (" * 500 + inner + ")" * 500):
+        with pytest.raises(ODataError, match="nests"):
+            compile_filter(text)
+
+
+def test_a_number_too_long_to_convert_is_an_odata_error():
+    with pytest.raises(ODataError, match="too long"):
+        compile_filter("currentDedicatedNodes eq " + "9" * 5000)
+
+
+@pytest.mark.parametrize("op", ["gt", "ge", "lt", "le"])
+def test_ordering_values_without_an_order_is_false_not_an_error(op):
+    resource = {"a": {"x": 1}, "b": {"x": 2}, "c": [1, "x"], "d": [2, None]}
+    assert compile_filter(f"a {op} b")(resource) is False
+    assert compile_filter(f"c {op} d")(resource) is False
+    assert compile_filter("a ne b")(resource) is True
+
+
+def test_comparing_stored_values_nested_past_the_recursion_limit_is_false():
+    deep: list = []
+    for _ in range(5000):
+        deep = [deep]
+    other: list = []
+    for _ in range(5000):
+        other = [other]
+    assert compile_filter("a eq b")({"a": deep, "b": other}) is False

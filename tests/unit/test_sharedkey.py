@@ -15,6 +15,7 @@ from azure.core.rest import HttpRequest
 
 from shoal.api import sharedkey
 from shoal.api.sharedkey import SharedKeyError
+from shoal.errors import BatchError
 
 ACCOUNT = "shoalacct"
 KEY = base64.b64encode(b"k" * 64).decode()
@@ -168,6 +169,49 @@ def test_repeated_query_parameter_signed_in_either_form():
     for text in (sdk_text, storage_text):
         signed = {**headers, "Authorization": sharedkey.sign(ACCOUNT, KEY, text)}
         assert sharedkey.verify("GET", "/pools", query, signed, keys(KEY)) == ACCOUNT
+    # The signature checks out, but the server refuses the request before any handler sees
+    # two values of which only one was signed (shoal.api.app calls refuse_ambiguity first).
+    with pytest.raises(BatchError) as caught:
+        sharedkey.refuse_ambiguity(query, headers.items())
+    assert (caught.value.status, caught.value.code) == (400, "InvalidQueryParameterValue")
+
+
+@pytest.mark.parametrize("query", [[("a", "1"), ("A", "2")], [("$filter", "x"), ("$filter", "x")]])
+def test_a_query_parameter_given_twice_in_any_case_is_refused(query):
+    with pytest.raises(BatchError) as caught:
+        sharedkey.refuse_ambiguity(query, [])
+    assert caught.value.code == "InvalidQueryParameterValue"
+
+
+@pytest.mark.parametrize("name", ["ocp-date", "If-Match", "content-type", "Authorization", "x-ms-date", "Date",
+                                  "client-ocp-thing"])
+def test_a_signed_header_given_twice_is_refused(name):
+    with pytest.raises(BatchError) as caught:
+        sharedkey.refuse_ambiguity([], [(name, "1"), (name.upper(), "2")])
+    assert (caught.value.status, caught.value.code) == (400, "InvalidHeaderValue")
+
+
+def test_unsigned_headers_and_distinct_parameters_may_repeat_or_coexist():
+    sharedkey.refuse_ambiguity([("api-version", "1"), ("maxresults", "5")],
+                               [("Accept", "a"), ("accept", "b"), ("ocp-date", "x"), ("Date", "y")])
+
+
+@pytest.mark.parametrize("date", ["Mon, 01 Jan 99999999999999999999 00:00:00 GMT",
+                                  "Mon, 01 Jan 2024 00:00:99999999999999 GMT",
+                                  "Fri, 31 Dec 9999 23:59:59 -2359", "Sat, 01 Jan 0001 00:00:00 +2359",
+                                  "x" * 10_000, "Wed, 31 Feb 2024 00:00:00 GMT"])
+def test_a_date_out_of_any_range_is_an_authentication_failure_not_a_crash(date):
+    headers = {"ocp-date": date, "Authorization": f"SharedKey {ACCOUNT}:AAAA"}
+    with pytest.raises(SharedKeyError) as caught:
+        sharedkey.verify("GET", "/pools", [], headers, keys(KEY))
+    assert caught.value.status == 403
+
+
+def test_a_non_ascii_signature_is_refused_not_a_crash():
+    headers = {"ocp-date": format_datetime(datetime.now(UTC), usegmt=True),
+               "Authorization": f"SharedKey {ACCOUNT}:sig\u00e9\u00ff"}
+    with pytest.raises(SharedKeyError):
+        sharedkey.verify("GET", "/pools", [], headers, keys(KEY))
 
 
 def test_stale_or_missing_date_is_refused():
