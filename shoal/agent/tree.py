@@ -25,8 +25,9 @@ limits (issue 10) go on this same cgroup: under v2 by enabling the controllers i
 hierarchies, which the agent joins the same way (:class:`Hierarchy` is per hierarchy for that).
 
 **Process-group files otherwise** (not root, or no writable cgroups). Every task leader gets
-``PR_SET_PDEATHSIG`` = SIGKILL (through ``preexec_fn``: it costs vfork, measured in the module
-tests' notes), so it dies with the agent's spawning thread; and the agent keeps one file per
+``PR_SET_PDEATHSIG`` = SIGKILL (through ``preexec_fn``, which costs subprocess its vfork: with an
+agent's memory, spawning /bin/true went from about 900/s to about 415/s on a 2-core machine), so
+it dies with the agent's spawning thread; and the agent keeps one file per
 running process group under ``volatile/shoal-agent/`` so that the next agent on this node root,
 or the provider, kills those groups. Descendants that leave their process group (``setsid``)
 escape this fallback; docs/security.md says so.
@@ -443,6 +444,11 @@ def contain_node(node_root: str | os.PathLike[str]) -> NodeContainment:
     survivors = containment.kill_all()
     if survivors:
         log.error("processes of an earlier agent survived SIGKILL: %s", sorted(survivors))
+    if _current is not None:
+        # A second agent in one process (an embedding, not `shoal agent`): a process is in one
+        # cgroup only, so this node's tasks are contained with the first node's.
+        log.warning("another agent in this process holds %s; the tasks of %s share it", _current.mode, node_root)
+        return containment
     containment.enter()
     log.info("task processes contained by %s", containment.mode)
     _current = containment
