@@ -154,7 +154,8 @@ def check_sync(body: Any) -> dict[str, Any]:
     metrics = body.get("metrics")
     if metrics is not None:
         if not isinstance(metrics, dict) or len(metrics) > MAX_METRICS:
-            raise _refuse("metrics", type(metrics).__name__, f"The value must be an object of at most {MAX_METRICS} numbers.")
+            raise _refuse("metrics", type(metrics).__name__,
+                          f"The value must be an object of at most {MAX_METRICS} numbers.")
         for key, value in metrics.items():
             if len(key) > MAX_ID_CHARS or isinstance(value, bool) or not isinstance(value, int | float) \
                     or not math.isfinite(value):

@@ -116,7 +116,10 @@ def admit_addresses(body: dict[str, Any], peer_host: str | None, *, joined_by_ha
             port = parts.port
         except ValueError as exc:
             raise _refuse_address("fileServerUrl", url, "The value is not a URL.") from exc
-        if parts.scheme not in ("http", "https") or parts.username is not None or parts.password is not None                 or parts.path not in ("", "/") or parts.query or parts.fragment or port is None:
+        malformed = (parts.scheme not in ("http", "https") or parts.username is not None
+                     or parts.password is not None or parts.path not in ("", "/") or bool(parts.query)
+                     or bool(parts.fragment) or port is None)
+        if malformed:
             raise _refuse_address("fileServerUrl", url, "The value must be scheme://address:port and nothing else.")
         host = _ip(parts.hostname or "")
         if host is None:
