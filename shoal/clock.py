@@ -101,8 +101,8 @@ UNLIMITED = "P10675199DT2H48M5.4775807S"
 
 # IMF-fixdate (RFC 9110 §5.6.7), what every HTTP client sends: "Sun, 06 Nov 1994 08:49:37 GMT".
 _IMF_FIXDATE = re.compile(
-    r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (\d{2}) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
-    r"(\d{4}) (\d{2}):(\d{2}):(\d{2}) (?:GMT|UTC)\Z"
+    r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), ([0-9]{2}) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
+    r"([0-9]{4}) ([0-9]{2}):([0-9]{2}):([0-9]{2}) (?:GMT|UTC)\Z"
 )
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 # Longer than any real header date; past it the text is not a date, whatever it says.
@@ -132,7 +132,9 @@ def parse_http_date(text: str | None) -> datetime | None:
 
 
 # The ISO 8601 forms agents and clients send: date, "T", time with optional fraction, Z or offset.
-_ISO_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})\Z")
+_ISO_INSTANT = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?(?:Z|[+-][0-9]{2}:[0-9]{2})\Z"
+)
 
 
 def parse_iso(text: object) -> datetime | None:
