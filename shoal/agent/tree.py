@@ -14,6 +14,13 @@ forks and re-parenting to init change nothing. Killing the node is ``cgroup.kill
 5.14+) or SIGKILL to every member until none is left (v1; a process with SIGKILL pending cannot
 fork, so each round leaves fewer).
 
+The agent's death alone would kill nothing there, so right after joining, the agent starts a
+watchdog inside the same cgroup (``python -m shoal.agent.tree``, in a session of its own, about
+10 MB): it waits on the agent's pidfd and, when the agent dies, kills every other member. It
+cannot hit a later agent of the node: that one kills every member, watchdog included, before it
+joins. The provider (:func:`kill_node_processes` before it requeues) and the next agent (before
+hello) kill the cgroup too, should the watchdog itself have been killed.
+
 Why the agent itself and not each child: Python 3.11's subprocess cannot clone straight into a
 cgroup (clone3 ``CLONE_INTO_CGROUP``); writing the child's pid to ``cgroup.procs`` after Popen
 returns is racy, because Popen returns once the program has exec'd and it may already have
@@ -44,8 +51,11 @@ import functools
 import hashlib
 import logging
 import os
+import select
 import signal
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -355,6 +365,42 @@ def _death_signal_setter() -> Callable[[], object] | None:
     return functools.partial(prctl, _PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
+# ---- the watchdog of a node cgroup ---------------------------------------------------------
+
+
+def start_watchdog(cgroup: NodeCgroup) -> subprocess.Popen[bytes]:
+    """Start the watchdog of the calling agent (which must already be in ``cgroup``)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "shoal.agent.tree", str(os.getpid()), str(cgroup.directory),
+         str(cgroup.hierarchy.version)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+
+
+def watch(agent_pid: int, cgroup: NodeCgroup) -> None:
+    """The watchdog's life: wait until the agent dies, then kill the rest of its cgroup."""
+    # While the agent lives it is our parent; once it is dead, its pid may name anyone.
+    pidfd = -1
+    with contextlib.suppress(OSError, AttributeError):
+        pidfd = os.pidfd_open(agent_pid)
+    if os.getppid() == agent_pid:
+        if pidfd >= 0:
+            select.select([pidfd], [], [])
+        else:  # no pidfds (Linux < 5.3): poll
+            while os.getppid() == agent_pid:
+                time.sleep(0.2)
+    cgroup.kill()
+
+
+def _watchdog_main(argv: list[str]) -> int:
+    agent_pid, directory, version = int(argv[0]), Path(argv[1]), int(argv[2])
+    hierarchy = Hierarchy(version, directory.parent, "/", "pids" if version == 1 else None)
+    # SIGTERM (shoal down, a test's cleanup) must not stop the watch; only SIGKILL ends it early.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    watch(agent_pid, NodeCgroup(hierarchy, directory.parent, directory))
+    return 0
+
+
 # ---- one node's containment ----------------------------------------------------------------
 
 
@@ -366,6 +412,7 @@ class NodeContainment:
         self.cgroup = cgroup
         self.groups = ProcessGroupFiles.in_root(node_root)
         self.entered = False
+        self.watchdog: subprocess.Popen[bytes] | None = None
 
     @classmethod
     def for_root(cls, node_root: str | os.PathLike[str]) -> NodeContainment:
@@ -381,7 +428,8 @@ class NodeContainment:
     @property
     def mode(self) -> str:
         if self.entered and self.cgroup is not None:
-            return f"cgroup v{self.cgroup.hierarchy.version} {self.cgroup.directory}"
+            watched = " with a watchdog" if self.watchdog is not None else ""
+            return f"cgroup v{self.cgroup.hierarchy.version} {self.cgroup.directory}{watched}"
         return "process groups (PR_SET_PDEATHSIG and group files; setsid escapes)"
 
     def kill_all(self, timeout_s: float = KILL_TIMEOUT_S) -> set[int]:
@@ -402,10 +450,18 @@ class NodeContainment:
             self.entered = True
         except OSError as exc:
             log.warning("cannot use cgroup %s (%s); falling back to process groups", self.cgroup.directory, exc)
+            return
+        try:
+            self.watchdog = start_watchdog(self.cgroup)
+        except OSError as exc:  # the provider and the next agent still kill the cgroup
+            log.warning("cannot start the node's watchdog: %s", exc)
 
     def release(self) -> None:
         """The node is going (agent exit): kill what is left, leave and remove the cgroup."""
         self.kill_all()
+        if self.watchdog is not None:
+            self.watchdog.wait()  # killed with the rest: reap it
+            self.watchdog = None
         if self.cgroup is not None and self.entered:
             with contextlib.suppress(OSError):
                 self.cgroup.leave()
@@ -476,3 +532,7 @@ def kill_node_processes(node_root: str | os.PathLike[str], *, remove: bool = Fal
     if survivors:
         log.error("node %s: processes survived SIGKILL: %s", node_root, sorted(survivors))
     return survivors
+
+
+if __name__ == "__main__":
+    sys.exit(_watchdog_main(sys.argv[1:]))

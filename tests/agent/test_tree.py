@@ -81,7 +81,9 @@ def task_trees(tag: str) -> list[str]:
     ]
 
 
-def start_stand_in(root: Path, commands: list[str], user: pwd.struct_passwd | None = None) -> subprocess.Popen[str]:
+def start_stand_in(root: Path, commands: list[str],
+                   user: pwd.struct_passwd | None = None) -> tuple[subprocess.Popen[str], str]:
+    """A stand-in agent running ``commands`` as tasks; with the containment mode it reports."""
     python, path = (sys.executable, None) if user is None else interpreter_for_others()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": path or os.pathsep.join(sys.path)}
     identity = {} if user is None else {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
@@ -90,12 +92,20 @@ def start_stand_in(root: Path, commands: list[str], user: pwd.struct_passwd | No
     assert agent.stdout is not None
     mode = agent.stdout.readline().strip()
     assert mode, "the stand-in agent did not start"
-    return agent
+    return agent, mode
 
 
 def kill_agent(agent: subprocess.Popen[str]) -> None:
     agent.send_signal(signal.SIGKILL)
     agent.wait()
+
+
+def kill_watchdog(node_root: Path) -> None:
+    cgroup = tree.NodeContainment.for_root(node_root).cgroup
+    assert cgroup is not None
+    watchdogs = [pid for pid in cgroup.members() if "shoal.agent.tree" in psutil.Process(pid).cmdline()]
+    assert len(watchdogs) == 1, watchdogs
+    os.kill(watchdogs[0], signal.SIGKILL)
 
 
 @pytest.fixture
@@ -119,7 +129,7 @@ needs_cgroups = pytest.mark.skipif(
 def test_cgroup_keeps_every_process_of_the_node_and_kills_them_all(node_root: Path) -> None:
     node_root.mkdir()
     tag = marker()
-    agent = start_stand_in(node_root, task_trees(tag))
+    agent, mode = start_stand_in(node_root, task_trees(tag))
     containment = tree.NodeContainment.for_root(node_root)
     assert containment.cgroup is not None
     try:
@@ -127,10 +137,28 @@ def test_cgroup_keeps_every_process_of_the_node_and_kills_them_all(node_root: Pa
         members = containment.cgroup.members()
         assert agent.pid in members
         assert set(alive(tag)) <= members  # the setsid escapee too
+        assert "with a watchdog" in mode
         kill_agent(agent)
-        # The agent's death alone kills nothing here: the provider or the next agent does.
+        # Nobody calls anything: the node's watchdog kills the rest, the setsid escapee too.
+        assert wait_until(lambda: alive(tag) == [], timeout=3), alive(tag)
+        assert wait_until(lambda: containment.cgroup.members() == set())  # type: ignore[union-attr]
+    finally:
+        kill_agent(agent)
+
+
+@needs_cgroups
+def test_without_its_watchdog_the_node_is_still_killed_by_kill_node_processes(node_root: Path) -> None:
+    node_root.mkdir()
+    tag = marker()
+    agent, _ = start_stand_in(node_root, task_trees(tag))
+    containment = tree.NodeContainment.for_root(node_root)
+    assert containment.cgroup is not None
+    try:
+        assert wait_until(lambda: len(alive(tag)) == 5), alive(tag)
+        kill_watchdog(node_root)
+        kill_agent(agent)
         time.sleep(0.3)
-        assert len(alive(tag)) == 5
+        assert len(alive(tag)) == 5  # what the provider and the next agent are there for
         assert tree.kill_node_processes(node_root) == set()
         assert alive(tag) == []
         assert containment.cgroup.members() == set()
@@ -142,10 +170,13 @@ def test_cgroup_keeps_every_process_of_the_node_and_kills_them_all(node_root: Pa
 def test_the_next_agent_on_the_node_root_kills_what_the_last_one_left(node_root: Path) -> None:
     node_root.mkdir()
     first_tag, second_tag = marker(), marker() + "9"
-    first = start_stand_in(node_root, task_trees(first_tag))
+    first, _ = start_stand_in(node_root, task_trees(first_tag))
     assert wait_until(lambda: len(alive(first_tag)) == 5)
+    kill_watchdog(node_root)  # so that the next agent is the one to clean up
     kill_agent(first)
-    second = start_stand_in(node_root, [f"sleep 6{second_tag}"])
+    time.sleep(0.3)
+    assert len(alive(first_tag)) == 5
+    second, _ = start_stand_in(node_root, [f"sleep 6{second_tag}"])
     try:
         assert alive(first_tag) == []  # gone before the new agent started anything
         assert wait_until(lambda: len(alive(second_tag)) == 1)
@@ -161,8 +192,8 @@ def test_kill_node_processes_leaves_other_nodes_alone(node_root: Path) -> None:
     node_root.mkdir()
     other.mkdir()
     tag, other_tag = marker(), marker() + "8"
-    agent = start_stand_in(node_root, [f"sleep 1{tag}"])
-    neighbour = start_stand_in(other, [f"sleep 1{other_tag}"])
+    agent, _ = start_stand_in(node_root, [f"sleep 1{tag}"])
+    neighbour, _ = start_stand_in(other, [f"sleep 1{other_tag}"])
     try:
         assert wait_until(lambda: alive(tag) and alive(other_tag))
         tree.kill_node_processes(node_root, remove=True)
@@ -182,7 +213,8 @@ def test_without_root_leaders_die_with_the_agent_and_groups_with_the_next(node_r
     node_root.mkdir()
     os.chown(node_root, nobody.pw_uid, nobody.pw_gid)
     tag = marker()
-    agent = start_stand_in(node_root, [f"sh -c 'sleep 2{tag} & exec sleep 3{tag}'"], user=nobody)
+    agent, mode = start_stand_in(node_root, [f"sh -c 'sleep 2{tag} & exec sleep 3{tag}'"], user=nobody)
+    assert mode.startswith("process groups")
     try:
         assert wait_until(lambda: len(alive(tag)) == 2)
         groups = tree.ProcessGroupFiles.in_root(node_root).directory
