@@ -14,9 +14,10 @@ def _pass(fill: str, nodes: list[NodeView], jobs: list[JobView], backlog: Backlo
 
 
 def test_one_slot_task_runs_behind_eight_four_slot_tasks_that_cannot_fit():
-    # The case from the issue: one 4-slot node with a slot busy, and the one-slot task queued last.
+    # The case from the issue: one 4-slot node with one slot free, the one-slot task queued last
+    # (a lookahead of 4 ready tasks per free slot never reached it).
     backlog = Backlog([TaskView(seq, 1, 4) for seq in range(8)] + [TaskView(8, 1, 1)])
-    placements, _ = _pass("spread", [NodeView("a", 4, 1)], [JobView(1, None)], backlog)
+    placements, _ = _pass("spread", [NodeView("a", 4, 3)], [JobView(1, None)], backlog)
     assert [(p.task_seq, p.node_id) for p in placements] == [(8, "a")]
 
 
