@@ -7,6 +7,8 @@ task ends up succeeding once, an attempt that was cut short stops beating before
 attempt of the same task starts, and no two attempts of one task ever overlap. A descendant that
 left its process group with setsid (and beats too) must die with its node as well, where node
 cgroups are available (the unprivileged fallback cannot catch it; docs/security.md says so).
+Agents are killed alone (their node's watchdog kills the tasks at once), and together with
+their watchdog (then the local provider must kill the node's processes before it requeues).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from azure.batch import models
 
@@ -28,10 +31,6 @@ from shoal.testing.server import RunningShoal
 from tests.helpers import pool_options, wait_for, wait_pool_idle, wait_tasks_done
 from tests.security.agents import agent_process
 
-POOL = "dup-exec"
-JOB = "dup-exec-job"
-NODES = 3
-SLOTS = 3
 BEAT_S = 0.2
 BEATS = 25  # 5 s per attempt
 
@@ -90,40 +89,53 @@ def beating_now(folder: Path, task_ids: list[str], within_s: float = 1.0) -> set
     return {t for t in task_ids if any(now - last < within_s for _, last, _ in attempts(folder, t))}
 
 
-def running_on(client: Any, node_id: str) -> list[str]:
-    return [t.id for t in client.list_tasks(JOB) if t.state == "running" and t.node_info
+def running_on(client: Any, job_id: str, node_id: str) -> list[str]:
+    return [t.id for t in client.list_tasks(job_id) if t.state == "running" and t.node_info
             and t.node_info.node_id == node_id]
 
 
-def test_kill_9_of_agents_under_load_never_runs_a_task_twice_at_once(
-    shoal: RunningShoal, client: Any, beats: Path
-) -> None:
-    client.create_pool(pool_options(POOL, target_dedicated_nodes=NODES, task_slots_per_node=SLOTS))
-    nodes = [n.id for n in wait_pool_idle(client, POOL, NODES, timeout=60)]
-    client.create_job(models.BatchJobCreateOptions(id=JOB, pool_info=models.BatchPoolInfo(pool_id=POOL)))
-    # More tasks than slots: some wait, so requeued ones compete with fresh ones for the nodes.
-    task_ids = [f"beat{i}" for i in range(NODES * SLOTS + 3)]
+def kill_watchdog_of(agent: psutil.Process) -> None:
+    watchdogs = [p for p in psutil.process_iter(["cmdline"])
+                 if (p.info["cmdline"] or [])[1:4] == ["-m", "shoal.agent.tree", str(agent.pid)]]
+    assert len(watchdogs) == 1, watchdogs
+    watchdogs[0].send_signal(signal.SIGKILL)
+
+
+def kill_agents_mid_task_and_check(shoal: RunningShoal, client: Any, beats: Path, pool_id: str, *, nodes: int,
+                                   slots: int, tasks: int, victims: int, with_watchdog: bool) -> None:
+    """Run ``tasks`` beating tasks on ``nodes`` x ``slots``, kill the agents of ``victims``
+    nodes one after another mid-task (and first their watchdogs, ``with_watchdog``), then check
+    from the beats that no task ever ran twice at once."""
+    client.create_pool(pool_options(pool_id, target_dedicated_nodes=nodes, task_slots_per_node=slots))
+    node_ids = [n.id for n in wait_pool_idle(client, pool_id, nodes, timeout=60)]
+    job_id = f"{pool_id}-job"
+    client.create_job(models.BatchJobCreateOptions(id=job_id, pool_info=models.BatchPoolInfo(pool_id=pool_id)))
+    task_ids = [f"{pool_id}-{i}" for i in range(tasks)]
     command = beating_command(beats)
-    client.create_tasks(JOB, [models.BatchTaskCreateOptions(id=t, command_line=command) for t in task_ids])
-    wait_for(lambda: len(beating_now(beats, task_ids)) == NODES * SLOTS, timeout=60, message="all slots beating")
+    client.create_tasks(job_id, [models.BatchTaskCreateOptions(id=t, command_line=command) for t in task_ids])
+    wait_for(lambda: len(beating_now(beats, task_ids)) == min(tasks, nodes * slots), timeout=60,
+             message="every slot beating")
 
     killed_attempts = 0
-    for victim in nodes[:2]:
-        victims = wait_for(lambda victim=victim: running_on(client, victim), timeout=30, message="tasks on the victim")
+    busy = [n for n in node_ids if running_on(client, job_id, n)]
+    for victim in busy[:victims]:
+        on_victim = running_on(client, job_id, victim)
         agent = agent_process(shoal, victim)
         assert agent is not None, f"no agent process for {victim}"
         time.sleep(BEAT_S * 3)  # mid-task: a few beats in
+        if with_watchdog:
+            kill_watchdog_of(agent)
         agent.send_signal(signal.SIGKILL)
         time.sleep(1)
-        cut_short = [t for t in victims if not attempts(beats, t)[-1][2]]
+        cut_short = [t for t in on_victim if not attempts(beats, t)[-1][2]]
         assert cut_short, f"the tasks on {victim} all ended before its agent was killed"
         killed_attempts += len(cut_short)
         # The next victim is killed while this one's tasks are being requeued and rerun.
         wait_for(lambda cut_short=cut_short: all(len(attempts(beats, t)) >= 2 for t in cut_short), timeout=60,
                  message="the killed tasks to start again")
 
-    wait_tasks_done(client, JOB, timeout=120)
-    for task in client.list_tasks(JOB):
+    wait_tasks_done(client, job_id, timeout=120)
+    for task in client.list_tasks(job_id):
         assert task.execution_info.result == "success", (task.id, task.execution_info)
     reruns = 0
     for task_id in task_ids:
@@ -137,4 +149,22 @@ def test_kill_9_of_agents_under_load_never_runs_a_task_twice_at_once(
     # Nothing of any attempt is left beating, the escaped descendants included.
     time.sleep(BEAT_S * 3)
     assert beating_now(beats, task_ids, within_s=BEAT_S * 2) == set()
-    assert all(n.state in ("idle", "running") for n in client.list_nodes(POOL))
+    assert all(n.state in ("idle", "running") for n in client.list_nodes(pool_id))
+
+
+def test_kill_9_of_agents_under_load_never_runs_a_task_twice_at_once(
+    shoal: RunningShoal, client: Any, beats: Path
+) -> None:
+    # More tasks than slots: some wait, so requeued ones compete with fresh ones for the nodes.
+    kill_agents_mid_task_and_check(shoal, client, beats, "dup-load", nodes=3, slots=3, tasks=12, victims=2,
+                                   with_watchdog=False)
+
+
+@pytest.mark.skipif(not CGROUPS, reason="only node cgroups have a watchdog")
+def test_without_the_nodes_watchdog_the_provider_kills_before_it_requeues(
+    shoal: RunningShoal, client: Any, beats: Path
+) -> None:
+    # Free slots on the other node: a requeued task is placed there at once, long before the
+    # killed node's new agent is up, so only the provider's kill stands between two attempts.
+    kill_agents_mid_task_and_check(shoal, client, beats, "dup-provider", nodes=2, slots=4, tasks=3, victims=1,
+                                   with_watchdog=True)
