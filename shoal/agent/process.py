@@ -171,7 +171,8 @@ def environment_problem(env: Mapping[str, str]) -> str | None:
     """Why an environment cannot be handed to execve."""
     for name, value in env.items():
         if not isinstance(name, str) or not isinstance(value, str):
-            return f"The environment variable {name!r} must have a string name and value"
+            return (f"Environment variables need string names and values, not "
+                    f"{type(name).__name__} = {type(value).__name__}")
         if not name:
             return "An environment variable has an empty name"
         if "=" in name:
