@@ -127,3 +127,28 @@ def test_machine_capacity_stops_a_resize_with_an_error(small_machine: RunningSho
     assert error_codes(pool) == ["AllocationFailed"]
     assert len(list(client.list_nodes("cap"))) == 1
     assert rest.call(small_machine, "GET", "/pools").status_code == 200
+
+
+def test_billion_node_pool_does_not_wedge_a_restarted_server(tmp_path: Path) -> None:
+    """The pool is saved with its billion-node target; the server that starts on that store answers
+    at once and the pool stays within the machine."""
+    env = {"SHOAL_MAX_NODES": "1"}
+    first = start_shoal(tmp_path / "data", env=env)
+    try:
+        body = json.dumps({"targetDedicatedNodes": BILLION}).encode()
+        first.client().create_pool(pool_options("wedge", target_dedicated_nodes=0))
+        steady(first.client(), "wedge")
+        assert rest.call(first, "POST", "/pools/wedge/resize", body=body).status_code == 202
+    finally:
+        stop_shoal(first)
+    second = start_shoal(tmp_path / "data", env=env)
+    try:
+        began = time.monotonic()
+        assert rest.call(second, "GET", "/pools/wedge").status_code == 200
+        assert time.monotonic() - began < 2
+        pool = steady(second.client(), "wedge", timeout=10)
+        assert error_codes(pool) == ["AllocationFailed"]
+        assert len(list(second.client().list_nodes("wedge"))) == 1
+    finally:
+        stop_shoal(second)
+        kill_agents(tmp_path / "data")
