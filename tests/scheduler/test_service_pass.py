@@ -3,6 +3,7 @@ place work on 10,000 nodes."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -16,20 +17,34 @@ from shoal.service import scheduling
 from shoal.service import tasks as task_service
 from shoal.service.context import Context
 from shoal.store.db import open_store
-from shoal.store.schema import nodes, pools, tasks
+from shoal.store.schema import jobs, nodes, pools, tasks
 
 IMAGE = {"imageReference": {"publisher": "canonical", "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts",
                             "version": "latest"}, "nodeAgentSKUId": "batch.node.ubuntu 22.04"}
 
 
-@pytest.fixture
-def ctx(tmp_path) -> Iterator[Context]:
-    engine = open_store(f"sqlite:///{tmp_path / 'shoal.db'}")
+_names = itertools.count()
+
+
+def _context(url: str) -> Iterator[Context]:
+    engine = open_store(url)
     ensure_account(engine)
     try:
         yield Context(engine=engine, account=DEFAULT_ACCOUNT, base_url="http://test")
     finally:
         engine.dispose()
+
+
+@pytest.fixture
+def ctx(tmp_path) -> Iterator[Context]:
+    yield from _context(f"sqlite:///{tmp_path / 'shoal.db'}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_ctx(request: pytest.FixtureRequest, tmp_path) -> Iterator[Context]:
+    url = (f"sqlite:///{tmp_path / 'shoal.db'}" if request.param == "sqlite"
+           else request.getfixturevalue("postgres").create_database(f"sched_{next(_names)}"))
+    yield from _context(url)
 
 
 def _plan_of(ctx: Context, statement) -> str:
@@ -61,16 +76,50 @@ def _ready_nodes(ctx: Context, pool_id: str, count: int, slots: int) -> None:
              "total_tasks_succeeded": 0} for index in range(count)])
 
 
+def _pool(ctx: Context, pool_id: str, slots: int) -> None:
+    pool_service.create(ctx, {"id": pool_id, "vmSize": "Standard_D4s_v3", "virtualMachineConfiguration": IMAGE,
+                              "targetDedicatedNodes": 0, "taskSlotsPerNode": slots})
+
+
+def _add(ctx: Context, job_id: str, count: int, slots: int = 1, first: int = 0) -> None:
+    for start in range(first, first + count, 100):
+        task_service.create_collection(ctx, job_id, {"value": [
+            {"id": f"t{i}", "commandLine": "/bin/true", "requiredSlots": slots}
+            for i in range(start, min(first + count, start + 100))]}, 10_000)
+
+
+def _states(ctx: Context, job_id: str) -> dict[tuple[str, int], int]:
+    with ctx.engine.connect() as conn:
+        rows = conn.execute(select(tasks.c.state, tasks.c.required_slots, func.count())
+                            .join(jobs, jobs.c.seq == tasks.c.job_seq).where(jobs.c.id == job_id)
+                            .group_by(tasks.c.state, tasks.c.required_slots)).all()
+    return {(state, slots): count for state, slots, count in rows}
+
+
+def test_a_pass_backfills_past_non_fitting_tasks_on_either_store(any_ctx):
+    ctx = any_ctx
+    _pool(ctx, "p", 4)
+    _ready_nodes(ctx, "p", 3, 4)
+    job_service.create(ctx, {"id": "busy", "priority": 1000, "poolInfo": {"poolId": "p"}})
+    _add(ctx, "busy", 3)
+    assert len(scheduling.schedule(ctx)) == 3  # spread: one slot busy on each node, 3 free on each
+    job_service.create(ctx, {"id": "wide", "priority": 900, "maxParallelTasks": 50, "poolInfo": {"poolId": "p"}})
+    _add(ctx, "wide", 300, slots=4)
+    _add(ctx, "wide", 2, slots=2, first=300)
+    job_service.create(ctx, {"id": "narrow", "priority": 0, "poolInfo": {"poolId": "p"}})
+    _add(ctx, "narrow", 300)
+    scheduling.schedule(ctx)
+    # No 4-slot task fits; the wide job's 2-slot tasks go first (priority), the narrow job fills the rest.
+    assert _states(ctx, "wide") == {("active", 4): 300, ("running", 2): 2}
+    assert _states(ctx, "narrow") == {("running", 1): 5, ("active", 1): 295}
+
+
 def test_one_pass_fills_ten_thousand_nodes(ctx):
     node_count, slots = 10_000, 4
-    pool_service.create(ctx, {"id": "big", "vmSize": "Standard_D4s_v3", "virtualMachineConfiguration": IMAGE,
-                              "targetDedicatedNodes": 0, "taskSlotsPerNode": slots})
+    _pool(ctx, "big", slots)
     _ready_nodes(ctx, "big", node_count, slots)
     job_service.create(ctx, {"id": "j", "poolInfo": {"poolId": "big"}})
-    for start in range(0, node_count * slots, 100):
-        task_service.create_collection(
-            ctx, "j", {"value": [{"id": f"t{i}", "commandLine": "/bin/true"} for i in range(start, start + 100)]},
-            10_000)
+    _add(ctx, "j", node_count * slots)
     woken = scheduling.schedule(ctx)
     assert len(woken) == node_count
     with ctx.engine.connect() as conn:
