@@ -69,7 +69,7 @@ def _validate_start_task(body: dict[str, Any], path: str = "startTask") -> dict[
         return None
     v.command_line(start, path=f"{path}.commandLine")
     v.environment_settings(start, "environmentSettings", path=f"{path}.environmentSettings")
-    v.integer(start, "maxTaskRetryCount", minimum=-1, maximum=100, path=f"{path}.maxTaskRetryCount")
+    v.integer(start, "maxTaskRetryCount", minimum=-1, path=f"{path}.maxTaskRetryCount")
     v.boolean(start, "waitForSuccess", path=f"{path}.waitForSuccess")
     v.user_identity(start, path=f"{path}.userIdentity")
     request_body.refuse_unsupported(start, _UNSUPPORTED_IN_START_TASK, root=path)
