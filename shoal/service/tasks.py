@@ -82,7 +82,16 @@ def _row_values(job: Any, task: dict[str, Any], now: Any) -> dict[str, Any]:
 
 
 def create(ctx: Context, job_id: str, body: Any) -> dict[str, Any]:
-    task = _validate(body)
+    return add(ctx, job_id, parse_task(body))
+
+
+def parse_task(body: Any) -> dict[str, Any]:
+    """Validate one task body (pure: the API may run it off the event loop)."""
+    return _validate(body)
+
+
+def add(ctx: Context, job_id: str, task: dict[str, Any]) -> dict[str, Any]:
+    """Store a task `parse_task` accepted."""
     now = clock.now()
     with ctx.engine.begin() as conn:
         job = _job_for_adding(conn, ctx, job_id)
@@ -96,6 +105,11 @@ def create(ctx: Context, job_id: str, body: Any) -> dict[str, Any]:
 
 
 def create_collection(ctx: Context, job_id: str, body: Any, body_size: int) -> list[dict[str, Any]]:
+    return add_collection(ctx, job_id, parse_collection(body, body_size))
+
+
+def parse_collection(body: Any, body_size: int) -> list[dict[str, Any]]:
+    """Validate a whole task collection (pure: the API may run it off the event loop)."""
     if body_size > MAX_COLLECTION_BODY_BYTES:
         raise BodyTooLarge("The request body is too large and exceeds the maximum permissible limit.",
                            values={"MaxLimit": str(MAX_COLLECTION_BODY_BYTES)})
@@ -126,6 +140,12 @@ def create_collection(ctx: Context, job_id: str, body: Any, body_size: int) -> l
             raise InvalidProperty("value", task["id"], "The collection contains the same task id twice.")
         seen.add(key)
         parsed.append(task)
+    return parsed
+
+
+def add_collection(ctx: Context, job_id: str, parsed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Store the tasks `parse_collection` accepted; ids the job already has are per-task errors."""
+    seen = {task["id"].lower() for task in parsed}
     now = clock.now()
     results: list[dict[str, Any]] = []
     with ctx.engine.begin() as conn:
