@@ -83,23 +83,19 @@ def schedule_pool(ctx: Context, conn: Connection, pool_seq: int) -> set[str]:
     return set() if pool is None else _schedule_pool(ctx, conn, pool)
 
 
-def _snapshot(conn: Connection, ctx: Context, pool: Any) -> tuple[PoolSnapshot, dict[str, Any]] | None:
-    node_rows = conn.execute(select(nodes.c.id, nodes.c.slots, nodes.c.ip_address).where(
+def _snapshot(conn: Connection, ctx: Context, pool: Any) -> PoolSnapshot | None:
+    # Only nodes with a free slot, and the slot arithmetic done by the database: a pass that
+    # follows one agent's report on a busy 10,000-node pool gets one row, not 10,000 (the work
+    # is still a probe per node; a per-node used-slot counter would make it an index range).
+    used = (select(func.coalesce(func.sum(tasks.c.required_slots), 0))
+            .where(tasks.c.node_id == nodes.c.id, tasks.c.state == "running").scalar_subquery())
+    node_rows = conn.execute(select(nodes.c.id, nodes.c.slots, used.label("used")).where(
         nodes.c.pool_seq == pool.seq, nodes.c.state.in_(SCHEDULABLE_NODE_STATES),
-        nodes.c.scheduling_state == "enabled", nodes.c.pending_action.is_(None))
+        nodes.c.scheduling_state == "enabled", nodes.c.pending_action.is_(None), nodes.c.slots > used)
         .order_by(nodes.c.allocation_time, nodes.c.id)).all()
     if not node_rows:
         return None
-    # Through the pool rather than an IN list of every node id: a pool of 50,000 nodes would
-    # exceed the database's bound-parameter limit.
-    used = dict(conn.execute(select(tasks.c.node_id, func.sum(tasks.c.required_slots))
-                             .join(nodes, nodes.c.id == tasks.c.node_id)
-                             .where(nodes.c.pool_seq == pool.seq, tasks.c.state == "running")
-                             .group_by(tasks.c.node_id)).all())
-    node_views = tuple(NodeView(n.id, n.slots, int(used.get(n.id) or 0)) for n in node_rows)
-    free_total = sum(max(0, n.free_slots) for n in node_views)
-    if free_total <= 0:
-        return None
+    node_views = tuple(NodeView(n.id, n.slots, int(n.used)) for n in node_rows)
     job_rows = conn.execute(select(jobs.c.seq, jobs.c.max_parallel_tasks, jobs.c.priority).where(
         jobs.c.account == ctx.account, jobs.c.pool_key == pool.key, jobs.c.state == "active")).all()
     if not job_rows:
@@ -129,14 +125,13 @@ def _snapshot(conn: Connection, ctx: Context, pool: Any) -> tuple[PoolSnapshot, 
     task_views = gather(node_views, [by_seq[j.seq] for j in ordered], sizes_of, ready_of)
     if not task_views:
         return None
-    return PoolSnapshot(pool.fill_type, node_views, task_views, job_views), {n.id: n for n in node_rows}
+    return PoolSnapshot(pool.fill_type, node_views, task_views, job_views)
 
 
 def _schedule_pool(ctx: Context, conn: Connection, pool: Any) -> set[str]:
-    built = _snapshot(conn, ctx, pool)
-    if built is None:
+    snapshot = _snapshot(conn, ctx, pool)
+    if snapshot is None:
         return set()
-    snapshot, node_rows = built
     placements = plan(snapshot)
     if not placements:
         return set()
