@@ -50,6 +50,20 @@ _NEXT_SIZE = (
     .order_by(tasks.c.required_slots)
     .limit(1)
 )
+# The pool's active jobs, each with its smallest waiting size that some node could take (an index
+# seek per job inside one statement): jobs whose tasks cannot fit cost no round trip and drop out.
+_SMALLEST_FITTING = (
+    select(tasks.c.required_slots)
+    .where(tasks.c.job_seq == jobs.c.seq, tasks.c.state == "active",
+           tasks.c.required_slots >= 1, tasks.c.required_slots <= bindparam("b_largest"))
+    .order_by(tasks.c.required_slots)
+    .limit(1)
+    .scalar_subquery()
+)
+_ACTIVE_JOBS = (
+    select(jobs.c.seq, jobs.c.max_parallel_tasks, jobs.c.priority, _SMALLEST_FITTING.label("smallest"))
+    .where(jobs.c.account == bindparam("b_account"), jobs.c.pool_key == bindparam("b_pool"), jobs.c.state == "active")
+)
 _READY_OF_SIZE = (
     select(tasks.c.seq, tasks.c.job_seq, tasks.c.required_slots)
     .where(tasks.c.job_seq == bindparam("b_job"), tasks.c.state == "active",
@@ -96,8 +110,9 @@ def _snapshot(conn: Connection, ctx: Context, pool: Any) -> PoolSnapshot | None:
     if not node_rows:
         return None
     node_views = tuple(NodeView(n.id, n.slots, int(n.used)) for n in node_rows)
-    job_rows = conn.execute(select(jobs.c.seq, jobs.c.max_parallel_tasks, jobs.c.priority).where(
-        jobs.c.account == ctx.account, jobs.c.pool_key == pool.key, jobs.c.state == "active")).all()
+    job_rows = [j for j in conn.execute(_ACTIVE_JOBS, {
+        "b_account": ctx.account, "b_pool": pool.key, "b_largest": max(n.free_slots for n in node_views)}).all()
+        if j.smallest is not None]
     if not job_rows:
         return None
     limited = [j.seq for j in job_rows if j.max_parallel_tasks > 0]
@@ -109,8 +124,16 @@ def _snapshot(conn: Connection, ctx: Context, pool: Any) -> PoolSnapshot | None:
                               j.max_parallel_tasks - int(running_per_job.get(j.seq, 0))) for j in job_rows)
     ordered = sorted(job_rows, key=lambda j: (-j.priority, j.seq))
     by_seq = {view.job_seq: view for view in job_views}
+    smallest_of = {j.seq: j.smallest for j in job_rows}
 
     def sizes_of(job_seq: int, low: int, high: int) -> Iterator[int]:
+        known = smallest_of[job_seq]
+        if low <= known:
+            # The smallest size in [1, largest free] is the first one in [low, high] too.
+            if known > high:
+                return
+            yield known
+            low = known + 1
         while low <= high:
             size = conn.execute(_NEXT_SIZE, {"b_job": job_seq, "b_low": low, "b_high": high}).scalar()
             if size is None:

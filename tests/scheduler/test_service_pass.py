@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import event, func, insert, select
 
 from shoal.server import DEFAULT_ACCOUNT, ensure_account
 from shoal.service import jobs as job_service
@@ -57,10 +57,11 @@ def _plan_of(ctx: Context, statement) -> str:
         raw.close()
 
 
-@pytest.mark.parametrize("name", ["_NEXT_SIZE", "_READY_OF_SIZE"])
+@pytest.mark.parametrize("name", ["_NEXT_SIZE", "_READY_OF_SIZE", "_ACTIVE_JOBS"])
 def test_backlog_reads_are_index_seeks_without_a_sort(ctx, name):
     plan = _plan_of(ctx, getattr(scheduling, name))
-    assert "ix_tasks_job_state_slots_seq" in plan and "required_slots" in plan, plan
+    assert "SEARCH tasks USING COVERING INDEX ix_tasks_job_state_slots_seq (job_seq=? AND state=? AND required_slots" \
+        in plan, plan
     assert "TEMP B-TREE" not in plan and "SCAN" not in plan, plan
 
 
@@ -129,3 +130,23 @@ def test_one_pass_fills_ten_thousand_nodes(ctx):
     # More placements than SQLite takes bound parameters in one statement (32,766).
     assert len(per_node) == node_count and {count for _, count in per_node} == {slots}
     assert states == {"running": node_count}
+
+
+def test_jobs_whose_tasks_cannot_fit_cost_no_statement_of_their_own(ctx):
+    _pool(ctx, "p", 4)
+    _ready_nodes(ctx, "p", 2, 4)
+    for index in range(200):
+        job_service.create(ctx, {"id": f"wide{index}", "priority": 500, "poolInfo": {"poolId": "p"}})
+        _add(ctx, f"wide{index}", 2, slots=5)
+    job_service.create(ctx, {"id": "narrow", "priority": 0, "poolInfo": {"poolId": "p"}})
+    _add(ctx, "narrow", 20)
+    statements: list[str] = []
+    listen = lambda *args: statements.append(args[2])  # noqa: E731 - (conn, cursor, statement, ...)
+    event.listen(ctx.engine, "before_cursor_execute", listen)
+    try:
+        scheduling.schedule(ctx)
+    finally:
+        event.remove(ctx.engine, "before_cursor_execute", listen)
+    assert _states(ctx, "narrow") == {("running", 1): 8, ("active", 1): 12}
+    # A fixed handful for the pass, however many jobs wait with tasks no node can take.
+    assert len(statements) < 15, statements
