@@ -255,7 +255,7 @@ class Agent:
         self.pool_account_names = {a["name"] for a in accounts if isinstance(a, dict) and isinstance(a.get("name"), str)}
         if self._is_root:
             if self.users is None:
-                self.users = NodeUsers(self.client.node_id, self.layout.root.parent / "home")
+                self.users = NodeUsers.for_node(self.client.node_id, self.layout.root.parent / "home")
             await asyncio.to_thread(self._provision, self.users, accounts)
 
     def _isolation(self) -> dict[str, Any]:

@@ -161,15 +161,18 @@ def _account_id(linux: dict[str, Any], key: str) -> int | None:
 class NodeUsers:
     """The users of one node, with what exists cached. Blocking: call from a worker thread."""
 
-    def __init__(self, node_id: str, home_base: Path | None) -> None:
-        self.node_id = node_id
-        self.names = NodeNames.for_node(node_id)
+    def __init__(self, names: NodeNames, home_base: Path | None) -> None:
+        self.names = names
         self.home_base = home_base
         self.gid: int | None = None
         self.pool_user: pwd.struct_passwd | None = None
         self.accounts: dict[str, pwd.struct_passwd] = {}
         self.account_errors: dict[str, str] = {}
         self.task_users: dict[str, pwd.struct_passwd] = {}
+
+    @classmethod
+    def for_node(cls, node_id: str, home_base: Path | None) -> NodeUsers:
+        return cls(NodeNames.for_node(node_id), home_base)
 
     # ---- creation ------------------------------------------------------------------------------
 
@@ -295,26 +298,49 @@ class NodeUsers:
         if user is not None:
             _remove_users([user], self.home_base)
 
-    def remove_all(self) -> None:
-        """The node leaves or is reimaged: every user, group and home it made goes."""
+    def remove_all(self) -> int:
+        """The node leaves or is reimaged: every user, group and home it made goes. Returns how
+        many users went; raises the first failure after trying everything."""
         owned = [e for e in pwd.getpwall() if self.names.owns(e)]
-        _remove_users(owned, self.home_base)
+        failures: list[Exception] = []
+        try:
+            _remove_users(owned, self.home_base)
+        except UserProvisionError as exc:
+            failures.append(exc)
         for entry in grp.getgrall():
             if entry.gr_name == self.names.group or entry.gr_name.endswith(f"_{self.names.tag}"):
-                _run(["groupdel", entry.gr_name], ok=(_MISSING,))
+                try:
+                    _run(["groupdel", entry.gr_name], ok=(_MISSING,))
+                except UserProvisionError as exc:
+                    failures.append(exc)
         if self.home_base is not None:
             shutil.rmtree(self.home_base, ignore_errors=True)
         self.gid = None
         self.pool_user = None
         self.accounts.clear()
         self.task_users.clear()
+        if failures:
+            raise failures[0]
+        return len(owned)
 
 
 def remove_node_users(node_id: str) -> None:
     """Remove a node's users and groups without its agent (the agent was killed)."""
     if os.geteuid() != 0:
         return
-    NodeUsers(node_id, None).remove_all()
+    NodeUsers.for_node(node_id, None).remove_all()
+
+
+def remove_users_under(directory: Path) -> int:
+    """Remove the users and groups of every node whose folders live under ``directory`` (a
+    nodes dir), for whoever throws those folders away without the nodes leaving (tests, an
+    operator wiping a data dir). Returns how many users went."""
+    if os.geteuid() != 0:
+        return 0
+    prefix = str(Path(directory).absolute()).rstrip("/") + "/"
+    tags = {e.pw_gecos.split()[2] for e in pwd.getpwall()
+            if e.pw_gecos.startswith(f"{MARKER} ") and e.pw_dir.startswith(prefix)}
+    return sum(NodeUsers(NodeNames(tag), None).remove_all() for tag in sorted(tags))
 
 
 def _remove_users(users: list[pwd.struct_passwd], home_base: Path | None) -> None:

@@ -24,6 +24,7 @@ from shoal.agent.users import (
     NodeUsers,
     UserProvisionError,
     remove_node_users,
+    remove_users_under,
 )
 from tests.agent.standin import node_base
 
@@ -102,12 +103,12 @@ def test_bad_accounts_are_refused(raw: object) -> None:
 
 
 @pytest.fixture
-def node() -> Iterator[tuple[NodeUsers, Path]]:
+def node() -> Iterator[tuple[NodeUsers, Path, str]]:
     node_id = f"tvmps_test{uuid.uuid4().hex}_d"
     with node_base() as base:
-        users = NodeUsers(node_id, base / "home")
+        users = NodeUsers.for_node(node_id, base / "home")
         try:
-            yield users, base
+            yield users, base, node_id
         finally:
             remove_node_users(node_id)
 
@@ -117,8 +118,8 @@ def _shoal_users(names: NodeNames) -> list[str]:
 
 
 @needs_root
-def test_provision_creates_the_pool_user_once_and_reuses_it(node: tuple[NodeUsers, Path]) -> None:
-    users, base = node
+def test_provision_creates_the_pool_user_once_and_reuses_it(node: tuple[NodeUsers, Path, str]) -> None:
+    users, base, _ = node
     users.provision([])
     pool_user = users.ensure_pool_user()
     assert pool_user.pw_uid >= 1000
@@ -128,15 +129,15 @@ def test_provision_creates_the_pool_user_once_and_reuses_it(node: tuple[NodeUser
     st = home.stat()
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (pool_user.pw_uid, 0o700)
     # A second agent process of the same node (restart) adopts the same user: same uid.
-    again = NodeUsers(users.node_id, base / "home")
+    again = NodeUsers(users.names, base / "home")
     again.provision([])
     assert again.ensure_pool_user().pw_uid == pool_user.pw_uid
     assert _shoal_users(users.names) == [users.names.pool_user]
 
 
 @needs_root
-def test_named_accounts_become_users_with_their_ids_groups_and_password(node: tuple[NodeUsers, Path]) -> None:
-    users, _ = node
+def test_named_accounts_become_users_with_their_ids_groups_and_password(node: tuple[NodeUsers, Path, str]) -> None:
+    users, _, _ = node
     uid = _free_id()
     users.provision([
         {"name": "alice", "password": "s3cret:with colon", "elevationLevel": "admin",
@@ -167,8 +168,8 @@ def test_named_accounts_become_users_with_their_ids_groups_and_password(node: tu
 
 
 @needs_root
-def test_task_users_are_fresh_and_go_with_their_processes(node: tuple[NodeUsers, Path]) -> None:
-    users, _ = node
+def test_task_users_are_fresh_and_go_with_their_processes(node: tuple[NodeUsers, Path, str]) -> None:
+    users, _, _ = node
     users.provision([])
     began = time.perf_counter()
     first = users.ensure_task_user("job/t1")
@@ -194,20 +195,36 @@ def test_task_users_are_fresh_and_go_with_their_processes(node: tuple[NodeUsers,
 
 
 @needs_root
-def test_remove_node_users_needs_no_cache(node: tuple[NodeUsers, Path]) -> None:
-    users, _ = node
+def test_remove_node_users_needs_no_cache(node: tuple[NodeUsers, Path, str]) -> None:
+    users, _, node_id = node
     users.provision([{"name": "carol", "linuxUserConfiguration": {"uid": _free_id(), "gid": _free_id() + 1}}])
     users.ensure_task_user("job/t")
     assert len(_shoal_users(users.names)) == 3
     # A different process (the provider) knows nothing but the node id.
-    remove_node_users(users.node_id)
+    remove_node_users(node_id)
     assert _shoal_users(users.names) == []
     assert not [g for g in grp.getgrall() if g.gr_name.endswith(users.names.tag)]
 
 
 @needs_root
-def test_a_name_taken_by_someone_else_is_not_adopted(node: tuple[NodeUsers, Path]) -> None:
-    users, _ = node
+def test_remove_users_under_a_nodes_dir_takes_only_its_nodes(node: tuple[NodeUsers, Path, str]) -> None:
+    users, base, _ = node
+    users.provision([{"name": "dave"}])
+    users.ensure_task_user("job/t")
+    with node_base() as elsewhere:
+        other = NodeUsers.for_node(f"tvmps_other{uuid.uuid4().hex}_d", elsewhere / "home")
+        try:
+            other.provision([])
+            assert remove_users_under(base) == 3
+            assert _shoal_users(users.names) == []
+            assert _shoal_users(other.names) == [other.names.pool_user]
+        finally:
+            other.remove_all()
+
+
+@needs_root
+def test_a_name_taken_by_someone_else_is_not_adopted(node: tuple[NodeUsers, Path, str]) -> None:
+    users, _, _ = node
     subprocess.run(["useradd", "-M", "-N", "-g", "nogroup", users.names.pool_user], check=True)
     try:
         with pytest.raises(UserProvisionError, match="did not create"):
@@ -232,7 +249,7 @@ def test_creation_waits_for_a_held_passwd_lock_and_parallel_nodes_all_succeed() 
         results: dict[str, int] = {}
 
         def provision(node_id: str) -> None:
-            results[node_id] = NodeUsers(node_id, None).ensure_pool_user().pw_uid
+            results[node_id] = NodeUsers.for_node(node_id, None).ensure_pool_user().pw_uid
 
         threads = [threading.Thread(target=provision, args=(n,)) for n in node_ids]
         for t in threads:

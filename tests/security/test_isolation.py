@@ -156,10 +156,13 @@ def test_shared_is_writable_and_startup_readable_by_pool_users(client: Any, node
     assert got["startupwrite"] != "0", out
 
 
-def test_an_admin_auto_user_is_root(client: Any, node: Any) -> None:
+def test_an_admin_auto_user_is_root_and_only_it(client: Any, node: Any) -> None:
     for task_id, scope in (("admin-pool", "pool"), ("admin-task", "task")):
         task, out = run(client, task_id, "/usr/bin/id -u", auto(scope, "admin"))
         assert task.execution_info.exit_code == 0 and out.strip() == "0"
+    for task_id, scope in (("nonadmin-pool", "pool"), ("nonadmin-task", "task")):
+        task, out = run(client, task_id, "/usr/bin/id -u", auto(scope, "nonadmin"))
+        assert task.execution_info.exit_code == 0 and out.strip() not in ("", "0")
 
 
 def test_pool_user_accounts_run_as_themselves(shoal: RunningShoal, client: Any, node: Any) -> None:
