@@ -15,6 +15,9 @@ from tests.helpers import error_of, pool_options, wait_for, wait_pool_idle, wait
 
 POOL = "tasks-pool"
 POLL_S = 0.1
+# Tasks that keep state in the test's own folder (root's, closed to others) run as an admin
+# auto-user, which is root on the node; by default a task runs as an unprivileged pool user.
+AS_ROOT = models.UserIdentity(auto_user=models.AutoUserSpecification(elevation_level="admin"))
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +186,7 @@ def test_terminate_kills_process_tree(client: Any, job: str) -> None:
 def test_reactivate_failed_task(client: Any, job: str, tmp_path: Path) -> None:
     marker = tmp_path / "runs"
     add(client, job, "t", f"/bin/sh -c 'echo run >> {marker}; exit 2'",
-        constraints=models.BatchTaskConstraints(max_task_retry_count=1))
+        constraints=models.BatchTaskConstraints(max_task_retry_count=1), user_identity=AS_ROOT)
     failed = wait_task_state(client, job, "t", "completed")
     assert failed.execution_info.retry_count == 1 and failed.execution_info.exit_code == 2
     assert failed.execution_info.failure_info.code == "FailureExitCode"
@@ -218,7 +221,8 @@ def test_max_task_retry_count(client: Any, job: str, tmp_path: Path) -> None:
     # The counter lives in a folder both local nodes see: retries may land on either node.
     counter = tmp_path / "count"
     script = f"n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {counter}; [ $n -ge 3 ]"
-    add(client, job, "t", f"/bin/sh -c '{script}'", constraints=models.BatchTaskConstraints(max_task_retry_count=3))
+    add(client, job, "t", f"/bin/sh -c '{script}'", constraints=models.BatchTaskConstraints(max_task_retry_count=3),
+        user_identity=AS_ROOT)
     task = wait_task_state(client, job, "t", "completed")
     assert counter.read_text() == "3\n"
     info = task.execution_info
