@@ -291,3 +291,44 @@ def test_no_assignment_can_stop_the_agent(tmp_path: Path) -> None:
         s.poke()
 
     assert run_with_standin(tmp_path, script, standin) == EXIT_OK
+
+
+def test_cli_reads_its_token_from_stdin_or_a_file_and_keeps_it_out_of_its_environment(tmp_path: Path) -> None:
+    """How a provider hands over the token: never in argv nor in /proc/<pid>/environ."""
+    standin = StandIn(poll_timeout_s=1)
+    token_file = tmp_path / "token"
+
+    async def main() -> None:
+        url = await standin.start()
+        env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        base = [sys.executable, "-m", "shoal.agent", "--join", url, "--pool", "pool1", "--node-id", NODE_ID]
+        try:
+            for how in ("stdin", "file"):
+                token_file.write_text(NODE_TOKEN + "\n")
+                token_file.chmod(0o600)
+                extra = ["--token-stdin"] if how == "stdin" else ["--token-file", str(token_file)]
+                before = len(standin.hellos)
+                agent = subprocess.Popen([*base, "--root", str(tmp_path / how), *extra], env=env,
+                                         stdin=subprocess.PIPE)
+                try:
+                    assert agent.stdin is not None
+                    if how == "stdin":
+                        agent.stdin.write(NODE_TOKEN.encode() + b"\n")
+                    agent.stdin.close()
+                    await standin.until(lambda n=before: len(standin.hellos) > n, timeout=10)
+                    environ = Path(f"/proc/{agent.pid}/environ").read_bytes()
+                    assert NODE_TOKEN.encode() not in environ
+                    assert NODE_TOKEN not in " ".join(psutil.Process(agent.pid).cmdline())
+                    if how == "file":
+                        assert not token_file.exists(), "the token file is deleted once read"
+                finally:
+                    agent.send_signal(signal.SIGTERM)
+                    try:
+                        agent.wait(5)
+                    except subprocess.TimeoutExpired:
+                        agent.kill()
+                        agent.wait()
+        finally:
+            await standin.stop()
+
+    asyncio.run(main())
