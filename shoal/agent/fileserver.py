@@ -2,23 +2,34 @@
 
 Routes (all need ``Authorization: ShoalNode <node token>``):
 
-- ``GET /files/{path}?recursive=`` on a directory: JSON list, names relative to that directory;
-- ``GET /files/{path}`` on a file: its bytes, ``Range: bytes=a-b`` honoured (206/416);
+- ``GET /files/{path}?base=&recursive=&after=&limit=`` on a directory: one page of its entries
+  (``{"entries": [...], "next": cursor-or-null}``), names relative to that directory;
+- ``GET /files/{path}?base=`` on a file: its bytes, ``Range: bytes=a-b`` honoured (206/416);
 - ``HEAD`` the same, headers only; ``DELETE`` a file, or a directory with ``recursive=true``.
 
-Paths are resolved (symlinks included) and must stay under the node root.
+``base`` is a folder beneath the node root (a task's folder) that ``path`` is confined to.
+
+Tasks write these trees and may plant symbolic links anywhere in them, or swap a folder for a
+link while a request is under way. So a path is never handed to the kernel whole: it is opened
+one component at a time, each relative to its parent's descriptor with ``O_NOFOLLOW``, and every
+later step (stat, read, list, delete) goes through those descriptors. A link is never followed:
+listings show it as a plain entry, and reading through it is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import errno
 import hmac
 import os
 import re
 import shutil
 import socket
 import stat
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
@@ -29,9 +40,27 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 CHUNK_SIZE = 256 * 1024
+MAX_PATH_BYTES = 4096  # Linux PATH_MAX
+MAX_NAME_BYTES = 255  # Linux NAME_MAX
+LIST_PAGE_MAX = 1000  # entries per listing page, as Batch's maxresults
+# Each level of a recursive listing holds one open descriptor; deeper folders are listed but
+# not descended into, so a task's deep tree cannot exhaust the agent's descriptors.
+MAX_LIST_DEPTH = 256
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO a task left behind must not hang the request.
+_LEAF_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+
+
+class FileError(Exception):
+    """A request the file server refuses: status, code and message for the error body."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
 
 
 def _iso(ts: float) -> str:
@@ -63,28 +92,228 @@ def _file_entry(name: str, st: os.stat_result) -> dict[str, Any]:
     }
 
 
-def list_directory(directory: Path, recursive: bool) -> list[dict[str, Any]]:
-    """Entries under ``directory`` (not following symlinked directories), names relative to it."""
-    entries: list[dict[str, Any]] = []
-    pending = [(directory, "")]
-    while pending:
-        current, prefix = pending.pop()
+def path_parts(rel: str) -> list[str]:
+    """The components of a relative path, refusing anything that could name a place outside it.
+
+    Empty components (``a//b``, a leading or trailing slash) are dropped; ``.``, ``..``, NUL and
+    backslashes are refused rather than interpreted."""
+    if "\x00" in rel or "\\" in rel:
+        raise FileError(403, "PathRefused", "the path contains a NUL or a backslash")
+    if len(rel.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+        raise FileError(403, "PathRefused", "the path is too long")
+    parts = [p for p in rel.split("/") if p]
+    for part in parts:
+        if part in (".", ".."):
+            raise FileError(403, "PathRefused", "the path contains a '.' or '..' component")
+        if len(part.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+            raise FileError(403, "PathRefused", "a path component is too long")
+    return parts
+
+
+def _os_error(exc: OSError, rel: str) -> FileError:
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return FileError(404, "FileNotFound", f"{rel!r} does not exist")
+    if exc.errno == errno.ELOOP:
+        return FileError(403, "SymbolicLink", f"{rel!r} goes through a symbolic link, which is not followed")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return FileError(403, "AccessDenied", f"{rel!r} is not readable by the agent")
+    if exc.errno == errno.ENAMETOOLONG:
+        return FileError(403, "PathRefused", "the path is too long")
+    return FileError(404, "FileNotFound", f"{rel!r} cannot be opened ({errno.errorcode.get(exc.errno or 0, '?')})")
+
+
+def _open_dir(name: str, dir_fd: int) -> int:
+    return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+
+
+@dataclass
+class Located:
+    """An opened path: its descriptor (None for a link, which is never opened), its parent's (None
+    for the node root itself) and its name there."""
+
+    fd: int | None
+    parent_fd: int | None
+    name: str
+    st: os.stat_result
+    is_base: bool
+
+    def close(self) -> None:
+        for fd in (self.fd, self.parent_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+def locate(root: Path, base: list[str], parts: list[str], rel: str) -> Located:
+    """Open ``base/parts`` beneath ``root`` one component at a time, never following a link.
+
+    Every component but the last must be a real directory (``O_DIRECTORY | O_NOFOLLOW``); the last
+    is opened with ``O_NOFOLLOW`` too, so a link there fails with ELOOP instead of being followed.
+    The caller owns (and must close) the returned descriptors."""
+    components = base + parts
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        for name in components[:-1]:
+            child = _open_dir(name, fd)
+            os.close(fd)
+            fd = child
+    except OSError as exc:
+        os.close(fd)
+        raise _os_error(exc, rel) from exc
+    if not components:
+        return Located(fd, None, "", os.fstat(fd), is_base=True)
+    name = components[-1]
+    try:
+        leaf = os.open(name, _LEAF_FLAGS, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            os.close(fd)
+            raise _os_error(exc, rel) from exc
+        # The last component is a link: it may still be deleted (the link itself, never its target).
         try:
-            with os.scandir(current) as it:
-                children = sorted(it, key=lambda e: e.name)
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
-            continue
-        for entry in children:
-            try:
-                st = entry.stat(follow_symlinks=True)
-            except OSError:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError as again:
+            os.close(fd)
+            raise _os_error(again, rel) from again
+        if not stat.S_ISLNK(st.st_mode):
+            os.close(fd)
+            raise _os_error(exc, rel) from exc
+        return Located(None, fd, name, st, is_base=not parts)
+    return Located(leaf, fd, name, os.fstat(leaf), is_base=not parts)
+
+
+def _display_name(name: str) -> str:
+    # A task may create names that are not UTF-8; JSON cannot carry them, so they are shown
+    # with replacement characters (and cannot be fetched by that name).
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _sorted_names(dir_fd: int) -> list[tuple[str, str]]:
+    """(display name, on-disk name) of a directory's entries, sorted by display name."""
+    with os.scandir(dir_fd) as it:
+        names = [(_display_name(entry.name), entry.name) for entry in it]
+    names.sort()
+    return names
+
+
+@dataclass
+class _Frame:
+    """One open directory of a listing walk: its entries and how far the walk has got."""
+
+    fd: int
+    names: list[tuple[str, str]]
+    index: int
+    prefix: str
+
+
+def _enter(stack: list[_Frame], fd: int, prefix: str, cursor: list[str], recursive: bool) -> None:
+    """Push the directory ``fd`` (owned from now on by the stack), positioned after ``cursor``."""
+    try:
+        names = _sorted_names(fd)
+    except OSError:
+        os.close(fd)
+        return
+    frame = _Frame(fd, names, 0, prefix)
+    stack.append(frame)
+    if not cursor:
+        return
+    head, rest = cursor[0], cursor[1:]
+    frame.index = bisect.bisect_left(names, (head,))
+    if frame.index < len(names) and names[frame.index][0] == head:
+        # The cursor's own entry was on an earlier page: resume inside it, then after it.
+        name = names[frame.index][1]
+        frame.index += 1
+        if recursive and len(stack) < MAX_LIST_DEPTH:
+            with contextlib.suppress(OSError):  # not a directory (or no longer one): nothing inside
+                _enter(stack, _open_dir(name, fd), f"{prefix}{head}/", rest, recursive)
+
+
+def list_page(dir_fd: int, recursive: bool, after: str, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    """Up to ``limit`` entries below ``dir_fd`` that come after the cursor ``after``, and the cursor
+    for the next page (None at the end).
+
+    The order is a depth-first walk with each directory's entries sorted, so a cursor (the last
+    name a page held) says exactly where the next page starts, and no page needs more than one
+    directory's names in memory per level. Links are listed, never followed or descended into."""
+    entries: list[dict[str, Any]] = []
+    cursor = [p for p in after.split("/") if p]
+    if not recursive:
+        cursor = cursor[:1]
+    stack: list[_Frame] = []
+    try:
+        _enter(stack, os.dup(dir_fd), "", cursor, recursive)
+        while stack:
+            frame = stack[-1]
+            if frame.index >= len(frame.names):
+                os.close(stack.pop().fd)
                 continue
-            name = prefix + entry.name
-            entries.append(_file_entry(name, st))
-            if recursive and entry.is_dir(follow_symlinks=False):
-                pending.append((Path(entry.path), name + "/"))
-    entries.sort(key=lambda e: e["name"])
-    return entries
+            shown, name = frame.names[frame.index]
+            frame.index += 1
+            try:
+                st = os.stat(name, dir_fd=frame.fd, follow_symlinks=False)
+            except OSError:
+                continue  # removed between listing and stat
+            if len(entries) == limit:
+                return entries, entries[-1]["name"]
+            entries.append(_file_entry(frame.prefix + shown, st))
+            if recursive and stat.S_ISDIR(st.st_mode) and len(stack) < MAX_LIST_DEPTH:
+                with contextlib.suppress(OSError):  # replaced by a link or removed: not descended
+                    _enter(stack, _open_dir(name, frame.fd), f"{frame.prefix}{shown}/", [], recursive)
+        return entries, None
+    finally:
+        for frame in stack:
+            with contextlib.suppress(OSError):
+                os.close(frame.fd)
+
+
+def delete(located: Located, recursive: bool, rel: str) -> None:
+    """Remove what ``located`` names from its parent directory, by descriptor; links go, never their targets."""
+    if located.is_base or located.parent_fd is None:
+        raise FileError(403, "OperationNotAllowed", "this folder itself cannot be deleted")
+    parent, name = located.parent_fd, located.name
+    try:
+        if not stat.S_ISDIR(located.st.st_mode):
+            os.unlink(name, dir_fd=parent)
+        elif recursive:
+            # rmtree with dir_fd walks by descriptor and refuses to follow a link swapped in.
+            shutil.rmtree(name, dir_fd=parent)
+        else:
+            os.rmdir(name, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise FileError(409, "DirectoryNotEmpty",
+                            f"{rel!r} is a non-empty directory; use recursive=true") from exc
+        if exc.errno == errno.ENOENT:
+            return  # already gone
+        raise _os_error(exc, rel) from exc
+
+
+class _DescriptorResponse(StreamingResponse):
+    """A streamed file that closes its descriptor however the response ends (including a client
+    that goes away before the first byte)."""
+
+    def __init__(self, located: Located, fd: int, start: int, length: int, status: int,
+                 headers: dict[str, str]) -> None:
+        self.located = located
+        super().__init__(_read_range(fd, start, length), status_code=status, headers=headers,
+                         media_type="application/octet-stream")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.located.close()
+
+
+async def _read_range(fd: int, start: int, length: int) -> AsyncIterator[bytes]:
+    offset, remaining = start, length
+    while remaining > 0:
+        chunk = await asyncio.to_thread(os.pread, fd, min(CHUNK_SIZE, remaining), offset)
+        if not chunk:
+            break
+        offset += len(chunk)
+        remaining -= len(chunk)
+        yield chunk
 
 
 class FileServer:
@@ -108,54 +337,47 @@ class FileServer:
         given = request.headers.get("authorization", "")
         return hmac.compare_digest(given.encode(), f"ShoalNode {self.token}".encode())
 
-    def resolve(self, rel: str) -> Path | None:
-        """The absolute path for ``rel``, or None when it would leave the root."""
-        if "\x00" in rel:
-            return None
-        parts = [p for p in rel.replace("\\", "/").split("/") if p not in ("", ".")]
-        if any(p == ".." for p in parts):
-            return None
-        target = self.root.joinpath(*parts).resolve()
-        if target != self.root and self.root not in target.parents:
-            return None
-        return target
-
     async def _handle(self, request: Request) -> Response:
         if not self._authorized(request):
             return _error(401, "AuthenticationFailed", "missing or wrong node token")
         rel = request.path_params.get("path", "")
-        target = self.resolve(rel)
-        if target is None:
-            return _error(403, "PathOutsideNodeRoot", f"{rel!r} is outside the node root")
         try:
-            st = target.stat()
-        except (FileNotFoundError, NotADirectoryError):
-            return _error(404, "FileNotFound", f"{rel!r} does not exist")
+            base = path_parts(request.query_params.get("base", ""))
+            parts = path_parts(rel)
+            located = await asyncio.to_thread(locate, self.root, base, parts, rel)
+        except FileError as exc:
+            return _error(exc.status, exc.code, exc.message)
+        handed_off = False
+        try:
+            response = await self._respond(request, located, rel)
+            handed_off = isinstance(response, _DescriptorResponse)
+            return response
+        except FileError as exc:
+            return _error(exc.status, exc.code, exc.message)
+        finally:
+            if not handed_off:
+                located.close()
+
+    async def _respond(self, request: Request, located: Located, rel: str) -> Response:
         recursive = request.query_params.get("recursive", "false").lower() == "true"
         if request.method == "DELETE":
-            return await self._delete(target, st, recursive, rel)
-        if stat.S_ISDIR(st.st_mode):
+            await asyncio.to_thread(delete, located, recursive, rel)
+            return Response(status_code=200)
+        mode, fd = located.st.st_mode, located.fd
+        if fd is None or stat.S_ISLNK(mode):
+            raise FileError(403, "SymbolicLink", f"{rel!r} is a symbolic link, which is not followed")
+        if stat.S_ISDIR(mode):
+            headers = self._headers(located.st, 0, is_dir=True)
             if request.method == "HEAD":
-                return Response(headers=self._headers(st, 0, is_dir=True))
-            entries = await asyncio.to_thread(list_directory, target, recursive)
-            return JSONResponse(entries)
-        return self._file(request, target, st)
-
-    async def _delete(self, target: Path, st: os.stat_result, recursive: bool, rel: str) -> Response:
-        if target == self.root:
-            return _error(403, "OperationNotAllowed", "the node root cannot be deleted")
-        if stat.S_ISDIR(st.st_mode):
-            if not recursive:
-                with contextlib.suppress(OSError):
-                    target.rmdir()
-                    return Response(status_code=200)
-                return _error(
-                    409, "DirectoryNotEmpty", f"{rel!r} is a non-empty directory; use recursive=true"
-                )
-            await asyncio.to_thread(shutil.rmtree, target, True)
-        else:
-            target.unlink(missing_ok=True)
-        return Response(status_code=200)
+                return Response(headers=headers)
+            limit = _bounded_int(request.query_params.get("limit"), LIST_PAGE_MAX, 1, LIST_PAGE_MAX)
+            after = request.query_params.get("after", "")
+            entries, following = await asyncio.to_thread(list_page, fd, recursive, after, limit)
+            del headers["Content-Length"]
+            return JSONResponse({"entries": entries, "next": following}, headers=headers)
+        if not stat.S_ISREG(mode):
+            raise FileError(403, "NotARegularFile", f"{rel!r} is not a regular file")
+        return self._file(request, located, fd)
 
     def _headers(self, st: os.stat_result, length: int, is_dir: bool = False) -> dict[str, str]:
         return {
@@ -167,7 +389,8 @@ class FileServer:
             "Accept-Ranges": "bytes",
         }
 
-    def _file(self, request: Request, target: Path, st: os.stat_result) -> Response:
+    def _file(self, request: Request, located: Located, fd: int) -> Response:
+        st = located.st
         size = st.st_size
         start, end = 0, size - 1
         status = 200
@@ -175,7 +398,7 @@ class FileServer:
         if header:
             m = _RANGE.match(header.strip())
             if not m or (not m.group(1) and not m.group(2)):
-                return _error(416, "InvalidRange", f"unsupported Range {header!r}")
+                raise FileError(416, "InvalidRange", f"unsupported Range {header[:100]!r}")
             if m.group(1):
                 start = int(m.group(1))
                 end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
@@ -190,12 +413,7 @@ class FileServer:
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         if request.method == "HEAD":
             return Response(status_code=status, headers=headers)
-        return StreamingResponse(
-            _read_range(target, start, length),
-            status_code=status,
-            headers=headers,
-            media_type="application/octet-stream",
-        )
+        return _DescriptorResponse(located, fd, start, length, status, headers)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Bind (port 0 = ephemeral) and serve in the running event loop; returns the base URL."""
@@ -229,17 +447,12 @@ class FileServer:
             self._serve_task.cancel()
 
 
-async def _read_range(path: Path, start: int, length: int):  # type: ignore[no-untyped-def]
-    # Node files are local and reads are short; doing them inline avoids a thread per request.
-    with open(path, "rb") as f:
-        f.seek(start)
-        remaining = length
-        while remaining > 0:
-            chunk = f.read(min(CHUNK_SIZE, remaining))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-            yield chunk
+def _bounded_int(raw: str | None, default: int, low: int, high: int) -> int:
+    try:
+        value = int(raw) if raw is not None else default
+    except ValueError:
+        value = default
+    return min(max(value, low), high)
 
 
 class _QuietServer(uvicorn.Server):

@@ -1,25 +1,49 @@
-"""Task and node file routes, served by proxying to the node's agent."""
+"""Task and node file routes, served by proxying to the node's agent.
+
+A task's file route reaches only that task's folder and a node's only the node root: the path is
+checked before anything else (``remote_files.client_path``), and the agent is told the folder to
+confine it to. Downloads are relayed as they arrive, never held whole in memory.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import logging
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlencode
 
+import httpx
 from sqlalchemy import select
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from shoal import clock
-from shoal.api import listing, remote_files
-from shoal.api.http import request_headers
-from shoal.errors import ConditionNotMet, NotFound
+from shoal.api import listing, odata, remote_files
+from shoal.api.http import (
+    base_url,
+    check_conditions,
+    has_conditions,
+    json_response,
+    max_results,
+    request_headers,
+)
+from shoal.errors import InvalidQuery, NotFound
 from shoal.service import nodes as node_service
 from shoal.service import tasks as task_service
 from shoal.service.context import Context
 from shoal.store.schema import nodes
 
+log = logging.getLogger(__name__)
+RELAY_CHUNK = 256 * 1024
+_TOKEN_PREFIX = "shoalfile:"
+
 
 def _task_location(request: Request, ctx: Context) -> tuple[Any, str, str]:
+    """(node row, the task's folder on it, the route's base URL)."""
     job_id, task_id = request.path_params["job_id"], request.path_params["task_id"]
     node, directory = task_service.node_of(ctx, job_id, task_id)
     return node, directory, f"{ctx.base_url}/jobs/{job_id}/tasks/{task_id}/files"
@@ -33,20 +57,68 @@ def _node_location(request: Request, ctx: Context) -> tuple[Any, str, str]:
     return node, "", f"{ctx.base_url}/pools/{pool_id}/nodes/{node_id}/files"
 
 
+def _encode_cursor(name: str) -> str:
+    return base64.urlsafe_b64encode(f"{_TOKEN_PREFIX}{name}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(request: Request) -> str:
+    raw = request.query_params.get("$skiptoken")
+    if not raw:
+        return ""
+    try:
+        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        text = ""
+    if not text.startswith(_TOKEN_PREFIX) or "\x00" in text:
+        raise InvalidQuery("$skiptoken", raw[:200], "The continuation token is not valid.")
+    return text[len(_TOKEN_PREFIX):]
+
+
+def _next_link(request: Request, cursor: str) -> str:
+    params = [(k, v) for k, v in request.query_params.multi_items() if k != "$skiptoken"]
+    params.append(("$skiptoken", _encode_cursor(cursor)))
+    return f"{base_url(request)}{request.url.path}?{urlencode(params)}"
+
+
 def _lister(locate):  # type: ignore[no-untyped-def]
     async def handler(request: Request, ctx: Context) -> Response:
-        node, directory, url_base = locate(request, ctx)
+        # Everything the request asks for is checked before the node is asked anything.
+        predicate = listing.compile_filter(request)
+        fields = listing.select_fields(request)
+        limit = max_results(request)
+        after = _decode_cursor(request)
         recursive = request.query_params.get("recursive", "false").lower() == "true"
-        response = await remote_files.call("GET", node.file_server_url, node.token, directory,
-                                           params={"recursive": "true" if recursive else "false"})
-        entries = remote_files.entries_to_wire(response.json(), "", url_base)
-        return listing.respond(request, entries, "files")
+        node, directory, url_base = await asyncio.to_thread(locate, request, ctx)
+        # One page per request: the agent walks only as far as this page needs.
+        answer = await remote_files.call_parts(
+            "GET", node.file_server_url, node.token, [], base=directory,
+            params={"recursive": "true" if recursive else "false", "limit": str(limit), "after": after})
+        entries, following = _page_of(answer.json())
+        items = remote_files.entries_to_wire(entries, "", url_base)
+        if predicate is not None:
+            items = [item for item in items if predicate(item)]
+        if fields:
+            items = [odata.apply_select(item, fields) for item in items]
+        payload: dict[str, Any] = {"value": items}
+        if following:
+            payload["odata.nextLink"] = _next_link(request, following)
+        return json_response(request, payload, odata_type="files")
 
     return handler
 
 
-def _file_headers(response: Any, url: str) -> dict[str, str]:
-    upstream = response.headers
+def _page_of(page: Any) -> tuple[list[dict[str, Any]], str | None]:
+    """A listing page as the agent sends it, refusing one that is not shaped as the protocol says."""
+    keys = ("name", "isDirectory", "contentLength", "creationTime", "lastModified", "fileMode")
+    entries = page.get("entries") if isinstance(page, dict) else None
+    following = page.get("next") if isinstance(page, dict) else None
+    if not isinstance(entries, list) or not (following is None or isinstance(following, str)) \
+            or not all(isinstance(e, dict) and all(k in e for k in keys) for e in entries):
+        raise remote_files.NodeUnreachable("The compute node sent a listing Shoal cannot read.")
+    return entries, following
+
+
+def _file_headers(upstream: httpx.Headers, url: str) -> dict[str, str]:
     created = upstream.get("x-shoal-creation-time")
     headers = {
         "Content-Length": upstream.get("content-length", "0"),
@@ -62,44 +134,76 @@ def _file_headers(response: Any, url: str) -> dict[str, str]:
     return headers
 
 
+def _apply_conditions(request: Request, last_modified: str) -> None:
+    """If-Modified-Since (304 on a read) and If-Unmodified-Since (412), as on every other resource.
+    Files have no ETag, so If-Match can only fail and If-None-Match only match '*'."""
+    if not has_conditions(request):
+        return
+    try:
+        when: datetime = parsedate_to_datetime(last_modified)
+    except (TypeError, ValueError):
+        return
+    check_conditions(request, "", when)
+
+
+class _Relay(StreamingResponse):
+    """The agent's bytes, passed on as they arrive; the upstream is closed however this ends
+    (finished, client gone, or an error)."""
+
+    def __init__(self, upstream: httpx.Response, headers: dict[str, str]) -> None:
+        self.upstream = upstream
+        super().__init__(self._chunks(), status_code=200, headers=headers)
+
+    async def _chunks(self):  # type: ignore[no-untyped-def]
+        try:
+            async for chunk in self.upstream.aiter_raw(RELAY_CHUNK):
+                yield chunk
+        except httpx.HTTPError as exc:
+            # Headers are gone already: all that can be done is to cut the connection short.
+            log.warning("a node stopped sending %s mid-download: %s", self.upstream.url.path, exc)
+            raise
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.upstream.aclose()
+
+
 def _file_handler(locate):  # type: ignore[no-untyped-def]
     async def handler(request: Request, ctx: Context) -> Response:
-        node, directory, url_base = locate(request, ctx)
-        file_path = request.path_params["file_path"]
-        path = f"{directory}/{file_path}" if directory else file_path
+        parts = remote_files.client_path(request.path_params["file_path"])
+        node, directory, url_base = await asyncio.to_thread(locate, request, ctx)
+        file_url = f"{url_base}/{'/'.join(parts)}"
         if request.method == "DELETE":
             recursive = request.query_params.get("recursive", "false").lower() == "true"
-            await remote_files.call("DELETE", node.file_server_url, node.token, path,
-                                    params={"recursive": "true" if recursive else "false"})
+            await remote_files.call_parts("DELETE", node.file_server_url, node.token, parts, base=directory,
+                                          params={"recursive": "true" if recursive else "false"})
             return Response(status_code=200, headers=request_headers(request))
         headers = {}
         byte_range = request.headers.get("ocp-range") or request.headers.get("range")
         if byte_range:
             headers["Range"] = byte_range
-        response = await remote_files.call(request.method, node.file_server_url, node.token, path,
-                                           headers=headers)
-        if response.headers.get("content-type", "").startswith("application/json") and request.method == "GET" \
-                and response.headers.get("x-shoal-is-directory") is None:
-            # A directory: Batch answers a GET on a directory as not found.
-            raise NotFound("The specified path is a directory.", code="FileNotFound")
-        out_headers = {**request_headers(request), **_file_headers(response, f"{url_base}/{file_path}")}
         if request.method == "HEAD":
+            answer = await remote_files.call_parts("HEAD", node.file_server_url, node.token, parts,
+                                                   base=directory, headers=headers)
+            out_headers = {**request_headers(request), **_file_headers(answer.headers, file_url)}
+            _apply_conditions(request, out_headers["Last-Modified"])
             return Response(status_code=200, headers=out_headers)
-        _check_modified_since(request, out_headers["Last-Modified"])
-        return Response(response.content, status_code=200, headers=out_headers)
+        upstream = await remote_files.open_stream(node.file_server_url, node.token, parts, base=directory,
+                                                  headers=headers)
+        try:
+            if upstream.headers.get("x-shoal-is-directory") == "true":
+                # Batch answers a GET on a directory as not found.
+                raise NotFound("The specified path is a directory.", code="FileNotFound")
+            out_headers = {**request_headers(request), **_file_headers(upstream.headers, file_url)}
+            _apply_conditions(request, out_headers["Last-Modified"])
+        except BaseException:
+            await upstream.aclose()
+            raise
+        return _Relay(upstream, out_headers)
 
     return handler
-
-
-def _check_modified_since(request: Request, last_modified: str) -> None:
-    since = request.headers.get("if-modified-since")
-    if not since:
-        return
-    try:
-        if parsedate_to_datetime(last_modified) <= parsedate_to_datetime(since):
-            raise ConditionNotMet()
-    except (TypeError, ValueError):
-        return
 
 
 ROUTES = [
