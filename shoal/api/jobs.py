@@ -5,15 +5,15 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shoal.api import listing
+from shoal.api import listing, offload
 from shoal.api.http import empty_response, guard, read_json
 from shoal.service import jobs as job_service
 from shoal.service.context import Context
 
 
 async def create_job(request: Request, ctx: Context) -> Response:
-    body, _size = await read_json(request)
-    job_service.create(ctx, body)
+    body, size = await read_json(request)
+    job_service.add(ctx, await offload.validate(size, job_service.parse_create, body))
     etag, modified = job_service.etag_of(ctx, body["id"])
     return empty_response(request, 201, etag=etag, last_modified=modified,
                           location=f"{ctx.base_url}/jobs/{body['id']}")

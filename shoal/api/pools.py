@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shoal.api import listing
+from shoal.api import listing, offload
 from shoal.api.http import empty_response, guard, read_json
 from shoal.model import catalog
 from shoal.service import nodes as node_service
@@ -16,8 +16,8 @@ POOL_TYPE = "pools/@Element"
 
 
 async def create_pool(request: Request, ctx: Context) -> Response:
-    body, _size = await read_json(request)
-    pool_service.create(ctx, body)
+    body, size = await read_json(request)
+    pool_service.add(ctx, await offload.validate(size, pool_service.parse_create, body))
     etag, modified = pool_service.etag_of(ctx, body["id"])
     return empty_response(request, 201, etag=etag, last_modified=modified,
                           location=f"{ctx.base_url}/pools/{body['id']}")

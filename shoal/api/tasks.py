@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from typing import Any, TypeVar
-
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shoal.api import listing
+from shoal.api import listing, offload
 from shoal.api.http import (
     decode_token,
     empty_response,
@@ -22,23 +18,11 @@ from shoal.api.remote_files import delete_remote_tree
 from shoal.service import tasks as task_service
 from shoal.service.context import Context
 
-T = TypeVar("T")
-
-
-# Validating a body costs about 0.1 s per MB: large ones are checked off the event loop.
-_VALIDATE_INLINE_BYTES = 64 * 1024
-
-
-async def _off_loop_if_large(size: int, parse: Callable[..., T], *args: Any) -> T:
-    if size <= _VALIDATE_INLINE_BYTES:
-        return parse(*args)
-    return await asyncio.to_thread(parse, *args)
-
 
 async def create_task(request: Request, ctx: Context) -> Response:
     job_id = request.path_params["job_id"]
     body, size = await read_json(request)
-    task = await _off_loop_if_large(size, task_service.parse_task, body)
+    task = await offload.validate(size, task_service.parse_task, body)
     created = task_service.add(ctx, job_id, task)
     return empty_response(request, 201, etag=created["etag"], last_modified=created["last_modified"],
                           location=f"{ctx.base_url}/jobs/{job_id}/tasks/{created['id']}")
@@ -46,7 +30,7 @@ async def create_task(request: Request, ctx: Context) -> Response:
 
 async def add_collection(request: Request, ctx: Context) -> Response:
     body, size = await read_json(request)
-    parsed = await _off_loop_if_large(size, task_service.parse_collection, body, size)
+    parsed = await offload.validate(size, task_service.parse_collection, body, size)
     results = task_service.add_collection(ctx, request.path_params["job_id"], parsed)
     return json_response(request, {"value": results}, odata_type="taskaddresult")
 

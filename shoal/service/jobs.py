@@ -71,6 +71,11 @@ def _validate_mutable(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def create(ctx: Context, body: Any) -> None:
+    add(ctx, parse_create(body))
+
+
+def parse_create(body: Any) -> dict[str, Any]:
+    """Validate a job-create body into what `add` stores (pure: the API may run it off the loop)."""
     body = v.require_object(body)
     request_body.check(body, "job.create")
     job_id = v.resource_id(body)
@@ -81,6 +86,12 @@ def create(ctx: Context, body: Any) -> None:
     fields = _validate_mutable(body)
     v.environment_settings(body, "commonEnvironmentSettings")
     spec = {name: body[name] for name in _KEPT if body.get(name) is not None}
+    return {"id": job_id, "fields": fields, "spec": spec, "pool_id": body["poolInfo"]["poolId"]}
+
+
+def add(ctx: Context, job: dict[str, Any]) -> None:
+    """Store a job `parse_create` accepted, within the account's active-job quota."""
+    job_id, fields, spec = job["id"], job["fields"], job["spec"]
     now = clock.now()
     with ctx.engine.begin() as conn:
         if conn.execute(select(jobs.c.seq).where(jobs.c.account == ctx.account,
@@ -91,7 +102,7 @@ def create(ctx: Context, body: Any) -> None:
             account=ctx.account, id=job_id, key=job_id.lower(), state="active",
             priority=fields.get("priority", 0), pool_key=fields["pool_key"],
             max_parallel_tasks=fields.get("max_parallel_tasks", -1), spec=spec,
-            execution_info={"startTime": clock.iso(now), "poolId": body["poolInfo"]["poolId"]},
+            execution_info={"startTime": clock.iso(now), "poolId": job["pool_id"]},
             etag=clock.new_etag(), last_modified=now, creation_time=now, state_transition_time=now))
 
 

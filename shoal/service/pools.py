@@ -130,6 +130,11 @@ def resize_deadline(now: datetime, timeout: timedelta) -> datetime:
 
 
 def create(ctx: Context, body: Any) -> None:
+    add(ctx, parse_create(body))
+
+
+def parse_create(body: Any) -> dict[str, Any]:
+    """Validate a pool-create body into what `add` stores (pure: the API may run it off the loop)."""
     body = v.require_object(body)
     request_body.check(body, "pool.create")
     pool_id = v.resource_id(body)
@@ -180,8 +185,14 @@ def create(ctx: Context, body: Any) -> None:
     if autoscale:
         spec.setdefault("autoScaleEvaluationInterval",
                         clock.format_duration(autoscale_service.DEFAULT_INTERVAL))
+    return {"id": pool_id, "vm_size": size.name, "slots": slots, "fill": fill,
+            "targets": (target_dedicated or 0, target_spot or 0), "resize_timeout": resize_timeout, "spec": spec}
+
+
+def add(ctx: Context, pool: dict[str, Any]) -> None:
+    """Store a pool `parse_create` accepted, within the account's pool quota."""
+    pool_id, spec, targets, resize_timeout = pool["id"], pool["spec"], pool["targets"], pool["resize_timeout"]
     now = clock.now()
-    targets = (target_dedicated or 0, target_spot or 0)
     with ctx.engine.begin() as conn:
         exists = conn.execute(select(pools.c.seq).where(
             pools.c.account == ctx.account, pools.c.key == pool_id.lower())).first()
@@ -190,7 +201,8 @@ def create(ctx: Context, body: Any) -> None:
         quotas.check_pool_count(ctx, conn)
         conn.execute(insert(pools).values(
             account=ctx.account, id=pool_id, key=pool_id.lower(), state="active",
-            allocation_state="resizing", vm_size=size.name, slots_per_node=slots, fill_type=fill,
+            allocation_state="resizing", vm_size=pool["vm_size"], slots_per_node=pool["slots"],
+            fill_type=pool["fill"],
             target_dedicated=targets[0], target_low_priority=targets[1],
             resize_timeout_s=resize_timeout.total_seconds(), resize_deadline=resize_deadline(now, resize_timeout),
             deallocation_option="requeue", resize_errors=None, spec=spec, etag=clock.new_etag(),
