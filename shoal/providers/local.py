@@ -116,6 +116,7 @@ class LocalProvider:
 
     async def reconcile(self) -> None:
         self._evict_spot_nodes()
+        self._reap_cleanups()
         records = {r.node_id: r for r in node_service.provisioning_view(self.ctx)}
         for record in records.values():
             agent = self.agents.get(record.node_id)
@@ -135,8 +136,8 @@ class LocalProvider:
                 continue
             if agent is not None and agent.alive():
                 continue
-            if self._still_cleaning(record.node_id):
-                continue
+            if record.node_id in self._cleaning:
+                continue  # its old users are still being removed; a new agent would race them
             if record.state != "creating":
                 # The agent died under a live node: requeue its tasks and start it afresh.
                 log.warning("agent of node %s is gone; restarting it", record.node_id)
@@ -210,16 +211,13 @@ class LocalProvider:
         self.agents[node_id] = _Agent(node_id, psutil.Process(popen.pid), popen)
         node_service.agent_spawned(self.ctx, node_id, popen.pid)
 
-    def _still_cleaning(self, node_id: str) -> bool:
-        cleaning = self._cleaning.get(node_id)
-        if cleaning is None:
-            return False
-        if not cleaning.done():
-            return True
-        del self._cleaning[node_id]
-        if not cleaning.cancelled() and cleaning.exception() is not None:
-            log.error("removing the users of node %s failed: %s", node_id, cleaning.exception())
-        return False
+    def _reap_cleanups(self) -> None:
+        for node_id, cleaning in list(self._cleaning.items()):
+            if not cleaning.done():
+                continue
+            del self._cleaning[node_id]
+            if not cleaning.cancelled() and cleaning.exception() is not None:
+                log.error("removing the users of node %s failed: %s", node_id, cleaning.exception())
 
     def _drop(self, node_id: str) -> None:
         agent = self.agents.pop(node_id, None)
