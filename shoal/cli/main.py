@@ -44,8 +44,9 @@ def _serve(host: str, port: int, data_dir: Path | None, database: str | None, lo
 
     try:
         server.run(settings, local_provider=local_provider, on_ready=ready)
-    except server.AlreadyRunning as exc:
-        console.print(f"[red]error[/red] {exc}", highlight=False)
+    except server.CannotStart as exc:
+        # Unwrapped: the message names paths a user copies.
+        console.print(f"[red]error[/red] {exc}", highlight=False, soft_wrap=True)
         raise SystemExit(1) from None
 
 
@@ -65,12 +66,16 @@ def _serve(host: str, port: int, data_dir: Path | None, database: str | None, lo
               help="Seconds (scaled time) before a preempted node gets capacity back.")
 @click.option("--sample-lag", default=None, type=click.FloatRange(min=0),
               help="Seconds (scaled time) before a metric sample is visible to formulas [default: 60].")
+@click.option("--nodes-dir", default=None, type=click.Path(path_type=Path),
+              help="Where local nodes' roots live (default: $SHOAL_NODES_DIR; as root "
+                   "/var/lib/shoal/nodes/<hash>, else <data dir>/nodes).")
 def up(host: str, port: int, data_dir: Path | None, database: str | None, time_scale: float,
-       spot_capacity: int | None, spot_eviction_rate: float, spot_recovery: float, sample_lag: float | None) -> None:
+       spot_capacity: int | None, spot_eviction_rate: float, spot_recovery: float, sample_lag: float | None,
+       nodes_dir: Path | None) -> None:
     """Run everything in one process: API, scheduler and local compute nodes."""
     _serve(host, port, data_dir, database, True, time_scale,
            {"spot_capacity": spot_capacity, "spot_eviction_rate": spot_eviction_rate,
-            "spot_recovery_s": spot_recovery}, sample_lag)
+            "spot_recovery_s": spot_recovery, "nodes_dir": nodes_dir}, sample_lag)
 
 
 @main.command("server")

@@ -8,6 +8,6 @@
 """
 
 from shoal.server.plane import ControlPlane, run
-from shoal.server.startup import DEFAULT_ACCOUNT, AlreadyRunning, ensure_account
+from shoal.server.startup import DEFAULT_ACCOUNT, AlreadyRunning, CannotStart, ensure_account
 
-__all__ = ["DEFAULT_ACCOUNT", "AlreadyRunning", "ControlPlane", "ensure_account", "run"]
+__all__ = ["DEFAULT_ACCOUNT", "AlreadyRunning", "CannotStart", "ControlPlane", "ensure_account", "run"]

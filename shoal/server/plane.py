@@ -29,6 +29,7 @@ from shoal.server.startup import (
     DEFAULT_ACCOUNT,
     AlreadyRunning,
     bind_socket,
+    check_nodes_dir_reachable,
     ensure_account,
     hold_data_dir,
     make_private,
@@ -52,6 +53,8 @@ class _QuietServer(uvicorn.Server):
 class ControlPlane:
     def __init__(self, settings: Settings, *, local_provider: bool = True) -> None:
         self.settings = settings
+        if local_provider:
+            check_nodes_dir_reachable(settings.effective_nodes_dir)
         make_private(settings.data_dir)
         self._lock = hold_data_dir(settings.data_dir)
         self.engine = create_store_engine(settings.effective_database_url)

@@ -20,7 +20,11 @@ DEFAULT_ACCOUNT = "shoal"
 ENDPOINT_FILE = "endpoint.json"
 
 
-class AlreadyRunning(RuntimeError):
+class CannotStart(RuntimeError):
+    """Shoal cannot start with these settings; the message says why and what to change."""
+
+
+class AlreadyRunning(CannotStart):
     """Another Shoal process already serves this data directory or this database."""
 
 
@@ -46,6 +50,21 @@ def hold_data_dir(data_dir: Path) -> Any:
         handle.close()
         raise AlreadyRunning(f"another Shoal server is already using {data_dir}") from None
     return handle
+
+
+def check_nodes_dir_reachable(nodes_dir: Path) -> None:
+    """As root, tasks run as other users, who must be able to walk down to their node's folders:
+    refuse a nodes dir below a folder they cannot enter rather than fail every task later."""
+    if os.geteuid() != 0:
+        return
+    current = nodes_dir.absolute()
+    while not current.exists():
+        current = current.parent
+    for folder in [current, *current.parents]:
+        if not folder.stat().st_mode & 0o001:
+            raise CannotStart(
+                f"task users cannot enter {folder} (mode {folder.stat().st_mode & 0o777:o}), which holds the "
+                f"nodes dir {nodes_dir}; choose a nodes dir (--nodes-dir, SHOAL_NODES_DIR) that others may reach")
 
 
 def ensure_account(engine: Any, name: str = DEFAULT_ACCOUNT) -> tuple[str, str]:

@@ -45,3 +45,24 @@ def test_a_data_dir_made_with_loose_modes_is_tightened(tmp_path: Path) -> None:
     with running_shoal(data_dir) as running:
         assert _mode(running.data_dir) == 0o700
         assert _mode(leftover) == 0o600
+
+
+def test_a_nodes_dir_task_users_cannot_reach_is_refused_at_start(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("only root runs tasks as other users")
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    closed.chmod(0o700)
+    result = subprocess.run([sys.executable, "-m", "shoal.cli", "up", "--port", "0", "--data-dir",
+                             str(tmp_path / "data"), "--nodes-dir", str(closed / "nodes")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "task users cannot enter" in result.stdout and str(closed) in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (closed / "nodes").exists()
