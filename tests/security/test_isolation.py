@@ -156,6 +156,33 @@ def test_shared_is_writable_and_startup_readable_by_pool_users(client: Any, node
     assert got["startupwrite"] != "0", out
 
 
+def test_node_folders_have_batchs_owners_and_modes(shoal: RunningShoal, client: Any, node: Any) -> None:
+    root = shoal.nodes_dir / node.id / "batch" / "tasks"
+    names = NodeNames.for_node(node.id)
+    group = next(line.split(":")[2] for line in Path("/etc/group").read_text().splitlines()
+                 if line.startswith(names.group + ":"))
+    pool_uid = pwd.getpwnam(names.pool_user).pw_uid
+
+    def owner_and_mode(path: Path) -> tuple[int, int, int]:
+        st = path.lstat()
+        return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+    # Every folder on the way down is root's and traversable, so each user reaches its own.
+    for path in (root, *[root / name for name in ("applications", "fsmounts", "workitems")],
+                 root / "workitems" / JOB, root / "workitems" / JOB / "job-1"):
+        uid, _, mode = owner_and_mode(path)
+        assert uid == 0 and mode == 0o755, (path, oct(mode))
+    assert owner_and_mode(root / "shared") == (0, int(group), 0o3770)
+    assert owner_and_mode(root / "startup") == (pool_uid, int(group), 0o2750)
+    assert owner_and_mode(root / "volatile")[2] == 0o700
+    _, out = run(client, "modes", "/bin/true")
+    task_dir = root / "workitems" / JOB / "job-1" / "modes"
+    for path in (task_dir, task_dir / "wd"):
+        assert owner_and_mode(path)[0] == pool_uid and owner_and_mode(path)[2] == 0o700
+    for name in ("stdout.txt", "stderr.txt"):
+        assert owner_and_mode(task_dir / name)[0] == pool_uid
+
+
 def test_an_admin_auto_user_is_root_and_only_it(client: Any, node: Any) -> None:
     for task_id, scope in (("admin-pool", "pool"), ("admin-task", "task")):
         task, out = run(client, task_id, "/usr/bin/id -u", auto(scope, "admin"))
@@ -191,6 +218,22 @@ def test_an_unknown_user_name_fails_the_task_and_the_agent_stays(client: Any, no
     after, out = run(client, "after-unknown", "/bin/echo still-here")
     assert after.execution_info.exit_code == 0 and out.strip() == "still-here"
     assert agent_process(node.id).pid == before
+
+
+def test_a_reimage_removes_the_nodes_users_and_makes_them_afresh(client: Any, node: Any) -> None:
+    from azure.batch.models._models import BatchNodeReimageOptions  # not re-exported by 15.1
+
+    _, out = run(client, "before-reimage", "/bin/sh -c 'echo name=$(id -un)'", auto("task"))
+    task_user = results(out)["name"]
+    assert _exists(task_user)
+    client.begin_reimage_node(POOL, node.id, BatchNodeReimageOptions(node_reimage_option="requeue"),
+                              polling_interval=0.2).result()
+    wait_for(lambda: not _exists(task_user), 30, interval=0.2, message="the task user gone with the old disk")
+    wait_pool_idle(client, POOL, 1, timeout=60)
+    names = NodeNames.for_node(node.id)
+    assert _exists(names.pool_user)
+    _, again = run(client, "after-reimage", "/bin/sh -c 'echo name=$(id -un)'")
+    assert results(again)["name"] == names.pool_user
 
 
 def test_a_task_scope_user_goes_with_its_folder_and_every_user_goes_with_the_node(
