@@ -458,8 +458,15 @@ def _run(argv: list[str], *, ok: tuple[int, ...] = (), stdin: str | None = None)
     delay = 0.02
     while True:
         with _host_lock():
-            done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S,
-                                  env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"})
+            try:
+                done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S,
+                                      env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"})
+            except FileNotFoundError as exc:
+                raise UserProvisionError(
+                    f"{argv[0]} is not installed: a root agent needs the shadow tools (useradd, userdel, "
+                    "groupadd, chpasswd) to run tasks as their own users") from exc
+            except subprocess.TimeoutExpired as exc:
+                raise UserProvisionError(f"{argv[0]} did not finish in {COMMAND_TIMEOUT_S:.0f} s") from exc
         if done.returncode == 0 or done.returncode in ok:
             return done.returncode
         message = (done.stderr or done.stdout).strip()

@@ -279,3 +279,10 @@ def _existing_system_uid() -> int:
     # A daemon's uid in the account range, or a made-up holder if the host has none.
     taken = [e.pw_uid for e in pwd.getpwall() if e.pw_uid >= 1000 and not e.pw_gecos.startswith("shoal node")]
     return taken[0] if taken else 65534
+
+
+def test_a_missing_account_tool_is_a_clear_provisioning_error() -> None:
+    from shoal.agent.users import _run
+
+    with pytest.raises(UserProvisionError, match="not installed"):
+        _run(["shoal-no-such-useradd"])
