@@ -273,6 +273,10 @@ class Agent:
             log.error("cannot create the node's users: %s", exc)
         if users.gid is not None:
             self.layout.create(group=users.gid)
+        closed = [str(p) for p in self.layout.root.parents if p.is_dir() and not p.stat().st_mode & 0o001]
+        if closed:
+            log.warning("task users cannot walk down to the node root through %s (no search permission for "
+                        "others): absolute paths such as AZ_BATCH_NODE_SHARED_DIR fail in their tasks", closed[0])
 
     async def _restart(self, wipe: bool) -> None:
         """What a reboot does to a node, without a new process: every task and the start task
