@@ -110,3 +110,26 @@ def test_files_of_a_task_that_never_ran(client: Any, task: str) -> None:
         assert error_of(lambda: b"".join(client.download_task_file(JOB, "pending", "stdout.txt")))[0] == 404
     finally:
         client.begin_enable_job(JOB, polling_interval=0.1).result()
+
+
+def test_task_file_conditional_reads(client: Any, task: str, shoal: Any) -> None:
+    """If-Modified-Since answers 304 on files as on every other resource; If-Unmodified-Since 412."""
+    from datetime import timedelta
+    from email.utils import format_datetime
+
+    modified = client.get_task_file_properties(JOB, task, "wd/sub/a.txt").last_modified
+    later, earlier = modified + timedelta(hours=1), modified - timedelta(hours=1)
+    path = f"/jobs/{JOB}/tasks/{task}/files/wd%2Fsub%2Fa.txt"
+    for method in ("GET", "HEAD"):
+        unchanged = raw(shoal, method, path, {"If-Modified-Since": format_datetime(later, usegmt=True)})
+        assert unchanged.status_code == 304 and unchanged.content == b"", method
+        changed = raw(shoal, method, path, {"If-Modified-Since": format_datetime(earlier, usegmt=True)})
+        assert changed.status_code == 200, method
+        stale = raw(shoal, method, path, {"If-Unmodified-Since": format_datetime(earlier, usegmt=True)})
+        assert stale.status_code == 412, method
+    assert raw(shoal, "GET", path, {"If-Modified-Since": format_datetime(earlier, usegmt=True)}).content == \
+        b"hello-world"
+    # The SDK sees the 304 as an error (azure.batch's patch raises ResourceModifiedError for it).
+    assert error_of(lambda: b"".join(client.download_task_file(JOB, task, "wd/sub/a.txt",
+                                                               if_modified_since=later))) == (304, "")
+    assert b"".join(client.download_task_file(JOB, task, "wd/sub/a.txt", if_modified_since=earlier)) == b"hello-world"
