@@ -174,7 +174,7 @@ def bench_store(node_count: int) -> None:
             counts = job_service.task_counts(ctx, "narrow")["taskCounts"]
             ahead = f"behind {blocked:,} non-fitting higher-priority tasks" if blocked else "alone"
             print(f"   {ahead:>48}: {seconds:6.2f} s, {counts['running']:,} started on {len(woken):,} nodes "
-                  f"({counts['running'] / seconds:,.0f} placements/s, plan+reads+commit in one transaction)")
+                  f"({counts['running'] / seconds:,.0f} placements/s, plan, reads and commits in transactions of ≤ {scheduling.PLACEMENTS_PER_TRANSACTION:,})")
             if not blocked:
                 # What an agent's report pays on a full pool: the inline pass after one slot frees.
                 job_service.create(ctx, {"id": "more", "poolInfo": {"poolId": "p"}})

@@ -37,10 +37,16 @@ def capacity(nodes: Iterable[NodeView]) -> Callable[[int], int]:
 
 
 def gather(nodes: Iterable[NodeView], jobs: Sequence[JobView], sizes_of: SizesOf,
-           ready_of: ReadyOf) -> tuple[TaskView, ...]:
-    """The ready tasks to plan from, in plan order. `jobs` come highest priority first."""
+           ready_of: ReadyOf, budget: int | None = None) -> tuple[TaskView, ...]:
+    """The ready tasks to plan from, in plan order. `jobs` come highest priority first.
+
+    With a `budget`, only the plan's first `budget` placements need to come out right (a pass
+    that commits that many and leaves the rest to the next): no size is read past it, since
+    `budget` offered tasks of one size that are each placed or fit nowhere settle those placements.
+    """
     nodes = tuple(nodes)
-    cap = capacity(nodes)
+    whole = capacity(nodes)
+    cap = whole if budget is None else (lambda slots: min(whole(slots), budget))
     largest_free = max((node.free_slots for node in nodes), default=0)
     # Sizes from `closed` up can no longer be placed by tasks of the jobs still to come.
     closed = largest_free + 1

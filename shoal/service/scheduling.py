@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select, update
@@ -17,6 +18,11 @@ SCHEDULABLE_NODE_STATES = ("idle", "running")
 # A pass over 10,000 4-slot nodes places 40,000 tasks: IN lists go in chunks, well under the bound
 # parameter limits of SQLite (32,766) and PostgreSQL (65,535).
 _IN_CHUNK = 5_000
+# The most placements one transaction commits; a pass over a pool with more free slots and ready
+# tasks continues in the next transaction. Each costs a snapshot (~80 ms CPU at 10,000 free nodes),
+# so 5,000 keeps a 10,000 × 4-slot fill at ~1.25× the CPU of one transaction while no transaction
+# holds the write lock for more than ~0.4 s (measured on SQLite, bench/placement.py --store).
+PLACEMENTS_PER_TRANSACTION = 5_000
 
 
 # Built once and run with every placement of a pass (executemany): per-row statement building
@@ -73,31 +79,52 @@ _READY_OF_SIZE = (
 )
 
 
+@dataclass(frozen=True)
+class _Placed:
+    nodes: frozenset[str]
+    count: int
+
+
+_NOTHING = _Placed(frozenset(), 0)
+
+
 def _chunks(values: list[Any]) -> Iterator[list[Any]]:
     for start in range(0, len(values), _IN_CHUNK):
         yield values[start:start + _IN_CHUNK]
 
 
 def schedule(ctx: Context) -> set[str]:
-    """One pass over every pool; returns the ids of nodes that got work."""
+    """One pass over every pool; returns the ids of nodes that got work. Each pool's placements
+    are committed PLACEMENTS_PER_TRANSACTION at a time, so filling a large pool is a series of
+    short transactions rather than one that holds the store's write lock for seconds."""
     woken: set[str] = set()
-    with ctx.engine.begin() as conn:
-        pool_rows = conn.execute(select(pools.c.seq, pools.c.key, pools.c.id, pools.c.fill_type)
-                                 .where(pools.c.account == ctx.account, pools.c.state == "active")).all()
-        for pool in pool_rows:
-            woken |= _schedule_pool(ctx, conn, pool)
+    with ctx.engine.connect() as conn:
+        pool_seqs = conn.execute(select(pools.c.seq).where(
+            pools.c.account == ctx.account, pools.c.state == "active")).scalars().all()
+    for pool_seq in pool_seqs:
+        while True:
+            with ctx.engine.begin() as conn:
+                pool = _active_pool(conn, pool_seq)
+                placed = _NOTHING if pool is None else _schedule_pool(ctx, conn, pool, PLACEMENTS_PER_TRANSACTION)
+            woken |= placed.nodes
+            if placed.count < PLACEMENTS_PER_TRANSACTION:
+                break
     return woken
 
 
 def schedule_pool(ctx: Context, conn: Connection, pool_seq: int) -> set[str]:
     """A pass over one pool inside the caller's transaction: an agent's report that freed
     slots gets its next tasks in the same answer, saving a round trip per task."""
-    pool = conn.execute(select(pools.c.seq, pools.c.key, pools.c.id, pools.c.fill_type)
+    pool = _active_pool(conn, pool_seq)
+    return set() if pool is None else set(_schedule_pool(ctx, conn, pool).nodes)
+
+
+def _active_pool(conn: Connection, pool_seq: int) -> Any:
+    return conn.execute(select(pools.c.seq, pools.c.key, pools.c.id, pools.c.fill_type)
                         .where(pools.c.seq == pool_seq, pools.c.state == "active")).first()
-    return set() if pool is None else _schedule_pool(ctx, conn, pool)
 
 
-def _snapshot(conn: Connection, ctx: Context, pool: Any) -> PoolSnapshot | None:
+def _snapshot(conn: Connection, ctx: Context, pool: Any, budget: int | None) -> PoolSnapshot | None:
     # Only nodes with a free slot, and the slot arithmetic done by the database: a pass that
     # follows one agent's report on a busy 10,000-node pool gets one row, not 10,000 (the work
     # is still a probe per node; a per-node used-slot counter would make it an index range).
@@ -145,19 +172,19 @@ def _snapshot(conn: Connection, ctx: Context, pool: Any) -> PoolSnapshot | None:
         rows = conn.execute(_READY_OF_SIZE, {"b_job": job_seq, "b_slots": size, "b_limit": limit}).all()
         return [TaskView(t.seq, t.job_seq, t.required_slots) for t in rows]
 
-    task_views = gather(node_views, [by_seq[j.seq] for j in ordered], sizes_of, ready_of)
+    task_views = gather(node_views, [by_seq[j.seq] for j in ordered], sizes_of, ready_of, budget)
     if not task_views:
         return None
     return PoolSnapshot(pool.fill_type, node_views, task_views, job_views)
 
 
-def _schedule_pool(ctx: Context, conn: Connection, pool: Any) -> set[str]:
-    snapshot = _snapshot(conn, ctx, pool)
+def _schedule_pool(ctx: Context, conn: Connection, pool: Any, budget: int | None = None) -> _Placed:
+    snapshot = _snapshot(conn, ctx, pool, budget)
     if snapshot is None:
-        return set()
-    placements = plan(snapshot)
+        return _NOTHING
+    placements = plan(snapshot)[:budget]
     if not placements:
-        return set()
+        return _NOTHING
     now = clock.now()
     now_iso = clock.iso(now)
     rows: dict[int, Any] = {}
@@ -190,4 +217,4 @@ def _schedule_pool(ctx: Context, conn: Connection, pool: Any) -> set[str]:
     for chunk in _chunks(list(per_node)):
         conn.execute(update(nodes).where(nodes.c.id.in_(chunk), nodes.c.state == "idle").values(
             state="running", state_transition_time=now))
-    return set(per_node)
+    return _Placed(frozenset(per_node), len(placements))

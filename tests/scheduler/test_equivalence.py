@@ -54,3 +54,15 @@ def test_ready_queues_place_what_the_whole_backlog_would(pool):
     per_job_size = Counter((t.job_seq, t.required_slots) for t in offered if allowance[t.job_seq] is not None)
     assert all(count <= (allowance[job] or 0) for (job, _), count in per_job_size.items())
     assert all(t.required_slots <= largest for t in offered)
+
+
+@settings(max_examples=400, deadline=None)
+@given(pools(), st.integers(1, 6))
+def test_a_budgeted_read_gets_the_first_placements_right(pool, budget):
+    fill, nodes, jobs, tasks = pool
+    backlog = Backlog(tasks)
+    whole = reference_plan(PoolSnapshot(fill, tuple(nodes), backlog.in_plan_order(jobs), tuple(jobs)))
+    offered = gather(nodes, jobs, backlog.sizes_of, backlog.ready_of, budget=budget)
+    assert plan(PoolSnapshot(fill, tuple(nodes), offered, tuple(jobs)))[:budget] == whole[:budget]
+    assert all(count <= budget for count in Counter(
+        (t.job_seq, t.required_slots) for t in offered).values())
