@@ -229,3 +229,29 @@ def file_slice(shoal: RunningShoal, start: int, length: int) -> bytes:
     with open(path, "rb") as f:
         f.seek(start)
         return f.read(length)
+
+
+@pytest.mark.parametrize("path", [
+    "..", "../x", "a/..", "a/../b", ".", "./a", "a/./b", "a//b", "/etc/passwd", "", "/",
+    "%2e%2e/x", "%2E%2E%2Fx", "..%2fx", "a%2f..%2fb", "%252e%252e%252fx", "%25252e%25252e%25252fx",
+    "a\\..\\b", "..%5cx", "a\x00b", "a%00b", "a%2500b", "....//x", ".%2e/x", "%2e/x",
+    "x" * 4097, "a/" + "y" * 256,
+])
+def test_client_paths_that_could_leave_the_folder_are_refused(path: str) -> None:
+    from shoal.api.remote_files import client_path
+    from shoal.errors import BatchError
+
+    with pytest.raises(BatchError) as refused:
+        client_path(path)
+    assert (refused.value.status, refused.value.code) == (400, "InvalidUri")
+
+
+@pytest.mark.parametrize(("path", "parts"), [
+    ("stdout.txt", ["stdout.txt"]), ("wd/sub/a.txt", ["wd", "sub", "a.txt"]), ("wd/sub/", ["wd", "sub"]),
+    ("....", ["...."]), ("a..b/.c", ["a..b", ".c"]), ("100%.txt", ["100%.txt"]), ("%41", ["%41"]),
+    ("x" * 255, ["x" * 255]),
+])
+def test_client_paths_inside_the_folder_are_kept_as_given(path: str, parts: list[str]) -> None:
+    from shoal.api.remote_files import client_path
+
+    assert client_path(path) == parts
