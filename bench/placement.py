@@ -81,15 +81,18 @@ def _timed(run: Callable[[], object]) -> tuple[float, object]:
 
 def bench_plan(node_counts: list[int]) -> None:
     print("1. plan: N empty nodes × 4 slots, 4·N one-slot tasks")
-    print(f"   {'nodes':>7} {'fill':>6} {'baseline s':>11} {'new s':>9} {'ratio':>9} {'new placements/s':>18}")
+    print(f"   {'nodes':>7} {'fill':>6} {'baseline s':>11} {'new s (median of 5)':>20} {'ratio':>9} "
+          f"{'new placements/s':>18}")
     for count in node_counts:
         for fill in ("spread", "pack"):
             snapshot = PoolSnapshot(fill, tuple(NodeView(f"n{i}", SLOTS, 0) for i in range(count)),
                                     tuple(TaskView(seq, 1, 1) for seq in range(count * SLOTS)), (JobView(1, None),))
             old_s, old = _timed(lambda snapshot=snapshot: baseline_plan(snapshot))
-            new_s, new = _timed(lambda snapshot=snapshot: plan(snapshot))
+            # The new plan is fast enough to time several runs; the median rides out a busy machine.
+            runs = [_timed(lambda snapshot=snapshot: plan(snapshot)) for _ in range(5)]
+            new_s, new = sorted(runs, key=lambda run: run[0])[len(runs) // 2]
             assert new == old, "the new plan must place exactly as the baseline"
-            print(f"   {count:>7} {fill:>6} {old_s:>11.3f} {new_s:>9.4f} {old_s / new_s:>8.0f}× "
+            print(f"   {count:>7} {fill:>6} {old_s:>11.3f} {new_s:>20.4f} {old_s / new_s:>8.0f}× "
                   f"{len(new) / new_s:>18,.0f}")
 
 
