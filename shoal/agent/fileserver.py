@@ -53,6 +53,7 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO a task left behind must not hang the request.
 _LEAF_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+_O_PATH = getattr(os, "O_PATH", 0)  # Linux
 
 
 class FileError(Exception):
@@ -128,8 +129,8 @@ def _open_dir(name: str, dir_fd: int) -> int:
 
 @dataclass
 class Located:
-    """An opened path: its descriptor (None for a link, which is never opened), its parent's (None
-    for the node root itself) and its name there."""
+    """An opened path: its descriptor (None for a link, FIFO or device, which are never opened), its
+    parent's (None for the node root itself) and its name there."""
 
     fd: int | None
     parent_fd: int | None
@@ -162,24 +163,51 @@ def locate(root: Path, base: list[str], parts: list[str], rel: str) -> Located:
         raise _os_error(exc, rel) from exc
     if not components:
         return Located(fd, None, "", os.fstat(fd), is_base=True)
-    name = components[-1]
     try:
-        leaf = os.open(name, _LEAF_FLAGS, dir_fd=fd)
+        leaf, st = _open_leaf(components[-1], fd)
+    except OSError as exc:
+        os.close(fd)
+        raise _os_error(exc, rel) from exc
+    return Located(leaf, fd, components[-1], st, is_base=not parts)
+
+
+def _open_leaf(name: str, dir_fd: int) -> tuple[int | None, os.stat_result]:
+    """The last component and its stat; opened for reading only when it is a directory or a regular
+    file. With O_PATH the entry is pinned without being opened, so a link, FIFO or device a task left
+    there is only ever looked at, and the descriptor read later is of the very inode looked at."""
+    if not _O_PATH:
+        return _open_leaf_by_name(name, dir_fd)
+    pinned = os.open(name, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        st = os.fstat(pinned)
+        if stat.S_ISDIR(st.st_mode):
+            return os.open(".", _DIR_FLAGS, dir_fd=pinned), st
+        if not stat.S_ISREG(st.st_mode):
+            return None, st
+        try:
+            # The magic link reopens the pinned inode itself: no second lookup by name to race.
+            return os.open(f"/proc/self/fd/{pinned}", os.O_RDONLY | os.O_CLOEXEC), st
+        except FileNotFoundError:  # no /proc: open by name again and make sure it is the same file
+            fd, again = _open_leaf_by_name(name, dir_fd)
+            if fd is not None and (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
+                os.close(fd)
+                raise FileNotFoundError(errno.ENOENT, "replaced while being opened") from None
+            return fd, again
+    finally:
+        os.close(pinned)
+
+
+def _open_leaf_by_name(name: str, dir_fd: int) -> tuple[int | None, os.stat_result]:
+    try:
+        fd = os.open(name, _LEAF_FLAGS, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno != errno.ELOOP:
-            os.close(fd)
-            raise _os_error(exc, rel) from exc
-        # The last component is a link: it may still be deleted (the link itself, never its target).
-        try:
-            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        except OSError as again:
-            os.close(fd)
-            raise _os_error(again, rel) from again
+            raise
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         if not stat.S_ISLNK(st.st_mode):
-            os.close(fd)
-            raise _os_error(exc, rel) from exc
-        return Located(None, fd, name, st, is_base=not parts)
-    return Located(leaf, fd, name, os.fstat(leaf), is_base=not parts)
+            raise
+        return None, st  # a link: never opened, though it may be deleted (the link, not its target)
+    return fd, os.fstat(fd)
 
 
 def _display_name(name: str) -> str:
@@ -364,8 +392,10 @@ class FileServer:
             await asyncio.to_thread(delete, located, recursive, rel)
             return Response(status_code=200)
         mode, fd = located.st.st_mode, located.fd
-        if fd is None or stat.S_ISLNK(mode):
+        if stat.S_ISLNK(mode):
             raise FileError(403, "SymbolicLink", f"{rel!r} is a symbolic link, which is not followed")
+        if fd is None:
+            raise FileError(403, "NotARegularFile", f"{rel!r} is not a regular file")
         if stat.S_ISDIR(mode):
             headers = self._headers(located.st, 0, is_dir=True)
             if request.method == "HEAD":

@@ -15,12 +15,23 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
+from shoal.agent import fileserver
 from shoal.agent.fileserver import FileServer
 
 TOKEN = "node-secret"
 AUTH = {"Authorization": f"ShoalNode {TOKEN}"}
 TASK = "workitems/j/job-1/t"
 OTHER = "workitems/other/job-1/victim"
+
+
+@pytest.fixture(params=["o_path", "by_name"], autouse=True)
+def leaf_opening(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs twice: leaves pinned with O_PATH (Linux), and opened by name (elsewhere)."""
+    if request.param == "by_name":
+        monkeypatch.setattr(fileserver, "_O_PATH", 0)
+    elif not fileserver._O_PATH:
+        pytest.skip("no O_PATH on this platform")
+    return str(request.param)
 
 
 def make_tree(root: Path) -> None:
