@@ -191,19 +191,20 @@ class NodeCgroup:
         if os.getpid() in self.members():
             (self.parent / "cgroup.procs").write_text(str(os.getpid()))
 
-    def kill(self, timeout_s: float = KILL_TIMEOUT_S) -> set[int]:
-        """SIGKILL every member but this process, until none is left; returns the survivors."""
+    def kill(self, timeout_s: float = KILL_TIMEOUT_S, spare: frozenset[int] = frozenset()) -> set[int]:
+        """SIGKILL every member but this process (and ``spare``), until none is left; returns
+        the survivors."""
         if not self.exists():
             return set()
-        me = os.getpid()
+        spared = spare | {os.getpid()}
         kill_file = self.directory / "cgroup.kill"
-        if self.hierarchy.version == 2 and kill_file.exists() and me not in self.members():
+        if self.hierarchy.version == 2 and kill_file.exists() and not spared & self.members():
             # One write kills the whole subtree, forks in flight included.
             with contextlib.suppress(OSError):
                 kill_file.write_text("1")
         deadline = time.monotonic() + timeout_s
         while True:
-            targets = self.members() - {me}
+            targets = self.members() - spared
             if not targets or time.monotonic() > deadline:
                 return targets
             for pid in targets:
@@ -440,6 +441,15 @@ class NodeContainment:
                 survivors |= self.cgroup.kill(timeout_s)
         survivors |= self.groups.kill(timeout_s)
         return survivors
+
+    def kill_tasks(self, timeout_s: float = KILL_TIMEOUT_S) -> set[int]:
+        """Kill every process of this node but the agent and its watchdog (a reboot: start-task
+        daemons go too, as on a real node)."""
+        if self.entered and self.cgroup is not None:
+            spare = frozenset({self.watchdog.pid}) if self.watchdog is not None else frozenset()
+            with contextlib.suppress(OSError):
+                return self.cgroup.kill(timeout_s, spare)
+        return self.groups.kill(timeout_s)
 
     def enter(self) -> None:
         """Join the node's cgroup; without one, arm the fallback. Call with no child running."""

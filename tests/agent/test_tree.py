@@ -42,6 +42,9 @@ async def main():
         TaskProcess(ProcessSpec(command, wd, env, wd / "out", wd / "err")).start()
     await asyncio.sleep(0.5)
     print(containment.mode, flush=True)
+    if os.environ.get("STAND_IN_REBOOT"):
+        sys.stdin.readline()  # the test's cue: "reboot" the node, as Agent._restart would
+        print(sorted(await asyncio.to_thread(containment.kill_tasks)), flush=True)
     await asyncio.sleep(3600)
 
 asyncio.run(main())
@@ -81,14 +84,17 @@ def task_trees(tag: str) -> list[str]:
     ]
 
 
-def start_stand_in(root: Path, commands: list[str],
-                   user: pwd.struct_passwd | None = None) -> tuple[subprocess.Popen[str], str]:
+def start_stand_in(root: Path, commands: list[str], user: pwd.struct_passwd | None = None,
+                   reboot: bool = False) -> tuple[subprocess.Popen[str], str]:
     """A stand-in agent running ``commands`` as tasks; with the containment mode it reports."""
     python, path = (sys.executable, None) if user is None else interpreter_for_others()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": path or os.pathsep.join(sys.path)}
+    if reboot:
+        env["STAND_IN_REBOOT"] = "1"
     identity = {} if user is None else {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
     agent = subprocess.Popen([python, "-c", STAND_IN_AGENT, str(root), *commands], stdout=subprocess.PIPE,
-                             env=env, text=True, start_new_session=True, **identity)  # type: ignore[call-overload]
+                             stdin=subprocess.PIPE, env=env, text=True, start_new_session=True,
+                             **identity)  # type: ignore[call-overload]
     assert agent.stdout is not None
     mode = agent.stdout.readline().strip()
     assert mode, "the stand-in agent did not start"
@@ -184,6 +190,25 @@ def test_the_next_agent_on_the_node_root_kills_what_the_last_one_left(node_root:
         kill_agent(second)
         tree.kill_node_processes(node_root)
     assert alive(second_tag) == []
+
+
+@needs_cgroups
+def test_a_reboot_kills_every_task_but_keeps_the_agent_and_its_watchdog(node_root: Path) -> None:
+    node_root.mkdir()
+    tag = marker()
+    agent, _ = start_stand_in(node_root, task_trees(tag), reboot=True)
+    try:
+        assert wait_until(lambda: len(alive(tag)) == 5)
+        assert agent.stdin is not None and agent.stdout is not None
+        agent.stdin.write("reboot\n")
+        agent.stdin.flush()
+        assert agent.stdout.readline().strip() == "[]"  # nothing survived
+        assert alive(tag) == []
+        assert agent.poll() is None
+        kill_watchdog(node_root)  # still there, and the only other member
+        assert wait_until(lambda: tree.NodeContainment.for_root(node_root).cgroup.members() == {agent.pid})  # type: ignore[union-attr]
+    finally:
+        kill_agent(agent)
 
 
 @needs_cgroups
