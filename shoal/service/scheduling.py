@@ -46,6 +46,21 @@ _COUNT_RUN = (
     .where(nodes.c.id == bindparam("b_node"))
     .values(total_tasks_run=nodes.c.total_tasks_run + bindparam("b_count"))
 )
+# The pool's schedulable nodes with a free slot, in the order that breaks placement ties. The
+# slot sums come from the database (ix_tasks_node_state_slots alone), so a pass that follows one
+# agent's report on a full 10,000-node pool gets one row, not 10,000; it is still a probe per node
+# (a per-node used-slot counter would make it an index range).
+_USED_SLOTS = (
+    select(func.coalesce(func.sum(tasks.c.required_slots), 0))
+    .where(tasks.c.node_id == nodes.c.id, tasks.c.state == "running")
+    .scalar_subquery()
+)
+_FREE_NODES = (
+    select(nodes.c.id, nodes.c.slots, _USED_SLOTS.label("used"))
+    .where(nodes.c.pool_seq == bindparam("b_pool"), nodes.c.state.in_(SCHEDULABLE_NODE_STATES),
+           nodes.c.scheduling_state == "enabled", nodes.c.pending_action.is_(None), nodes.c.slots > _USED_SLOTS)
+    .order_by(nodes.c.allocation_time, nodes.c.id)
+)
 # The per-size ready queues (index job, state, required_slots, seq): the smallest size a job has
 # waiting within a range, and a job's oldest ready tasks of one size. Both are index seeks; see
 # scheduler/backlog.py for why these two are all a pass needs to read.
@@ -125,15 +140,7 @@ def _active_pool(conn: Connection, pool_seq: int) -> Any:
 
 
 def _snapshot(conn: Connection, ctx: Context, pool: Any, budget: int | None) -> PoolSnapshot | None:
-    # Only nodes with a free slot, and the slot arithmetic done by the database: a pass that
-    # follows one agent's report on a busy 10,000-node pool gets one row, not 10,000 (the work
-    # is still a probe per node; a per-node used-slot counter would make it an index range).
-    used = (select(func.coalesce(func.sum(tasks.c.required_slots), 0))
-            .where(tasks.c.node_id == nodes.c.id, tasks.c.state == "running").scalar_subquery())
-    node_rows = conn.execute(select(nodes.c.id, nodes.c.slots, used.label("used")).where(
-        nodes.c.pool_seq == pool.seq, nodes.c.state.in_(SCHEDULABLE_NODE_STATES),
-        nodes.c.scheduling_state == "enabled", nodes.c.pending_action.is_(None), nodes.c.slots > used)
-        .order_by(nodes.c.allocation_time, nodes.c.id)).all()
+    node_rows = conn.execute(_FREE_NODES, {"b_pool": pool.seq}).all()
     if not node_rows:
         return None
     node_views = tuple(NodeView(n.id, n.slots, int(n.used)) for n in node_rows)

@@ -161,7 +161,9 @@ Index("ix_tasks_job_state_seq_counts", tasks.c.job_seq, tasks.c.state, tasks.c.s
 # insertion order, and the distinct sizes a job has waiting, each an index seek, so tasks that
 # fit are found without walking past ones that do not.
 Index("ix_tasks_job_state_slots_seq", tasks.c.job_seq, tasks.c.state, tasks.c.required_slots, tasks.c.seq)
-Index("ix_tasks_node", tasks.c.node_id)
+# A node's tasks; with state and slots in it, the scheduler's per-node used-slot sums are read
+# from the index alone.
+Index("ix_tasks_node_state_slots", tasks.c.node_id, tasks.c.state, tasks.c.required_slots)
 Index("ix_tasks_retention", tasks.c.retention_deadline)
 
 # Autoscale metric samples: bounded (old rows are trimmed every sample tick) and time-indexed.

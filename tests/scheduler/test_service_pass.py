@@ -48,7 +48,9 @@ def any_ctx(request: pytest.FixtureRequest, tmp_path) -> Iterator[Context]:
 
 
 def _plan_of(ctx: Context, statement) -> str:
-    compiled = statement.compile(ctx.engine)
+    names = statement.compile(ctx.engine).params
+    compiled = statement.params({name: 1 for name, value in names.items() if value is None}).compile(
+        ctx.engine, compile_kwargs={"render_postcompile": True})
     raw = ctx.engine.raw_connection()
     try:
         rows = raw.cursor().execute("EXPLAIN QUERY PLAN " + compiled.string, [1] * compiled.string.count("?"))
@@ -63,6 +65,13 @@ def test_backlog_reads_are_index_seeks_without_a_sort(ctx, name):
     assert "SEARCH tasks USING COVERING INDEX ix_tasks_job_state_slots_seq (job_seq=? AND state=? AND required_slots" \
         in plan, plan
     assert "TEMP B-TREE" not in plan and "SCAN" not in plan, plan
+
+
+def test_used_slots_come_from_the_node_index_alone(ctx):
+    plan = _plan_of(ctx, scheduling._FREE_NODES)
+    assert "SEARCH nodes USING INDEX ix_nodes_pool (pool_seq=?)" in plan, plan
+    assert "SEARCH tasks USING COVERING INDEX ix_tasks_node_state_slots (node_id=? AND state=?)" in plan, plan
+    assert "SCAN" not in plan, plan
 
 
 def _ready_nodes(ctx: Context, pool_id: str, count: int, slots: int) -> None:
