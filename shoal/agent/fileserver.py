@@ -210,18 +210,20 @@ def _open_leaf_by_name(name: str, dir_fd: int) -> tuple[int | None, os.stat_resu
     return fd, os.fstat(fd)
 
 
-def _display_name(name: str) -> str:
-    # A task may create names that are not UTF-8; JSON cannot carry them, so they are shown
-    # with replacement characters (and cannot be fetched by that name).
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def _sorted_names(dir_fd: int) -> list[tuple[str, str]]:
-    """(display name, on-disk name) of a directory's entries, sorted by display name."""
-    with os.scandir(dir_fd) as it:
-        names = [(_display_name(entry.name), entry.name) for entry in it]
+def _sorted_names(dir_fd: int) -> tuple[list[str], dict[str, str]]:
+    """A directory's entry names as listings show them, sorted, and the on-disk name of each one
+    shown differently. A task may create names that are not UTF-8, which JSON cannot carry: they
+    are shown with replacement characters (and cannot be fetched by that name)."""
+    names = os.listdir(dir_fd)  # plain strings: a 10^5-entry folder is read in tens of milliseconds
+    on_disk: dict[str, str] = {}
+    for i, name in enumerate(names):
+        if not name.isascii():
+            shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            if shown != name:
+                on_disk[shown] = name
+                names[i] = shown
     names.sort()
-    return names
+    return names, on_disk
 
 
 @dataclass
@@ -229,27 +231,31 @@ class _Frame:
     """One open directory of a listing walk: its entries and how far the walk has got."""
 
     fd: int
-    names: list[tuple[str, str]]
+    names: list[str]
+    on_disk: dict[str, str]
     index: int
     prefix: str
+
+    def disk_name(self, shown: str) -> str:
+        return self.on_disk.get(shown, shown)
 
 
 def _enter(stack: list[_Frame], fd: int, prefix: str, cursor: list[str], recursive: bool) -> None:
     """Push the directory ``fd`` (owned from now on by the stack), positioned after ``cursor``."""
     try:
-        names = _sorted_names(fd)
+        names, on_disk = _sorted_names(fd)
     except OSError:
         os.close(fd)
         return
-    frame = _Frame(fd, names, 0, prefix)
+    frame = _Frame(fd, names, on_disk, 0, prefix)
     stack.append(frame)
     if not cursor:
         return
     head, rest = cursor[0], cursor[1:]
-    frame.index = bisect.bisect_left(names, (head,))
-    if frame.index < len(names) and names[frame.index][0] == head:
+    frame.index = bisect.bisect_left(names, head)
+    if frame.index < len(names) and names[frame.index] == head:
         # The cursor's own entry was on an earlier page: resume inside it, then after it.
-        name = names[frame.index][1]
+        name = frame.disk_name(head)
         frame.index += 1
         if recursive and len(stack) < MAX_LIST_DEPTH:
             with contextlib.suppress(OSError):  # not a directory (or no longer one): nothing inside
@@ -275,7 +281,8 @@ def list_page(dir_fd: int, recursive: bool, after: str, limit: int) -> tuple[lis
             if frame.index >= len(frame.names):
                 os.close(stack.pop().fd)
                 continue
-            shown, name = frame.names[frame.index]
+            shown = frame.names[frame.index]
+            name = frame.disk_name(shown)
             frame.index += 1
             try:
                 st = os.stat(name, dir_fd=frame.fd, follow_symlinks=False)
