@@ -113,7 +113,8 @@ def _page_of(page: Any) -> tuple[list[dict[str, Any]], str | None]:
     entries = page.get("entries") if isinstance(page, dict) else None
     following = page.get("next") if isinstance(page, dict) else None
     if not isinstance(entries, list) or not (following is None or isinstance(following, str)) \
-            or not all(isinstance(e, dict) and all(k in e for k in keys) for e in entries):
+            or not all(isinstance(e, dict) and all(k in e for k in keys) and isinstance(e["name"], str)
+                       for e in entries):
         raise remote_files.NodeUnreachable("The compute node sent a listing Shoal cannot read.")
     return entries, following
 
@@ -121,7 +122,6 @@ def _page_of(page: Any) -> tuple[list[dict[str, Any]], str | None]:
 def _file_headers(upstream: httpx.Headers, url: str) -> dict[str, str]:
     created = upstream.get("x-shoal-creation-time")
     headers = {
-        "Content-Length": upstream.get("content-length", "0"),
         "Content-Type": "application/octet-stream",
         "Last-Modified": upstream.get("last-modified", clock.http_date(None)),
         "ocp-creation-time": created or upstream.get("last-modified", ""),
@@ -129,6 +129,8 @@ def _file_headers(upstream: httpx.Headers, url: str) -> dict[str, str]:
         "ocp-batch-file-url": url,
         "ocp-batch-file-mode": upstream.get("x-shoal-file-mode", "0o100644").replace("0o", "")[-6:],
     }
+    if "content-length" in upstream:  # without it the relay is chunked, never a made-up length
+        headers["Content-Length"] = upstream["content-length"]
     if "content-range" in upstream:
         headers["Content-Range"] = upstream["content-range"]
     return headers
