@@ -5,7 +5,8 @@ route) every encoding of a traversal is sent raw and signed — byte for byte, s
 would tidy the dot segments away before they reach the server — on GET, HEAD and DELETE. Each must
 answer 4xx, never carry the victim's bytes, and never delete them. Tasks that plant symbolic links
 (or swap their working directory for a link to /) cannot read through them. A large file downloads
-intact while the server's memory stays flat.
+intact while the server's memory stays flat. All of it runs against Shoal as root and as an
+ordinary user.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ VICTIM_JOB, VICTIM = "victim-job", "victim"
 VICTIM_BYTES = b"VICTIM-SECRET-BYTES"
 # From the attacker task's folder (workitems/attacker-job/job-1/attacker) to the victim's file.
 CLIMB = "../../../victim-job/job-1/victim/wd/secret.txt"
-ADMIN = models.UserIdentity(auto_user=models.AutoUserSpecification(scope="pool", elevation_level="admin"))
 
 
 def encodings(relative: str) -> list[str]:
@@ -56,19 +56,19 @@ def encodings(relative: str) -> list[str]:
     ]
 
 
-def absolute(shoal: RunningShoal, victim_file: Path) -> list[str]:
+def absolute(server: RunningShoal, victim_file: Path) -> list[str]:
     return ["/" + str(victim_file).lstrip("/"), "%2F" + str(victim_file).lstrip("/").replace("/", "%2F"),
             "/etc/passwd", "%2Fetc%2Fpasswd", "//etc/passwd"]
 
 
-def raw(shoal: RunningShoal, method: str, raw_path: str, params: dict[str, str] | None = None,
+def raw(server: RunningShoal, method: str, raw_path: str, params: dict[str, str] | None = None,
         headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     """A Shared Key request sent with ``raw_path`` exactly as written (http.client does not touch it)."""
     query = urlencode({**(params or {}), "api-version": API_VERSION})
-    url = f"{shoal.endpoint}{raw_path}?{query}"
+    url = f"{server.endpoint}{raw_path}?{query}"
     signed = sign_request(method, url, {**(headers or {}), "Content-Length": "0"} if method == "DELETE"
-                          else dict(headers or {}), shoal.account, shoal.primary_key)
-    endpoint = urlsplit(shoal.endpoint)
+                          else dict(headers or {}), server.account, server.primary_key)
+    endpoint = urlsplit(server.endpoint)
     connection = http.client.HTTPConnection(endpoint.hostname, endpoint.port, timeout=30)
     try:
         connection.putrequest(method, f"{raw_path}?{query}", skip_accept_encoding=True)
@@ -82,10 +82,22 @@ def raw(shoal: RunningShoal, method: str, raw_path: str, params: dict[str, str] 
 
 
 def run_task(client: Any, job_id: str, task_id: str, command: str) -> None:
-    client.create_task(job_id, models.BatchTaskCreateOptions(id=task_id, command_line=command, user_identity=ADMIN))
+    client.create_task(job_id, models.BatchTaskCreateOptions(id=task_id, command_line=command))
     wait_for(lambda: client.get_task(job_id, task_id).state == "completed", 60, interval=0.1, message=task_id)
     info = client.get_task(job_id, task_id).execution_info
     assert info.exit_code == 0, (task_id, info)
+
+
+@pytest.fixture(scope="module", params=["root", "nonroot"])
+def server(request: pytest.FixtureRequest) -> RunningShoal:
+    """The suite runs against Shoal as root (as CI runs it) and as an ordinary user: file routes
+    must stay inside their folder whether or not tasks could be given users of their own."""
+    return request.getfixturevalue("shoal" if request.param == "root" else "nonroot_shoal")
+
+
+@pytest.fixture(scope="module")
+def client(server: RunningShoal) -> Any:
+    return server.client()
 
 
 @pytest.fixture(scope="module")
@@ -100,13 +112,13 @@ def node(client: Any) -> str:
     return str(only.id)
 
 
-def victim_file(shoal: RunningShoal) -> Path:
-    (found,) = list(shoal.nodes_dir.rglob(f"{VICTIM_JOB}/job-1/{VICTIM}/wd/secret.txt"))
+def victim_file(server: RunningShoal) -> Path:
+    (found,) = list(server.nodes_dir.rglob(f"{VICTIM_JOB}/job-1/{VICTIM}/wd/secret.txt"))
     return found
 
 
-def assert_victim_intact(client: Any, shoal: RunningShoal) -> None:
-    assert victim_file(shoal).read_bytes() == VICTIM_BYTES
+def assert_victim_intact(client: Any, server: RunningShoal) -> None:
+    assert victim_file(server).read_bytes() == VICTIM_BYTES
     assert b"".join(client.download_task_file(VICTIM_JOB, VICTIM, "wd/secret.txt")) == VICTIM_BYTES
     assert b"".join(client.download_task_file(VICTIM_JOB, VICTIM, "wd/keep/k.txt")) == b"k\n"
 
@@ -118,43 +130,43 @@ def test_the_attack_paths_reach_the_victim_when_written_out_plainly(client: Any,
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD", "DELETE"])
-def test_traversal_from_a_task_route_never_reaches_another_job(client: Any, shoal: RunningShoal, node: str,
+def test_traversal_from_a_task_route_never_reaches_another_job(client: Any, server: RunningShoal, node: str,
                                                                method: str) -> None:
     route = f"/jobs/{ATTACKER_JOB}/tasks/{ATTACKER}/files/"
-    attempts = encodings(CLIMB) + encodings("../../../victim-job/job-1/victim/wd") + absolute(shoal, victim_file(shoal))
+    attempts = encodings(CLIMB) + encodings("../../../victim-job/job-1/victim/wd") + absolute(server, victim_file(server))
     for attempt in attempts:
-        status, body = raw(shoal, method, route + attempt, params={"recursive": "true"})
+        status, body = raw(server, method, route + attempt, params={"recursive": "true"})
         assert 400 <= status < 500, (method, attempt, status, body[:300])
         assert VICTIM_BYTES not in body and b"root:" not in body, (method, attempt)
         if method != "HEAD":
             assert b'"code"' in body, (method, attempt, body[:300])
-    assert_victim_intact(client, shoal)
+    assert_victim_intact(client, server)
     # The attacker's own folder is untouched too: nothing was resolved to it by accident.
     assert b"".join(client.download_task_file(ATTACKER_JOB, ATTACKER, "wd/mine.txt")) == b"mine\n"
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD", "DELETE"])
-def test_traversal_from_a_node_route_never_leaves_the_node_root(client: Any, shoal: RunningShoal, node: str,
+def test_traversal_from_a_node_route_never_leaves_the_node_root(client: Any, server: RunningShoal, node: str,
                                                                 method: str) -> None:
     route = f"/pools/{POOL}/nodes/{node}/files/"
     climb_out = "../" * 12 + "etc/passwd"
     for attempt in encodings(climb_out) + encodings("workitems/attacker-job/../" + CLIMB.replace("../", "", 1)) \
-            + absolute(shoal, victim_file(shoal)):
-        status, body = raw(shoal, method, route + attempt, params={"recursive": "true"})
+            + absolute(server, victim_file(server)):
+        status, body = raw(server, method, route + attempt, params={"recursive": "true"})
         assert 400 <= status < 500, (method, attempt, status, body[:300])
         assert b"root:" not in body and VICTIM_BYTES not in body, (method, attempt)
-    assert_victim_intact(client, shoal)
+    assert_victim_intact(client, server)
     assert Path("/etc/passwd").exists()
 
 
-def test_a_bad_path_gets_batchs_error(shoal: RunningShoal, node: str) -> None:
+def test_a_bad_path_gets_batchs_error(server: RunningShoal, node: str) -> None:
     route = f"/jobs/{ATTACKER_JOB}/tasks/{ATTACKER}/files/"
     for attempt in ("..%2F..%2Fx", "%252e%252e%252fx", "a%00b", "a\\b", "x" * 5000):
-        status, body = raw(shoal, "GET", route + attempt)
+        status, body = raw(server, "GET", route + attempt)
         assert status == 400 and b'"code":"InvalidUri"' in body, (attempt, status, body[:300])
 
 
-def test_links_planted_by_a_task_are_never_followed(client: Any, shoal: RunningShoal, node: str) -> None:
+def test_links_planted_by_a_task_are_never_followed(client: Any, server: RunningShoal, node: str) -> None:
     run_task(client, ATTACKER_JOB, "linker",
              "/bin/sh -c 'ln -s /etc etc && ln -s /etc/passwd passwd && mkdir d && ln -s / d/root "
              "&& ln -s ../../../../victim-job/job-1/victim/wd victim'")
@@ -170,11 +182,11 @@ def test_links_planted_by_a_task_are_never_followed(client: Any, shoal: RunningS
     assert error_of(lambda: client.delete_task_file(ATTACKER_JOB, "linker", "wd/victim/secret.txt"))[0] == 404
     client.delete_task_file(ATTACKER_JOB, "linker", "wd/victim", recursive=True)
     client.delete_task_file(ATTACKER_JOB, "linker", "wd/d", recursive=True)
-    assert_victim_intact(client, shoal)
+    assert_victim_intact(client, server)
     assert Path("/etc/passwd").exists()
 
 
-def test_a_task_that_swaps_its_working_directory_for_a_link_to_root(client: Any, shoal: RunningShoal,
+def test_a_task_that_swaps_its_working_directory_for_a_link_to_root(client: Any, server: RunningShoal,
                                                                     node: str) -> None:
     run_task(client, ATTACKER_JOB, "swapper", "/bin/sh -c 'cd .. && rm -rf wd && ln -s / wd'")
     for path in ("wd/etc/passwd", "wd/etc", "wd"):
@@ -196,15 +208,15 @@ def _peak_rss(pid: int, stop: threading.Event, peak: list[int]) -> None:
         time.sleep(0.01)
 
 
-def test_a_large_file_downloads_intact_with_flat_server_memory(client: Any, shoal: RunningShoal, node: str) -> None:
+def test_a_large_file_downloads_intact_with_flat_server_memory(client: Any, server: RunningShoal, node: str) -> None:
     size = 256 * 1024 * 1024
     run_task(client, ATTACKER_JOB, "big",
              f"/bin/sh -c 'head -c {size} /dev/urandom > big.bin && sha256sum big.bin > big.sha'")
     expected = b"".join(client.download_task_file(ATTACKER_JOB, "big", "wd/big.sha")).split()[0].decode()
-    server = shoal.process.pid
-    baseline = psutil.Process(server).memory_info().rss
+    pid = server.process.pid
+    baseline = psutil.Process(pid).memory_info().rss
     stop, peak = threading.Event(), [baseline]
-    watcher = threading.Thread(target=_peak_rss, args=(server, stop, peak), daemon=True)
+    watcher = threading.Thread(target=_peak_rss, args=(pid, stop, peak), daemon=True)
     watcher.start()
     try:
         digest, received = hashlib.sha256(), 0
@@ -218,14 +230,14 @@ def test_a_large_file_downloads_intact_with_flat_server_memory(client: Any, shoa
     growth = peak[0] - baseline
     assert growth < 64 * 1024 * 1024, f"server grew {growth / 2**20:.0f} MiB relaying a {size // 2**20} MiB file"
     # A range from the middle, through the raw API, comes back exact with its header.
-    status, body = raw(shoal, "GET", f"/jobs/{ATTACKER_JOB}/tasks/big/files/wd%2Fbig.bin",
+    status, body = raw(server, "GET", f"/jobs/{ATTACKER_JOB}/tasks/big/files/wd%2Fbig.bin",
                        headers={"ocp-range": "bytes=1000-1999"})
     assert status == 200 and len(body) == 1000
-    assert body == file_slice(shoal, 1000, 1000)
+    assert body == file_slice(server, 1000, 1000)
 
 
-def file_slice(shoal: RunningShoal, start: int, length: int) -> bytes:
-    (path,) = list(shoal.nodes_dir.rglob(f"{ATTACKER_JOB}/job-1/big/wd/big.bin"))
+def file_slice(server: RunningShoal, start: int, length: int) -> bytes:
+    (path,) = list(server.nodes_dir.rglob(f"{ATTACKER_JOB}/job-1/big/wd/big.bin"))
     with open(path, "rb") as f:
         f.seek(start)
         return f.read(length)
