@@ -166,3 +166,49 @@ def test_agent_still_runs_tasks_after_bad_input(client: Any, shoal: Any, setup: 
     done = client.get_task(JOB, "t-after")
     assert (done.state, done.execution_info.exit_code) == ("completed", 0)
     assert all(n.state in ("idle", "running") for n in client.list_nodes(POOL))
+
+
+ODD_VALUES = [2**31, NUL, {}, [1], "P99999999999D"]
+BODIES = {
+    "pool.create": ("/pools", pool_body(id="p-odd")),
+    "job.create": ("/jobs", {"id": "j-odd", "poolInfo": {"poolId": POOL}}),
+    "task.create": (f"/jobs/{JOB}/tasks", task(id="t-odd")),
+}
+
+
+def _property_paths(tree: Any, depth: int = 2) -> list[tuple[str, ...]]:
+    """Paths of the body's properties, and of the properties of its object-valued ones."""
+    out: list[tuple[str, ...]] = []
+    for name, sub in tree["p"].items():
+        out.append((name,))
+        if depth > 1 and isinstance(sub, dict) and "p" in sub:
+            out.extend((name, *rest) for rest in _property_paths(sub, depth - 1))
+    return out
+
+
+def _with(body: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    out = json.loads(json.dumps(body))
+    holder = out
+    for part in path[:-1]:
+        holder = holder.setdefault(part, {})
+        if not isinstance(holder, dict):
+            return out
+    holder[path[-1]] = value
+    return out
+
+
+@pytest.mark.parametrize("body_name", list(BODIES))
+def test_no_value_in_any_property_gives_a_5xx(shoal: Any, setup: None, body_name: str) -> None:
+    """Every property of the body (two levels deep), given each odd value: a 4xx (or a success),
+    never a 5xx, and every list still reads afterwards."""
+    from shoal.model import request_schema
+
+    path, base = BODIES[body_name]
+    for where in _property_paths(request_schema.bodies()[body_name]):
+        for value in ODD_VALUES:
+            response = post(shoal, path, _with(base, where, value))
+            assert response.status_code < 500, (where, value, response.text)
+            if response.status_code == 201:
+                rest.call(shoal, "DELETE", f"{path}/{base['id']}")
+    for listing in ("/pools", "/jobs", f"/jobs/{JOB}/tasks"):
+        assert rest.call(shoal, "GET", listing).status_code == 200
