@@ -7,8 +7,9 @@ targets exceed them is accepted, gets the nodes that fit, and ends its resize wi
 error `AccountCoreQuotaReached`. The local machine's node capacity works the same way with
 `AllocationFailed`, so a target of a billion nodes costs one short resize, not a billion rows.
 
-Defaults are those of a new Batch-service-mode account; each is adjustable with an environment
-variable of the server (Batch: a support request).
+Defaults lie within the ranges Batch gives new Batch-service-mode accounts (semantics §6.1:
+dedicated cores 0–900, low-priority cores 0–100, pools 0–100, active jobs 100–300); each is
+adjustable with an environment variable of the server (Batch: a support request).
 """
 
 from __future__ import annotations
