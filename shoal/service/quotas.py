@@ -125,9 +125,3 @@ def capacity_error() -> dict[str, str]:
             "message": "This machine has no capacity for more nodes (SHOAL_MAX_NODES); the pool was "
                        "resized as far as the capacity allows."}
 
-
-def describe(ctx: Context) -> dict[str, int]:
-    """The quotas as Batch's account properties name them (for the CLI and documentation)."""
-    quota = current()
-    return {"dedicatedCoreQuota": quota.dedicated_cores, "lowPriorityCoreQuota": quota.low_priority_cores,
-            "poolQuota": quota.pools, "activeJobAndJobScheduleQuota": quota.active_jobs_and_schedules}
