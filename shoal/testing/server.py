@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -133,8 +134,22 @@ def running_shoal(data_dir: Path, *, extra_args: list[str] | None = None,
         kill_agents(data_dir)
 
 
+def _forget_nodes(data_dir: Path) -> None:
+    """The node users root agents made on this host go, and the node folders (nodes of a stopped
+    server never leave their pool, so nothing else removes them)."""
+    from shoal.agent.users import remove_users_under
+    from shoal.config import default_nodes_dir
+
+    nodes_dir = default_nodes_dir(data_dir)
+    for folder in {nodes_dir, data_dir}:
+        remove_users_under(folder)
+    if data_dir not in nodes_dir.parents:
+        shutil.rmtree(nodes_dir, ignore_errors=True)
+
+
 def kill_agents(data_dir: Path) -> None:
-    """After a kill -9 of the server its agents live on; tests clean them up."""
+    """After a test: agents outlive a kill -9 of their server, and node users and folders outlive
+    any stop; tests clean all of them up."""
     import psutil
 
     from shoal.config import default_nodes_dir
@@ -147,3 +162,4 @@ def kill_agents(data_dir: Path) -> None:
                 os.killpg(process.pid, signal.SIGKILL)
         except (psutil.Error, ProcessLookupError, PermissionError):
             continue
+    _forget_nodes(data_dir)
