@@ -70,7 +70,7 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     a client can make us hold at most `limit` bytes (plus one chunk), whatever it sends."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit() or len(declared) > 19:
+        if not _DECIMAL.match(declared):
             raise BadRequest("The value of the Content-Length header is not valid.", code="InvalidHeaderValue",
                              values={"HeaderName": "Content-Length", "HeaderValue": declared[:32]})
         if int(declared) > limit:
