@@ -53,6 +53,7 @@ SPAWN_THREADS = 4
 the process, which the fallback's parent-death signal relies on (it fires when the thread that
 forked the child ends)."""
 _QUOTE_CHARS = 64
+_MAX_MESSAGE_CHARS = 500
 _NO_ID = 2**32 - 1  # (uid_t)-1 and (gid_t)-1
 
 KILL_GRACE_S = 2.0
@@ -150,6 +151,9 @@ def _quote(value: str) -> str:
 
 
 def _launch_failure(message: str) -> Failure:
+    # Bounded: an error from the OS may quote a program name thousands of characters long.
+    if len(message) > _MAX_MESSAGE_CHARS:
+        message = message[:_MAX_MESSAGE_CHARS] + "..."
     return Failure(USER_ERROR, "CommandLaunchFailed", message)
 
 
