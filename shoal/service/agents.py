@@ -59,8 +59,7 @@ def token_matches(expected: str, presented: str) -> bool:
     return hmac.compare_digest(expected.encode("utf-8"), presented.encode("utf-8", "replace"))
 
 
-def _node_by_token(conn: Connection, node_id: str, token: str) -> Any:
-    row = conn.execute(select(nodes).where(nodes.c.id == node_id)).first()
+def _checked(row: Any, token: str) -> Any:
     if row is None:
         raise NodeGone("The node is no longer part of a pool.")
     if not token_matches(row.token, token):
@@ -71,16 +70,14 @@ def _node_by_token(conn: Connection, node_id: str, token: str) -> Any:
     return row
 
 
+def _node_by_token(conn: Connection, node_id: str, token: str) -> Any:
+    return _checked(conn.execute(select(nodes).where(nodes.c.id == node_id)).first(), token)
+
+
 def authenticate(ctx: Context, node_id: str, token: str) -> None:
     """Check a node's token before anything of its request is read (its body included)."""
     with ctx.engine.connect() as conn:
-        row = conn.execute(select(nodes.c.token, nodes.c.state).where(nodes.c.id == node_id)).first()
-    if row is None:
-        raise NodeGone("The node is no longer part of a pool.")
-    if not token_matches(row.token, token):
-        raise Unauthenticated("The node token is not valid.")
-    if row.state == "preempted":
-        raise NodeGone("The node was preempted.")
+        _checked(conn.execute(select(nodes.c.token, nodes.c.state).where(nodes.c.id == node_id)).first(), token)
 
 
 def _refuse_address(name: str, value: Any, reason: str) -> InvalidProperty:
