@@ -1,6 +1,6 @@
 """Property, on a real SQLite store: a scheduling pass starts exactly the tasks, on exactly the
 nodes, that the straightforward plan over the whole backlog picks (priorities, maxParallelTasks,
-requiredSlots, busy slots, spread and pack)."""
+requiredSlots, busy slots, spread and pack), also when it commits in several transactions."""
 
 from __future__ import annotations
 
@@ -34,7 +34,9 @@ def scenarios(draw):
     # Per job: priority, maxParallelTasks (-1: none), and the tasks added before each of two passes.
     job_list = [(draw(st.integers(-2, 2)), draw(st.sampled_from([-1, 1, 2, 3])), draw(sizes), draw(sizes))
                 for _ in range(draw(st.integers(1, 4)))]
-    return draw(st.sampled_from(["spread", "pack"])), slots, draw(st.integers(1, 5)), job_list
+    # How many placements a transaction may commit: small ones make a pass continue over several.
+    per_transaction = draw(st.sampled_from([1, 2, 3, scheduling.PLACEMENTS_PER_TRANSACTION]))
+    return draw(st.sampled_from(["spread", "pack"])), slots, draw(st.integers(1, 5)), job_list, per_transaction
 
 
 def _state(ctx: Context, pool_seq: int, fill: str) -> PoolSnapshot:
@@ -59,8 +61,10 @@ def _state(ctx: Context, pool_seq: int, fill: str) -> PoolSnapshot:
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(scenarios())
 def test_a_pass_on_the_store_places_what_the_whole_backlog_plan_would(tmp_path, scenario):
-    fill, slots, node_count, job_list = scenario
+    fill, slots, node_count, job_list, per_transaction = scenario
     engine = open_store(f"sqlite:///{tmp_path / f'run{next(_runs)}.db'}")
+    default = scheduling.PLACEMENTS_PER_TRANSACTION
+    scheduling.PLACEMENTS_PER_TRANSACTION = per_transaction
     try:
         ensure_account(engine)
         ctx = Context(engine=engine, account=DEFAULT_ACCOUNT, base_url="http://test")
@@ -96,4 +100,5 @@ def test_a_pass_on_the_store_places_what_the_whole_backlog_plan_would(tmp_path, 
                     if row.seq in ready}
             assert started == expected
     finally:
+        scheduling.PLACEMENTS_PER_TRANSACTION = default
         engine.dispose()
