@@ -77,12 +77,12 @@ def test_tasks_run_and_a_report_completes_a_task_exactly_once(ctx):
         ctx, "j", {"value": [{"id": f"t{i}", "commandLine": "/bin/true"} for i in range(3)]}, 100)
     assert [r["status"] for r in results] == ["success"] * 3
     assert scheduling.schedule(ctx) == {node.id}
-    answer = agents.sync(ctx, node.id, node.token, {"known": [], "reports": [], "wait": False})
+    answer = agents.sync(ctx, node.id, node.token, {"incarnation": "i1", "known": [], "reports": [], "wait": False})
     assert sorted(a["taskId"] for a in answer.run) == ["t0", "t1"]
     report = {"jobId": "j", "taskId": "t0", "attempt": 1, "exitCode": 0}
     known = [["j", "t0", 1], ["j", "t1", 1]]
-    first = agents.sync(ctx, node.id, node.token, {"known": known, "reports": [report]})
-    second = agents.sync(ctx, node.id, node.token, {"known": [*known, ["j", "t2", 1]], "reports": [report]})
+    first = agents.sync(ctx, node.id, node.token, {"incarnation": "i1", "known": known, "reports": [report]})
+    second = agents.sync(ctx, node.id, node.token, {"incarnation": "i1", "known": [*known, ["j", "t2", 1]], "reports": [report]})
     assert first.ack == second.ack == [("j", "t0", 1)]
     # The freed slot went to the waiting task in the same answer.
     assert [a["taskId"] for a in first.run] == ["t2"] and second.run == []
@@ -99,7 +99,7 @@ def test_failed_task_counts_and_retry(ctx):
     task_service.create(ctx, "j", {"id": "bad", "commandLine": "/bin/false"})
     for attempt in (1, 2):
         scheduling.schedule(ctx)
-        agents.sync(ctx, node.id, node.token, {"known": [], "reports": [
+        agents.sync(ctx, node.id, node.token, {"incarnation": "i1", "known": [], "reports": [
             {"jobId": "j", "taskId": "bad", "attempt": attempt, "exitCode": 1}]})
     task = task_service.get(ctx, "j", "bad")
     assert task["state"] == "completed"
@@ -125,12 +125,12 @@ def test_a_silent_node_that_returns_resumes_its_start_task_state(ctx):
     pool_service.create(ctx, {"id": "p", "vmSize": "Standard_D2s_v3", "virtualMachineConfiguration": IMAGE,
                               "targetDedicatedNodes": 1, "startTask": {"commandLine": "/bin/false"}})
     node = _bring_up_nodes(ctx)[0]
-    agents.sync(ctx, node.id, node.token, {"startTask": {"state": "completed", "exitCode": 1,
+    agents.sync(ctx, node.id, node.token, {"incarnation": "i1", "startTask": {"state": "completed", "exitCode": 1,
                                                          "failure": {"code": "FailureExitCode"}}})
     assert pool_service.get(ctx, "p") and _node_state(ctx) == "starttaskfailed"
     assert node_service.mark_silent_nodes_unusable(ctx, timeout_s=-1)
     assert _node_state(ctx) == "unusable"
-    agents.sync(ctx, node.id, node.token, {"known": [], "wait": False})
+    agents.sync(ctx, node.id, node.token, {"incarnation": "i1", "known": [], "wait": False})
     assert _node_state(ctx) == "starttaskfailed"
 
 
