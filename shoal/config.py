@@ -11,7 +11,8 @@ API_VERSIONS = ("2025-06-01", "2024-02-01.19.0")
 MAX_RESULTS_DEFAULT = 1000
 MAX_TASKS_PER_COLLECTION = 100
 MAX_COLLECTION_BODY_BYTES = 1024 * 1024
-MAX_BODY_BYTES = 4 * 1024 * 1024
+# Batch refuses request bodies over 1 MB (413 RequestBodyTooLarge).
+MAX_BODY_BYTES = 1024 * 1024
 
 HEARTBEAT_TIMEOUT_S = 30.0
 # Batch's metric samples reach formulas about a minute late (semantics §1.7).
