@@ -54,7 +54,7 @@ TASK_DIR_MODE = 0o700
 VOLATILE_DIR_MODE = 0o700
 
 # Batch ids are letters, digits, hyphens and underscores; anything else could escape the tree.
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class UnsafeIdError(ValueError):
@@ -62,7 +62,7 @@ class UnsafeIdError(ValueError):
 
 
 def _check_id(kind: str, value: str) -> str:
-    if not _SAFE_ID.match(value):
+    if not isinstance(value, str) or not _SAFE_ID.fullmatch(value):
         raise UnsafeIdError(f"{kind} id {value!r} is not a valid Batch id")
     return value
 

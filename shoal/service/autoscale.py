@@ -15,7 +15,7 @@ from sqlalchemy import Connection, select, update
 from shoal import autoscale as formula_language
 from shoal import clock
 from shoal.errors import BadRequest, Conflict, InvalidProperty, MissingProperty
-from shoal.service import metrics
+from shoal.service import metrics, request_body
 from shoal.service import validation as v
 from shoal.service.context import Context
 from shoal.store.schema import pools
@@ -118,6 +118,7 @@ def enable(ctx: Context, pool_id: str, body: Any) -> None:
     from shoal.service import pools as pool_service
 
     body = v.require_object(body)
+    request_body.check(body, "pool.enableautoscale")
     every = interval(body)
     with ctx.engine.begin() as conn:
         pool = pool_service.load(conn, ctx, pool_id)
@@ -169,6 +170,7 @@ def evaluate(ctx: Context, pool_id: str, body: Any) -> dict[str, Any]:
     from shoal.service import pools as pool_service
 
     body = v.require_object(body)
+    request_body.check(body, "pool.evaluateautoscale")
     text = body.get("autoScaleFormula")
     parse(text)
     with ctx.engine.connect() as conn:

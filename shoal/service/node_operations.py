@@ -16,7 +16,7 @@ from sqlalchemy import Connection, select, update
 from shoal import clock
 from shoal.errors import Conflict
 from shoal.service import nodes as node_service
-from shoal.service import transitions
+from shoal.service import request_body, transitions
 from shoal.service import validation as v
 from shoal.service.context import Context
 from shoal.store.schema import nodes
@@ -28,6 +28,7 @@ RESTARTS = {"reboot": "rebooting", "reimage": "reimaging"}
 
 def disable_scheduling(ctx: Context, pool_id: str, node_id: str, body: Any) -> None:
     body = v.require_object(body or {})
+    request_body.check(body, "node.disablescheduling")
     option = v.choice(body, "nodeDisableSchedulingOption", DISABLE_OPTIONS, default="requeue")
     assert option is not None
     with ctx.engine.begin() as conn:
@@ -57,6 +58,7 @@ def enable_scheduling(ctx: Context, pool_id: str, node_id: str) -> None:
 def restart(ctx: Context, pool_id: str, node_id: str, body: Any, kind: str) -> None:
     """Reboot or reimage (`kind`), with the node's running tasks handled by the option."""
     body = v.require_object(body or {})
+    request_body.check(body, f"node.{kind}")
     name = "nodeRebootOption" if kind == "reboot" else "nodeReimageOption"
     option = v.choice(body, name, REBOOT_OPTIONS, default="requeue")
     assert option is not None

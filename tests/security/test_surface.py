@@ -230,3 +230,17 @@ def test_property_table_matches_both_served_api_versions(repo_root: Any) -> None
     if not spec.exists():
         pytest.skip("the OpenAPI document is kept outside the repository (../shared/spec)")
     assert request_schema.generate(str(spec)) == request_schema.bodies()
+
+
+def test_node_action_and_autoscale_bodies_refuse_unknown_properties(shoal: Any) -> None:
+    bodies = {
+        "/pools/nosuchpool/enableautoscale": {"autoScaleFormula": "$TargetDedicatedNodes=0", "bogus": 1},
+        "/pools/nosuchpool/evaluateautoscale": {"autoScaleFormula": "$TargetDedicatedNodes=0", "bogus": 1},
+        "/pools/nosuchpool/nodes/n1/disablescheduling": {"bogus": 1},
+        "/pools/nosuchpool/nodes/n1/reboot": {"bogus": 1},
+        "/pools/nosuchpool/nodes/n1/reimage": {"bogus": 1},
+    }
+    for path, body in bodies.items():
+        response = rest.call(shoal, "POST", path, body=json.dumps(body).encode())
+        assert response.status_code == 400, (path, response.text)
+        assert response.json()["code"] == "InvalidRequestBody", (path, response.text)
