@@ -8,7 +8,6 @@ from starlette.responses import Response
 from shoal.api import listing, offload
 from shoal.api.http import empty_response, guard, read_json
 from shoal.model import catalog
-from shoal.service import nodes as node_service
 from shoal.service import pools as pool_service
 from shoal.service.context import Context
 
@@ -62,7 +61,7 @@ async def delete_pool(request: Request, ctx: Context) -> Response:
 
 
 async def node_counts(request: Request, ctx: Context) -> Response:
-    return listing.respond(request, node_service.node_counts(ctx), "poolnodecounts")
+    return listing.respond(request, pool_service.node_counts(ctx), "poolnodecounts")
 
 
 async def supported_images(request: Request, ctx: Context) -> Response:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, insert, select, update
 
 from shoal import clock
 from shoal.errors import Conflict, InvalidProperty, MissingProperty, NotFound
 from shoal.service import quotas, request_body, transitions
 from shoal.service import validation as v
 from shoal.service.context import Context
-from shoal.store.schema import jobs, pools, tasks
+from shoal.store.schema import job_task_counts, jobs, pools, tasks
 
 _KEPT = ("displayName", "constraints", "commonEnvironmentSettings", "poolInfo", "onAllTasksComplete",
          "onTaskFailure", "metadata")
@@ -282,28 +282,33 @@ def delete_job(ctx: Context, job_id: str) -> None:
 
 
 def task_counts(ctx: Context, job_id: str) -> dict[str, Any]:
+    """The job's counters (kept by the store in the transaction of every task change): O(1).
+    A completed task counts as succeeded or failed only by its result: one terminated before it
+    ever ran has neither."""
     with ctx.engine.connect() as conn:
         row = load(conn, ctx, job_id)
-        # A completed task counts as succeeded or failed only by its result: one terminated
-        # before it ever ran has neither.
-        result = conn.execute(select(tasks.c.state, tasks.c.outcome, func.count(), func.sum(tasks.c.required_slots))
-                              .where(tasks.c.job_seq == row.seq).group_by(tasks.c.state, tasks.c.outcome)).all()
-    counts = {"active": 0, "running": 0, "completed": 0, "succeeded": 0, "failed": 0}
-    slots = dict(counts)
-    for state, outcome, count, slot_sum in result:
-        bucket = "running" if state == "preparing" else state
-        counts[bucket] += count
-        slots[bucket] += int(slot_sum or 0)
-        if state == "completed" and outcome in ("success", "failure"):
-            key = "failed" if outcome == "failure" else "succeeded"
-            counts[key] += count
-            slots[key] += int(slot_sum or 0)
+        counters = counts_of(conn, [row.seq]).get(row.seq)
+    counts = {name: int(getattr(counters, name, 0) or 0) for name in COUNT_BUCKETS}
+    slots = {name: int(getattr(counters, f"{name}_slots", 0) or 0) for name in COUNT_BUCKETS}
     return {"taskCounts": counts, "taskSlotCounts": slots}
+
+
+COUNT_BUCKETS = ("active", "running", "completed", "succeeded", "failed")
+
+
+def counts_of(conn: Connection, job_seqs: list[int]) -> dict[int, Any]:
+    """The counter rows of some jobs, by job seq."""
+    if not job_seqs:
+        return {}
+    rows = conn.execute(select(job_task_counts).where(job_task_counts.c.job_seq.in_(job_seqs))).all()
+    return {row.job_seq: row for row in rows}
 
 
 def finish_all_complete_jobs(ctx: Context, conn: Connection, job_seqs: list[int] | None = None) -> None:
     """onAllTasksComplete=terminatejob: a job whose tasks are all completed terminates."""
-    query = select(jobs).where(jobs.c.account == ctx.account, jobs.c.state == "active")
+    query = (select(jobs, job_task_counts.c.active, job_task_counts.c.running)
+             .join(job_task_counts, job_task_counts.c.job_seq == jobs.c.seq)
+             .where(jobs.c.account == ctx.account, jobs.c.state == "active"))
     if job_seqs is not None:
         if not job_seqs:
             return
@@ -311,9 +316,7 @@ def finish_all_complete_jobs(ctx: Context, conn: Connection, job_seqs: list[int]
     for row in conn.execute(query).all():
         if row.spec.get("onAllTasksComplete") != "terminatejob":
             continue
-        unfinished = conn.execute(select(func.count()).where(
-            tasks.c.job_seq == row.seq, tasks.c.state != "completed")).scalar_one()
-        if unfinished == 0:
+        if row.active + row.running == 0:
             terminate_in(ctx, conn, row, "AllTasksComplete")
 
 
@@ -334,11 +337,10 @@ def reap_deleted(ctx: Context) -> list[tuple[str, int | None]]:
 
 def finish_waiting_disables(ctx: Context) -> None:
     with ctx.engine.begin() as conn:
-        for row in conn.execute(select(jobs).where(jobs.c.account == ctx.account,
-                                                   jobs.c.state == "disabling")).all():
-            running = conn.execute(select(func.count()).where(
-                tasks.c.job_seq == row.seq, tasks.c.state == "running")).scalar_one()
-            if running == 0:
+        for row in conn.execute(select(jobs, job_task_counts.c.running)
+                                .join(job_task_counts, job_task_counts.c.job_seq == jobs.c.seq)
+                                .where(jobs.c.account == ctx.account, jobs.c.state == "disabling")).all():
+            if row.running == 0:
                 _set_state(conn, row, "disabled")
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, and_, delete, func, insert, select
 
 from shoal import clock
 from shoal.service.context import Context
-from shoal.store.schema import jobs, metric_samples, nodes, pools, tasks
+from shoal.store.schema import job_task_counts, jobs, metric_samples, nodes, pool_node_counts, pools
 
 SAMPLE_PERIOD = timedelta(seconds=30)
 # Semantics §1.7: keep at least 24 h of history.
@@ -34,24 +34,21 @@ LIVE_JOB_STATES = ("active", "disabling", "disabled", "enabling")
 
 
 def pool_counts(conn: Connection, pool: Any) -> dict[str, float]:
-    """The task- and node-count variables of one pool, as a formula reads them now."""
-    rows = conn.execute(
-        select(tasks.c.state, tasks.c.outcome, func.count())
-        .join(jobs, jobs.c.seq == tasks.c.job_seq)
-        .where(jobs.c.account == pool.account, jobs.c.pool_key == pool.key, jobs.c.state.in_(LIVE_JOB_STATES))
-        .group_by(tasks.c.state, tasks.c.outcome)).all()
-    out = dict.fromkeys(TASK_METRICS, 0.0)
-    for state, result, count in rows:
-        if state == "active":
-            out["$ActiveTasks"] += count
-        elif state in ("running", "preparing"):
-            out["$RunningTasks"] += count
-        elif state == "completed" and result in ("success", "failure"):
-            out["$SucceededTasks" if result == "success" else "$FailedTasks"] += count
-    out["$PendingTasks"] = out["$ActiveTasks"] + out["$RunningTasks"]
-    node_rows = conn.execute(select(nodes.c.state, nodes.c.is_dedicated, func.count())
-                             .where(nodes.c.pool_seq == pool.seq, nodes.c.state != "leavingpool")
-                             .group_by(nodes.c.state, nodes.c.is_dedicated)).all()
+    """The task- and node-count variables of one pool, as a formula reads them now: sums of the
+    counters the store keeps per job and per pool, never a count over tasks or nodes."""
+    totals = conn.execute(
+        select(func.sum(job_task_counts.c.active), func.sum(job_task_counts.c.running),
+               func.sum(job_task_counts.c.succeeded), func.sum(job_task_counts.c.failed))
+        .join(jobs, jobs.c.seq == job_task_counts.c.job_seq)
+        .where(jobs.c.account == pool.account, jobs.c.pool_key == pool.key,
+               jobs.c.state.in_(LIVE_JOB_STATES))).one()
+    active, running, succeeded, failed = (float(value or 0) for value in totals)
+    out = {"$ActiveTasks": active, "$RunningTasks": running, "$SucceededTasks": succeeded,
+           "$FailedTasks": failed, "$PendingTasks": active + running}
+    node_rows = conn.execute(select(pool_node_counts.c.state, pool_node_counts.c.is_dedicated,
+                                    pool_node_counts.c.count)
+                             .where(pool_node_counts.c.pool_seq == pool.seq,
+                                    pool_node_counts.c.state != "leavingpool")).all()
     out.update(dict.fromkeys(NODE_COUNT_METRICS, 0.0))
     for state, dedicated, count in node_rows:
         out["$CurrentDedicatedNodes" if dedicated else "$CurrentLowPriorityNodes"] += count
@@ -61,6 +58,28 @@ def pool_counts(conn: Connection, pool: Any) -> dict[str, float]:
             out["$UsableNodeCount"] += count
     out["$TaskSlotsPerNode"] = float(pool.slots_per_node)
     return out
+
+
+# Old samples go in batches through the (pool, time) index, so one tick's trim is bounded work
+# and never a scan of the whole table.
+TRIM_BATCH = 5000
+TRIM_BATCHES_PER_TICK = 20
+
+
+def trim_history(conn: Connection, pool_seqs: list[int], before: datetime) -> int:
+    """Delete samples older than `before`, at most TRIM_BATCH × TRIM_BATCHES_PER_TICK; the rest
+    goes on the next tick. Returns how many went."""
+    removed = 0
+    for pool_seq in pool_seqs:
+        for _ in range(TRIM_BATCHES_PER_TICK):
+            old = (select(metric_samples.c.seq)
+                   .where(metric_samples.c.pool_seq == pool_seq, metric_samples.c.time < before)
+                   .order_by(metric_samples.c.time).limit(TRIM_BATCH).scalar_subquery())
+            gone = conn.execute(delete(metric_samples).where(metric_samples.c.seq.in_(old))).rowcount
+            removed += gone
+            if gone < TRIM_BATCH:
+                break
+    return removed
 
 
 def _resource_averages(ctx: Context, node_ids: list[str]) -> dict[str, float]:
@@ -98,7 +117,8 @@ def sample(ctx: Context) -> None:
             conn.execute(insert(metric_samples), [
                 {"pool_seq": pool.seq, "metric": metric, "node_id": None, "time": now, "value": value}
                 for metric, value in values.items()])
-        conn.execute(delete(metric_samples).where(metric_samples.c.time < now - HISTORY))
+        trim_history(conn, list(conn.execute(select(pools.c.seq)).scalars()),
+                     now - HISTORY)
 
 
 def history(conn: Connection, pool_seq: int, now: datetime) -> dict[str, list[tuple[datetime, float]]]:

@@ -14,7 +14,7 @@ from shoal.service import autoscale as autoscale_service
 from shoal.service import ids, quotas, request_body
 from shoal.service import validation as v
 from shoal.service.context import Context
-from shoal.store.schema import nodes, pools
+from shoal.store.schema import nodes, pool_node_counts, pools
 
 MIN_RESIZE_TIMEOUT = timedelta(minutes=5)
 DEFAULT_RESIZE_TIMEOUT = timedelta(minutes=15)
@@ -448,3 +448,31 @@ def exists(ctx: Context, pool_id: str) -> bool:
         except NotFound:
             return False
         return True
+
+
+NODE_COUNT_STATES = ("creating", "idle", "offline", "preempted", "rebooting", "reimaging", "running", "starting",
+                     "startTaskFailed", "leavingPool", "unknown", "unusable", "waitingForStartTask",
+                     "deallocated", "deallocating", "upgradingOS")
+
+
+def node_counts(ctx: Context) -> list[dict[str, Any]]:
+    """/nodecounts: per pool, per dedicated/spot, a count per node state, from the counters the
+    store keeps with every node change (a few rows per pool, however many nodes it has)."""
+    with ctx.engine.connect() as conn:
+        pool_rows = conn.execute(select(pools.c.seq, pools.c.id).where(pools.c.account == ctx.account)
+                                 .order_by(pools.c.key)).all()
+        counts = conn.execute(
+            select(pool_node_counts.c.pool_seq, pool_node_counts.c.is_dedicated, pool_node_counts.c.state,
+                   pool_node_counts.c.count)
+            .join(pools, pools.c.seq == pool_node_counts.c.pool_seq)
+            .where(pools.c.account == ctx.account, pool_node_counts.c.count != 0)).all()
+    by_key: dict[tuple[int, bool, str], int] = {(p, bool(d), s): int(c) for p, d, s, c in counts}
+    out = []
+    for seq, pool_id in pool_rows:
+        entry: dict[str, Any] = {"poolId": pool_id}
+        for dedicated, name in ((True, "dedicated"), (False, "lowPriority")):
+            block = {state: by_key.get((seq, dedicated, state.lower()), 0) for state in NODE_COUNT_STATES}
+            block["total"] = sum(block.values())
+            entry[name] = block
+        out.append(entry)
+    return out

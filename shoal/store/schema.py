@@ -19,6 +19,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -165,6 +166,34 @@ Index("ix_tasks_job_state_slots_seq", tasks.c.job_seq, tasks.c.state, tasks.c.re
 # from the index alone.
 Index("ix_tasks_node_state_slots", tasks.c.node_id, tasks.c.state, tasks.c.required_slots)
 Index("ix_tasks_retention", tasks.c.retention_deadline)
+# A job's tasks in insertion order: the task list pages by walking it (keyset on seq).
+Index("ix_tasks_job_seq", tasks.c.job_seq, tasks.c.seq)
+
+# Counters kept by database triggers (migration 0007) in the transaction of every insert, delete
+# and state change of a task or node, whichever code path makes it, so task counts, node counts,
+# job completion and metric sampling read one row instead of counting. A migration that rebuilds
+# `tasks`, `nodes` or `jobs` (SQLite batch mode copies the table) drops their triggers and must
+# create them again: tests/store/test_counters.py would catch it.
+_COUNT_BUCKETS = ("active", "running", "completed", "succeeded", "failed")
+job_task_counts = Table(
+    "job_task_counts",
+    metadata,
+    Column("job_seq", SurrogateId, ForeignKey("jobs.seq", ondelete="CASCADE"), primary_key=True,
+           autoincrement=False),
+    *(Column(name, BigInteger, nullable=False, server_default="0") for name in _COUNT_BUCKETS),
+    *(Column(f"{name}_slots", BigInteger, nullable=False, server_default="0") for name in _COUNT_BUCKETS),
+)
+
+# Nodes per (pool, dedicated or spot, state); states as stored (lower case).
+pool_node_counts = Table(
+    "pool_node_counts",
+    metadata,
+    Column("pool_seq", SurrogateId, ForeignKey("pools.seq", ondelete="CASCADE"), nullable=False),
+    Column("is_dedicated", Boolean, nullable=False),
+    Column("state", String(24), nullable=False),
+    Column("count", BigInteger, nullable=False, server_default="0"),
+    PrimaryKeyConstraint("pool_seq", "is_dedicated", "state", name="pk_pool_node_counts"),
+)
 
 # Autoscale metric samples: bounded (old rows are trimmed every sample tick) and time-indexed.
 # Pool-level metrics have node_id NULL; per-node resource metrics carry the node.
@@ -180,4 +209,5 @@ metric_samples = Table(
 )
 Index("ix_metric_samples_pool_time", metric_samples.c.pool_seq, metric_samples.c.time)
 
-__all__ = ["metadata", "accounts", "pools", "nodes", "jobs", "tasks", "metric_samples", "Text"]
+__all__ = ["metadata", "accounts", "pools", "nodes", "jobs", "tasks", "metric_samples", "job_task_counts",
+           "pool_node_counts", "Text"]
