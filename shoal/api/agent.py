@@ -19,16 +19,19 @@ from shoal.api import agent_bodies
 from shoal.api.http import dumps, parse_json_off_loop, read_body
 from shoal.errors import BatchError, Unauthenticated
 from shoal.service import agents
+from shoal.service.liveness import Liveness
 
 if TYPE_CHECKING:
     from shoal.api.app import Api
 
 
 class AgentHub:
-    """One asyncio.Event per node: set when the scheduler (or anything else) has news for it."""
+    """One asyncio.Event per node: set when the scheduler (or anything else) has news for it;
+    and the nodes' heartbeat timers, refreshed by every authenticated call."""
 
-    def __init__(self) -> None:
+    def __init__(self, liveness: Liveness | None = None) -> None:
         self._events: dict[str, asyncio.Event] = {}
+        self.liveness = liveness if liveness is not None else Liveness()
 
     def event(self, node_id: str) -> asyncio.Event:
         """The node's event; call only for a node that has just authenticated, so the table holds
@@ -39,6 +42,7 @@ class AgentHub:
         return event
 
     def forget(self, node_id: str) -> None:
+        self.liveness.forget(node_id)
         event = self._events.pop(node_id, None)
         if event is not None:
             # A long-poll still waiting on it answers now rather than at its timeout.
@@ -95,6 +99,9 @@ def _guard(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Reque
 
 def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
            heartbeat_interval_s: float = 5.0, manual_join: bool = False) -> list[Route]:
+    # Agent work is never refused as busy: there is one call per node in flight at most.
+    runner = api.runner
+
     async def register(request: Request) -> Response:
         scheme, _, join_token = request.headers.get("authorization", "").partition(" ")
         if scheme != "ShoalJoin" or not join_token:
@@ -105,15 +112,19 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
         # The join token is checked against the pool the body names, so this body is read
         # unauthenticated: it is capped at a few KiB.
         body = agent_bodies.check_register(await _body(request, MAX_REGISTER_BODY_BYTES))
-        return _json(agents.register(api.ctx, join_token, body))
+        answer = await runner.write(agents.register, api.ctx, join_token, body)
+        hub.liveness.beat(answer["nodeId"])
+        return _json(answer)
 
     async def authenticated(request: Request) -> tuple[str, str]:
         node_id, token = request.path_params["node_id"], _token(request)
         try:
-            agents.authenticate(api.ctx, node_id, token)
+            await runner.read(agents.authenticate, api.ctx, node_id, token)
         except agents.NodeGone:
             hub.forget(node_id)
             raise
+        # The heartbeat: in memory, on the loop, for a caller that proved it is the node.
+        hub.liveness.beat(node_id)
         return node_id, token
 
     async def hello(request: Request) -> Response:
@@ -121,7 +132,7 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
         body = agent_bodies.check_hello(await _body(request, MAX_HELLO_BODY_BYTES))
         peer = request.client.host if request.client else None
         body = agents.admit_addresses(body, peer, joined_by_hand=manual_join)
-        answer = agents.hello(api.ctx, node_id, token, body)
+        answer = await runner.write(agents.hello, api.ctx, node_id, token, body)
         answer["pollTimeoutS"] = poll_timeout_s
         answer["heartbeatIntervalS"] = heartbeat_interval_s
         return _json(answer)
@@ -134,7 +145,10 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
         event = hub.event(node_id)
         # Cleared before reading the store: a wake-up after this point is never lost.
         event.clear()
-        answer = agents.sync(api.ctx, node_id, token, body)
+        # Nothing to record: reads alone answer it. Otherwise the writer records it, in order.
+        answer = await runner.read(agents.sync_without_writes, api.ctx, node_id, token, body)
+        if answer is None:
+            answer = await runner.write(agents.sync, api.ctx, node_id, token, body)
         if answer.has_news() or body.get("wait") is False:
             return _json(answer.to_json())
         try:
@@ -144,14 +158,14 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
         except asyncio.CancelledError:
             # The server is shutting down: the agent will ask again.
             return Response(status_code=503)
-        later = agents.deliveries(api.ctx, node_id, token, body)
+        later = await runner.read(agents.deliveries, api.ctx, node_id, token, body)
         later.ack = answer.ack
         return _json(later.to_json())
 
     async def goodbye(request: Request) -> Response:
         # No body is read: the call says everything by being made.
         node_id = request.path_params["node_id"]
-        agents.goodbye(api.ctx, node_id, _token(request))
+        await runner.write(agents.goodbye, api.ctx, node_id, _token(request))
         hub.forget(node_id)
         return _json({})
 

@@ -3,6 +3,7 @@ the route modules only translate between HTTP and `shoal.service`."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -14,10 +15,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from shoal.api import sharedkey, unserved
-from shoal.api.http import error_response, new_request_id
+from shoal.api.http import MAX_BODY_BYTES, error_response, new_request_id, read_body
 from shoal.config import API_VERSIONS
 from shoal.errors import BadRequest, BatchError
 from shoal.service.context import Context
+from shoal.store.runner import Busy, StoreRunner
 
 if TYPE_CHECKING:
     from shoal.api.agent import AgentHub
@@ -25,28 +27,46 @@ if TYPE_CHECKING:
 log = logging.getLogger("shoal.api")
 Handler = Callable[[Request, Context], Awaitable[Response]]
 
+# Where a Batch handler runs (shoal.store.runner): "write" on the one writer thread, "read" and
+# "scan" on reader threads, "loop" on the event loop itself, for handlers that talk to nodes
+# through the loop's HTTP client and offload their own store calls.
+Placement = str
+
+
+class ServerBusy(BatchError):
+    status = 503
+    code = "ServerBusy"
+
 
 class Api:
-    """Holds what the routes share: the service context per request and the account keys."""
+    """Holds what the routes share: the service context per request, the account keys, and the
+    runner that keeps store work off the event loop."""
 
-    def __init__(self, ctx: Context, keys: dict[str, tuple[str, str]]) -> None:
+    def __init__(self, ctx: Context, keys: dict[str, tuple[str, str]], runner: StoreRunner | None = None) -> None:
         self.ctx = ctx
         self.keys = keys
+        self.runner = runner if runner is not None else StoreRunner()
 
     def context_for(self, request: Request) -> Context:
+        """The service context with this request's base URL (for `url` and `odata` fields); every
+        other setting (time scale, sample lag, node metrics, spot capacity) is the server's."""
         from shoal.api.http import base_url
 
         ctx = self.ctx
         url = base_url(request)
         if ctx.base_url == url:
             return ctx
-        return Context(engine=ctx.engine, account=ctx.account, signals=ctx.signals, base_url=url)
+        # A shallow copy: the node metrics cache and the signals stay shared with the server.
+        return dataclasses.replace(ctx, base_url=url)
 
-    def batch(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        """Wrap a Batch REST handler: Shared Key, api-version, error body."""
+    def batch(self, handler: Handler, placement: Placement = "loop") -> Callable[[Request], Awaitable[Response]]:
+        """Wrap a Batch REST handler: Shared Key, api-version, error body; then run it where
+        ``placement`` says."""
 
         async def endpoint(request: Request) -> Response:
             request.state.request_id = new_request_id()
+            # For handlers on the loop that send their store work to the runner themselves.
+            request.state.runner = self.runner
             try:
                 self._authenticate(request)
                 version = request.query_params.get("api-version")
@@ -58,7 +78,18 @@ class Api:
                     raise BadRequest("The specified api-version is not supported.",
                                      code="InvalidApiVersion" if version else "MissingRequiredQueryParameter",
                                      values={"QueryParameterName": "api-version", "QueryParameterValue": version})
-                return await handler(request, self.context_for(request))
+                ctx = self.context_for(request)
+                if placement == "loop":
+                    return await handler(request, ctx)
+                # Read on the loop (the body is bounded); Starlette keeps it on the request, so
+                # the handler's own read in another thread finds it there and does no I/O.
+                request._body = await read_body(request, MAX_BODY_BYTES)  # noqa: SLF001
+                return await self.runner.lane(placement).run_coroutine(handler, request, ctx, shed=True)
+            except Busy as busy:
+                response = error_response(request, ServerBusy(
+                    "The server is busy; retry the request after the interval in Retry-After."))
+                response.headers["Retry-After"] = str(busy.retry_after_s)
+                return response
             except BatchError as error:
                 return error_response(request, error)
             except ClientDisconnect:
@@ -93,11 +124,14 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
     from shoal.api import agent, autoscale, files, jobs, nodes, pools, spot, tasks
 
     routes: list[Route] = []
-    for module in (pools, autoscale, nodes, spot, jobs, tasks, files):
+    for module in (pools, autoscale, nodes, spot, jobs, tasks):
         for path, methods, handler in module.ROUTES:
-            routes.append(Route(path, api.batch(handler), methods=methods))
+            routes.append(Route(path, api.batch(handler, placement_of(handler, methods)), methods=methods))
+    # File routes relay to nodes through the loop's HTTP client: they stay on the loop and send
+    # their store reads to a reader thread themselves.
+    routes.extend(Route(path, api.batch(handler, "loop"), methods=methods) for path, methods, handler in files.ROUTES)
     routes.extend(agent.routes(api, agent_hub, poll_timeout_s, heartbeat_interval_s, manual_join))
-    routes.append(Route("/shoal/v1/pools/{pool_id}/join-token", api.batch(_join_token), methods=["GET"]))
+    routes.append(Route("/shoal/v1/pools/{pool_id}/join-token", api.batch(_join_token, "read"), methods=["GET"]))
 
     async def no_such_route(request: Request, exc: Exception) -> Response:
         operation = unserved.operation_for(request.method, request.url.path)
@@ -112,6 +146,22 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
         return await _no_such_method(request, exc)
 
     return Starlette(routes=routes, exception_handlers={404: no_such_route, 405: no_such_method})
+
+
+# Reads that may walk many rows: they get lanes of their own, so they never delay a point read.
+_SCANS = {"task_counts", "node_counts"}
+# Handlers that call a node through the loop's HTTP client: they offload their own store work.
+_ON_LOOP = {"delete_task"}
+
+
+def placement_of(handler: Handler, methods: list[str]) -> Placement:
+    name = getattr(handler, "__name__", "")
+    if name in _ON_LOOP:
+        return "loop"
+    if set(methods) <= {"GET", "HEAD"}:
+        return "scan" if name.startswith("list_") or name in _SCANS else "read"
+    # Anything that may change the store goes to the one writer, in order.
+    return "write"
 
 
 def _unserved(operation: str) -> Handler:

@@ -67,8 +67,12 @@ async def update_task(request: Request, ctx: Context) -> Response:
 
 
 async def delete_task(request: Request, ctx: Context) -> Response:
-    _guard(request, ctx)
-    await delete_remote_tree(*task_service.delete_task(ctx, *_ids(request)))
+    # On the loop (the folder deletion uses its HTTP client); the store work goes to the writer.
+    def delete() -> tuple[str | None, str | None, str]:
+        _guard(request, ctx)
+        return task_service.delete_task(ctx, *_ids(request))
+
+    await delete_remote_tree(*await request.state.runner.write(delete))
     return empty_response(request, 200)
 
 

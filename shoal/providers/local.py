@@ -34,6 +34,7 @@ from shoal.providers.eviction import EvictionPolicy
 from shoal.service import nodes as node_service
 from shoal.service import preemption
 from shoal.service.context import Context
+from shoal.store.runner import StoreRunner
 
 log = logging.getLogger("shoal.providers.local")
 
@@ -97,8 +98,10 @@ def _private_log(path: Path) -> int:
 
 class LocalProvider:
     def __init__(self, ctx: Context, nodes_dir: Path, join_url: str, *, spot_eviction_rate: float = 0.0,
-                 eviction_seed: int | None = None) -> None:
+                 eviction_seed: int | None = None, runner: StoreRunner | None = None) -> None:
         self.ctx = ctx
+        # Store calls go through the runner (reads to a reader, writes to the one writer).
+        self.runner = runner if runner is not None else StoreRunner()
         self.eviction = EvictionPolicy(spot_eviction_rate, eviction_seed)
         self._last_eviction_check: float | None = None
         self.nodes_dir = nodes_dir
@@ -115,9 +118,9 @@ class LocalProvider:
         return self.node_dir(node_id) / "batch" / "tasks"
 
     async def reconcile(self) -> None:
-        self._evict_spot_nodes()
+        await self._evict_spot_nodes()
         self._reap_cleanups()
-        records = {r.node_id: r for r in node_service.provisioning_view(self.ctx)}
+        records = {r.node_id: r for r in await self.runner.read(node_service.provisioning_view, self.ctx)}
         for record in records.values():
             agent = self.agents.get(record.node_id)
             if agent is None and record.agent_pid:
@@ -132,7 +135,7 @@ class LocalProvider:
                 if agent is None or not agent.alive():
                     await asyncio.to_thread(kill_node_processes, self.node_root(record.node_id), remove=True)
                     self._drop(record.node_id)
-                    node_service.forget(self.ctx, record.node_id)
+                    await self.runner.write(node_service.forget, self.ctx, record.node_id)
                 continue
             if agent is not None and agent.alive():
                 continue
@@ -143,8 +146,9 @@ class LocalProvider:
                 log.warning("agent of node %s is gone; restarting it", record.node_id)
                 # Its task trees die first: requeued, they must not run twice at once.
                 await asyncio.to_thread(kill_node_processes, self.node_root(record.node_id))
-                node_service.agent_lost(self.ctx, record.node_id)
-            self._spawn(record.node_id, record.pool_id, record.token)
+                await self.runner.write(node_service.agent_lost, self.ctx, record.node_id)
+            pid = self._spawn(record.node_id, record.pool_id, record.token)
+            await self.runner.write(node_service.agent_spawned, self.ctx, record.node_id, pid)
         now = time.monotonic()
         for node_id in list(self.agents):
             if node_id in records:
@@ -159,18 +163,18 @@ class LocalProvider:
             await asyncio.to_thread(kill_node_processes, self.node_root(node_id), remove=True)
             self._drop(node_id)
 
-    def _evict_spot_nodes(self) -> None:
+    async def _evict_spot_nodes(self) -> None:
         now = time.monotonic()
         elapsed_real = now - (self._last_eviction_check or now)
         self._last_eviction_check = now
         if elapsed_real <= 0:
             return
         elapsed_hours = elapsed_real * self.ctx.timebase.scale / 3600
-        live = preemption.live_spot_nodes(self.ctx)
+        live = await self.runner.read(preemption.live_spot_nodes, self.ctx)
         chosen = self.eviction.choose(((node_id, spec) for node_id, spec in live), elapsed_hours)
         if chosen:
             log.info("evicting spot nodes %s", chosen)
-            preemption.preempt_many(self.ctx, chosen)
+            await self.runner.write(preemption.preempt_many, self.ctx, chosen)
 
     def _adopt(self, node_id: str, pid: int) -> _Agent | None:
         try:
@@ -188,7 +192,8 @@ class LocalProvider:
         self.agents[node_id] = agent
         return agent
 
-    def _spawn(self, node_id: str, pool_id: str, token: str) -> None:
+    def _spawn(self, node_id: str, pool_id: str, token: str) -> int:
+        """Start the node's agent; its pid, for the caller to record."""
         root = self.node_root(node_id)
         # Task users walk down to their folders through these, so they are 0755 (umask is 077).
         _make_traversable(root)
@@ -209,7 +214,7 @@ class LocalProvider:
         except BrokenPipeError:
             pass  # the agent died at once; the next pass sees it gone
         self.agents[node_id] = _Agent(node_id, psutil.Process(popen.pid), popen)
-        node_service.agent_spawned(self.ctx, node_id, popen.pid)
+        return popen.pid
 
     def _reap_cleanups(self) -> None:
         for node_id, cleaning in list(self._cleaning.items()):

@@ -9,15 +9,16 @@ import logging
 from shoal.server.duty import Wakeups
 from shoal.service import autoscale, metrics
 from shoal.service.context import Context
+from shoal.store.runner import StoreRunner
 
 log = logging.getLogger("shoal.server")
 AUTOSCALE_CHECK_S = 1.0
 
 
-async def autoscale_loop(ctx: Context, wakeups: Wakeups) -> None:
+async def autoscale_loop(ctx: Context, wakeups: Wakeups, runner: StoreRunner) -> None:
     while True:
         try:
-            if autoscale.run_due(ctx):
+            if await runner.write(autoscale.run_due, ctx):
                 wakeups.provider.set()
         except Exception:
             log.exception("autoscale pass failed")

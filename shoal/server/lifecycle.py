@@ -13,12 +13,13 @@ from sqlalchemy import select
 
 from shoal.api import remote_files
 from shoal.config import Settings
-from shoal.server.duty import Wakeups
 from shoal.service import allocation, node_operations, preemption
 from shoal.service import jobs as job_service
 from shoal.service import nodes as node_service
 from shoal.service import tasks as task_service
 from shoal.service.context import Context
+from shoal.service.liveness import Liveness
+from shoal.store.runner import StoreRunner
 from shoal.store.schema import nodes
 
 LIFECYCLE_INTERVAL_S = 0.5
@@ -28,46 +29,60 @@ LIFECYCLE_DUTY_TIMEOUT_S = 60.0
 REMOTE_DELETE_CONCURRENCY = 32
 
 
-def lifecycle_duties(ctx: Context, settings: Settings, wakeups: Wakeups) -> list[tuple[str, Callable[[], Any]]]:
+def lifecycle_duties(ctx: Context, settings: Settings, runner: StoreRunner,
+                     liveness: Liveness) -> list[tuple[str, Callable[[], Any]]]:
+    """Every duty's store work runs on the writer (each may write); only the calls to nodes stay
+    on the loop."""
+
     def allocate() -> None:
         if allocation.reconcile(ctx):
-            wakeups.provider.set()
-            wakeups.scheduler.set()
+            # From the writer thread: the signals are the thread-safe way to the loop's events.
+            ctx.signals.wake_provider()
+            ctx.signals.wake_scheduler()
 
     def finish_complete_jobs() -> None:
         with ctx.engine.begin() as conn:
             job_service.finish_all_complete_jobs(ctx, conn)
 
+    def on_writer(fn: Callable[..., Any], *args: Any) -> Callable[[], Awaitable[Any]]:
+        return lambda: runner.write(fn, *args)
+
     return [
-        ("allocation", allocate),
-        ("silent nodes", lambda: node_service.mark_silent_nodes_unusable(ctx, settings.heartbeat_timeout_s)),
-        ("spot recovery", lambda: preemption.recover(ctx, timedelta(seconds=settings.spot_recovery_s),
-                                                     settings.spot_capacity)),
-        ("job disables", lambda: job_service.finish_waiting_disables(ctx)),
-        ("job completion", finish_complete_jobs),
-        ("deleted jobs", lambda: _reap_deleted_jobs(ctx)),
-        ("job wall clock", lambda: job_service.enforce_max_wall_clock(ctx)),
-        ("node operations", lambda: node_operations.start_pending(ctx)),
-        ("task retention", lambda: _remove_expired_task_folders(ctx)),
+        ("allocation", on_writer(allocate)),
+        ("silent nodes", on_writer(node_service.mark_silent_nodes_unusable, ctx, settings.heartbeat_timeout_s,
+                                   liveness)),
+        ("spot recovery", on_writer(preemption.recover, ctx, timedelta(seconds=settings.spot_recovery_s),
+                                    settings.spot_capacity)),
+        ("job disables", on_writer(job_service.finish_waiting_disables, ctx)),
+        ("job completion", on_writer(finish_complete_jobs)),
+        ("deleted jobs", lambda: _reap_deleted_jobs(ctx, runner)),
+        ("job wall clock", on_writer(job_service.enforce_max_wall_clock, ctx)),
+        ("node operations", on_writer(node_operations.start_pending, ctx)),
+        ("task retention", lambda: _remove_expired_task_folders(ctx, runner)),
     ]
 
 
-async def _reap_deleted_jobs(ctx: Context) -> None:
-    for job_id, pool_seq in job_service.reap_deleted(ctx):
-        await _remove_job_folders(ctx, job_id, pool_seq)
+async def _reap_deleted_jobs(ctx: Context, runner: StoreRunner) -> None:
+    for job_id, pool_seq in await runner.write(job_service.reap_deleted, ctx):
+        await _remove_job_folders(ctx, runner, job_id, pool_seq)
 
 
-async def _remove_expired_task_folders(ctx: Context) -> None:
-    expired = task_service.expired_folders(ctx)
+async def _remove_expired_task_folders(ctx: Context, runner: StoreRunner) -> None:
+    expired = await runner.read(task_service.expired_folders, ctx)
     await _bounded_gather(remote_files.delete_remote_tree(url, token, folder) for _seq, url, token, folder in expired)
-    task_service.folders_removed(ctx, [seq for seq, *_ in expired])
+    await runner.write(task_service.folders_removed, ctx, [seq for seq, *_ in expired])
 
 
-async def _remove_job_folders(ctx: Context, job_id: str, pool_seq: int | None) -> None:
+def _job_folder_servers(ctx: Context, pool_seq: int) -> list[Any]:
+    with ctx.engine.connect() as conn:
+        return list(conn.execute(select(nodes.c.file_server_url, nodes.c.token)
+                                 .where(nodes.c.pool_seq == pool_seq)).all())
+
+
+async def _remove_job_folders(ctx: Context, runner: StoreRunner, job_id: str, pool_seq: int | None) -> None:
     if pool_seq is None:
         return
-    with ctx.engine.connect() as conn:
-        rows = conn.execute(select(nodes.c.file_server_url, nodes.c.token).where(nodes.c.pool_seq == pool_seq)).all()
+    rows = await runner.read(_job_folder_servers, ctx, pool_seq)
     await _bounded_gather(remote_files.delete_remote_tree(url, token, f"workitems/{job_id}") for url, token in rows)
 
 

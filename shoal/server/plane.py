@@ -36,7 +36,9 @@ from shoal.server.startup import (
     write_endpoint_file,
 )
 from shoal.service.context import Context, Signals
+from shoal.service.liveness import Liveness
 from shoal.store.db import StoreInUse, create_store_engine, hold_store, migrate
+from shoal.store.runner import StoreRunner, on_loop
 from shoal.timebase import TimeBase
 
 log = logging.getLogger("shoal.server")
@@ -70,15 +72,18 @@ class ControlPlane:
         port = self.sock.getsockname()[1]
         host = settings.host if ":" not in settings.host else f"[{settings.host}]"
         self.endpoint = f"http://{host}:{port}"
-        self.hub = AgentHub()
+        # Every store call of the server goes through the runner: the event loop only does I/O.
+        self.runner = StoreRunner()
+        self.liveness = Liveness()
+        self.hub = AgentHub(self.liveness)
         self.timebase = TimeBase(settings.time_scale)
         self.wakeups = Wakeups()
-        signals = Signals(wake_scheduler=self.wakeups.scheduler.set, wake_node=self.hub.wake,
-                          wake_provider=self.wakeups.provider.set)
+        # Bound to the loop in `serve`: service code calls them from the runner's threads.
+        signals = Signals()
         self.ctx = Context(engine=self.engine, account=DEFAULT_ACCOUNT, signals=signals, base_url=self.endpoint,
                            timebase=self.timebase, sample_lag=timedelta(seconds=settings.sample_lag_s),
                            spot_capacity=settings.spot_capacity)
-        self.api = Api(self.ctx, {DEFAULT_ACCOUNT: self.keys})
+        self.api = Api(self.ctx, {DEFAULT_ACCOUNT: self.keys}, self.runner)
         # An idle agent calls at least once per long-poll: keep that well inside the timeout
         # after which a silent node is declared unusable.
         poll_timeout = min(settings.poll_timeout_s, settings.heartbeat_timeout_s / 3)
@@ -89,7 +94,7 @@ class ControlPlane:
             from shoal.providers.local import LocalProvider
 
             self.provider = LocalProvider(self.ctx, settings.effective_nodes_dir, self.endpoint,
-                                          spot_eviction_rate=settings.spot_eviction_rate)
+                                          spot_eviction_rate=settings.spot_eviction_rate, runner=self.runner)
         self._tasks: list[asyncio.Task[None]] = []
 
     def write_endpoint_file(self) -> None:
@@ -101,11 +106,22 @@ class ControlPlane:
             record["database"] = self.settings.database_url
         write_endpoint_file(self.settings.data_dir, record)
 
+    def bind_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The wake-ups set asyncio events of ``loop``; the service calls them from any thread."""
+        signals = self.ctx.signals
+        signals.wake_scheduler = on_loop(loop, self.wakeups.scheduler.set)
+        signals.wake_node = on_loop(loop, self.hub.wake)
+        signals.wake_provider = on_loop(loop, self.wakeups.provider.set)
+
     async def start_loops(self) -> None:
-        duties: list[Any] = [scheduler_loop(self.ctx, self.wakeups.scheduler, self.hub),
-                             sampler_loop(self.ctx), autoscale_loop(self.ctx, self.wakeups)]
+        # Start-up (the provider's first pass) may have taken a while: no agent has had a chance
+        # to call yet, so every node's timeout counts from now.
+        self.liveness.forgive()
+        duties: list[Any] = [self.liveness.watch_loop(),
+                             scheduler_loop(self.ctx, self.wakeups.scheduler, self.hub, self.runner),
+                             sampler_loop(self.ctx, self.runner), autoscale_loop(self.ctx, self.wakeups, self.runner)]
         duties.extend(run_periodically(name, duty, LIFECYCLE_INTERVAL_S, LIFECYCLE_DUTY_TIMEOUT_S)
-                      for name, duty in lifecycle_duties(self.ctx, self.settings, self.wakeups))
+                      for name, duty in lifecycle_duties(self.ctx, self.settings, self.runner, self.liveness))
         if self.provider is not None:
             duties.append(provider_loop(self.provider, self.wakeups.provider))
         self._tasks.extend(asyncio.create_task(duty) for duty in duties)
@@ -119,12 +135,15 @@ class ControlPlane:
         if self.provider is not None:
             await self.provider.shutdown(stop_agents=True)
         await remote_files.close()
+        # What was acknowledged is committed already; this lets queued duty work finish.
+        await asyncio.to_thread(self.runner.shutdown)
 
     async def serve(self) -> None:
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
                                 timeout_keep_alive=75, loop="none", timeout_graceful_shutdown=2,
                                 http=BoundedHeadProtocol)
         server = _QuietServer(config)
+        self.bind_signals(asyncio.get_running_loop())
         if self.provider is not None:
             # Before the first request: nodes whose agents did not survive a restart are marked
             # lost now, so nobody is told a dead node is idle.

@@ -7,14 +7,15 @@ import logging
 
 from shoal.service import metrics
 from shoal.service.context import Context
+from shoal.store.runner import StoreRunner
 
 log = logging.getLogger("shoal.server")
 
 
-async def sampler_loop(ctx: Context) -> None:
+async def sampler_loop(ctx: Context, runner: StoreRunner) -> None:
     while True:
         try:
-            metrics.sample(ctx)
+            await runner.write(metrics.sample, ctx)
         except Exception:
             log.exception("metric sampling failed")
         await ctx.timebase.sleep(metrics.SAMPLE_PERIOD)

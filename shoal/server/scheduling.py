@@ -12,19 +12,20 @@ from shoal.config import SCHEDULER_IDLE_WAKE_S
 from shoal.server.duty import wait_for_wake
 from shoal.service import scheduling
 from shoal.service.context import Context
+from shoal.store.runner import StoreRunner
 
 log = logging.getLogger("shoal.server")
 # A short pause after a wake-up lets a burst of adds or completions share one scheduling pass.
 SCHEDULER_COALESCE_S = 0.002
 
 
-async def scheduler_loop(ctx: Context, wake: asyncio.Event, hub: AgentHub) -> None:
+async def scheduler_loop(ctx: Context, wake: asyncio.Event, hub: AgentHub, runner: StoreRunner) -> None:
     while True:
         await wait_for_wake(wake, SCHEDULER_IDLE_WAKE_S)
         await asyncio.sleep(SCHEDULER_COALESCE_S)
         wake.clear()
         try:
-            for node_id in scheduling.schedule(ctx):
+            for node_id in await runner.write(scheduling.schedule, ctx):
                 hub.wake(node_id)
         except Exception:
             log.exception("scheduling pass failed")

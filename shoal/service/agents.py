@@ -278,6 +278,30 @@ def sync(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAn
     return answer
 
 
+def sync_has_news(body: dict[str, Any]) -> bool:
+    """Whether a sync body carries something to record (task reports, start-task news)."""
+    return bool(body.get("reports")) or body.get("startTask") is not None
+
+
+def sync_without_writes(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAnswer | None:
+    """A sync with nothing to record, answered by reads alone (the heartbeat lives in memory,
+    shoal.service.liveness); None when the node's record must change after all (it was
+    unusable and is back), so the caller runs `sync` on the writer."""
+    if sync_has_news(body):
+        return None
+    with ctx.engine.connect() as conn:
+        node = _node_by_token(conn, node_id, token)
+        if not _current_incarnation(node, body):
+            return SyncAnswer()
+        if node.state == "unusable":
+            return None
+        if isinstance(body.get("metrics"), dict):
+            ctx.node_metrics[node_id] = body["metrics"]
+        answer = SyncAnswer(run_start_task=bool(node.run_start_task))
+        _deliveries(conn, node, body, answer)
+    return answer
+
+
 def _current_incarnation(node: Any, body: dict[str, Any]) -> bool:
     """Whether a sync comes from the agent process whose hello the node last took. A node that
     has not said hello yet (a fresh record) has no incarnation to match."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -13,6 +12,7 @@ from shoal.errors import NotFound
 from shoal.service import pools as pool_service
 from shoal.service import transitions
 from shoal.service.context import Context
+from shoal.service.liveness import Liveness
 from shoal.store.schema import jobs, nodes, pools, tasks
 
 AGENT_VERSION = "shoal-0.1.0"
@@ -178,22 +178,39 @@ def forget_in(conn: Any, node_id: str) -> None:
     conn.execute(delete(nodes).where(nodes.c.id == node_id))
 
 
-def mark_silent_nodes_unusable(ctx: Context, timeout_s: float) -> bool:
-    """A node whose agent stopped calling becomes `unusable`; its tasks are requeued elsewhere."""
-    cutoff = clock.now() - timedelta(seconds=timeout_s)
+# Node states whose agent is expected to call: silence in any of them makes the node unusable.
+_LIVE_STATES = ("starting", "waitingforstarttask", "idle", "running", "starttaskfailed", "offline",
+                "rebooting", "reimaging")
+
+
+def mark_silent_nodes_unusable(ctx: Context, timeout_s: float, liveness: Liveness | None = None) -> bool:
+    """A node whose agent stopped calling becomes `unusable`; its tasks are requeued elsewhere.
+
+    Silence is judged from the in-memory timers of ``liveness`` (a fresh board when none is
+    given: every node counts from now), and only while the event loop that refreshes them is on
+    time: a held-up loop cannot tell a silent agent from an unread one. The store is read, and a
+    transaction begun, only for what the timers already show silent."""
+    board = liveness if liveness is not None else Liveness()
+    if liveness is not None and not board.loop_on_time():
+        return False
+    with ctx.engine.connect() as conn:
+        candidates = conn.execute(select(nodes.c.id, nodes.c.state).where(
+            nodes.c.state.in_((*_LIVE_STATES, "leavingpool")))).all()
+    quiet = set(board.silent([row.id for row in candidates], timeout_s))
+    if not quiet:
+        return False
     with ctx.engine.begin() as conn:
+        # Read again inside the transaction: a node may have changed state since (this runs on
+        # the one writer, so nothing else writes meanwhile; the re-read costs only the few).
+        rows = conn.execute(select(nodes.c.id, nodes.c.state).where(nodes.c.id.in_(quiet))).all()
         # A leaving node that fell silent has left, whatever became of its goodbye.
-        gone = conn.execute(select(nodes.c.id).where(nodes.c.state == "leavingpool",
-                                                     nodes.c.last_heartbeat < cutoff)).scalars().all()
+        gone = [row.id for row in rows if row.state == "leavingpool"]
         for node_id in gone:
             forget_in(conn, node_id)
-        silent = conn.execute(select(nodes.c.id).where(
-            nodes.c.state.in_(("starting", "waitingforstarttask", "idle", "running", "starttaskfailed",
-                               "offline", "rebooting", "reimaging")),
-            nodes.c.last_heartbeat < cutoff)).scalars().all()
+        silent = [row.id for row in rows if row.state in _LIVE_STATES]
         if not silent:
             return bool(gone)
-        transitions.requeue(conn, transitions.running_on(conn, list(silent)), user_requested=False)
+        transitions.requeue(conn, transitions.running_on(conn, silent), user_requested=False)
         conn.execute(update(nodes).where(nodes.c.id.in_(silent)).values(
             state="unusable", state_transition_time=clock.now(), etag=clock.new_etag()))
     ctx.signals.wake_scheduler()
