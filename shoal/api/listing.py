@@ -13,14 +13,19 @@ from shoal.api.http import decode_token, json_response, max_results, next_link
 from shoal.errors import InvalidQuery
 
 
-def compile_filter(request: Request) -> odata.Predicate | None:
+def parse_filter(request: Request) -> odata.Node | None:
     text = request.query_params.get("$filter")
     if not text:
         return None
     try:
-        return odata.compile_filter(text)
+        return odata.parse_filter(text)
     except odata.ODataError as exc:
         raise InvalidQuery("$filter", text[:256], str(exc)) from exc
+
+
+def compile_filter(request: Request) -> odata.Predicate | None:
+    node = parse_filter(request)
+    return None if node is None else odata.predicate_of(node)
 
 
 def select_fields(request: Request) -> list[str] | None:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import Numeric, and_, case, cast, false, func, not_, or_, true
+
 Predicate = Callable[[dict[str, Any]], bool]
 _Value = Callable[[dict[str, Any]], Any]
 
@@ -195,6 +197,61 @@ def _compare_values(op: str, left: Any, right: Any, *, fold_case: bool) -> bool:
     return _COMPARISONS[op](left, right)
 
 
+# The parsed filter: a small tree, evaluated in Python over wire dicts (`_evaluator`) or, where
+# the properties live in store columns, translated to SQL (`to_sql`).
+
+
+@dataclass(frozen=True)
+class Literal:
+    value: Any
+
+
+@dataclass(frozen=True)
+class Prop:
+    path: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StartsWith:
+    path: tuple[str, ...]
+    prefix: str
+
+
+@dataclass(frozen=True)
+class Compare:
+    op: str
+    left: Node
+    right: Node
+    fold_case: bool
+
+
+@dataclass(frozen=True)
+class IsTrue:
+    """A bare operand used as a condition: true only if its value is the boolean true."""
+
+    operand: Node
+
+
+@dataclass(frozen=True)
+class Not:
+    inner: Node
+
+
+@dataclass(frozen=True)
+class AllOf:
+    parts: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    parts: tuple[Node, ...]
+
+
+Node = Literal | Prop | StartsWith | Compare | IsTrue | Not | AllOf | AnyOf
+# The nodes whose value is always a boolean (what a parenthesised condition gives).
+_CONDITIONS = (StartsWith, Compare, IsTrue, Not, AllOf, AnyOf)
+
+
 class _Parser:
     def __init__(self, text: str) -> None:
         self.tokens = _tokenize(text)
@@ -232,83 +289,74 @@ class _Parser:
     def _describe(token: _Token) -> str:
         return "end of filter" if token.kind == "end" else repr(token.text)
 
-    def parse(self) -> Predicate:
-        predicate = self.or_expr()
+    def parse(self) -> Node:
+        node = self.or_expr()
         if self.current.kind != "end":
             raise ODataError(f"unexpected {self._describe(self.current)}", self.current.position)
-        return predicate
+        return node
 
-    def or_expr(self) -> Predicate:
+    def or_expr(self) -> Node:
         parts = [self.and_expr()]
         while self.accept_keyword("or"):
             parts.append(self.and_expr())
-        if len(parts) == 1:
-            return parts[0]
-        return lambda resource: any(part(resource) for part in parts)
+        return parts[0] if len(parts) == 1 else AnyOf(tuple(parts))
 
-    def and_expr(self) -> Predicate:
+    def and_expr(self) -> Node:
         parts = [self.not_expr()]
         while self.accept_keyword("and"):
             parts.append(self.not_expr())
-        if len(parts) == 1:
-            return parts[0]
-        return lambda resource: all(part(resource) for part in parts)
+        return parts[0] if len(parts) == 1 else AllOf(tuple(parts))
 
-    def not_expr(self) -> Predicate:
+    def not_expr(self) -> Node:
         token = self.current
         if self.accept_keyword("not"):
             self.enter(token)
             inner = self.not_expr()
             self.depth -= 1
-            return lambda resource: not inner(resource)
+            return Not(inner)
         return self.comparison()
 
-    def comparison(self) -> Predicate:
+    def comparison(self) -> Node:
         start = self.current
-        left, left_path = self.operand()
+        left = self.operand()
         token = self.current
         if token.kind == "keyword" and token.text in _COMPARISONS:
             self.advance()
-            right, right_path = self.operand()
-            fold_case = _is_enum_property(left_path) or _is_enum_property(right_path)
-            op = token.text
-            return lambda resource: _compare(op, left(resource), right(resource), fold_case=fold_case)
+            right = self.operand()
+            fold_case = _is_enum_property(left) or _is_enum_property(right)
+            return Compare(token.text, left, right, fold_case)
         # A bare operand is a condition only if it is boolean: startswith(...), (...), true, isFlag.
         if start.kind in {"number", "string", "datetime"}:
             raise ODataError("expected a comparison operator after a literal", token.position)
-        return lambda resource: left(resource) is True
+        return IsTrue(left)
 
-    def operand(self) -> tuple[_Value, list[str] | None]:
-        """One value: returns its evaluator and, for a property, its path (for enum handling)."""
+    def operand(self) -> Node:
         token = self.current
         if token.kind in {"string", "number", "datetime"}:
             self.advance()
-            value = token.value
-            return (lambda _resource: value), None
+            return Literal(token.value)
         if token.kind == "punct" and token.text == "(":
             self.advance()
             self.enter(token)
             inner = self.or_expr()
             self.expect_punct(")")
             self.depth -= 1
-            return inner, None
+            return inner
         if token.kind == "name":
             self.advance()
             lowered = token.text.lower()
             if lowered in {"true", "false"}:
-                flag = lowered == "true"
-                return (lambda _resource: flag), None
+                return Literal(lowered == "true")
             if lowered == "null":
-                return (lambda _resource: None), None
+                return Literal(None)
             if self.current.kind == "punct" and self.current.text == "(":
-                return self.function_call(token), None
-            path = token.text.split("/")
-            return (lambda resource: _lookup(resource, path)), path
+                return self.function_call(token)
+            return Prop(tuple(token.text.split("/")))
         raise ODataError(
             f"expected a property, literal or '(' but found {self._describe(token)}", token.position
         )
 
-    def function_call(self, name: _Token) -> _Value:
+    def function_call(self, name: _Token) -> Node:
         if name.text.lower() != "startswith":
             raise ODataError(f"unsupported function '{name.text}'", name.position)
         self.expect_punct("(")
@@ -316,7 +364,7 @@ class _Parser:
         if subject.kind != "name" or subject.text.lower() in {"true", "false", "null"}:
             raise ODataError("startswith expects a property as its first argument", subject.position)
         self.advance()
-        path = subject.text.split("/")
+        path = tuple(subject.text.split("/"))
         self.expect_punct(",")
         prefix_token = self.current
         if prefix_token.kind != "string":
@@ -325,28 +373,77 @@ class _Parser:
             )
         self.advance()
         self.expect_punct(")")
-        prefix = prefix_token.value
-
-        def starts_with(resource: dict[str, Any]) -> bool:
-            value = _lookup(resource, path)
-            return isinstance(value, str) and value.startswith(prefix)
-
-        return starts_with
+        return StartsWith(path, prefix_token.value)
 
 
-def _is_enum_property(path: list[str] | None) -> bool:
-    if path is None:
+def _is_enum_property(node: Node) -> bool:
+    if not isinstance(node, Prop):
         return False
-    last = path[-1]
+    last = node.path[-1]
     # allocationState, schedulingState, previousState... are enums too.
     return last.lower() in _ENUM_PROPERTY_NAMES or last.endswith("State")
 
 
+def _evaluator(node: Node) -> _Value:
+    """A closure computing the node's value over a wire dict (built once per filter)."""
+    if isinstance(node, Literal):
+        value = node.value
+        return lambda _resource: value
+    if isinstance(node, Prop):
+        path = list(node.path)
+        return lambda resource: _lookup(resource, path)
+    if isinstance(node, StartsWith):
+        subject, prefix = list(node.path), node.prefix
+
+        def starts_with(resource: dict[str, Any]) -> bool:
+            value = _lookup(resource, subject)
+            return isinstance(value, str) and value.startswith(prefix)
+
+        return starts_with
+    if isinstance(node, Compare):
+        left, right, op, fold_case = _evaluator(node.left), _evaluator(node.right), node.op, node.fold_case
+        return lambda resource: _compare(op, left(resource), right(resource), fold_case=fold_case)
+    if isinstance(node, IsTrue):
+        operand = _evaluator(node.operand)
+        return lambda resource: operand(resource) is True
+    if isinstance(node, Not):
+        inner = _evaluator(node.inner)
+        return lambda resource: not inner(resource)
+    parts = [_evaluator(part) for part in node.parts]
+    if isinstance(node, AllOf):
+        return lambda resource: all(part(resource) for part in parts)
+    return lambda resource: any(part(resource) for part in parts)
+
+
+def parse_filter(text: str | None) -> Node | None:
+    """Parse an OData `$filter`; None for an absent or blank filter (which matches everything)."""
+    if text is None or not text.strip():
+        return None
+    return _Parser(text).parse()
+
+
+def predicate_of(node: Node | None) -> Predicate:
+    if node is None:
+        return lambda _resource: True
+    return _evaluator(node)
+
+
 def compile_filter(text: str | None) -> Predicate:
     """Compile an OData `$filter`; an absent or blank filter matches everything."""
-    if text is None or not text.strip():
-        return lambda _resource: True
-    return _Parser(text).parse()
+    return predicate_of(parse_filter(text))
+
+
+def conjuncts(node: Node | None) -> list[Node]:
+    """The parts a filter requires all of (itself, unless it is an `and`)."""
+    if node is None:
+        return []
+    return list(node.parts) if isinstance(node, AllOf) else [node]
+
+
+def all_of(parts: list[Node]) -> Node | None:
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else AllOf(tuple(parts))
 
 
 def parse_select(text: str | None) -> list[str] | None:
@@ -374,3 +471,206 @@ def apply_select(resource: dict[str, Any], fields: Iterable[str] | None) -> dict
         for key, value in resource.items()
         if key.lower() in wanted or key.startswith(_METADATA_PREFIX)
     }
+
+
+# --- Translation to SQL -------------------------------------------------------------------
+#
+# A condition is translated only when its meaning in SQL is exactly the evaluator's over the
+# wire form: same null rules, same type-mismatch rules, same case folding, same string order.
+# Every translated condition is two-valued (never SQL NULL), so `not`, `and` and `or` compose as
+# they do in Python. Anything else returns None and stays with the Python evaluator.
+
+
+@dataclass(frozen=True)
+class SqlProperty:
+    """Where a wire property lives in the store.
+
+    kind: "text" (a string column holding exactly the wire string; enum columns hold the
+    lower-case value), "int" (an integer column), "time" (a timestamp the wire shows with
+    microseconds, so comparisons are exact) or "json_int" (`key` of a JSON column, a number
+    when present)."""
+
+    column: Any
+    kind: str
+    nullable: bool = False
+    key: str = ""
+
+
+_FLIPPED = {"eq": "eq", "ne": "ne", "gt": "lt", "ge": "le", "lt": "gt", "le": "ge"}
+_INT64 = 2**63 - 1
+_EXACT_FLOAT = 2**53
+
+
+def _sql_compare(op: str, left: Any, right: Any) -> Any:
+    return _COMPARISONS[op](left, right)
+
+
+def _safe_text(value: str) -> bool:
+    """Strings both backends bind exactly: PostgreSQL text cannot hold NUL, and lone surrogates
+    do not encode."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _exact_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if isinstance(value, int):
+        return -_INT64 <= value <= _INT64
+    return value == value and abs(value) <= _EXACT_FLOAT
+
+
+class _SqlTranslator:
+    def __init__(self, properties: dict[str, SqlProperty], dialect: str) -> None:
+        self.properties = properties
+        self.postgres = dialect == "postgresql"
+
+    def const(self, value: bool) -> Any:
+        return true() if value else false()
+
+    def prop(self, node: Node) -> SqlProperty | None:
+        if not isinstance(node, Prop):
+            return None
+        return self.properties.get("/".join(segment.lower() for segment in node.path))
+
+    def translate(self, node: Node) -> Any | None:
+        if isinstance(node, Not):
+            inner = self.translate(node.inner)
+            return None if inner is None else not_(inner)
+        if isinstance(node, AllOf | AnyOf):
+            parts: list[Any] = [self.translate(part) for part in node.parts]
+            if any(part is None for part in parts):
+                return None
+            return and_(*parts) if isinstance(node, AllOf) else or_(*parts)
+        if isinstance(node, IsTrue):
+            if isinstance(node.operand, _CONDITIONS):
+                return self.translate(node.operand)
+            if isinstance(node.operand, Literal):
+                return self.const(node.operand.value is True)
+            prop = self.prop(node.operand)
+            # Only the boolean true is true: no text, integer or time value ever is.
+            return self.const(False) if prop is not None and prop.kind in ("text", "int", "time") else None
+        if isinstance(node, StartsWith):
+            return self.starts_with(node)
+        if isinstance(node, Compare):
+            return self.compare(node)
+        return None
+
+    def starts_with(self, node: StartsWith) -> Any | None:
+        prop = self.properties.get("/".join(segment.lower() for segment in node.path))
+        if prop is None or not _safe_text(node.prefix):
+            return None
+        if prop.kind == "int":
+            return self.const(False)
+        if prop.kind != "text":
+            return None
+        test = func.substr(prop.column, 1, len(node.prefix)) == node.prefix
+        return and_(prop.column.is_not(None), test) if prop.nullable else test
+
+    def compare(self, node: Compare) -> Any | None:
+        op = node.op
+        prop, literal = self.prop(node.left), node.right
+        if prop is None:
+            prop, literal, op = self.prop(node.right), node.left, _FLIPPED[op]
+        if prop is None or not isinstance(literal, Literal):
+            return None
+        value = literal.value
+        if value is None:
+            return self.null_comparison(prop, op)
+        if prop.kind == "text":
+            return self.text_comparison(prop, op, value, fold_case=node.fold_case)
+        if prop.kind == "int":
+            if isinstance(value, str | bool):
+                return self.const(op == "ne")
+            return _sql_compare(op, prop.column, value) if _exact_number(value) else None
+        if prop.kind == "time":
+            if not isinstance(value, datetime):
+                return None
+            return _sql_compare(op, prop.column, value.astimezone(UTC))
+        if prop.kind == "json_int" and _exact_number(value):
+            return self.json_number_comparison(prop, op, value)
+        return None
+
+    def null_comparison(self, prop: SqlProperty, op: str) -> Any:
+        if op not in ("eq", "ne"):
+            return self.const(False)
+        if prop.kind == "json_int":
+            kind = self.json_type(prop)
+            is_null = kind.is_(None) | (kind == "null")
+        elif not prop.nullable:
+            return self.const(op == "ne")
+        else:
+            is_null = prop.column.is_(None)
+        return is_null if op == "eq" else not_(is_null)
+
+    def text_comparison(self, prop: SqlProperty, op: str, value: Any, *, fold_case: bool) -> Any | None:
+        if isinstance(value, int | float):  # bool included: a string never equals either
+            return self.const(op == "ne")
+        if not isinstance(value, str) or not _safe_text(value):
+            return None
+        if fold_case:
+            # Enum columns hold lower-case values, which casefold leaves as they are.
+            value = value.casefold()
+        column = prop.column
+        if op not in ("eq", "ne") and self.postgres:
+            # Python orders strings by code point, as SQLite and PostgreSQL's "C" collation do.
+            column = column.collate("C")
+        test = _sql_compare(op, column, value)
+        if prop.nullable:
+            # A missing value is unequal to every string and unordered.
+            return (prop.column.is_(None) | test) if op == "ne" else and_(prop.column.is_not(None), test)
+        return test
+
+    def json_type(self, prop: SqlProperty) -> Any:
+        if self.postgres:
+            return func.json_typeof(prop.column[prop.key])
+        return func.json_type(prop.column, f"$.{prop.key}")
+
+    def json_number_comparison(self, prop: SqlProperty, op: str, value: Any) -> Any:
+        kind = self.json_type(prop)
+        number: Any
+        if self.postgres:
+            is_number = kind == "number"
+            number = cast(prop.column[prop.key].as_string(), Numeric)
+        else:
+            is_number = kind.in_(("integer", "real"))
+            number = func.json_extract(prop.column, f"$.{prop.key}")
+        # Absent, null, or not a number: unequal and unordered, as in Python.
+        return case((is_number, _sql_compare(op, number, value)), else_=self.const(op == "ne"))
+
+
+def to_sql(node: Node, properties: dict[str, SqlProperty], dialect: str) -> Any | None:
+    """The SQL condition meaning exactly what the evaluator means for `node`, or None when the
+    node reads something the store has no column for (or SQL would read it differently)."""
+    return _SqlTranslator(properties, dialect).translate(node)
+
+
+def split_for_sql(node: Node | None, properties: dict[str, SqlProperty],
+                  dialect: str) -> tuple[list[Any], Node | None]:
+    """The filter's conjuncts as SQL conditions where they translate, and the rest (to evaluate
+    in Python on the rows SQL lets through) as one node, or None."""
+    sql: list[Any] = []
+    rest: list[Node] = []
+    for part in conjuncts(node):
+        condition = to_sql(part, properties, dialect)
+        if condition is None:
+            rest.append(part)
+        else:
+            sql.append(condition)
+    return sql, all_of(rest)
+
+
+def equality_literal(node: Node, name: str) -> Any:
+    """The literal of a `name eq <literal>` comparison (either way round), or None."""
+    if not isinstance(node, Compare) or node.op != "eq":
+        return None
+    for prop, literal in ((node.left, node.right), (node.right, node.left)):
+        if isinstance(prop, Prop) and len(prop.path) == 1 and prop.path[0].lower() == name \
+                and isinstance(literal, Literal):
+            return literal.value
+    return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shoal.api import listing, offload
+from shoal.api import listing, odata, offload
 from shoal.api.http import (
     decode_token,
     empty_response,
@@ -36,11 +36,17 @@ async def add_collection(request: Request, ctx: Context) -> Response:
 
 
 async def list_tasks(request: Request, ctx: Context) -> Response:
-    predicate = listing.compile_filter(request)
+    node = listing.parse_filter(request)
     fields = listing.select_fields(request)
+    # What the store can decide goes to SQL; only the rest is evaluated here, on the rows SQL lets by.
+    conditions, rest = odata.split_for_sql(node, task_service.FILTER_PROPERTIES, ctx.engine.dialect.name)
+    parts = odata.conjuncts(node)
+    index_served = rest is None and bool(parts) and all(
+        isinstance(odata.equality_literal(part, "state"), str) for part in parts)
     page, continuation = task_service.list_page(
         ctx, request.path_params["job_id"], after_seq=decode_token(request), limit=max_results(request),
-        predicate=predicate)
+        conditions=conditions, predicate=None if rest is None else odata.predicate_of(rest),
+        index_served=index_served)
     return listing.page_response(request, page, "tasks", fields, continuation)
 
 

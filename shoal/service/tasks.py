@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
 
 from shoal import clock
+from shoal.api import odata as odata_sql
 from shoal.config import MAX_COLLECTION_BODY_BYTES, MAX_TASKS_PER_COLLECTION
 from shoal.errors import (
     BatchError,
@@ -219,29 +220,85 @@ def etag_of(ctx: Context, job_id: str, task_id: str) -> tuple[str, Any]:
         return row.etag, row.last_modified
 
 
-def list_page(ctx: Context, job_id: str, *, after_seq: int, limit: int,
-              predicate: Callable[[dict[str, Any]], bool] | None) -> tuple[list[dict[str, Any]], int | None]:
-    """Tasks in insertion order after `after_seq`; returns the page and the seq to continue
-    from (None at the end). The filter runs on the wire form, page by page."""
-    out: list[dict[str, Any]] = []
-    chunk = max(limit, 200)
+# What a task list may filter on in SQL: the wire properties that are store columns, by their
+# lower-cased OData path (see shoal/api/odata.py SqlProperty for what each kind promises).
+FILTER_PROPERTIES = {
+    "id": odata_sql.SqlProperty(tasks.c.id, "text"),
+    "state": odata_sql.SqlProperty(tasks.c.state, "text"),
+    "previousstate": odata_sql.SqlProperty(tasks.c.previous_state, "text", nullable=True),
+    "requiredslots": odata_sql.SqlProperty(tasks.c.required_slots, "int"),
+    "creationtime": odata_sql.SqlProperty(tasks.c.creation_time, "time"),
+    "statetransitiontime": odata_sql.SqlProperty(tasks.c.state_transition_time, "time"),
+    "lastmodified": odata_sql.SqlProperty(tasks.c.last_modified, "time"),
+    # `outcome` is executionInfo.result, stored with every completion and cleared on reactivation.
+    "executioninfo/result": odata_sql.SqlProperty(tasks.c.outcome, "text", nullable=True),
+    "executioninfo/exitcode": odata_sql.SqlProperty(tasks.c.execution_info, "json_int", key="exitCode"),
+    "executioninfo/retrycount": odata_sql.SqlProperty(tasks.c.execution_info, "json_int", key="retryCount"),
+    "executioninfo/requeuecount": odata_sql.SqlProperty(tasks.c.execution_info, "json_int", key="requeueCount"),
+}
+
+# Work one list request may do before it answers with what it found and a continuation token:
+# index entries walked when SQL decides, rows turned into their wire form when Python decides.
+MAX_INDEX_ENTRIES_PER_PAGE = 100_000
+MAX_EVALUATED_ROWS_PER_PAGE = 5_000
+_SQL_WINDOW = 20_000
+_PYTHON_WINDOW = 1_000
+
+
+def list_page(ctx: Context, job_id: str, *, after_seq: int, limit: int, conditions: Sequence[Any] = (),
+              predicate: Callable[[dict[str, Any]], bool] | None = None,
+              index_served: bool = False) -> tuple[list[dict[str, Any]], int | None]:
+    """Tasks in insertion order after `after_seq` that meet the SQL `conditions` and `predicate`
+    (over the wire form); returns the page and the seq to continue from (None at the end).
+
+    Every query walks the job's tasks in seq order through an index, from the token on (keyset
+    paging, never an offset). Without a filter, or when `index_served` (the conditions are what
+    an index seeks, like a state), one query answers the page. Otherwise the job is examined in
+    windows of index order, within a bound per request: a page may come back short, with a token
+    to go on from where this request stopped."""
     with ctx.engine.connect() as conn:
         job = job_service.load(conn, ctx, job_id)
-        cursor = after_seq
-        while True:
-            rows = conn.execute(select(tasks).where(tasks.c.job_seq == job.seq, tasks.c.seq > cursor)
-                                .order_by(tasks.c.seq).limit(chunk)).all()
-            for row in rows:
-                cursor = row.seq
-                wire = to_wire(ctx, job, row)
-                if predicate is None or predicate(wire):
-                    out.append(wire)
-                    if len(out) == limit:
-                        more = conn.execute(select(tasks.c.seq).where(
-                            tasks.c.job_seq == job.seq, tasks.c.seq > cursor).limit(1)).first()
-                        return out, (cursor if more else None)
-            if len(rows) < chunk:
-                return out, None
+        in_job = tasks.c.job_seq == job.seq
+        if predicate is None and (not conditions or index_served):
+            rows = conn.execute(select(tasks).where(in_job, *conditions, tasks.c.seq > after_seq)
+                                .order_by(tasks.c.seq).limit(limit + 1)).all()
+            page = rows[:limit]
+            return [to_wire(ctx, job, row) for row in page], (page[-1].seq if len(rows) > limit else None)
+        return _list_in_windows(conn, ctx, job, after_seq, limit, list(conditions), predicate)
+
+
+def _list_in_windows(conn: Connection, ctx: Context, job: Any, cursor: int, limit: int, conditions: list[Any],
+                     predicate: Callable[[dict[str, Any]], bool] | None) -> tuple[list[dict[str, Any]], int | None]:
+    in_job = tasks.c.job_seq == job.seq
+    window = _SQL_WINDOW if predicate is None else _PYTHON_WINDOW
+    out: list[dict[str, Any]] = []
+    walked = evaluated = 0
+    while walked < MAX_INDEX_ENTRIES_PER_PAGE and evaluated < MAX_EVALUATED_ROWS_PER_PAGE:
+        # The seq `window` entries on (None past the job's last task): an index-only walk.
+        upper = conn.execute(select(tasks.c.seq).where(in_job, tasks.c.seq > cursor).order_by(tasks.c.seq)
+                             .offset(window - 1).limit(1)).scalar()
+        bounds = [tasks.c.seq > cursor] + ([tasks.c.seq <= upper] if upper is not None else [])
+        query = select(tasks).where(in_job, *conditions, *bounds).order_by(tasks.c.seq)
+        if predicate is None:
+            query = query.limit(limit - len(out))
+        rows = conn.execute(query).all()
+        evaluated += len(rows)
+        for row in rows:
+            wire = to_wire(ctx, job, row)
+            if predicate is None or predicate(wire):
+                out.append(wire)
+                if len(out) == limit:
+                    return out, (row.seq if _any_after(conn, job.seq, row.seq) else None)
+        if upper is None:
+            return out, None
+        walked += window
+        cursor = upper
+    return out, cursor
+
+
+def _any_after(conn: Connection, job_seq: int, seq: int) -> bool:
+    return conn.execute(select(tasks.c.seq).where(tasks.c.job_seq == job_seq, tasks.c.seq > seq)
+                        .order_by(tasks.c.seq).limit(1)).first() is not None
 
 
 def update_constraints(ctx: Context, job_id: str, task_id: str, body: Any) -> None:
