@@ -20,6 +20,9 @@ SAMPLE_LAG_S = 60.0
 AGENT_POLL_TIMEOUT_S = 15.0
 SCHEDULER_IDLE_WAKE_S = 1.0
 PROVIDER_RECONCILE_S = 0.5
+# Who brings node records up under `shoal up`: an agent process per node, or simulated agents
+# (shoal/providers/sim.py) for scale tests.
+PROVIDERS = ("local", "sim")
 
 
 def default_data_dir() -> Path:
@@ -71,6 +74,7 @@ class Settings:
     sample_lag_s: float = field(default_factory=lambda: _float_env("SHOAL_SAMPLE_LAG_S", SAMPLE_LAG_S))
     poll_timeout_s: float = field(default_factory=lambda: _float_env("SHOAL_AGENT_POLL_TIMEOUT_S", AGENT_POLL_TIMEOUT_S))
     nodes_dir: Path | None = None
+    provider: str = "local"
 
     @property
     def effective_nodes_dir(self) -> Path:

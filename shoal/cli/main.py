@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from shoal.config import Settings, default_data_dir
+from shoal.config import PROVIDERS, Settings, default_data_dir
 from shoal.errors import BatchError
 
 console = Console()
@@ -69,13 +70,22 @@ def _serve(host: str, port: int, data_dir: Path | None, database: str | None, lo
 @click.option("--nodes-dir", default=None, type=click.Path(path_type=Path),
               help="Where local nodes' roots live (default: $SHOAL_NODES_DIR; as root "
                    "/var/lib/shoal/nodes/<hash>, else <data dir>/nodes).")
+@click.option("--provider", type=click.Choice(PROVIDERS), default="local", show_default=True,
+              help="local: every node is an agent process on this machine; sim: simulated agents that run "
+                   "tasks as timers (see shoal/providers/README.md), for thousands of nodes.")
 def up(host: str, port: int, data_dir: Path | None, database: str | None, time_scale: float,
        spot_capacity: int | None, spot_eviction_rate: float, spot_recovery: float, sample_lag: float | None,
-       nodes_dir: Path | None) -> None:
+       nodes_dir: Path | None, provider: str) -> None:
     """Run everything in one process: API, scheduler and local compute nodes."""
+    if provider == "sim":
+        from shoal.providers.sim import SIM_NODE_CAPACITY
+
+        # The machine's node capacity is the provider's: simulated nodes cost kilobytes, not a
+        # process each. An explicit SHOAL_MAX_NODES still wins.
+        os.environ.setdefault("SHOAL_MAX_NODES", str(SIM_NODE_CAPACITY))
     _serve(host, port, data_dir, database, True, time_scale,
            {"spot_capacity": spot_capacity, "spot_eviction_rate": spot_eviction_rate,
-            "spot_recovery_s": spot_recovery, "nodes_dir": nodes_dir}, sample_lag)
+            "spot_recovery_s": spot_recovery, "nodes_dir": nodes_dir, "provider": provider}, sample_lag)
 
 
 @main.command("server")

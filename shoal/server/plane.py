@@ -89,8 +89,13 @@ class ControlPlane:
         poll_timeout = min(settings.poll_timeout_s, settings.heartbeat_timeout_s / 3)
         self.app = build_app(self.api, self.hub, poll_timeout, min(5.0, settings.heartbeat_timeout_s / 3),
                              manual_join=not local_provider)
-        self.provider = None
-        if local_provider:
+        self.provider: Any = None
+        if local_provider and settings.provider == "sim":
+            from shoal.providers.sim import SimProvider
+
+            self.provider = SimProvider(self.ctx, self.endpoint, log_path=settings.data_dir / "sim-agents.log",
+                                        spot_eviction_rate=settings.spot_eviction_rate, runner=self.runner)
+        elif local_provider:
             from shoal.providers.local import LocalProvider
 
             self.provider = LocalProvider(self.ctx, settings.effective_nodes_dir, self.endpoint,
