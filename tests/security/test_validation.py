@@ -55,7 +55,8 @@ def task(**overrides: Any) -> dict[str, Any]:
 BAD_TASKS = [
     (task(commandLine="echo a" + NUL + "b"), "commandLine"),
     (task(commandLine="x" * 8192), "commandLine"),
-    (task(commandLine="echo " + "y" * 3_900_000), "commandLine"),
+    # Over the 8,191-character cap, under the 1 MB body cap.
+    (task(commandLine="echo " + "y" * 900_000), "commandLine"),
     (task(id="t-newline\n"), "id"),
     (task(displayName="name" + NUL), "displayName"),
     (task(environmentSettings=[{"name": "A=B", "value": "x"}]), "environmentSettings[0].name"),
@@ -75,6 +76,11 @@ def test_bad_task_value_is_refused(shoal: Any, unchanged: None, body: dict[str, 
     response = post(shoal, f"/jobs/{JOB}/tasks", body)
     rest.assert_batch_error(response, 400, "InvalidPropertyValue")
     assert values_of(response)["PropertyName"] == name
+
+
+def test_a_3_9_mb_command_line_is_a_body_too_large(shoal: Any, unchanged: None) -> None:
+    response = post(shoal, f"/jobs/{JOB}/tasks", task(commandLine="echo " + "y" * 3_900_000))
+    rest.assert_batch_error(response, 413, "RequestBodyTooLarge")
 
 
 def test_nul_in_a_property_name_is_refused(shoal: Any, unchanged: None) -> None:
