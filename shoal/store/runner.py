@@ -65,7 +65,9 @@ class Lane:
     def __init__(self, name: str, threads: int, backlog: int) -> None:
         self.name = name
         self.backlog = backlog
-        self._executor = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix=f"shoal-{name}")
+        # Threads are named <prefix>_<n>: how `submit` knows a call comes from the lane itself.
+        self._thread_prefix = f"shoal-{name}"
+        self._executor = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix=self._thread_prefix)
         self._lock = threading.Lock()
         self._pending = 0
 
@@ -81,6 +83,10 @@ class Lane:
             self._pending -= 1
 
     def submit(self, fn: Callable[..., T], *args: Any, shed: bool) -> concurrent.futures.Future[T]:
+        if threading.current_thread().name.startswith(self._thread_prefix + "_"):
+            # From one of this lane's own threads the call would wait for itself (on the one
+            # writer, for ever): refuse it at once, as the bug it is.
+            raise RuntimeError(f"work submitted to the {self.name} lane from that lane")
         with self._lock:
             if shed and self._pending >= self.backlog:
                 raise Busy(self.name)

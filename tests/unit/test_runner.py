@@ -120,6 +120,24 @@ def test_a_full_backlog_refuses_client_work_but_never_the_control_planes():
         lane.shutdown()
 
 
+def test_the_writer_refuses_work_from_itself_instead_of_waiting_for_ever():
+    runner = StoreRunner()
+
+    async def nested() -> None:
+        await runner.write(lambda: None)
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="from that lane"):
+            await runner.writer.run_coroutine(nested)
+        # Another lane may hand work to the writer.
+        await runner.reader.run_coroutine(nested)
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 10))
+    finally:
+        runner.shutdown()
+
+
 def test_a_cancelled_wait_does_not_leak_backlog():
     lane = Lane("reader", 1, backlog=2)
     gate = threading.Event()
