@@ -84,7 +84,7 @@ def attempts(folder: Path, task_id: str) -> list[tuple[float, float, bool]]:
     return sorted(found)
 
 
-def beating_now(folder: Path, task_ids: list[str], within_s: float = 1.0) -> set[str]:
+def beating_now(folder: Path, task_ids: list[str], within_s: float = 2.0) -> set[str]:
     now = time.time()
     return {t for t in task_ids if any(now - last < within_s for _, last, _ in attempts(folder, t))}
 
