@@ -81,10 +81,15 @@ class Api:
                 ctx = self.context_for(request)
                 if placement == "loop":
                     return await handler(request, ctx)
+                lane = self.runner.lane(placement)
+                if lane.full():
+                    raise Busy(lane.name)  # before reading a body that would only be refused
                 # Read on the loop (the body is bounded); Starlette keeps it on the request, so
-                # the handler's own read in another thread finds it there and does no I/O.
-                request._body = await read_body(request, MAX_BODY_BYTES)  # noqa: SLF001
-                return await self.runner.lane(placement).run_coroutine(handler, request, ctx, shed=True)
+                # the handler's own read in another thread finds it there and does no I/O. Reads
+                # take no body (Batch defines none): one sent is left unread, as before.
+                request._body = (b"" if request.method in ("GET", "HEAD")  # noqa: SLF001
+                                 else await read_body(request, MAX_BODY_BYTES))
+                return await lane.run_coroutine(handler, request, ctx, shed=True)
             except Busy as busy:
                 response = error_response(request, ServerBusy(
                     "The server is busy; retry the request after the interval in Retry-After."))

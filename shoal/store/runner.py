@@ -76,6 +76,10 @@ class Lane:
         """Calls submitted and not yet finished (queued or running)."""
         return self._pending
 
+    def full(self) -> bool:
+        """Whether client work would be refused now."""
+        return self._pending >= self.backlog
+
     def _done(self, _future: concurrent.futures.Future[Any]) -> None:
         # A done-callback, not a `finally` in the call: a queued call that is cancelled before
         # it starts never runs, and must still leave the count.
