@@ -8,9 +8,9 @@ seconds), so the control plane cannot tell it from a real agent. What differs is
 protocol: a task is a timer whose length and exit code come from its command line
 (``shoal.providers.sim_script``), and its files live in memory (``shoal.providers.sim_files``).
 
-The nodes share a few HTTP clients (each holds the connections of at most
-``NODES_PER_CLIENT`` nodes: httpx's pool looks at each of its connections on every request,
-so one pool of 20,000 connections would spend its time there) and one file server.
+The nodes share one small HTTP client (``sim_http``: keep-alive connections to the control
+plane, at most two in use per node, a long-poll and the call that replaces it) and one file
+server.
 
 ``python -m shoal.providers.sim_agent --join URL`` reads commands from stdin, one JSON object a
 line (node tokens travel only here, never in argv or the environment), and writes events to
@@ -41,10 +41,10 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
+import orjson
 import uvicorn
 
 from shoal.agent.client import (
@@ -63,11 +63,11 @@ from shoal.agent.layout import STDERR_FILE, STDOUT_FILE
 from shoal.agent.metrics import READING_INTERVAL_S
 from shoal.agent.process import USER_ERROR
 from shoal.providers.sim_files import File, NodeFiles, SharedFileServer, TaskDir
+from shoal.providers.sim_http import HttpClient, TransportError, parse_url
 from shoal.providers.sim_script import Defaults, Outcome, outcome_of
 
 log = logging.getLogger("shoal.sim")
 
-NODES_PER_CLIENT = 32
 # The real agent's constants (shoal/agent/main.py), so timing on the wire is the same.
 DEFAULT_POLL_TIMEOUT_S = 30.0
 DEFAULT_HEARTBEAT_INTERVAL_S = 5.0
@@ -119,49 +119,17 @@ class _Attempt:
     slots: int
     started: datetime
     folder: TaskDir
-
-
-@dataclass
-class _Shard:
-    client: httpx.AsyncClient
-    nodes: int = 0
-
-
-class ClientPool:
-    """A few shared HTTP clients, each carrying at most NODES_PER_CLIENT nodes' calls."""
-
-    def __init__(self, join_url: str, nodes_per_client: int = NODES_PER_CLIENT) -> None:
-        self.join_url = join_url.rstrip("/")
-        self.nodes_per_client = nodes_per_client
-        self._shards: list[_Shard] = []
-
-    def take(self) -> _Shard:
-        for shard in self._shards:
-            if shard.nodes < self.nodes_per_client:
-                shard.nodes += 1
-                return shard
-        # Each node has at most two calls in flight (a long-poll being dropped and its successor).
-        connections = 2 * self.nodes_per_client + 2
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        shard = _Shard(httpx.AsyncClient(base_url=self.join_url, timeout=REQUEST_TIMEOUT_S, limits=limits), 1)
-        self._shards.append(shard)
-        return shard
-
-    def give_back(self, shard: _Shard) -> None:
-        shard.nodes -= 1
-
-    async def aclose(self) -> None:
-        for shard in self._shards:
-            await shard.client.aclose()
+    ends_at: datetime | None = None
 
 
 class SimNode:
     """One simulated agent: the state ``shoal.agent.main.Agent`` keeps, with timers for processes."""
 
-    def __init__(self, spec: NodeSpec, http: httpx.AsyncClient, files_url: str, files: NodeFiles,
+    def __init__(self, spec: NodeSpec, http: HttpClient, files_url: str, files: NodeFiles,
                  pid: int, orphan_timeout_s: float = ORPHAN_TIMEOUT_S) -> None:
         self.spec = spec
         self.http = http
+        self._authorization = f"ShoalNode {spec.token}"
         self.files_url = files_url
         self.files = files
         self.pid = pid
@@ -187,20 +155,22 @@ class SimNode:
     # ---- transport ---------------------------------------------------------------------------
 
     async def _post_once(self, path: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
-        response = await self.http.post(f"{API_PREFIX}/nodes/{self.spec.node_id}{path}", json=body,
-                                        headers={"Authorization": f"ShoalNode {self.spec.token}"},
-                                        timeout=timeout)
-        if response.status_code == 410:
-            raise NodeGoneError(response.text)
-        if response.status_code == 401:
-            raise AuthRejectedError(response.text)
-        if response.status_code >= 500 or response.status_code == 429:
-            raise httpx.HTTPStatusError(f"server answered {response.status_code}", request=response.request,
-                                        response=response)
-        if response.status_code >= 400:
-            raise ProtocolError(f"{path}: {response.status_code} {response.text[:500]}")
+        """One attempt. TransportError (and 5xx, 429) are worth retrying; the rest are final."""
+        status, raw = await self.http.post(f"{API_PREFIX}/nodes/{self.spec.node_id}{path}", orjson.dumps(body),
+                                           self._authorization, timeout)
+        if status == 410:
+            raise NodeGoneError(raw[:500].decode(errors="replace"))
+        if status == 401:
+            raise AuthRejectedError(raw[:500].decode(errors="replace"))
+        if status >= 500 or status == 429:
+            raise TransportError(f"server answered {status}")
+        if status >= 400:
+            raise ProtocolError(f"{path}: {status} {raw[:500].decode(errors='replace')}")
         self.last_contact = time.monotonic()
-        return response.json() if response.content else {}
+        answer = orjson.loads(raw) if raw else {}
+        if not isinstance(answer, dict):
+            raise ProtocolError(f"{path}: the answer is not a JSON object")
+        return answer
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -238,7 +208,7 @@ class SimNode:
                 break
             except NodeGoneError as exc:
                 raise _Leave() from exc
-            except (httpx.TransportError, httpx.HTTPStatusError, ValueError, ProtocolError) as exc:
+            except (TransportError, ValueError, ProtocolError) as exc:
                 if time.monotonic() - self.last_contact > self.orphan_timeout_s:
                     raise UnreachableError(repr(exc)) from exc
                 await asyncio.sleep(backoff.next_delay())
@@ -306,6 +276,8 @@ class SimNode:
             began = time.monotonic()
             timeout = self.poll_timeout_s + LONG_POLL_MARGIN_S if wait else REQUEST_TIMEOUT_S
             request = asyncio.ensure_future(self._post_once("/sync", body, timeout))
+            # A poll dropped for news (or by a stop) may still end in an error no one reads.
+            request.add_done_callback(_retrieve)
             if wait:
                 news = asyncio.ensure_future(self._news.wait())
                 try:
@@ -324,7 +296,7 @@ class SimNode:
                 answer = await request
             except NodeGoneError as exc:
                 raise _Leave() from exc
-            except (httpx.TransportError, httpx.HTTPStatusError, ValueError, ProtocolError) as exc:
+            except (TransportError, ValueError, ProtocolError) as exc:
                 if time.monotonic() - self.last_contact > self.orphan_timeout_s:
                     raise UnreachableError(f"no contact for {self.orphan_timeout_s} s") from exc
                 await self._sleep(backoff.next_delay())
@@ -403,6 +375,7 @@ class SimNode:
         record = _Attempt(None, slots if isinstance(slots, int) and not isinstance(slots, bool) else 1, started,
                           folder)
         self.running[key] = record
+        record.ends_at = started + timedelta(seconds=max(0.0, duration))
         record.handle = asyncio.get_running_loop().call_later(
             max(0.0, duration), self._finish, key, record, outcome, timed_out, wall)
 
@@ -422,6 +395,12 @@ class SimNode:
     def _finish(self, key: AttemptKey, record: _Attempt, outcome: Outcome, timed_out: bool, wall: Any) -> None:
         if self.running.get(key) is not record:
             return  # killed on the control plane's order: nothing more to report
+        early = (record.ends_at - _now()).total_seconds() if record.ends_at is not None else 0.0
+        if early > 0:
+            # Loop timers may fire a millisecond early; a task never ends before its time.
+            record.handle = asyncio.get_running_loop().call_later(
+                early, self._finish, key, record, outcome, timed_out, wall)
+            return
         del self.running[key]
         record.folder.finish(outcome.stdout, outcome.stderr, outcome.synthetic_stdout_bytes, time.time())
         if timed_out:
@@ -506,6 +485,11 @@ class SimNode:
                                "exitCode": exit_code, "failure": failure})
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 @contextlib.contextmanager
 def _logged(what: str, item: Any) -> Any:
     """One malformed item of an answer is skipped, as the real agent skips it."""
@@ -524,7 +508,6 @@ def _logged(what: str, item: Any) -> Any:
 class _Running:
     node: SimNode
     task: asyncio.Task[str]
-    shard: _Shard
     seq: Any = None
     stopped: bool = False
 
@@ -535,13 +518,12 @@ class Supervisor:
 
     join_url: str
     emit: Any
-    nodes_per_client: int = NODES_PER_CLIENT
     orphan_timeout_s: float = ORPHAN_TIMEOUT_S
     files_url: str = ""
     nodes: dict[str, _Running] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.clients = ClientPool(self.join_url, self.nodes_per_client)
+        self.http = HttpClient(*parse_url(self.join_url))
         self.file_server = SharedFileServer()
         self._server: uvicorn.Server | None = None
         self._serve_task: asyncio.Task[None] | None = None
@@ -581,12 +563,11 @@ class Supervisor:
             self._stop(node_id)
 
     def _launch(self, spec: NodeSpec, seq: Any) -> None:
-        shard = self.clients.take()
         files = NodeFiles()
-        node = SimNode(spec, shard.client, self.files_url, files, os.getpid(), self.orphan_timeout_s)
+        node = SimNode(spec, self.http, self.files_url, files, os.getpid(), self.orphan_timeout_s)
         self.file_server.add(spec.token, files)
         task = asyncio.ensure_future(node.run())
-        running = _Running(node, task, shard, seq)
+        running = _Running(node, task, seq)
         self.nodes[spec.node_id] = running
         task.add_done_callback(lambda _t: self._ended(running))
 
@@ -598,7 +579,6 @@ class Supervisor:
 
     def _ended(self, running: _Running) -> None:
         spec = running.node.spec
-        self.clients.give_back(running.shard)
         self.file_server.remove(spec.token)
         if self.nodes.get(spec.node_id) is running:
             del self.nodes[spec.node_id]
@@ -621,7 +601,7 @@ class Supervisor:
             self._server.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._serve_task, 5)
-        await self.clients.aclose()
+        await self.http.aclose()
 
 
 class _QuietServer(uvicorn.Server):
@@ -630,7 +610,7 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
-async def _serve(join_url: str, nodes_per_client: int, orphan_timeout_s: float) -> None:
+async def _serve(join_url: str, orphan_timeout_s: float) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 20)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -640,7 +620,7 @@ async def _serve(join_url: str, nodes_per_client: int, orphan_timeout_s: float) 
         if not transport.is_closing():
             transport.write(json.dumps(event).encode() + b"\n")
 
-    supervisor = Supervisor(join_url, emit, nodes_per_client, orphan_timeout_s)
+    supervisor = Supervisor(join_url, emit, orphan_timeout_s)
     await supervisor.start()
     emit({"event": "ready", "pid": os.getpid(), "filesUrl": supervisor.files_url})
     stop = asyncio.Event()
@@ -676,7 +656,6 @@ async def _serve(join_url: str, nodes_per_client: int, orphan_timeout_s: float) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shoal.providers.sim_agent")
     parser.add_argument("--join", required=True, help="the control plane's URL")
-    parser.add_argument("--nodes-per-client", type=int, default=NODES_PER_CLIENT)
     parser.add_argument("--orphan-timeout", type=float, default=ORPHAN_TIMEOUT_S)
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("SHOAL_LOG_LEVEL", "WARNING"),
@@ -687,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     except ImportError:  # pragma: no cover
         pass
-    asyncio.run(_serve(args.join, max(1, args.nodes_per_client), args.orphan_timeout))
+    asyncio.run(_serve(args.join, args.orphan_timeout))
     return 0
 
 
