@@ -232,3 +232,32 @@ def test_node_counts_come_from_the_counters(store):
     assert entry["dedicated"]["idle"] + entry["dedicated"]["running"] + entry["dedicated"]["offline"] == \
         states.get("idle", 0) + states.get("running", 0) + states.get("offline", 0)
     assert entry["lowPriority"]["total"] == 0
+
+
+def test_metric_history_is_trimmed_in_bounded_batches_by_time(store, monkeypatch):
+    """Each sample tick deletes at most TRIM_BATCH × TRIM_BATCHES_PER_TICK old samples, oldest
+    first, through the (pool, time) index; newer samples stay."""
+    from datetime import timedelta
+
+    from sqlalchemy import delete, insert
+
+    from shoal import clock
+    from shoal.service import metrics
+    from shoal.store.schema import metric_samples, pools
+
+    ctx, _node_rows = store
+    monkeypatch.setattr(metrics, "TRIM_BATCH", 5)
+    monkeypatch.setattr(metrics, "TRIM_BATCHES_PER_TICK", 2)
+    now = clock.now()
+    with ctx.engine.begin() as conn:
+        pool_seq = conn.execute(select(pools.c.seq).where(pools.c.key == "p")).scalar_one()
+        conn.execute(delete(metric_samples))
+        conn.execute(insert(metric_samples), [
+            {"pool_seq": pool_seq, "metric": "$ActiveTasks", "node_id": None, "value": float(i),
+             "time": now - timedelta(hours=48) + timedelta(seconds=i)} for i in range(12)]
+            + [{"pool_seq": pool_seq, "metric": "$ActiveTasks", "node_id": None, "value": -1.0, "time": now}])
+        assert metrics.trim_history(conn, [pool_seq], now - metrics.HISTORY) == 10
+        left = conn.execute(select(metric_samples.c.value).order_by(metric_samples.c.time)).scalars().all()
+        assert left == [10.0, 11.0, -1.0]
+        assert metrics.trim_history(conn, [pool_seq], now - metrics.HISTORY) == 2
+        assert conn.execute(select(metric_samples.c.value)).scalars().all() == [-1.0]
