@@ -460,7 +460,13 @@ class SimNode:
                 environment[item["name"]] = str(item.get("value") or "")
         outcome = outcome_of(command_line, self.spec.defaults, environment)
 
+        ends_at = started + timedelta(seconds=outcome.duration_s)
+
         def finished() -> None:
+            early = (ends_at - _now()).total_seconds()
+            if early > 0:  # a loop timer may fire a millisecond early
+                self._start_handle = asyncio.get_running_loop().call_later(early, finished)
+                return
             self._start_handle = None
             ended = time.time()
             folder.entries[STDOUT_FILE] = File(outcome.stdout, folder.created, outcome.synthetic_stdout_bytes)
