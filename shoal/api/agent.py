@@ -116,32 +116,35 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
         hub.liveness.beat(answer["nodeId"])
         return _json(answer)
 
-    async def authenticated(request: Request) -> tuple[str, str]:
+    async def authenticated(request: Request) -> tuple[str, str, str | None]:
+        """(node id, token, incarnation of the node's current agent) of a caller with the token."""
         node_id, token = request.path_params["node_id"], _token(request)
         try:
-            await runner.read(agents.authenticate, api.ctx, node_id, token)
+            incarnation = await runner.read(agents.authenticate, api.ctx, node_id, token)
         except agents.NodeGone:
             hub.forget(node_id)
             raise
-        # The heartbeat: in memory, on the loop, for a caller that proved it is the node.
-        hub.liveness.beat(node_id)
-        return node_id, token
+        return node_id, token, incarnation
 
     async def hello(request: Request) -> Response:
-        node_id, token = await authenticated(request)
+        node_id, token, _incarnation = await authenticated(request)
         body = agent_bodies.check_hello(await _body(request, MAX_HELLO_BODY_BYTES))
         peer = request.client.host if request.client else None
         body = agents.admit_addresses(body, peer, joined_by_hand=manual_join)
         answer = await runner.write(agents.hello, api.ctx, node_id, token, body)
+        hub.liveness.beat(node_id)
         answer["pollTimeoutS"] = poll_timeout_s
         answer["heartbeatIntervalS"] = heartbeat_interval_s
         return _json(answer)
 
     async def sync(request: Request) -> Response:
-        node_id, token = await authenticated(request)
+        node_id, token, incarnation = await authenticated(request)
         # A ClientDisconnect here is the agent dropping a long-poll to report news; it sends a
         # fresh sync at once (_guard answers 499 to no one).
         body = agent_bodies.check_sync(await _body(request, MAX_SYNC_BODY_BYTES))
+        if agents.from_current_agent(incarnation, body):
+            # The heartbeat: in memory, on the loop, before any store work can keep it waiting.
+            hub.liveness.beat(node_id)
         event = hub.event(node_id)
         # Cleared before reading the store: a wake-up after this point is never lost.
         event.clear()

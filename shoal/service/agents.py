@@ -74,10 +74,23 @@ def _node_by_token(conn: Connection, node_id: str, token: str) -> Any:
     return _checked(conn.execute(select(nodes).where(nodes.c.id == node_id)).first(), token)
 
 
-def authenticate(ctx: Context, node_id: str, token: str) -> None:
-    """Check a node's token before anything of its request is read (its body included)."""
+def authenticate(ctx: Context, node_id: str, token: str) -> str | None:
+    """Check a node's token before anything of its request is read (its body included); returns
+    the incarnation of the agent that said hello last, for `from_current_agent`."""
     with ctx.engine.connect() as conn:
-        _checked(conn.execute(select(nodes.c.token, nodes.c.state).where(nodes.c.id == node_id)).first(), token)
+        row = _checked(conn.execute(select(nodes.c.token, nodes.c.state, nodes.c.incarnation)
+                                    .where(nodes.c.id == node_id)).first(), token)
+    return row.incarnation
+
+
+def from_current_agent(incarnation: str | None, body: dict[str, Any]) -> bool:
+    """Whether a sync body comes from the agent process whose hello the node took last (only its
+    calls count as the node's heartbeat). A node that has not said hello yet (a fresh record)
+    has no incarnation to match."""
+    if not incarnation:
+        return True
+    presented = body.get("incarnation")
+    return isinstance(presented, str) and token_matches(incarnation, presented)
 
 
 def _refuse_address(name: str, value: Any, reason: str) -> InvalidProperty:
@@ -303,12 +316,8 @@ def sync_without_writes(ctx: Context, node_id: str, token: str, body: dict[str, 
 
 
 def _current_incarnation(node: Any, body: dict[str, Any]) -> bool:
-    """Whether a sync comes from the agent process whose hello the node last took. A node that
-    has not said hello yet (a fresh record) has no incarnation to match."""
-    if not node.incarnation:
-        return True
-    presented = body.get("incarnation")
-    return isinstance(presented, str) and token_matches(node.incarnation, presented)
+    """Whether a sync comes from the agent process whose hello the node last took."""
+    return from_current_agent(node.incarnation, body)
 
 
 def deliveries(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAnswer:

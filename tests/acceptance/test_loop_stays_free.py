@@ -15,6 +15,7 @@ than the server. So the job is exactly what a client could have made, counters a
 from __future__ import annotations
 
 import json
+import sqlite3
 import statistics
 import threading
 import time
@@ -29,6 +30,7 @@ from shoal.api.sharedkey import sign_request
 from shoal.testing.server import kill_agents, start_shoal, stop_shoal
 from tests.acceptance.rest import API_VERSION
 from tests.helpers import pool_options, wait_for, wait_pool_idle
+from tests.security.agents import agent_process
 
 pytestmark = pytest.mark.slow
 
@@ -151,3 +153,33 @@ def test_listing_and_counting_a_huge_job_leaves_nodes_and_running_tasks_alone(sh
     assert listing_s and counting_s
     # Loose on purpose (two shared cores): only a blocked loop takes seconds to answer this.
     assert max(cheap_get_s) < 5.0
+
+
+def _token(shoal: Any, node_id: str) -> str:
+    with sqlite3.connect(f"file:{shoal.data_dir / 'shoal.db'}?mode=ro", uri=True, timeout=10) as conn:
+        return conn.execute("SELECT token FROM nodes WHERE id = ?", (node_id,)).fetchone()[0]
+
+
+def test_calls_from_another_incarnation_do_not_keep_a_silent_node_alive(shoal):
+    """The heartbeat is the node's current agent calling: a holder of the token alone (an old
+    agent process, a thief) keeps no frozen node looking healthy."""
+    client = shoal.client()
+    client.create_pool(pool_options("frozen", target_dedicated_nodes=1, task_slots_per_node=1))
+    node_id = wait_pool_idle(client, "frozen", 1, timeout=90)[0].id
+    token = _token(shoal, node_id)
+    agent = agent_process(shoal, node_id)
+    assert agent is not None
+    agent.suspend()  # alive to its provider, silent to the control plane
+    try:
+        deadline = time.monotonic() + HEARTBEAT_TIMEOUT_S * 5
+        while time.monotonic() < deadline and client.get_node("frozen", node_id).state != "unusable":
+            response = httpx.post(f"{shoal.endpoint}/agent/v1/nodes/{node_id}/sync", timeout=30,
+                                  json={"incarnation": "not-the-agents", "known": [], "wait": False},
+                                  headers={"Authorization": f"ShoalNode {token}"})
+            assert response.status_code == 200, response.text
+            time.sleep(0.3)
+        assert client.get_node("frozen", node_id).state == "unusable"
+    finally:
+        agent.resume()
+    # The real agent calls again: the node is back.
+    wait_for(lambda: client.get_node("frozen", node_id).state == "idle", timeout=30)
