@@ -240,7 +240,7 @@ FILTER_PROPERTIES = {
 # Work one list request may do before it answers with what it found and a continuation token:
 # index entries walked when SQL decides, rows turned into their wire form when Python decides.
 MAX_INDEX_ENTRIES_PER_PAGE = 100_000
-MAX_EVALUATED_ROWS_PER_PAGE = 5_000
+MAX_EVALUATED_ROWS_PER_PAGE = 2_000
 _SQL_WINDOW = 20_000
 _PYTHON_WINDOW = 1_000
 

@@ -255,3 +255,34 @@ def test_window_bound_and_counts_are_index_seeks(ctx):
     assert _plan(ctx, bound) == ["SEARCH tasks USING COVERING INDEX ix_tasks_job_seq (job_seq=? AND seq>?)"]
     counts = select(job_task_counts).where(job_task_counts.c.job_seq.in_([1]))
     assert _plan(ctx, counts) == ["SEARCH job_task_counts USING INTEGER PRIMARY KEY (rowid=?)"]
+
+
+@pytest.mark.parametrize("text_filter", ["commandLine eq 'odd'", "executionInfo/exitCode eq 1"])
+def test_bounded_requests_return_short_pages_and_lose_nothing(ctx, monkeypatch, text_filter):
+    """A filter examined in windows stops at its per-request bound with a token; following the
+    tokens finds every match, in order, and no request examines more than the bound."""
+    monkeypatch.setattr(task_service, "_PYTHON_WINDOW", 3)
+    monkeypatch.setattr(task_service, "_SQL_WINDOW", 3)
+    monkeypatch.setattr(task_service, "MAX_EVALUATED_ROWS_PER_PAGE", 6)
+    monkeypatch.setattr(task_service, "MAX_INDEX_ENTRIES_PER_PAGE", 6)
+    rows = []
+    for i in range(40):
+        odd = i % 7 == 3
+        rows.append({"id": f"t{i:02d}", "key": f"t{i:02d}", "state": "completed", "required_slots": 1, "attempt": 0,
+                     "spec": {"commandLine": "odd" if odd else "even"}, "outcome": "failure" if odd else "success",
+                     "execution_info": {"retryCount": 0, "exitCode": 1 if odd else 0}, "etag": "e",
+                     "creation_time": BASE, "last_modified": BASE, "state_transition_time": BASE})
+    _reset(ctx, rows)
+    node = odata.parse_filter(text_filter)
+    conditions, rest = odata.split_for_sql(node, task_service.FILTER_PROPERTIES, "sqlite")
+    found, pages, token = [], [], 0
+    while True:
+        page, next_token = task_service.list_page(ctx, "j", after_seq=token, limit=1000, conditions=conditions,
+                                                  predicate=None if rest is None else odata.predicate_of(rest))
+        pages.append(len(page))
+        found.extend(task["id"] for task in page)
+        if next_token is None:
+            break
+        token = next_token
+    assert found == [f"t{i:02d}" for i in range(40) if i % 7 == 3]
+    assert len(pages) >= 40 // 6 and max(pages) <= 2
