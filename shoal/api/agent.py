@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -24,6 +24,8 @@ from shoal.service.liveness import Liveness
 if TYPE_CHECKING:
     from shoal.api.app import Api
 
+T = TypeVar("T")
+
 
 class AgentHub:
     """One asyncio.Event per node: set when the scheduler (or anything else) has news for it;
@@ -32,6 +34,20 @@ class AgentHub:
     def __init__(self, liveness: Liveness | None = None) -> None:
         self._events: dict[str, asyncio.Event] = {}
         self.liveness = liveness if liveness is not None else Liveness()
+        # node id -> (token, incarnation) the store confirmed: the early check of a node's next
+        # calls needs no store read. The service call that follows reads the record anyway and
+        # refuses a node gone since (which `forget` drops from here).
+        self._confirmed: dict[str, tuple[str, str | None]] = {}
+
+    def confirmed(self, node_id: str, token: str) -> tuple[bool, str | None]:
+        """(whether ``token`` is the one the store confirmed for the node, its incarnation)."""
+        known = self._confirmed.get(node_id)
+        if known is None or not agents.token_matches(known[0], token):
+            return False, None
+        return True, known[1]
+
+    def confirm(self, node_id: str, token: str, incarnation: str | None) -> None:
+        self._confirmed[node_id] = (token, incarnation)
 
     def event(self, node_id: str) -> asyncio.Event:
         """The node's event; call only for a node that has just authenticated, so the table holds
@@ -43,6 +59,7 @@ class AgentHub:
 
     def forget(self, node_id: str) -> None:
         self.liveness.forget(node_id)
+        self._confirmed.pop(node_id, None)
         event = self._events.pop(node_id, None)
         if event is not None:
             # A long-poll still waiting on it answers now rather than at its timeout.
@@ -116,14 +133,21 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
         hub.liveness.beat(answer["nodeId"])
         return _json(answer)
 
-    async def authenticated(request: Request) -> tuple[str, str, str | None]:
-        """(node id, token, incarnation of the node's current agent) of a caller with the token."""
-        node_id, token = request.path_params["node_id"], _token(request)
+    async def store(node_id: str, work: Awaitable[T]) -> T:
+        """A service call for a node, on the runner; a node found gone is forgotten here too."""
         try:
-            incarnation = await runner.read(agents.authenticate, api.ctx, node_id, token)
+            return await work
         except agents.NodeGone:
             hub.forget(node_id)
             raise
+
+    async def authenticated(request: Request) -> tuple[str, str, str | None]:
+        """(node id, token, incarnation of the node's current agent) of a caller with the token."""
+        node_id, token = request.path_params["node_id"], _token(request)
+        known, incarnation = hub.confirmed(node_id, token)
+        if not known:
+            incarnation = await store(node_id, runner.read(agents.authenticate, api.ctx, node_id, token))
+            hub.confirm(node_id, token, incarnation)
         return node_id, token, incarnation
 
     async def hello(request: Request) -> Response:
@@ -131,7 +155,8 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
         body = agent_bodies.check_hello(await _body(request, MAX_HELLO_BODY_BYTES))
         peer = request.client.host if request.client else None
         body = agents.admit_addresses(body, peer, joined_by_hand=manual_join)
-        answer = await runner.write(agents.hello, api.ctx, node_id, token, body)
+        answer = await store(node_id, runner.write(agents.hello, api.ctx, node_id, token, body))
+        hub.confirm(node_id, token, body.get("incarnation"))
         hub.liveness.beat(node_id)
         answer["pollTimeoutS"] = poll_timeout_s
         answer["heartbeatIntervalS"] = heartbeat_interval_s
@@ -149,9 +174,9 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
         # Cleared before reading the store: a wake-up after this point is never lost.
         event.clear()
         # Nothing to record: reads alone answer it. Otherwise the writer records it, in order.
-        answer = await runner.read(agents.sync_without_writes, api.ctx, node_id, token, body)
+        answer = await store(node_id, runner.read(agents.sync_without_writes, api.ctx, node_id, token, body))
         if answer is None:
-            answer = await runner.write(agents.sync, api.ctx, node_id, token, body)
+            answer = await store(node_id, runner.write(agents.sync, api.ctx, node_id, token, body))
         if answer.has_news() or body.get("wait") is False:
             return _json(answer.to_json())
         try:
@@ -161,7 +186,7 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
         except asyncio.CancelledError:
             # The server is shutting down: the agent will ask again.
             return Response(status_code=503)
-        later = await runner.read(agents.deliveries, api.ctx, node_id, token, body)
+        later = await store(node_id, runner.read(agents.deliveries, api.ctx, node_id, token, body))
         later.ack = answer.ack
         return _json(later.to_json())
 
