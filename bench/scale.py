@@ -45,6 +45,7 @@ from azure.batch import models  # noqa: E402
 
 from shoal.cli.client import BatchClient as RestClient  # noqa: E402
 from shoal.cli.config import AccountInfo  # noqa: E402
+from shoal.errors import BatchError  # noqa: E402
 from shoal.testing.server import RunningShoal, start_shoal, stop_shoal  # noqa: E402
 
 BASELINE_TASKS = 1000
@@ -163,16 +164,28 @@ def _allocate(client: Any, pool_id: str, nodes: int, slots: int) -> float:
     return time.perf_counter() - started
 
 
+class _Refusals(list[int]):
+    """503 answers seen by a sampler."""
+
+
 @contextmanager
 def _sampling_gets(rest: RestClient, path: str) -> Iterator[list[float]]:
     """Cheap GETs every GET_INTERVAL_S in a thread, for as long as the block runs."""
     samples: list[float] = []
+    refused = _Refusals()
     stop = threading.Event()
 
     def loop() -> None:
         while not stop.is_set():
             started = time.perf_counter()
-            rest.get(path)
+            try:
+                rest.get(path)
+            except BatchError as error:
+                # A 503 ServerBusy is an answer too (the client retries after Retry-After): it
+                # counts with its own latency, and the refusals are counted apart.
+                if error.status != 503:
+                    raise
+                refused.append(1)
             samples.append((time.perf_counter() - started) * 1000)
             stop.wait(GET_INTERVAL_S)
 
@@ -183,6 +196,8 @@ def _sampling_gets(rest: RestClient, path: str) -> Iterator[list[float]]:
     finally:
         stop.set()
         thread.join()
+        if refused:
+            print(f"           ({len(refused)} of {len(samples)} cheap GETs were refused 503 ServerBusy)", flush=True)
 
 
 def _drain(client: Any, pool_id: str, job_id: str, count: int, concurrency: int) -> float:
