@@ -66,6 +66,17 @@ _HAVE_PIDFD = hasattr(os, "pidfd_open")
 _devnull_fd: int | None = None
 
 
+def _fresh_output_file(path: Path) -> int:
+    """A new, empty stdout/stderr file. The folder belongs to the task's user, who may have left
+    a link there (to /etc/shadow, say) from an earlier attempt: the old entry is removed and the
+    new one created exclusively without following links, so the agent (root) never opens, let
+    alone truncates, anything the user pointed it at. A user racing to plant a link again makes
+    this attempt fail to launch, nothing more."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o664)
+
+
 def _devnull() -> int:
     # Opened once: tasks get no stdin, and one /dev/null serves them all.
     global _devnull_fd
@@ -241,9 +252,8 @@ def _launch(spec: ProcessSpec, containment: tree.NodeContainment | None) -> subp
     user = spec.user
     out = err = -1
     try:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-        out = os.open(spec.stdout_path, flags, 0o664)
-        err = os.open(spec.stderr_path, flags, 0o664)
+        out = _fresh_output_file(spec.stdout_path)
+        err = _fresh_output_file(spec.stderr_path)
         if user is not None:
             for fd in (out, err):
                 os.fchown(fd, user.pw_uid, user.pw_gid)

@@ -343,3 +343,16 @@ def test_many_bad_and_good_attempts_side_by_side(tmp_path: Path) -> None:
     assert [s.stdout_path.read_text() for s in good] == [f"{i}\n" for i in range(10)]
     assert victim.killed and victim.exit_code in (128 + 9, 128 + 15)
     assert time.monotonic() - began < 5
+
+
+def test_links_planted_as_output_files_are_replaced_never_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    spec = make_spec(tmp_path, "sh -c 'echo out; echo err >&2'")
+    spec.stdout_path.symlink_to(victim)
+    os.link(victim, spec.stderr_path)  # a hard link too: truncating it would truncate the victim
+    result = run(spec)
+    assert result.exit_code == 0 and result.failure is None
+    assert victim.read_text() == "precious\n"
+    assert not spec.stdout_path.is_symlink()
+    assert spec.stdout_path.read_text() == "out\n" and spec.stderr_path.read_text() == "err\n"
