@@ -64,6 +64,7 @@ from shoal.agent.process import (
     utc_now,
 )
 from shoal.agent.tree import contain_node, release_node
+from shoal.agent.tree import current as current_containment
 from shoal.agent.users import NodeUsers, UserProvisionError
 
 log = logging.getLogger("shoal.agent")
@@ -290,6 +291,10 @@ class Agent:
         if self._start_task_runner is not None:
             self._start_task_runner.cancel()
         await asyncio.gather(*kills, return_exceptions=True)
+        containment = current_containment()
+        if containment is not None:
+            # What the start task left running (daemons) dies with a reboot, as on a real node.
+            await asyncio.to_thread(containment.kill_tasks)
         self.running.clear()
         self.reports.clear()
         self._delivered.clear()

@@ -71,3 +71,47 @@ def test_reimage_wipes_the_node_and_reruns_the_start_task(client):
              and client.get_node("reimage", node.id).start_task_info is not None
              and client.get_node("reimage", node.id).start_task_info.state == "completed", 30, message="node back")
     assert _boots(client, "reimage", node.id) == 1  # the first boot's file went with the old disk
+
+
+def test_a_daemon_the_start_task_left_dies_with_a_reboot(client):
+    import os
+    import time
+
+    # The start task leaves a daemon behind (allowed: it is not a task) that records its pid.
+    daemon = ("/bin/sh -c 'setsid /bin/sh -c \"echo \\$\\$ > $AZ_BATCH_NODE_SHARED_DIR/daemon.pid; "
+              "exec sleep 600\" > /dev/null 2>&1 < /dev/null &'")
+    client.create_pool(pool_options("daemon", target_dedicated_nodes=1,
+                                    start_task=models.BatchStartTask(command_line=daemon, wait_for_success=True)))
+    node = wait_pool_idle(client, "daemon", 1)[0]
+
+    def daemon_pid() -> int:
+        return int(b"".join(client.download_node_file("daemon", node.id, "shared/daemon.pid")))
+
+    first = wait_for(lambda: _safe(daemon_pid), 20, message="daemon pid")
+    os.kill(first, 0)  # alive
+    client.begin_reboot_node("daemon", node.id, BatchNodeRebootOptions(node_reboot_kind="requeue"),
+                             polling_interval=0.2).result()
+    wait_for(lambda: _node_state(client, "daemon", node.id) == "idle" and _safe(daemon_pid) not in (None, first),
+             30, message="node back with a new daemon")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(first):
+        time.sleep(0.1)
+    assert not _alive(first), "the start task's daemon outlived the reboot"
+
+
+def _safe(read):  # type: ignore[no-untyped-def]
+    try:
+        return read()
+    except Exception:  # noqa: BLE001 - not written yet
+        return None
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(")")[-1].split()[0] != "Z"
