@@ -1,4 +1,4 @@
-"""When the local provider takes spot capacity back: an eviction rate, global or per pool.
+"""When a provider takes spot capacity back: an eviction rate, global or per pool.
 
 The rate is evictions per spot node per hour on the scaled timeline (`shoal up
 --spot-eviction-rate R`, or a pool's metadata item `shoal:spotEvictionRate`). Each pass, every
@@ -8,11 +8,16 @@ evictions arrive at the configured rate however often the provider looks.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
+import time
 from collections.abc import Iterable
 from typing import Any
 
+from shoal.service import preemption
+
+log = logging.getLogger("shoal.providers")
 POOL_RATE_METADATA = "shoal:spotEvictionRate"
 
 
@@ -39,3 +44,25 @@ class EvictionPolicy:
             if rate > 0 and self.random.random() < 1 - math.exp(-rate * elapsed_hours):
                 evicted.append(node_id)
         return evicted
+
+
+class SpotEvictor:
+    """A provider's eviction pass: how much scaled time passed since the last look, which live
+    spot nodes the policy takes in that time, and their preemption, through the store runner."""
+
+    def __init__(self, default_rate: float, seed: int | None = None) -> None:
+        self.policy = EvictionPolicy(default_rate, seed)
+        self._last_check: float | None = None
+
+    async def run(self, ctx: Any, runner: Any) -> None:
+        now = time.monotonic()
+        elapsed_real = now - (self._last_check or now)
+        self._last_check = now
+        if elapsed_real <= 0:
+            return
+        elapsed_hours = elapsed_real * ctx.timebase.scale / 3600
+        live = await runner.read(preemption.live_spot_nodes, ctx)
+        chosen = self.policy.choose(live, elapsed_hours)
+        if chosen:
+            log.info("evicting spot nodes %s", chosen)
+            await runner.write(preemption.preempt_many, ctx, chosen)

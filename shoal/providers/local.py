@@ -30,9 +30,8 @@ import psutil
 
 from shoal.agent.tree import kill_node_processes
 from shoal.agent.users import remove_node_users
-from shoal.providers.eviction import EvictionPolicy
+from shoal.providers.eviction import SpotEvictor
 from shoal.service import nodes as node_service
-from shoal.service import preemption
 from shoal.service.context import Context
 from shoal.store.runner import StoreRunner
 
@@ -102,8 +101,7 @@ class LocalProvider:
         self.ctx = ctx
         # Store calls go through the runner (reads to a reader, writes to the one writer).
         self.runner = runner if runner is not None else StoreRunner()
-        self.eviction = EvictionPolicy(spot_eviction_rate, eviction_seed)
-        self._last_eviction_check: float | None = None
+        self.evictor = SpotEvictor(spot_eviction_rate, eviction_seed)
         self.nodes_dir = nodes_dir
         _make_traversable(nodes_dir)
         self.join_url = join_url
@@ -118,7 +116,7 @@ class LocalProvider:
         return self.node_dir(node_id) / "batch" / "tasks"
 
     async def reconcile(self) -> None:
-        await self._evict_spot_nodes()
+        await self.evictor.run(self.ctx, self.runner)
         self._reap_cleanups()
         records = {r.node_id: r for r in await self.runner.read(node_service.provisioning_view, self.ctx)}
         for record in records.values():
@@ -163,18 +161,6 @@ class LocalProvider:
             await asyncio.to_thread(kill_node_processes, self.node_root(node_id), remove=True)
             self._drop(node_id)
 
-    async def _evict_spot_nodes(self) -> None:
-        now = time.monotonic()
-        elapsed_real = now - (self._last_eviction_check or now)
-        self._last_eviction_check = now
-        if elapsed_real <= 0:
-            return
-        elapsed_hours = elapsed_real * self.ctx.timebase.scale / 3600
-        live = await self.runner.read(preemption.live_spot_nodes, self.ctx)
-        chosen = self.eviction.choose(((node_id, spec) for node_id, spec in live), elapsed_hours)
-        if chosen:
-            log.info("evicting spot nodes %s", chosen)
-            await self.runner.write(preemption.preempt_many, self.ctx, chosen)
 
     def _adopt(self, node_id: str, pid: int) -> _Agent | None:
         try:

@@ -25,17 +25,15 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
-from shoal.providers.eviction import EvictionPolicy
+from shoal.providers.eviction import SpotEvictor
 from shoal.providers.local import agent_environment
 from shoal.providers.sim_script import Defaults
 from shoal.service import nodes as node_service
-from shoal.service import preemption
 from shoal.service.context import Context
 from shoal.store.runner import StoreRunner
 from shoal.store.schema import pools
@@ -68,8 +66,7 @@ class SimProvider:
         self.runner = runner if runner is not None else StoreRunner()
         self.join_url = join_url
         self.log_path = log_path
-        self.eviction = EvictionPolicy(spot_eviction_rate, eviction_seed)
-        self._last_eviction_check: float | None = None
+        self.evictor = SpotEvictor(spot_eviction_rate, eviction_seed)
         # Nodes whose agent runs now, each with the number of the start command that made it,
         # so news of an earlier agent of the same node cannot pass for news of this one.
         self.alive: dict[str, int] = {}
@@ -145,7 +142,7 @@ class SimProvider:
     # ---- the provider duty -------------------------------------------------------------------
 
     async def reconcile(self) -> None:
-        await self._evict_spot_nodes()
+        await self.evictor.run(self.ctx, self.runner)
         records = await self.runner.read(node_service.provisioning_view, self.ctx)
         process = await self._ensure_process()
         to_start = []
@@ -193,18 +190,6 @@ class SimProvider:
                 pools.c.account == self.ctx.account, pools.c.id.in_(pool_ids))).all()
         return {row.id: Defaults.from_metadata((row.spec or {}).get("metadata")) for row in rows}
 
-    async def _evict_spot_nodes(self) -> None:
-        now = time.monotonic()
-        elapsed_real = now - (self._last_eviction_check or now)
-        self._last_eviction_check = now
-        if elapsed_real <= 0:
-            return
-        elapsed_hours = elapsed_real * self.ctx.timebase.scale / 3600
-        live = await self.runner.read(preemption.live_spot_nodes, self.ctx)
-        chosen = self.eviction.choose(live, elapsed_hours)
-        if chosen:
-            log.info("evicting spot nodes %s", chosen)
-            await self.runner.write(preemption.preempt_many, self.ctx, chosen)
 
     async def shutdown(self, *, stop_agents: bool) -> None:
         """The agents' process ends with its pipe; simulated nodes never outlive their server."""
