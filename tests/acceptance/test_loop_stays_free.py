@@ -73,8 +73,14 @@ def _add_tasks(shoal: Any, job_id: str, count: int) -> None:
 
 def _attempts(client: Any, job_id: str) -> dict[str, tuple[Any, ...]]:
     """Per task: where and when its attempt started, and how often it was retried or requeued."""
-    return {t.id: (t.state, t.node_info.node_id, t.execution_info.start_time, t.execution_info.retry_count,
-                   t.execution_info.requeue_count) for t in client.list_tasks(job_id)}
+    attempts = {}
+    for t in client.list_tasks(job_id):
+        # A task not yet placed has neither node nor execution info.
+        node = t.node_info.node_id if t.node_info else None
+        info = t.execution_info
+        attempts[t.id] = (t.state, node, info.start_time if info else None, info.retry_count if info else None,
+                          info.requeue_count if info else None)
+    return attempts
 
 
 def test_listing_and_counting_a_huge_job_leaves_nodes_and_running_tasks_alone(shoal):
