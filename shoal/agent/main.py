@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from shoal.agent.answer import LeavePool, RestartNode, raise_node_orders, skipping_malformed
 from shoal.agent.client import (
     AuthRejectedError,
     Backoff,
@@ -106,16 +107,6 @@ class AgentConfig:
     orphan_timeout_s: float = ORPHAN_TIMEOUT_S
 
 
-class _Leave(Exception):
-    """The node must leave the pool: kill everything, delete the root, exit 0."""
-
-
-class _Restart(Exception):
-    """Reboot or reimage: stop everything, (reimage: wipe the root), start over as a new incarnation."""
-
-    def __init__(self, kind: str) -> None:
-        super().__init__(kind)
-        self.reimage = kind == "reimage"
 
 
 class Agent:
@@ -172,9 +163,9 @@ class Agent:
                     return EXIT_OK
                 try:
                     return await self._sync_until_done()
-                except _Restart as restart:
+                except RestartNode as restart:
                     await self._restart(wipe=restart.reimage)
-        except _Leave:
+        except LeavePool:
             await self._shutdown(delete_root=True)
             await self._say_goodbye()
             return EXIT_OK
@@ -238,7 +229,7 @@ class Agent:
         try:
             answer = await self.client.hello(body, give_up_after_s=self.config.orphan_timeout_s)
         except NodeGoneError as exc:
-            raise _Leave() from exc
+            raise LeavePool() from exc
         self.poll_timeout_s = float(answer.get("pollTimeoutS") or DEFAULT_POLL_TIMEOUT_S)
         self.heartbeat_interval_s = float(answer.get("heartbeatIntervalS") or DEFAULT_HEARTBEAT_INTERVAL_S)
         node = answer.get("node") or {}
@@ -405,7 +396,7 @@ class Agent:
                 try:
                     answer = request.result()
                 except NodeGoneError as exc:
-                    raise _Leave() from exc
+                    raise LeavePool() from exc
                 except (httpx.TransportError, httpx.HTTPStatusError, ValueError, ProtocolError) as exc:
                     if time.monotonic() - self.client.last_contact > self.config.orphan_timeout_s:
                         raise UnreachableError(f"no contact for {self.config.orphan_timeout_s} s") from exc
@@ -437,30 +428,27 @@ class Agent:
         had_work = False
         for item in answer.get("ack") or ():
             had_work = True
-            with _logged("ack", item):
+            with skipping_malformed("ack", item, log):
                 key = (str(item[0]), str(item[1]), int(item[2]))
                 self.reports.pop(key, None)
                 self._delivered.discard(key)
         for item in answer.get("kill") or ():
             had_work = True
-            with _logged("kill", item):
+            with skipping_malformed("kill", item, log):
                 self._kill_attempt((str(item[0]), str(item[1]), int(item[2])))
         for assignment in answer.get("run") or ():
             had_work = True
-            with _logged("run", assignment):
+            with skipping_malformed("run", assignment, log):
                 self._start_attempt(assignment)
         for item in answer.get("deleteTaskDirs") or ():
             had_work = True
-            with _logged("deleteTaskDirs", item):
+            with skipping_malformed("deleteTaskDirs", item, log):
                 self._spawn_background(self._delete_task_dir(str(item[0]), str(item[1])))
         if answer.get("runStartTask"):
             self._launch_start_task()
             had_work = True
         self._maybe_sweep_task_users()
-        if answer.get("leave"):
-            raise _Leave()
-        if answer.get("restart"):
-            raise _Restart(str(answer["restart"]))
+        raise_node_orders(answer)
         return had_work
 
     def _spawn_background(self, coro: Any) -> None:
@@ -793,15 +781,6 @@ def _attempt_key(assignment: Any) -> AttemptKey | None:
     return job_id, task_id, attempt
 
 
-@contextlib.contextmanager
-def _logged(what: str, item: Any) -> Any:
-    """Skip one malformed item of a sync answer, saying so, instead of dying on it."""
-    try:
-        yield
-    except (_Leave, _Restart):
-        raise
-    except Exception:
-        log.exception("skipped a malformed %s item: %.200r", what, item)
 
 
 def _no_isolation_message() -> str:

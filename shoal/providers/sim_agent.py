@@ -47,6 +47,7 @@ from typing import Any
 import orjson
 import uvicorn
 
+from shoal.agent.answer import LeavePool, RestartNode, raise_node_orders, skipping_malformed
 from shoal.agent.client import (
     API_PREFIX,
     GOODBYE_TIMEOUT_S,
@@ -93,14 +94,6 @@ def _failure(category: str, code: str, message: str) -> dict[str, str]:
     return {"category": category, "code": code, "message": message}
 
 
-class _Leave(Exception):
-    pass
-
-
-class _Restart(Exception):
-    def __init__(self, kind: str) -> None:
-        super().__init__(kind)
-        self.reimage = kind == "reimage"
 
 
 @dataclass(frozen=True)
@@ -181,9 +174,9 @@ class SimNode:
                 await self._hello()
                 try:
                     await self._sync_until_done()
-                except _Restart as restart:
+                except RestartNode as restart:
                     self._restart(restart.reimage)
-        except _Leave:
+        except LeavePool:
             self._stop_everything()
             self.files.reset()  # the node root is deleted
             with contextlib.suppress(Exception):
@@ -207,7 +200,7 @@ class SimNode:
                 answer = await self._post_once("/hello", body, REQUEST_TIMEOUT_S)
                 break
             except NodeGoneError as exc:
-                raise _Leave() from exc
+                raise LeavePool() from exc
             except (TransportError, ValueError, ProtocolError) as exc:
                 if time.monotonic() - self.last_contact > self.orphan_timeout_s:
                     raise UnreachableError(repr(exc)) from exc
@@ -295,7 +288,7 @@ class SimNode:
             try:
                 answer = await request
             except NodeGoneError as exc:
-                raise _Leave() from exc
+                raise LeavePool() from exc
             except (TransportError, ValueError, ProtocolError) as exc:
                 if time.monotonic() - self.last_contact > self.orphan_timeout_s:
                     raise UnreachableError(f"no contact for {self.orphan_timeout_s} s") from exc
@@ -319,31 +312,28 @@ class SimNode:
         had_work = False
         for item in answer.get("ack") or ():
             had_work = True
-            with _logged("ack", item):
+            with skipping_malformed("ack", item, log):
                 key = (str(item[0]), str(item[1]), int(item[2]))
                 self.reports.pop(key, None)
                 self._delivered.discard(key)
         for item in answer.get("kill") or ():
             had_work = True
-            with _logged("kill", item):
+            with skipping_malformed("kill", item, log):
                 self._kill((str(item[0]), str(item[1]), int(item[2])))
         for assignment in answer.get("run") or ():
             had_work = True
-            with _logged("run", assignment):
+            with skipping_malformed("run", assignment, log):
                 self._start_attempt(assignment)
         for item in answer.get("deleteTaskDirs") or ():
             had_work = True
-            with _logged("deleteTaskDirs", item):
+            with skipping_malformed("deleteTaskDirs", item, log):
                 job_id, task_id = str(item[0]), str(item[1])
                 if not any(k[0] == job_id and k[1] == task_id for k in self.running):
                     self.files.delete_task_dir(job_id, task_id)
         if answer.get("runStartTask"):
             had_work = True
             self._launch_start_task()
-        if answer.get("leave"):
-            raise _Leave()
-        if answer.get("restart"):
-            raise _Restart(str(answer["restart"]))
+        raise_node_orders(answer)
         return had_work
 
     # ---- tasks -------------------------------------------------------------------------------
@@ -496,15 +486,6 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-@contextlib.contextmanager
-def _logged(what: str, item: Any) -> Any:
-    """One malformed item of an answer is skipped, as the real agent skips it."""
-    try:
-        yield
-    except (_Leave, _Restart):
-        raise
-    except Exception:
-        log.exception("skipped a malformed %s item: %.200r", what, item)
 
 
 # ---- the process ---------------------------------------------------------------------------

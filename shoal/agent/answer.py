@@ -1,0 +1,41 @@
+"""What a sync answer can ask of an agent beyond its items (leave the pool, restart the node),
+and how one malformed item is skipped: shared by the real agent and the simulated ones, which
+must read answers the same way."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+
+class LeavePool(Exception):
+    """The node must leave the pool: kill everything, delete the root, exit 0."""
+
+
+class RestartNode(Exception):
+    """Reboot or reimage: stop everything, (reimage: wipe the root), start over as a new incarnation."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.reimage = kind == "reimage"
+
+
+def raise_node_orders(answer: dict[str, Any]) -> None:
+    """Leave or restart, when the answer says so (after its items were applied)."""
+    if answer.get("leave"):
+        raise LeavePool()
+    if answer.get("restart"):
+        raise RestartNode(str(answer["restart"]))
+
+
+@contextlib.contextmanager
+def skipping_malformed(what: str, item: Any, log: logging.Logger) -> Iterator[None]:
+    """Skip one malformed item of a sync answer, saying so, instead of dying on it."""
+    try:
+        yield
+    except (LeavePool, RestartNode):
+        raise
+    except Exception:
+        log.exception("skipped a malformed %s item: %.200r", what, item)
