@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from shoal.agent import launcher
 from shoal.agent.answer import LeavePool, RestartNode, raise_node_orders, skipping_malformed
 from shoal.agent.client import (
     AuthRejectedError,
@@ -63,6 +64,7 @@ from shoal.agent.process import (
     TaskProcess,
     iso,
     utc_now,
+    warm_up,
 )
 from shoal.agent.tree import contain_node, release_node
 from shoal.agent.tree import current as current_containment
@@ -182,6 +184,7 @@ class Agent:
             raise
         finally:
             await self.client.aclose()
+            await asyncio.to_thread(launcher.close_users, self._lasting_users())
             await asyncio.to_thread(release_node, containment)
 
     async def _unless_stopped(self, coro: Any) -> bool:
@@ -249,6 +252,8 @@ class Agent:
             if self.users is None:
                 self.users = NodeUsers.for_node(self.client.node_id, self.layout.root.parent / "home")
             await asyncio.to_thread(self._provision, self.users, accounts)
+            if self.users.pool_user is not None:
+                warm_up(self.users.pool_user)
 
     def _isolation(self) -> dict[str, Any]:
         """What the hello tells the control plane about running tasks as their own users."""
@@ -309,9 +314,15 @@ class Agent:
             launch.cancel()
         self._launching.clear()
 
+    def _lasting_users(self) -> list[pwd.struct_passwd]:
+        if self.users is None:
+            return []
+        return [*([self.users.pool_user] if self.users.pool_user else []), *self.users.accounts.values()]
+
     async def _remove_users(self) -> None:
         if self.users is not None:
             try:
+                await asyncio.to_thread(launcher.close_users, self._lasting_users())
                 await asyncio.to_thread(self.users.remove_all)
             except Exception:  # best effort: the provider removes them again once the node is gone
                 log.exception("cannot remove the node's users")
@@ -505,7 +516,8 @@ class Agent:
             paths = self.layout.task(job_id, task_id)
         except UnsafeIdError as exc:
             raise _LaunchFailure(Failure(USER_ERROR, "CommandLaunchFailed", str(exc))) from exc
-        user = await self._user(parse_identity(assignment.get("userIdentity")), f"{job_id}/{task_id}")
+        identity = parse_identity(assignment.get("userIdentity"))
+        user = await self._user(identity, f"{job_id}/{task_id}")
         try:
             paths.create(Ownership(user.pw_uid, user.pw_gid) if user is not None else None)
         except OSError as exc:
@@ -524,6 +536,7 @@ class Agent:
             stderr_path=paths.stderr,
             max_wall_clock_s=float(wall) if wall is not None else None,
             user=user,
+            lasting_user=identity.kind in LASTING_KINDS,
         )
 
     async def _user(self, identity: Identity, scope_key: str) -> pwd.struct_passwd | None:
@@ -713,7 +726,8 @@ class Agent:
         command_line = definition.get("commandLine")
         if not isinstance(command_line, str):
             raise _LaunchFailure(Failure(USER_ERROR, "CommandLaunchFailed", "The command line is not a string"))
-        user = await self._user(parse_identity(definition.get("userIdentity")), START_TASK_SCOPE)
+        identity = parse_identity(definition.get("userIdentity"))
+        user = await self._user(identity, START_TASK_SCOPE)
         owner = None
         if self.users is not None and self.users.gid is not None:
             # Pool users read what the start task leaves (semantics §4.1); only its user writes.
@@ -734,9 +748,14 @@ class Agent:
             stdout_path=paths.stdout,
             stderr_path=paths.stderr,
             user=user,
+            lasting_user=identity.kind in LASTING_KINDS,
             # A start task may legitimately leave a daemon running.
             kill_leftovers=False,
         )
+
+
+LASTING_KINDS = (POOL, ACCOUNT)
+"""Identities whose user outlives the task, so that a spawner of its own pays off."""
 
 
 def _int_or(value: Any, default: int) -> int:

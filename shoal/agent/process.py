@@ -43,7 +43,7 @@ from typing import Any
 
 import psutil
 
-from shoal.agent import tree
+from shoal.agent import launcher, tree
 
 log = logging.getLogger("shoal.agent.process")
 
@@ -124,8 +124,19 @@ class ProcessSpec:
     stderr_path: Path
     max_wall_clock_s: float | None = None
     user: pwd.struct_passwd | None = None
+    # A user that outlives this task (the pool's auto-user, a named account): worth a spawner of
+    # its own (shoal.agent.launcher). A task-scope user is switched to once, for its one task.
+    lasting_user: bool = False
     # Tasks must not leave processes behind; the start task may (it often starts daemons).
     kill_leftovers: bool = True
+
+
+@dataclass(frozen=True)
+class Spawned:
+    """A process started by the user's spawner: its parent is the spawner, which reports the exit."""
+
+    pid: int
+    launcher: launcher.UserLauncher
 
 
 @dataclass
@@ -227,7 +238,8 @@ def _spawner() -> concurrent.futures.ThreadPoolExecutor:
     return _spawn_pool
 
 
-def launch(spec: ProcessSpec, containment: tree.NodeContainment | None = None) -> subprocess.Popen[bytes] | Failure:
+def launch(spec: ProcessSpec,
+           containment: tree.NodeContainment | None = None) -> subprocess.Popen[bytes] | Spawned | Failure:
     """Check, parse and spawn (blocking; runs in a spawner thread). Never raises: whatever stops
     the program from starting is the returned failure."""
     try:
@@ -239,7 +251,8 @@ def launch(spec: ProcessSpec, containment: tree.NodeContainment | None = None) -
         return _launch_failure(f"Cannot start the command line: {type(exc).__name__}: {exc}")
 
 
-def _launch(spec: ProcessSpec, containment: tree.NodeContainment | None) -> subprocess.Popen[bytes] | Failure:
+def _launch(spec: ProcessSpec,
+            containment: tree.NodeContainment | None) -> subprocess.Popen[bytes] | Spawned | Failure:
     problem = command_line_problem(spec.command_line) or environment_problem(spec.env) or user_problem(spec.user)
     if problem is not None:
         return _launch_failure(problem)
@@ -259,6 +272,8 @@ def _launch(spec: ProcessSpec, containment: tree.NodeContainment | None) -> subp
             for fd in (out, err):
                 os.fchown(fd, user.pw_uid, user.pw_gid)
         preexec_fn = containment.preexec_fn if containment else None
+        if user is not None and spec.lasting_user and preexec_fn is None and launcher.usable():
+            return _spawn_as(user, args, spec, (_devnull(), out, err))
         argv: list[str] = args
         identity: dict[str, Any] = {}
         if user is not None:
@@ -292,6 +307,35 @@ def _launch(spec: ProcessSpec, containment: tree.NodeContainment | None) -> subp
         except OSError as exc:
             log.warning("cannot record process group %s: %s", popen.pid, exc)
     return popen
+
+
+def warm_up(user: pwd.struct_passwd) -> None:
+    """Start ``user``'s spawner now, in the background, so that the node's first task does not
+    wait for an interpreter to start."""
+    containment = tree.current()
+    if launcher.usable() and (containment is None or containment.preexec_fn is None):
+        with contextlib.suppress(RuntimeError):  # the pool is shut down: the agent is exiting
+            _spawner().submit(_warm_up, user)
+
+
+def _warm_up(user: pwd.struct_passwd) -> None:
+    try:
+        launcher.launcher_for(user)
+    except OSError as exc:  # the first task will try again, and fail with the reason if it must
+        log.warning("cannot start the process launcher for %s: %s", user.pw_name, exc)
+
+
+def _spawn_as(user: pwd.struct_passwd, args: list[str], spec: ProcessSpec, fds: tuple[int, int, int]) -> Spawned:
+    """Through the user's spawner; once more with a fresh one if that one has died (a task of
+    the same user may have killed it)."""
+    for attempt in (1, 2):
+        user_launcher = launcher.launcher_for(user)
+        try:
+            return Spawned(user_launcher.spawn(args, spec.cwd, spec.env, fds), user_launcher)
+        except launcher.LauncherGone:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 _SETPRIV = shutil.which("setpriv", path="/usr/bin:/bin:/usr/sbin:/sbin")
@@ -335,7 +379,8 @@ class TaskProcess:
 
     spec: ProcessSpec
     start_time: datetime = field(default_factory=utc_now)
-    _popen: subprocess.Popen[bytes] | None = None
+    _popen: subprocess.Popen[bytes] | None = None  # our child; None when a spawner started it
+    _pid: int | None = None
     _done: asyncio.Future[ProcessResult] | None = None
     _timer: asyncio.TimerHandle | None = None
     _timed_out: bool = False
@@ -345,7 +390,7 @@ class TaskProcess:
 
     @property
     def pid(self) -> int | None:
-        return self._popen.pid if self._popen else None
+        return self._pid
 
     def start(self) -> asyncio.Future[ProcessResult]:
         """Spawn the process in a spawner thread; the returned future resolves with its result.
@@ -379,9 +424,16 @@ class TaskProcess:
         if isinstance(outcome, Failure):
             self._fail(outcome)
             return
-        self._popen = outcome
+        self._pid = outcome.pid
         if self._killed or self._timed_out:
             self._start_kill()  # kill() or the wall clock came while the spawn was under way
+        if isinstance(outcome, Spawned):
+            def exited(returncode: int) -> None:  # on the launcher's reader thread
+                loop.call_soon_threadsafe(self._finish, returncode)
+
+            outcome.launcher.on_exit(outcome.pid, exited)
+            return
+        self._popen = outcome
         if _HAVE_PIDFD:
             try:
                 pidfd = os.pidfd_open(outcome.pid)
@@ -410,10 +462,10 @@ class TaskProcess:
         end = utc_now()
         if self._timer is not None:
             self._timer.cancel()
-        assert self._popen is not None
+        assert self._pid is not None
         if self.spec.kill_leftovers and not self._kill_task:
             # Background children of a finished task die with it; one syscall, usually ESRCH.
-            _signal_group(self._popen.pid, signal.SIGKILL)
+            _signal_group(self._pid, signal.SIGKILL)
             self._forget_group()
         failure = None
         if self._timed_out:
@@ -431,20 +483,20 @@ class TaskProcess:
         self._start_kill()
 
     def _start_kill(self) -> None:
-        if self._kill_task is None and self._popen is not None:
-            self._kill_task = asyncio.get_running_loop().create_task(self._kill_and_forget(self._popen))
+        if self._kill_task is None and self._pid is not None:
+            self._kill_task = asyncio.get_running_loop().create_task(self._kill_and_forget(self._pid))
 
-    async def _kill_and_forget(self, popen: subprocess.Popen[bytes]) -> None:
-        await kill_tree(popen)
+    async def _kill_and_forget(self, pid: int) -> None:
+        await kill_tree(pid)
         self._forget_group()
 
     def _forget_group(self) -> None:
         """The group is dead: drop its record (fallback containment only; a file unlink, so in
         the spawner pool rather than on the loop)."""
         containment = self._containment
-        if containment is not None and not containment.entered and self._popen is not None:
+        if containment is not None and not containment.entered and self._pid is not None:
             with contextlib.suppress(RuntimeError):
-                _spawner().submit(containment.finished, self._popen.pid)
+                _spawner().submit(containment.finished, self._pid)
 
     async def kill(self) -> ProcessResult:
         """Kill the whole tree and wait for the main process to be reaped."""
@@ -486,7 +538,7 @@ def _signal_procs(procs: list[psutil.Process], sig: int) -> list[psutil.Process]
     return alive
 
 
-async def kill_tree(popen: subprocess.Popen[bytes], grace_s: float = KILL_GRACE_S) -> None:
+async def kill_tree(pgid: int, grace_s: float = KILL_GRACE_S) -> None:
     """SIGTERM the process group and any descendants that left it, then SIGKILL what remains.
 
     The leader's session id is its pid (start_new_session), so ``killpg(pid)`` reaches every
@@ -494,7 +546,6 @@ async def kill_tree(popen: subprocess.Popen[bytes], grace_s: float = KILL_GRACE_
     setsid themselves are found with psutil before any signal is sent (afterwards they would
     be orphans re-parented away from the leader).
     """
-    pgid = popen.pid
     escaped: list[psutil.Process] = []
     try:
         for child in psutil.Process(pgid).children(recursive=True):
