@@ -1,8 +1,12 @@
-"""Fixtures of the security suite: besides the root `shoal` (CI runs as root), a `shoal up`
-started as an ordinary user, which cannot create users and must say so."""
+"""Fixtures of the security suite. Every test that takes `shoal` (or `client`) runs twice: against
+a `shoal up` started as root, as CI runs, and against one started as an ordinary user, which
+cannot create users and must say so. A module whose properties only root can give lists the
+modes it runs in as ``SHOAL_MODES``; tests/security/test_nonroot.py checks what a non-root
+Shoal says it cannot isolate."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -27,8 +31,40 @@ def _ensure_user(name: str) -> pwd.struct_passwd:
         return pwd.getpwnam(name)
 
 
+MODES = ("root", "nonroot")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "shoal_mode" in metafunc.fixturenames:
+        modes = getattr(metafunc.module, "SHOAL_MODES", MODES)
+        metafunc.parametrize("shoal_mode", modes, scope="module")
+
+
+@pytest.fixture(scope="module")
+def shoal_mode() -> str:
+    """Where a module asks for `shoal` only at run time, it gets the root one."""
+    return "root"
+
+
+@pytest.fixture(scope="module")
+def shoal(shoal_mode: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningShoal]:
+    """One `shoal up` per module and mode."""
+    if shoal_mode == "root":
+        with running_shoal(tmp_path_factory.mktemp("shoal")) as running:
+            yield running
+    else:
+        with _nonroot_running_shoal() as running:
+            yield running
+
+
 @pytest.fixture(scope="module")
 def nonroot_shoal() -> Iterator[RunningShoal]:
+    with _nonroot_running_shoal() as running:
+        yield running
+
+
+@contextlib.contextmanager
+def _nonroot_running_shoal() -> Iterator[RunningShoal]:
     """`shoal up` run as an unprivileged user, with its data dir where that user may write (pytest's
     own temporary folders are root's and closed to others)."""
     if os.geteuid() != 0:

@@ -153,8 +153,14 @@ def kill_agents_mid_task_and_check(shoal: RunningShoal, client: Any, beats: Path
 
 
 def test_kill_9_of_agents_under_load_never_runs_a_task_twice_at_once(
-    shoal: RunningShoal, client: Any, beats: Path
+    shoal: RunningShoal, client: Any, beats: Path, shoal_mode: str, request: pytest.FixtureRequest
 ) -> None:
+    if shoal_mode == "nonroot":
+        # Found when this suite first ran without root: with process-group containment (no
+        # cgroup), a killed agent's task went on beating for about 2 s after its requeued
+        # attempt had started elsewhere. Not strict: the race does not lose every time.
+        request.applymarker(pytest.mark.xfail(reason="non-root containment lets a killed agent's task outlive "
+                                                     "its requeue (open bug, issue 6 note)"))
     # More tasks than slots: some wait, so requeued ones compete with fresh ones for the nodes.
     kill_agents_mid_task_and_check(shoal, client, beats, "dup-load", nodes=3, slots=3, tasks=12, victims=2,
                                    with_watchdog=False)
@@ -162,8 +168,10 @@ def test_kill_9_of_agents_under_load_never_runs_a_task_twice_at_once(
 
 @pytest.mark.skipif(not CGROUPS, reason="only node cgroups have a watchdog")
 def test_without_the_nodes_watchdog_the_provider_kills_before_it_requeues(
-    shoal: RunningShoal, client: Any, beats: Path
+    shoal: RunningShoal, client: Any, beats: Path, shoal_mode: str
 ) -> None:
+    if shoal_mode == "nonroot":
+        pytest.skip("node cgroups, and so their watchdogs, need root")
     # Free slots on the other node: a requeued task is placed there at once, long before the
     # killed node's new agent is up, so only the provider's kill stands between two attempts.
     kill_agents_mid_task_and_check(shoal, client, beats, "dup-provider", nodes=2, slots=4, tasks=3, victims=1,

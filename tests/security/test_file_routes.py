@@ -28,6 +28,9 @@ from shoal.testing.server import RunningShoal
 from tests.acceptance.rest import API_VERSION
 from tests.helpers import error_of, pool_options, wait_for, wait_pool_idle
 
+# Root only: its `server` fixture already runs every route test against both.
+SHOAL_MODES = ("root",)
+
 POOL = "file-routes"
 ATTACKER_JOB, ATTACKER = "attacker-job", "attacker"
 VICTIM_JOB, VICTIM = "victim-job", "victim"

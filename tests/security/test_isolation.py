@@ -24,6 +24,10 @@ from shoal.agent.users import NodeNames
 from shoal.testing.server import RunningShoal, kill_agents, start_shoal, stop_shoal
 from tests.helpers import pool_options, wait_for, wait_pool_idle, wait_task_state
 
+# Root only: real users, task-scope users and folder ownership need root; test_nonroot.py checks what a
+# non-root Shoal says instead.
+SHOAL_MODES = ("root",)
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolating tasks needs a root Shoal")
 
 POOL = "isolation"
