@@ -87,6 +87,15 @@ class UserLauncher:
               fds: tuple[int, int, int]) -> int:
         """Start ``argv`` as this user; its pid, or the OSError the spawn met (named after the
         working directory when it failed before exec, as Popen's are)."""
+        # Opened here, as root: missing, it is the agent's FileNotFoundError named after cwd.
+        directory = os.open(cwd, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return self._spawn(argv, cwd, env, (*fds, directory))
+        finally:
+            os.close(directory)
+
+    def _spawn(self, argv: list[str], cwd: str | os.PathLike[str], env: Mapping[str, str],
+               fds: tuple[int, ...]) -> int:
         request_id = next(self._ids)
         answer: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
         with self._state_lock:

@@ -13,7 +13,9 @@ user cannot ptrace it or open its descriptors through ``/proc``; they can kill i
 fails that user's own running tasks on this node.
 
 Messages on the socket (both ways) are a 4-byte big-endian length and a JSON object. A spawn
-request carries three descriptors (stdin, stdout, stderr) with its first bytes.
+request carries four descriptors (stdin, stdout, stderr and the working directory, which the
+agent opened as root: a task may run in a folder whose parents its user cannot walk, as it
+could when the agent switched users itself) with its first bytes.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ HEADER = struct.Struct("!I")
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """A spawn request holds a command line (≤ 8,191 characters) and an environment; the control
 plane bounds a request body at 1 MB, so 4 MiB is never a legitimate message."""
-SPAWN_FDS = 3
+SPAWN_FDS = 4
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
@@ -119,8 +121,11 @@ def become(uid: int, gid: int, groups: list[int]) -> None:
 def spawn(argv: list[str], cwd: str, env: dict[str, str], fds: list[int]) -> int:
     """Start ``argv`` in ``cwd`` in a session of its own, as Popen would have: the program is
     looked up on the *task's* PATH, and a missing working directory is reported as such."""
-    os.chdir(cwd)  # OSError names cwd, which the agent reads as "before exec"
-    stdin, stdout, stderr = fds
+    stdin, stdout, stderr, directory = fds
+    try:
+        os.fchdir(directory)
+    except OSError as exc:  # named after cwd, which the agent reads as "before exec"
+        raise OSError(exc.errno, exc.strerror, cwd) from None
     actions = [(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, stdout, 1), (os.POSIX_SPAWN_DUP2, stderr, 2)]
     program = argv[0]
     candidates = [program] if "/" in program else [os.path.join(d, program) for d in os.get_exec_path(env)]
