@@ -587,7 +587,10 @@ class _SqlTranslator:
         if prop.kind == "int":
             if isinstance(value, str | bool):
                 return self.const(op == "ne")
-            return _sql_compare(op, prop.column, value) if _exact_number(value) else None
+            # Beyond Int32 a literal cannot bind to PostgreSQL's INTEGER columns: the rows are
+            # judged in Python instead (only an absurd filter pays for that).
+            fits = _exact_number(value) and -(2**31) <= value < 2**31
+            return _sql_compare(op, prop.column, value) if fits else None
         if prop.kind == "time":
             if not isinstance(value, datetime):
                 return None
