@@ -355,15 +355,28 @@ def _signal_group(pgid: int, sig: int) -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def _death_signal_setter() -> Callable[[], object] | None:
-    """``prctl(PR_SET_PDEATHSIG, SIGKILL)`` as a preexec_fn: a C call, no Python frames to run
-    in the child between fork and exec."""
+def _prctl() -> Callable[..., int] | None:
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
+        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
     except (OSError, AttributeError):
         return None
-    return functools.partial(prctl, _PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
+def _death_signal_setter() -> Callable[[], object] | None:
+    """A preexec_fn that sets ``PR_SET_PDEATHSIG`` = SIGKILL, then makes sure the parent is still
+    the one that forked: had the agent died between fork and prctl, no signal would ever come,
+    and the task would run on, unrecorded, beside its requeued attempt."""
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def die_with_parent() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(127)
+
+    return die_with_parent
 
 
 # ---- the watchdog of a node cgroup ---------------------------------------------------------

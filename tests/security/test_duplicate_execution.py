@@ -39,7 +39,9 @@ CGROUPS = os.geteuid() == 0 and tree.containment_hierarchy() is not None
 
 BEAT_SCRIPT = f"""#!/bin/sh
 # beat.sh escape|plain  (a task attempt)   beat.sh child FILE  (its escaped descendant)
-if [ "$1" = child ]; then f=$2; else f="$(dirname "$0")/$AZ_BATCH_TASK_ID.$$"; fi
+# An attempt's file is named by its pid and start time: pids wrap (pid_max may be 32768), and a
+# later attempt reusing an earlier one's pid must not look like that attempt running on.
+if [ "$1" = child ]; then f=$2; else f="$(dirname "$0")/$AZ_BATCH_TASK_ID.$$.$(date +%s%N)"; fi
 echo "start $$ $(date +%s%N)" >> "$f"
 if [ "$1" = escape ]; then setsid sh "$0" child "$f.escaped" & fi
 i=0
@@ -49,7 +51,7 @@ if [ "$1" != child ]; then echo "end $$ $(date +%s%N)" >> "$f"; fi
 
 
 def beating_command(folder: Path, escape: bool) -> str:
-    """An attempt beats into ``<folder>/<task>.<pid>``; with ``escape`` it also starts a
+    """An attempt beats into ``<folder>/<task>.<pid>.<start>``; with ``escape`` it also starts a
     descendant that escapes its process group (setsid) and beats into ``<that>.escaped``."""
     script = folder / "beat.sh"
     script.write_text(BEAT_SCRIPT)
@@ -159,17 +161,10 @@ def test_kill_9_of_agents_under_load_never_runs_a_task_twice_at_once(
     # More tasks than slots: some wait, so requeued ones compete with fresh ones for the nodes.
     # Without root there are no node cgroups: process groups contain a task, and a descendant
     # that leaves its group with setsid escapes them, as docs/security.md says; so none does here.
-    try:
-        kill_agents_mid_task_and_check(shoal, client, beats, "dup-load", nodes=3, slots=3, tasks=12, victims=2,
-                                       with_watchdog=False, escape=CGROUPS and shoal_mode == "root")
-    except AssertionError as exc:
-        if shoal_mode != "nonroot":
-            raise
-        # Found when this suite first ran without root: with process-group containment (no
-        # cgroup) and no escaping descendant, a killed agent's task can still run after its
-        # requeued attempt has started elsewhere. An open bug (see the issue 6 note), reported
-        # as an expected failure with what went wrong rather than hidden.
-        pytest.xfail(f"non-root: a killed agent's task outlived its requeue: {exc}")
+    # The pool (and so the task ids) is named after the mode: both modes' attempts beat into
+    # one folder, and the same task id run by the other server must not look like a rerun.
+    kill_agents_mid_task_and_check(shoal, client, beats, f"dup-load-{shoal_mode}", nodes=3, slots=3, tasks=12,
+                                   victims=2, with_watchdog=False, escape=CGROUPS and shoal_mode == "root")
 
 
 @pytest.mark.skipif(not CGROUPS, reason="only node cgroups have a watchdog")
@@ -180,5 +175,5 @@ def test_without_the_nodes_watchdog_the_provider_kills_before_it_requeues(
         pytest.skip("node cgroups, and so their watchdogs, need root")
     # Free slots on the other node: a requeued task is placed there at once, long before the
     # killed node's new agent is up, so only the provider's kill stands between two attempts.
-    kill_agents_mid_task_and_check(shoal, client, beats, "dup-provider", nodes=2, slots=4, tasks=3, victims=1,
-                                   with_watchdog=True)
+    kill_agents_mid_task_and_check(shoal, client, beats, f"dup-provider-{shoal_mode}", nodes=2, slots=4, tasks=3,
+                                   victims=1, with_watchdog=True)
