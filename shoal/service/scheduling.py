@@ -46,19 +46,14 @@ _COUNT_RUN = (
     .where(nodes.c.id == bindparam("b_node"))
     .values(total_tasks_run=nodes.c.total_tasks_run + bindparam("b_count"))
 )
-# The pool's schedulable nodes with a free slot, in the order that breaks placement ties. The
-# slot sums come from the database (ix_tasks_node_state_slots alone), so a pass that follows one
-# agent's report on a full 10,000-node pool gets one row, not 10,000; it is still a probe per node
-# (a per-node used-slot counter would make it an index range).
-_USED_SLOTS = (
-    select(func.coalesce(func.sum(tasks.c.required_slots), 0))
-    .where(tasks.c.node_id == nodes.c.id, tasks.c.state == "running")
-    .scalar_subquery()
-)
+# The pool's schedulable nodes with a free slot, in the order that breaks placement ties: a walk
+# of the partial index ix_nodes_free (used_slots is kept by triggers, migration 0008), so a pass
+# that follows one agent's report on a full 10,000-node pool reads the one node it freed.
 _FREE_NODES = (
-    select(nodes.c.id, nodes.c.slots, _USED_SLOTS.label("used"))
-    .where(nodes.c.pool_seq == bindparam("b_pool"), nodes.c.state.in_(SCHEDULABLE_NODE_STATES),
-           nodes.c.scheduling_state == "enabled", nodes.c.pending_action.is_(None), nodes.c.slots > _USED_SLOTS)
+    select(nodes.c.id, nodes.c.slots, nodes.c.used_slots.label("used"))
+    .where(nodes.c.pool_seq == bindparam("b_pool"), nodes.c.used_slots < nodes.c.slots,
+           nodes.c.state.in_(SCHEDULABLE_NODE_STATES), nodes.c.scheduling_state == "enabled",
+           nodes.c.pending_action.is_(None))
     .order_by(nodes.c.allocation_time, nodes.c.id)
 )
 # The per-size ready queues (index job, state, required_slots, seq): the smallest size a job has

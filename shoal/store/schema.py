@@ -94,6 +94,8 @@ nodes = Table(
     Column("start_task_info", JSON),
     Column("run_start_task", Boolean, nullable=False, default=False),
     Column("total_tasks_run", Integer, nullable=False, default=0),
+    # Slots held by the node's running tasks: kept by triggers (migration 0008), never written here.
+    Column("used_slots", Integer, nullable=False, server_default="0"),
     Column("total_tasks_succeeded", Integer, nullable=False, default=0),
     Column("leave_option", String(32)),
     # A reboot or reimage waiting for running tasks to end (taskcompletion/retaineddata).
@@ -102,6 +104,10 @@ nodes = Table(
     Column("etag", String(40), nullable=False),
 )
 Index("ix_nodes_pool", nodes.c.pool_seq)
+# The nodes with a free slot, in the order that breaks placement ties: a scheduling pass walks
+# these alone, however many full nodes the pool has.
+Index("ix_nodes_free", nodes.c.pool_seq, nodes.c.allocation_time, nodes.c.id,
+      sqlite_where=nodes.c.used_slots < nodes.c.slots, postgresql_where=nodes.c.used_slots < nodes.c.slots)
 
 jobs = Table(
     "jobs",

@@ -89,6 +89,12 @@ def _check(ctx: Context, job_id: str) -> None:
             select(nodes.c.pool_seq, nodes.c.is_dedicated, nodes.c.state, func.count())
             .group_by(nodes.c.pool_seq, nodes.c.is_dedicated, nodes.c.state)).all()}
         assert kept == recount
+        # Each node's used slots (migration 0008) equal the slots of the tasks running there.
+        running = dict(conn.execute(select(tasks.c.node_id, func.sum(tasks.c.required_slots))
+                                    .where(tasks.c.state == "running").group_by(tasks.c.node_id)).all())
+        used = {n.id: n.used_slots for n in conn.execute(select(nodes.c.id, nodes.c.used_slots)).all()}
+        assert used == {node_id: int(running.get(node_id, 0)) for node_id in used}
+        assert set(running) <= set(used)
 
 
 def _tasks_of(ctx: Context, job_id: str, state: str | None = None) -> list[Any]:
