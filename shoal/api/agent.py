@@ -81,6 +81,8 @@ class AgentHub:
 MAX_REGISTER_BODY_BYTES = 8 * 1024
 MAX_HELLO_BODY_BYTES = 64 * 1024
 MAX_SYNC_BODY_BYTES = 8 * 1024 * 1024
+# A batch holds many nodes' syncs (agent_bodies.MAX_BATCH_NODES); each is small in practice.
+MAX_BATCH_SYNC_BODY_BYTES = 16 * 1024 * 1024
 
 
 def _token(request: Request) -> str:
@@ -182,13 +184,63 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
         try:
             await asyncio.wait_for(event.wait(), poll_timeout_s)
         except TimeoutError:
-            pass
+            # Nothing woke the node: whatever changes what it should run or kill wakes it, so
+            # the store says what it said when the call began (nothing new). Anything that
+            # changed unannounced is read by the sync the agent sends straight after this.
+            return _json(answer.to_json())
         except asyncio.CancelledError:
             # The server is shutting down: the agent will ask again.
             return Response(status_code=503)
         later = await store(node_id, runner.read(agents.deliveries, api.ctx, node_id, token, body))
         later.ack = answer.ack
         return _json(later.to_json())
+
+    async def batch_sync(request: Request) -> Response:
+        """Many nodes' syncs in one call, for a process that hosts many nodes (the simulated
+        provider): answered at once, never held. The caller authenticates as one of its nodes
+        before the body is read; every entry is then checked on its own token."""
+        await authenticated(request)
+        entries = agent_bodies.check_batch_sync(await _body(request, MAX_BATCH_SYNC_BODY_BYTES))
+        results: list[dict[str, Any] | BatchError | None] = [None] * len(entries)
+        writes: list[tuple[int, agents.SyncEntry]] = []
+        reads: list[tuple[int, agents.SyncEntry]] = []
+        for index, (node_id, token, raw) in enumerate(entries):
+            try:
+                body = agent_bodies.check_sync(raw)
+                known, incarnation = hub.confirmed(node_id, token)
+                if not known:
+                    incarnation = await store(node_id, runner.read(agents.authenticate, api.ctx, node_id, token))
+                    hub.confirm(node_id, token, incarnation)
+            except BatchError as error:
+                results[index] = error
+                continue
+            if agents.from_current_agent(incarnation, body):
+                hub.liveness.beat(node_id)
+            # Cleared before the store is read, as for a single sync: no wake-up is lost.
+            hub.event(node_id).clear()
+            entry = agents.SyncEntry(node_id, token, body)
+            (writes if agents.sync_has_news(body) else reads).append((index, entry))
+        if reads:
+            quiet = await runner.read(agents.sync_batch_without_writes, api.ctx, [e for _, e in reads])
+            for (index, entry), answer in zip(reads, quiet, strict=True):
+                if answer is None:
+                    writes.append((index, entry))
+                else:
+                    results[index] = answer if isinstance(answer, BatchError) else answer.to_json()
+        if writes:
+            answers = await runner.write(agents.sync_batch, api.ctx, [e for _, e in writes])
+            for (index, _entry), answer in zip(writes, answers, strict=True):
+                results[index] = answer if isinstance(answer, BatchError) else answer.to_json()
+        out: list[dict[str, Any]] = []
+        for (node_id, _token, _raw), result in zip(entries, results, strict=True):
+            if isinstance(result, BatchError):
+                if isinstance(result, agents.NodeGone):
+                    hub.forget(node_id)
+                out.append({"nodeId": node_id, "error": {"status": result.status, "code": result.code,
+                                                         "message": result.message}})
+            else:
+                out.append({"nodeId": node_id, "answer": result})
+        return _json({"nodes": out})
 
     async def goodbye(request: Request) -> Response:
         # No body is read: the call says everything by being made.
@@ -202,4 +254,5 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
         Route("/agent/v1/nodes/{node_id}/goodbye", _guard(goodbye), methods=["POST"]),
         Route("/agent/v1/nodes/{node_id}/hello", _guard(hello), methods=["POST"]),
         Route("/agent/v1/nodes/{node_id}/sync", _guard(sync), methods=["POST"]),
+        Route("/agent/v1/nodes/{node_id}/batch-sync", _guard(batch_sync), methods=["POST"]),
     ]

@@ -161,3 +161,31 @@ def check_sync(body: Any) -> dict[str, Any]:
                     or not math.isfinite(value):
                 raise _refuse(f"metrics.{key[:MAX_ID_CHARS]}", value, "The value must be a finite number.")
     return body
+
+
+# A batch sync (docs/agent-protocol.md) carries the syncs of at most this many nodes.
+MAX_BATCH_NODES = 1000
+MAX_TOKEN_CHARS = 128
+
+
+def check_batch_sync(body: Any) -> list[tuple[str, str, Any]]:
+    """The (node id, token, unchecked sync body) of each entry of a batch; an entry's own sync
+    body is checked on its own (`check_sync`), so one bad entry fails only itself."""
+    body = _object(body)
+    entries = body.get("nodes")
+    if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_BATCH_NODES:
+        raise _refuse("nodes", type(entries).__name__, f"The value must be a list of 1 to {MAX_BATCH_NODES} entries.")
+    checked = []
+    seen: set[str] = set()
+    for index, entry in enumerate(entries):
+        label = f"nodes[{index}]"
+        if not isinstance(entry, dict):
+            raise _refuse(label, entry, "The value must be an object.")
+        node_id = _text(entry, "nodeId", MAX_ID_CHARS * 2, path=f"{label}.nodeId", required=True)
+        token = _text(entry, "token", MAX_TOKEN_CHARS, path=f"{label}.token", required=True)
+        assert node_id is not None and token is not None
+        if node_id in seen:
+            raise _refuse(f"{label}.nodeId", node_id, "A node may appear once in a batch.")
+        seen.add(node_id)
+        checked.append((node_id, token, entry.get("sync")))
+    return checked

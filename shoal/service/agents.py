@@ -74,6 +74,18 @@ def _node_by_token(conn: Connection, node_id: str, token: str) -> Any:
     return _checked(conn.execute(select(nodes).where(nodes.c.id == node_id)).first(), token)
 
 
+# What answering a sync needs of the node's record (the whole row carries JSON columns that cost
+# more to decode than the rest of a quiet sync).
+_SYNC_NODE = (
+    select(nodes.c.id, nodes.c.token, nodes.c.state, nodes.c.incarnation, nodes.c.run_start_task, nodes.c.pool_seq)
+    .where(nodes.c.id == bindparam("b_id"))
+)
+
+
+def _sync_node(conn: Connection, node_id: str, token: str) -> Any:
+    return _checked(conn.execute(_SYNC_NODE, {"b_id": node_id}).first(), token)
+
+
 def authenticate(ctx: Context, node_id: str, token: str) -> str | None:
     """Check a node's token before anything of its request is read (its body included); returns
     the incarnation of the agent that said hello last, for `from_current_agent`."""
@@ -248,47 +260,117 @@ def hello(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> dict[
 
 
 def sync(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAnswer:
-    answer = SyncAnswer()
-    touched_jobs: set[int] = set()
-    woken: set[str] = set()
     with ctx.engine.begin() as conn:
-        node = _node_by_token(conn, node_id, token)
-        if not _current_incarnation(node, body):
-            # Not the agent that said hello last: a process the node has moved on from (whose
-            # attempts that hello requeued), or a caller with a stolen token that never said
-            # hello. It changes nothing and is given nothing; its reports are acknowledged so
-            # an old process stops resending them.
-            answer.ack = [(r["jobId"], r["taskId"], r["attempt"]) for r in body.get("reports") or []]
-            return answer
-        now = clock.now()
-        values: dict[str, Any] = {"last_heartbeat": now}
-        if node.state == "unusable":
-            values.update(state=_state_on_return(conn, node), state_transition_time=now)
-        conn.execute(update(nodes).where(nodes.c.id == node_id).values(**values))
-        if isinstance(body.get("metrics"), dict):
-            ctx.node_metrics[node_id] = body["metrics"]
-        ready = False
-        if body.get("startTask") is not None:
-            answer.run_start_task = False
-            ready = _record_start_task(conn, node, body["startTask"])
-        elif node.run_start_task:
-            answer.run_start_task = True
-        reports = body.get("reports") or []
-        if reports:
-            answer.ack, touched_jobs = _apply_reports(conn, ctx, node_id, reports, now)
-            if touched_jobs:
-                job_service.finish_all_complete_jobs(ctx, conn, list(touched_jobs))
-                transitions.refresh_node_busy(conn, [node_id])
-        if touched_jobs or ready:
-            # Slots were freed or a node became ready: schedule its pool now, so this answer
-            # already carries the next tasks.
-            woken = scheduling.schedule_pool(ctx, conn, node.pool_seq)
-        _deliveries(conn, node, body, answer)
+        answer, schedule = _record_sync(conn, ctx, node_id, token, body)
+        # Slots were freed or a node became ready: schedule its pool now, so this answer
+        # already carries the next tasks.
+        woken = scheduling.schedule_pool(ctx, conn, schedule) if schedule is not None else set()
+        if answer is not None:
+            _deliveries(conn, _sync_node(conn, node_id, token), body, answer)
     # The pool of this node was scheduled inline above; other pools are not touched by this
     # sync, so the scheduler loop need not run for them.
     for other in woken - {node_id}:
         ctx.signals.wake_node(other)
-    return answer
+    return answer if answer is not None else _stale_answer(body)
+
+
+@dataclass(frozen=True)
+class SyncEntry:
+    """One node's sync inside a batch (`sync_batch`)."""
+
+    node_id: str
+    token: str
+    body: dict[str, Any]
+
+
+def sync_batch(ctx: Context, entries: list[SyncEntry]) -> list[SyncAnswer | BatchError]:
+    """The syncs of many nodes in one transaction: every report recorded, each pool they touch
+    scheduled once (not once per node), then each node's deliveries read. One entry's error
+    (a gone node, a bad token, made-up times) is that entry's answer: the transaction is run
+    again without it, so nothing of the failed entry is kept and the others lose nothing."""
+    failed: dict[int, BatchError] = {}
+    while True:
+        try:
+            answers = _sync_batch_once(ctx, entries, failed)
+            break
+        except _EntryFailed as failure:
+            failed[failure.index] = failure.error
+    return [failed[i] if i in failed else answers[i] for i in range(len(entries))]
+
+
+class _EntryFailed(Exception):
+    def __init__(self, index: int, error: BatchError) -> None:
+        super().__init__(index)
+        self.index = index
+        self.error = error
+
+
+def _sync_batch_once(ctx: Context, entries: list[SyncEntry], failed: dict[int, BatchError]) -> dict[int, SyncAnswer]:
+    answers: dict[int, SyncAnswer] = {}
+    woken: set[str] = set()
+    with ctx.engine.begin() as conn:
+        pending: dict[int, SyncAnswer] = {}
+        pools_to_schedule: set[int] = set()
+        for index, entry in enumerate(entries):
+            if index in failed:
+                continue
+            try:
+                answer, schedule = _record_sync(conn, ctx, entry.node_id, entry.token, entry.body)
+            except BatchError as error:
+                raise _EntryFailed(index, error) from None
+            if answer is None:
+                answers[index] = _stale_answer(entry.body)
+                continue
+            pending[index] = answer
+            if schedule is not None:
+                pools_to_schedule.add(schedule)
+        for pool_seq in sorted(pools_to_schedule):
+            woken |= scheduling.schedule_pool(ctx, conn, pool_seq)
+        for index, answer in pending.items():
+            entry = entries[index]
+            _deliveries(conn, _sync_node(conn, entry.node_id, entry.token), entry.body, answer)
+            answers[index] = answer
+    for other in woken - {entry.node_id for entry in entries}:
+        ctx.signals.wake_node(other)
+    return answers
+
+
+def _stale_answer(body: dict[str, Any]) -> SyncAnswer:
+    """For a process the node has moved on from (whose attempts that hello requeued), or a
+    caller with a stolen token that never said hello: it changes nothing and is given nothing;
+    its reports are acknowledged so an old process stops resending them."""
+    return SyncAnswer(ack=[(r["jobId"], r["taskId"], r["attempt"]) for r in body.get("reports") or []])
+
+
+def _record_sync(conn: Connection, ctx: Context, node_id: str, token: str,
+                 body: dict[str, Any]) -> tuple[SyncAnswer | None, int | None]:
+    """The writes of one node's sync: (its answer so far, or None when the call is not from the
+    node's current agent; the pool to schedule, when slots were freed or the node got ready)."""
+    node = _node_by_token(conn, node_id, token)
+    if not _current_incarnation(node, body):
+        return None, None
+    answer = SyncAnswer()
+    now = clock.now()
+    values: dict[str, Any] = {"last_heartbeat": now}
+    if node.state == "unusable":
+        values.update(state=_state_on_return(conn, node), state_transition_time=now)
+    conn.execute(update(nodes).where(nodes.c.id == node_id).values(**values))
+    if isinstance(body.get("metrics"), dict):
+        ctx.node_metrics[node_id] = body["metrics"]
+    ready = False
+    touched_jobs: set[int] = set()
+    if body.get("startTask") is not None:
+        answer.run_start_task = False
+        ready = _record_start_task(conn, node, body["startTask"])
+    elif node.run_start_task:
+        answer.run_start_task = True
+    reports = body.get("reports") or []
+    if reports:
+        answer.ack, touched_jobs = _apply_reports(conn, ctx, node_id, reports, now)
+        if touched_jobs:
+            job_service.finish_all_complete_jobs(ctx, conn, list(touched_jobs))
+            transitions.refresh_node_busy(conn, [node_id])
+    return answer, node.pool_seq if touched_jobs or ready else None
 
 
 def sync_has_news(body: dict[str, Any]) -> bool:
@@ -303,16 +385,33 @@ def sync_without_writes(ctx: Context, node_id: str, token: str, body: dict[str, 
     if sync_has_news(body):
         return None
     with ctx.engine.connect() as conn:
-        node = _node_by_token(conn, node_id, token)
-        if not _current_incarnation(node, body):
-            return SyncAnswer()
-        if node.state == "unusable":
-            return None
-        if isinstance(body.get("metrics"), dict):
-            ctx.node_metrics[node_id] = body["metrics"]
-        answer = SyncAnswer(run_start_task=bool(node.run_start_task))
-        _deliveries(conn, node, body, answer)
+        return _quiet_sync(conn, ctx, node_id, token, body)
+
+
+def _quiet_sync(conn: Connection, ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAnswer | None:
+    node = _sync_node(conn, node_id, token)
+    if not _current_incarnation(node, body):
+        return SyncAnswer()
+    if node.state == "unusable":
+        return None
+    if isinstance(body.get("metrics"), dict):
+        ctx.node_metrics[node_id] = body["metrics"]
+    answer = SyncAnswer(run_start_task=bool(node.run_start_task))
+    _deliveries(conn, node, body, answer)
     return answer
+
+
+def sync_batch_without_writes(ctx: Context, entries: list[SyncEntry]) -> list[SyncAnswer | BatchError | None]:
+    """`sync_without_writes` for each of many quiet syncs, on one connection; an entry's
+    error (a gone node, a bad token) is its answer."""
+    answers: list[SyncAnswer | BatchError | None] = []
+    with ctx.engine.connect() as conn:
+        for entry in entries:
+            try:
+                answers.append(_quiet_sync(conn, ctx, entry.node_id, entry.token, entry.body))
+            except BatchError as error:
+                answers.append(error)
+    return answers
 
 
 def _current_incarnation(node: Any, body: dict[str, Any]) -> bool:
@@ -324,7 +423,7 @@ def deliveries(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> 
     """The read-only second half of a sync, for the end of a long poll."""
     answer = SyncAnswer()
     with ctx.engine.connect() as conn:
-        node = _node_by_token(conn, node_id, token)
+        node = _sync_node(conn, node_id, token)
         if not _current_incarnation(node, body):
             return answer
         if node.run_start_task and body.get("startTask") is None:

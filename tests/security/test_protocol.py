@@ -16,7 +16,8 @@ from azure.batch import models
 
 from shoal.testing.server import RunningShoal, kill_agents, start_shoal, stop_shoal
 from tests.acceptance import rest
-from tests.helpers import pool_options, wait_for, wait_pool_idle, wait_task_state
+from tests.helpers import pool_options, wait_for, wait_task_state
+from tests.security.agents import two_nodes_each_running_a_secret_task
 
 POOL = "victim-pool"
 JOB = "secret-job"
@@ -48,16 +49,7 @@ def _agent(shoal: RunningShoal, node_id: str, call: str, body: bytes | dict[str,
 @pytest.fixture(scope="module")
 def victims(shoal: RunningShoal, client: Any) -> dict[str, Any]:
     """Two nodes, each running one long task of a job whose environment holds a secret."""
-    client.create_pool(pool_options(POOL, target_dedicated_nodes=2, task_slots_per_node=1))
-    nodes = wait_pool_idle(client, POOL, 2, timeout=60)
-    client.create_job(models.BatchJobCreateOptions(
-        id=JOB, pool_info=models.BatchPoolInfo(pool_id=POOL),
-        common_environment_settings=[models.EnvironmentSetting(name="SECRET", value=SECRET)]))
-    for task_id in ("a", "b"):
-        client.create_task(JOB, models.BatchTaskCreateOptions(id=task_id, command_line="/bin/sleep 600"))
-    tasks = {t: wait_task_state(client, JOB, t, "running", timeout=60) for t in ("a", "b")}
-    on_node = {tasks[t].node_info.node_id: t for t in tasks}
-    assert set(on_node) == {n.id for n in nodes}, "each node runs one task"
+    on_node = two_nodes_each_running_a_secret_task(client, POOL, JOB, SECRET)
     first = sorted(on_node)[0]
     other = next(n for n in on_node if n != first)
     return {"node": first, "task": on_node[first], "other_node": other, "other_task": on_node[other]}
