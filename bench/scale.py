@@ -216,7 +216,7 @@ def _drain(client: Any, pool_id: str, job_id: str, count: int, concurrency: int)
 def run_suite(database: str, url: str | None, args: argparse.Namespace) -> None:
     report = Report(database)
     env = {"SHOAL_QUOTA_DEDICATED_CORES": str(10 * (args.nodes + args.baseline_nodes) + 100),
-           "SHOAL_QUOTA_ACTIVE_JOBS": "1000"}
+           "SHOAL_QUOTA_ACTIVE_JOBS": "1000", "SHOAL_SIM_BATCH_SYNCS": "0" if args.unbatched else "1"}
     extra = ["--provider", "sim"] + (["--database", url] if url else [])
     with tempfile.TemporaryDirectory(prefix="shoal-scale-") as tmp:
         shoal = start_shoal(Path(tmp), extra_args=extra, env=env)
@@ -289,6 +289,8 @@ def main() -> None:
     parser.add_argument("--databases", default="sqlite", help="comma-separated: sqlite, postgres")
     parser.add_argument("--skip-tasks", action="store_true")
     parser.add_argument("--skip-nodes", action="store_true")
+    parser.add_argument("--unbatched", action="store_true",
+                        help="simulated nodes make every sync its own call (no batch-sync), as real agents do")
     args = parser.parse_args()
     print(f"{'':10} {'figure':44} {'value':>12} {'unit':8} {'vs small':>9}  target", flush=True)
     for database in [d.strip() for d in args.databases.split(",") if d.strip()]:

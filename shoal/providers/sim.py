@@ -60,8 +60,9 @@ class SimProvider:
 
     def __init__(self, ctx: Context, join_url: str, *, log_path: Path | None = None,
                  spot_eviction_rate: float = 0.0, eviction_seed: int | None = None,
-                 runner: StoreRunner | None = None) -> None:
+                 runner: StoreRunner | None = None, batch_syncs: bool = True) -> None:
         self.ctx = ctx
+        self.batch_syncs = batch_syncs
         # Store calls go through the runner (reads to a reader, writes to the one writer).
         self.runner = runner if runner is not None else StoreRunner()
         self.join_url = join_url
@@ -84,6 +85,7 @@ class SimProvider:
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "shoal.providers.sim_agent", "--join", self.join_url,
+                *(() if self.batch_syncs else ("--no-batch",)),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=log_fd if log_fd is not None else asyncio.subprocess.DEVNULL,
                 env=agent_environment(os.environ), start_new_session=True, limit=1 << 20)

@@ -63,6 +63,7 @@ from shoal.agent.identity import ACCOUNT, IdentityError, parse_identity
 from shoal.agent.layout import STDERR_FILE, STDOUT_FILE
 from shoal.agent.metrics import READING_INTERVAL_S
 from shoal.agent.process import USER_ERROR
+from shoal.providers.sim_batch import SyncBatcher
 from shoal.providers.sim_files import File, NodeFiles, SharedFileServer, TaskDir
 from shoal.providers.sim_http import HttpClient, TransportError, parse_url
 from shoal.providers.sim_script import Defaults, Outcome, outcome_of
@@ -119,9 +120,11 @@ class SimNode:
     """One simulated agent: the state ``shoal.agent.main.Agent`` keeps, with timers for processes."""
 
     def __init__(self, spec: NodeSpec, http: HttpClient, files_url: str, files: NodeFiles,
-                 pid: int, orphan_timeout_s: float = ORPHAN_TIMEOUT_S) -> None:
+                 pid: int, orphan_timeout_s: float = ORPHAN_TIMEOUT_S, batcher: SyncBatcher | None = None) -> None:
         self.spec = spec
         self.http = http
+        # Syncs that answer at once go through the batcher when there is one (sim_batch).
+        self.batcher = batcher
         self._authorization = f"ShoalNode {spec.token}"
         self.files_url = files_url
         self.files = files
@@ -163,6 +166,13 @@ class SimNode:
         answer = orjson.loads(raw) if raw else {}
         if not isinstance(answer, dict):
             raise ProtocolError(f"{path}: the answer is not a JSON object")
+        return answer
+
+    async def _sync_once(self, body: dict[str, Any], wait: bool, timeout: float) -> dict[str, Any]:
+        if wait or self.batcher is None:
+            return await self._post_once("/sync", body, timeout)
+        answer = await self.batcher.sync(self.spec.node_id, self.spec.token, body, timeout)
+        self.last_contact = time.monotonic()
         return answer
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -268,7 +278,7 @@ class SimNode:
             self._news.clear()
             began = time.monotonic()
             timeout = self.poll_timeout_s + LONG_POLL_MARGIN_S if wait else REQUEST_TIMEOUT_S
-            request = asyncio.ensure_future(self._post_once("/sync", body, timeout))
+            request = asyncio.ensure_future(self._sync_once(body, wait, timeout))
             # A poll dropped for news (or by a stop) may still end in an error no one reads.
             request.add_done_callback(_retrieve)
             if wait:
@@ -508,9 +518,11 @@ class Supervisor:
     orphan_timeout_s: float = ORPHAN_TIMEOUT_S
     files_url: str = ""
     nodes: dict[str, _Running] = field(default_factory=dict)
+    batch: bool = True
 
     def __post_init__(self) -> None:
         self.http = HttpClient(*parse_url(self.join_url))
+        self.batcher = SyncBatcher(self.http) if self.batch else None
         self.file_server = SharedFileServer()
         self._server: uvicorn.Server | None = None
         self._serve_task: asyncio.Task[None] | None = None
@@ -551,7 +563,7 @@ class Supervisor:
 
     def _launch(self, spec: NodeSpec, seq: Any) -> None:
         files = NodeFiles()
-        node = SimNode(spec, self.http, self.files_url, files, os.getpid(), self.orphan_timeout_s)
+        node = SimNode(spec, self.http, self.files_url, files, os.getpid(), self.orphan_timeout_s, self.batcher)
         self.file_server.add(spec.token, files)
         task = asyncio.ensure_future(node.run())
         running = _Running(node, task, seq)
@@ -588,6 +600,8 @@ class Supervisor:
             self._server.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._serve_task, 5)
+        if self.batcher is not None:
+            await self.batcher.aclose()
         await self.http.aclose()
 
 
@@ -597,7 +611,7 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
-async def _serve(join_url: str, orphan_timeout_s: float) -> None:
+async def _serve(join_url: str, orphan_timeout_s: float, batch: bool = True) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 20)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -607,7 +621,7 @@ async def _serve(join_url: str, orphan_timeout_s: float) -> None:
         if not transport.is_closing():
             transport.write(json.dumps(event).encode() + b"\n")
 
-    supervisor = Supervisor(join_url, emit, orphan_timeout_s)
+    supervisor = Supervisor(join_url, emit, orphan_timeout_s, batch=batch)
     await supervisor.start()
     emit({"event": "ready", "pid": os.getpid(), "filesUrl": supervisor.files_url})
     stop = asyncio.Event()
@@ -644,6 +658,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shoal.providers.sim_agent")
     parser.add_argument("--join", required=True, help="the control plane's URL")
     parser.add_argument("--orphan-timeout", type=float, default=ORPHAN_TIMEOUT_S)
+    parser.add_argument("--no-batch", action="store_true",
+                        help="every sync its own call (no batch-sync), as real agents make them")
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("SHOAL_LOG_LEVEL", "WARNING"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -653,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     except ImportError:  # pragma: no cover
         pass
-    asyncio.run(_serve(args.join, args.orphan_timeout))
+    asyncio.run(_serve(args.join, args.orphan_timeout, batch=not args.no_batch))
     return 0
 
 

@@ -94,7 +94,8 @@ class ControlPlane:
             from shoal.providers.sim import SimProvider
 
             self.provider = SimProvider(self.ctx, self.endpoint, log_path=settings.data_dir / "sim-agents.log",
-                                        spot_eviction_rate=settings.spot_eviction_rate, runner=self.runner)
+                                        spot_eviction_rate=settings.spot_eviction_rate, runner=self.runner,
+                                        batch_syncs=settings.sim_batch_syncs)
         elif local_provider:
             from shoal.providers.local import LocalProvider
 
