@@ -11,6 +11,10 @@ from typing import Protocol
 
 
 class Provider(Protocol):
+    # Seconds between passes when nothing wakes the provider. Every change a provider acts on
+    # wakes it; what it must notice unprompted (an agent process that died) sets how often.
+    reconcile_interval_s: float
+
     async def reconcile(self) -> None:
         """Make running agents match the node records; called often and on wake-ups."""
 

@@ -30,6 +30,7 @@ import psutil
 
 from shoal.agent.tree import kill_node_processes
 from shoal.agent.users import remove_node_users
+from shoal.config import PROVIDER_RECONCILE_S
 from shoal.providers.eviction import SpotEvictor
 from shoal.service import nodes as node_service
 from shoal.service.context import Context
@@ -96,6 +97,8 @@ def _private_log(path: Path) -> int:
 
 
 class LocalProvider:
+    # An agent process that dies is noticed only by polling it.
+    reconcile_interval_s = PROVIDER_RECONCILE_S
     def __init__(self, ctx: Context, nodes_dir: Path, join_url: str, *, spot_eviction_rate: float = 0.0,
                  eviction_seed: int | None = None, runner: StoreRunner | None = None) -> None:
         self.ctx = ctx
