@@ -19,7 +19,8 @@ _MESSAGES = {
     SYNTAX_ERROR: "The specified autoscale formula has a syntax error.",
     TOO_LONG: "The specified autoscale formula exceeds the length limit.",
     INSUFFICIENT_SAMPLE_DATA: "Autoscale evaluation failed due to insufficient sample data",
-    EVALUATION_ERROR: "Autoscale evaluation failed.",
+    # As Batch words it (recorded: azure-sdk-for-node batchservice-tests.json, evaluateautoscale).
+    EVALUATION_ERROR: "The specified auto-scaling formula has evaluation error",
 }
 
 # Finer-grained reasons, so tests and logs can tell failures apart without

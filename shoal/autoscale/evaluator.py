@@ -90,11 +90,13 @@ class EvaluationResult:
     low_priority_name: str | None = None
 
     def results_string(self) -> str:
-        """`autoScaleRun.results` (semantics.md §1.8): targets first, then the
-        deallocation option (always), then other assigned variables sorted."""
-        parts = [f"{self.dedicated_name or TARGET_DEDICATED}={self.target_dedicated}"]
-        if self.low_priority_name:
-            parts.append(f"{self.low_priority_name}={self.target_low_priority}")
+        """`autoScaleRun.results` (semantics.md §1.8, corrected by recorded traffic): both
+        targets first, then the deallocation option (always), then other assigned variables sorted."""
+        # Both targets are always listed, the spot one too when the formula leaves it alone
+        # (recorded: test_batch.pyTestBatchtest_batch_scale_pools[sync].json, evaluateautoscale
+        # of `$TargetDedicatedNodes=3` answers `...;$TargetLowPriorityNodes=0;...`).
+        parts = [f"{self.dedicated_name or TARGET_DEDICATED}={self.target_dedicated}",
+                 f"{self.low_priority_name or TARGET_LOW_PRIORITY}={self.target_low_priority}"]
         parts.append(f"{NODE_DEALLOCATION_OPTION}={self.node_deallocation_option or DEFAULT_DEALLOCATION_OPTION}")
         for name in sorted(n for n in self.variables if n not in _SERVICE_WRITABLE):
             parts.append(f"{name}={format_value(self.variables[name])}")
@@ -240,6 +242,13 @@ class _Run:
 
 # ---------------------------------------------------------------- compiling
 def _compile_statement(statement: ast.Statement) -> Callable[[_Run], None]:
+    if isinstance(statement, ast.NameStatement):
+        read = _compile(statement.name)
+
+        def run_read(run: _Run) -> None:
+            read(run)  # evaluated for its effect: an undefined name fails the run
+
+        return run_read
     if isinstance(statement, ast.CallStatement):
         call = _compile(statement.call)
 
@@ -336,7 +345,8 @@ def _compile_name(node: ast.Name) -> Compiled:
         try:
             return run.variables[name]
         except KeyError:
-            raise evaluation_error(f"unknown variable {name}", position, UNKNOWN_NAME) from None
+            # Batch's wording (recorded: azure-sdk-for-node batchservice-tests.json).
+            raise evaluation_error(f"Undefined symbol: {name}", position, UNKNOWN_NAME) from None
 
     return read_variable
 

@@ -3,7 +3,8 @@
 Grammar (C precedence, semantics.md §1.2 and §7.3):
 
     formula    := statement? (';' statement?)*
-    statement  := NAME '=' expression | NAME '(' args ')'      -- the latter for `stop();`
+    statement  := NAME '=' expression | NAME '(' args ')' | NAME  -- `stop();`; a lone name
+                                                                    is read for its effect
     expression := or ('?' expression ':' expression)?          -- right-associative
     or         := and ('||' and)*        and := equality ('&&' equality)*
     equality   := relational (('=='|'!=') relational)*
@@ -120,7 +121,16 @@ class CallStatement:
     position: int
 
 
-Statement = Assignment | CallStatement
+@dataclass(frozen=True, slots=True)
+class NameStatement:
+    """A statement that is only a name: Batch parses it and reads the name when evaluating, so an
+    undefined one is an evaluation error (recorded: azure-sdk-for-node batchservice-tests.json)."""
+
+    name: Name
+    position: int
+
+
+Statement = Assignment | CallStatement | NameStatement
 
 # Binary operators, loosest first (C order).
 _PRECEDENCE = {
@@ -222,6 +232,10 @@ class _Parser:
             assert isinstance(call, Call)
             self.check_depth(call, token)
             return CallStatement(call, token.position)
+        following = self.peek()
+        if following.kind == END or (following.kind == OP and following.text == ";"):
+            self.advance()
+            return NameStatement(Name(token.text, token.position), token.position)
         self.advance()
         self.check_target(token)
         self.expect_op("=")

@@ -61,7 +61,7 @@ def test_pool_grows_from_zero_and_shrinks_back_letting_tasks_finish(client):
     assert all(t.execution_info.requeue_count == 0 for t in client.list_tasks("burst"))
     wait_for(lambda: list(client.list_nodes("elastic")) == [], 60, message="nodes to leave")
     run = client.get_pool("elastic").auto_scale_run
-    assert run.results.startswith("$TargetDedicatedNodes=0;$NodeDeallocationOption=taskcompletion;")
+    assert run.results.startswith("$TargetDedicatedNodes=0;$TargetLowPriorityNodes=0;$NodeDeallocationOption=taskcompletion;")
 
 
 def test_evaluate_returns_the_exact_results_string_and_applies_nothing(client):

@@ -395,7 +395,12 @@ CASES: list[Case] = [
     syn("blank-formula", "  \n\t "),
     syn("only-comment", "// nothing here"),
     syn("only-semicolons", ";;;"),
-    syn("name-only", "x"),
+    # Batch parses a lone name and fails the evaluation when it is undefined
+    # (recorded: azure-sdk-for-node/batchservice-tests.json, evaluateautoscale "something_useless").
+    err("name-only", "x", UNKNOWN),
+    err("undefined-name-statement", "something_useless", UNKNOWN, results="$TargetDedicatedNodes=0;"
+        "$TargetLowPriorityNodes=0;$NodeDeallocationOption=requeue"),
+    C("defined-name-statement", "x = 2; x", expect={"x": "2"}),
     syn("missing-value", "x ="),
     syn("missing-target", "= 5"),
     syn("dangling-operator", "x = 5 +"),
@@ -462,7 +467,7 @@ EXAMPLES: list[Case] = [
       "$TargetDedicatedNodes = $isWorkingWeekdayHour ? 20:10;\n"
       "$NodeDeallocationOption = taskcompletion;",
       dedicated=10,
-      results="$TargetDedicatedNodes=10;$NodeDeallocationOption=taskcompletion;$curTime=2016-10-13T19:18:47.805Z;"
+      results="$TargetDedicatedNodes=10;$TargetLowPriorityNodes=0;$NodeDeallocationOption=taskcompletion;$curTime=2016-10-13T19:18:47.805Z;"
               "$isWeekday=1;$isWorkingWeekdayHour=0;$workHours=0"),
     C("example-working-hours-in-office",
       "$curTime = time();\n"
@@ -476,7 +481,7 @@ EXAMPLES: list[Case] = [
       "  (min($CPUPercent.GetSample(TimeInterval_Minute * 0, TimeInterval_Minute * 10)) > 80 ?\n"
       "   ($CurrentDedicated * 1.1) : $CurrentDedicated));\n"
       "$TargetDedicated = totalNodes;",
-      samples={}, dedicated=5, results="$TargetDedicated=5;$NodeDeallocationOption=requeue;totalNodes=5"),
+      samples={}, dedicated=5, results="$TargetDedicated=5;$TargetLowPriorityNodes=0;$NodeDeallocationOption=requeue;totalNodes=5"),
     # Pending-tasks formula: a fresh pool holds one zero sample (§1.7), 1 of 6 expected -> starts one VM.
     C("example-pending-tasks-fresh-pool",
       "startingNumberOfVMs = 1;\nmaxNumberofVMs = 25;\n"
@@ -821,31 +826,33 @@ def test_nan_inputs_do_not_crash() -> None:
 # ----------------------------------------------------------- results string
 RESULTS: list[tuple[str, str, str, dict]] = [
     ("documented-alias-example", "totalNodes = 5; $TargetDedicated = totalNodes;",
-     "$TargetDedicated=5;$NodeDeallocationOption=requeue;totalNodes=5", {}),
+     "$TargetDedicated=5;$TargetLowPriorityNodes=0;$NodeDeallocationOption=requeue;totalNodes=5", {}),
     ("brief-example", "$TargetDedicatedNodes = 2; $TargetLowPriorityNodes = 0; $x = 5",
      "$TargetDedicatedNodes=2;$TargetLowPriorityNodes=0;$NodeDeallocationOption=requeue;$x=5", {}),
     ("unassigned-target-shows-current", "x = 1",
-     "$TargetDedicatedNodes=4;$NodeDeallocationOption=requeue;x=1", {"$TargetDedicatedNodes": 4}),
-    ("low-priority-only-when-assigned", "$TargetDedicatedNodes = 1",
-     "$TargetDedicatedNodes=1;$NodeDeallocationOption=requeue", {"$TargetLowPriorityNodes": 3}),
+     "$TargetDedicatedNodes=4;$TargetLowPriorityNodes=0;$NodeDeallocationOption=requeue;x=1", {"$TargetDedicatedNodes": 4}),
+    # Both targets are always listed (recorded: test_batch.pyTestBatchtest_batch_scale_pools[sync].json
+    # and azure-sdk-for-node/batchservice-tests.json, evaluateautoscale), the spot one as it stands.
+    ("low-priority-always-listed", "$TargetDedicatedNodes = 1",
+     "$TargetDedicatedNodes=1;$TargetLowPriorityNodes=3;$NodeDeallocationOption=requeue", {"$TargetLowPriorityNodes": 3}),
     ("low-priority-alias-as-written", "$TargetLowPriority = 2",
      "$TargetDedicatedNodes=0;$TargetLowPriority=2;$NodeDeallocationOption=requeue", {}),
     ("full-name-wins-and-alias-hidden", "$TargetDedicated = 9; $TargetDedicatedNodes = 1",
-     "$TargetDedicatedNodes=1;$NodeDeallocationOption=requeue", {}),
+     "$TargetDedicatedNodes=1;$TargetLowPriorityNodes=0;$NodeDeallocationOption=requeue", {}),
     ("option-always-present-and-as-assigned", "$NodeDeallocationOption = retaineddata; $TargetDedicatedNodes = 1",
-     "$TargetDedicatedNodes=1;$NodeDeallocationOption=retaineddata", {}),
+     "$TargetDedicatedNodes=1;$TargetLowPriorityNodes=0;$NodeDeallocationOption=retaineddata", {}),
     ("others-sorted-ordinal", "zeta = 1; Alpha = 2; $beta = 3; alpha = 4",
-     "$TargetDedicatedNodes=0;$NodeDeallocationOption=requeue;$beta=3;Alpha=2;alpha=4;zeta=1", {}),
+     "$TargetDedicatedNodes=0;$TargetLowPriorityNodes=0;$NodeDeallocationOption=requeue;$beta=3;Alpha=2;alpha=4;zeta=1", {}),
     ("target-shown-truncated", "$TargetDedicatedNodes = 2.9; $TargetLowPriorityNodes = -4",
      "$TargetDedicatedNodes=2;$TargetLowPriorityNodes=0;$NodeDeallocationOption=requeue", {}),
     ("value-rendering", 'a = 2.5; b = -0; c = 1e20; d = 0.1 + 0.2; e = vec(1, 2.5); f = "txt"; g = TimeInterval_Minute * 90; '
      'h = time("2016-10-13T19:18:47.8051Z"); i = 1/0; j = 0/0; k = requeue',
-     "$TargetDedicatedNodes=0;$NodeDeallocationOption=requeue;a=2.5;b=0;c=1e+20;d=0.30000000000000004;e=[1,2.5];f=txt;"
+     "$TargetDedicatedNodes=0;$TargetLowPriorityNodes=0;$NodeDeallocationOption=requeue;a=2.5;b=0;c=1e+20;d=0.30000000000000004;e=[1,2.5];f=txt;"
      "g=01:30:00;h=2016-10-13T19:18:47.805Z;i=Infinity;j=NaN;k=requeue", {}),
     ("read-only-metrics-not-listed", "x = $CPUPercent.GetSample(1)",
-     "$TargetDedicatedNodes=0;$NodeDeallocationOption=requeue;x=[" + format_value(METRIC_VALUE["$CPUPercent"]) + "]", {}),
+     "$TargetDedicatedNodes=0;$TargetLowPriorityNodes=0;$NodeDeallocationOption=requeue;x=[" + format_value(METRIC_VALUE["$CPUPercent"]) + "]", {}),
     ("on-error-targets-unchanged-partial-variables", "a = 1; $TargetDedicatedNodes = 7; b = nope",
-     "$TargetDedicatedNodes=2;$NodeDeallocationOption=requeue;a=1", {"$TargetDedicatedNodes": 2}),
+     "$TargetDedicatedNodes=2;$TargetLowPriorityNodes=0;$NodeDeallocationOption=requeue;a=1", {"$TargetDedicatedNodes": 2}),
 ]
 
 
