@@ -8,7 +8,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from shoal import clock
 from shoal.errors import Conflict, InvalidProperty, MissingProperty, NotFound
-from shoal.service import quotas, request_body, transitions
+from shoal.service import quotas, request_body, transitions, wire_defaults
 from shoal.service import validation as v
 from shoal.service.context import Context
 from shoal.store.schema import job_task_counts, jobs, pools, tasks
@@ -132,7 +132,8 @@ def to_wire(ctx: Context, row: Any) -> dict[str, Any]:
     for name in _KEPT:
         if name in spec and name not in out:
             out[name] = spec[name]
-    out.setdefault("metadata", [])
+    # A job without metadata (or whose metadata was replaced by none) has no `metadata` on Azure.
+    wire_defaults.drop_empty(out, "metadata", "commonEnvironmentSettings")
     return out
 
 

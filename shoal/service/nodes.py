@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import platform
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +12,7 @@ from sqlalchemy import delete, func, select, update
 from shoal import clock
 from shoal.errors import NotFound
 from shoal.service import pools as pool_service
-from shoal.service import transitions
+from shoal.service import transitions, wire_defaults
 from shoal.service.context import Context
 from shoal.service.liveness import Liveness
 from shoal.store.schema import jobs, nodes, pools, tasks
@@ -38,13 +40,21 @@ def to_wire(ctx: Context, pool: Any, row: Any, running: list[Any]) -> dict[str, 
         "runningTasksCount": len(running),
         "runningTaskSlotsCount": sum(t.required_slots for t in running),
         "isDedicated": bool(row.is_dedicated),
-        "nodeAgentInfo": {"version": AGENT_VERSION, "lastUpdateTime": clock.iso(row.allocation_time)},
+        # Shoal's nodes have no inbound NAT endpoints (no remote login through a load balancer).
+        "endpointConfiguration": {"inboundEndpoints": []},
     }
+    image = _virtual_machine_info(pool.spec)
+    if image is not None:
+        out["virtualMachineInfo"] = image
+    # What the node agent reports appears once it has booted (said hello), as on Azure, where a
+    # creating or starting node has no agent info, boot time or installed certificates yet.
     if row.last_boot_time:
         out["lastBootTime"] = clock.iso(row.last_boot_time)
+        out["certificateReferences"] = []
+        out["nodeAgentInfo"] = {"version": AGENT_VERSION, "lastUpdateTime": clock.iso(row.last_boot_time)}
     start_task = pool.spec.get("startTask")
     if start_task:
-        out["startTask"] = start_task
+        out["startTask"] = wire_defaults.start_task(start_task)
     if row.start_task_info:
         out["startTaskInfo"] = row.start_task_info
     if row.errors:
@@ -52,6 +62,29 @@ def to_wire(ctx: Context, pool: Any, row: Any, running: list[Any]) -> dict[str, 
     if running:
         out["recentTasks"] = [_task_information(ctx, t) for t in running]
     return out
+
+
+def _virtual_machine_info(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The image a node runs: the pool's reference, with the exact version Batch resolved
+    `latest` to. Every Shoal node runs its host's operating system whatever the pool names, so
+    an unpinned image reports the host's release (see docs/deviations.md)."""
+    reference = (spec.get("virtualMachineConfiguration") or {}).get("imageReference")
+    if not isinstance(reference, dict):
+        return None
+    shown = wire_defaults.image_reference(reference)
+    version = shown.get("version")
+    shown["exactVersion"] = host_os_version() if version in (None, wire_defaults.IMAGE_VERSION) else version
+    return {"imageReference": shown}
+
+
+@functools.cache
+def host_os_version() -> str:
+    """`<os id>-<version id>` of the machine Shoal runs on (e.g. `ubuntu-22.04`), read once."""
+    try:
+        release = platform.freedesktop_os_release()
+    except OSError:
+        return "unknown"
+    return f"{release.get('ID', 'linux')}-{release.get('VERSION_ID', 'unknown')}"
 
 
 def _task_information(ctx: Context, task: Any) -> dict[str, Any]:

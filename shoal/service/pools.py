@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -11,7 +12,7 @@ from shoal import clock
 from shoal.errors import Conflict, InvalidProperty, MissingProperty, NotFound
 from shoal.model import catalog
 from shoal.service import autoscale as autoscale_service
-from shoal.service import ids, quotas, request_body
+from shoal.service import ids, quotas, request_body, wire_defaults
 from shoal.service import validation as v
 from shoal.service.context import Context
 from shoal.store.schema import nodes, pool_node_counts, pools
@@ -39,6 +40,17 @@ UNSUPPORTED_ON_CREATE = (
     "virtualMachineConfiguration.imageReference.communityGalleryImageId",
 )
 _UNSUPPORTED_IN_START_TASK = ("resourceFiles", "containerSettings")
+# The ARM ids Batch accepts for a custom image: a managed image, or a Compute Gallery image
+# (latest version) or image version. Anything else is malformed, whatever Shoal supports.
+_IMAGE_ID_FORMATS = (
+    "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Microsoft.Compute/images/{imageName}",
+    "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Microsoft.Compute/galleries/"
+    "{galleryName}/images/{galleryImageName}/versions/{galleryImageVersionName}",
+    "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Microsoft.Compute/galleries/"
+    "{galleryName}/images/{galleryImageName}",
+)
+_IMAGE_ID = re.compile(r"/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\.compute/"
+                       r"(images/[^/]+|galleries/[^/]+/images/[^/]+(/versions/[^/]+)?)/?", re.IGNORECASE)
 # Pool properties the 2025-06-01 PATCH may change on an empty pool; Shoal does not change them.
 _NOT_UPDATABLE = ("vmSize", "virtualMachineConfiguration", "taskSlotsPerNode", "taskSchedulingPolicy",
                   "networkConfiguration", "userAccounts", "mountConfiguration", "upgradePolicy",
@@ -91,6 +103,26 @@ def _validate_vm_configuration(body: dict[str, Any]) -> None:
                               "The specified image reference is not supported.")
 
 
+def _validate_image_id(body: dict[str, Any]) -> None:
+    """A custom image id is refused as Azure refuses one it cannot use, InvalidPropertyValue
+    naming the format when it is malformed (recorded: test_batch.pyTestBatchtest_batch_create_pools
+    [sync].json and azure-sdk-for-node/batchservice-tests.json, Pool_Add of an image pool)."""
+    vmc = body.get("virtualMachineConfiguration")
+    image = vmc.get("imageReference") if isinstance(vmc, dict) else None
+    image_id = image.get("virtualMachineImageId") if isinstance(image, dict) else None
+    if image_id is None:
+        return
+    if not (isinstance(image_id, str) and _IMAGE_ID.fullmatch(image_id)):
+        raise InvalidProperty("virtualMachineImageId", image_id,
+                              "The specified resource id must be of the format " + ", ".join(_IMAGE_ID_FORMATS[:-1])
+                              + ", or " + _IMAGE_ID_FORMATS[-1])
+    # Azure refuses a well-formed id of an image its account cannot use just the same (the
+    # recorded managed-image id of batchservice-tests.json); a Shoal account can use none.
+    raise InvalidProperty("virtualMachineImageId", image_id,
+                          "The specified image cannot be used with this Batch account: Shoal's accounts belong "
+                          "to no Azure subscription and have no custom images.")
+
+
 def _validate_metadata(body: dict[str, Any]) -> None:
     v.name_value_pairs(body, "metadata")
 
@@ -138,6 +170,7 @@ def parse_create(body: Any) -> dict[str, Any]:
     body = v.require_object(body)
     request_body.check(body, "pool.create")
     pool_id = v.resource_id(body)
+    _validate_image_id(body)
     request_body.refuse_unsupported(body, UNSUPPORTED_ON_CREATE)
     vm_size_name = v.string(body, "vmSize", required=True)
     assert vm_size_name is not None
@@ -251,8 +284,11 @@ def to_wire(ctx: Context, row: Any, current: tuple[int, int]) -> dict[str, Any]:
         "enableInterNodeCommunication": False,
         "taskSlotsPerNode": row.slots_per_node,
         "taskSchedulingPolicy": {"nodeFillType": row.fill_type},
-        "currentNodeCommunicationMode": "simplified",
     }
+    # Azure reports the mode its nodes use only while the pool has nodes; Shoal's agents always
+    # talk to the service the simplified way.
+    if current[0] + current[1] > 0:
+        out["currentNodeCommunicationMode"] = "simplified"
     if row.resize_errors and row.allocation_state == "steady":
         out["resizeErrors"] = row.resize_errors
     for name in _KEPT_PROPERTIES:
@@ -260,7 +296,14 @@ def to_wire(ctx: Context, row: Any, current: tuple[int, int]) -> dict[str, Any]:
             out[name] = spec[name]
     if "userAccounts" in out:
         out["userAccounts"] = [_without_secrets(account) for account in out["userAccounts"]]
-    out.setdefault("metadata", [])
+    if isinstance(out.get("startTask"), dict):
+        out["startTask"] = wire_defaults.start_task(out["startTask"])
+    vmc = out.get("virtualMachineConfiguration")
+    if isinstance(vmc, dict) and isinstance(vmc.get("imageReference"), dict):
+        out["virtualMachineConfiguration"] = {**vmc,
+                                              "imageReference": wire_defaults.image_reference(vmc["imageReference"])}
+    # A pool without metadata (or whose metadata was replaced by none) has no `metadata` on Azure.
+    wire_defaults.drop_empty(out, "metadata", "userAccounts")
     return out
 
 

@@ -19,7 +19,7 @@ from shoal.errors import (
     NotFound,
 )
 from shoal.service import jobs as job_service
-from shoal.service import request_body, transitions
+from shoal.service import request_body, transitions, wire_defaults
 from shoal.service import validation as v
 from shoal.service.context import Context
 from shoal.store.schema import jobs, nodes, tasks
@@ -205,6 +205,9 @@ def to_wire(ctx: Context, job: Any, row: Any, pool_id: str | None = None) -> dic
     for name in _KEPT:
         if name in spec and name not in out:
             out[name] = spec[name]
+    # Azure always shows whom a task runs as: the default is the pool-scope, non-admin auto-user.
+    out["userIdentity"] = wire_defaults.user_identity(spec.get("userIdentity"))
+    wire_defaults.drop_empty(out, "environmentSettings")
     return out
 
 
@@ -336,8 +339,10 @@ def reactivate(ctx: Context, job_id: str, task_id: str) -> None:
         if job.state in ("completed", "terminating", "deleting"):
             raise Conflict("The job of the task is completed or being deleted.", code="JobCompleted")
         info = dict(row.execution_info)
-        if row.state != "completed" or info.get("result") != "failure":
-            raise Conflict("Only a completed task that failed can be reactivated.",
+        # Refused only for a task that has not completed or that succeeded: one terminated
+        # before it ran (no result at all) may run again, as Azure allows.
+        if row.state != "completed" or info.get("result") == "success":
+            raise Conflict("Only a completed task that did not succeed can be reactivated.",
                            code="TaskNotReactivatable")
         for name in ("exitCode", "failureInfo", "result", "endTime", "startTime"):
             info.pop(name, None)
