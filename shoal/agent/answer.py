@@ -39,3 +39,20 @@ def skipping_malformed(what: str, item: Any, log: logging.Logger) -> Iterator[No
         raise
     except Exception:
         log.exception("skipped a malformed %s item: %.200r", what, item)
+
+
+# Deletions acknowledged per sync, of each kind (the control plane's cap, agent_bodies).
+MAX_DELETIONS_PER_SYNC = 1000
+
+
+def acknowledge_deletions(body: dict[str, Any], done: set[tuple[str, ...]]) -> set[tuple[str, ...]]:
+    """Put folder deletions carried out (("task", job, task) or ("job", job)) into a sync body
+    as `deletedTaskDirs` / `deletedJobDirs`; returns the ones it carries, to forget once the
+    sync has been answered (an unanswered one is sent again)."""
+    tasks = [key for key in done if key[0] == "task"][:MAX_DELETIONS_PER_SYNC]
+    jobs = [key for key in done if key[0] == "job"][:MAX_DELETIONS_PER_SYNC]
+    if tasks:
+        body["deletedTaskDirs"] = [[key[1], key[2]] for key in tasks]
+    if jobs:
+        body["deletedJobDirs"] = [key[1] for key in jobs]
+    return {*tasks, *jobs}

@@ -32,7 +32,13 @@ from typing import Any
 import httpx
 
 from shoal.agent import launcher
-from shoal.agent.answer import LeavePool, RestartNode, raise_node_orders, skipping_malformed
+from shoal.agent.answer import (
+    LeavePool,
+    RestartNode,
+    acknowledge_deletions,
+    raise_node_orders,
+    skipping_malformed,
+)
 from shoal.agent.client import (
     AuthRejectedError,
     Backoff,
@@ -133,6 +139,12 @@ class Agent:
         self._start_task_runner: asyncio.Task[None] | None = None
         self._start_task_proc: TaskProcess | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        # Kills under way, so a folder is deleted only once its task's processes are dead.
+        self._dying: dict[AttemptKey, asyncio.Task[Any]] = {}
+        # Folder deletions done and not yet acknowledged to the control plane:
+        # ("task", job, task) or ("job", job).
+        self._deleted: set[tuple[str, ...]] = set()
+        self._deletions_sent: set[tuple[str, ...]] = set()
         self._news = asyncio.Event()
         self._stop = asyncio.Event()
         self._is_root = os.geteuid() == 0
@@ -350,11 +362,13 @@ class Agent:
     # ---- the sync loop -----------------------------------------------------------------------
 
     def _has_news(self) -> bool:
-        if self._start_task_version != self._start_task_delivered:
+        if self._start_task_version != self._start_task_delivered or self._deleted:
             return True
         return any(key not in self._delivered for key in self.reports)
 
     def _build_body(self, wait: bool) -> tuple[dict[str, Any], list[AttemptKey], int]:
+        """The sync body, the reports it carries and the start-task version it carries; the
+        deletions it acknowledges are kept in ``_deletions_sent``."""
         keys = list(self.reports)[:MAX_REPORTS_PER_SYNC]
         known = [[j, t, a] for (j, t, a) in self.running]
         known.extend([j, t, a] for (j, t, a) in self._launching)
@@ -370,6 +384,7 @@ class Agent:
         }
         if self.meter.due():
             body["metrics"] = self.meter.reading()
+        self._deletions_sent = acknowledge_deletions(body, self._deleted)
         return body, keys, self._start_task_version
 
     async def _sync_until_done(self) -> int:
@@ -417,6 +432,7 @@ class Agent:
                 backoff.reset()
                 self._delivered.update(sent_keys)
                 self._start_task_delivered = sent_version
+                self._deleted.difference_update(self._deletions_sent)
                 had_work = self._apply(answer)
                 if wait and not had_work and time.monotonic() - began < MIN_LONG_POLL_S:
                     await self._sleep_unless_stopped(self.heartbeat_interval_s, wake_on_news=True)
@@ -455,6 +471,10 @@ class Agent:
             had_work = True
             with skipping_malformed("deleteTaskDirs", item, log):
                 self._spawn_background(self._delete_task_dir(str(item[0]), str(item[1])))
+        for item in answer.get("deleteJobDirs") or ():
+            had_work = True
+            with skipping_malformed("deleteJobDirs", item, log):
+                self._spawn_background(self._delete_job_dir(str(item)))
         if answer.get("runStartTask"):
             self._launch_start_task()
             had_work = True
@@ -597,17 +617,40 @@ class Agent:
             launch.cancel()
         proc = self.running.pop(key, None)
         if proc is not None:
-            self._spawn_background(proc.kill())
+            kill = asyncio.ensure_future(proc.kill())
+            self._dying[key] = kill
+
+            def dead(done: asyncio.Task[Any], key: AttemptKey = key) -> None:
+                if self._dying.get(key) is done:
+                    del self._dying[key]
+                self._background.discard(done)
+
+            self._background.add(kill)
+            kill.add_done_callback(dead)
         self.reports.pop(key, None)
         self._delivered.discard(key)
 
+    async def _deleted_when_dead(self, job_id: str, task_id: str | None) -> bool:
+        """Wait for the kills of the job's (or the task's) attempts; False while one still runs,
+        whose folder is not deleted (the order comes again, by then for a finished task)."""
+        def ours(key: AttemptKey) -> bool:
+            return key[0] == job_id and (task_id is None or key[1] == task_id)
+
+        if any(ours(key) for key in (*self.running, *self._launching)):
+            log.warning("not deleting the folder of %s/%s: a task of it is running", job_id, task_id or "*")
+            return False
+        dying = [kill for key, kill in self._dying.items() if ours(key)]
+        if dying:
+            await asyncio.wait(dying)
+        return True
+
     async def _delete_task_dir(self, job_id: str, task_id: str) -> None:
-        if self._task_is_active(job_id, task_id):
-            log.warning("not deleting the directory of running task %s/%s", job_id, task_id)
+        if not await self._deleted_when_dead(job_id, task_id):
             return
         try:
             task_dir = self.layout.task(job_id, task_id).task_dir
         except UnsafeIdError:
+            self._acknowledge_deletion(("task", job_id, task_id))
             return
         await asyncio.to_thread(shutil.rmtree, task_dir, True)
         # Tidy the now-empty job-1 and job directories; rmdir refuses non-empty ones.
@@ -618,6 +661,23 @@ class Agent:
                 break
         if self.users is not None:
             await asyncio.to_thread(self.users.remove_task_user, f"{job_id}/{task_id}")
+        self._acknowledge_deletion(("task", job_id, task_id))
+
+    async def _delete_job_dir(self, job_id: str) -> None:
+        if not await self._deleted_when_dead(job_id, None):
+            return
+        try:
+            job_dir = self.layout.job_dir(job_id)
+        except UnsafeIdError:
+            self._acknowledge_deletion(("job", job_id))
+            return
+        await asyncio.to_thread(shutil.rmtree, job_dir, True)
+        # The job's task-scope users go with the next sweep, which finds their folders gone.
+        self._acknowledge_deletion(("job", job_id))
+
+    def _acknowledge_deletion(self, key: tuple[str, ...]) -> None:
+        self._deleted.add(key)
+        self._news.set()
 
     def _task_is_active(self, job_id: str, task_id: str) -> bool:
         return any(k[0] == job_id and k[1] == task_id for k in (*self.running, *self._launching))

@@ -38,6 +38,9 @@ class AgentHub:
         # calls needs no store read. The service call that follows reads the record anyway and
         # refuses a node gone since (which `forget` drops from here).
         self._confirmed: dict[str, tuple[str, str | None]] = {}
+        # node id -> number of the node's latest sync: a long-poll the agent dropped (it had news
+        # and sent a fresh sync) is superseded by the next, and ends without answering.
+        self._polls: dict[str, int] = {}
 
     def confirmed(self, node_id: str, token: str) -> tuple[bool, str | None]:
         """(whether ``token`` is the one the store confirmed for the node, its incarnation)."""
@@ -57,9 +60,23 @@ class AgentHub:
             event = self._events[node_id] = asyncio.Event()
         return event
 
+    def begin_poll(self, node_id: str) -> int:
+        """A sync of the node begins: any earlier one still held is woken, to end as superseded
+        (its agent stopped listening when it sent this one). Call before clearing the event."""
+        number = self._polls.get(node_id, 0) + 1
+        self._polls[node_id] = number
+        event = self._events.get(node_id)
+        if event is not None:
+            event.set()  # resolves the waiters now; the clear that follows does not undo it
+        return number
+
+    def superseded(self, node_id: str, number: int) -> bool:
+        return self._polls.get(node_id) != number
+
     def forget(self, node_id: str) -> None:
         self.liveness.forget(node_id)
         self._confirmed.pop(node_id, None)
+        self._polls.pop(node_id, None)
         event = self._events.pop(node_id, None)
         if event is not None:
             # A long-poll still waiting on it answers now rather than at its timeout.
@@ -83,6 +100,11 @@ MAX_HELLO_BODY_BYTES = 64 * 1024
 MAX_SYNC_BODY_BYTES = 8 * 1024 * 1024
 # A batch holds many nodes' syncs (agent_bodies.MAX_BATCH_NODES); each is small in practice.
 MAX_BATCH_SYNC_BODY_BYTES = 16 * 1024 * 1024
+
+
+def _superseded() -> Response:
+    """The answer to a long-poll its agent dropped for a newer sync: no one reads it."""
+    return Response(status_code=499)
 
 
 def _token(request: Request) -> str:
@@ -120,6 +142,15 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
            heartbeat_interval_s: float = 5.0, manual_join: bool = False) -> list[Route]:
     # Agent work is never refused as busy: there is one call per node in flight at most.
     runner = api.runner
+    orders = api.ctx.folder_orders
+
+    def take_acknowledgements(node_id: str, body: dict[str, Any]) -> None:
+        orders.acknowledge(node_id, body.get("deletedTaskDirs") or (), body.get("deletedJobDirs") or ())
+
+    def with_orders(node_id: str, answer: agents.SyncAnswer) -> dict[str, Any]:
+        """The answer as sent to the node's current agent, with the folder deletions due."""
+        answer.delete_task_dirs, answer.delete_job_dirs = orders.take_due(node_id)
+        return answer.to_json()
 
     async def register(request: Request) -> Response:
         scheme, _, join_token = request.headers.get("authorization", "").partition(" ")
@@ -169,31 +200,42 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
         # A ClientDisconnect here is the agent dropping a long-poll to report news; it sends a
         # fresh sync at once (_guard answers 499 to no one).
         body = agent_bodies.check_sync(await _body(request, MAX_SYNC_BODY_BYTES))
-        if agents.from_current_agent(incarnation, body):
+        current = agents.from_current_agent(incarnation, body)
+        if current:
             # The heartbeat: in memory, on the loop, before any store work can keep it waiting.
             hub.liveness.beat(node_id)
+            take_acknowledgements(node_id, body)
         event = hub.event(node_id)
+        poll = hub.begin_poll(node_id)
         # Cleared before reading the store: a wake-up after this point is never lost.
         event.clear()
         # Nothing to record: reads alone answer it. Otherwise the writer records it, in order.
         answer = await store(node_id, runner.read(agents.sync_without_writes, api.ctx, node_id, token, body))
         if answer is None:
             answer = await store(node_id, runner.write(agents.sync, api.ctx, node_id, token, body))
-        if answer.has_news() or body.get("wait") is False:
-            return _json(answer.to_json())
+
+        def respond(answer: agents.SyncAnswer) -> Response:
+            # Only the node's current agent is given orders (as it alone is given tasks).
+            return _json(with_orders(node_id, answer) if current else answer.to_json())
+
+        if answer.has_news() or body.get("wait") is False or (current and orders.has_due(node_id)):
+            return respond(answer)
         try:
             await asyncio.wait_for(event.wait(), poll_timeout_s)
         except TimeoutError:
             # Nothing woke the node: whatever changes what it should run or kill wakes it, so
             # the store says what it said when the call began (nothing new). Anything that
             # changed unannounced is read by the sync the agent sends straight after this.
-            return _json(answer.to_json())
+            return _superseded() if hub.superseded(node_id, poll) else respond(answer)
         except asyncio.CancelledError:
             # The server is shutting down: the agent will ask again.
             return Response(status_code=503)
+        if hub.superseded(node_id, poll):
+            # No one listens for this answer: what it would carry goes to the sync that replaced it.
+            return _superseded()
         later = await store(node_id, runner.read(agents.deliveries, api.ctx, node_id, token, body))
         later.ack = answer.ack
-        return _json(later.to_json())
+        return respond(later)
 
     async def batch_sync(request: Request) -> Response:
         """Many nodes' syncs in one call, for a process that hosts many nodes (the simulated
@@ -204,6 +246,7 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
         results: list[dict[str, Any] | BatchError | None] = [None] * len(entries)
         writes: list[tuple[int, agents.SyncEntry]] = []
         reads: list[tuple[int, agents.SyncEntry]] = []
+        current: set[int] = set()  # entries from their node's current agent
         for index, (node_id, token, raw) in enumerate(entries):
             try:
                 body = agent_bodies.check_sync(raw)
@@ -216,21 +259,32 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
                 continue
             if agents.from_current_agent(incarnation, body):
                 hub.liveness.beat(node_id)
-            # Cleared before the store is read, as for a single sync: no wake-up is lost.
-            hub.event(node_id).clear()
+                take_acknowledgements(node_id, body)
+                current.add(index)
+            # A poll of the node still held is superseded by this entry, as by a single sync;
+            # cleared before the store is read: no wake-up is lost.
+            event = hub.event(node_id)
+            hub.begin_poll(node_id)
+            event.clear()
             entry = agents.SyncEntry(node_id, token, body)
             (writes if agents.sync_has_news(body) else reads).append((index, entry))
+
+        def sent(index: int, entry: agents.SyncEntry, answer: agents.SyncAnswer | BatchError) -> Any:
+            if isinstance(answer, BatchError):
+                return answer
+            return with_orders(entry.node_id, answer) if index in current else answer.to_json()
+
         if reads:
             quiet = await runner.read(agents.sync_batch_without_writes, api.ctx, [e for _, e in reads])
             for (index, entry), answer in zip(reads, quiet, strict=True):
                 if answer is None:
                     writes.append((index, entry))
                 else:
-                    results[index] = answer if isinstance(answer, BatchError) else answer.to_json()
+                    results[index] = sent(index, entry, answer)
         if writes:
             answers = await runner.write(agents.sync_batch, api.ctx, [e for _, e in writes])
-            for (index, _entry), answer in zip(writes, answers, strict=True):
-                results[index] = answer if isinstance(answer, BatchError) else answer.to_json()
+            for (index, entry), answer in zip(writes, answers, strict=True):
+                results[index] = sent(index, entry, answer)
         out: list[dict[str, Any]] = []
         for (node_id, _token, _raw), result in zip(entries, results, strict=True):
             if isinstance(result, BatchError):

@@ -14,6 +14,7 @@ from typing import Any
 
 from shoal import clock
 from shoal.errors import BadRequest, InvalidProperty
+from shoal.service.folder_orders import MAX_ORDERS_PER_ANSWER
 
 # Ids are Batch ids (≤ 64 characters); incarnations are uuid hex; both fit their columns.
 MAX_ID_CHARS = 64
@@ -127,8 +128,7 @@ def check_sync(body: Any) -> dict[str, Any]:
             if not isinstance(entry, list) or len(entry) != 3:
                 raise _refuse(label, entry, "The value must be [jobId, taskId, attempt].")
             for position, part in enumerate(entry[:2]):
-                if not isinstance(part, str) or not part or len(part) > MAX_ID_CHARS:
-                    raise _refuse(f"{label}[{position}]", part, "The value must be a Batch id.")
+                _batch_id(part, f"{label}[{position}]")
             _integer(entry[2], f"{label}[2]", 0, INT32[1])
     reports = body.get("reports")
     if reports is not None:
@@ -151,6 +151,7 @@ def check_sync(body: Any) -> dict[str, Any]:
         _time(start_task, "lastRetryTime", "startTask.lastRetryTime")
         if start_task.get("retryCount") is not None:
             _integer(start_task["retryCount"], "startTask.retryCount", 0, INT32[1])
+    _deleted_dirs(body)
     metrics = body.get("metrics")
     if metrics is not None:
         if not isinstance(metrics, dict) or len(metrics) > MAX_METRICS:
@@ -161,6 +162,36 @@ def check_sync(body: Any) -> dict[str, Any]:
                     or not math.isfinite(value):
                 raise _refuse(f"metrics.{key[:MAX_ID_CHARS]}", value, "The value must be a finite number.")
     return body
+
+
+# An agent acknowledges at most as many folder deletions a sync as it is sent orders in one answer.
+MAX_DELETED_DIRS = MAX_ORDERS_PER_ANSWER
+
+
+def _batch_id(value: Any, label: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS or "\x00" in value:
+        raise _refuse(label, value, "The value must be a Batch id.")
+    return value
+
+
+def _deleted_dirs(body: dict[str, Any]) -> None:
+    """`deletedTaskDirs` [[jobId, taskId], …] and `deletedJobDirs` [jobId, …]: the folder
+    deletions the agent has carried out (shoal.service.folder_orders)."""
+    for name, width in (("deletedTaskDirs", 2), ("deletedJobDirs", 1)):
+        entries = body.get(name)
+        if entries is None:
+            continue
+        if not isinstance(entries, list) or len(entries) > MAX_DELETED_DIRS:
+            raise _refuse(name, type(entries).__name__, f"The value must be a list of at most {MAX_DELETED_DIRS}.")
+        for index, entry in enumerate(entries):
+            label = f"{name}[{index}]"
+            if width == 1:
+                _batch_id(entry, label)
+                continue
+            if not isinstance(entry, list) or len(entry) != width:
+                raise _refuse(label, entry, "The value must be [jobId, taskId].")
+            for position, part in enumerate(entry):
+                _batch_id(part, f"{label}[{position}]")
 
 
 # A batch sync (docs/agent-protocol.md) carries the syncs of at most this many nodes.

@@ -215,14 +215,6 @@ class Answer:
             raise NodeUnreachable("The compute node sent a listing that is not JSON.") from exc
 
 
-async def delete_remote_tree(file_server: str | None, token: str | None, directory: str) -> None:
-    """Best effort: a folder on a node that is gone (or never served files) is gone with it."""
-    if not file_server or not token:
-        return
-    with contextlib.suppress(BatchError):
-        await call("DELETE", file_server, token, directory, params={"recursive": "true"})
-
-
 def entries_to_wire(entries: list[dict[str, Any]], prefix: str, url_base: str) -> list[dict[str, Any]]:
     out = []
     for entry in entries:

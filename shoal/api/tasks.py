@@ -14,7 +14,6 @@ from shoal.api.http import (
     max_results,
     read_json,
 )
-from shoal.api.remote_files import delete_remote_tree
 from shoal.service import tasks as task_service
 from shoal.service.context import Context
 
@@ -73,12 +72,16 @@ async def update_task(request: Request, ctx: Context) -> Response:
 
 
 async def delete_task(request: Request, ctx: Context) -> Response:
-    # On the loop (the folder deletion uses its HTTP client); the store work goes to the writer.
-    def delete() -> tuple[str | None, str | None, str]:
+    # On the loop, which alone touches the folder orders; the store work goes to the writer.
+    def delete() -> tuple[str | None, str, str]:
         _guard(request, ctx)
         return task_service.delete_task(ctx, *_ids(request))
 
-    await delete_remote_tree(*await request.state.runner.write(delete))
+    node_id, job_id, task_id = await request.state.runner.write(delete)
+    # The folder goes by order to its node; kept in memory only, since the task's record is gone
+    # (a server restart before the node acknowledges leaves the folder to the node's disk).
+    if node_id is not None and ctx.folder_orders.order_task_folder(node_id, job_id, task_id, None):
+        ctx.signals.wake_node(node_id)
     return empty_response(request, 200)
 
 

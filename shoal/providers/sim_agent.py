@@ -47,7 +47,13 @@ from typing import Any
 import orjson
 import uvicorn
 
-from shoal.agent.answer import LeavePool, RestartNode, raise_node_orders, skipping_malformed
+from shoal.agent.answer import (
+    LeavePool,
+    RestartNode,
+    acknowledge_deletions,
+    raise_node_orders,
+    skipping_malformed,
+)
 from shoal.agent.client import (
     API_PREFIX,
     GOODBYE_TIMEOUT_S,
@@ -139,6 +145,9 @@ class SimNode:
         self.running: dict[AttemptKey, _Attempt] = {}
         self.reports: dict[AttemptKey, dict[str, Any]] = {}
         self._delivered: set[AttemptKey] = set()
+        # Folder deletions done, not yet acknowledged (as the real agent's).
+        self._deleted: set[tuple[str, ...]] = set()
+        self._deletions_sent: set[tuple[str, ...]] = set()
         self._start_state: dict[str, Any] | None = None
         self._start_version = 0
         self._start_delivered = 0
@@ -246,7 +255,7 @@ class SimNode:
     # ---- the sync loop (as shoal.agent.main.Agent._sync_until_done) ------------------------
 
     def _has_news(self) -> bool:
-        if self._start_version != self._start_delivered:
+        if self._start_version != self._start_delivered or self._deleted:
             return True
         return any(key not in self._delivered for key in self.reports)
 
@@ -260,6 +269,7 @@ class SimNode:
             "wait": wait}
         if time.monotonic() - self._metrics_at >= READING_INTERVAL_S:
             body["metrics"] = self._metrics()
+        self._deletions_sent = acknowledge_deletions(body, self._deleted)
         return body, keys, self._start_version
 
     def _metrics(self) -> dict[str, float]:
@@ -307,6 +317,7 @@ class SimNode:
             backoff.reset()
             self._delivered.update(sent_keys)
             self._start_delivered = sent_version
+            self._deleted.difference_update(self._deletions_sent)
             had_work = self._apply(answer)
             if wait and not had_work and time.monotonic() - began < MIN_LONG_POLL_S:
                 await self._sleep(self.heartbeat_interval_s, wake_on_news=True)
@@ -340,6 +351,14 @@ class SimNode:
                 job_id, task_id = str(item[0]), str(item[1])
                 if not any(k[0] == job_id and k[1] == task_id for k in self.running):
                     self.files.delete_task_dir(job_id, task_id)
+                    self._deleted.add(("task", job_id, task_id))
+        for item in answer.get("deleteJobDirs") or ():
+            had_work = True
+            with skipping_malformed("deleteJobDirs", item, log):
+                job_id = str(item)
+                if not any(k[0] == job_id for k in self.running):
+                    self.files.delete_job_dir(job_id)
+                    self._deleted.add(("job", job_id))
         if answer.get("runStartTask"):
             had_work = True
             self._launch_start_task()

@@ -166,6 +166,9 @@ class NodeFiles:
             if not job.entries:
                 self._workitems().entries.pop(job_id, None)
 
+    def delete_job_dir(self, job_id: str) -> None:
+        self._workitems().entries.pop(job_id, None)
+
     def locate(self, base: list[str], parts: list[str], rel: str) -> tuple[Dir | None, str, Entry]:
         """(parent, name, entry) of ``base/parts``; parent is None for the node root."""
         parent: Dir | None = None

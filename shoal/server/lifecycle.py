@@ -1,17 +1,16 @@
 """The lifecycle duties: everything that happens because time passed. Each runs in a loop of
-its own (`duty.run_periodically`): one that fails or hangs, such as a node that never answers a
-folder deletion, cannot hold up resizes or the detection of silent nodes."""
+its own (`duty.run_periodically`): one that fails or is slow cannot hold up resizes or the
+detection of silent nodes. None of them calls a node: folder deletions travel to agents as
+orders in their sync answers (shoal.service.folder_orders)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
 
-from shoal.api import remote_files
 from shoal.config import Settings
 from shoal.service import allocation, node_operations, preemption
 from shoal.service import jobs as job_service
@@ -23,10 +22,8 @@ from shoal.store.runner import StoreRunner
 from shoal.store.schema import nodes
 
 LIFECYCLE_INTERVAL_S = 0.5
-# A duty that talks to nodes gives up after this long and tries again on its next pass.
+# A duty that takes longer than this is abandoned and runs again on its next pass.
 LIFECYCLE_DUTY_TIMEOUT_S = 60.0
-# Node folder deletions sent at once: a pool of unresponsive nodes costs one timeout, not one each.
-REMOTE_DELETE_CONCURRENCY = 32
 
 
 def lifecycle_duties(ctx: Context, settings: Settings, runner: StoreRunner,
@@ -44,6 +41,8 @@ def lifecycle_duties(ctx: Context, settings: Settings, runner: StoreRunner,
         with ctx.engine.begin() as conn:
             job_service.finish_all_complete_jobs(ctx, conn)
 
+    retention_scan = _RetentionScan()
+
     def on_writer(fn: Callable[..., Any], *args: Any) -> Callable[[], Awaitable[Any]]:
         return lambda: runner.write(fn, *args)
 
@@ -56,42 +55,81 @@ def lifecycle_duties(ctx: Context, settings: Settings, runner: StoreRunner,
         ("job disables", on_writer(job_service.finish_waiting_disables, ctx)),
         ("job completion", on_writer(finish_complete_jobs)),
         ("deleted jobs", lambda: _reap_deleted_jobs(ctx, runner)),
+        ("folder orders of gone nodes", lambda: _forget_orders_of_gone_nodes(ctx, runner)),
         ("job wall clock", on_writer(job_service.enforce_max_wall_clock, ctx)),
         ("node operations", on_writer(node_operations.start_pending, ctx)),
-        ("task retention", lambda: _remove_expired_task_folders(ctx, runner)),
+        ("task retention", lambda: _remove_expired_task_folders(ctx, runner, retention_scan)),
     ]
 
 
 async def _reap_deleted_jobs(ctx: Context, runner: StoreRunner) -> None:
-    for job_id, pool_seq in await runner.write(job_service.reap_deleted, ctx):
-        await _remove_job_folders(ctx, runner, job_id, pool_seq)
+    """A deleted job goes in three steps: its tasks, a bounded number a pass; its folder, by
+    order to every node of its pool; its record, once they have acknowledged (so a server that
+    restarts in between finds the job still `deleting` and orders its folders again)."""
+    orders = ctx.folder_orders
+    settled = orders.take_settled_jobs()
+    if settled:
+        await runner.write(job_service.remove_deleted_jobs, ctx, settled)
+    emptied = await runner.write(job_service.reap_deleted, ctx, orders.ordered_job_seqs())
+    for job in emptied:
+        if not orders.job_deletion_ordered(job.seq):
+            orders.order_job_folder(job.seq, job.id, job.node_ids)
+            for node_id in job.node_ids:
+                ctx.signals.wake_node(node_id)
 
 
-async def _remove_expired_task_folders(ctx: Context, runner: StoreRunner) -> None:
-    expired = await runner.read(task_service.expired_folders, ctx)
-    await _bounded_gather(remote_files.delete_remote_tree(url, token, folder) for _seq, url, token, folder in expired)
-    await runner.write(task_service.folders_removed, ctx, [seq for seq, *_ in expired])
+# Expired task folders looked at per pass.
+RETENTION_SCAN_BATCH = 500
 
 
-def _job_folder_servers(ctx: Context, pool_seq: int) -> list[Any]:
+class _RetentionScan:
+    """Where the walk of expired tasks resumes: tasks whose folders are ordered deleted but not
+    yet acknowledged stay expired in the store, so the walk steps past them rather than reading
+    the same ones every pass, and starts again from the oldest when it reaches the end."""
+
+    def __init__(self) -> None:
+        self.after: tuple[Any, int] | None = None
+
+
+async def _remove_expired_task_folders(ctx: Context, runner: StoreRunner, scan: _RetentionScan) -> None:
+    orders = ctx.folder_orders
+    removed = orders.take_removed_task_seqs()
+    if removed:
+        await runner.write(task_service.folders_removed, ctx, removed)
+    expired = await runner.read(task_service.expired_folders, ctx, scan.after, RETENTION_SCAN_BATCH)
+    scan.after = (expired[-1].deadline, expired[-1].seq) if len(expired) == RETENTION_SCAN_BATCH else None
+    woken = set()
+    for folder in expired:
+        if orders.is_task_ordered(folder.seq):
+            continue
+        if folder.node_id is None:
+            orders.task_folder_gone(folder.seq)
+        elif orders.order_task_folder(folder.node_id, folder.job_id, folder.task_id, folder.seq):
+            woken.add(folder.node_id)
+    for node_id in woken:
+        ctx.signals.wake_node(node_id)
+
+
+# Nodes looked up at once when checking which nodes with orders are gone.
+_GONE_CHECK_CHUNK = 500
+
+
+def _present_nodes(ctx: Context, node_ids: list[str]) -> set[str]:
+    present: set[str] = set()
     with ctx.engine.connect() as conn:
-        return list(conn.execute(select(nodes.c.file_server_url, nodes.c.token)
-                                 .where(nodes.c.pool_seq == pool_seq)).all())
+        for start in range(0, len(node_ids), _GONE_CHECK_CHUNK):
+            chunk = node_ids[start:start + _GONE_CHECK_CHUNK]
+            present.update(conn.execute(select(nodes.c.id).where(nodes.c.id.in_(chunk))).scalars())
+    return present
 
 
-async def _remove_job_folders(ctx: Context, runner: StoreRunner, job_id: str, pool_seq: int | None) -> None:
-    if pool_seq is None:
+async def _forget_orders_of_gone_nodes(ctx: Context, runner: StoreRunner) -> None:
+    """A node that left its pool took its folders with it: its orders are done."""
+    orders = ctx.folder_orders
+    waiting = orders.nodes_with_orders()
+    if not waiting:
         return
-    rows = await runner.read(_job_folder_servers, ctx, pool_seq)
-    await _bounded_gather(remote_files.delete_remote_tree(url, token, f"workitems/{job_id}") for url, token in rows)
-
-
-async def _bounded_gather(calls: Iterable[Awaitable[Any]]) -> None:
-    """Await ``calls`` REMOTE_DELETE_CONCURRENCY at a time; failures are the callee's to swallow."""
-    gate = asyncio.Semaphore(REMOTE_DELETE_CONCURRENCY)
-
-    async def gated(call: Awaitable[Any]) -> None:
-        async with gate:
-            await call
-
-    await asyncio.gather(*(gated(c) for c in calls), return_exceptions=True)
+    present = await runner.read(_present_nodes, ctx, waiting)
+    for node_id in waiting:
+        if node_id not in present:
+            orders.forget_node(node_id)

@@ -44,14 +44,18 @@ class SyncAnswer:
     run_start_task: bool = False
     leave: bool = False
     restart: str | None = None  # "reboot" | "reimage"
+    # Folder deletions (shoal.service.folder_orders), added by the caller as it answers.
+    delete_task_dirs: list[list[str]] = field(default_factory=list)
+    delete_job_dirs: list[str] = field(default_factory=list)
 
     def has_news(self) -> bool:
-        return bool(self.ack or self.run or self.kill or self.run_start_task or self.leave or self.restart)
+        return bool(self.ack or self.run or self.kill or self.run_start_task or self.leave or self.restart
+                    or self.delete_task_dirs or self.delete_job_dirs)
 
     def to_json(self) -> dict[str, Any]:
         return {"ack": [list(a) for a in self.ack], "run": self.run, "kill": self.kill,
-                "deleteTaskDirs": [], "runStartTask": self.run_start_task, "leave": self.leave,
-                "restart": self.restart}
+                "deleteTaskDirs": self.delete_task_dirs, "deleteJobDirs": self.delete_job_dirs,
+                "runStartTask": self.run_start_task, "leave": self.leave, "restart": self.restart}
 
 
 def token_matches(expected: str, presented: str) -> bool:

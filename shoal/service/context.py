@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from shoal.service.folder_orders import FolderOrders
 from shoal.timebase import TimeBase
 
 
@@ -39,6 +40,8 @@ class Context:
     # Latest resource readings per node, as agents report them: a cache; the durable record is
     # the metric_samples table the sampler writes every sample period.
     node_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Folder deletions ordered to nodes and not yet acknowledged (touched only on the loop).
+    folder_orders: FolderOrders = field(default_factory=FolderOrders)
     # How many spot nodes the machine can hold at once (None: no limit); scarce capacity keeps
     # pools below their spot target, as on Azure.
     spot_capacity: int | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, delete, insert, select, update
 
@@ -11,7 +11,7 @@ from shoal.errors import Conflict, InvalidProperty, MissingProperty, NotFound
 from shoal.service import quotas, request_body, transitions, wire_defaults
 from shoal.service import validation as v
 from shoal.service.context import Context
-from shoal.store.schema import job_task_counts, jobs, pools, tasks
+from shoal.store.schema import job_task_counts, jobs, nodes, pools, tasks
 
 _KEPT = ("displayName", "constraints", "commonEnvironmentSettings", "poolInfo", "onAllTasksComplete",
          "onTaskFailure", "metadata")
@@ -321,19 +321,45 @@ def finish_all_complete_jobs(ctx: Context, conn: Connection, job_seqs: list[int]
             terminate_in(ctx, conn, row, "AllTasksComplete")
 
 
-def reap_deleted(ctx: Context) -> list[tuple[str, int | None]]:
-    """Remove jobs in `deleting` with their tasks; returns (job id, seq of the job's pool)
-    so the caller can remove the job's folders from those nodes."""
-    removed = []
+# Tasks of deleted jobs removed per pass: one pass is one bounded transaction on the writer,
+# however many tasks the job had.
+REAP_TASKS_PER_PASS = 5000
+
+
+class EmptiedJob(NamedTuple):
+    seq: int
+    id: str
+    node_ids: list[str]  # the nodes of its pool, which may hold its folder
+
+
+def reap_deleted(ctx: Context, ordered: set[int]) -> list[EmptiedJob]:
+    """Remove up to REAP_TASKS_PER_PASS tasks of jobs being deleted; returns the jobs left with
+    none, whose folders the caller orders deleted on their pool's nodes (the nodes are read
+    only for jobs not in ``ordered``) before `remove_deleted_jobs` drops their records."""
+    emptied = []
+    budget = REAP_TASKS_PER_PASS
     with ctx.engine.begin() as conn:
-        for row in conn.execute(select(jobs).where(jobs.c.account == ctx.account,
-                                                   jobs.c.state == "deleting")).all():
-            conn.execute(delete(tasks).where(tasks.c.job_seq == row.seq))
-            conn.execute(delete(jobs).where(jobs.c.seq == row.seq))
-            pool_seq = conn.execute(select(pools.c.seq).where(pools.c.account == ctx.account,
-                                                              pools.c.key == row.pool_key)).scalar()
-            removed.append((row.id, pool_seq))
-    return removed
+        for row in conn.execute(select(jobs.c.seq, jobs.c.id, jobs.c.pool_key)
+                                .where(jobs.c.account == ctx.account, jobs.c.state == "deleting")).all():
+            if budget > 0:
+                chunk = select(tasks.c.seq).where(tasks.c.job_seq == row.seq).limit(budget).scalar_subquery()
+                budget -= conn.execute(delete(tasks).where(tasks.c.seq.in_(chunk))).rowcount
+            if conn.execute(select(tasks.c.seq).where(tasks.c.job_seq == row.seq).limit(1)).first() is not None:
+                continue
+            node_ids: list[str] = []
+            if row.seq not in ordered:
+                node_ids = list(conn.execute(
+                    select(nodes.c.id).join(pools, pools.c.seq == nodes.c.pool_seq)
+                    .where(pools.c.account == ctx.account, pools.c.key == row.pool_key)).scalars())
+            emptied.append(EmptiedJob(row.seq, row.id, node_ids))
+    return emptied
+
+
+def remove_deleted_jobs(ctx: Context, seqs: list[int]) -> None:
+    """Drop the records of deleted jobs whose tasks and folders are gone."""
+    if seqs:
+        with ctx.engine.begin() as conn:
+            conn.execute(delete(jobs).where(jobs.c.seq.in_(seqs), jobs.c.state == "deleting"))
 
 
 def finish_waiting_disables(ctx: Context) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, and_, delete, insert, or_, select, update
 
 from shoal import clock
 from shoal.api import odata as odata_sql
@@ -355,21 +356,21 @@ def reactivate(ctx: Context, job_id: str, task_id: str) -> None:
     ctx.signals.wake_scheduler()
 
 
-def delete_task(ctx: Context, job_id: str, task_id: str) -> tuple[str | None, str | None, str]:
-    """Returns the (file server url, node token, task dir) of the folder the caller should remove."""
+def delete_task(ctx: Context, job_id: str, task_id: str) -> tuple[str | None, str, str]:
+    """Returns (the node holding the task's folder, or None, job id, task id) for the caller to
+    order the folder deleted (shoal.service.folder_orders)."""
     with ctx.engine.begin() as conn:
         job, row = load(conn, ctx, job_id, task_id)
         touched = transitions.terminate(conn, [row]) if row.state == "running" else set()
         transitions.refresh_node_busy(conn, touched)
         conn.execute(delete(tasks).where(tasks.c.seq == row.seq))
         node_id = (row.node_info or {}).get("nodeId")
-        node = conn.execute(select(nodes.c.file_server_url, nodes.c.token).where(nodes.c.id == node_id)).first() \
-            if node_id else None
+        node = conn.execute(select(nodes.c.id).where(nodes.c.id == node_id)).first() if node_id else None
         job_service.finish_all_complete_jobs(ctx, conn, [job.seq])
     for touched_id in touched:
         ctx.signals.wake_node(touched_id)
     ctx.signals.wake_scheduler()
-    return (node.file_server_url if node else None, node.token if node else None, task_dir(job.id, row.id))
+    return (node.id if node else None, job.id, row.id)
 
 
 def node_of(ctx: Context, job_id: str, task_id: str) -> tuple[Any, str]:
@@ -386,24 +387,32 @@ def node_of(ctx: Context, job_id: str, task_id: str) -> tuple[Any, str]:
         return node, task_dir(job.id, row.id)
 
 
-def expired_folders(ctx: Context, limit: int = 100) -> list[tuple[int, str | None, str | None, str]]:
-    """Completed tasks whose retentionTime has passed: (task seq, file server, node token, folder)."""
+class ExpiredFolder(NamedTuple):
+    seq: int
+    deadline: datetime
+    node_id: str | None  # None: the node is gone, and the folder with it
+    job_id: str
+    task_id: str
+
+
+def expired_folders(ctx: Context, after: tuple[datetime, int] | None, limit: int) -> list[ExpiredFolder]:
+    """Up to ``limit`` completed tasks whose retentionTime has passed, in deadline order after
+    ``after`` (a (deadline, seq) from the last call: a walk of ix_tasks_retention)."""
+    deadline = tasks.c.retention_deadline
+    query = (select(tasks.c.seq, deadline, tasks.c.id, tasks.c.node_info, jobs.c.id.label("job_id"))
+             .join(jobs, jobs.c.seq == tasks.c.job_seq)
+             .where(jobs.c.account == ctx.account, deadline.is_not(None), deadline < clock.now(),
+                    tasks.c.state == "completed")
+             .order_by(deadline, tasks.c.seq).limit(limit))
+    if after is not None:
+        query = query.where(or_(deadline > after[0], and_(deadline == after[0], tasks.c.seq > after[1])))
     with ctx.engine.connect() as conn:
-        rows = conn.execute(
-            select(tasks.c.seq, tasks.c.id, tasks.c.node_info, jobs.c.id.label("job_id"))
-            .join(jobs, jobs.c.seq == tasks.c.job_seq)
-            .where(jobs.c.account == ctx.account, tasks.c.retention_deadline.is_not(None),
-                   tasks.c.retention_deadline < clock.now(), tasks.c.state == "completed")
-            .limit(limit)).all()
-        node_ids = {(row.node_info or {}).get("nodeId") for row in rows}
-        servers = {n.id: n for n in conn.execute(select(nodes.c.id, nodes.c.file_server_url, nodes.c.token)
-                                                 .where(nodes.c.id.in_(node_ids - {None}))).all()}
-        out = []
-        for row in rows:
-            node = servers.get((row.node_info or {}).get("nodeId"))
-            out.append((row.seq, node.file_server_url if node else None, node.token if node else None,
-                        task_dir(row.job_id, row.id)))
-        return out
+        rows = conn.execute(query).all()
+        named = {(row.node_info or {}).get("nodeId") for row in rows} - {None}
+        present = set(conn.execute(select(nodes.c.id).where(nodes.c.id.in_(named))).scalars()) if named else set()
+    return [ExpiredFolder(row.seq, row.retention_deadline,
+                          node_id if (node_id := (row.node_info or {}).get("nodeId")) in present else None,
+                          row.job_id, row.id) for row in rows]
 
 
 def folders_removed(ctx: Context, seqs: list[int]) -> None:

@@ -58,6 +58,10 @@ class StandIn:
         self.start_task_states: list[dict[str, Any]] = []
         self.pending_kill: list[list[Any]] = []
         self.pending_delete: list[list[str]] = []
+        self.pending_delete_jobs: list[str] = []
+        # Folder deletions the agent acknowledged, in the order of its syncs.
+        self.deleted_task_dirs: list[list[str]] = []
+        self.deleted_job_dirs: list[str] = []
         self.run_start_task = start_task is not None
         self.leave = False
         self.gone = False
@@ -103,6 +107,10 @@ class StandIn:
         self.pending_delete.append([job, task])
         self.poke()
 
+    def delete_job_dir(self, job: str) -> None:
+        self.pending_delete_jobs.append(job)
+        self.poke()
+
     def poke(self) -> None:
         self.changed.set()
 
@@ -146,15 +154,18 @@ class StandIn:
             "run": run,
             "kill": self.pending_kill,
             "deleteTaskDirs": self.pending_delete,
+            "deleteJobDirs": self.pending_delete_jobs,
             "runStartTask": self.run_start_task,
             "leave": self.leave,
         }
-        self.pending_kill, self.pending_delete, self.run_start_task = [], [], False
+        self.pending_kill, self.pending_delete, self.pending_delete_jobs = [], [], []
+        self.run_start_task = False
         return answer
 
     @staticmethod
     def _has_work(answer: dict[str, Any]) -> bool:
-        return any(answer[k] for k in ("ack", "run", "kill", "deleteTaskDirs", "runStartTask", "leave"))
+        return any(answer[k] for k in ("ack", "run", "kill", "deleteTaskDirs", "deleteJobDirs", "runStartTask",
+                                       "leave"))
 
     async def sync(self, request: Request) -> Response:
         if not self._authorized(request):
@@ -163,6 +174,8 @@ class StandIn:
             return JSONResponse({"code": "NodeGone"}, status_code=410)
         body = await request.json()
         self.syncs.append(body)
+        self.deleted_task_dirs.extend(body.get("deletedTaskDirs") or [])
+        self.deleted_job_dirs.extend(body.get("deletedJobDirs") or [])
         now = asyncio.get_running_loop().time()
         ack = []
         for r in body.get("reports", []):
@@ -184,6 +197,9 @@ class StandIn:
             self.changed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), self.poll_timeout_s)
+            if await request.is_disconnected():
+                # The agent dropped this poll (it had news): what is pending goes to its next call.
+                return Response(status_code=499)
             answer = self._answer(body, ack)
         return JSONResponse(answer)
 

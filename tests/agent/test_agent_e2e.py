@@ -89,17 +89,32 @@ def test_start_task_tasks_reports_kill_and_leave(tmp_path: Path) -> None:
         # Kill: the process goes away and nothing is reported for that attempt.
         victim = s.assign("job1", "victim", "sleep 60")
         await s.until(lambda: any(["job1", "victim", 1] in b["known"] for b in s.syncs))
-        pids_before = {p.pid for p in psutil.process_iter() if _is_sleep_60(p)}
-        assert pids_before
+        # Known from the moment its launch begins; the process exists a little later.
+        await s.until(lambda: any(_is_sleep_60(p) for p in psutil.process_iter()), timeout=5)
         s.kill(victim)
         await s.until(lambda: not any(_is_sleep_60(p) for p in psutil.process_iter()), timeout=5)
         await s.until(lambda: ["job1", "victim", 1] not in s.syncs[-1]["known"])
         assert victim not in s.committed
 
-        # deleteTaskDirs removes the task's directory.
+        # deleteTaskDirs removes the task's directory, and the agent says so in a later sync;
+        # a folder already gone is acknowledged like any other, so an order can be repeated.
         assert (root / "workitems/job1/job-1/bad").exists()
         s.delete_dir("job1", "bad")
         await s.until(lambda: not (root / "workitems/job1/job-1/bad").exists())
+        await s.until(lambda: ["job1", "bad"] in s.deleted_task_dirs)
+        s.delete_dir("job1", "bad")
+        await s.until(lambda: s.deleted_task_dirs.count(["job1", "bad"]) == 2)
+
+        # deleteJobDirs kills nothing itself but waits for the job's kills, then removes the
+        # whole job folder: a task killed in the same answer leaves nothing behind.
+        s.assign("job2", "slow", "sleep 60")
+        await s.until(lambda: (root / "workitems/job2/job-1/slow").exists())
+        await s.until(lambda: any(["job2", "slow", 1] in b["known"] for b in s.syncs))
+        s.kill(("job2", "slow", 1))
+        s.delete_job_dir("job2")
+        await s.until(lambda: "job2" in s.deleted_job_dirs)
+        assert not (root / "workitems/job2").exists()
+        assert not any(_is_sleep_60(p) for p in psutil.process_iter())
 
         s.leave = True
         s.poke()

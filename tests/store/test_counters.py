@@ -151,7 +151,8 @@ def _apply(ctx: Context, node_rows: list[Any], job_id: str, op: tuple[Any, ...])
         job_service.terminate(ctx, job_id, None)
     elif kind == "delete_job":
         job_service.delete_job(ctx, job_id)
-        job_service.reap_deleted(ctx)
+        emptied = job_service.reap_deleted(ctx, set())
+        job_service.remove_deleted_jobs(ctx, [job.seq for job in emptied])
 
 
 _pick = st.integers(0, 50)
