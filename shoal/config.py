@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shoal.autoscale.samples import SAMPLE_LAG
+
 API_VERSIONS = ("2025-06-01", "2024-02-01.19.0")
 MAX_RESULTS_DEFAULT = 1000
 MAX_TASKS_PER_COLLECTION = 100
@@ -16,7 +18,7 @@ MAX_BODY_BYTES = 1024 * 1024
 
 HEARTBEAT_TIMEOUT_S = 30.0
 # Batch's metric samples reach formulas about a minute late (semantics §1.7).
-SAMPLE_LAG_S = 60.0
+SAMPLE_LAG_S = SAMPLE_LAG.total_seconds()
 AGENT_POLL_TIMEOUT_S = 15.0
 SCHEDULER_IDLE_WAKE_S = 1.0
 PROVIDER_RECONCILE_S = 0.5
