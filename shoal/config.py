@@ -27,6 +27,15 @@ PROVIDER_RECONCILE_S = 0.5
 PROVIDERS = ("local", "sim")
 
 
+DEFAULT_PORT = 8580
+
+
+def default_port() -> int:
+    """The API port: $SHOAL_PORT (0 picks a free one), else DEFAULT_PORT."""
+    explicit = os.environ.get("SHOAL_PORT")
+    return int(explicit) if explicit else DEFAULT_PORT
+
+
 def default_data_dir() -> Path:
     explicit = os.environ.get("SHOAL_DATA_DIR")
     if explicit:
@@ -63,7 +72,7 @@ def _float_env(name: str, default: float) -> float:
 class Settings:
     data_dir: Path
     host: str = "127.0.0.1"
-    port: int = 8580
+    port: int = DEFAULT_PORT
     database_url: str | None = None
     heartbeat_timeout_s: float = field(default_factory=lambda: _float_env("SHOAL_HEARTBEAT_TIMEOUT_S", HEARTBEAT_TIMEOUT_S))
     time_scale: float = 1.0
