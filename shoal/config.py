@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shoal.autoscale.samples import SAMPLE_LAG
+
 API_VERSIONS = ("2025-06-01", "2024-02-01.19.0")
 MAX_RESULTS_DEFAULT = 1000
 MAX_TASKS_PER_COLLECTION = 100
@@ -16,13 +18,22 @@ MAX_BODY_BYTES = 1024 * 1024
 
 HEARTBEAT_TIMEOUT_S = 30.0
 # Batch's metric samples reach formulas about a minute late (semantics §1.7).
-SAMPLE_LAG_S = 60.0
+SAMPLE_LAG_S = SAMPLE_LAG.total_seconds()
 AGENT_POLL_TIMEOUT_S = 15.0
 SCHEDULER_IDLE_WAKE_S = 1.0
 PROVIDER_RECONCILE_S = 0.5
 # Who brings node records up under `shoal up`: an agent process per node, or simulated agents
 # (shoal/providers/sim.py) for scale tests.
 PROVIDERS = ("local", "sim")
+
+
+DEFAULT_PORT = 8580
+
+
+def default_port() -> int:
+    """The API port: $SHOAL_PORT (0 picks a free one), else DEFAULT_PORT."""
+    explicit = os.environ.get("SHOAL_PORT")
+    return int(explicit) if explicit else DEFAULT_PORT
 
 
 def default_data_dir() -> Path:
@@ -61,7 +72,7 @@ def _float_env(name: str, default: float) -> float:
 class Settings:
     data_dir: Path
     host: str = "127.0.0.1"
-    port: int = 8580
+    port: int = DEFAULT_PORT
     database_url: str | None = None
     heartbeat_timeout_s: float = field(default_factory=lambda: _float_env("SHOAL_HEARTBEAT_TIMEOUT_S", HEARTBEAT_TIMEOUT_S))
     time_scale: float = 1.0

@@ -70,3 +70,13 @@ def wait_task_state(client: Any, job_id: str, task_id: str, state: str, timeout:
         return task if task.state == state else None
 
     return wait_for(reached, timeout, interval=0.1, message=f"{job_id}/{task_id} {state}")
+
+
+# The Azure Batch docs' task-based formula ("create an automatic formula for scaling compute nodes").
+DOCS_PENDING_FORMULA = """
+$samples = $PendingTasks.GetSamplePercent(TimeInterval_Minute * 15);
+$tasks = $samples < 70 ? max(0, $PendingTasks.GetSample(1)) : max($PendingTasks.GetSample(1), avg($PendingTasks.GetSample(TimeInterval_Minute * 15)));
+$targetVMs = $tasks > 0 ? $tasks : max(0, $TargetDedicatedNodes / 2);
+$TargetDedicatedNodes = max(0, min($targetVMs, 20));
+$NodeDeallocationOption = taskcompletion;
+"""

@@ -11,7 +11,6 @@ See README.md beside this file.
 from .errors import EVALUATION_ERROR, INSUFFICIENT_SAMPLE_DATA, SYNTAX_ERROR, TOO_LONG, FormulaError
 from .evaluator import (
     DEALLOCATION_OPTIONS,
-    SAMPLE_PERIOD,
     EvaluationInput,
     EvaluationResult,
     Formula,
@@ -19,7 +18,7 @@ from .evaluator import (
     parse_formula,
 )
 from .parser import MAX_FORMULA_CHARS, MAX_STATEMENTS
-from .samples import METRICS, SampleHistory
+from .samples import METRICS, SAMPLE_LAG, SAMPLE_PERIOD, SampleHistory, next_sample_time, seed_sample_time
 from .types import TimeInterval, Timestamp, format_value
 
 __all__ = [
@@ -29,6 +28,7 @@ __all__ = [
     "MAX_FORMULA_CHARS",
     "MAX_STATEMENTS",
     "METRICS",
+    "SAMPLE_LAG",
     "SAMPLE_PERIOD",
     "SYNTAX_ERROR",
     "TOO_LONG",
@@ -41,5 +41,7 @@ __all__ = [
     "Timestamp",
     "evaluate",
     "format_value",
+    "next_sample_time",
     "parse_formula",
+    "seed_sample_time",
 ]

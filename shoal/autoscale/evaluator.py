@@ -30,7 +30,15 @@ from .errors import (
     syntax_error,
 )
 from .functions import FUNCTIONS, TIMESTAMP_MEMBERS, StopEvaluation
-from .samples import EMPTY_HISTORY, METRIC_ALIASES, METRICS, SAMPLE_METHODS, MetricView, SampleHistory
+from .samples import (
+    EMPTY_HISTORY,
+    METRIC_ALIASES,
+    METRICS,
+    SAMPLE_METHODS,
+    SAMPLE_PERIOD,
+    MetricView,
+    SampleHistory,
+)
 from .types import (
     BINARY_OPERATORS,
     TIME_INTERVAL_CONSTANTS,
@@ -44,7 +52,6 @@ from .types import (
     type_name,
 )
 
-SAMPLE_PERIOD = timedelta(seconds=30)  # semantics.md §1.7 / §7.5
 DEFAULT_DEALLOCATION_OPTION = "requeue"
 
 TARGET_DEDICATED = "$TargetDedicatedNodes"
@@ -467,7 +474,6 @@ __all__ = [
     "EvaluationInput",
     "EvaluationResult",
     "Formula",
-    "SAMPLE_PERIOD",
     "evaluate",
     "parse_formula",
 ]

@@ -9,8 +9,10 @@ workload (task arrivals and durations) is replayed through the *same* evaluator
 process, a server or a sleep. It is a discrete-event loop; nothing reads the wall clock.
 
 Model (each rule restates semantics.md or the service's own choice):
-- Samples of every metric every 30 s (§1.7); the pool starts with one zero-valued sample of the
-  task and node counts (§7), node metrics are sampled only while the pool has nodes.
+- Samples, and what a formula sees of them, follow the one model in samples.py that the server
+  follows too: every metric on the 30 s grid (§1.7), visible after the same lag as `shoal up`'s
+  (`sample_lag_s`, default SAMPLE_LAG); the pool starts with the server's zero-valued seed sample
+  of the task and node counts (§7); node metrics are sampled only while the pool has nodes.
 - The formula is evaluated once at t=0, then every `evaluation_interval_s` (§1.1). An evaluation
   error leaves the targets as they were and is recorded (§1.8).
 - A new node is billed from creation and takes `node_startup_s` to become usable. When a pool
@@ -43,10 +45,9 @@ from shoal.errors import BadRequest
 from shoal.scheduler import JobView, NodeView, PoolSnapshot, TaskView, plan
 
 from .evaluator import DEFAULT_DEALLOCATION_OPTION, EvaluationInput, evaluate, parse_formula
-from .samples import METRICS, SampleHistory
+from .samples import METRICS, SAMPLE_LAG, SAMPLE_PERIOD, SampleHistory, next_sample_time, seed_sample_time
 from .types import datetime_to_ticks
 
-SAMPLE_PERIOD_S = 30.0
 DEFAULT_EVALUATION_INTERVAL_S = 300.0
 DEFAULT_NODE_STARTUP_S = 180.0
 DEFAULT_SPOT_RECOVERY_S = 300.0  # as the service's Settings.spot_recovery_s
@@ -130,8 +131,8 @@ class SimulationOptions:
     spot_eviction_rate: float = 0.0  # expected preemptions per spot node-hour
     spot_recovery_s: float = DEFAULT_SPOT_RECOVERY_S
     seed: int = 0
-    # How long a sample takes to reach formulas (semantics.md §1.7; 0 = at once).
-    sample_lag_s: float = 0.0
+    # How long a sample takes to reach formulas (semantics.md §1.7; 0 = at once), as on the server.
+    sample_lag_s: float = SAMPLE_LAG.total_seconds()
     start: datetime = SIMULATION_EPOCH
 
     def __post_init__(self) -> None:
@@ -283,8 +284,10 @@ class _Simulation:
         options = self.options
         end = options.duration_s if options.duration_s is not None else MAX_AUTO_DURATION_S
         stop_reason = "duration" if options.duration_s is not None else "limit"
-        self._sample(0.0, initial=True)
-        next_sample, next_evaluation = SAMPLE_PERIOD_S, 0.0
+        start, lag = options.start, timedelta(seconds=options.sample_lag_s)
+        self._sample(seed_sample_time(start, lag), initial=True)
+        sample_at = next_sample_time(start)
+        next_sample, next_evaluation = (sample_at - start).total_seconds(), 0.0
         while True:
             moment = min(next_sample, next_evaluation, self._next_event_time())
             if moment > end:
@@ -294,8 +297,9 @@ class _Simulation:
             self._events()
             self._schedule()
             if moment >= next_sample:
-                self._sample(moment)
-                next_sample += SAMPLE_PERIOD_S
+                self._sample(sample_at)
+                sample_at += SAMPLE_PERIOD
+                next_sample = (sample_at - start).total_seconds()
             if moment >= next_evaluation:
                 self._evaluate()
                 next_evaluation += options.evaluation_interval_s
@@ -487,8 +491,8 @@ class _Simulation:
             "$TaskSlotsPerNode": self.options.task_slots_per_node,
         }
 
-    def _sample(self, moment: float, initial: bool = False) -> None:
-        ticks = datetime_to_ticks(self.options.start + timedelta(seconds=moment))
+    def _sample(self, when: datetime, initial: bool = False) -> None:
+        ticks = datetime_to_ticks(when)
         values: dict[str, float] = self._counts()
         if initial:
             # The zero-valued sample Shoal records at pool creation (semantics.md §1.7).

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from shoal.autoscale import FormulaError
+from shoal.autoscale import SAMPLE_LAG, FormulaError
 from shoal.autoscale.simulate import (
     DEFAULT_EVALUATION_INTERVAL_S,
     DEFAULT_NODE_STARTUP_S,
@@ -82,16 +82,18 @@ def autoscale() -> None:
 @click.option("--spot-eviction-rate", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Expected preemptions per spot node-hour.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for spot evictions.")
+@click.option("--sample-lag", type=Duration(), default=f"{SAMPLE_LAG.total_seconds():g}s", show_default=True,
+              help="How long a metric sample takes to reach formulas (as `shoal up --sample-lag`).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of tables.")
 def simulate_command(formula_path: Path, workload_path: Path, out: Path | None, interval: float,
                      node_startup: float, slots: int, fill: str, duration: float | None,
-                     spot_eviction_rate: float, seed: int, as_json: bool) -> None:
+                     spot_eviction_rate: float, seed: int, sample_lag: float, as_json: bool) -> None:
     """Replay a workload through a formula on simulated time and report node-hours and waits."""
     try:
         workload = load_workload(json.loads(workload_path.read_text(encoding="utf-8")))
         options = SimulationOptions(evaluation_interval_s=interval, node_startup_s=node_startup,
                                     task_slots_per_node=slots, node_fill_type=fill, duration_s=duration,
-                                    spot_eviction_rate=spot_eviction_rate, seed=seed)
+                                    spot_eviction_rate=spot_eviction_rate, seed=seed, sample_lag_s=sample_lag)
         result = simulate(formula_path.read_text(encoding="utf-8"), workload, options)
     except json.JSONDecodeError as exc:
         raise click.ClickException(f"{workload_path}: not JSON: {exc}") from exc

@@ -13,7 +13,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from shoal.config import PROVIDERS, Settings, default_data_dir
+from shoal.config import PROVIDERS, Settings, default_data_dir, default_port
 from shoal.errors import BatchError
 
 console = Console()
@@ -53,7 +53,8 @@ def _serve(host: str, port: int, data_dir: Path | None, database: str | None, lo
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8580, show_default=True, type=int, help="0 picks a free port.")
+@click.option("--port", default=default_port, show_default="$SHOAL_PORT or 8580", type=int,
+              help="0 picks a free port.")
 @data_dir_option
 @click.option("--database", default=None, help="postgresql://… (default: SQLite in the data dir)")
 @click.option("--time-scale", default=1.0, type=click.FloatRange(min=0.001), show_default=True,
@@ -90,7 +91,8 @@ def up(host: str, port: int, data_dir: Path | None, database: str | None, time_s
 
 @main.command("server")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8580, show_default=True, type=int)
+@click.option("--port", default=default_port, show_default="$SHOAL_PORT or 8580", type=int,
+              help="0 picks a free port.")
 @data_dir_option
 @click.option("--database", default=None, help="postgresql://… (default: SQLite in the data dir)")
 def server_command(host: str, port: int, data_dir: Path | None, database: str | None) -> None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from shoal.autoscale import SAMPLE_PERIOD
 from shoal.server.duty import Wakeups
-from shoal.service import autoscale, metrics
+from shoal.service import autoscale
 from shoal.service.context import Context
 from shoal.store.runner import StoreRunner
 
@@ -22,4 +23,4 @@ async def autoscale_loop(ctx: Context, wakeups: Wakeups, runner: StoreRunner) ->
                 wakeups.provider.set()
         except Exception:
             log.exception("autoscale pass failed")
-        await asyncio.sleep(min(AUTOSCALE_CHECK_S, ctx.timebase.real_seconds(metrics.SAMPLE_PERIOD)))
+        await asyncio.sleep(min(AUTOSCALE_CHECK_S, ctx.timebase.real_seconds(SAMPLE_PERIOD)))

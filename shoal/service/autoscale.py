@@ -58,7 +58,7 @@ def compute(ctx: Context, conn: Connection, pool: Any, text: str) -> formula_lan
     now = ctx.timebase.now()
     inputs = formula_language.EvaluationInput(
         now=now, samples=metrics.history(conn, pool.seq, now), current=_current(conn, pool, None),
-        sample_period=metrics.SAMPLE_PERIOD, visibility_lag=ctx.sample_lag)
+        visibility_lag=ctx.sample_lag)
     return formula_language.evaluate(parse(text), inputs)
 
 
@@ -107,7 +107,7 @@ def run_due(ctx: Context) -> bool:
 def start_on_create(ctx: Context, conn: Connection, pool_seq: int) -> None:
     """A new autoscale pool: zero samples, then an evaluation at once (semantics §1.1)."""
     now = ctx.timebase.now()
-    metrics.record_zero_samples(conn, pool_seq, now)
+    metrics.record_zero_samples(conn, pool_seq, now, ctx.sample_lag)
     pool = conn.execute(select(pools).where(pools.c.seq == pool_seq)).one()
     if pool.spec.get("enableAutoScale"):
         conn.execute(update(pools).where(pools.c.seq == pool_seq).values(autoscale_enabled_at=now))

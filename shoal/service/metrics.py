@@ -2,7 +2,8 @@
 
 Task and node counts come from the store; resource metrics ($CPUPercent, memory, disk,
 network) are the average of what the pool's agents last reported. Samples are stamped on the
-scaled timeline (shoal/timebase.py) and trimmed to a bounded history.
+sample grid of the scaled timeline (shoal/timebase.py; the grid and what formulas see of it are
+shoal/autoscale/samples.py) and trimmed to a bounded history.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, func, insert, select
 
 from shoal import clock
+from shoal.autoscale import seed_sample_time
 from shoal.service.context import Context
 from shoal.store.schema import job_task_counts, jobs, metric_samples, nodes, pool_node_counts, pools
 
-SAMPLE_PERIOD = timedelta(seconds=30)
 # Semantics §1.7: keep at least 24 h of history.
 HISTORY = timedelta(hours=24)
 TASK_METRICS = ("$ActiveTasks", "$RunningTasks", "$PendingTasks", "$SucceededTasks", "$FailedTasks")
@@ -95,17 +96,19 @@ def _resource_averages(ctx: Context, node_ids: list[str]) -> dict[str, float]:
     return out
 
 
-def record_zero_samples(conn: Connection, pool_seq: int, when: datetime) -> None:
+def record_zero_samples(conn: Connection, pool_seq: int, created: datetime, lag: timedelta) -> None:
     """Semantics §7.10: a new pool starts with one zero sample of every count metric, so
-    formulas like `val($PendingTasks.GetSample(1), 0)` have something to read."""
+    formulas like `val($PendingTasks.GetSample(1), 0)` have something to read, from the
+    evaluation that runs as the pool is created on."""
+    when = seed_sample_time(created, lag)
     conn.execute(insert(metric_samples), [
         {"pool_seq": pool_seq, "metric": metric, "node_id": None, "time": when, "value": 0.0}
         for metric in (*TASK_METRICS, *NODE_COUNT_METRICS)])
 
 
-def sample(ctx: Context) -> None:
-    """One sample tick over every pool of the account; trims history past HISTORY."""
-    now = ctx.timebase.now()
+def sample(ctx: Context, now: datetime) -> None:
+    """One sample tick over every pool of the account, stamped `now` (an instant of the sample
+    grid, whenever the write gets to run); trims history past HISTORY."""
     with ctx.engine.begin() as conn:
         for pool in conn.execute(select(pools).where(pools.c.account == ctx.account,
                                                      pools.c.state == "active")).all():

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import timedelta
+import time
+from datetime import datetime, timedelta
 
 import pytest
 from azure.batch import models
 from azure.core.exceptions import HttpResponseError
 
+from shoal.autoscale import SAMPLE_LAG
+from shoal.autoscale.simulate import SimulationOptions, simulate
 from shoal.testing.server import running_shoal
-from tests.helpers import pool_options, wait_for, wait_tasks_done
+from tests.helpers import DOCS_PENDING_FORMULA, pool_options, wait_for, wait_tasks_done
 
 TIME_SCALE = 60
 # Grow while tasks wait; let running tasks finish when shrinking.
@@ -161,3 +164,61 @@ def test_agent_resource_metrics_and_task_counts_reach_formulas(client):
     values = wait_for(sampled, 30, message="samples with the finished tasks")
     assert values["nodes"] == "1" and values["slots"] == "2"
     assert 0 <= float(values["cpu"]) <= 100 and float(values["mem"]) > 0
+
+
+# The Azure Batch docs' task-based formula, plus probes of the window it reads; `t` and `b` pin
+# the evaluation's moment and the history's start, so the simulation can replay the same pool.
+DOCS_PROBE = DOCS_PENDING_FORMULA + """tenMinutes = $PendingTasks.GetSamplePercent(TimeInterval_Minute * 10);
+held = $PendingTasks.Count();
+t = time();
+b = $PendingTasks.HistoryBeginTime();
+"""
+
+
+def results_of(run) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    assert run.error is None, run.error
+    return dict(part.split("=", 1) for part in run.results.split(";"))
+
+
+def evaluate_probe(client, pool_id: str):  # type: ignore[no-untyped-def]
+    return client.evaluate_pool_auto_scale(pool_id, models.BatchPoolEvaluateAutoScaleOptions(
+        auto_scale_formula=DOCS_PROBE))
+
+
+def simulated_run(live_results: str) -> str:
+    """The same formula on `shoal autoscale simulate`'s pool, created when the live pool was (its
+    seed sample says when) and evaluated at the live evaluation's moment."""
+    values = dict(part.split("=", 1) for part in live_results.split(";"))
+    evaluated_at = datetime.fromisoformat(values["t"].replace("Z", "+00:00"))
+    seeded_at = datetime.fromisoformat(values["b"].replace("Z", "+00:00"))
+    created = seeded_at + SAMPLE_LAG  # seed_sample_time() stamps the seed a lag before creation
+    elapsed = (evaluated_at - created).total_seconds()
+    result = simulate(DOCS_PROBE, [], SimulationOptions(start=created, evaluation_interval_s=elapsed,
+                                                        duration_s=elapsed))
+    assert result.evaluations[-1].time_s == elapsed and result.evaluations[-1].error is None
+    return result.evaluations[-1].results
+
+
+def test_docs_formula_reads_a_full_history_as_100_percent(client):
+    # 15 minutes of history and the lag take 16 scaled minutes: 16 s here.
+    client.create_pool(autoscale_pool("documented", "$TargetDedicatedNodes = 0;"))
+    values = wait_for(lambda: (lambda v: v if v["$samples"] == "100" else None)(
+        results_of(evaluate_probe(client, "documented"))), 45, message="a full 15-minute history")
+    assert values["tenMinutes"] == "100"
+    assert values["$tasks"] == "0" and values["$TargetDedicatedNodes"] == "0"
+    run = client.evaluate_pool_auto_scale("documented", models.BatchPoolEvaluateAutoScaleOptions(
+        auto_scale_formula="$TargetDedicatedNodes = 0; n = len($PendingTasks.GetSample(TimeInterval_Minute * 10, 100)); "
+                           "last = $PendingTasks.GetSample(1); few = $PendingTasks.GetSample(1000);"))
+    assert run.error is not None and run.error.code == "InsufficientSampleData"
+    assert "n=20" in run.results and "last=[0]" in run.results
+    # The simulation counts the same full history the same way.
+    live = evaluate_probe(client, "documented").results
+    assert simulated_run(live) == live
+
+
+def test_simulation_and_server_agree_on_a_growing_history(client):
+    client.create_pool(autoscale_pool("replayed", "$TargetDedicatedNodes = 0;"))
+    time.sleep(4)  # four scaled minutes: part of the window is history, part is not yet
+    live = evaluate_probe(client, "replayed").results
+    assert "$samples=100" not in live
+    assert simulated_run(live) == live

@@ -46,8 +46,9 @@ def series(values: list[float], newest_age: float = 0.0, now: datetime = NOW) ->
 METRIC_VALUE = {name: float(i + 1) for i, name in enumerate(sorted(METRICS))}
 FULL_HOUR = {name: series([value] * 120) for name, value in METRIC_VALUE.items()}
 RAMP = series([float(i) for i in range(1, 121)])  # 1..120, newest = 120 at NOW
-# 40 samples, newest 30 s old: with a 60 s lag, a 10-minute window shows 18 of 20 (§1.7 worked numbers).
-WORKED = series([5.0] * 40, newest_age=30)
+# 40 samples with the last minute of history missing: a 10-minute window shows 18 of 20 (§1.7
+# worked numbers). The gap is a real one; the visibility lag alone never makes one.
+WORKED = series([5.0] * 40, newest_age=60)
 
 
 @dataclass
@@ -267,7 +268,10 @@ CASES: list[Case] = [
     C("GetSample-count-1", "v = $PendingTasks.GetSample(1)", samples={"$PendingTasks": RAMP}, expect={"v": "[120]"}),
     C("GetSample-count-oldest-first", "v = $PendingTasks.GetSample(3)", samples={"$PendingTasks": RAMP}, expect={"v": "[118,119,120]"}),
     C("GetSample-count-zero", "v = $PendingTasks.GetSample(0)", samples={"$PendingTasks": RAMP}, expect={"v": "[]"}),
-    C("GetSample-count-however-old", "n = len($PendingTasks.GetSample(500))", samples={"$PendingTasks": RAMP}, expect={"n": "120"}),
+    C("GetSample-count-however-old", "n = len($PendingTasks.GetSample(120))",
+      samples={"$PendingTasks": series([float(i) for i in range(120)], newest_age=3600)}, expect={"n": "120"}),
+    err("GetSample-count-more-than-held", "n = len($PendingTasks.GetSample(500))", "InsufficientSamples",
+        code=INSUFFICIENT_SAMPLE_DATA, samples={"$PendingTasks": RAMP}),
     C("GetSample-count-fraction-truncates", "v = $PendingTasks.GetSample(1.9)", samples={"$PendingTasks": RAMP}, expect={"v": "[120]"}),
     C("GetSample-count-respects-lag", "v = $PendingTasks.GetSample(1)", samples={"$PendingTasks": RAMP}, lag=60, expect={"v": "[118]"}),
     err("GetSample-negative-count", "v = $PendingTasks.GetSample(-1)", INVALID, samples={"$PendingTasks": RAMP}),
@@ -286,11 +290,11 @@ CASES: list[Case] = [
     C("GetSample-timestamp-window", "s = time() + (-6 * TimeInterval_Minute); e = time() + (-1 * TimeInterval_Minute); "
       "n = len($PendingTasks.GetSample(s, e))", samples={"$PendingTasks": RAMP}, expect={"n": "10"}),
     C("worked-example-80-percent-passes", "n = len($PendingTasks.GetSample(TimeInterval_Minute * 10, 80))",
-      samples={"$PendingTasks": WORKED}, lag=60, expect={"n": "18"}),
+      samples={"$PendingTasks": WORKED}, expect={"n": "18"}),
     err("worked-example-95-percent-fails", "n = len($PendingTasks.GetSample(TimeInterval_Minute * 10, 95))",
-        "InsufficientSamples", code=INSUFFICIENT_SAMPLE_DATA, samples={"$PendingTasks": WORKED}, lag=60),
-    err("GetSample-window-percent-fails", "v = $PendingTasks.GetSample(TimeInterval_Minute, TimeInterval_Minute * 6, 100)",
-        "InsufficientSamples", code=INSUFFICIENT_SAMPLE_DATA, samples={"$PendingTasks": WORKED}, lag=120),
+        "InsufficientSamples", code=INSUFFICIENT_SAMPLE_DATA, samples={"$PendingTasks": WORKED}),
+    err("GetSample-window-percent-fails", "v = $PendingTasks.GetSample(0 * TimeInterval_Minute, TimeInterval_Minute * 6, 100)",
+        "InsufficientSamples", code=INSUFFICIENT_SAMPLE_DATA, samples={"$PendingTasks": WORKED}),
     err("GetSample-percent-on-empty-history", "v = $CPUPercent.GetSample(TimeInterval_Minute * 10, 10)",
         "InsufficientSamples", code=INSUFFICIENT_SAMPLE_DATA, samples={}),
     C("GetSample-percent-zero-on-empty-history", "n = len($CPUPercent.GetSample(TimeInterval_Minute * 10, 0))",
@@ -302,13 +306,15 @@ CASES: list[Case] = [
     err("GetSample-too-many-arguments", "v = $PendingTasks.GetSample(TimeInterval_Minute, TimeInterval_Hour, 10, 1)", ARGS),
     err("GetSample-count-with-percent", "v = $PendingTasks.GetSample(10, 50)", TYPE),
     C("GetSamplePercent-interval", "p = $PendingTasks.GetSamplePercent(TimeInterval_Minute * 10)",
-      samples={"$PendingTasks": WORKED}, lag=60, expect={"p": "90"}),
+      samples={"$PendingTasks": WORKED}, expect={"p": "90"}),
+    C("GetSamplePercent-full-history-despite-lag", "p = $PendingTasks.GetSamplePercent(TimeInterval_Minute * 10)",
+      samples={"$PendingTasks": RAMP}, lag=60, expect={"p": "100"}),
     C("GetSamplePercent-window", "p = $PendingTasks.GetSamplePercent(TimeInterval_Minute, TimeInterval_Minute * 6)",
       samples={"$PendingTasks": WORKED}, lag=60, expect={"p": "100"}),
     C("GetSamplePercent-capped-at-100", "p = $PendingTasks.GetSamplePercent(TimeInterval_Minute * 10)",
       samples={"$PendingTasks": series([1.0] * 60, 0) + series([1.0] * 60, 15)}, expect={"p": "100"}),
     C("GetSamplePercent-is-a-double", "a = $PendingTasks.GetSamplePercent(TimeInterval_Minute * 10) < 95",
-      samples={"$PendingTasks": WORKED}, lag=60, expect={"a": "1"}),
+      samples={"$PendingTasks": WORKED}, expect={"a": "1"}),
     err("GetSamplePercent-no-arguments", "p = $PendingTasks.GetSamplePercent()", ARGS),
     C("GetSamplePeriod", "d = $CPUPercent.GetSamplePeriod()", expect={"d": "00:00:30"}),
     err("GetSamplePeriod-with-argument", "d = $CPUPercent.GetSamplePeriod(1)", ARGS),

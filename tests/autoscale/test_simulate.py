@@ -16,6 +16,8 @@ from shoal.autoscale.simulate import (
     load_workload,
     simulate,
 )
+from shoal.config import Settings
+from tests.helpers import DOCS_PENDING_FORMULA
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -234,3 +236,16 @@ def test_cli_table_output_and_bad_input(tmp_path: Path) -> None:
     bad_interval = runner.invoke(main, ["autoscale", "simulate", "--formula", str(formula), "--workload",
                                         str(workload), "--interval", "soon"])
     assert bad_interval.exit_code != 0 and "not a duration" in bad_interval.output
+
+
+def test_samples_follow_the_servers_model() -> None:
+    # The server's default lag and grid: 15 minutes of history read 100% once the lag has passed,
+    # and the seed sample is visible to the evaluation at t=0.
+    assert SimulationOptions().sample_lag_s == Settings(data_dir=Path(".")).sample_lag_s
+    formula = DOCS_PENDING_FORMULA + "held = $PendingTasks.Count();"
+    result = simulate(formula, [], SimulationOptions(evaluation_interval_s=60, duration_s=17 * 60))
+    by_minute = {int(e.time_s // 60): dict(p.split("=", 1) for p in e.results.split(";")) for e in result.evaluations}
+    assert all(e.error is None for e in result.evaluations)
+    assert by_minute[0]["held"] == "1" and float(by_minute[0]["$samples"]) == pytest.approx(100 / 30)
+    assert float(by_minute[15]["$samples"]) == pytest.approx(28 / 30 * 100)  # samples 30 s..14 min, the seed just out
+    assert by_minute[16]["$samples"] == "100"
