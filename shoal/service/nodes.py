@@ -216,22 +216,30 @@ _LIVE_STATES = ("starting", "waitingforstarttask", "idle", "running", "starttask
                 "rebooting", "reimaging")
 
 
-def mark_silent_nodes_unusable(ctx: Context, timeout_s: float, liveness: Liveness | None = None) -> bool:
+def mark_silent_nodes_unusable(ctx: Context, timeout_s: float, liveness: Liveness) -> bool:
     """A node whose agent stopped calling becomes `unusable`; its tasks are requeued elsewhere.
 
-    Silence is judged from the in-memory timers of ``liveness`` (a fresh board when none is
-    given: every node counts from now), and only while the event loop that refreshes them is on
-    time: a held-up loop cannot tell a silent agent from an unread one. The store is read, and a
-    transaction begun, only for what the timers already show silent."""
-    board = liveness if liveness is not None else Liveness()
-    if liveness is not None and not board.loop_on_time():
+    Silence is judged from the in-memory timers of ``liveness``, and only while the event loop
+    that refreshes them is on time: a held-up loop cannot tell a silent agent from an unread
+    one. The store is read, and a transaction begun, only for what the timers already show
+    silent (plus, every RESYNC_S, the ids of the live nodes, so one that never called is
+    tracked too). A node judged here leaves the board until it calls again."""
+    board = liveness
+    if not board.loop_on_time():
         return False
-    with ctx.engine.connect() as conn:
-        candidates = conn.execute(select(nodes.c.id, nodes.c.state).where(
-            nodes.c.state.in_((*_LIVE_STATES, "leavingpool")))).all()
-    quiet = set(board.silent([row.id for row in candidates], timeout_s))
+    if board.resync_due():
+        with ctx.engine.connect() as conn:
+            board.track(conn.execute(select(nodes.c.id).where(
+                nodes.c.state.in_((*_LIVE_STATES, "leavingpool")))).scalars())
+    quiet = board.silent(timeout_s)
     if not quiet:
         return False
+    declared = _declare_silent(ctx, quiet)
+    board.forget_all(quiet)
+    return declared
+
+
+def _declare_silent(ctx: Context, quiet: list[str]) -> bool:
     with ctx.engine.begin() as conn:
         # Read again inside the transaction: a node may have changed state since (this runs on
         # the one writer, so nothing else writes meanwhile; the re-read costs only the few).
