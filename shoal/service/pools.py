@@ -10,7 +10,7 @@ from sqlalchemy import Connection, func, insert, select, update
 
 from shoal import clock
 from shoal.errors import Conflict, InvalidProperty, MissingProperty, NotFound
-from shoal.model import catalog
+from shoal.model import catalog, images
 from shoal.service import autoscale as autoscale_service
 from shoal.service import ids, quotas, request_body, wire_defaults
 from shoal.service import validation as v
@@ -61,6 +61,8 @@ _SECRET_USER_PROPERTIES = ("password",)
 _SECRET_LINUX_USER_PROPERTIES = ("sshPrivateKey",)
 # Node communication modes: Shoal's agents always talk to the service the "simplified" way.
 _COMMUNICATION_MODES = ("default", "simplified")
+# Longer than any Marketplace publisher, offer, SKU or version name, and any node agent SKU id.
+_MAX_IMAGE_FIELD = 256
 
 
 def pool_not_found(pool_id: str) -> NotFound:
@@ -89,18 +91,30 @@ def _validate_start_task(body: dict[str, Any], path: str = "startTask") -> dict[
 
 
 def _validate_vm_configuration(body: dict[str, Any]) -> None:
+    """The image and node agent SKU must be a pair `/supportedimages` lists; anything else is
+    Azure's 400 InvalidPropertyValue for an unsupported image or agent SKU (Azure refuses a
+    mismatched pair the same way, hashicorp/terraform#36698)."""
     vmc = v.obj(body, "virtualMachineConfiguration")
     if vmc is None:
         raise MissingProperty("virtualMachineConfiguration")
-    sku = v.string(vmc, "nodeAgentSKUId", required=True, path="virtualMachineConfiguration.nodeAgentSKUId")
+    sku_path = "virtualMachineConfiguration.nodeAgentSKUId"
+    sku = v.string(vmc, "nodeAgentSKUId", required=True, max_len=_MAX_IMAGE_FIELD, path=sku_path)
     image = v.obj(vmc, "imageReference", required=True, path="virtualMachineConfiguration.imageReference")
     assert image is not None and sku is not None
-    if not catalog.is_supported_node_agent_sku(sku):
-        raise InvalidProperty("virtualMachineConfiguration.nodeAgentSKUId", sku,
-                              "The specified node agent SKU is not supported.")
-    if catalog.find_image(image) is None:
+    for key in ("publisher", "offer", "sku", "version"):
+        v.string(image, key, max_len=_MAX_IMAGE_FIELD, path=f"virtualMachineConfiguration.imageReference.{key}")
+    if images.is_windows(sku, image):
+        raise InvalidProperty(sku_path, sku, "Windows images and the Windows node agent are not supported: "
+                                             "Shoal's nodes run the Linux host's operating system.")
+    if not images.is_supported_node_agent(sku):
+        raise InvalidProperty(sku_path, sku, "The specified node agent SKU is not supported.")
+    listed = images.find_image(image)
+    if listed is None:
         raise InvalidProperty("virtualMachineConfiguration.imageReference", image.get("sku"),
                               "The specified image reference is not supported.")
+    if listed.node_agent.casefold() != sku.strip().casefold():
+        raise InvalidProperty(sku_path, sku, f"The specified image is supported only with node agent SKU "
+                                             f"'{listed.node_agent}'.")
 
 
 def _validate_image_id(body: dict[str, Any]) -> None:
