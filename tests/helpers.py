@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -80,3 +83,31 @@ $targetVMs = $tasks > 0 ? $tasks : max(0, $TargetDedicatedNodes / 2);
 $TargetDedicatedNodes = max(0, min($targetVMs, 20));
 $NodeDeallocationOption = taskcompletion;
 """
+
+
+def agent_processes(node_id: str) -> list[Any]:
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if "shoal.agent" in cmdline and node_id in cmdline:
+            found.append(process)
+    return found
+
+
+@contextmanager
+def frozen_agent(node_id: str) -> Iterator[None]:
+    """SIGSTOP a node's agent: it can neither leave nor report, so the pool's transition stays open."""
+    processes = agent_processes(node_id)
+    assert processes, f"no agent process for {node_id}"
+    for process in processes:
+        os.kill(process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for process in processes:
+            try:
+                os.kill(process.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass

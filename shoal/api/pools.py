@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from shoal.api import listing, offload
 from shoal.api.http import empty_response, guard, read_json
-from shoal.model import catalog
+from shoal.model import images
 from shoal.service import pools as pool_service
 from shoal.service.context import Context
 
@@ -65,7 +65,7 @@ async def node_counts(request: Request, ctx: Context) -> Response:
 
 
 async def supported_images(request: Request, ctx: Context) -> Response:
-    return listing.respond(request, catalog.supported_images(), "supportedimages")
+    return listing.respond(request, images.supported_images(), "supportedimages")
 
 
 ROUTES = [

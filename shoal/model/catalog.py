@@ -1,4 +1,4 @@
-"""What Shoal knows about Azure hardware and images: VM sizes and the images `/supportedimages` lists.
+"""What Shoal knows about Azure hardware: the VM sizes a pool may name (images: `model/images.py`).
 
 Pools name a real Azure VM size so that scripts written for Azure Batch run unchanged; the size
 decides how many task slots a node may offer and what the scheduler believes a node can hold.
@@ -6,10 +6,8 @@ decides how many task slots a node may offer and what the scheduler believes a n
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 MIB_PER_GIB = 1024
 
@@ -108,67 +106,3 @@ def all_vm_sizes() -> list[VmSize]:
 def max_task_slots(vm_size: VmSize) -> int:
     """The largest taskSlotsPerNode a pool of this size may ask for."""
     return min(TASK_SLOTS_PER_VCPU * vm_size.vcpus, MAX_TASK_SLOTS_PER_NODE)
-
-
-NODE_AGENT_UBUNTU_2204 = "batch.node.ubuntu 22.04"
-NODE_AGENT_UBUNTU_2404 = "batch.node.ubuntu 24.04"
-
-# Batch announced the end of the 22.04 node agent for 2027-06-30, following Canonical's standard support.
-_UBUNTU_2204_END_OF_LIFE = "2027-06-30T00:00:00Z"
-
-
-def _image(node_agent: str, publisher: str, offer: str, sku: str, end_of_life: str | None) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "nodeAgentSKUId": node_agent,
-        "imageReference": {"publisher": publisher, "offer": offer, "sku": sku, "version": "latest"},
-        "verificationType": "verified",
-        "capabilities": [],
-        "osType": "linux",
-    }
-    # Azure omits batchSupportEndOfLife until a retirement date has been announced.
-    if end_of_life is not None:
-        info["batchSupportEndOfLife"] = end_of_life
-    return info
-
-
-_SUPPORTED_IMAGES = (
-    _image(
-        NODE_AGENT_UBUNTU_2204,
-        "canonical",
-        "0001-com-ubuntu-server-jammy",
-        "22_04-lts",
-        _UBUNTU_2204_END_OF_LIFE,
-    ),
-    _image(
-        NODE_AGENT_UBUNTU_2204,
-        "canonical",
-        "0001-com-ubuntu-server-jammy",
-        "22_04-lts-gen2",
-        _UBUNTU_2204_END_OF_LIFE,
-    ),
-    _image(NODE_AGENT_UBUNTU_2404, "canonical", "ubuntu-24_04-lts", "server", None),
-)
-
-
-def supported_images() -> list[dict[str, Any]]:
-    """ImageInformation objects in wire format, as `GET /supportedimages` returns them."""
-    # Deep copies, so a caller that decorates the result cannot corrupt the catalogue.
-    return copy.deepcopy(list(_SUPPORTED_IMAGES))
-
-
-def is_supported_node_agent_sku(sku: str) -> bool:
-    folded = sku.strip().casefold()
-    return any(image["nodeAgentSKUId"].casefold() == folded for image in _SUPPORTED_IMAGES)
-
-
-def find_image(image_reference: dict[str, Any]) -> dict[str, Any] | None:
-    """The supported image a pool's imageReference names (publisher, offer, sku; any case), or None.
-
-    Any version is accepted: Batch pins `latest` or a specific marketplace version equally.
-    """
-    wanted = tuple(str(image_reference.get(key) or "").casefold() for key in ("publisher", "offer", "sku"))
-    for image in _SUPPORTED_IMAGES:
-        reference = image["imageReference"]
-        if tuple(reference[key].casefold() for key in ("publisher", "offer", "sku")) == wanted:
-            return copy.deepcopy(image)
-    return None

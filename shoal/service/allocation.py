@@ -7,6 +7,7 @@ agents and report what they lose (ARCHITECTURE.md: providers only provision).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
@@ -20,6 +21,12 @@ from shoal.store.schema import nodes, pools
 _REMOVAL_ORDER = {"preempted": -1, "unusable": 0, "starttaskfailed": 1, "creating": 2, "starting": 3,
                   "waitingforstarttask": 4, "offline": 5, "idle": 6, "running": 7}
 
+
+# A deleted pool stays visible as `deleting` at least this long, even with no nodes to remove: on
+# Azure an empty pool still answers `deleting` a second after DELETE and is gone within five
+# (recorded: test_batch_update_pools and ..._osdiskdiskencryption [sync], 2026). Clients poll for
+# that state, and a pool added again with its id meanwhile gets PoolBeingDeleted.
+DELETING_POOL_MIN_S = 2.0
 
 # Node records created per pool and pass: a large resize proceeds over several passes, each a
 # short transaction, rather than one that holds the store (and the loop running it) for long.
@@ -113,11 +120,14 @@ def _reconcile_pool(ctx: Context, conn: Any, pool: Any) -> bool:
     # in later passes, keep the pool resizing. A deleting pool has targets of zero, so no leaving
     # nodes there means no nodes at all.
     if not leaving and not still_growing:
-        if pool.state == "deleting":
-            conn.execute(delete(nodes).where(nodes.c.pool_seq == pool.seq))
-            conn.execute(delete(pools).where(pools.c.seq == pool.seq))
-        else:
+        if pool.state != "deleting":
             _set_steady(conn, pool, errors=errors or None)
+            return True
+        deleted_at = clock.as_utc(pool.state_transition_time)
+        if deleted_at is not None and now < deleted_at + timedelta(seconds=DELETING_POOL_MIN_S):
+            return changed
+        conn.execute(delete(nodes).where(nodes.c.pool_seq == pool.seq))
+        conn.execute(delete(pools).where(pools.c.seq == pool.seq))
         return True
     deadline = clock.as_utc(pool.resize_deadline)
     if deadline is not None and now > deadline and pool.state != "deleting":

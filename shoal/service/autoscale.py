@@ -122,9 +122,7 @@ def enable(ctx: Context, pool_id: str, body: Any) -> None:
     every = interval(body)
     with ctx.engine.begin() as conn:
         pool = pool_service.load(conn, ctx, pool_id)
-        if pool.state == "deleting":
-            raise Conflict("The specified pool has been marked for deletion and is being reclaimed.",
-                           code="PoolBeingDeleted")
+        pool_service.guard_not_deleting(pool)
         spec = dict(pool.spec)
         enabled = bool(spec.get("enableAutoScale"))
         text = body.get("autoScaleFormula")
@@ -157,6 +155,7 @@ def disable(ctx: Context, pool_id: str) -> None:
 
     with ctx.engine.begin() as conn:
         pool = pool_service.load(conn, ctx, pool_id)
+        pool_service.guard_not_deleting(pool)
         spec = dict(pool.spec)
         spec["enableAutoScale"] = False
         for name in ("autoScaleFormula", "autoScaleEvaluationInterval"):
@@ -186,6 +185,8 @@ def evaluate_now(ctx: Context, pool_id: str) -> dict[str, Any]:
 
     with ctx.engine.begin() as conn:
         pool = pool_service.load(conn, ctx, pool_id)
+        # Applying a formula would give a deleting pool targets again.
+        pool_service.guard_not_deleting(pool)
         if not pool.spec.get("enableAutoScale"):
             raise Conflict("Autoscale is not enabled on the specified pool.", code="AutoScaleNotEnabled")
         evaluate_and_apply(ctx, conn, pool)

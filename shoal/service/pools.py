@@ -10,7 +10,7 @@ from sqlalchemy import Connection, func, insert, select, update
 
 from shoal import clock
 from shoal.errors import Conflict, InvalidProperty, MissingProperty, NotFound
-from shoal.model import catalog
+from shoal.model import catalog, images
 from shoal.service import autoscale as autoscale_service
 from shoal.service import ids, quotas, request_body, wire_defaults
 from shoal.service import validation as v
@@ -61,6 +61,8 @@ _SECRET_USER_PROPERTIES = ("password",)
 _SECRET_LINUX_USER_PROPERTIES = ("sshPrivateKey",)
 # Node communication modes: Shoal's agents always talk to the service the "simplified" way.
 _COMMUNICATION_MODES = ("default", "simplified")
+# Longer than any Marketplace publisher, offer, SKU or version name, and any node agent SKU id.
+_MAX_IMAGE_FIELD = 256
 
 
 def pool_not_found(pool_id: str) -> NotFound:
@@ -89,18 +91,30 @@ def _validate_start_task(body: dict[str, Any], path: str = "startTask") -> dict[
 
 
 def _validate_vm_configuration(body: dict[str, Any]) -> None:
+    """The image and node agent SKU must be a pair `/supportedimages` lists; anything else is
+    Azure's 400 InvalidPropertyValue for an unsupported image or agent SKU (Azure refuses a
+    mismatched pair the same way, hashicorp/terraform#36698)."""
     vmc = v.obj(body, "virtualMachineConfiguration")
     if vmc is None:
         raise MissingProperty("virtualMachineConfiguration")
-    sku = v.string(vmc, "nodeAgentSKUId", required=True, path="virtualMachineConfiguration.nodeAgentSKUId")
+    sku_path = "virtualMachineConfiguration.nodeAgentSKUId"
+    sku = v.string(vmc, "nodeAgentSKUId", required=True, max_len=_MAX_IMAGE_FIELD, path=sku_path)
     image = v.obj(vmc, "imageReference", required=True, path="virtualMachineConfiguration.imageReference")
     assert image is not None and sku is not None
-    if not catalog.is_supported_node_agent_sku(sku):
-        raise InvalidProperty("virtualMachineConfiguration.nodeAgentSKUId", sku,
-                              "The specified node agent SKU is not supported.")
-    if catalog.find_image(image) is None:
+    for key in ("publisher", "offer", "sku", "version"):
+        v.string(image, key, max_len=_MAX_IMAGE_FIELD, path=f"virtualMachineConfiguration.imageReference.{key}")
+    if images.is_windows(sku, image):
+        raise InvalidProperty(sku_path, sku, "Windows images and the Windows node agent are not supported: "
+                                             "Shoal's nodes run the Linux host's operating system.")
+    if not images.is_supported_node_agent(sku):
+        raise InvalidProperty(sku_path, sku, "The specified node agent SKU is not supported.")
+    listed = images.find_image(image)
+    if listed is None:
         raise InvalidProperty("virtualMachineConfiguration.imageReference", image.get("sku"),
                               "The specified image reference is not supported.")
+    if listed.node_agent.casefold() != sku.strip().casefold():
+        raise InvalidProperty(sku_path, sku, f"The specified image is supported only with node agent SKU "
+                                             f"'{listed.node_agent}'.")
 
 
 def _validate_image_id(body: dict[str, Any]) -> None:
@@ -227,8 +241,12 @@ def add(ctx: Context, pool: dict[str, Any]) -> None:
     pool_id, spec, targets, resize_timeout = pool["id"], pool["spec"], pool["targets"], pool["resize_timeout"]
     now = clock.now()
     with ctx.engine.begin() as conn:
-        exists = conn.execute(select(pools.c.seq).where(
+        exists = conn.execute(select(pools.c.state).where(
             pools.c.account == ctx.account, pools.c.key == pool_id.lower())).first()
+        # Until a deleted pool is gone its id stays taken, and Batch says why (clients such as
+        # doAzureParallel wait for the deletion on PoolBeingDeleted and then add the pool again).
+        if exists and exists.state == "deleting":
+            raise pool_being_deleted()
         if exists:
             raise Conflict("The specified pool already exists.", code="PoolExists")
         quotas.check_pool_count(ctx, conn)
@@ -335,10 +353,15 @@ def list_all(ctx: Context) -> list[dict[str, Any]]:
         return [to_wire(ctx, r, counts[r.seq]) for r in rows]
 
 
-def _guard_not_deleting(row: Any) -> None:
+def pool_being_deleted() -> Conflict:
+    return Conflict("The specified pool has been marked for deletion and is being reclaimed.",
+                    code="PoolBeingDeleted")
+
+
+def guard_not_deleting(row: Any) -> None:
+    """Batch refuses every change to a deleting pool, a second delete included (semantics §2.1)."""
     if row.state == "deleting":
-        raise Conflict("The specified pool has been marked for deletion and is being reclaimed.",
-                       code="PoolBeingDeleted")
+        raise pool_being_deleted()
 
 
 def patch(ctx: Context, pool_id: str, body: Any) -> None:
@@ -357,7 +380,7 @@ def patch(ctx: Context, pool_id: str, body: Any) -> None:
     _validate_communication_mode(body)
     with ctx.engine.begin() as conn:
         row = load(conn, ctx, pool_id)
-        _guard_not_deleting(row)
+        guard_not_deleting(row)
         spec = dict(row.spec)
         for name in ("startTask", "metadata", "targetNodeCommunicationMode", "displayName"):
             if body.get(name) is not None:
@@ -381,7 +404,7 @@ def update_properties(ctx: Context, pool_id: str, body: Any) -> None:
     _validate_communication_mode(body)
     with ctx.engine.begin() as conn:
         row = load(conn, ctx, pool_id)
-        _guard_not_deleting(row)
+        guard_not_deleting(row)
         spec = dict(row.spec)
         for name in ("startTask", "metadata", "targetNodeCommunicationMode"):
             if body.get(name) is None:
@@ -405,7 +428,7 @@ def resize(ctx: Context, pool_id: str, body: Any) -> None:
     option = v.choice(body, "nodeDeallocationOption", DEALLOCATION_OPTIONS, default="requeue")
     with ctx.engine.begin() as conn:
         row = load(conn, ctx, pool_id)
-        _guard_not_deleting(row)
+        guard_not_deleting(row)
         if row.spec.get("enableAutoScale"):
             raise Conflict("The specified pool has auto scale enabled; resize is not allowed.",
                            code="AutoScaleEnabled")
@@ -423,7 +446,7 @@ def resize(ctx: Context, pool_id: str, body: Any) -> None:
 def stop_resize(ctx: Context, pool_id: str) -> None:
     with ctx.engine.begin() as conn:
         row = load(conn, ctx, pool_id)
-        _guard_not_deleting(row)
+        guard_not_deleting(row)
         if row.allocation_state == "steady":
             return
         # Batch keeps the nodes it reached; the resize ends with a ResizeStopped error.
@@ -450,7 +473,7 @@ def remove_nodes(ctx: Context, pool_id: str, body: Any) -> None:
 
     with ctx.engine.begin() as conn:
         row = load(conn, ctx, pool_id)
-        _guard_not_deleting(row)
+        guard_not_deleting(row)
         if row.allocation_state != "steady":
             raise Conflict("The specified pool is already being resized.", code="PoolBeingResized")
         found = conn.execute(select(nodes).where(nodes.c.pool_seq == row.seq,
@@ -474,10 +497,10 @@ def remove_nodes(ctx: Context, pool_id: str, body: Any) -> None:
 def delete(ctx: Context, pool_id: str) -> None:
     with ctx.engine.begin() as conn:
         row = load(conn, ctx, pool_id)
-        # A second delete is refused like any other change to a deleting pool (semantics §2.1).
-        _guard_not_deleting(row)
+        guard_not_deleting(row)
         now = clock.now()
-        # Deleting shrinks to zero with requeue semantics, then the pool disappears.
+        # Deleting shrinks to zero with requeue semantics; the record goes once the nodes have
+        # (service/allocation.py), so GET, list and a restarted server all see `deleting` till then.
         _touch(conn, row, state="deleting", state_transition_time=now, allocation_state="resizing",
                allocation_state_transition_time=now, target_dedicated=0, target_low_priority=0,
                deallocation_option="requeue")

