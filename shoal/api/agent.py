@@ -8,11 +8,11 @@ service sees it, and keeps per-node state (the wake-up event) only for nodes tha
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from shoal.api import agent_bodies
@@ -27,9 +27,24 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+class BatchWait:
+    """The nodes one `batch-wait` call watches, and those of them woken since it last answered."""
+
+    def __init__(self) -> None:
+        self.members: set[str] = set()
+        self.woken: list[str] = []
+        self.event = asyncio.Event()
+
+    def wake(self, node_id: str) -> None:
+        self.members.discard(node_id)
+        self.woken.append(node_id)
+        self.event.set()
+
+
 class AgentHub:
     """One asyncio.Event per node: set when the scheduler (or anything else) has news for it;
-    and the nodes' heartbeat timers, refreshed by every authenticated call."""
+    the batch waits that watch nodes; and the nodes' heartbeat timers, refreshed by every
+    authenticated call."""
 
     def __init__(self, liveness: Liveness | None = None) -> None:
         self._events: dict[str, asyncio.Event] = {}
@@ -41,6 +56,8 @@ class AgentHub:
         # node id -> number of the node's latest sync: a long-poll the agent dropped (it had news
         # and sent a fresh sync) is superseded by the next, and ends without answering.
         self._polls: dict[str, int] = {}
+        # node id -> the batch wait watching it (at most one: a newer call of the node ends it).
+        self._watched: dict[str, BatchWait] = {}
 
     def confirmed(self, node_id: str, token: str) -> tuple[bool, str | None]:
         """(whether ``token`` is the one the store confirmed for the node, its incarnation)."""
@@ -65,6 +82,9 @@ class AgentHub:
         (its agent stopped listening when it sent this one). Call before clearing the event."""
         number = self._polls.get(node_id, 0) + 1
         self._polls[node_id] = number
+        watch = self._watched.pop(node_id, None)
+        if watch is not None:
+            watch.members.discard(node_id)  # superseded: that call says nothing more of it
         event = self._events.get(node_id)
         if event is not None:
             event.set()  # resolves the waiters now; the clear that follows does not undo it
@@ -72,6 +92,18 @@ class AgentHub:
 
     def superseded(self, node_id: str, number: int) -> bool:
         return self._polls.get(node_id) != number
+
+    def watch(self, node_id: str, wait: BatchWait) -> None:
+        """``wait`` is told when the node is next woken (after `begin_poll`, which ends any
+        earlier watch of the node)."""
+        self._watched[node_id] = wait
+        wait.members.add(node_id)
+
+    def unwatch(self, wait: BatchWait) -> None:
+        for node_id in wait.members:
+            if self._watched.get(node_id) is wait:
+                del self._watched[node_id]
+        wait.members.clear()
 
     def forget(self, node_id: str) -> None:
         self.liveness.forget(node_id)
@@ -81,6 +113,9 @@ class AgentHub:
         if event is not None:
             # A long-poll still waiting on it answers now rather than at its timeout.
             event.set()
+        watch = self._watched.pop(node_id, None)
+        if watch is not None:
+            watch.wake(node_id)  # its next sync learns it is gone
 
     def __len__(self) -> int:
         return len(self._events)
@@ -89,6 +124,9 @@ class AgentHub:
         event = self._events.get(node_id)
         if event is not None:
             event.set()
+        watch = self._watched.pop(node_id, None)
+        if watch is not None:
+            watch.wake(node_id)
 
 
 # Body caps. Hello and register carry a few short fields. A sync carries up to 2,000 reports
@@ -100,6 +138,10 @@ MAX_HELLO_BODY_BYTES = 64 * 1024
 MAX_SYNC_BODY_BYTES = 8 * 1024 * 1024
 # A batch holds many nodes' syncs (agent_bodies.MAX_BATCH_NODES); each is small in practice.
 MAX_BATCH_SYNC_BODY_BYTES = 16 * 1024 * 1024
+# A batch wait names at most MAX_BATCH_NODES nodes, each with a token and an incarnation.
+MAX_BATCH_WAIT_BODY_BYTES = 512 * 1024
+# Wakes that come together (a scheduling pass wakes many nodes at once) share one line.
+BATCH_WAIT_COALESCE_S = 0.005
 
 
 def _superseded() -> Response:
@@ -296,6 +338,42 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
                 out.append({"nodeId": node_id, "answer": result})
         return _json({"nodes": out})
 
+    async def batch_wait(request: Request) -> Response:
+        """The long-poll of many nodes in one call, for a process that hosts many nodes: it
+        beats every node it names and then streams, one JSON line at a time, the ids of those
+        woken (each then syncs, as after any long-poll), until the poll timeout. A node already
+        woken since its last sync, or with folder orders due, is named at once. The caller
+        authenticates as one of its nodes before the body is read; every entry is checked on its
+        own token. Nothing of any node's work travels here: only ids."""
+        await authenticated(request)
+        entries = agent_bodies.check_batch_wait(await _body(request, MAX_BATCH_WAIT_BODY_BYTES))
+        errors: list[dict[str, Any]] = []
+        wait = BatchWait()
+        for node_id, token, incarnation in entries:
+            try:
+                known, current = hub.confirmed(node_id, token)
+                if not known:
+                    current = await store(node_id, runner.read(agents.authenticate, api.ctx, node_id, token))
+                    hub.confirm(node_id, token, current)
+            except BatchError as error:
+                if isinstance(error, agents.NodeGone):
+                    hub.forget(node_id)
+                errors.append({"nodeId": node_id, "status": error.status, "code": error.code,
+                               "message": error.message})
+                continue
+            if agents.from_current_agent(current, {"incarnation": incarnation}):
+                hub.liveness.beat(node_id)
+            event = hub.event(node_id)
+            pending = event.is_set() or orders.has_due(node_id)
+            hub.begin_poll(node_id)  # any call of the node still held is superseded by this one
+            event.clear()
+            if pending:
+                wait.woken.append(node_id)
+            else:
+                hub.watch(node_id, wait)
+        return StreamingResponse(_stream_batch_wait(hub, wait, errors, poll_timeout_s),
+                                 media_type="application/x-ndjson")
+
     async def goodbye(request: Request) -> Response:
         # No body is read: the call says everything by being made.
         node_id = request.path_params["node_id"]
@@ -309,4 +387,33 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
         Route("/agent/v1/nodes/{node_id}/hello", _guard(hello), methods=["POST"]),
         Route("/agent/v1/nodes/{node_id}/sync", _guard(sync), methods=["POST"]),
         Route("/agent/v1/nodes/{node_id}/batch-sync", _guard(batch_sync), methods=["POST"]),
+        Route("/agent/v1/nodes/{node_id}/batch-wait", _guard(batch_wait), methods=["POST"]),
     ]
+
+
+async def _stream_batch_wait(hub: AgentHub, wait: BatchWait, errors: list[dict[str, Any]],
+                             timeout_s: float) -> AsyncIterator[bytes]:
+    """The lines of a batch wait: its entries' errors, then the ids woken as they are woken,
+    then `{"end": true}` when the poll times out or no node is left to watch. A client that
+    goes away ends it (Starlette cancels the generator), and its nodes are unwatched."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    try:
+        if errors:
+            yield dumps({"errors": errors}) + b"\n"
+        while True:
+            if wait.woken:
+                woken, wait.woken = wait.woken, []
+                yield dumps({"woken": woken}) + b"\n"
+            remaining = deadline - loop.time()
+            if not wait.members or remaining <= 0:
+                break
+            wait.event.clear()
+            try:
+                await asyncio.wait_for(wait.event.wait(), remaining)
+            except TimeoutError:
+                break
+            await asyncio.sleep(BATCH_WAIT_COALESCE_S)
+        yield dumps({"end": True}) + b"\n"
+    finally:
+        hub.unwatch(wait)

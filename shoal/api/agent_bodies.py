@@ -199,9 +199,9 @@ MAX_BATCH_NODES = 1000
 MAX_TOKEN_CHARS = 128
 
 
-def check_batch_sync(body: Any) -> list[tuple[str, str, Any]]:
-    """The (node id, token, unchecked sync body) of each entry of a batch; an entry's own sync
-    body is checked on its own (`check_sync`), so one bad entry fails only itself."""
+def _batch_entries(body: Any) -> list[tuple[str, str, dict[str, Any]]]:
+    """(node id, token, entry) of each entry of a batch body: 1 to MAX_BATCH_NODES objects, each
+    node at most once."""
     body = _object(body)
     entries = body.get("nodes")
     if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_BATCH_NODES:
@@ -218,5 +218,20 @@ def check_batch_sync(body: Any) -> list[tuple[str, str, Any]]:
         if node_id in seen:
             raise _refuse(f"{label}.nodeId", node_id, "A node may appear once in a batch.")
         seen.add(node_id)
-        checked.append((node_id, token, entry.get("sync")))
+        checked.append((node_id, token, entry))
+    return checked
+
+
+def check_batch_sync(body: Any) -> list[tuple[str, str, Any]]:
+    """The (node id, token, unchecked sync body) of each entry of a batch; an entry's own sync
+    body is checked on its own (`check_sync`), so one bad entry fails only itself."""
+    return [(node_id, token, entry.get("sync")) for node_id, token, entry in _batch_entries(body)]
+
+
+def check_batch_wait(body: Any) -> list[tuple[str, str, str | None]]:
+    """The (node id, token, incarnation) of each node a batch wait watches."""
+    checked = []
+    for index, (node_id, token, entry) in enumerate(_batch_entries(body)):
+        incarnation = _text(entry, "incarnation", MAX_INCARNATION_CHARS, path=f"nodes[{index}].incarnation")
+        checked.append((node_id, token, incarnation))
     return checked

@@ -69,7 +69,7 @@ from shoal.agent.identity import ACCOUNT, IdentityError, parse_identity
 from shoal.agent.layout import STDERR_FILE, STDOUT_FILE
 from shoal.agent.metrics import READING_INTERVAL_S
 from shoal.agent.process import USER_ERROR
-from shoal.providers.sim_batch import SyncBatcher
+from shoal.providers.sim_batch import SyncBatcher, WaitBatcher
 from shoal.providers.sim_files import File, NodeFiles, SharedFileServer, TaskDir
 from shoal.providers.sim_http import HttpClient, TransportError, parse_url
 from shoal.providers.sim_script import Defaults, Outcome, outcome_of
@@ -126,11 +126,15 @@ class SimNode:
     """One simulated agent: the state ``shoal.agent.main.Agent`` keeps, with timers for processes."""
 
     def __init__(self, spec: NodeSpec, http: HttpClient, files_url: str, files: NodeFiles,
-                 pid: int, orphan_timeout_s: float = ORPHAN_TIMEOUT_S, batcher: SyncBatcher | None = None) -> None:
+                 pid: int, orphan_timeout_s: float = ORPHAN_TIMEOUT_S, batcher: SyncBatcher | None = None,
+                 waiter: WaitBatcher | None = None) -> None:
         self.spec = spec
         self.http = http
-        # Syncs that answer at once go through the batcher when there is one (sim_batch).
+        # Syncs that answer at once go through the batcher when there is one (sim_batch), and
+        # long-polls through the waiter: a batch wait, then a sync once woken.
         self.batcher = batcher
+        self.waiter = waiter
+        self._resync = False
         self._authorization = f"ShoalNode {spec.token}"
         self.files_url = files_url
         self.files = files
@@ -280,10 +284,57 @@ class SimNode:
                 "diskWriteBytes": 0.0, "diskReadOps": 0.0, "diskWriteOps": 0.0, "networkInBytes": 0.0,
                 "networkOutBytes": 0.0}
 
+    async def _until_news(self, call: asyncio.Future[Any]) -> bool:
+        """Await ``call`` unless news comes first (then it is dropped); whether it completed."""
+        news = asyncio.ensure_future(self._news.wait())
+        try:
+            await asyncio.wait({call, news}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            news.cancel()
+            if not call.done():
+                call.cancel()
+        return call.done() and not call.cancelled()
+
+    async def _wait_in_batch(self) -> bool:
+        """A long-poll as part of a batch wait: True when woken (or news came); False when the
+        wait ended without either."""
+        assert self.waiter is not None
+        watch = asyncio.ensure_future(self.waiter.wait(self.spec.node_id, self.spec.token, self.incarnation,
+                                                       self.poll_timeout_s))
+        watch.add_done_callback(_retrieve)
+        if not await self._until_news(watch):
+            return True  # news while waiting
+        woken = watch.result()  # raises what a sync of the node would
+        self.last_contact = time.monotonic()
+        return bool(woken)
+
+    async def _after_failure(self, exc: Exception, backoff: Backoff) -> None:
+        """A call that failed: the node is gone (leave), unreachable for too long (give up), or
+        it tries again after a backoff."""
+        if isinstance(exc, NodeGoneError):
+            raise LeavePool() from exc
+        if time.monotonic() - self.last_contact > self.orphan_timeout_s:
+            raise UnreachableError(f"no contact for {self.orphan_timeout_s} s") from exc
+        await self._sleep(backoff.next_delay())
+
     async def _sync_until_done(self) -> None:
         backoff = Backoff()
         while True:
-            wait = not self._has_news()
+            wait = not self._has_news() and not self._resync
+            self._resync = False
+            if wait and self.waiter is not None:
+                began = time.monotonic()
+                try:
+                    woken = await self._wait_in_batch()
+                except (NodeGoneError, TransportError, ValueError, ProtocolError) as exc:
+                    await self._after_failure(exc, backoff)
+                    continue
+                backoff.reset()
+                if not woken and time.monotonic() - began < MIN_LONG_POLL_S:
+                    await self._sleep(self.heartbeat_interval_s, wake_on_news=True)
+                # Woken, or the wait ended: a sync reads what changed (as a long-poll's answer would).
+                self._resync = True
+                continue
             body, sent_keys, sent_version = self._build_body(wait)
             self._news.clear()
             began = time.monotonic()
@@ -291,28 +342,16 @@ class SimNode:
             request = asyncio.ensure_future(self._sync_once(body, wait, timeout))
             # A poll dropped for news (or by a stop) may still end in an error no one reads.
             request.add_done_callback(_retrieve)
-            if wait:
-                news = asyncio.ensure_future(self._news.wait())
-                try:
-                    await asyncio.wait({request, news}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    news.cancel()
-                    if not request.done():
-                        request.cancel()
-                if request.cancelled() or not request.done():
-                    # News while long-polling: drop the poll, resend with wait=false.
-                    with contextlib.suppress(BaseException):
-                        await request
-                    await asyncio.sleep(REPORT_COALESCE_S)
-                    continue
+            if wait and not await self._until_news(request):
+                # News while long-polling: drop the poll, resend with wait=false.
+                with contextlib.suppress(BaseException):
+                    await request
+                await asyncio.sleep(REPORT_COALESCE_S)
+                continue
             try:
                 answer = await request
-            except NodeGoneError as exc:
-                raise LeavePool() from exc
-            except (TransportError, ValueError, ProtocolError) as exc:
-                if time.monotonic() - self.last_contact > self.orphan_timeout_s:
-                    raise UnreachableError(f"no contact for {self.orphan_timeout_s} s") from exc
-                await self._sleep(backoff.next_delay())
+            except (NodeGoneError, TransportError, ValueError, ProtocolError) as exc:
+                await self._after_failure(exc, backoff)
                 continue
             backoff.reset()
             self._delivered.update(sent_keys)
@@ -542,6 +581,7 @@ class Supervisor:
     def __post_init__(self) -> None:
         self.http = HttpClient(*parse_url(self.join_url))
         self.batcher = SyncBatcher(self.http) if self.batch else None
+        self.waiter = WaitBatcher(self.http) if self.batch else None
         self.file_server = SharedFileServer()
         self._server: uvicorn.Server | None = None
         self._serve_task: asyncio.Task[None] | None = None
@@ -582,7 +622,8 @@ class Supervisor:
 
     def _launch(self, spec: NodeSpec, seq: Any) -> None:
         files = NodeFiles()
-        node = SimNode(spec, self.http, self.files_url, files, os.getpid(), self.orphan_timeout_s, self.batcher)
+        node = SimNode(spec, self.http, self.files_url, files, os.getpid(), self.orphan_timeout_s, self.batcher,
+                       self.waiter)
         self.file_server.add(spec.token, files)
         task = asyncio.ensure_future(node.run())
         running = _Running(node, task, seq)
@@ -621,6 +662,8 @@ class Supervisor:
                 await asyncio.wait_for(self._serve_task, 5)
         if self.batcher is not None:
             await self.batcher.aclose()
+        if self.waiter is not None:
+            await self.waiter.aclose()
         await self.http.aclose()
 
 

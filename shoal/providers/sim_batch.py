@@ -8,7 +8,8 @@ ones that carry news, and heartbeats) for a few milliseconds and sends them as o
 per pool. Each entry still carries its own node's token and body, and each answer (or error) goes
 back to the node that sent it, which handles it exactly as the answer of a single sync.
 
-Long-polls stay single calls: a batch is answered at once.
+A batch sync is answered at once. The nodes' long-polls are gathered the same way into
+`batch-wait` calls (`WaitBatcher`), held open and streaming the ids of the nodes woken.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -141,6 +143,130 @@ def _settle(entry: _Entry, outcome: dict[str, object] | Exception) -> None:
         entry.answer.set_result(outcome)
 
 
-def _retrieve(future: asyncio.Future[dict[str, object]]) -> None:
+def _retrieve(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+# Nodes that begin to wait within this window share one batch wait; a node waits for its
+# answer to a long-poll anyway, so the window costs nothing but a little latency on idle nodes.
+WAIT_WINDOW_S = 0.05
+
+
+@dataclass
+class _Waiter:
+    node_id: str
+    token: str
+    incarnation: str | None
+    woken: asyncio.Future[bool]
+
+
+class WaitBatcher:
+    """The long-polls of many simulated nodes as `batch-wait` calls (docs/agent-protocol.md):
+    one held call for up to MAX_BATCH_NODES nodes that streams the ids of those woken. A woken
+    node then syncs (through the `SyncBatcher`), as after any long-poll. An idle pool of
+    thousands of nodes costs a few calls per poll timeout instead of one per node."""
+
+    def __init__(self, http: HttpClient, window_s: float = WAIT_WINDOW_S, max_nodes: int = MAX_BATCH_NODES) -> None:
+        self.http = http
+        self.window_s = window_s
+        self.max_nodes = max_nodes
+        self._pending: list[_Waiter] = []
+        self._flush: asyncio.TimerHandle | None = None
+        self._watching: set[asyncio.Task[None]] = set()
+        self._timeout = 30.0
+        self.calls = 0
+
+    async def wait(self, node_id: str, token: str, incarnation: str | None, timeout: float) -> bool:
+        """True when the node is woken; False when its wait ended without (the poll timed out);
+        raises what a sync of the node would raise for its error."""
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(node_id, token, incarnation, loop.create_future())
+        waiter.woken.add_done_callback(_retrieve)  # its node may have stopped waiting
+        self._timeout = timeout
+        self._pending.append(waiter)
+        if len(self._pending) >= self.max_nodes:
+            self._send_pending()
+        elif self._flush is None:
+            self._flush = loop.call_later(self.window_s, self._send_pending)
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter.woken), timeout + self.window_s)
+        except TimeoutError:
+            return False
+
+    def _send_pending(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        waiters, self._pending = self._pending, []
+        waiters = [w for w in waiters if not w.woken.done()]
+        if waiters:
+            task = asyncio.ensure_future(self._watch(waiters))
+            self._watching.add(task)
+            task.add_done_callback(self._watching.discard)
+
+    async def _watch(self, waiters: list[_Waiter]) -> None:
+        try:
+            await self._watch_once(waiters)
+        except Exception as exc:
+            error = exc if isinstance(exc, TransportError) else TransportError(repr(exc))
+            for waiter in waiters:
+                _settle_wait(waiter, error)
+        for waiter in waiters:
+            _settle_wait(waiter, False)
+
+    async def _watch_once(self, waiters: list[_Waiter]) -> None:
+        by_id = {w.node_id: w for w in waiters}
+        pending = bytearray()
+
+        def on_line(line: bytes) -> None:
+            message = orjson.loads(line)
+            for node_id in message.get("woken") or ():
+                if (waiter := by_id.get(node_id)) is not None:
+                    _settle_wait(waiter, True)
+            for error in message.get("errors") or ():
+                if (waiter := by_id.get(error.get("nodeId"))) is not None:
+                    _settle_wait(waiter, _error_for(int(error.get("status") or 500), str(error.get("message"))))
+
+        def on_chunk(chunk: bytes) -> None:
+            pending.extend(chunk)
+            while (end := pending.find(b"\n")) >= 0:
+                line = bytes(pending[:end])
+                del pending[:end + 1]
+                if line.strip():
+                    on_line(line)
+
+        while waiters:
+            carrier = waiters[0]
+            payload = orjson.dumps({"nodes": [{"nodeId": w.node_id, "token": w.token, "incarnation": w.incarnation}
+                                              for w in waiters]})
+            self.calls += 1
+            status, raw = await self.http.post(f"{API_PREFIX}/nodes/{carrier.node_id}/batch-wait", payload,
+                                               f"ShoalNode {carrier.token}", self._timeout + 5.0, on_chunk=on_chunk)
+            if status in (401, 410):
+                _settle_wait(carrier, _error_for(status, raw[:500].decode(errors="replace")))
+                waiters = waiters[1:]
+                continue
+            if status != 200:
+                raise _error_for(status, raw[:500].decode(errors="replace"))
+            return
+
+    async def aclose(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        for task in list(self._watching):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
+def _settle_wait(waiter: _Waiter, outcome: bool | Exception) -> None:
+    if waiter.woken.done():
+        return
+    if isinstance(outcome, Exception):
+        waiter.woken.set_exception(outcome)
+    else:
+        waiter.woken.set_result(outcome)
+
+

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import httptools
@@ -37,6 +38,8 @@ class _Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._size = 0
         self.reusable = False
+        # Streaming: a 200 answer's body goes to this as it arrives, instead of being gathered.
+        self.on_chunk: Callable[[bytes], None] | None = None
 
     # ---- asyncio.Protocol --------------------------------------------------------------------
 
@@ -58,6 +61,9 @@ class _Connection(asyncio.Protocol):
     # ---- httptools callbacks -----------------------------------------------------------------
 
     def on_body(self, body: bytes) -> None:
+        if self.on_chunk is not None and self._parser.get_status_code() == 200:
+            self.on_chunk(body)
+            return
         self._size += len(body)
         if self._size > MAX_ANSWER_BYTES:
             self._fail(TransportError("answer too long"))
@@ -113,13 +119,16 @@ class HttpClient:
             raise TransportError(f"cannot connect: {exc}") from exc
         return conn
 
-    async def post(self, path: str, body: bytes, authorization: str, timeout: float) -> tuple[int, bytes]:
-        """(status, body) of one POST; TransportError when there is no answer within ``timeout``."""
+    async def post(self, path: str, body: bytes, authorization: str, timeout: float,
+                   on_chunk: Callable[[bytes], None] | None = None) -> tuple[int, bytes]:
+        """(status, body) of one POST; TransportError when there is no answer within ``timeout``.
+        With ``on_chunk``, a 200 answer's body is handed to it as it arrives (and not returned)."""
         head = (b"POST " + path.encode() + b" HTTP/1.1\r\nHost: " + self._host_header
                 + b"\r\nAuthorization: " + authorization.encode()
                 + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
                 + b"\r\n\r\n")
         conn = await self._connection()
+        conn.on_chunk = on_chunk
         try:
             async with asyncio.timeout(timeout):
                 status, answer = await conn.send(head + body)
@@ -131,6 +140,7 @@ class HttpClient:
             # this connection, so it is never used again.
             conn.close()
             raise
+        conn.on_chunk = None
         if conn.reusable and not conn.closed and len(self._idle) < self.max_idle:
             self._idle.append(conn)
         else:

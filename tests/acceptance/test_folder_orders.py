@@ -8,98 +8,27 @@ connections it gets: any call the control plane made to the node would show ther
 
 from __future__ import annotations
 
-import os
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from azure.batch import models
 from azure.core.exceptions import ResourceNotFoundError
 
 from shoal.testing.server import RunningShoal, start_shoal, stop_shoal
-from tests.helpers import pool_options, wait_for
+from tests.hand_agent import ConnectionCounter, HandAgent, join_by_hand
+from tests.helpers import wait_for
 
 POOL = "orders"
 
 
-class ConnectionCounter:
-    """A listening socket standing in for the node's file server: it only counts."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            conn.close()
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class HandAgent:
-    """One node's agent, as the protocol document describes it, driven step by step."""
-
-    def __init__(self, shoal: RunningShoal, node_id: str, token: str) -> None:
-        self.shoal, self.node_id, self.token = shoal, node_id, token
-        self.incarnation = "hand-agent-1"
-        self.known: list[list[Any]] = []
-
-    def call(self, route: str, body: Any) -> httpx.Response:
-        return httpx.post(f"{self.shoal.endpoint}/agent/v1/nodes/{self.node_id}/{route}", json=body, timeout=30,
-                          headers={"Authorization": f"ShoalNode {self.token}"})
-
-    def hello(self, file_server_port: int) -> None:
-        response = self.call("hello", {"pid": os.getpid(), "incarnation": self.incarnation, "ipAddress": "127.0.0.1",
-                                       "fileServerUrl": f"http://127.0.0.1:{file_server_port}"})
-        assert response.status_code == 200, response.text
-
-    def sync(self, **extra: Any) -> dict[str, Any]:
-        response = self.call("sync", {"incarnation": self.incarnation, "known": self.known, "wait": False, **extra})
-        assert response.status_code == 200, response.text
-        answer = response.json()
-        for assignment in answer["run"]:
-            self.known.append([assignment["jobId"], assignment["taskId"], assignment["attempt"]])
-        return answer
-
-    def finish_all(self) -> None:
-        now = datetime.now(UTC)
-        reports = [{"jobId": j, "taskId": t, "attempt": a, "exitCode": 0,
-                    "startTime": _iso(now - timedelta(seconds=1)), "endTime": _iso(now)} for j, t, a in self.known]
-        answer = self.sync(reports=reports)
-        assert len(answer["ack"]) == len(reports)
-        self.known = []
-
-    def until(self, predicate: Any, message: str, timeout: float = 30.0, **extra: Any) -> dict[str, Any]:
-        """Sync until an answer satisfies ``predicate`` (each sync is a heartbeat too)."""
-        def satisfied() -> dict[str, Any] | None:
-            answer = self.sync(**extra)
-            return answer if predicate(answer) else None
-
-        return wait_for(satisfied, timeout, interval=0.2, message=message)
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _join(shoal: RunningShoal, counter: ConnectionCounter) -> HandAgent:
+    return join_by_hand(shoal, POOL, 1, counter.port)[0]
 
 
 def _retention_deadline(shoal: RunningShoal, job_id: str, task_id: str) -> Any:
@@ -118,23 +47,6 @@ def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
     finally:
         counter.close()
         stop_shoal(state["shoal"])
-
-
-def _join(shoal: RunningShoal, counter: ConnectionCounter) -> HandAgent:
-    client = shoal.client()
-    client.create_pool(pool_options(POOL, target_dedicated_nodes=1, task_slots_per_node=4))
-    wait_for(lambda: [n.state for n in client.list_nodes(POOL)] == ["creating"], 30, message="a node record")
-    joined = subprocess.run([sys.executable, "-m", "shoal.cli", "pool", "join-token", POOL,
-                             "--data-dir", str(shoal.data_dir)], capture_output=True, text=True, timeout=60)
-    assert joined.returncode == 0, joined.stderr
-    response = httpx.post(f"{shoal.endpoint}/agent/v1/register", json={"poolId": POOL}, timeout=30,
-                          headers={"Authorization": f"ShoalJoin {joined.stdout.strip()}"})
-    assert response.status_code == 200, response.text
-    agent = HandAgent(shoal, response.json()["nodeId"], response.json()["token"])
-    agent.hello(counter.port)
-    agent.sync()
-    wait_for(lambda: [n.state for n in client.list_nodes(POOL)] == ["idle"], 30, message="the node idle")
-    return agent
 
 
 def _run_tasks(client: Any, agent: HandAgent, job_id: str, tasks: dict[str, float | None]) -> None:
