@@ -679,9 +679,6 @@ class Agent:
         self._deleted.add(key)
         self._news.set()
 
-    def _task_is_active(self, job_id: str, task_id: str) -> bool:
-        return any(k[0] == job_id and k[1] == task_id for k in (*self.running, *self._launching))
-
     def _maybe_sweep_task_users(self) -> None:
         """Task-scope users go with their task's folder, whoever removed it (the file server on
         the control plane's order, job deletion, a deleteTaskDirs)."""
