@@ -14,11 +14,11 @@ from typing import Any
 
 import uvicorn
 
-from shoal.api import remote_files
 from shoal.api.agent import AgentHub
 from shoal.api.app import Api, build_app
 from shoal.api.http_protocol import BoundedHeadProtocol
 from shoal.config import Settings
+from shoal.nodeclient import files as node_files
 from shoal.server.autoscaling import autoscale_loop
 from shoal.server.duty import Wakeups, run_periodically
 from shoal.server.lifecycle import LIFECYCLE_DUTY_TIMEOUT_S, LIFECYCLE_INTERVAL_S, lifecycle_duties
@@ -140,7 +140,7 @@ class ControlPlane:
                 await task
         if self.provider is not None:
             await self.provider.shutdown(stop_agents=True)
-        await remote_files.close()
+        await node_files.close()
         # What was acknowledged is committed already; this lets queued duty work finish.
         await asyncio.to_thread(self.runner.shutdown)
 

@@ -253,8 +253,8 @@ def file_slice(server: RunningShoal, start: int, length: int) -> bytes:
     "x" * 4097, "a/" + "y" * 256,
 ])
 def test_client_paths_that_could_leave_the_folder_are_refused(path: str) -> None:
-    from shoal.api.remote_files import client_path
     from shoal.errors import BatchError
+    from shoal.nodeclient.files import client_path
 
     with pytest.raises(BatchError) as refused:
         client_path(path)
@@ -267,6 +267,6 @@ def test_client_paths_that_could_leave_the_folder_are_refused(path: str) -> None
     ("x" * 255, ["x" * 255]),
 ])
 def test_client_paths_inside_the_folder_are_kept_as_given(path: str, parts: list[str]) -> None:
-    from shoal.api.remote_files import client_path
+    from shoal.nodeclient.files import client_path
 
     assert client_path(path) == parts
