@@ -23,7 +23,7 @@ import psutil
 import pytest
 from azure.batch import models
 
-from shoal.api.sharedkey import sign_request
+from shoal.sharedkey import sign_request
 from shoal.testing.server import RunningShoal
 from tests.acceptance.rest import API_VERSION
 from tests.helpers import error_of, pool_options, wait_for, wait_pool_idle
