@@ -15,7 +15,7 @@ from sqlalchemy import Connection, select, update
 from shoal import autoscale as formula_language
 from shoal import clock
 from shoal.errors import BadRequest, Conflict, InvalidProperty, MissingProperty
-from shoal.service import metrics, request_body
+from shoal.service import metrics, pool_records, request_body
 from shoal.service import validation as v
 from shoal.service.context import Context
 from shoal.store.schema import pools
@@ -115,13 +115,11 @@ def start_on_create(ctx: Context, conn: Connection, pool_seq: int) -> None:
 
 
 def enable(ctx: Context, pool_id: str, body: Any) -> None:
-    from shoal.service import pools as pool_service
-
     body = v.require_object(body)
     request_body.check(body, "pool.enableautoscale")
     every = interval(body)
     with ctx.engine.begin() as conn:
-        pool = pool_service.load(conn, ctx, pool_id)
+        pool = pool_records.load(conn, ctx, pool_id)
         if pool.state == "deleting":
             raise Conflict("The specified pool has been marked for deletion and is being reclaimed.",
                            code="PoolBeingDeleted")
@@ -153,10 +151,8 @@ def enable(ctx: Context, pool_id: str, body: Any) -> None:
 
 
 def disable(ctx: Context, pool_id: str) -> None:
-    from shoal.service import pools as pool_service
-
     with ctx.engine.begin() as conn:
-        pool = pool_service.load(conn, ctx, pool_id)
+        pool = pool_records.load(conn, ctx, pool_id)
         spec = dict(pool.spec)
         spec["enableAutoScale"] = False
         for name in ("autoScaleFormula", "autoScaleEvaluationInterval"):
@@ -167,14 +163,12 @@ def disable(ctx: Context, pool_id: str) -> None:
 
 def evaluate(ctx: Context, pool_id: str, body: Any) -> dict[str, Any]:
     """evaluateautoscale: computes, never applies."""
-    from shoal.service import pools as pool_service
-
     body = v.require_object(body)
     request_body.check(body, "pool.evaluateautoscale")
     text = body.get("autoScaleFormula")
     parse(text)
     with ctx.engine.connect() as conn:
-        pool = pool_service.load(conn, ctx, pool_id)
+        pool = pool_records.load(conn, ctx, pool_id)
         if not pool.spec.get("enableAutoScale"):
             raise Conflict("Autoscale is not enabled on the specified pool.", code="AutoScaleNotEnabled")
         return run_record(compute(ctx, conn, pool, text), ctx.timebase.now())
@@ -182,10 +176,8 @@ def evaluate(ctx: Context, pool_id: str, body: Any) -> dict[str, Any]:
 
 def evaluate_now(ctx: Context, pool_id: str) -> dict[str, Any]:
     """Beyond Azure: run the pool's scheduled evaluation immediately and apply it."""
-    from shoal.service import pools as pool_service
-
     with ctx.engine.begin() as conn:
-        pool = pool_service.load(conn, ctx, pool_id)
+        pool = pool_records.load(conn, ctx, pool_id)
         if not pool.spec.get("enableAutoScale"):
             raise Conflict("Autoscale is not enabled on the specified pool.", code="AutoScaleNotEnabled")
         evaluate_and_apply(ctx, conn, pool)

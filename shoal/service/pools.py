@@ -15,6 +15,7 @@ from shoal.service import autoscale as autoscale_service
 from shoal.service import ids, quotas, request_body, wire_defaults
 from shoal.service import validation as v
 from shoal.service.context import Context
+from shoal.service.pool_records import load
 from shoal.store.schema import nodes, pool_node_counts, pools
 
 MIN_RESIZE_TIMEOUT = timedelta(minutes=5)
@@ -61,18 +62,6 @@ _SECRET_USER_PROPERTIES = ("password",)
 _SECRET_LINUX_USER_PROPERTIES = ("sshPrivateKey",)
 # Node communication modes: Shoal's agents always talk to the service the "simplified" way.
 _COMMUNICATION_MODES = ("default", "simplified")
-
-
-def pool_not_found(pool_id: str) -> NotFound:
-    return NotFound("The specified pool does not exist.", code="PoolNotFound")
-
-
-def load(conn: Connection, ctx: Context, pool_id: str, *, for_update: bool = False) -> Any:
-    query = select(pools).where(pools.c.account == ctx.account, pools.c.key == pool_id.lower())
-    row = conn.execute(query).first()
-    if row is None:
-        raise pool_not_found(pool_id)
-    return row
 
 
 def _validate_start_task(body: dict[str, Any], path: str = "startTask") -> dict[str, Any] | None:
