@@ -104,12 +104,14 @@ class ControlPlane:
         self._tasks: list[asyncio.Task[None]] = []
 
     def write_endpoint_file(self) -> None:
-        record = {"endpoint": self.endpoint, "account": DEFAULT_ACCOUNT}
+        # The CLI (`shoal account show`, every command without AZURE_BATCH_*) reads the account
+        # from here, never from the store: it needs neither read access to SQLite nor
+        # PostgreSQL's credentials. The file is private (write_endpoint_file).
+        primary, secondary = self.keys
+        record = {"endpoint": self.endpoint, "account": DEFAULT_ACCOUNT, "primaryKey": primary,
+                  "secondaryKey": secondary}
         if self.provider is not None:
             record["nodesDir"] = str(self.settings.effective_nodes_dir)
-        if self.settings.database_url:
-            # `shoal account show` finds the account in that database; the file is private.
-            record["database"] = self.settings.database_url
         write_endpoint_file(self.settings.data_dir, record)
 
     def bind_signals(self, loop: asyncio.AbstractEventLoop) -> None:
