@@ -45,6 +45,11 @@ def default_data_dir() -> Path:
     return Path(user_data_dir("shoal", appauthor=False))
 
 
+# In the data dir: where the server is and the account's name and keys, written 0600 at each start
+# (server/startup.py) and read by the CLI and the test harness in place of the database.
+ENDPOINT_FILE = "endpoint.json"
+
+
 # Where node roots live when Shoal runs as root. They cannot live in the data directory, which is
 # private (0700): a task's user must be able to reach its own folder. Node ids are unique, so
 # every server on the machine can share this parent; each gets a subfolder for its data dir.

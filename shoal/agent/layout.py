@@ -35,7 +35,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-NODE_SUBDIRS = ("applications", "fsmounts", "shared", "startup", "volatile", "workitems")
+WORKITEMS_DIR = "workitems"
+NODE_SUBDIRS = ("applications", "fsmounts", "shared", "startup", "volatile", WORKITEMS_DIR)
 STDOUT_FILE = "stdout.txt"
 STDERR_FILE = "stderr.txt"
 WORKING_DIR = "wd"
@@ -55,6 +56,18 @@ VOLATILE_DIR_MODE = 0o700
 
 # Batch ids are letters, digits, hyphens and underscores; anything else could escape the tree.
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def task_folder_parts(job_id: str, task_id: str) -> tuple[str, str, str, str]:
+    """A task's folder below the node root, segment by segment. The one definition of where a
+    task's files are: the agent makes the folder there, the simulated nodes keep it there and the
+    control plane names it to a node's file server (``service/tasks.py``)."""
+    return (WORKITEMS_DIR, job_id, JOB_SEGMENT, task_id)
+
+
+def task_folder(job_id: str, task_id: str) -> str:
+    """``workitems/<jobId>/job-1/<taskId>``: a task's folder relative to the node root."""
+    return "/".join(task_folder_parts(job_id, task_id))
 
 
 class UnsafeIdError(ValueError):
@@ -191,7 +204,7 @@ class NodeLayout:
 
     @property
     def workitems(self) -> Path:
-        return self.root / "workitems"
+        return self.root / WORKITEMS_DIR
 
     def create(self, group: int | None = None) -> None:
         """The node's folders, root's (or the agent's user's) and traversable; with ``group`` (the
@@ -214,7 +227,7 @@ class NodeLayout:
         return self.workitems / _check_id("job", job_id)
 
     def task(self, job_id: str, task_id: str) -> TaskPaths:
-        return TaskPaths(self.job_dir(job_id) / JOB_SEGMENT / _check_id("task", task_id))
+        return TaskPaths(self.root.joinpath(*task_folder_parts(_check_id("job", job_id), _check_id("task", task_id))))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from shoal.api import sharedkey, unserved
+from shoal import sharedkey
+from shoal.api import unserved
 from shoal.api.http import MAX_BODY_BYTES, error_response, new_request_id, read_body
 from shoal.config import API_VERSIONS
 from shoal.errors import BadRequest, BatchError

@@ -1,7 +1,7 @@
 """Task and node file routes, served by proxying to the node's agent.
 
 A task's file route reaches only that task's folder and a node's only the node root: the path is
-checked before anything else (``remote_files.client_path``), and the agent is told the folder to
+checked before anything else (``node_files.client_path``), and the agent is told the folder to
 confine it to. Downloads are relayed as they arrive, never held whole in memory.
 """
 
@@ -22,7 +22,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from shoal import clock
-from shoal.api import listing, odata, remote_files
+from shoal.api import listing, odata
 from shoal.api.http import (
     base_url,
     check_conditions,
@@ -32,6 +32,7 @@ from shoal.api.http import (
     request_headers,
 )
 from shoal.errors import InvalidQuery, NotFound
+from shoal.nodeclient import files as node_files
 from shoal.service import nodes as node_service
 from shoal.service import tasks as task_service
 from shoal.service.context import Context
@@ -90,11 +91,11 @@ def _lister(locate):  # type: ignore[no-untyped-def]
         recursive = request.query_params.get("recursive", "false").lower() == "true"
         node, directory, url_base = await asyncio.to_thread(locate, request, ctx)
         # One page per request: the agent walks only as far as this page needs.
-        answer = await remote_files.call_parts(
+        answer = await node_files.call_parts(
             "GET", node.file_server_url, node.token, [], base=directory,
             params={"recursive": "true" if recursive else "false", "limit": str(limit), "after": after})
         entries, following = _page_of(answer.json())
-        items = remote_files.entries_to_wire(entries, "", url_base)
+        items = node_files.entries_to_wire(entries, "", url_base)
         if predicate is not None:
             items = [item for item in items if predicate(item)]
         if fields:
@@ -115,7 +116,7 @@ def _page_of(page: Any) -> tuple[list[dict[str, Any]], str | None]:
     if not isinstance(entries, list) or not (following is None or isinstance(following, str)) \
             or not all(isinstance(e, dict) and all(k in e for k in keys) and isinstance(e["name"], str)
                        for e in entries):
-        raise remote_files.NodeUnreachable("The compute node sent a listing Shoal cannot read.")
+        raise node_files.NodeUnreachable("The compute node sent a listing Shoal cannot read.")
     return entries, following
 
 
@@ -174,12 +175,12 @@ class _Relay(StreamingResponse):
 
 def _file_handler(locate):  # type: ignore[no-untyped-def]
     async def handler(request: Request, ctx: Context) -> Response:
-        parts = remote_files.client_path(request.path_params["file_path"])
+        parts = node_files.client_path(request.path_params["file_path"])
         node, directory, url_base = await asyncio.to_thread(locate, request, ctx)
         file_url = f"{url_base}/{'/'.join(parts)}"
         if request.method == "DELETE":
             recursive = request.query_params.get("recursive", "false").lower() == "true"
-            await remote_files.call_parts("DELETE", node.file_server_url, node.token, parts, base=directory,
+            await node_files.call_parts("DELETE", node.file_server_url, node.token, parts, base=directory,
                                           params={"recursive": "true" if recursive else "false"})
             return Response(status_code=200, headers=request_headers(request))
         headers = {}
@@ -187,12 +188,12 @@ def _file_handler(locate):  # type: ignore[no-untyped-def]
         if byte_range:
             headers["Range"] = byte_range
         if request.method == "HEAD":
-            answer = await remote_files.call_parts("HEAD", node.file_server_url, node.token, parts,
+            answer = await node_files.call_parts("HEAD", node.file_server_url, node.token, parts,
                                                    base=directory, headers=headers)
             out_headers = {**request_headers(request), **_file_headers(answer.headers, file_url)}
             _apply_conditions(request, out_headers["Last-Modified"])
             return Response(status_code=200, headers=out_headers)
-        upstream = await remote_files.open_stream(node.file_server_url, node.token, parts, base=directory,
+        upstream = await node_files.open_stream(node.file_server_url, node.token, parts, base=directory,
                                                   headers=headers)
         try:
             if upstream.headers.get("x-shoal-is-directory") == "true":

@@ -16,10 +16,11 @@ Model (each rule restates semantics.md or the service's own choice):
 - The formula is evaluated once at t=0, then every `evaluation_interval_s` (§1.1). An evaluation
   error leaves the targets as they were and is recorded (§1.8).
 - A new node is billed from creation and takes `node_startup_s` to become usable. When a pool
-  shrinks, the surplus is chosen as `service/allocation.py` does: preempted, then starting, then
-  the least busy ready nodes. `requeue`/`terminate` remove them at once (their running tasks go
-  back to the queue / fail); `taskcompletion`/`retaineddata` let running tasks finish, take no new
-  work and leave when empty (§2.3; there are no retention times here, so both behave alike).
+  shrinks, the surplus is chosen by the ranking `service/allocation.py` uses too
+  (`scheduler/removal.py`): preempted, then starting, then the least busy ready nodes.
+  `requeue`/`terminate` remove them at once (their running tasks go back to the queue / fail);
+  `taskcompletion`/`retaineddata` let running tasks finish, take no new work and leave when
+  empty (§2.3; there are no retention times here, so both behave alike).
 - Spot nodes are preempted at a Poisson rate per node-hour (seeded), as the local provider does.
   Their tasks go back to the queue as a recovery, not a requeue (§6.3, service/preemption.py); a
   preempted node stays in the pool, counted by `$CurrentLowPriorityNodes` and
@@ -42,7 +43,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shoal.errors import BadRequest
-from shoal.scheduler import JobView, NodeView, PoolSnapshot, TaskView, plan
+from shoal.scheduler import JobView, NodeView, PoolSnapshot, TaskView, plan, removal_rank
 
 from .evaluator import DEFAULT_DEALLOCATION_OPTION, EvaluationInput, evaluate, parse_formula
 from .samples import METRICS, SAMPLE_LAG, SAMPLE_PERIOD, SampleHistory, next_sample_time, seed_sample_time
@@ -65,8 +66,9 @@ _UNMEASURED = sorted(METRICS - set(_TASK_METRICS) - set(_NODE_COUNT_METRICS) - {
 
 # Node states.  "ready" covers Batch's idle and running; `leaving` is a separate flag.
 STARTING, READY, PREEMPTED = "starting", "ready", "preempted"
-# Which nodes go first when a pool shrinks (as service/allocation.py): nodes doing no work first.
-_REMOVAL_ORDER = {PREEMPTED: 0, STARTING: 1, READY: 2}
+# The Batch state each simulated one stands for, in the ranking service/allocation.py uses too
+# (scheduler/removal.py); a ready node is idle or running by whether it has work.
+_BATCH_STATE = {PREEMPTED: "preempted", STARTING: "starting"}
 
 
 class SimulationInputError(BadRequest):
@@ -254,6 +256,11 @@ class _Node:
 
 # Event kinds; at equal times they run in this order.
 _NODE_READY, _TASK_DONE, _EVICT, _RECOVER = range(4)
+
+
+def _removal_rank(node: _Node) -> tuple[int, int]:
+    state = _BATCH_STATE.get(node.state) or ("running" if node.used_slots else "idle")
+    return removal_rank(state, node.used_slots)
 
 
 class _Simulation:
@@ -457,7 +464,7 @@ class _Simulation:
             for _ in range(target - len(staying)):
                 self._add_node(dedicated)
             if len(staying) > target:
-                staying.sort(key=lambda n: (_REMOVAL_ORDER[n.state], n.used_slots))
+                staying.sort(key=_removal_rank)
                 for node in staying[:len(staying) - target]:
                     self._remove(node, option)
 

@@ -8,9 +8,9 @@ from urllib.parse import quote, urlencode
 
 import httpx
 
-from shoal.api.sharedkey import sign_request
 from shoal.cli.config import AccountInfo
 from shoal.errors import BatchError
+from shoal.sharedkey import sign_request
 
 API_VERSION = "2025-06-01"
 

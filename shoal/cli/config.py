@@ -1,5 +1,5 @@
-"""Where the CLI finds a Shoal to talk to: a data dir written by `shoal up`, or the same
-environment variables `az batch` reads."""
+"""Where the CLI finds a Shoal to talk to: the endpoint file `shoal up` writes into its data dir,
+or the same environment variables `az batch` reads."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import select
-
-from shoal.config import default_data_dir
+from shoal.config import ENDPOINT_FILE, default_data_dir
 from shoal.errors import BatchError
 
 
@@ -27,12 +26,31 @@ class AccountInfo:
 
 
 def account_from_data_dir(data_dir: Path | None) -> AccountInfo:
+    """The account as the server wrote it into the data dir's endpoint file (0600). The CLI
+    reads no database: it needs no access to SQLite's files, nor PostgreSQL's credentials."""
+    directory = Path(data_dir) if data_dir else default_data_dir()
+    endpoint_file = directory / ENDPOINT_FILE
+    try:
+        record = json.loads(endpoint_file.read_text())
+    except FileNotFoundError:
+        record = {}
+    except (OSError, ValueError) as exc:
+        raise BatchError(f"Cannot read {endpoint_file}: {exc}", code="NotInitialised") from None
+    if not isinstance(record, dict):
+        raise BatchError(f"{endpoint_file} is not a Shoal endpoint file.", code="NotInitialised")
+    if all(isinstance(record.get(name), str) for name in ("account", "primaryKey", "secondaryKey")):
+        return AccountInfo(record["account"], record.get("endpoint"), record["primaryKey"], record["secondaryKey"])
+    return _account_from_store(directory, record)
+
+
+def _account_from_store(directory: Path, record: dict[str, Any]) -> AccountInfo:
+    """An endpoint file from before it held the keys (or none, with the server never started
+    since): read the account from the store, as the CLI used to."""
+    from sqlalchemy import select
+
     from shoal.store.db import create_store_engine
     from shoal.store.schema import accounts
 
-    directory = Path(data_dir) if data_dir else default_data_dir()
-    endpoint_file = directory / "endpoint.json"
-    record = json.loads(endpoint_file.read_text()) if endpoint_file.exists() else {}
     db = directory / "shoal.db"
     if record.get("database"):
         url = record["database"]

@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from shoal.agent.fileserver import LIST_PAGE_MAX, MAX_LIST_DEPTH, FileError, path_parts
-from shoal.agent.layout import JOB_SEGMENT, NODE_SUBDIRS, STDERR_FILE, STDOUT_FILE, WORKING_DIR
+from shoal.agent.layout import JOB_SEGMENT, NODE_SUBDIRS, STDERR_FILE, STDOUT_FILE, WORKING_DIR, WORKITEMS_DIR
 
 # What a root agent's folders and files look like (the agent's umask is 077).
 NODE_DIR_MODE = 0o40755
@@ -129,9 +129,9 @@ class NodeFiles:
             self.root.entries[name] = Dir(now)
 
     def _workitems(self) -> Dir:
-        folder = self.root.entries.get("workitems")
+        folder = self.root.entries.get(WORKITEMS_DIR)
         if not isinstance(folder, Dir):
-            folder = self.root.entries["workitems"] = Dir()
+            folder = self.root.entries[WORKITEMS_DIR] = Dir()
         return folder
 
     def task_started(self, job_id: str, task_id: str) -> TaskDir:

@@ -2,6 +2,7 @@
 
 from shoal.scheduler.backlog import gather
 from shoal.scheduler.plan import plan
+from shoal.scheduler.removal import removal_rank
 from shoal.scheduler.snapshot import JobView, NodeView, Placement, PoolSnapshot, TaskView
 
-__all__ = ["gather", "plan", "JobView", "NodeView", "Placement", "PoolSnapshot", "TaskView"]
+__all__ = ["gather", "plan", "removal_rank", "JobView", "NodeView", "Placement", "PoolSnapshot", "TaskView"]

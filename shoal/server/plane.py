@@ -14,11 +14,11 @@ from typing import Any
 
 import uvicorn
 
-from shoal.api import remote_files
 from shoal.api.agent import AgentHub
 from shoal.api.app import Api, build_app
 from shoal.api.http_protocol import BoundedHeadProtocol
 from shoal.config import Settings
+from shoal.nodeclient import files as node_files
 from shoal.server.autoscaling import autoscale_loop
 from shoal.server.duty import Wakeups, run_periodically
 from shoal.server.lifecycle import LIFECYCLE_DUTY_TIMEOUT_S, LIFECYCLE_INTERVAL_S, lifecycle_duties
@@ -104,12 +104,14 @@ class ControlPlane:
         self._tasks: list[asyncio.Task[None]] = []
 
     def write_endpoint_file(self) -> None:
-        record = {"endpoint": self.endpoint, "account": DEFAULT_ACCOUNT}
+        # The CLI (`shoal account show`, every command without AZURE_BATCH_*) reads the account
+        # from here, never from the store: it needs neither read access to SQLite nor
+        # PostgreSQL's credentials. The file is private (write_endpoint_file).
+        primary, secondary = self.keys
+        record = {"endpoint": self.endpoint, "account": DEFAULT_ACCOUNT, "primaryKey": primary,
+                  "secondaryKey": secondary}
         if self.provider is not None:
             record["nodesDir"] = str(self.settings.effective_nodes_dir)
-        if self.settings.database_url:
-            # `shoal account show` finds the account in that database; the file is private.
-            record["database"] = self.settings.database_url
         write_endpoint_file(self.settings.data_dir, record)
 
     def bind_signals(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -140,7 +142,7 @@ class ControlPlane:
                 await task
         if self.provider is not None:
             await self.provider.shutdown(stop_agents=True)
-        await remote_files.close()
+        await node_files.close()
         # What was acknowledged is committed already; this lets queued duty work finish.
         await asyncio.to_thread(self.runner.shutdown)
 

@@ -3,21 +3,23 @@ one server, the account, the listening socket and the endpoint file."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import socket
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
 from shoal import clock
+from shoal.config import ENDPOINT_FILE
 from shoal.service import ids
 from shoal.store.schema import accounts
 
 DEFAULT_ACCOUNT = "shoal"
-ENDPOINT_FILE = "endpoint.json"
 
 
 class CannotStart(RuntimeError):
@@ -91,9 +93,21 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def write_endpoint_file(data_dir: Path, record: dict[str, str]) -> None:
-    """Where clients (the CLI, tests) find this server; private, since it may name the database."""
+    """Where clients (the CLI, tests) find this server and the account's name and keys, so that
+    none of them needs the database. It holds the keys, so it is 0600 from its first byte: made
+    by ``mkstemp`` (O_EXCL, mode 0600 whatever the umask) beside its final name and renamed over
+    it, so no reader ever sees it partly written or with a looser mode. Written at every start
+    (the keys are read from the store then); whatever changes the keys must write it again."""
     path = data_dir / ENDPOINT_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record))
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=f".{ENDPOINT_FILE}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            handle.write(json.dumps(record))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -13,14 +13,10 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 
 from shoal import clock
+from shoal.scheduler import removal_rank
 from shoal.service import ids, preemption, quotas, removal, transitions
 from shoal.service.context import Context
 from shoal.store.schema import nodes, pools
-
-# Which nodes go first when a pool shrinks: broken and unstarted ones, then the least busy.
-_REMOVAL_ORDER = {"preempted": -1, "unusable": 0, "starttaskfailed": 1, "creating": 2, "starting": 3,
-                  "waitingforstarttask": 4, "offline": 5, "idle": 6, "running": 7}
-
 
 # A deleted pool stays visible as `deleting` at least this long, even with no nodes to remove: on
 # Azure an empty pool still answers `deleting` a second after DELETE and is gone within five
@@ -140,7 +136,7 @@ def _reconcile_pool(ctx: Context, conn: Any, pool: Any) -> bool:
 
 def _pick_surplus(conn: Any, group: list[Any], count: int) -> list[Any]:
     busy = transitions.running_slots(conn, [n.id for n in group])
-    ranked = sorted(group, key=lambda n: (_REMOVAL_ORDER.get(n.state, 9), busy.get(n.id, 0)))
+    ranked = sorted(group, key=lambda n: removal_rank(n.state, busy.get(n.id, 0)))
     return ranked[:count]
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, select, update
 from shoal import autoscale as formula_language
 from shoal import clock
 from shoal.errors import BadRequest, Conflict, InvalidProperty, MissingProperty
-from shoal.service import metrics, request_body
+from shoal.service import metrics, pool_records, request_body
 from shoal.service import validation as v
 from shoal.service.context import Context
 from shoal.store.schema import pools
@@ -115,14 +115,12 @@ def start_on_create(ctx: Context, conn: Connection, pool_seq: int) -> None:
 
 
 def enable(ctx: Context, pool_id: str, body: Any) -> None:
-    from shoal.service import pools as pool_service
-
     body = v.require_object(body)
     request_body.check(body, "pool.enableautoscale")
     every = interval(body)
     with ctx.engine.begin() as conn:
-        pool = pool_service.load(conn, ctx, pool_id)
-        pool_service.guard_not_deleting(pool)
+        pool = pool_records.load(conn, ctx, pool_id)
+        pool_records.guard_not_deleting(pool)
         spec = dict(pool.spec)
         enabled = bool(spec.get("enableAutoScale"))
         text = body.get("autoScaleFormula")
@@ -151,11 +149,9 @@ def enable(ctx: Context, pool_id: str, body: Any) -> None:
 
 
 def disable(ctx: Context, pool_id: str) -> None:
-    from shoal.service import pools as pool_service
-
     with ctx.engine.begin() as conn:
-        pool = pool_service.load(conn, ctx, pool_id)
-        pool_service.guard_not_deleting(pool)
+        pool = pool_records.load(conn, ctx, pool_id)
+        pool_records.guard_not_deleting(pool)
         spec = dict(pool.spec)
         spec["enableAutoScale"] = False
         for name in ("autoScaleFormula", "autoScaleEvaluationInterval"):
@@ -166,14 +162,12 @@ def disable(ctx: Context, pool_id: str) -> None:
 
 def evaluate(ctx: Context, pool_id: str, body: Any) -> dict[str, Any]:
     """evaluateautoscale: computes, never applies."""
-    from shoal.service import pools as pool_service
-
     body = v.require_object(body)
     request_body.check(body, "pool.evaluateautoscale")
     text = body.get("autoScaleFormula")
     parse(text)
     with ctx.engine.connect() as conn:
-        pool = pool_service.load(conn, ctx, pool_id)
+        pool = pool_records.load(conn, ctx, pool_id)
         if not pool.spec.get("enableAutoScale"):
             raise Conflict("Autoscale is not enabled on the specified pool.", code="AutoScaleNotEnabled")
         return run_record(compute(ctx, conn, pool, text), ctx.timebase.now())
@@ -181,12 +175,10 @@ def evaluate(ctx: Context, pool_id: str, body: Any) -> dict[str, Any]:
 
 def evaluate_now(ctx: Context, pool_id: str) -> dict[str, Any]:
     """Beyond Azure: run the pool's scheduled evaluation immediately and apply it."""
-    from shoal.service import pools as pool_service
-
     with ctx.engine.begin() as conn:
-        pool = pool_service.load(conn, ctx, pool_id)
+        pool = pool_records.load(conn, ctx, pool_id)
         # Applying a formula would give a deleting pool targets again.
-        pool_service.guard_not_deleting(pool)
+        pool_records.guard_not_deleting(pool)
         if not pool.spec.get("enableAutoScale"):
             raise Conflict("Autoscale is not enabled on the specified pool.", code="AutoScaleNotEnabled")
         evaluate_and_apply(ctx, conn, pool)

@@ -15,6 +15,7 @@ from shoal.service import autoscale as autoscale_service
 from shoal.service import ids, quotas, request_body, wire_defaults
 from shoal.service import validation as v
 from shoal.service.context import Context
+from shoal.service.pool_records import guard_not_deleting, load, pool_being_deleted
 from shoal.store.schema import nodes, pool_node_counts, pools
 
 MIN_RESIZE_TIMEOUT = timedelta(minutes=5)
@@ -63,18 +64,6 @@ _SECRET_LINUX_USER_PROPERTIES = ("sshPrivateKey",)
 _COMMUNICATION_MODES = ("default", "simplified")
 # Longer than any Marketplace publisher, offer, SKU or version name, and any node agent SKU id.
 _MAX_IMAGE_FIELD = 256
-
-
-def pool_not_found(pool_id: str) -> NotFound:
-    return NotFound("The specified pool does not exist.", code="PoolNotFound")
-
-
-def load(conn: Connection, ctx: Context, pool_id: str, *, for_update: bool = False) -> Any:
-    query = select(pools).where(pools.c.account == ctx.account, pools.c.key == pool_id.lower())
-    row = conn.execute(query).first()
-    if row is None:
-        raise pool_not_found(pool_id)
-    return row
 
 
 def _validate_start_task(body: dict[str, Any], path: str = "startTask") -> dict[str, Any] | None:
@@ -351,17 +340,6 @@ def list_all(ctx: Context) -> list[dict[str, Any]]:
         rows = conn.execute(select(pools).where(pools.c.account == ctx.account).order_by(pools.c.key)).all()
         counts = node_counts_by_pool(conn, [r.seq for r in rows])
         return [to_wire(ctx, r, counts[r.seq]) for r in rows]
-
-
-def pool_being_deleted() -> Conflict:
-    return Conflict("The specified pool has been marked for deletion and is being reclaimed.",
-                    code="PoolBeingDeleted")
-
-
-def guard_not_deleting(row: Any) -> None:
-    """Batch refuses every change to a deleting pool, a second delete included (semantics §2.1)."""
-    if row.state == "deleting":
-        raise pool_being_deleted()
 
 
 def patch(ctx: Context, pool_id: str, body: Any) -> None:

@@ -9,9 +9,9 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, func, select, update
 
 from shoal import clock
+from shoal.agent.layout import task_folder
 from shoal.scheduler import JobView, NodeView, PoolSnapshot, TaskView, gather, plan
 from shoal.service.context import Context
-from shoal.service.tasks import task_dir
 from shoal.store.schema import jobs, nodes, pools, tasks
 
 SCHEDULABLE_NODE_STATES = ("idle", "running")
@@ -204,7 +204,7 @@ def _schedule_pool(ctx: Context, conn: Connection, pool: Any, budget: int | None
         info["startTime"] = now_iso
         for name in ("endTime", "exitCode", "result", "failureInfo"):
             info.pop(name, None)
-        root = task_dir(row.job_id, row.id)
+        root = task_folder(row.job_id, row.id)
         node_url = f"{ctx.base_url}/pools/{pool.id}/nodes/{placement.node_id}"
         starts.append({
             "b_seq": placement.task_seq, "b_previous_time": row.state_transition_time, "b_now": now,

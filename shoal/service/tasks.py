@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, and_, delete, insert, or_, select, update
 
 from shoal import clock
+from shoal.agent.layout import task_folder
 from shoal.api import odata as odata_sql
 from shoal.config import MAX_COLLECTION_BODY_BYTES, MAX_TASKS_PER_COLLECTION
 from shoal.errors import (
@@ -31,10 +32,6 @@ DEFAULT_RETENTION = "P7D"
 
 def task_not_found() -> NotFound:
     return NotFound("The specified task does not exist.", code="TaskNotFound")
-
-
-def task_dir(job_id: str, task_id: str) -> str:
-    return f"workitems/{job_id}/job-1/{task_id}"
 
 
 # Accepted by the API but not carried out by Shoal's nodes yet: refused when given (non-empty),
@@ -384,7 +381,7 @@ def node_of(ctx: Context, job_id: str, task_id: str) -> tuple[Any, str]:
         if node is None:
             raise NotFound("The task has no files: it has not run on a node that still exists.",
                            code="FileNotFound")
-        return node, task_dir(job.id, row.id)
+        return node, task_folder(job.id, row.id)
 
 
 class ExpiredFolder(NamedTuple):

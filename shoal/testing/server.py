@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shoal.config import ENDPOINT_FILE
+
 STARTUP_TIMEOUT_S = 30.0
 
 
@@ -72,7 +74,7 @@ def start_shoal(data_dir: Path, *, port: int = 0, extra_args: list[str] | None =
     """Start `shoal COMMAND` on ``data_dir``; ``as_user`` runs it as that OS user (the caller is
     root and ``data_dir`` is that user's)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    endpoint_file = data_dir / "endpoint.json"
+    endpoint_file = data_dir / ENDPOINT_FILE
     endpoint_file.unlink(missing_ok=True)
     log_path = data_dir / f"shoal-up-{int(time.time() * 1000)}.log"
     process_env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}

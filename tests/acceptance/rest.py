@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 
 import httpx
 
-from shoal.api.sharedkey import sign_request
+from shoal.sharedkey import sign_request
 
 API_VERSION = "2025-06-01"
 

@@ -49,7 +49,7 @@ def test_tampered_path_is_refused(shoal):
 
     import httpx
 
-    from shoal.api.sharedkey import sign_request
+    from shoal.sharedkey import sign_request
 
     signed = sign_request("GET", f"{shoal.endpoint}/pools?api-version=2025-06-01",
                           {"ocp-date": formatdate(usegmt=True)}, shoal.account, shoal.primary_key)

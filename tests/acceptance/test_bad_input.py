@@ -10,7 +10,7 @@ import httpx
 import pytest
 from azure.batch import models
 
-from shoal.api.sharedkey import sign_request
+from shoal.sharedkey import sign_request
 from tests.helpers import pool_options
 
 POOL = "bad-pool"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -63,3 +64,68 @@ def test_a_second_server_on_the_same_data_dir_is_refused(shoal):
     assert "already using" in result.stdout
     # The running server is untouched.
     assert json.loads(shoal_cli(shoal, "account", "show", "--json").stdout)["endpoint"] == shoal.endpoint
+
+
+# Runs the CLI with an audit hook that records every file it opens and every SQLite connection.
+_SPY = """
+import json, os, sys
+opened, connects = [], []
+
+def hook(event, args):
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        opened.append(os.path.abspath(os.fsdecode(args[0])))
+    elif event == "sqlite3.connect":
+        connects.append(repr(args))
+
+sys.addaudithook(hook)
+from shoal.cli.main import main
+try:
+    main(sys.argv[1:])
+finally:
+    sys.stderr.write("\\nSPY " + json.dumps({"opened": opened, "connects": connects,
+                                              "sqlalchemy": "sqlalchemy" in sys.modules}) + "\\n")
+"""
+
+
+def _spied_cli(shoal, *args: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+    result = subprocess.run([sys.executable, "-c", _SPY, *args, "--data-dir", str(shoal.data_dir)],
+                            capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result, json.loads(result.stderr.rsplit("SPY ", 1)[1])
+
+
+def test_the_endpoint_file_is_0600_and_holds_the_keys_the_store_has(shoal):
+    import sqlite3
+    import stat
+
+    path = shoal.data_dir / "endpoint.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    record = json.loads(path.read_text())
+    with contextlib.closing(sqlite3.connect(shoal.data_dir / "shoal.db")) as db:
+        name, primary, secondary = db.execute("SELECT name, primary_key, secondary_key FROM accounts").fetchone()
+    assert (record["account"], record["primaryKey"], record["secondaryKey"]) == (name, primary, secondary)
+    assert "database" not in record
+    # No temporary file is left beside it.
+    assert not [p.name for p in shoal.data_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_cli_reads_the_account_from_the_endpoint_file_and_opens_no_database(shoal):
+    shown, spy = _spied_cli(shoal, "account", "show", "--json")
+    assert json.loads(shown.stdout)["primaryKey"] == shoal.primary_key
+    listed, list_spy = _spied_cli(shoal, "pool", "list", "--json")
+    assert isinstance(json.loads(listed.stdout), list)
+    for seen in (spy, list_spy):
+        assert seen["connects"] == [] and not seen["sqlalchemy"]
+        in_data_dir = {p for p in seen["opened"] if p.startswith(str(shoal.data_dir))}
+        assert in_data_dir == {str(shoal.data_dir / "endpoint.json")}
+    # A command that is not `account show` prints no key, on stdout or stderr.
+    assert shoal.primary_key not in listed.stdout + listed.stderr
+    assert shoal.secondary_key not in listed.stdout + listed.stderr
+
+
+def test_secrets_reach_no_log_but_the_banner_of_shoal_up(shoal):
+    lines = shoal.log().splitlines()
+    assert [line.split()[0] for line in lines if shoal.primary_key in line] == ["key:"]
+    logs = [p for p in shoal.data_dir.rglob("*.log") if p.is_file()]
+    assert not any(shoal.secondary_key in p.read_text(errors="replace") for p in logs)
+    assert not any(shoal.primary_key in p.read_text(errors="replace") for p in logs if p != shoal.log_path)

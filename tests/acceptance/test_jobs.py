@@ -11,7 +11,7 @@ from azure.batch.models._models import BatchJobTerminateOptions as TerminateOpti
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError
 
-from shoal.api.sharedkey import sign_request
+from shoal.sharedkey import sign_request
 from tests.helpers import error_of, pool_options, wait_for, wait_pool_idle, wait_task_state
 
 POOL = "jobs-pool"

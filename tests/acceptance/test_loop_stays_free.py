@@ -26,7 +26,7 @@ import httpx
 import pytest
 from azure.batch import models
 
-from shoal.api.sharedkey import sign_request
+from shoal.sharedkey import sign_request
 from shoal.testing.server import kill_agents, start_shoal, stop_shoal
 from tests.acceptance.rest import API_VERSION
 from tests.helpers import pool_options, wait_for, wait_pool_idle

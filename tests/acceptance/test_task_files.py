@@ -8,7 +8,7 @@ import httpx
 import pytest
 from azure.batch import models
 
-from shoal.api.sharedkey import sign_request
+from shoal.sharedkey import sign_request
 from tests.helpers import error_of, pool_options, wait_for, wait_pool_idle
 
 POOL = "files-pool"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shoal.agent.layout import NodeLayout, UnsafeIdError
+from shoal.agent.layout import NodeLayout, UnsafeIdError, task_folder
 
 
 @pytest.mark.parametrize("bad", ["job\n", "..", "a/b", "", "x" * 65, "é", "a\x00", "a b"])
@@ -19,3 +19,8 @@ def test_ids_that_are_not_whole_batch_ids_are_refused(bad: str) -> None:
 def test_batch_ids_make_the_task_folder() -> None:
     paths = NodeLayout.at("/r").task("Job_1-a", "t" * 64)
     assert str(paths.task_dir) == "/r/workitems/Job_1-a/job-1/" + "t" * 64
+
+
+def test_the_agent_and_the_control_plane_name_the_same_task_folder() -> None:
+    assert task_folder("Job_1-a", "t") == "workitems/Job_1-a/job-1/t"
+    assert NodeLayout.at("/r").task("Job_1-a", "t").task_dir == NodeLayout.at("/r").root / task_folder("Job_1-a", "t")

@@ -23,7 +23,7 @@ import psutil
 import pytest
 from azure.batch import models
 
-from shoal.api.sharedkey import sign_request
+from shoal.sharedkey import sign_request
 from shoal.testing.server import RunningShoal
 from tests.acceptance.rest import API_VERSION
 from tests.helpers import error_of, pool_options, wait_for, wait_pool_idle
@@ -253,8 +253,8 @@ def file_slice(server: RunningShoal, start: int, length: int) -> bytes:
     "x" * 4097, "a/" + "y" * 256,
 ])
 def test_client_paths_that_could_leave_the_folder_are_refused(path: str) -> None:
-    from shoal.api.remote_files import client_path
     from shoal.errors import BatchError
+    from shoal.nodeclient.files import client_path
 
     with pytest.raises(BatchError) as refused:
         client_path(path)
@@ -267,6 +267,6 @@ def test_client_paths_that_could_leave_the_folder_are_refused(path: str) -> None
     ("x" * 255, ["x" * 255]),
 ])
 def test_client_paths_inside_the_folder_are_kept_as_given(path: str, parts: list[str]) -> None:
-    from shoal.api.remote_files import client_path
+    from shoal.nodeclient.files import client_path
 
     assert client_path(path) == parts

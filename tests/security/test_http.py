@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from shoal.api.http import MAX_JSON_DEPTH, dumps
-from shoal.api.sharedkey import sign_request
 from shoal.api.unserved import OPERATIONS
 from shoal.config import MAX_BODY_BYTES
+from shoal.sharedkey import sign_request
 from tests.acceptance import rest
 from tests.acceptance.rest import API_VERSION, assert_batch_error
 

@@ -19,8 +19,8 @@ from starlette.routing import Route
 
 from shoal.api.app import Api
 from shoal.api.http import json_response, read_json
-from shoal.api.sharedkey import sign_request
 from shoal.service.context import Context
+from shoal.sharedkey import sign_request
 from shoal.store.runner import Busy, Lane, StoreRunner, on_loop
 from shoal.timebase import TimeBase
 

@@ -13,9 +13,9 @@ from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.pipeline import PipelineContext, PipelineRequest
 from azure.core.rest import HttpRequest
 
-from shoal.api import sharedkey
-from shoal.api.sharedkey import SharedKeyError
+from shoal import sharedkey
 from shoal.errors import BatchError
+from shoal.sharedkey import SharedKeyError
 
 ACCOUNT = "shoalacct"
 KEY = base64.b64encode(b"k" * 64).decode()

@@ -1,4 +1,4 @@
-"""Talking to a node's file server (docs/agent-protocol.md, "Node files").
+"""The control plane as a client of a node's file server (docs/agent-protocol.md, "Node files").
 
 The control plane never reads a node's disk: every Batch file API is a call to the agent that
 owns the files. One shared HTTP client; node errors become Batch errors here.
