@@ -81,6 +81,9 @@ DEFAULT_POLL_TIMEOUT_S = 30.0
 DEFAULT_HEARTBEAT_INTERVAL_S = 5.0
 REPORT_COALESCE_S = 0.002
 MIN_LONG_POLL_S = 0.2
+# An idle node waiting in batch waits syncs at least this often (a real agent syncs once per
+# poll timeout; these wait four of them between syncs, the store read that would find nothing).
+IDLE_RESYNC_S = 60.0
 MAX_REPORTS_PER_SYNC = 2000
 ORPHAN_TIMEOUT_S = 600.0
 # A task killed at its wall-clock limit dies of SIGTERM: 128 + 15, as the real agent reports.
@@ -135,6 +138,7 @@ class SimNode:
         self.batcher = batcher
         self.waiter = waiter
         self._resync = False
+        self._synced_at = 0.0
         self._authorization = f"ShoalNode {spec.token}"
         self.files_url = files_url
         self.files = files
@@ -332,8 +336,11 @@ class SimNode:
                 backoff.reset()
                 if not woken and time.monotonic() - began < MIN_LONG_POLL_S:
                     await self._sleep(self.heartbeat_interval_s, wake_on_news=True)
-                # Woken, or the wait ended: a sync reads what changed (as a long-poll's answer would).
-                self._resync = True
+                # Woken: a sync reads what changed (as a long-poll's answer would). A wait that
+                # timed out beat the node's heartbeat already and nothing woke it; a sync reads
+                # the store anyway now and then (for anything that changed unannounced, and to
+                # carry the node's metrics).
+                self._resync = woken or time.monotonic() - self._synced_at >= IDLE_RESYNC_S
                 continue
             body, sent_keys, sent_version = self._build_body(wait)
             self._news.clear()
@@ -354,6 +361,7 @@ class SimNode:
                 await self._after_failure(exc, backoff)
                 continue
             backoff.reset()
+            self._synced_at = time.monotonic()
             self._delivered.update(sent_keys)
             self._start_delivered = sent_version
             self._deleted.difference_update(self._deletions_sent)

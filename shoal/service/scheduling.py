@@ -6,13 +6,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from shoal import clock
 from shoal.agent.layout import task_folder
 from shoal.scheduler import JobView, NodeView, PoolSnapshot, TaskView, gather, plan
 from shoal.service.context import Context
-from shoal.store.schema import jobs, nodes, pools, tasks
+from shoal.store.schema import job_task_counts, jobs, nodes, pools, tasks
 
 SCHEDULABLE_NODE_STATES = ("idle", "running")
 # A pass over 10,000 4-slot nodes places 40,000 tasks: IN lists go in chunks, well under the bound
@@ -130,25 +130,32 @@ def schedule_pool(ctx: Context, conn: Connection, pool_seq: int) -> set[str]:
 
 
 def _active_pool(conn: Connection, pool_seq: int) -> Any:
-    return conn.execute(select(pools.c.seq, pools.c.key, pools.c.id, pools.c.fill_type)
+    return conn.execute(select(pools.c.seq, pools.c.key, pools.c.id, pools.c.fill_type, pools.c.slots_per_node)
                         .where(pools.c.seq == pool_seq, pools.c.state == "active")).first()
 
 
 def _snapshot(conn: Connection, ctx: Context, pool: Any, budget: int | None) -> PoolSnapshot | None:
+    # Jobs first, bounded by a whole node's slots: a pass with nothing that could run (a pool
+    # filling up as thousands of nodes say hello, each waking the scheduler) reads no node.
+    job_rows = [j for j in conn.execute(_ACTIVE_JOBS, {
+        "b_account": ctx.account, "b_pool": pool.key, "b_largest": pool.slots_per_node}).all()
+        if j.smallest is not None]
+    if not job_rows:
+        return None
     node_rows = conn.execute(_FREE_NODES, {"b_pool": pool.seq}).all()
     if not node_rows:
         return None
     node_views = tuple(NodeView(n.id, n.slots, int(n.used)) for n in node_rows)
-    job_rows = [j for j in conn.execute(_ACTIVE_JOBS, {
-        "b_account": ctx.account, "b_pool": pool.key, "b_largest": max(n.free_slots for n in node_views)}).all()
-        if j.smallest is not None]
+    largest_free = max(n.free_slots for n in node_views)
+    job_rows = [j for j in job_rows if j.smallest <= largest_free]
     if not job_rows:
         return None
     limited = [j.seq for j in job_rows if j.max_parallel_tasks > 0]
     running_per_job: dict[int, int] = {}
     for chunk in _chunks(limited):
-        running_per_job.update(conn.execute(select(tasks.c.job_seq, func.count()).where(
-            tasks.c.job_seq.in_(chunk), tasks.c.state == "running").group_by(tasks.c.job_seq)).all())
+        # The counters kept with every state change (job_task_counts), not a count of the rows.
+        running_per_job.update(conn.execute(select(job_task_counts.c.job_seq, job_task_counts.c.running)
+                                            .where(job_task_counts.c.job_seq.in_(chunk))).all())
     job_views = tuple(JobView(j.seq, None if j.max_parallel_tasks <= 0 else
                               j.max_parallel_tasks - int(running_per_job.get(j.seq, 0))) for j in job_rows)
     ordered = sorted(job_rows, key=lambda j: (-j.priority, j.seq))

@@ -121,6 +121,7 @@ def test_duplicate_ids_in_a_collection_store_nothing(ctx):
 
 def test_a_silent_node_that_returns_resumes_its_start_task_state(ctx):
     from shoal.service import nodes as node_service
+    from shoal.service.liveness import Liveness
 
     pool_service.create(ctx, {"id": "p", "vmSize": "Standard_D2s_v3", "virtualMachineConfiguration": IMAGE,
                               "targetDedicatedNodes": 1, "startTask": {"commandLine": "/bin/false"}})
@@ -128,7 +129,8 @@ def test_a_silent_node_that_returns_resumes_its_start_task_state(ctx):
     agents.sync(ctx, node.id, node.token, {"incarnation": "i1", "startTask": {"state": "completed", "exitCode": 1,
                                                          "failure": {"code": "FailureExitCode"}}})
     assert pool_service.get(ctx, "p") and _node_state(ctx) == "starttaskfailed"
-    assert node_service.mark_silent_nodes_unusable(ctx, timeout_s=-1)
+    # A board that has not heard from the node since it was made: silent at once for a timeout of -1.
+    assert node_service.mark_silent_nodes_unusable(ctx, -1, Liveness())
     assert _node_state(ctx) == "unusable"
     agents.sync(ctx, node.id, node.token, {"incarnation": "i1", "known": [], "wait": False})
     assert _node_state(ctx) == "starttaskfailed"
