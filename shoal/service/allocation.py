@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, insert, select, update
 
 from shoal import clock
 from shoal.scheduler import removal_rank
 from shoal.service import ids, preemption, quotas, removal, transitions
 from shoal.service.context import Context
-from shoal.store.schema import nodes, pools
+from shoal.store.schema import nodes, pool_node_counts, pools
 
 # A deleted pool stays visible as `deleting` at least this long, even with no nodes to remove: on
 # Azure an empty pool still answers `deleting` a second after DELETE and is gone within five
@@ -26,7 +26,7 @@ DELETING_POOL_MIN_S = 2.0
 
 # Node records created per pool and pass: a large resize proceeds over several passes, each a
 # short transaction, rather than one that holds the store (and the loop running it) for long.
-NODES_PER_PASS = 50
+NODES_PER_PASS = 1000
 
 
 def reconcile(ctx: Context) -> bool:
@@ -44,10 +44,8 @@ def reconcile(ctx: Context) -> bool:
         for pool in conn.execute(select(pools).where(
                 pools.c.account == ctx.account, pools.c.state == "active", pools.c.allocation_state == "steady",
                 pools.c.target_low_priority > 0)).all():
-            staying = conn.execute(select(func.count()).where(
-                nodes.c.pool_seq == pool.seq, nodes.c.is_dedicated.is_(False),
-                nodes.c.state != "leavingpool")).scalar_one()
-            changed |= _add_nodes(ctx, conn, pool, False, pool.target_low_priority - staying).added > 0
+            spot_staying = _node_counts(conn, pool.seq)[0][False]
+            changed |= _add_nodes(ctx, conn, pool, False, pool.target_low_priority - spot_staying).added > 0
     return changed
 
 
@@ -86,11 +84,24 @@ def _add_nodes(ctx: Context, conn: Any, pool: Any, dedicated: bool, wanted: int)
     return _Growth(count, error)
 
 
+def _node_counts(conn: Any, pool_seq: int) -> tuple[dict[bool, int], int]:
+    """(nodes staying in the pool, dedicated and spot; nodes leaving it), from the counters kept
+    with every node state change (pool_node_counts), not from the node records."""
+    staying = {True: 0, False: 0}
+    leaving = 0
+    for row in conn.execute(select(pool_node_counts.c.is_dedicated, pool_node_counts.c.state,
+                                   pool_node_counts.c.count.label("n"))
+                            .where(pool_node_counts.c.pool_seq == pool_seq)):
+        if row.state == "leavingpool":
+            leaving += int(row.n)
+        else:
+            staying[bool(row.is_dedicated)] += int(row.n)
+    return staying, leaving
+
+
 def _reconcile_pool(ctx: Context, conn: Any, pool: Any) -> bool:
     now = clock.now()
-    pool_nodes = conn.execute(select(nodes).where(nodes.c.pool_seq == pool.seq)).all()
-    staying = [n for n in pool_nodes if n.state != "leavingpool"]
-    leaving = [n for n in pool_nodes if n.state == "leavingpool"]
+    staying, leaving = _node_counts(conn, pool.seq)
     if pool.allocation_state == "stopping":
         _set_steady(conn, pool, errors=pool.resize_errors)
         return True
@@ -98,18 +109,22 @@ def _reconcile_pool(ctx: Context, conn: Any, pool: Any) -> bool:
     errors: list[dict[str, str]] = []
     still_growing = False
     for dedicated, target in ((True, pool.target_dedicated), (False, pool.target_low_priority)):
-        group = [n for n in staying if bool(n.is_dedicated) == dedicated]
-        if len(group) < target:
-            growth = _add_nodes(ctx, conn, pool, dedicated, target - len(group))
+        have = staying[dedicated]
+        if have < target:
+            growth = _add_nodes(ctx, conn, pool, dedicated, target - have)
             changed |= growth.added > 0
             if growth.error is not None:
                 errors.append(growth.error)
-            elif len(group) + growth.added < target:
+            elif have + growth.added < target:
                 still_growing = True
-        elif len(group) > target:
+        elif have > target:
+            # Only a shrink reads node records: it must choose which nodes go.
+            group = conn.execute(select(nodes).where(nodes.c.pool_seq == pool.seq,
+                                                     nodes.c.is_dedicated.is_(dedicated),
+                                                     nodes.c.state != "leavingpool")).all()
             surplus = _pick_surplus(conn, group, len(group) - target)
             removal.mark_leaving(ctx, conn, surplus, pool.deallocation_option or "requeue")
-            leaving.extend(surplus)
+            leaving += len(surplus)
             changed = True
     # Nodes count towards the pool once allocated (as in Batch, `creating` nodes are current), so a
     # grow is done in the pass that adds its last nodes; nodes still leaving, or still to be added
