@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, func, literal_column, select, update
 
 from shoal import clock
 from shoal.errors import Conflict
@@ -59,9 +59,19 @@ def recover(ctx: Context, recovery: timedelta, capacity: int | None) -> bool:
     cutoff = clock.now() - real_wait
     changed = False
     with ctx.engine.begin() as conn:
-        rows = conn.execute(select(nodes.c.id).join(pools, pools.c.seq == nodes.c.pool_seq).where(
-            pools.c.account == ctx.account, pools.c.state == "active", nodes.c.state == "preempted",
-            nodes.c.state_transition_time <= cutoff).order_by(nodes.c.state_transition_time)).scalars().all()
+        # A walk of the partial index ix_nodes_preempted (the state written out, not bound: SQLite
+        # uses a partial index only for a WHERE that names its constant); the pool is checked
+        # here, so no plan starts from the pools and scans their nodes.
+        preempted = conn.execute(select(nodes.c.id, nodes.c.pool_seq).where(
+            nodes.c.state == literal_column("'preempted'"), nodes.c.state_transition_time <= cutoff)
+            .order_by(nodes.c.state_transition_time)).all()
+        if not preempted:
+            return False
+        active = set(conn.execute(select(pools.c.seq).where(pools.c.account == ctx.account,
+                                                            pools.c.state == "active")).scalars())
+        rows = [row.id for row in preempted if row.pool_seq in active]
+        if not rows:
+            return False
         free = None if capacity is None else capacity - spot_nodes_in_use(conn)
         for node_id in rows:
             if free is not None and free <= 0:

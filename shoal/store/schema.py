@@ -108,6 +108,11 @@ Index("ix_nodes_pool", nodes.c.pool_seq)
 # these alone, however many full nodes the pool has.
 Index("ix_nodes_free", nodes.c.pool_seq, nodes.c.allocation_time, nodes.c.id,
       sqlite_where=nodes.c.used_slots < nodes.c.slots, postgresql_where=nodes.c.used_slots < nodes.c.slots)
+# The few nodes spot recovery and the node-operations duty look for on every pass (migration 0009).
+Index("ix_nodes_preempted", nodes.c.state_transition_time,
+      sqlite_where=nodes.c.state == "preempted", postgresql_where=nodes.c.state == "preempted")
+Index("ix_nodes_pending_action", nodes.c.id,
+      sqlite_where=nodes.c.pending_action.is_not(None), postgresql_where=nodes.c.pending_action.is_not(None))
 
 jobs = Table(
     "jobs",
