@@ -90,6 +90,20 @@ def _sync_node(conn: Connection, node_id: str, token: str) -> Any:
     return _checked(conn.execute(_SYNC_NODE, {"b_id": node_id}).first(), token)
 
 
+# Ids looked up per statement when many nodes are read at once (well under any bound-parameter cap).
+_IN_CHUNK = 500
+
+
+def _sync_nodes(conn: Connection, node_ids: list[str]) -> dict[str, Any]:
+    """The slim records (`_SYNC_NODE`) of many nodes, by id; a gone node is absent."""
+    found: dict[str, Any] = {}
+    columns = _SYNC_NODE.selected_columns
+    for start in range(0, len(node_ids), _IN_CHUNK):
+        chunk = node_ids[start:start + _IN_CHUNK]
+        found.update((row.id, row) for row in conn.execute(select(*columns).where(nodes.c.id.in_(chunk))))
+    return found
+
+
 def authenticate(ctx: Context, node_id: str, token: str) -> str | None:
     """Check a node's token before anything of its request is read (its body included); returns
     the incarnation of the agent that said hello last, for `from_current_agent`."""
@@ -330,9 +344,12 @@ def _sync_batch_once(ctx: Context, entries: list[SyncEntry], failed: dict[int, B
                 pools_to_schedule.add(schedule)
         for pool_seq in sorted(pools_to_schedule):
             woken |= scheduling.schedule_pool(ctx, conn, pool_seq)
+        node_ids = [entries[index].node_id for index in pending]
+        records = _sync_nodes(conn, node_ids)
+        reads = _DeliveryReads(conn, node_ids)
         for index, answer in pending.items():
             entry = entries[index]
-            _deliveries(conn, _sync_node(conn, entry.node_id, entry.token), entry.body, answer)
+            _deliveries(conn, _checked(records.get(entry.node_id), entry.token), entry.body, answer, reads)
             answers[index] = answer
     for other in woken - {entry.node_id for entry in entries}:
         ctx.signals.wake_node(other)
@@ -389,30 +406,34 @@ def sync_without_writes(ctx: Context, node_id: str, token: str, body: dict[str, 
     if sync_has_news(body):
         return None
     with ctx.engine.connect() as conn:
-        return _quiet_sync(conn, ctx, node_id, token, body)
+        return _quiet_sync(conn, ctx, _sync_node(conn, node_id, token), body)
 
 
-def _quiet_sync(conn: Connection, ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAnswer | None:
-    node = _sync_node(conn, node_id, token)
+def _quiet_sync(conn: Connection, ctx: Context, node: Any, body: dict[str, Any],
+                reads: _DeliveryReads | None = None) -> SyncAnswer | None:
     if not _current_incarnation(node, body):
         return SyncAnswer()
     if node.state == "unusable":
         return None
     if isinstance(body.get("metrics"), dict):
-        ctx.node_metrics[node_id] = body["metrics"]
+        ctx.node_metrics[node.id] = body["metrics"]
     answer = SyncAnswer(run_start_task=bool(node.run_start_task))
-    _deliveries(conn, node, body, answer)
+    _deliveries(conn, node, body, answer, reads)
     return answer
 
 
 def sync_batch_without_writes(ctx: Context, entries: list[SyncEntry]) -> list[SyncAnswer | BatchError | None]:
-    """`sync_without_writes` for each of many quiet syncs, on one connection; an entry's
-    error (a gone node, a bad token) is its answer."""
+    """`sync_without_writes` for each of many quiet syncs, on one connection, with the reads
+    they share made once (the nodes' records, their running attempts, each job's environment);
+    an entry's error (a gone node, a bad token) is its answer."""
     answers: list[SyncAnswer | BatchError | None] = []
     with ctx.engine.connect() as conn:
+        records = _sync_nodes(conn, [entry.node_id for entry in entries])
+        reads = _DeliveryReads(conn, list(records))
         for entry in entries:
             try:
-                answers.append(_quiet_sync(conn, ctx, entry.node_id, entry.token, entry.body))
+                node = _checked(records.get(entry.node_id), entry.token)
+                answers.append(_quiet_sync(conn, ctx, node, entry.body, reads))
             except BatchError as error:
                 answers.append(error)
     return answers
@@ -532,13 +553,55 @@ def _apply_reports(conn: Connection, ctx: Context, node_id: str, reports: list[d
 
 
 _RUNNING_KEYS = (
-    select(tasks.c.seq, jobs.c.key, tasks.c.key, tasks.c.attempt)
+    select(tasks.c.seq, jobs.c.key.label("job_key"), tasks.c.key.label("task_key"), tasks.c.attempt)
     .join(jobs, jobs.c.seq == tasks.c.job_seq)
     .where(tasks.c.node_id == bindparam("b_node"), tasks.c.state == "running")
 )
+_RUNNING_KEYS_OF_MANY = (
+    select(tasks.c.node_id, tasks.c.seq, jobs.c.key.label("job_key"), tasks.c.key.label("task_key"),
+           tasks.c.attempt)
+    .join(jobs, jobs.c.seq == tasks.c.job_seq)
+    .where(tasks.c.node_id.in_(bindparam("b_nodes", expanding=True)), tasks.c.state == "running")
+)
 
 
-def _deliveries(conn: Connection, node: Any, body: dict[str, Any], answer: SyncAnswer) -> None:
+class _DeliveryReads:
+    """What the deliveries of many nodes in one call read: the running attempts of all of them
+    in one statement a chunk (not one each), and each job's id and environment once (not once
+    per assignment: a job's spec is the largest JSON most assignments carry)."""
+
+    def __init__(self, conn: Connection, node_ids: list[str] | None = None) -> None:
+        self.conn = conn
+        self._running: dict[str, list[Any]] | None = None
+        if node_ids is not None:
+            self._running = {}
+            for start in range(0, len(node_ids), _IN_CHUNK):
+                chunk = node_ids[start:start + _IN_CHUNK]
+                for row in conn.execute(_RUNNING_KEYS_OF_MANY, {"b_nodes": chunk}):
+                    self._running.setdefault(row.node_id, []).append(row)
+        self._jobs: dict[int, tuple[str, dict[str, str]]] = {}
+
+    def running_keys(self, node_id: str) -> list[Any]:
+        if self._running is not None:
+            return self._running.get(node_id, [])
+        return list(self.conn.execute(_RUNNING_KEYS, {"b_node": node_id}).all())
+
+    def assignments(self, seqs: list[int]) -> list[dict[str, Any]]:
+        # What an assignment carries, and no more: the other JSON columns cost more to decode.
+        rows = self.conn.execute(select(tasks.c.seq, tasks.c.job_seq, tasks.c.id, tasks.c.attempt,
+                                        tasks.c.required_slots, tasks.c.spec)
+                                 .where(tasks.c.seq.in_(seqs)).order_by(tasks.c.seq)).all()
+        unknown = {row.job_seq for row in rows} - self._jobs.keys()
+        if unknown:
+            for job in self.conn.execute(select(jobs.c.seq, jobs.c.id, jobs.c.spec).where(jobs.c.seq.in_(unknown))):
+                env = {item["name"]: item.get("value") or ""
+                       for item in job.spec.get("commonEnvironmentSettings") or []}
+                self._jobs[job.seq] = (job.id, env)
+        return [_assignment(row, *self._jobs[row.job_seq]) for row in rows]
+
+
+def _deliveries(conn: Connection, node: Any, body: dict[str, Any], answer: SyncAnswer,
+                reads: _DeliveryReads | None = None) -> None:
     if node.state == "leavingpool":
         running = transitions.running_on(conn, [node.id])
         if not running:
@@ -555,29 +618,24 @@ def _deliveries(conn: Connection, node: Any, body: dict[str, Any], answer: SyncA
     if not _current_incarnation(node, body):
         return
     # Keys first; whole rows (specs and all) only for the few attempts the agent lacks.
-    held = conn.execute(_RUNNING_KEYS, {"b_node": node.id}).all()
+    reads = reads if reads is not None else _DeliveryReads(conn)
     running_keys = set()
     missing = []
-    for seq, job_key, task_key, attempt in held:
-        key = (job_key, task_key, attempt)
+    for row in reads.running_keys(node.id):
+        key = (row.job_key, row.task_key, row.attempt)
         running_keys.add(key)
         if key not in known and key not in acked:
-            missing.append(seq)
+            missing.append(row.seq)
     if missing:
-        rows = conn.execute(select(tasks, jobs.c.id.label("job_id"), jobs.c.spec.label("job_spec"))
-                            .join(jobs, jobs.c.seq == tasks.c.job_seq).where(tasks.c.seq.in_(missing))
-                            .order_by(tasks.c.seq)).all()
-        answer.run.extend(_assignment(row) for row in rows)
+        answer.run.extend(reads.assignments(missing))
     for key, original in known.items():
         if key not in running_keys and key not in acked:
             answer.kill.append([original[0], original[1], original[2], "stale"])
 
 
-def _assignment(row: Any) -> dict[str, Any]:
+def _assignment(row: Any, job_id: str, job_env: dict[str, str]) -> dict[str, Any]:
     spec = row.spec
-    env: dict[str, str] = {}
-    for item in row.job_spec.get("commonEnvironmentSettings") or []:
-        env[item["name"]] = item.get("value") or ""
+    env = dict(job_env)
     for item in spec.get("environmentSettings") or []:
         env[item["name"]] = item.get("value") or ""
     wall = (spec.get("constraints") or {}).get("maxWallClockTime")
@@ -585,6 +643,6 @@ def _assignment(row: Any) -> dict[str, Any]:
     if wall:
         seconds = clock.parse_duration(wall).total_seconds()
         wall_s = seconds if seconds < 10 * 365 * 86400 else None
-    return {"jobId": row.job_id, "taskId": row.id, "attempt": row.attempt, "commandLine": spec["commandLine"],
+    return {"jobId": job_id, "taskId": row.id, "attempt": row.attempt, "commandLine": spec["commandLine"],
             "environment": env, "requiredSlots": row.required_slots, "maxWallClockTimeS": wall_s,
             "userIdentity": spec.get("userIdentity")}
