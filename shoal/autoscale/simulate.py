@@ -43,6 +43,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shoal.errors import BadRequest
+from shoal.model.states import NodeState
 from shoal.scheduler import JobView, NodeView, PoolSnapshot, TaskView, plan, removal_rank
 
 from .evaluator import DEFAULT_DEALLOCATION_OPTION, EvaluationInput, evaluate, parse_formula
@@ -68,7 +69,7 @@ _UNMEASURED = sorted(METRICS - set(_TASK_METRICS) - set(_NODE_COUNT_METRICS) - {
 STARTING, READY, PREEMPTED = "starting", "ready", "preempted"
 # The Batch state each simulated one stands for, in the ranking service/allocation.py uses too
 # (scheduler/removal.py); a ready node is idle or running by whether it has work.
-_BATCH_STATE = {PREEMPTED: "preempted", STARTING: "starting"}
+_BATCH_STATE = {PREEMPTED: NodeState.PREEMPTED, STARTING: NodeState.STARTING}
 
 
 class SimulationInputError(BadRequest):
@@ -259,7 +260,7 @@ _NODE_READY, _TASK_DONE, _EVICT, _RECOVER = range(4)
 
 
 def _removal_rank(node: _Node) -> tuple[int, int]:
-    state = _BATCH_STATE.get(node.state) or ("running" if node.used_slots else "idle")
+    state = _BATCH_STATE.get(node.state) or (NodeState.RUNNING if node.used_slots else NodeState.IDLE)
     return removal_rank(state, node.used_slots)
 
 

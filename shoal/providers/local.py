@@ -31,6 +31,7 @@ import psutil
 from shoal.agent.tree import kill_node_processes
 from shoal.agent.users import remove_node_users
 from shoal.config import PROVIDER_RECONCILE_S
+from shoal.model.states import NodeState
 from shoal.providers.eviction import SpotEvictor
 from shoal.service import nodes as node_service
 from shoal.service.context import Context
@@ -126,13 +127,13 @@ class LocalProvider:
             agent = self.agents.get(record.node_id)
             if agent is None and record.agent_pid:
                 agent = self._adopt(record.node_id, record.agent_pid)
-            if record.state == "preempted":
+            if record.state == NodeState.PREEMPTED:
                 # The VM went with its capacity: no agent, no local data, until it comes back.
                 if agent is not None or self.node_dir(record.node_id).exists():
                     await asyncio.to_thread(kill_node_processes, self.node_root(record.node_id), remove=True)
                     self._drop(record.node_id)
                 continue
-            if record.state == "leavingpool":
+            if record.state == NodeState.LEAVING_POOL:
                 if agent is None or not agent.alive():
                     await asyncio.to_thread(kill_node_processes, self.node_root(record.node_id), remove=True)
                     self._drop(record.node_id)
@@ -142,7 +143,7 @@ class LocalProvider:
                 continue
             if record.node_id in self._cleaning:
                 continue  # its old users are still being removed; a new agent would race them
-            if record.state != "creating":
+            if record.state != NodeState.CREATING:
                 # The agent died under a live node: requeue its tasks and start it afresh.
                 log.warning("agent of node %s is gone; restarting it", record.node_id)
                 # Its task trees die first: requeued, they must not run twice at once.

@@ -30,6 +30,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from shoal.model.states import NodeState
 from shoal.providers.eviction import SpotEvictor
 from shoal.providers.local import agent_environment
 from shoal.providers.sim_script import Defaults
@@ -155,18 +156,18 @@ class SimProvider:
         to_start = []
         for record in records:
             alive = record.node_id in self.alive
-            if record.state == "preempted":
+            if record.state == NodeState.PREEMPTED:
                 # The VM went with its capacity: its agent vanishes with it.
                 if alive:
                     self._stop(process, record.node_id)
                 continue
-            if record.state == "leavingpool":
+            if record.state == NodeState.LEAVING_POOL:
                 if not alive:
                     await self.runner.write(node_service.forget, self.ctx, record.node_id)
                 continue
             if alive:
                 continue
-            if record.state != "creating":
+            if record.state != NodeState.CREATING:
                 # The agent died under a live node: its tasks are requeued, and it starts afresh.
                 log.warning("simulated agent of node %s is gone; restarting it", record.node_id)
                 await self.runner.write(node_service.agent_lost, self.ctx, record.node_id)

@@ -6,9 +6,13 @@ both rank surplus nodes with `removal_rank`, so a simulation removes the nodes t
 
 from __future__ import annotations
 
+from shoal.model.states import NodeState
+
 # Broken and unstarted nodes first (they cost a pool nothing to lose), then the least busy.
-REMOVAL_ORDER = {"preempted": -1, "unusable": 0, "starttaskfailed": 1, "creating": 2, "starting": 3,
-                 "waitingforstarttask": 4, "offline": 5, "idle": 6, "running": 7}
+REMOVAL_ORDER: dict[str, int] = {
+    NodeState.PREEMPTED: -1, NodeState.UNUSABLE: 0, NodeState.START_TASK_FAILED: 1, NodeState.CREATING: 2,
+    NodeState.STARTING: 3, NodeState.WAITING_FOR_START_TASK: 4, NodeState.OFFLINE: 5, NodeState.IDLE: 6,
+    NodeState.RUNNING: 7}
 # A state not listed (none today) goes last: removing it first could take a node at work.
 UNLISTED_STATE_RANK = 9
 

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, bindparam, select, update
 
 from shoal import clock
 from shoal.errors import BadRequest, BatchError, Conflict, InvalidProperty, Unauthenticated
+from shoal.model.states import NodeState
 from shoal.service import jobs as job_service
 from shoal.service import scheduling, transitions
 from shoal.service.context import Context
@@ -68,7 +69,7 @@ def _checked(row: Any, token: str) -> Any:
         raise NodeGone("The node is no longer part of a pool.")
     if not token_matches(row.token, token):
         raise Unauthenticated("The node token is not valid.")
-    if row.state == "preempted":
+    if row.state == NodeState.PREEMPTED:
         # The VM is gone with its data: the agent stops everything and deletes its root.
         raise NodeGone("The node was preempted.")
     return row
@@ -199,7 +200,7 @@ def register(ctx: Context, join_token: str, body: dict[str, Any]) -> dict[str, s
         if pool.state != "active":
             raise Conflict("The pool is being deleted.", code="PoolBeingDeleted")
         free = conn.execute(select(nodes).where(
-            nodes.c.pool_seq == pool.seq, nodes.c.state == "creating", nodes.c.incarnation.is_(None),
+            nodes.c.pool_seq == pool.seq, nodes.c.state == NodeState.CREATING, nodes.c.incarnation.is_(None),
             nodes.c.agent_pid.is_(None)).order_by(nodes.c.is_dedicated.desc(), nodes.c.allocation_time)
             .limit(1)).first()
         if free is None:
@@ -207,7 +208,7 @@ def register(ctx: Context, join_token: str, body: dict[str, Any]) -> dict[str, s
                            code="NoNodeToJoin")
         # Claimed: `starting` until its hello, so no second agent takes it.
         conn.execute(update(nodes).where(nodes.c.id == free.id).values(
-            state="starting", state_transition_time=clock.now(), last_heartbeat=clock.now(),
+            state=NodeState.STARTING, state_transition_time=clock.now(), last_heartbeat=clock.now(),
             etag=clock.new_etag()))
     return {"nodeId": free.id, "token": free.token}
 
@@ -220,7 +221,7 @@ def goodbye(ctx: Context, node_id: str, token: str) -> None:
             return
         if not token_matches(row.token, token):
             raise Unauthenticated("The node token is not valid.")
-        if row.state == "leavingpool":
+        if row.state == NodeState.LEAVING_POOL:
             conn.execute(nodes.delete().where(nodes.c.id == node_id))
     ctx.signals.wake_provider()
 
@@ -234,9 +235,9 @@ def hello(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> dict[
         start_task = pool.spec.get("startTask")
         if node.incarnation and node.incarnation != body.get("incarnation"):
             transitions.requeue(conn, transitions.running_on(conn, [node_id]), user_requested=False)
-        leaving = node.state == "leavingpool"
-        idle = "offline" if node.scheduling_state == "disabled" else "idle"
-        new_state = node.state if leaving else ("starting" if start_task else idle)
+        leaving = node.state == NodeState.LEAVING_POOL
+        idle = NodeState.OFFLINE if node.scheduling_state == "disabled" else NodeState.IDLE
+        new_state = node.state if leaving else (NodeState.STARTING if start_task else idle)
         conn.execute(update(nodes).where(nodes.c.id == node_id).values(
             state=new_state, state_transition_time=now, last_boot_time=now, last_heartbeat=now,
             incarnation=body.get("incarnation"), agent_pid=body.get("pid") or node.agent_pid,
@@ -373,7 +374,7 @@ def _record_sync(conn: Connection, ctx: Context, node_id: str, token: str,
     answer = SyncAnswer()
     now = clock.now()
     values: dict[str, Any] = {"last_heartbeat": now}
-    if node.state == "unusable":
+    if node.state == NodeState.UNUSABLE:
         values.update(state=_state_on_return(conn, node), state_transition_time=now)
     conn.execute(update(nodes).where(nodes.c.id == node_id).values(**values))
     if isinstance(body.get("metrics"), dict):
@@ -413,7 +414,7 @@ def _quiet_sync(conn: Connection, ctx: Context, node: Any, body: dict[str, Any],
                 reads: _DeliveryReads | None = None) -> SyncAnswer | None:
     if not _current_incarnation(node, body):
         return SyncAnswer()
-    if node.state == "unusable":
+    if node.state == NodeState.UNUSABLE:
         return None
     if isinstance(body.get("metrics"), dict):
         ctx.node_metrics[node.id] = body["metrics"]
@@ -463,14 +464,14 @@ def _state_on_return(conn: Connection, node: Any) -> str:
     wait = (spec.get("startTask") or {}).get("waitForSuccess", True)
     info = node.start_task_info or {}
     if node.run_start_task:
-        return "starting"
+        return NodeState.STARTING
     if wait and info.get("state") == "running":
-        return "waitingforstarttask"
+        return NodeState.WAITING_FOR_START_TASK
     if wait and info.get("result") == "failure":
-        return "starttaskfailed"
+        return NodeState.START_TASK_FAILED
     busy = conn.execute(select(tasks.c.seq).where(tasks.c.node_id == node.id, tasks.c.state == "running")
                         .limit(1)).first()
-    return "running" if busy else "idle"
+    return NodeState.RUNNING if busy else NodeState.IDLE
 
 
 def _checked_times(report: dict[str, Any], not_before: datetime | None, now: datetime, label: str) -> None:
@@ -508,18 +509,18 @@ def _record_start_task(conn: Connection, node: Any, report: dict[str, Any]) -> b
         info["result"] = "success" if report.get("exitCode") == 0 and not report.get("failure") else "failure"
     pool = conn.execute(select(pools.c.spec).where(pools.c.seq == node.pool_seq)).scalar_one()
     wait = (pool.get("startTask") or {}).get("waitForSuccess", True)
-    if node.state in ("starting", "waitingforstarttask", "starttaskfailed"):
-        ready = "offline" if node.scheduling_state == "disabled" else "idle"
+    if node.state in (NodeState.STARTING, NodeState.WAITING_FOR_START_TASK, NodeState.START_TASK_FAILED):
+        ready = NodeState.OFFLINE if node.scheduling_state == "disabled" else NodeState.IDLE
         if report.get("state") == "running":
-            new_state = "waitingforstarttask" if wait else ready
+            new_state = NodeState.WAITING_FOR_START_TASK if wait else ready
         elif info.get("result") == "success" or not wait:
             new_state = ready
         else:
-            new_state = "starttaskfailed"
+            new_state = NodeState.START_TASK_FAILED
         if new_state != node.state:
             values.update(state=new_state, state_transition_time=now)
     conn.execute(update(nodes).where(nodes.c.id == node.id).values(etag=clock.new_etag(), **values))
-    return values.get("state") == "idle"
+    return values.get("state") == NodeState.IDLE
 
 
 def _apply_reports(conn: Connection, ctx: Context, node_id: str, reports: list[dict[str, Any]],
@@ -602,7 +603,7 @@ class _DeliveryReads:
 
 def _deliveries(conn: Connection, node: Any, body: dict[str, Any], answer: SyncAnswer,
                 reads: _DeliveryReads | None = None) -> None:
-    if node.state == "leavingpool":
+    if node.state == NodeState.LEAVING_POOL:
         running = transitions.running_on(conn, [node.id])
         if not running:
             # The record goes when the agent says goodbye (or its provider sees it gone, or it
@@ -611,9 +612,9 @@ def _deliveries(conn: Connection, node: Any, body: dict[str, Any], answer: SyncA
             return
     known = {(k[0].lower(), k[1].lower(), k[2]): k for k in body.get("known") or []}
     acked = {(a[0].lower(), a[1].lower(), a[2]) for a in answer.ack}
-    if node.state in ("rebooting", "reimaging") and body.get("incarnation") == node.incarnation:
+    if node.state in (NodeState.REBOOTING, NodeState.REIMAGING) and body.get("incarnation") == node.incarnation:
         # This incarnation must go; the next hello comes from a fresh one.
-        answer.restart = "reboot" if node.state == "rebooting" else "reimage"
+        answer.restart = "reboot" if node.state == NodeState.REBOOTING else "reimage"
         return
     if not _current_incarnation(node, body):
         return

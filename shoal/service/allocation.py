@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 
 from shoal import clock
+from shoal.model.states import NodeState
 from shoal.scheduler import removal_rank
 from shoal.service import ids, preemption, quotas, removal, transitions
 from shoal.service.context import Context
@@ -76,7 +77,7 @@ def _add_nodes(ctx: Context, conn: Any, pool: Any, dedicated: bool, wanted: int)
     if count > 0:
         now = clock.now()
         conn.execute(insert(nodes), [dict(
-            id=ids.node_id(dedicated), pool_seq=pool.seq, state="creating",
+            id=ids.node_id(dedicated), pool_seq=pool.seq, state=NodeState.CREATING,
             scheduling_state="enabled", is_dedicated=dedicated, token=ids.token(),
             slots=pool.slots_per_node, allocation_time=now, state_transition_time=now,
             run_start_task=False, total_tasks_run=0, total_tasks_succeeded=0,
@@ -92,7 +93,7 @@ def _node_counts(conn: Any, pool_seq: int) -> tuple[dict[bool, int], int]:
     for row in conn.execute(select(pool_node_counts.c.is_dedicated, pool_node_counts.c.state,
                                    pool_node_counts.c.count.label("n"))
                             .where(pool_node_counts.c.pool_seq == pool_seq)):
-        if row.state == "leavingpool":
+        if row.state == NodeState.LEAVING_POOL:
             leaving += int(row.n)
         else:
             staying[bool(row.is_dedicated)] += int(row.n)
@@ -121,7 +122,7 @@ def _reconcile_pool(ctx: Context, conn: Any, pool: Any) -> bool:
             # Only a shrink reads node records: it must choose which nodes go.
             group = conn.execute(select(nodes).where(nodes.c.pool_seq == pool.seq,
                                                      nodes.c.is_dedicated.is_(dedicated),
-                                                     nodes.c.state != "leavingpool")).all()
+                                                     nodes.c.state != NodeState.LEAVING_POOL)).all()
             surplus = _pick_surplus(conn, group, len(group) - target)
             removal.mark_leaving(ctx, conn, surplus, pool.deallocation_option or "requeue")
             leaving += len(surplus)

@@ -16,6 +16,7 @@ from sqlalchemy import Connection, and_, delete, func, insert, select
 
 from shoal import clock
 from shoal.autoscale import seed_sample_time
+from shoal.model.states import NodeState
 from shoal.service.context import Context
 from shoal.store.schema import job_task_counts, jobs, metric_samples, nodes, pool_node_counts, pools
 
@@ -49,13 +50,13 @@ def pool_counts(conn: Connection, pool: Any) -> dict[str, float]:
     node_rows = conn.execute(select(pool_node_counts.c.state, pool_node_counts.c.is_dedicated,
                                     pool_node_counts.c.count)
                              .where(pool_node_counts.c.pool_seq == pool.seq,
-                                    pool_node_counts.c.state != "leavingpool")).all()
+                                    pool_node_counts.c.state != NodeState.LEAVING_POOL)).all()
     out.update(dict.fromkeys(NODE_COUNT_METRICS, 0.0))
     for state, dedicated, count in node_rows:
         out["$CurrentDedicatedNodes" if dedicated else "$CurrentLowPriorityNodes"] += count
-        if state == "preempted":
+        if state == NodeState.PREEMPTED:
             out["$PreemptedNodeCount"] += count
-        if state in ("idle", "running"):
+        if state in (NodeState.IDLE, NodeState.RUNNING):
             out["$UsableNodeCount"] += count
     out["$TaskSlotsPerNode"] = float(pool.slots_per_node)
     return out
@@ -114,8 +115,9 @@ def sample(ctx: Context, now: datetime) -> None:
                                                      pools.c.state == "active")).all():
             values = pool_counts(conn, pool)
             live = conn.execute(select(nodes.c.id).where(
-                nodes.c.pool_seq == pool.seq, nodes.c.state.in_(("idle", "running", "waitingforstarttask",
-                                                                  "starttaskfailed")))).scalars().all()
+                nodes.c.pool_seq == pool.seq, nodes.c.state.in_((
+                    NodeState.IDLE, NodeState.RUNNING, NodeState.WAITING_FOR_START_TASK,
+                    NodeState.START_TASK_FAILED)))).scalars().all()
             values.update(_resource_averages(ctx, list(live)))
             conn.execute(insert(metric_samples), [
                 {"pool_seq": pool.seq, "metric": metric, "node_id": None, "time": now, "value": value}

@@ -15,6 +15,7 @@ from sqlalchemy import Connection, select, update
 
 from shoal import clock
 from shoal.errors import Conflict
+from shoal.model.states import NodeState
 from shoal.service import nodes as node_service
 from shoal.service import request_body, transitions
 from shoal.service import validation as v
@@ -23,7 +24,7 @@ from shoal.store.schema import nodes
 
 REBOOT_OPTIONS = ("requeue", "terminate", "taskcompletion", "retaineddata")
 DISABLE_OPTIONS = ("requeue", "terminate", "taskcompletion")
-RESTARTS = {"reboot": "rebooting", "reimage": "reimaging"}
+RESTARTS = {"reboot": NodeState.REBOOTING, "reimage": NodeState.REIMAGING}
 
 
 def disable_scheduling(ctx: Context, pool_id: str, node_id: str, body: Any) -> None:
@@ -49,8 +50,8 @@ def enable_scheduling(ctx: Context, pool_id: str, node_id: str) -> None:
         if row.scheduling_state == "enabled":
             raise Conflict("The node's scheduling is already enabled.", code="NodeAlreadyInTargetSchedulingState")
         values: dict[str, Any] = {"scheduling_state": "enabled", "etag": clock.new_etag()}
-        if row.state == "offline":
-            values.update(state="idle", state_transition_time=clock.now())
+        if row.state == NodeState.OFFLINE:
+            values.update(state=NodeState.IDLE, state_transition_time=clock.now())
         conn.execute(update(nodes).where(nodes.c.id == row.id).values(**values))
     ctx.signals.wake_scheduler()
 
@@ -64,7 +65,8 @@ def restart(ctx: Context, pool_id: str, node_id: str, body: Any, kind: str) -> N
     assert option is not None
     with ctx.engine.begin() as conn:
         _pool, row = node_service.load(conn, ctx, pool_id, node_id)
-        if row.state not in ("idle", "running", "offline", "starttaskfailed", "unusable"):
+        if row.state not in (NodeState.IDLE, NodeState.RUNNING, NodeState.OFFLINE, NodeState.START_TASK_FAILED,
+                             NodeState.UNUSABLE):
             raise Conflict(f"The node is {row.state}; it can be {kind}ed only when idle or running.",
                            code="NodeNotReady")
         transitions.stop_running(conn, transitions.running_on(conn, [row.id]), option)
@@ -77,7 +79,7 @@ def restart(ctx: Context, pool_id: str, node_id: str, body: Any, kind: str) -> N
 def begin_pending(conn: Connection) -> list[str]:
     """Nodes with a reboot/reimage waiting and no task left running go `rebooting`/`reimaging`."""
     waiting = conn.execute(select(nodes.c.id, nodes.c.pending_action).where(
-        nodes.c.pending_action.is_not(None), nodes.c.state.not_in(("rebooting", "reimaging")))).all()
+        nodes.c.pending_action.is_not(None), nodes.c.state.not_in((NodeState.REBOOTING, NodeState.REIMAGING)))).all()
     busy = {r.node_id for r in transitions.running_on(conn, [w.id for w in waiting])}
     started = []
     for node_id, action in waiting:

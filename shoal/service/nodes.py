@@ -11,6 +11,7 @@ from sqlalchemy import delete, func, select, update
 
 from shoal import clock
 from shoal.errors import NotFound
+from shoal.model.states import LIVE_NODE_STATES, NodeState
 from shoal.service import pools as pool_service
 from shoal.service import transitions, wire_defaults
 from shoal.service.context import Context
@@ -186,15 +187,15 @@ def agent_lost(ctx: Context, node_id: str) -> None:
         row = conn.execute(select(nodes).where(nodes.c.id == node_id)).first()
         if row is None:
             return
-        if row.state == "leavingpool":
+        if row.state == NodeState.LEAVING_POOL:
             forget_in(conn, node_id)
             return
-        if row.state == "preempted":
+        if row.state == NodeState.PREEMPTED:
             return  # its capacity is gone; preemption.recover brings it back
         running = transitions.running_on(conn, [node_id])
         transitions.requeue(conn, running, user_requested=False)
         conn.execute(update(nodes).where(nodes.c.id == node_id).values(
-            state="creating", state_transition_time=clock.now(), agent_pid=None, incarnation=None,
+            state=NodeState.CREATING, state_transition_time=clock.now(), agent_pid=None, incarnation=None,
             etag=clock.new_etag()))
     ctx.signals.wake_scheduler()
 
@@ -212,8 +213,6 @@ def forget_in(conn: Any, node_id: str) -> None:
 
 
 # Node states whose agent is expected to call: silence in any of them makes the node unusable.
-_LIVE_STATES = ("starting", "waitingforstarttask", "idle", "running", "starttaskfailed", "offline",
-                "rebooting", "reimaging")
 
 
 def mark_silent_nodes_unusable(ctx: Context, timeout_s: float, liveness: Liveness) -> bool:
@@ -230,7 +229,7 @@ def mark_silent_nodes_unusable(ctx: Context, timeout_s: float, liveness: Livenes
     if board.resync_due():
         with ctx.engine.connect() as conn:
             board.track(conn.execute(select(nodes.c.id).where(
-                nodes.c.state.in_((*_LIVE_STATES, "leavingpool")))).scalars())
+                nodes.c.state.in_((*LIVE_NODE_STATES, NodeState.LEAVING_POOL)))).scalars())
     quiet = board.silent(timeout_s)
     if not quiet:
         return False
@@ -245,14 +244,14 @@ def _declare_silent(ctx: Context, quiet: list[str]) -> bool:
         # the one writer, so nothing else writes meanwhile; the re-read costs only the few).
         rows = conn.execute(select(nodes.c.id, nodes.c.state).where(nodes.c.id.in_(quiet))).all()
         # A leaving node that fell silent has left, whatever became of its goodbye.
-        gone = [row.id for row in rows if row.state == "leavingpool"]
+        gone = [row.id for row in rows if row.state == NodeState.LEAVING_POOL]
         for node_id in gone:
             forget_in(conn, node_id)
-        silent = [row.id for row in rows if row.state in _LIVE_STATES]
+        silent = [row.id for row in rows if row.state in LIVE_NODE_STATES]
         if not silent:
             return bool(gone)
         transitions.requeue(conn, transitions.running_on(conn, silent), user_requested=False)
         conn.execute(update(nodes).where(nodes.c.id.in_(silent)).values(
-            state="unusable", state_transition_time=clock.now(), etag=clock.new_etag()))
+            state=NodeState.UNUSABLE, state_transition_time=clock.now(), etag=clock.new_etag()))
     ctx.signals.wake_scheduler()
     return True

@@ -11,6 +11,7 @@ from sqlalchemy import Connection, func, insert, select, update
 from shoal import clock
 from shoal.errors import Conflict, InvalidProperty, MissingProperty, NotFound
 from shoal.model import catalog, images
+from shoal.model.states import NodeState
 from shoal.service import autoscale as autoscale_service
 from shoal.service import ids, quotas, request_body, wire_defaults
 from shoal.service import validation as v
@@ -260,7 +261,7 @@ def node_counts_by_pool(conn: Connection, pool_seqs: list[int]) -> dict[int, tup
         return {}
     rows = conn.execute(
         select(nodes.c.pool_seq, nodes.c.is_dedicated, func.count())
-        .where(nodes.c.pool_seq.in_(pool_seqs), nodes.c.state != "leavingpool")
+        .where(nodes.c.pool_seq.in_(pool_seqs), nodes.c.state != NodeState.LEAVING_POOL)
         .group_by(nodes.c.pool_seq, nodes.c.is_dedicated)).all()
     out: dict[int, list[int]] = {seq: [0, 0] for seq in pool_seqs}
     for seq, dedicated, count in rows:
@@ -460,15 +461,15 @@ def remove_nodes(ctx: Context, pool_id: str, body: Any) -> None:
         if missing:
             raise NotFound("The specified node does not exist.", code="NodeNotFound",
                            values={"NodeId": sorted(missing)[0]})
-        dedicated = sum(1 for n in found if n.is_dedicated and n.state != "leavingpool")
-        spot = sum(1 for n in found if not n.is_dedicated and n.state != "leavingpool")
+        dedicated = sum(1 for n in found if n.is_dedicated and n.state != NodeState.LEAVING_POOL)
+        spot = sum(1 for n in found if not n.is_dedicated and n.state != NodeState.LEAVING_POOL)
         now = clock.now()
         _touch(conn, row, allocation_state="resizing", allocation_state_transition_time=now,
                target_dedicated=max(0, row.target_dedicated - dedicated),
                target_low_priority=max(0, row.target_low_priority - spot),
                resize_timeout_s=timeout.total_seconds(), resize_deadline=resize_deadline(now, timeout),
                deallocation_option=option, resize_errors=None)
-        removal.mark_leaving(ctx, conn, [n for n in found if n.state != "leavingpool"], option or "requeue")
+        removal.mark_leaving(ctx, conn, [n for n in found if n.state != NodeState.LEAVING_POOL], option or "requeue")
     ctx.signals.wake_provider()
 
 

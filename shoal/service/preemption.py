@@ -15,13 +15,14 @@ from sqlalchemy import Connection, func, literal_column, select, update
 
 from shoal import clock
 from shoal.errors import Conflict
+from shoal.model.states import NodeState
 from shoal.service import nodes as node_service
 from shoal.service import transitions
 from shoal.service.context import Context
 from shoal.store.schema import nodes, pools
 
-PREEMPTIBLE_STATES = ("creating", "starting", "waitingforstarttask", "idle", "running", "starttaskfailed",
-                      "unusable", "offline")
+PREEMPTIBLE_STATES = (NodeState.CREATING, NodeState.STARTING, NodeState.WAITING_FOR_START_TASK, NodeState.IDLE,
+                      NodeState.RUNNING, NodeState.START_TASK_FAILED, NodeState.UNUSABLE, NodeState.OFFLINE)
 
 
 def preempt(ctx: Context, pool_id: str, node_id: str) -> None:
@@ -39,7 +40,7 @@ def preempt_in(ctx: Context, conn: Connection, node_id: str) -> None:
     running = transitions.running_on(conn, [node_id])
     transitions.requeue(conn, running, user_requested=False)
     conn.execute(update(nodes).where(nodes.c.id == node_id).values(
-        state="preempted", state_transition_time=clock.now(), incarnation=None, file_server_url=None,
+        state=NodeState.PREEMPTED, state_transition_time=clock.now(), incarnation=None, file_server_url=None,
         start_task_info=None, etag=clock.new_etag()))
     ctx.node_metrics.pop(node_id, None)
     ctx.signals.wake_provider()
@@ -49,7 +50,8 @@ def preempt_in(ctx: Context, conn: Connection, node_id: str) -> None:
 def spot_nodes_in_use(conn: Connection) -> int:
     """Spot nodes holding capacity now: every spot node that is neither preempted nor leaving."""
     return int(conn.execute(select(func.count()).where(
-        nodes.c.is_dedicated.is_(False), nodes.c.state.not_in(("preempted", "leavingpool")))).scalar_one())
+        nodes.c.is_dedicated.is_(False),
+        nodes.c.state.not_in((NodeState.PREEMPTED, NodeState.LEAVING_POOL)))).scalar_one())
 
 
 def recover(ctx: Context, recovery: timedelta, capacity: int | None) -> bool:
@@ -63,7 +65,7 @@ def recover(ctx: Context, recovery: timedelta, capacity: int | None) -> bool:
         # uses a partial index only for a WHERE that names its constant); the pool is checked
         # here, so no plan starts from the pools and scans their nodes.
         preempted = conn.execute(select(nodes.c.id, nodes.c.pool_seq).where(
-            nodes.c.state == literal_column("'preempted'"), nodes.c.state_transition_time <= cutoff)
+            nodes.c.state == literal_column(f"'{NodeState.PREEMPTED}'"), nodes.c.state_transition_time <= cutoff)
             .order_by(nodes.c.state_transition_time)).all()
         if not preempted:
             return False
@@ -77,7 +79,7 @@ def recover(ctx: Context, recovery: timedelta, capacity: int | None) -> bool:
             if free is not None and free <= 0:
                 break
             conn.execute(update(nodes).where(nodes.c.id == node_id).values(
-                state="creating", state_transition_time=clock.now(), agent_pid=None, etag=clock.new_etag()))
+                state=NodeState.CREATING, state_transition_time=clock.now(), agent_pid=None, etag=clock.new_etag()))
             changed = True
             if free is not None:
                 free -= 1
@@ -97,7 +99,8 @@ def live_spot_nodes(ctx: Context) -> list[Any]:
     with ctx.engine.connect() as conn:
         return list(conn.execute(select(nodes.c.id, pools.c.spec).join(pools, pools.c.seq == nodes.c.pool_seq).where(
             pools.c.account == ctx.account, nodes.c.is_dedicated.is_(False),
-            nodes.c.state.in_(("idle", "running", "waitingforstarttask", "starting")))).all())
+            nodes.c.state.in_((NodeState.IDLE, NodeState.RUNNING, NodeState.WAITING_FOR_START_TASK,
+                               NodeState.STARTING)))).all())
 
 
 def preempt_many(ctx: Context, node_ids: list[str]) -> None:

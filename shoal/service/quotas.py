@@ -22,6 +22,7 @@ from sqlalchemy import Connection, func, select
 
 from shoal.errors import Conflict
 from shoal.model import catalog
+from shoal.model.states import NodeState
 from shoal.service.context import Context
 from shoal.store.schema import jobs, nodes, pools
 
@@ -100,7 +101,8 @@ def room_for(ctx: Context, conn: Connection, pool: Any, dedicated: bool, wanted:
     rows = conn.execute(
         select(pools.c.vm_size, func.count())
         .select_from(nodes.join(pools, pools.c.seq == nodes.c.pool_seq))
-        .where(pools.c.account == ctx.account, nodes.c.is_dedicated.is_(dedicated), nodes.c.state != "leavingpool")
+        .where(pools.c.account == ctx.account, nodes.c.is_dedicated.is_(dedicated),
+               nodes.c.state != NodeState.LEAVING_POOL)
         .group_by(pools.c.vm_size)).all()
     for vm_size, count in rows:
         used_cores += vcpus_of(vm_size) * count

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, update
 
 from shoal import clock
+from shoal.model.states import NodeState
 from shoal.service import transitions
 from shoal.service.context import Context
 from shoal.store.schema import nodes
@@ -18,7 +19,8 @@ def mark_leaving(ctx: Context, conn: Connection, node_rows: Sequence[Any], optio
     (the node takes no new work and leaves when it is empty)."""
     # A node record no agent ever took (no provider started one, nobody joined by hand) has
     # nothing to wind down: it simply goes.
-    unclaimed = [n.id for n in node_rows if n.state == "creating" and n.agent_pid is None and n.incarnation is None]
+    unclaimed = [n.id for n in node_rows
+                 if n.state == NodeState.CREATING and n.agent_pid is None and n.incarnation is None]
     if unclaimed:
         conn.execute(delete(nodes).where(nodes.c.id.in_(unclaimed)))
     node_rows = [n for n in node_rows if n.id not in unclaimed]
@@ -28,7 +30,7 @@ def mark_leaving(ctx: Context, conn: Connection, node_rows: Sequence[Any], optio
     transitions.stop_running(conn, transitions.running_on(conn, ids), option)
     now = clock.now()
     conn.execute(update(nodes).where(nodes.c.id.in_(ids)).values(
-        state="leavingpool", leave_option=option, scheduling_state="disabled",
+        state=NodeState.LEAVING_POOL, leave_option=option, scheduling_state="disabled",
         state_transition_time=now, etag=clock.new_etag()))
     for node_id in ids:
         ctx.signals.wake_node(node_id)

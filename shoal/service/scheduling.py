@@ -10,11 +10,11 @@ from sqlalchemy import Connection, bindparam, select, update
 
 from shoal import clock
 from shoal.agent.layout import task_folder
+from shoal.model.states import SCHEDULABLE_NODE_STATES, NodeState
 from shoal.scheduler import JobView, NodeView, PoolSnapshot, TaskView, gather, plan
 from shoal.service.context import Context
 from shoal.store.schema import job_task_counts, jobs, nodes, pools, tasks
 
-SCHEDULABLE_NODE_STATES = ("idle", "running")
 # A pass over 10,000 4-slot nodes places 40,000 tasks: IN lists go in chunks, well under the bound
 # parameter limits of SQLite (32,766) and PostgreSQL (65,535).
 _IN_CHUNK = 5_000
@@ -224,6 +224,6 @@ def _schedule_pool(ctx: Context, conn: Connection, pool: Any, budget: int | None
     conn.execute(_START, starts)
     conn.execute(_COUNT_RUN, [{"b_node": node_id, "b_count": count} for node_id, count in per_node.items()])
     for chunk in _chunks(list(per_node)):
-        conn.execute(update(nodes).where(nodes.c.id.in_(chunk), nodes.c.state == "idle").values(
-            state="running", state_transition_time=now))
+        conn.execute(update(nodes).where(nodes.c.id.in_(chunk), nodes.c.state == NodeState.IDLE).values(
+            state=NodeState.RUNNING, state_transition_time=now))
     return _Placed(frozenset(per_node), len(placements))

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, func, select, update
 
 from shoal import clock
+from shoal.model.states import NodeState
 from shoal.store.schema import jobs, nodes, tasks
 
 FAILURE_EXIT_CODE = {"category": "usererror", "code": "FailureExitCode",
@@ -173,15 +174,15 @@ def refresh_node_busy(conn: Connection, node_ids: Iterable[str]) -> None:
     now = clock.now()
     idle_ids = [n for n in ids if n not in busy]
     if busy:
-        conn.execute(update(nodes).where(nodes.c.id.in_(busy), nodes.c.state == "idle").values(
-            state="running", state_transition_time=now))
+        conn.execute(update(nodes).where(nodes.c.id.in_(busy), nodes.c.state == NodeState.IDLE).values(
+            state=NodeState.RUNNING, state_transition_time=now))
     if idle_ids:
-        conn.execute(update(nodes).where(nodes.c.id.in_(idle_ids), nodes.c.state == "running").values(
-            state="idle", state_transition_time=now))
+        conn.execute(update(nodes).where(nodes.c.id.in_(idle_ids), nodes.c.state == NodeState.RUNNING).values(
+            state=NodeState.IDLE, state_transition_time=now))
         # With scheduling disabled, a node with nothing left to run is offline.
-        conn.execute(update(nodes).where(nodes.c.id.in_(idle_ids), nodes.c.state == "idle",
+        conn.execute(update(nodes).where(nodes.c.id.in_(idle_ids), nodes.c.state == NodeState.IDLE,
                                          nodes.c.scheduling_state == "disabled").values(
-            state="offline", state_transition_time=now))
+            state=NodeState.OFFLINE, state_transition_time=now))
 
 
 def running_on(conn: Connection, node_ids: list[str]) -> list[Any]:

@@ -26,6 +26,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from shoal.model.states import NodeState
+
 metadata = MetaData()
 
 # BigInteger ids become SQLite's rowid alias only when declared INTEGER.
@@ -110,7 +112,7 @@ Index("ix_nodes_free", nodes.c.pool_seq, nodes.c.allocation_time, nodes.c.id,
       sqlite_where=nodes.c.used_slots < nodes.c.slots, postgresql_where=nodes.c.used_slots < nodes.c.slots)
 # The few nodes spot recovery and the node-operations duty look for on every pass (migration 0009).
 Index("ix_nodes_preempted", nodes.c.state_transition_time,
-      sqlite_where=nodes.c.state == "preempted", postgresql_where=nodes.c.state == "preempted")
+      sqlite_where=nodes.c.state == NodeState.PREEMPTED, postgresql_where=nodes.c.state == NodeState.PREEMPTED)
 Index("ix_nodes_pending_action", nodes.c.id,
       sqlite_where=nodes.c.pending_action.is_not(None), postgresql_where=nodes.c.pending_action.is_not(None))
 
