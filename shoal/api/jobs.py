@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shoal.api import listing, offload, versions
+from shoal.api import listing, offload, render, versions
 from shoal.api.http import empty_response, guard
 from shoal.service import jobs as job_service
 from shoal.service.context import Context
@@ -20,14 +20,16 @@ async def create_job(request: Request, ctx: Context) -> Response:
 
 
 async def list_jobs(request: Request, ctx: Context) -> Response:
-    return listing.respond(request, job_service.list_all(ctx), "jobs", "job")
+    return listing.respond(request, [render.job(ctx.base_url, row) for row in job_service.list_all(ctx)], "jobs",
+                           "job")
 
 
 async def get_job(request: Request, ctx: Context) -> Response:
     job_id = request.path_params["job_id"]
     etag, modified = job_service.etag_of(ctx, job_id)
     guard(request, lambda: (etag, modified))
-    return listing.single(request, job_service.get(ctx, job_id), "jobs/@Element", modified, "job")
+    return listing.single(request, render.job(ctx.base_url, job_service.get(ctx, job_id)), "jobs/@Element", modified,
+                          "job")
 
 
 def _guard(request: Request, ctx: Context, job_id: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shoal.api import listing, versions
+from shoal.api import listing, render, versions
 from shoal.api.http import empty_response
 from shoal.service import node_operations
 from shoal.service import nodes as node_service
@@ -13,12 +13,13 @@ from shoal.service.context import Context
 
 
 async def list_nodes(request: Request, ctx: Context) -> Response:
-    return listing.respond(request, node_service.list_for_pool(ctx, request.path_params["pool_id"]), "nodes", "node")
+    records = node_service.list_for_pool(ctx, request.path_params["pool_id"])
+    return listing.respond(request, [render.node(ctx.base_url, record) for record in records], "nodes", "node")
 
 
 async def get_node(request: Request, ctx: Context) -> Response:
     node = node_service.get(ctx, request.path_params["pool_id"], request.path_params["node_id"])
-    return listing.single(request, node, "nodes/@Element", None, "node")
+    return listing.single(request, render.node(ctx.base_url, node), "nodes/@Element", None, "node")
 
 
 def _ids(request: Request) -> tuple[str, str]:

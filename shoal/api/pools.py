@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shoal.api import listing, offload, versions
+from shoal.api import listing, offload, render, versions
 from shoal.api.http import empty_response, guard
 from shoal.model import images
 from shoal.service import pools as pool_service
@@ -23,7 +23,8 @@ async def create_pool(request: Request, ctx: Context) -> Response:
 
 
 async def list_pools(request: Request, ctx: Context) -> Response:
-    return listing.respond(request, pool_service.list_all(ctx), "pools", "pool")
+    return listing.respond(request, [render.pool(ctx.base_url, record) for record in pool_service.list_all(ctx)],
+                           "pools", "pool")
 
 
 async def get_pool(request: Request, ctx: Context) -> Response:
@@ -32,7 +33,8 @@ async def get_pool(request: Request, ctx: Context) -> Response:
     guard(request, lambda: (etag, modified))
     if request.method == "HEAD":
         return empty_response(request, 200, etag=etag, last_modified=modified)
-    return listing.single(request, pool_service.get(ctx, pool_id), POOL_TYPE, modified, "pool")
+    return listing.single(request, render.pool(ctx.base_url, pool_service.get(ctx, pool_id)), POOL_TYPE, modified,
+                          "pool")
 
 
 def _write_action(action, status: int, body_name: str | None):  # type: ignore[no-untyped-def]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shoal.api import listing, odata, offload, versions
+from shoal.api import listing, odata, offload, render, versions
 from shoal.api.http import (
     decode_token,
     empty_response,
@@ -43,9 +45,15 @@ async def list_tasks(request: Request, ctx: Context) -> Response:
         isinstance(odata.equality_literal(part, "state"), str) for part in parts)
     page, continuation = task_service.list_page(
         ctx, request.path_params["job_id"], after_seq=decode_token(request), limit=max_results(request),
-        conditions=conditions, predicate=None if rest is None else odata.predicate_of(rest),
+        conditions=conditions, predicate=None if rest is None else _judged(ctx, odata.predicate_of(rest)),
         index_served=index_served)
-    return listing.page_response(request, page, "tasks", fields, continuation, "task")
+    return listing.page_response(request, [render.task(ctx.base_url, record) for record in page], "tasks", fields,
+                                 continuation, "task")
+
+
+def _judged(ctx: Context, predicate: odata.Predicate) -> Callable[[task_service.TaskRecord], bool]:
+    """What SQL could not decide of a $filter, judged on the task's wire form."""
+    return lambda record: predicate(render.task(ctx.base_url, record))
 
 
 def _ids(request: Request) -> tuple[str, str]:
@@ -59,7 +67,8 @@ def _guard(request: Request, ctx: Context) -> None:
 async def get_task(request: Request, ctx: Context) -> Response:
     etag, modified = task_service.etag_of(ctx, *_ids(request))
     guard(request, lambda: (etag, modified))
-    return listing.single(request, task_service.get(ctx, *_ids(request)), "tasks/@Element", modified, "task")
+    return listing.single(request, render.task(ctx.base_url, task_service.get(ctx, *_ids(request))), "tasks/@Element",
+                          modified, "task")
 
 
 async def update_task(request: Request, ctx: Context) -> Response:
