@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs, then runs it: the project and its test extras in
-# .venv, azure-batch 14.2.0 in .venv-sdk14 and azure-cli in .venv-azcli (neither can share a venv
-# with azure-batch 15.1), and PostgreSQL's server binaries (the tests start a throw-away cluster
-# on loopback themselves).
+# .venv; azure-batch 11.0.0, 12.0.0, 13.0.0 and 14.2.0 in .venv-sdk11 … .venv-sdk14 and azure-cli
+# in .venv-azcli (none can share a venv with azure-batch 15.1); node and the JavaScript SDK
+# (@azure/batch, in tests/compat/js); and PostgreSQL's server binaries (the tests start a
+# throw-away cluster on loopback themselves). What is already installed is not installed again.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh tests/scheduler -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,10 +15,25 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
 .venv/bin/python -m pip install --quiet -e '.[test]'
 
-if [ ! -x .venv-sdk14/bin/python ]; then
-    "$PYTHON" -m venv .venv-sdk14
+# The msrest-based SDK generation, one venv per release (tests/compat/test_msrest_sdks.py).
+for release in 11.0.0 12.0.0 13.0.0 14.2.0; do
+    venv=".venv-sdk${release%%.*}"
+    if [ ! -x "$venv/bin/python" ]; then
+        "$PYTHON" -m venv "$venv"
+    fi
+    if ! "$venv/bin/python" -c "import sys, azure.batch; sys.exit(azure.batch.VERSION != '$release')" 2>/dev/null; then
+        "$venv/bin/python" -m pip install --quiet "azure-batch==$release"
+    fi
+done
+
+# The JavaScript SDK (tests/compat/test_js_sdk.py): node and npm from Debian, the SDK from npm.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    apt-get install -y -qq nodejs npm >/dev/null
 fi
-.venv-sdk14/bin/python -m pip install --quiet 'azure-batch==14.2.0'
+if [ ! -f tests/compat/js/node_modules/@azure/batch/package.json ] \
+        || [ tests/compat/js/package-lock.json -nt tests/compat/js/node_modules/.package-lock.json ]; then
+    npm ci --prefix tests/compat/js --no-audit --no-fund --loglevel=error
+fi
 
 # azure-cli pins its own azure-batch (15.0.0b1); `az batch` is a client wire.md names.
 if [ ! -x .venv-azcli/bin/az ]; then
@@ -31,6 +47,8 @@ bash scripts/ensure-postgres.sh
 .venv/bin/ruff check --quiet .
 .venv/bin/mypy --no-error-summary shoal
 
-export AZURE_BATCH_14_PYTHON="$PWD/.venv-sdk14/bin/python"
+for major in 11 12 13 14; do
+    export "AZURE_BATCH_${major}_PYTHON=$PWD/.venv-sdk${major}/bin/python"
+done
 export AZURE_CLI_AZ="$PWD/.venv-azcli/bin/az"
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from shoal.autoscale.samples import SAMPLE_LAG
 
-API_VERSIONS = ("2025-06-01", "2024-02-01.19.0")
 MAX_RESULTS_DEFAULT = 1000
 MAX_TASKS_PER_COLLECTION = 100
 MAX_COLLECTION_BODY_BYTES = 1024 * 1024

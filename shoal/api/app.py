@@ -15,10 +15,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from shoal import sharedkey
-from shoal.api import unserved
+from shoal.api import unserved, versions
 from shoal.api.http import MAX_BODY_BYTES, error_response, new_request_id, read_body
-from shoal.config import API_VERSIONS
-from shoal.errors import BadRequest, BatchError
+from shoal.errors import BatchError
 from shoal.service.context import Context
 from shoal.store.runner import Busy, StoreRunner
 
@@ -70,15 +69,8 @@ class Api:
             request.state.runner = self.runner
             try:
                 self._authenticate(request)
-                version = request.query_params.get("api-version")
-                if version is None:
-                    raise BadRequest("The api-version query parameter is required.",
-                                     code="MissingRequiredQueryParameter",
-                                     values={"QueryParameterName": "api-version"})
-                if version not in API_VERSIONS:
-                    raise BadRequest("The specified api-version is not supported.",
-                                     code="InvalidApiVersion" if version else "MissingRequiredQueryParameter",
-                                     values={"QueryParameterName": "api-version", "QueryParameterValue": version})
+                # Handlers shape bodies and answers by it (shoal.api.versions).
+                request.state.api_version = versions.check_version(request.query_params.get("api-version"))
                 ctx = self.context_for(request)
                 if placement == "loop":
                     return await handler(request, ctx)

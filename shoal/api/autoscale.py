@@ -5,7 +5,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shoal.api.http import empty_response, guard, json_response, read_json
+from shoal.api import versions
+from shoal.api.http import empty_response, guard, json_response
 from shoal.service import autoscale
 from shoal.service import pools as pool_service
 from shoal.service.context import Context
@@ -23,7 +24,7 @@ def _done(request: Request, ctx: Context, pool_id: str) -> Response:
 
 async def enable(request: Request, ctx: Context) -> Response:
     pool_id = request.path_params["pool_id"]
-    body, _size = await read_json(request)
+    body, _size = await versions.read_json(request, "pool.enableautoscale")
     _guard(request, ctx, pool_id)
     autoscale.enable(ctx, pool_id, body)
     return _done(request, ctx, pool_id)
@@ -38,7 +39,7 @@ async def disable(request: Request, ctx: Context) -> Response:
 
 async def evaluate(request: Request, ctx: Context) -> Response:
     pool_id = request.path_params["pool_id"]
-    body, _size = await read_json(request)
+    body, _size = await versions.read_json(request, "pool.evaluateautoscale")
     run = autoscale.evaluate(ctx, pool_id, body)
     return json_response(request, run, odata_type="Microsoft.Azure.Batch.Protocol.Entities.AutoScaleRun")
 

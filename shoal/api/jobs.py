@@ -5,14 +5,14 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shoal.api import listing, offload
-from shoal.api.http import empty_response, guard, read_json
+from shoal.api import listing, offload, render, versions
+from shoal.api.http import empty_response, guard
 from shoal.service import jobs as job_service
 from shoal.service.context import Context
 
 
 async def create_job(request: Request, ctx: Context) -> Response:
-    body, size = await read_json(request)
+    body, size = await versions.read_json(request, "job.create")
     job_service.add(ctx, await offload.validate(size, job_service.parse_create, body))
     etag, modified = job_service.etag_of(ctx, body["id"])
     return empty_response(request, 201, etag=etag, last_modified=modified,
@@ -20,28 +20,30 @@ async def create_job(request: Request, ctx: Context) -> Response:
 
 
 async def list_jobs(request: Request, ctx: Context) -> Response:
-    return listing.respond(request, job_service.list_all(ctx), "jobs")
+    return listing.respond(request, [render.job(ctx.base_url, row) for row in job_service.list_all(ctx)], "jobs",
+                           "job")
 
 
 async def get_job(request: Request, ctx: Context) -> Response:
     job_id = request.path_params["job_id"]
     etag, modified = job_service.etag_of(ctx, job_id)
     guard(request, lambda: (etag, modified))
-    return listing.single(request, job_service.get(ctx, job_id), "jobs/@Element", modified)
+    return listing.single(request, render.job(ctx.base_url, job_service.get(ctx, job_id)), "jobs/@Element", modified,
+                          "job")
 
 
 def _guard(request: Request, ctx: Context, job_id: str) -> None:
     guard(request, lambda: job_service.etag_of(ctx, job_id))
 
 
-def _action(action, status: int, *, body: str = "required"):  # type: ignore[no-untyped-def]
+def _action(action, status: int, body_name: str | None, *, body: str = "required"):  # type: ignore[no-untyped-def]
     async def handler(request: Request, ctx: Context) -> Response:
         job_id = request.path_params["job_id"]
         payload = None
-        if body != "none":
-            payload, _size = await read_json(request, optional=body == "optional")
+        if body_name is not None:
+            payload, _size = await versions.read_json(request, body_name, optional=body == "optional")
         _guard(request, ctx, job_id)
-        if body == "none":
+        if body_name is None:
             action(ctx, job_id)
         else:
             action(ctx, job_id, payload)
@@ -62,19 +64,21 @@ async def delete_job(request: Request, ctx: Context) -> Response:
 async def task_counts(request: Request, ctx: Context) -> Response:
     from shoal.api.http import json_response
 
-    return json_response(request, job_service.task_counts(ctx, request.path_params["job_id"]),
-                         odata_type="taskcountsresult/@Element")
+    counts = versions.rendered(request, "taskcounts", job_service.task_counts(ctx, request.path_params["job_id"]))
+    # Before task slots (2020-09-01.12.0) the answer was the counts alone, typed so.
+    return json_response(request, counts, odata_type="taskcountsresult/@Element" if "taskCounts" in counts
+                         else "taskcounts/@Element")
 
 
 ROUTES = [
     ("/jobs", ["POST"], create_job),
     ("/jobs", ["GET"], list_jobs),
     ("/jobs/{job_id}", ["GET"], get_job),
-    ("/jobs/{job_id}", ["PATCH"], _action(job_service.patch, 200)),
-    ("/jobs/{job_id}", ["PUT"], _action(job_service.replace, 200)),
+    ("/jobs/{job_id}", ["PATCH"], _action(job_service.patch, 200, "job.patch")),
+    ("/jobs/{job_id}", ["PUT"], _action(job_service.replace, 200, "job.replace")),
     ("/jobs/{job_id}", ["DELETE"], delete_job),
-    ("/jobs/{job_id}/disable", ["POST"], _action(job_service.disable, 202)),
-    ("/jobs/{job_id}/enable", ["POST"], _action(job_service.enable, 202, body="none")),
-    ("/jobs/{job_id}/terminate", ["POST"], _action(job_service.terminate, 202, body="optional")),
+    ("/jobs/{job_id}/disable", ["POST"], _action(job_service.disable, 202, "job.disable")),
+    ("/jobs/{job_id}/enable", ["POST"], _action(job_service.enable, 202, None)),
+    ("/jobs/{job_id}/terminate", ["POST"], _action(job_service.terminate, 202, "job.terminate", body="optional")),
     ("/jobs/{job_id}/taskcounts", ["GET"], task_counts),
 ]

@@ -8,7 +8,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shoal.api import odata
+from shoal.api import odata, versions
 from shoal.api.http import decode_token, json_response, max_results, next_link
 from shoal.errors import InvalidQuery
 
@@ -36,10 +36,12 @@ def select_fields(request: Request) -> list[str] | None:
         raise InvalidQuery("$select", (text or "")[:256], str(exc)) from exc
 
 
-def respond(request: Request, items: list[dict[str, Any]], odata_type: str) -> Response:
-    """Page an in-memory list (pools, jobs, nodes: small); the token is an offset."""
+def respond(request: Request, items: list[dict[str, Any]], odata_type: str, subject: str) -> Response:
+    """Page an in-memory list (pools, jobs, nodes: small) of `subject`s, as the request's
+    api-version writes them; the token is an offset."""
     predicate = compile_filter(request)
     fields = select_fields(request)
+    items = [versions.rendered(request, subject, item) for item in items]
     if predicate is not None:
         items = [item for item in items if predicate(item)]
     start = decode_token(request)
@@ -49,7 +51,11 @@ def respond(request: Request, items: list[dict[str, Any]], odata_type: str) -> R
 
 
 def page_response(request: Request, page: list[dict[str, Any]], odata_type: str, fields: list[str] | None,
-                  continuation: int | None) -> Response:
+                  continuation: int | None, subject: str | None = None) -> Response:
+    """A page of a list; `subject` names what it lists when the items are still to be written
+    as the request's api-version writes them."""
+    if subject is not None:
+        page = [versions.rendered(request, subject, item) for item in page]
     if fields:
         page = [odata.apply_select(item, fields) for item in page]
     payload: dict[str, Any] = {"value": page}
@@ -58,8 +64,11 @@ def page_response(request: Request, page: list[dict[str, Any]], odata_type: str,
     return json_response(request, payload, odata_type=odata_type)
 
 
-def single(request: Request, item: dict[str, Any], odata_type: str, last_modified: datetime | None) -> Response:
+def single(request: Request, item: dict[str, Any], odata_type: str, last_modified: datetime | None,
+           subject: str) -> Response:
+    """One `subject`, as the request's api-version writes it."""
     fields = select_fields(request)
+    item = versions.rendered(request, subject, item)
     etag = item.get("eTag")
     if fields:
         item = odata.apply_select(item, fields)

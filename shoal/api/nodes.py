@@ -5,20 +5,21 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shoal.api import listing
-from shoal.api.http import empty_response, read_json
+from shoal.api import listing, render, versions
+from shoal.api.http import empty_response
 from shoal.service import node_operations
 from shoal.service import nodes as node_service
 from shoal.service.context import Context
 
 
 async def list_nodes(request: Request, ctx: Context) -> Response:
-    return listing.respond(request, node_service.list_for_pool(ctx, request.path_params["pool_id"]), "nodes")
+    records = node_service.list_for_pool(ctx, request.path_params["pool_id"])
+    return listing.respond(request, [render.node(ctx.base_url, record) for record in records], "nodes", "node")
 
 
 async def get_node(request: Request, ctx: Context) -> Response:
     node = node_service.get(ctx, request.path_params["pool_id"], request.path_params["node_id"])
-    return listing.single(request, node, "nodes/@Element", None)
+    return listing.single(request, render.node(ctx.base_url, node), "nodes/@Element", None, "node")
 
 
 def _ids(request: Request) -> tuple[str, str]:
@@ -26,7 +27,7 @@ def _ids(request: Request) -> tuple[str, str]:
 
 
 async def disable_scheduling(request: Request, ctx: Context) -> Response:
-    body, _size = await read_json(request, optional=True)
+    body, _size = await versions.read_json(request, "node.disablescheduling", optional=True)
     node_operations.disable_scheduling(ctx, *_ids(request), body)
     return empty_response(request, 200)
 
@@ -38,7 +39,7 @@ async def enable_scheduling(request: Request, ctx: Context) -> Response:
 
 def _restart(kind: str):  # type: ignore[no-untyped-def]
     async def handler(request: Request, ctx: Context) -> Response:
-        body, _size = await read_json(request, optional=True)
+        body, _size = await versions.read_json(request, f"node.{kind}", optional=True)
         node_operations.restart(ctx, *_ids(request), body, kind)
         return empty_response(request, 202)
 

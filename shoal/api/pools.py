@@ -5,8 +5,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shoal.api import listing, offload
-from shoal.api.http import empty_response, guard, read_json
+from shoal.api import listing, offload, render, versions
+from shoal.api.http import empty_response, guard
 from shoal.model import images
 from shoal.service import pools as pool_service
 from shoal.service.context import Context
@@ -15,7 +15,7 @@ POOL_TYPE = "pools/@Element"
 
 
 async def create_pool(request: Request, ctx: Context) -> Response:
-    body, size = await read_json(request)
+    body, size = await versions.read_json(request, "pool.create")
     pool_service.add(ctx, await offload.validate(size, pool_service.parse_create, body))
     etag, modified = pool_service.etag_of(ctx, body["id"])
     return empty_response(request, 201, etag=etag, last_modified=modified,
@@ -23,7 +23,8 @@ async def create_pool(request: Request, ctx: Context) -> Response:
 
 
 async def list_pools(request: Request, ctx: Context) -> Response:
-    return listing.respond(request, pool_service.list_all(ctx), "pools")
+    return listing.respond(request, [render.pool(ctx.base_url, record) for record in pool_service.list_all(ctx)],
+                           "pools", "pool")
 
 
 async def get_pool(request: Request, ctx: Context) -> Response:
@@ -32,15 +33,18 @@ async def get_pool(request: Request, ctx: Context) -> Response:
     guard(request, lambda: (etag, modified))
     if request.method == "HEAD":
         return empty_response(request, 200, etag=etag, last_modified=modified)
-    return listing.single(request, pool_service.get(ctx, pool_id), POOL_TYPE, modified)
+    return listing.single(request, render.pool(ctx.base_url, pool_service.get(ctx, pool_id)), POOL_TYPE, modified,
+                          "pool")
 
 
-def _write_action(action, status: int, *, needs_body: bool = True):  # type: ignore[no-untyped-def]
+def _write_action(action, status: int, body_name: str | None):  # type: ignore[no-untyped-def]
+    needs_body = body_name is not None
+
     async def handler(request: Request, ctx: Context) -> Response:
         pool_id = request.path_params["pool_id"]
         body = None
-        if needs_body:
-            body, _size = await read_json(request)
+        if body_name is not None:
+            body, _size = await versions.read_json(request, body_name)
         guard(request, lambda: pool_service.etag_of(ctx, pool_id))
         if needs_body:
             action(ctx, pool_id, body)
@@ -61,23 +65,23 @@ async def delete_pool(request: Request, ctx: Context) -> Response:
 
 
 async def node_counts(request: Request, ctx: Context) -> Response:
-    return listing.respond(request, pool_service.node_counts(ctx), "poolnodecounts")
+    return listing.respond(request, pool_service.node_counts(ctx), "poolnodecounts", "nodecounts")
 
 
 async def supported_images(request: Request, ctx: Context) -> Response:
-    return listing.respond(request, images.supported_images(), "supportedimages")
+    return listing.respond(request, images.supported_images(), "supportedimages", "supportedimages")
 
 
 ROUTES = [
     ("/pools", ["POST"], create_pool),
     ("/pools", ["GET"], list_pools),
     ("/pools/{pool_id}", ["GET", "HEAD"], get_pool),
-    ("/pools/{pool_id}", ["PATCH"], _write_action(pool_service.patch, 200)),
+    ("/pools/{pool_id}", ["PATCH"], _write_action(pool_service.patch, 200, "pool.patch")),
     ("/pools/{pool_id}", ["DELETE"], delete_pool),
-    ("/pools/{pool_id}/updateproperties", ["POST"], _write_action(pool_service.update_properties, 204)),
-    ("/pools/{pool_id}/resize", ["POST"], _write_action(pool_service.resize, 202)),
-    ("/pools/{pool_id}/stopresize", ["POST"], _write_action(pool_service.stop_resize, 202, needs_body=False)),
-    ("/pools/{pool_id}/removenodes", ["POST"], _write_action(pool_service.remove_nodes, 202)),
+    ("/pools/{pool_id}/updateproperties", ["POST"], _write_action(pool_service.update_properties, 204, "pool.updateproperties")),
+    ("/pools/{pool_id}/resize", ["POST"], _write_action(pool_service.resize, 202, "pool.resize")),
+    ("/pools/{pool_id}/stopresize", ["POST"], _write_action(pool_service.stop_resize, 202, None)),
+    ("/pools/{pool_id}/removenodes", ["POST"], _write_action(pool_service.remove_nodes, 202, "pool.removenodes")),
     ("/nodecounts", ["GET"], node_counts),
     ("/supportedimages", ["GET"], supported_images),
 ]

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shoal.api import listing, odata, offload
+from shoal.api import listing, odata, offload, render, versions
 from shoal.api.http import (
     decode_token,
     empty_response,
     guard,
     json_response,
     max_results,
-    read_json,
 )
 from shoal.service import tasks as task_service
 from shoal.service.context import Context
@@ -20,7 +21,7 @@ from shoal.service.context import Context
 
 async def create_task(request: Request, ctx: Context) -> Response:
     job_id = request.path_params["job_id"]
-    body, size = await read_json(request)
+    body, size = await versions.read_json(request, "task.create")
     task = await offload.validate(size, task_service.parse_task, body)
     created = task_service.add(ctx, job_id, task)
     return empty_response(request, 201, etag=created["etag"], last_modified=created["last_modified"],
@@ -28,7 +29,7 @@ async def create_task(request: Request, ctx: Context) -> Response:
 
 
 async def add_collection(request: Request, ctx: Context) -> Response:
-    body, size = await read_json(request)
+    body, size = await versions.read_json(request, "task.collection")
     parsed = await offload.validate(size, task_service.parse_collection, body, size)
     results = task_service.add_collection(ctx, request.path_params["job_id"], parsed)
     return json_response(request, {"value": results}, odata_type="taskaddresult")
@@ -44,9 +45,15 @@ async def list_tasks(request: Request, ctx: Context) -> Response:
         isinstance(odata.equality_literal(part, "state"), str) for part in parts)
     page, continuation = task_service.list_page(
         ctx, request.path_params["job_id"], after_seq=decode_token(request), limit=max_results(request),
-        conditions=conditions, predicate=None if rest is None else odata.predicate_of(rest),
+        conditions=conditions, predicate=None if rest is None else _judged(ctx, odata.predicate_of(rest)),
         index_served=index_served)
-    return listing.page_response(request, page, "tasks", fields, continuation)
+    return listing.page_response(request, [render.task(ctx.base_url, record) for record in page], "tasks", fields,
+                                 continuation, "task")
+
+
+def _judged(ctx: Context, predicate: odata.Predicate) -> Callable[[task_service.TaskRecord], bool]:
+    """What SQL could not decide of a $filter, judged on the task's wire form."""
+    return lambda record: predicate(render.task(ctx.base_url, record))
 
 
 def _ids(request: Request) -> tuple[str, str]:
@@ -60,11 +67,12 @@ def _guard(request: Request, ctx: Context) -> None:
 async def get_task(request: Request, ctx: Context) -> Response:
     etag, modified = task_service.etag_of(ctx, *_ids(request))
     guard(request, lambda: (etag, modified))
-    return listing.single(request, task_service.get(ctx, *_ids(request)), "tasks/@Element", modified)
+    return listing.single(request, render.task(ctx.base_url, task_service.get(ctx, *_ids(request))), "tasks/@Element",
+                          modified, "task")
 
 
 async def update_task(request: Request, ctx: Context) -> Response:
-    body, _size = await read_json(request)
+    body, _size = await versions.read_json(request, "task.update")
     _guard(request, ctx)
     task_service.update_constraints(ctx, *_ids(request), body)
     etag, modified = task_service.etag_of(ctx, *_ids(request))

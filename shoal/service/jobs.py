@@ -8,12 +8,13 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from shoal import clock
 from shoal.errors import Conflict, InvalidProperty, MissingProperty, NotFound
-from shoal.service import quotas, request_body, transitions, wire_defaults
+from shoal.service import quotas, request_body, transitions
 from shoal.service import validation as v
 from shoal.service.context import Context
 from shoal.store.schema import job_task_counts, jobs, nodes, pools, tasks
 
-_KEPT = ("displayName", "constraints", "commonEnvironmentSettings", "poolInfo", "onAllTasksComplete",
+# Properties a client may set that Shoal keeps verbatim in `spec` (and shows again).
+KEPT_PROPERTIES = ("displayName", "constraints", "commonEnvironmentSettings", "poolInfo", "onAllTasksComplete",
          "onTaskFailure", "metadata")
 # What Shoal does not carry out yet: refused when given, never stored and ignored. A boolean is
 # "given" when true (false asks for nothing); `allowTaskPreemption` would let higher-priority jobs
@@ -85,7 +86,7 @@ def parse_create(body: Any) -> dict[str, Any]:
     request_body.refuse_unsupported(body, UNSUPPORTED_ON_CREATE)
     fields = _validate_mutable(body)
     v.environment_settings(body, "commonEnvironmentSettings")
-    spec = {name: body[name] for name in _KEPT if body.get(name) is not None}
+    spec = {name: body[name] for name in KEPT_PROPERTIES if body.get(name) is not None}
     return {"id": job_id, "fields": fields, "spec": spec, "pool_id": body["poolInfo"]["poolId"]}
 
 
@@ -106,40 +107,10 @@ def add(ctx: Context, job: dict[str, Any]) -> None:
             etag=clock.new_etag(), last_modified=now, creation_time=now, state_transition_time=now))
 
 
-def to_wire(ctx: Context, row: Any) -> dict[str, Any]:
-    spec = row.spec
-    out: dict[str, Any] = {
-        "id": row.id,
-        "url": f"{ctx.base_url}/jobs/{row.id}",
-        "eTag": row.etag,
-        "lastModified": clock.iso(row.last_modified),
-        "creationTime": clock.iso(row.creation_time),
-        "state": row.state,
-        "stateTransitionTime": clock.iso(row.state_transition_time),
-        "priority": row.priority,
-        "maxParallelTasks": row.max_parallel_tasks,
-        "allowTaskPreemption": False,
-        "usesTaskDependencies": False,
-        "onAllTasksComplete": spec.get("onAllTasksComplete", "noaction"),
-        "onTaskFailure": spec.get("onTaskFailure", "noaction"),
-        "constraints": {"maxWallClockTime": clock.UNLIMITED, "maxTaskRetryCount": 0,
-                        **(spec.get("constraints") or {})},
-        "executionInfo": row.execution_info,
-    }
-    if row.previous_state:
-        out["previousState"] = row.previous_state
-        out["previousStateTransitionTime"] = clock.iso(row.previous_state_transition_time)
-    for name in _KEPT:
-        if name in spec and name not in out:
-            out[name] = spec[name]
-    # A job without metadata (or whose metadata was replaced by none) has no `metadata` on Azure.
-    wire_defaults.drop_empty(out, "metadata", "commonEnvironmentSettings")
-    return out
-
-
-def get(ctx: Context, job_id: str) -> dict[str, Any]:
+def get(ctx: Context, job_id: str) -> Any:
+    """The job's row, as the API shows it (shoal/api/render.py)."""
     with ctx.engine.connect() as conn:
-        return to_wire(ctx, load(conn, ctx, job_id))
+        return load(conn, ctx, job_id)
 
 
 def etag_of(ctx: Context, job_id: str) -> tuple[str, Any]:
@@ -148,10 +119,9 @@ def etag_of(ctx: Context, job_id: str) -> tuple[str, Any]:
         return row.etag, row.last_modified
 
 
-def list_all(ctx: Context) -> list[dict[str, Any]]:
+def list_all(ctx: Context) -> list[Any]:
     with ctx.engine.connect() as conn:
-        rows = conn.execute(select(jobs).where(jobs.c.account == ctx.account).order_by(jobs.c.key)).all()
-        return [to_wire(ctx, r) for r in rows]
+        return list(conn.execute(select(jobs).where(jobs.c.account == ctx.account).order_by(jobs.c.key)).all())
 
 
 def _guard_changeable(row: Any) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import functools
-import platform
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import delete, func, select, update
 
@@ -13,85 +11,23 @@ from shoal import clock
 from shoal.errors import NotFound
 from shoal.model.states import LIVE_NODE_STATES, NodeState
 from shoal.service import pools as pool_service
-from shoal.service import transitions, wire_defaults
+from shoal.service import transitions
 from shoal.service.context import Context
 from shoal.service.liveness import Liveness
 from shoal.store.schema import jobs, nodes, pools, tasks
-
-AGENT_VERSION = "shoal-0.1.0"
 
 
 def node_not_found(node_id: str) -> NotFound:
     return NotFound("The specified node does not exist.", code="NodeNotFound")
 
 
-def to_wire(ctx: Context, pool: Any, row: Any, running: list[Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": row.id,
-        "url": f"{ctx.base_url}/pools/{pool.id}/nodes/{row.id}",
-        "state": row.state,
-        "schedulingState": row.scheduling_state,
-        "stateTransitionTime": clock.iso(row.state_transition_time),
-        "allocationTime": clock.iso(row.allocation_time),
-        "ipAddress": row.ip_address or "127.0.0.1",
-        "affinityId": f"TVM:{row.id}",
-        "vmSize": pool.vm_size.lower(),
-        "totalTasksRun": row.total_tasks_run,
-        "totalTasksSucceeded": row.total_tasks_succeeded,
-        "runningTasksCount": len(running),
-        "runningTaskSlotsCount": sum(t.required_slots for t in running),
-        "isDedicated": bool(row.is_dedicated),
-        # Shoal's nodes have no inbound NAT endpoints (no remote login through a load balancer).
-        "endpointConfiguration": {"inboundEndpoints": []},
-    }
-    image = _virtual_machine_info(pool.spec)
-    if image is not None:
-        out["virtualMachineInfo"] = image
-    # What the node agent reports appears once it has booted (said hello), as on Azure, where a
-    # creating or starting node has no agent info, boot time or installed certificates yet.
-    if row.last_boot_time:
-        out["lastBootTime"] = clock.iso(row.last_boot_time)
-        out["certificateReferences"] = []
-        out["nodeAgentInfo"] = {"version": AGENT_VERSION, "lastUpdateTime": clock.iso(row.last_boot_time)}
-    start_task = pool.spec.get("startTask")
-    if start_task:
-        out["startTask"] = wire_defaults.start_task(start_task)
-    if row.start_task_info:
-        out["startTaskInfo"] = row.start_task_info
-    if row.errors:
-        out["errors"] = row.errors
-    if running:
-        out["recentTasks"] = [_task_information(ctx, t) for t in running]
-    return out
+class NodeRecord(NamedTuple):
+    """A node as the API shows it (shoal/api/render.py): its pool's row, its own, and the tasks
+    running on it."""
 
-
-def _virtual_machine_info(spec: dict[str, Any]) -> dict[str, Any] | None:
-    """The image a node runs: the pool's reference, with the exact version Batch resolved
-    `latest` to. Every Shoal node runs its host's operating system whatever the pool names, so
-    an unpinned image reports the host's release (see docs/deviations.md)."""
-    reference = (spec.get("virtualMachineConfiguration") or {}).get("imageReference")
-    if not isinstance(reference, dict):
-        return None
-    shown = wire_defaults.image_reference(reference)
-    version = shown.get("version")
-    shown["exactVersion"] = host_os_version() if version in (None, wire_defaults.IMAGE_VERSION) else version
-    return {"imageReference": shown}
-
-
-@functools.cache
-def host_os_version() -> str:
-    """`<os id>-<version id>` of the machine Shoal runs on (e.g. `ubuntu-22.04`), read once."""
-    try:
-        release = platform.freedesktop_os_release()
-    except OSError:
-        return "unknown"
-    return f"{release.get('ID', 'linux')}-{release.get('VERSION_ID', 'unknown')}"
-
-
-def _task_information(ctx: Context, task: Any) -> dict[str, Any]:
-    return {"taskUrl": f"{ctx.base_url}/jobs/{task.job_id}/tasks/{task.id}", "jobId": task.job_id,
-            "taskId": task.id, "taskState": task.state,
-            "executionInfo": task.execution_info}
+    pool: Any
+    row: Any
+    running: list[Any]
 
 
 def _running_by_node(conn: Any, node_ids: list[str]) -> dict[str, list[Any]]:
@@ -107,13 +43,13 @@ def _running_by_node(conn: Any, node_ids: list[str]) -> dict[str, list[Any]]:
     return out
 
 
-def list_for_pool(ctx: Context, pool_id: str) -> list[dict[str, Any]]:
+def list_for_pool(ctx: Context, pool_id: str) -> list[NodeRecord]:
     with ctx.engine.connect() as conn:
         pool = pool_service.load(conn, ctx, pool_id)
         rows = conn.execute(select(nodes).where(nodes.c.pool_seq == pool.seq)
                             .order_by(nodes.c.allocation_time, nodes.c.id)).all()
         running = _running_by_node(conn, [r.id for r in rows])
-        return [to_wire(ctx, pool, r, running[r.id]) for r in rows]
+        return [NodeRecord(pool, r, running[r.id]) for r in rows]
 
 
 def load(conn: Any, ctx: Context, pool_id: str, node_id: str) -> tuple[Any, Any]:
@@ -124,10 +60,10 @@ def load(conn: Any, ctx: Context, pool_id: str, node_id: str) -> tuple[Any, Any]
     return pool, row
 
 
-def get(ctx: Context, pool_id: str, node_id: str) -> dict[str, Any]:
+def get(ctx: Context, pool_id: str, node_id: str) -> NodeRecord:
     with ctx.engine.connect() as conn:
         pool, row = load(conn, ctx, pool_id, node_id)
-        return to_wire(ctx, pool, row, _running_by_node(conn, [row.id])[row.id])
+        return NodeRecord(pool, row, _running_by_node(conn, [row.id])[row.id])
 
 
 def node_counts(ctx: Context) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, func, insert, select, update
 
@@ -13,7 +13,7 @@ from shoal.errors import Conflict, InvalidProperty, MissingProperty, NotFound
 from shoal.model import catalog, images
 from shoal.model.states import NodeState
 from shoal.service import autoscale as autoscale_service
-from shoal.service import ids, quotas, request_body, wire_defaults
+from shoal.service import ids, quotas, request_body
 from shoal.service import validation as v
 from shoal.service.context import Context
 from shoal.service.pool_records import guard_not_deleting, load, pool_being_deleted
@@ -22,8 +22,8 @@ from shoal.store.schema import nodes, pool_node_counts, pools
 MIN_RESIZE_TIMEOUT = timedelta(minutes=5)
 DEFAULT_RESIZE_TIMEOUT = timedelta(minutes=15)
 DEALLOCATION_OPTIONS = ("requeue", "terminate", "taskcompletion", "retaineddata")
-# Properties a client may set at creation that Shoal keeps verbatim in `spec`.
-_KEPT_PROPERTIES = (
+# Properties a client may set at creation that Shoal keeps verbatim in `spec` (and shows again).
+KEPT_PROPERTIES = (
     "displayName", "virtualMachineConfiguration", "startTask", "userAccounts", "metadata",
     "targetNodeCommunicationMode", "upgradePolicy", "enableAutoScale", "autoScaleFormula", "autoScaleEvaluationInterval",
 )
@@ -58,9 +58,6 @@ _NOT_UPDATABLE = ("vmSize", "virtualMachineConfiguration", "taskSlotsPerNode", "
                   "networkConfiguration", "userAccounts", "mountConfiguration", "upgradePolicy",
                   "enableInterNodeCommunication")
 _UNSUPPORTED_ON_UPDATE = ("certificateReferences", "applicationPackageReferences", "resourceTags")
-# Batch returns these write-only secrets of a pool's user accounts never (GET, list, or otherwise).
-_SECRET_USER_PROPERTIES = ("password",)
-_SECRET_LINUX_USER_PROPERTIES = ("sshPrivateKey",)
 # Node communication modes: Shoal's agents always talk to the service the "simplified" way.
 _COMMUNICATION_MODES = ("default", "simplified")
 # Longer than any Marketplace publisher, offer, SKU or version name, and any node agent SKU id.
@@ -218,7 +215,7 @@ def parse_create(body: Any) -> dict[str, Any]:
     _validate_user_accounts(body)
     _validate_communication_mode(body)
 
-    spec = {name: body[name] for name in _KEPT_PROPERTIES if body.get(name) is not None}
+    spec = {name: body[name] for name in KEPT_PROPERTIES if body.get(name) is not None}
     if autoscale:
         spec.setdefault("autoScaleEvaluationInterval",
                         clock.format_duration(autoscale_service.DEFAULT_INTERVAL))
@@ -269,65 +266,18 @@ def node_counts_by_pool(conn: Connection, pool_seqs: list[int]) -> dict[int, tup
     return {seq: (d, s) for seq, (d, s) in out.items()}
 
 
-def to_wire(ctx: Context, row: Any, current: tuple[int, int]) -> dict[str, Any]:
-    spec = row.spec
-    out: dict[str, Any] = {
-        "id": row.id,
-        "url": f"{ctx.base_url}/pools/{row.id}",
-        "eTag": row.etag,
-        "lastModified": clock.iso(row.last_modified),
-        "creationTime": clock.iso(row.creation_time),
-        "state": row.state,
-        "stateTransitionTime": clock.iso(row.state_transition_time),
-        "allocationState": row.allocation_state,
-        "allocationStateTransitionTime": clock.iso(row.allocation_state_transition_time),
-        "vmSize": row.vm_size.lower(),
-        "resizeTimeout": clock.format_duration(timedelta(seconds=row.resize_timeout_s)),
-        "currentDedicatedNodes": current[0],
-        "currentLowPriorityNodes": current[1],
-        "targetDedicatedNodes": row.target_dedicated,
-        "targetLowPriorityNodes": row.target_low_priority,
-        "enableAutoScale": bool(spec.get("enableAutoScale", False)),
-        **({"autoScaleRun": row.autoscale_run} if row.autoscale_run and spec.get("enableAutoScale") else {}),
-        "enableInterNodeCommunication": False,
-        "taskSlotsPerNode": row.slots_per_node,
-        "taskSchedulingPolicy": {"nodeFillType": row.fill_type},
-    }
-    # Azure reports the mode its nodes use only while the pool has nodes; Shoal's agents always
-    # talk to the service the simplified way.
-    if current[0] + current[1] > 0:
-        out["currentNodeCommunicationMode"] = "simplified"
-    if row.resize_errors and row.allocation_state == "steady":
-        out["resizeErrors"] = row.resize_errors
-    for name in _KEPT_PROPERTIES:
-        if name in spec and name not in out:
-            out[name] = spec[name]
-    if "userAccounts" in out:
-        out["userAccounts"] = [_without_secrets(account) for account in out["userAccounts"]]
-    if isinstance(out.get("startTask"), dict):
-        out["startTask"] = wire_defaults.start_task(out["startTask"])
-    vmc = out.get("virtualMachineConfiguration")
-    if isinstance(vmc, dict) and isinstance(vmc.get("imageReference"), dict):
-        out["virtualMachineConfiguration"] = {**vmc,
-                                              "imageReference": wire_defaults.image_reference(vmc["imageReference"])}
-    # A pool without metadata (or whose metadata was replaced by none) has no `metadata` on Azure.
-    wire_defaults.drop_empty(out, "metadata", "userAccounts")
-    return out
+class PoolRecord(NamedTuple):
+    """A pool as the API shows it (shoal/api/render.py): its row and its current (dedicated,
+    spot) node counts."""
+
+    row: Any
+    current: tuple[int, int]
 
 
-def _without_secrets(account: dict[str, Any]) -> dict[str, Any]:
-    shown = {k: val for k, val in account.items() if k not in _SECRET_USER_PROPERTIES}
-    linux = shown.get("linuxUserConfiguration")
-    if isinstance(linux, dict):
-        shown["linuxUserConfiguration"] = {k: val for k, val in linux.items()
-                                           if k not in _SECRET_LINUX_USER_PROPERTIES}
-    return shown
-
-
-def get(ctx: Context, pool_id: str) -> dict[str, Any]:
+def get(ctx: Context, pool_id: str) -> PoolRecord:
     with ctx.engine.connect() as conn:
         row = load(conn, ctx, pool_id)
-        return to_wire(ctx, row, node_counts_by_pool(conn, [row.seq])[row.seq])
+        return PoolRecord(row, node_counts_by_pool(conn, [row.seq])[row.seq])
 
 
 def etag_of(ctx: Context, pool_id: str) -> tuple[str, Any]:
@@ -336,11 +286,11 @@ def etag_of(ctx: Context, pool_id: str) -> tuple[str, Any]:
         return row.etag, row.last_modified
 
 
-def list_all(ctx: Context) -> list[dict[str, Any]]:
+def list_all(ctx: Context) -> list[PoolRecord]:
     with ctx.engine.connect() as conn:
         rows = conn.execute(select(pools).where(pools.c.account == ctx.account).order_by(pools.c.key)).all()
         counts = node_counts_by_pool(conn, [r.seq for r in rows])
-        return [to_wire(ctx, r, counts[r.seq]) for r in rows]
+        return [PoolRecord(r, counts[r.seq]) for r in rows]
 
 
 def patch(ctx: Context, pool_id: str, body: Any) -> None:

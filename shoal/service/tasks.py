@@ -21,13 +21,13 @@ from shoal.errors import (
     NotFound,
 )
 from shoal.service import jobs as job_service
-from shoal.service import request_body, transitions, wire_defaults
+from shoal.service import request_body, transitions
 from shoal.service import validation as v
 from shoal.service.context import Context
 from shoal.store.schema import jobs, nodes, tasks
 
-_KEPT = ("displayName", "commandLine", "environmentSettings", "affinityInfo", "constraints", "userIdentity")
-DEFAULT_RETENTION = "P7D"
+# Properties a client may set that Shoal keeps verbatim in `spec` (and shows again).
+KEPT_PROPERTIES = ("displayName", "commandLine", "environmentSettings", "affinityInfo", "constraints", "userIdentity")
 
 
 def task_not_found() -> NotFound:
@@ -53,7 +53,7 @@ def _validate(body: Any) -> dict[str, Any]:
         _validate_constraints(constraints)
     v.user_identity(body)
     request_body.refuse_unsupported(body, UNSUPPORTED)
-    return {"id": task_id, "spec": {name: body[name] for name in _KEPT if body.get(name) is not None},
+    return {"id": task_id, "spec": {name: body[name] for name in KEPT_PROPERTIES if body.get(name) is not None},
             "required_slots": required_slots}
 
 
@@ -177,42 +177,16 @@ def load(conn: Connection, ctx: Context, job_id: str, task_id: str) -> tuple[Any
     return job, row
 
 
-def to_wire(ctx: Context, job: Any, row: Any, pool_id: str | None = None) -> dict[str, Any]:
-    spec = row.spec
-    constraints = {"maxWallClockTime": clock.UNLIMITED, "retentionTime": DEFAULT_RETENTION,
-                   "maxTaskRetryCount": (job.spec.get("constraints") or {}).get("maxTaskRetryCount", 0)}
-    constraints.update(spec.get("constraints") or {})
-    out: dict[str, Any] = {
-        "id": row.id,
-        "url": f"{ctx.base_url}/jobs/{job.id}/tasks/{row.id}",
-        "eTag": row.etag,
-        "lastModified": clock.iso(row.last_modified),
-        "creationTime": clock.iso(row.creation_time),
-        "state": row.state,
-        "stateTransitionTime": clock.iso(row.state_transition_time),
-        "commandLine": spec["commandLine"],
-        "requiredSlots": row.required_slots,
-        "constraints": constraints,
-        "executionInfo": row.execution_info,
-    }
-    if row.previous_state:
-        out["previousState"] = row.previous_state
-        out["previousStateTransitionTime"] = clock.iso(row.previous_state_transition_time)
-    if row.node_info:
-        out["nodeInfo"] = row.node_info
-    for name in _KEPT:
-        if name in spec and name not in out:
-            out[name] = spec[name]
-    # Azure always shows whom a task runs as: the default is the pool-scope, non-admin auto-user.
-    out["userIdentity"] = wire_defaults.user_identity(spec.get("userIdentity"))
-    wire_defaults.drop_empty(out, "environmentSettings")
-    return out
+class TaskRecord(NamedTuple):
+    """A task as the API shows it (shoal/api/render.py): its job's row and its own."""
+
+    job: Any
+    row: Any
 
 
-def get(ctx: Context, job_id: str, task_id: str) -> dict[str, Any]:
+def get(ctx: Context, job_id: str, task_id: str) -> TaskRecord:
     with ctx.engine.connect() as conn:
-        job, row = load(conn, ctx, job_id, task_id)
-        return to_wire(ctx, job, row)
+        return TaskRecord(*load(conn, ctx, job_id, task_id))
 
 
 def etag_of(ctx: Context, job_id: str, task_id: str) -> tuple[str, Any]:
@@ -247,10 +221,11 @@ _PYTHON_WINDOW = 1_000
 
 
 def list_page(ctx: Context, job_id: str, *, after_seq: int, limit: int, conditions: Sequence[Any] = (),
-              predicate: Callable[[dict[str, Any]], bool] | None = None,
-              index_served: bool = False) -> tuple[list[dict[str, Any]], int | None]:
+              predicate: Callable[[TaskRecord], bool] | None = None,
+              index_served: bool = False) -> tuple[list[TaskRecord], int | None]:
     """Tasks in insertion order after `after_seq` that meet the SQL `conditions` and `predicate`
-    (over the wire form); returns the page and the seq to continue from (None at the end).
+    (over the record: the API judges the wire form); returns the page and the seq to continue
+    from (None at the end).
 
     Every query walks the job's tasks in seq order through an index, from the token on (keyset
     paging, never an offset). Without a filter, or when `index_served` (the conditions are what
@@ -264,15 +239,15 @@ def list_page(ctx: Context, job_id: str, *, after_seq: int, limit: int, conditio
             rows = conn.execute(select(tasks).where(in_job, *conditions, tasks.c.seq > after_seq)
                                 .order_by(tasks.c.seq).limit(limit + 1)).all()
             page = rows[:limit]
-            return [to_wire(ctx, job, row) for row in page], (page[-1].seq if len(rows) > limit else None)
+            return [TaskRecord(job, row) for row in page], (page[-1].seq if len(rows) > limit else None)
         return _list_in_windows(conn, ctx, job, after_seq, limit, list(conditions), predicate)
 
 
 def _list_in_windows(conn: Connection, ctx: Context, job: Any, cursor: int, limit: int, conditions: list[Any],
-                     predicate: Callable[[dict[str, Any]], bool] | None) -> tuple[list[dict[str, Any]], int | None]:
+                     predicate: Callable[[TaskRecord], bool] | None) -> tuple[list[TaskRecord], int | None]:
     in_job = tasks.c.job_seq == job.seq
     window = _SQL_WINDOW if predicate is None else _PYTHON_WINDOW
-    out: list[dict[str, Any]] = []
+    out: list[TaskRecord] = []
     walked = evaluated = 0
     while walked < MAX_INDEX_ENTRIES_PER_PAGE and evaluated < MAX_EVALUATED_ROWS_PER_PAGE:
         # The seq `window` entries on (None past the job's last task): an index-only walk.
@@ -285,9 +260,9 @@ def _list_in_windows(conn: Connection, ctx: Context, job: Any, cursor: int, limi
         rows = conn.execute(query).all()
         evaluated += len(rows)
         for row in rows:
-            wire = to_wire(ctx, job, row)
-            if predicate is None or predicate(wire):
-                out.append(wire)
+            record = TaskRecord(job, row)
+            if predicate is None or predicate(record):
+                out.append(record)
                 if len(out) == limit:
                     return out, (row.seq if _any_after(conn, job.seq, row.seq) else None)
         if upper is None:

@@ -19,11 +19,15 @@ from tests.helpers import wait_for
 
 IMAGE = {"publisher": "canonical", "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts"}
 VM_CONFIGURATION = {"imageReference": IMAGE, "nodeAgentSKUId": "batch.node.ubuntu 22.04"}
+# The api-version of the azure-sdk-for-python recordings (2023).
+RECORDED_2023 = "2023-05-01.17.0"
 DEFAULT_IDENTITY = {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}}
 
 
-def _send(shoal: Any, method: str, path: str, body: Any = None, expect: int = 200) -> Any:
-    response = rest.call(shoal, method, path, body=None if body is None else json.dumps(body).encode())
+def _send(shoal: Any, method: str, path: str, body: Any = None, expect: int = 200,
+          api_version: str = rest.API_VERSION) -> Any:
+    response = rest.call(shoal, method, path, body=None if body is None else json.dumps(body).encode(),
+                         api_version=api_version)
     assert response.status_code == expect, (response.status_code, response.text)
     return response.json() if response.content else None
 
@@ -68,8 +72,10 @@ def test_metadata_replaced_by_none_is_left_out(shoal: Any) -> None:
     # Pool_Get): updateproperties with `metadata: []` leaves the pool without `metadata`.
     _create_pool(shoal, "shape-meta", metadata=[{"name": "a", "value": "b"}])
     assert _send(shoal, "GET", "/pools/shape-meta")["metadata"] == [{"name": "a", "value": "b"}]
+    # At the recording's api-version: certificateReferences left the API with 2024-07-01.20.0.
     _send(shoal, "POST", "/pools/shape-meta/updateproperties",
-          {"metadata": [], "applicationPackageReferences": [], "certificateReferences": []}, expect=204)
+          {"metadata": [], "applicationPackageReferences": [], "certificateReferences": []}, expect=204,
+          api_version=RECORDED_2023)
     assert "metadata" not in _send(shoal, "GET", "/pools/shape-meta")
 
 
@@ -115,7 +121,7 @@ def test_pool_with_nodes_shows_its_communication_mode(shoal: Any, pool_with_node
     assert _send(shoal, "GET", "/pools/shape-nodes")["currentNodeCommunicationMode"] == "simplified"
 
 
-def test_idle_node_has_the_properties_azure_always_sends(pool_with_node: dict[str, Any]) -> None:
+def test_idle_node_has_the_properties_azure_always_sends(shoal: Any, pool_with_node: dict[str, Any]) -> None:
     # test_batch.pyTestBatchtest_batch_compute_nodes[sync].json and
     # test_batch_extensions_live.json (ComputeNode_List): every node has `endpointConfiguration`
     # and `virtualMachineInfo` (the pool's image with the exact version); once its agent is up,
@@ -126,7 +132,10 @@ def test_idle_node_has_the_properties_azure_always_sends(pool_with_node: dict[st
     assert {k: image[k] for k in IMAGE} == IMAGE
     assert image["version"] == "latest"
     assert isinstance(image["exactVersion"], str) and image["exactVersion"] not in ("", "latest")
-    assert node["certificateReferences"] == []
+    # At the recordings' api-version (certificates left the API with 2024-07-01.20.0).
+    recorded = _send(shoal, "GET", f"/pools/shape-nodes/nodes/{node['id']}", api_version=RECORDED_2023)
+    assert recorded["certificateReferences"] == []
+    assert "certificateReferences" not in node
     assert set(node["nodeAgentInfo"]) == {"version", "lastUpdateTime"}
     assert "lastBootTime" in node
 

@@ -24,8 +24,8 @@ def setup(client: Any) -> None:
     client.create_job(models.BatchJobCreateOptions(id=JOB, pool_info=models.BatchPoolInfo(pool_id=POOL)))
 
 
-def send(shoal: Any, method: str, path: str, body: Any) -> Any:
-    return rest.call(shoal, method, path, body=json.dumps(body).encode())
+def send(shoal: Any, method: str, path: str, body: Any, api_version: str = rest.API_VERSION) -> Any:
+    return rest.call(shoal, method, path, body=json.dumps(body).encode(), api_version=api_version)
 
 
 def values_of(response: Any) -> dict[str, str]:
@@ -111,6 +111,7 @@ def pool_body(pool_id: str, **extra: Any) -> dict[str, Any]:
                 "nodeAgentSKUId": "batch.node.ubuntu 22.04"}, **extra}
 
 
+CERTIFICATES_VERSION = "2024-02-01.19.0"
 POOL_FEATURES = [
     ("mountConfiguration", {"mountConfiguration": [{"nfsMountConfiguration": {
         "source": "nfs://h/x", "relativeMountPath": "m"}}]}),
@@ -127,8 +128,16 @@ POOL_FEATURES = [
 @pytest.mark.parametrize(("name", "extra"), POOL_FEATURES, ids=[n for n, _ in POOL_FEATURES])
 def test_unimplemented_pool_feature_is_refused(shoal: Any, setup: None, name: str, extra: dict[str, Any]) -> None:
     pool_id = f"p-{name.lower().replace('.', '-')}"
-    refused(send(shoal, "POST", "/pools", pool_body(pool_id, **extra)), "FeatureNotSupported", name)
+    # Certificates are a feature of api-versions up to 2024-02-01.19.0; later ones do not know them.
+    version = CERTIFICATES_VERSION if name == "certificateReferences" else rest.API_VERSION
+    refused(send(shoal, "POST", "/pools", pool_body(pool_id, **extra), version), "FeatureNotSupported", name)
     assert rest.call(shoal, "GET", f"/pools/{pool_id}").status_code == 404
+
+
+def test_certificate_references_are_unknown_from_2024_07(shoal: Any, setup: None) -> None:
+    body = pool_body("p-certificates", certificateReferences=[{"thumbprint": "ab", "thumbprintAlgorithm": "sha1"}])
+    for version in ("2024-07-01.20.0", "2025-06-01"):
+        refused(send(shoal, "POST", "/pools", body, version), "InvalidRequestBody", "certificateReferences")
 
 
 def test_vm_configuration_pieces_that_would_do_nothing_are_refused(shoal: Any, setup: None) -> None:

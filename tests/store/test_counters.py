@@ -225,9 +225,9 @@ def test_a_job_of_terminatejob_completes_from_its_counters(store):
                                               for i in range(2)])
     scheduling.schedule(ctx)
     _report(ctx, node_rows, job_id, 0, 0)
-    assert job_service.get(ctx, job_id)["state"] == "active"
+    assert job_service.get(ctx, job_id).state == "active"
     _report(ctx, node_rows, job_id, 0, 0)
-    assert job_service.get(ctx, job_id)["state"] == "completed"
+    assert job_service.get(ctx, job_id).state == "completed"
 
 
 def test_node_counts_come_from_the_counters(store):

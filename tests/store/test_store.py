@@ -64,7 +64,7 @@ def test_pool_ids_are_unique_case_insensitively(ctx):
     with pytest.raises(Conflict) as info:
         _pool(ctx, "render")
     assert info.value.code == "PoolExists"
-    assert pool_service.get(ctx, "RENDER")["id"] == "Render"
+    assert pool_service.get(ctx, "RENDER").row.id == "Render"
     with pytest.raises(NotFound):
         pool_service.get(ctx, "missing")
 
@@ -101,10 +101,10 @@ def test_failed_task_counts_and_retry(ctx):
         scheduling.schedule(ctx)
         agents.sync(ctx, node.id, node.token, {"incarnation": "i1", "known": [], "reports": [
             {"jobId": "j", "taskId": "bad", "attempt": attempt, "exitCode": 1}]})
-    task = task_service.get(ctx, "j", "bad")
-    assert task["state"] == "completed"
-    assert task["executionInfo"]["retryCount"] == 1
-    assert task["executionInfo"]["failureInfo"]["code"] == "FailureExitCode"
+    task = task_service.get(ctx, "j", "bad").row
+    assert task.state == "completed"
+    assert task.execution_info["retryCount"] == 1
+    assert task.execution_info["failureInfo"]["code"] == "FailureExitCode"
     assert job_service.task_counts(ctx, "j")["taskCounts"]["failed"] == 1
 
 

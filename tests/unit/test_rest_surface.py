@@ -1,7 +1,13 @@
-"""The REST operations Shoal serves, locked against the Azure Batch OpenAPI document.
+"""The REST operations Shoal serves, locked against the Azure Batch OpenAPI document, and what
+each api-version serves of them.
 
 Adding a route means moving it out of NOT_YET_SERVED; serving something the spec does not
-define fails here."""
+define fails here. Every api-version serves the same operations; how their bodies and answers
+differ per version is locked in data/api-versions.json (shoal/api/versions.py CHANGES). After a
+deliberate change to that table, regenerate the file:
+    python -c "import json; from shoal.api.versions import VERSIONS, served_differences as d; \
+print(json.dumps({v: d(v) for v in VERSIONS}, indent=1))" > tests/unit/data/api-versions.json
+"""
 
 from __future__ import annotations
 
@@ -13,11 +19,18 @@ import pytest
 
 from shoal.api.agent import AgentHub
 from shoal.api.app import Api, build_app
+from shoal.api.versions import VERSIONS, served_differences
 from shoal.service.context import Context
 
 SPEC = Path(__file__).resolve().parents[3] / "shared" / "spec" / "batch-data-plane.openapi.json"
 # The spec's operations, kept beside the test so it runs without shared/ (a clone on its own).
 OPERATIONS = Path(__file__).with_name("data") / "batch-operations.json"
+# Per api-version: per body and resource, the properties it does not define and those it spells
+# otherwise.
+BY_VERSION = Path(__file__).with_name("data") / "api-versions.json"
+# What Azure Batch serves since 2020, oldest first (its REST API reference, "Versions").
+SERVED_VERSIONS = ("2020-03-01.11.0", "2020-09-01.12.0", "2021-06-01.14.0", "2022-01-01.15.0", "2022-10-01.16.0",
+                   "2023-05-01.17.0", "2023-11-01.18.0", "2024-02-01.19.0", "2024-07-01.20.0", "2025-06-01")
 
 NOT_YET_SERVED = {
     ("GET", "/applications"), ("GET", "/applications/{}"),
@@ -74,3 +87,18 @@ def test_every_served_operation_is_in_the_spec():
 
 def test_not_yet_served_is_exactly_what_is_missing():
     assert spec_operations() - served_operations() == NOT_YET_SERVED
+
+
+def test_every_api_version_since_2020_is_served():
+    assert VERSIONS == SERVED_VERSIONS
+
+
+def test_each_api_version_lists_what_it_does_not_define():
+    locked = json.loads(BY_VERSION.read_text())
+    assert list(locked) == list(VERSIONS)
+    assert {version: served_differences(version) for version in VERSIONS} == locked
+    # The newest version defines everything Shoal reads and writes but what Azure took away.
+    newest = locked[VERSIONS[-1]]
+    assert {path for diff in newest.values() for path in diff["undefined"]} == {
+        "certificateReferences", "cloudServiceConfiguration", "applicationLicenses"}
+    assert not any(diff["renamed"] for diff in newest.values())

@@ -3,7 +3,7 @@
 Azure answers with the defaults it applied (a task without a `userIdentity` shows the pool-scope,
 non-admin auto-user it runs as) and omits optional collections that hold nothing (a pool without
 metadata has no `metadata` property, not `[]`). The rules here come from recorded Azure traffic
-(see tests/compat/test_wire_shape.py) and are shared by the resources' `to_wire` functions.
+(see tests/compat/test_wire_shape.py) and are shared by the renderers in `shoal/api/render.py`.
 """
 
 from __future__ import annotations
