@@ -28,7 +28,8 @@ done
 
 # The JavaScript SDK (tests/compat/test_js_sdk.py): node and npm from Debian, the SDK from npm.
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-    apt-get install -y -qq nodejs npm >/dev/null
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
 fi
 if [ ! -f tests/compat/js/node_modules/@azure/batch/package.json ] \
         || [ tests/compat/js/package-lock.json -nt tests/compat/js/node_modules/.package-lock.json ]; then
