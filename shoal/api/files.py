@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from shoal import clock
-from shoal.api import listing, odata
+from shoal import clock, odata
+from shoal.api import listing
 from shoal.api.http import (
     base_url,
     check_conditions,

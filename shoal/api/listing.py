@@ -8,7 +8,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shoal.api import odata, versions
+from shoal import odata
+from shoal.api import versions
 from shoal.api.http import decode_token, json_response, max_results, next_link
 from shoal.errors import InvalidQuery
 

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shoal.api import listing, odata, offload, render, versions
+from shoal import odata
+from shoal.api import listing, offload, render, versions
 from shoal.api.http import (
     decode_token,
     empty_response,

@@ -9,8 +9,8 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, and_, delete, insert, or_, select, update
 
 from shoal import clock
+from shoal import odata as odata_sql
 from shoal.agent.layout import task_folder
-from shoal.api import odata as odata_sql
 from shoal.config import MAX_COLLECTION_BODY_BYTES, MAX_TASKS_PER_COLLECTION
 from shoal.errors import (
     BatchError,

@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, insert, select, text
 
-from shoal.api import odata, render
+from shoal import odata
+from shoal.api import render
 from shoal.server import DEFAULT_ACCOUNT, ensure_account
 from shoal.service import jobs as job_service
 from shoal.service import tasks as task_service

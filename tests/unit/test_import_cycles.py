@@ -94,3 +94,14 @@ def test_service_modules_do_not_hide_a_cycle_in_a_function() -> None:
 def test_autoscale_imports_first_in_a_fresh_interpreter() -> None:
     code = "import shoal.service.autoscale, shoal.service.pools; shoal.service.autoscale.enable; shoal.service.pools.load"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# The layers below HTTP never reach up into it (ARCHITECTURE.md: api/ translates HTTP ⇄ service).
+BELOW_HTTP = ("shoal.service", "shoal.model", "shoal.scheduler", "shoal.store", "shoal.autoscale", "shoal.odata")
+
+
+def test_nothing_below_http_imports_the_api_layer() -> None:
+    _top, everywhere = _graphs()
+    reaching_up = sorted(f"{module} → {dep}" for module, deps in everywhere.items()
+                         if module.startswith(BELOW_HTTP) for dep in deps if dep.startswith("shoal.api"))
+    assert reaching_up == []

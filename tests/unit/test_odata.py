@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shoal.api.odata import ODataError, apply_select, compile_filter, parse_select
+from shoal.odata import ODataError, apply_select, compile_filter, parse_select
 
 POOL = {
     "id": "pool-a",
@@ -161,7 +161,7 @@ def test_apply_select_keeps_selected_top_level_and_metadata():
 
 
 def test_nesting_is_bounded_before_recursion_is():
-    from shoal.api.odata import MAX_NESTING
+    from shoal.odata import MAX_NESTING
 
     inner = "state eq 'active'"
     assert compile_filter("(" * MAX_NESTING + inner + ")" * MAX_NESTING)(POOL)
