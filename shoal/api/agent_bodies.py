@@ -14,6 +14,7 @@ from typing import Any
 
 from shoal import clock
 from shoal.errors import BadRequest, InvalidProperty
+from shoal.model.states import StartTaskState
 from shoal.service.folder_orders import MAX_ORDERS_PER_ANSWER
 
 # Ids are Batch ids (≤ 64 characters); incarnations are uuid hex; both fit their columns.
@@ -145,7 +146,7 @@ def check_sync(body: Any) -> dict[str, Any]:
     if start_task is not None:
         if not isinstance(start_task, dict):
             raise _refuse("startTask", start_task, "The value must be an object or null.")
-        if start_task.get("state") not in ("running", "completed"):
+        if start_task.get("state") not in (StartTaskState.RUNNING, StartTaskState.COMPLETED):
             raise _refuse("startTask.state", start_task.get("state"), "The value must be running or completed.")
         _outcome_fields(start_task, "startTask")
         _time(start_task, "lastRetryTime", "startTask.lastRetryTime")

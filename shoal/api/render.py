@@ -17,6 +17,7 @@ from typing import Any
 
 from shoal import clock
 from shoal.api import wire_defaults
+from shoal.model.states import AllocationState
 from shoal.service import jobs as job_service
 from shoal.service import pools as pool_service
 from shoal.service import tasks as task_service
@@ -68,7 +69,7 @@ def pool(base_url: str, record: PoolRecord) -> dict[str, Any]:
     # talk to the service the simplified way.
     if current[0] + current[1] > 0:
         out["currentNodeCommunicationMode"] = "simplified"
-    if row.resize_errors and row.allocation_state == "steady":
+    if row.resize_errors and row.allocation_state == AllocationState.STEADY:
         out["resizeErrors"] = row.resize_errors
     _echo(out, spec, pool_service.KEPT_PROPERTIES)
     if "userAccounts" in out:

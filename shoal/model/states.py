@@ -27,3 +27,42 @@ LIVE_NODE_STATES = (NodeState.STARTING, NodeState.WAITING_FOR_START_TASK, NodeSt
                     NodeState.START_TASK_FAILED, NodeState.OFFLINE, NodeState.REBOOTING, NodeState.REIMAGING)
 # A node the scheduler may give tasks to (with a free slot, scheduling enabled, no restart waiting).
 SCHEDULABLE_NODE_STATES = (NodeState.IDLE, NodeState.RUNNING)
+
+
+class TaskState(StrEnum):
+    ACTIVE = "active"
+    RUNNING = "running"
+    COMPLETED = "completed"
+
+
+class JobState(StrEnum):
+    ACTIVE = "active"
+    DISABLING = "disabling"
+    DISABLED = "disabled"
+    ENABLING = "enabling"
+    TERMINATING = "terminating"
+    COMPLETED = "completed"
+    DELETING = "deleting"
+
+
+class PoolState(StrEnum):
+    ACTIVE = "active"
+    DELETING = "deleting"
+
+
+class AllocationState(StrEnum):
+    STEADY = "steady"
+    RESIZING = "resizing"
+    STOPPING = "stopping"
+
+
+class SchedulingState(StrEnum):
+    """A node's: whether the scheduler may give it tasks."""
+
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+
+
+class StartTaskState(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"

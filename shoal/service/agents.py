@@ -18,7 +18,7 @@ from sqlalchemy import Connection, bindparam, select, update
 
 from shoal import clock
 from shoal.errors import BadRequest, BatchError, Conflict, InvalidProperty, Unauthenticated
-from shoal.model.states import NodeState
+from shoal.model.states import NodeState, PoolState, SchedulingState, StartTaskState, TaskState
 from shoal.service import jobs as job_service
 from shoal.service import scheduling, transitions
 from shoal.service.context import Context
@@ -197,7 +197,7 @@ def register(ctx: Context, join_token: str, body: dict[str, Any]) -> dict[str, s
                                                 pools.c.key == str(pool_id or "").lower())).first()
         if pool is None or not token_matches(pool.join_token, join_token):
             raise Unauthenticated("The pool join token is not valid for this pool.")
-        if pool.state != "active":
+        if pool.state != PoolState.ACTIVE:
             raise Conflict("The pool is being deleted.", code="PoolBeingDeleted")
         free = conn.execute(select(nodes).where(
             nodes.c.pool_seq == pool.seq, nodes.c.state == NodeState.CREATING, nodes.c.incarnation.is_(None),
@@ -236,7 +236,7 @@ def hello(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> dict[
         if node.incarnation and node.incarnation != body.get("incarnation"):
             transitions.requeue(conn, transitions.running_on(conn, [node_id]), user_requested=False)
         leaving = node.state == NodeState.LEAVING_POOL
-        idle = NodeState.OFFLINE if node.scheduling_state == "disabled" else NodeState.IDLE
+        idle = NodeState.OFFLINE if node.scheduling_state == SchedulingState.DISABLED else NodeState.IDLE
         new_state = node.state if leaving else (NodeState.STARTING if start_task else idle)
         conn.execute(update(nodes).where(nodes.c.id == node_id).values(
             state=new_state, state_transition_time=now, last_boot_time=now, last_heartbeat=now,
@@ -465,11 +465,11 @@ def _state_on_return(conn: Connection, node: Any) -> str:
     info = node.start_task_info or {}
     if node.run_start_task:
         return NodeState.STARTING
-    if wait and info.get("state") == "running":
+    if wait and info.get("state") == StartTaskState.RUNNING:
         return NodeState.WAITING_FOR_START_TASK
     if wait and info.get("result") == "failure":
         return NodeState.START_TASK_FAILED
-    busy = conn.execute(select(tasks.c.seq).where(tasks.c.node_id == node.id, tasks.c.state == "running")
+    busy = conn.execute(select(tasks.c.seq).where(tasks.c.node_id == node.id, tasks.c.state == TaskState.RUNNING)
                         .limit(1)).first()
     return NodeState.RUNNING if busy else NodeState.IDLE
 
@@ -504,14 +504,14 @@ def _record_start_task(conn: Connection, node: Any, report: dict[str, Any]) -> b
     if report.get("failure"):
         info["failureInfo"] = report["failure"]
     values: dict[str, Any] = {"start_task_info": info}
-    if report.get("state") == "completed":
+    if report.get("state") == StartTaskState.COMPLETED:
         values["run_start_task"] = False
         info["result"] = "success" if report.get("exitCode") == 0 and not report.get("failure") else "failure"
     pool = conn.execute(select(pools.c.spec).where(pools.c.seq == node.pool_seq)).scalar_one()
     wait = (pool.get("startTask") or {}).get("waitForSuccess", True)
     if node.state in (NodeState.STARTING, NodeState.WAITING_FOR_START_TASK, NodeState.START_TASK_FAILED):
-        ready = NodeState.OFFLINE if node.scheduling_state == "disabled" else NodeState.IDLE
-        if report.get("state") == "running":
+        ready = NodeState.OFFLINE if node.scheduling_state == SchedulingState.DISABLED else NodeState.IDLE
+        if report.get("state") == StartTaskState.RUNNING:
             new_state = NodeState.WAITING_FOR_START_TASK if wait else ready
         elif info.get("result") == "success" or not wait:
             new_state = ready
@@ -531,7 +531,7 @@ def _apply_reports(conn: Connection, ctx: Context, node_id: str, reports: list[d
     job_keys = {k[0] for k in keys}
     rows = conn.execute(select(tasks, jobs.c.key.label("job_key")).join(jobs, jobs.c.seq == tasks.c.job_seq)
                         .where(jobs.c.account == ctx.account, jobs.c.key.in_(job_keys),
-                               tasks.c.node_id == node_id, tasks.c.state == "running")).all()
+                               tasks.c.node_id == node_id, tasks.c.state == TaskState.RUNNING)).all()
     current = {(r.job_key, r.key): r for r in rows}
     reported = []
     for index, report in enumerate(reports):
@@ -556,13 +556,13 @@ def _apply_reports(conn: Connection, ctx: Context, node_id: str, reports: list[d
 _RUNNING_KEYS = (
     select(tasks.c.seq, jobs.c.key.label("job_key"), tasks.c.key.label("task_key"), tasks.c.attempt)
     .join(jobs, jobs.c.seq == tasks.c.job_seq)
-    .where(tasks.c.node_id == bindparam("b_node"), tasks.c.state == "running")
+    .where(tasks.c.node_id == bindparam("b_node"), tasks.c.state == TaskState.RUNNING)
 )
 _RUNNING_KEYS_OF_MANY = (
     select(tasks.c.node_id, tasks.c.seq, jobs.c.key.label("job_key"), tasks.c.key.label("task_key"),
            tasks.c.attempt)
     .join(jobs, jobs.c.seq == tasks.c.job_seq)
-    .where(tasks.c.node_id.in_(bindparam("b_nodes", expanding=True)), tasks.c.state == "running")
+    .where(tasks.c.node_id.in_(bindparam("b_nodes", expanding=True)), tasks.c.state == TaskState.RUNNING)
 )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 
 from shoal import clock
-from shoal.model.states import NodeState
+from shoal.model.states import AllocationState, NodeState, PoolState
 from shoal.scheduler import removal_rank
 from shoal.service import ids, preemption, quotas, removal, transitions
 from shoal.service.context import Context
@@ -37,13 +37,14 @@ def reconcile(ctx: Context) -> bool:
     with ctx.engine.begin() as conn:
         rows = conn.execute(select(pools).where(
             pools.c.account == ctx.account,
-            pools.c.allocation_state.in_(("resizing", "stopping")))).all()
+            pools.c.allocation_state.in_((AllocationState.RESIZING, AllocationState.STOPPING)))).all()
         for pool in rows:
             changed |= _reconcile_pool(ctx, conn, pool)
         # Pools seek their spot target continuously: a steady pool short of spot nodes (scarce
         # capacity, or nodes preempted and gone) takes capacity as soon as there is some.
         for pool in conn.execute(select(pools).where(
-                pools.c.account == ctx.account, pools.c.state == "active", pools.c.allocation_state == "steady",
+                pools.c.account == ctx.account, pools.c.state == PoolState.ACTIVE,
+                pools.c.allocation_state == AllocationState.STEADY,
                 pools.c.target_low_priority > 0)).all():
             spot_staying = _node_counts(conn, pool.seq)[0][False]
             changed |= _add_nodes(ctx, conn, pool, False, pool.target_low_priority - spot_staying).added > 0
@@ -103,7 +104,7 @@ def _node_counts(conn: Any, pool_seq: int) -> tuple[dict[bool, int], int]:
 def _reconcile_pool(ctx: Context, conn: Any, pool: Any) -> bool:
     now = clock.now()
     staying, leaving = _node_counts(conn, pool.seq)
-    if pool.allocation_state == "stopping":
+    if pool.allocation_state == AllocationState.STOPPING:
         _set_steady(conn, pool, errors=pool.resize_errors)
         return True
     changed = False
@@ -132,7 +133,7 @@ def _reconcile_pool(ctx: Context, conn: Any, pool: Any) -> bool:
     # in later passes, keep the pool resizing. A deleting pool has targets of zero, so no leaving
     # nodes there means no nodes at all.
     if not leaving and not still_growing:
-        if pool.state != "deleting":
+        if pool.state != PoolState.DELETING:
             _set_steady(conn, pool, errors=errors or None)
             return True
         deleted_at = clock.as_utc(pool.state_transition_time)
@@ -142,7 +143,7 @@ def _reconcile_pool(ctx: Context, conn: Any, pool: Any) -> bool:
         conn.execute(delete(pools).where(pools.c.seq == pool.seq))
         return True
     deadline = clock.as_utc(pool.resize_deadline)
-    if deadline is not None and now > deadline and pool.state != "deleting":
+    if deadline is not None and now > deadline and pool.state != PoolState.DELETING:
         _set_steady(conn, pool, errors=[*errors, {"code": "AllocationTimedout",
                                                   "message": "Desired number of nodes could not be allocated "
                                                              "within the resize timeout."}])
@@ -159,5 +160,5 @@ def _pick_surplus(conn: Any, group: list[Any], count: int) -> list[Any]:
 def _set_steady(conn: Any, pool: Any, *, errors: list[dict[str, str]] | None) -> None:
     now = clock.now()
     conn.execute(update(pools).where(pools.c.seq == pool.seq).values(
-        allocation_state="steady", allocation_state_transition_time=now, resize_errors=errors,
+        allocation_state=AllocationState.STEADY, allocation_state_transition_time=now, resize_errors=errors,
         resize_deadline=None, etag=clock.new_etag(), last_modified=now))

@@ -15,6 +15,7 @@ from sqlalchemy import Connection, select, update
 from shoal import autoscale as formula_language
 from shoal import clock
 from shoal.errors import BadRequest, Conflict, InvalidProperty, MissingProperty
+from shoal.model.states import AllocationState, PoolState
 from shoal.service import metrics, pool_records, request_body
 from shoal.service import validation as v
 from shoal.service.context import Context
@@ -80,7 +81,7 @@ def evaluate_and_apply(ctx: Context, conn: Connection, pool: Any) -> None:
             pool.target_dedicated, pool.target_low_priority):
         real_now = clock.now()
         values.update(target_dedicated=result.target_dedicated, target_low_priority=result.target_low_priority,
-                      allocation_state="resizing", allocation_state_transition_time=real_now,
+                      allocation_state=AllocationState.RESIZING, allocation_state_transition_time=real_now,
                       deallocation_option=result.node_deallocation_option or "requeue",
                       resize_deadline=real_now + timedelta(seconds=pool.resize_timeout_s), resize_errors=None,
                       etag=clock.new_etag(), last_modified=real_now)
@@ -93,7 +94,7 @@ def run_due(ctx: Context) -> bool:
     ran = False
     with ctx.engine.begin() as conn:
         due = conn.execute(select(pools).where(
-            pools.c.account == ctx.account, pools.c.state == "active", pools.c.autoscale_due.is_not(None),
+            pools.c.account == ctx.account, pools.c.state == PoolState.ACTIVE, pools.c.autoscale_due.is_not(None),
             pools.c.autoscale_due <= now)).all()
         for pool in due:
             if pool.spec.get("enableAutoScale"):
@@ -128,7 +129,7 @@ def enable(ctx: Context, pool_id: str, body: Any) -> None:
             raise MissingProperty("autoScaleFormula")
         if text is not None:
             parse(text)
-        if not enabled and pool.allocation_state != "steady":
+        if not enabled and pool.allocation_state != AllocationState.STEADY:
             raise Conflict("Autoscale cannot be enabled while the pool is resizing.", code="PoolNotSteady")
         now = ctx.timebase.now()
         last = clock.as_utc(pool.autoscale_enabled_at)

@@ -8,6 +8,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from shoal import clock
 from shoal.errors import Conflict, InvalidProperty, MissingProperty, NotFound
+from shoal.model.states import JobState, TaskState
 from shoal.service import quotas, request_body, transitions
 from shoal.service import validation as v
 from shoal.service.context import Context
@@ -100,7 +101,7 @@ def add(ctx: Context, job: dict[str, Any]) -> None:
             raise Conflict("The specified job already exists.", code="JobExists")
         quotas.check_active_jobs(ctx, conn)
         conn.execute(insert(jobs).values(
-            account=ctx.account, id=job_id, key=job_id.lower(), state="active",
+            account=ctx.account, id=job_id, key=job_id.lower(), state=JobState.ACTIVE,
             priority=fields.get("priority", 0), pool_key=fields["pool_key"],
             max_parallel_tasks=fields.get("max_parallel_tasks", -1), spec=spec,
             execution_info={"startTime": clock.iso(now), "poolId": job["pool_id"]},
@@ -125,10 +126,10 @@ def list_all(ctx: Context) -> list[Any]:
 
 
 def _guard_changeable(row: Any) -> None:
-    if row.state == "deleting":
+    if row.state == JobState.DELETING:
         raise Conflict("The specified job has been marked for deletion and is being reclaimed.",
                        code="JobBeingDeleted")
-    if row.state in ("completed", "terminating"):
+    if row.state in (JobState.COMPLETED, JobState.TERMINATING):
         raise Conflict("The specified job is already in a completed state.", code="JobCompleted")
 
 
@@ -150,7 +151,7 @@ def _apply_update(ctx: Context, job_id: str, body: Any, *, replace: bool) -> Non
     with ctx.engine.begin() as conn:
         row = load(conn, ctx, job_id)
         _guard_changeable(row)
-        if "pool_key" in fields and fields["pool_key"] != row.pool_key and row.state != "disabled":
+        if "pool_key" in fields and fields["pool_key"] != row.pool_key and row.state != JobState.DISABLED:
             raise Conflict("The pool of a job can only be changed while the job is disabled.",
                            code="JobNotDisabled")
         spec = dict(row.spec)
@@ -187,17 +188,17 @@ def disable(ctx: Context, job_id: str, body: Any) -> None:
     assert option is not None  # required above
     with ctx.engine.begin() as conn:
         row = load(conn, ctx, job_id)
-        if row.state in ("disabling", "disabled"):
+        if row.state in (JobState.DISABLING, JobState.DISABLED):
             return
-        if row.state != "active":
+        if row.state != JobState.ACTIVE:
             raise Conflict(f"The specified job is in state {row.state} and cannot be disabled.",
                            code="JobNotActive")
         running = conn.execute(select(tasks).where(tasks.c.job_seq == row.seq,
-                                                   tasks.c.state == "running")).all()
+                                                   tasks.c.state == TaskState.RUNNING)).all()
         touched = transitions.stop_running(conn, running, option)
         transitions.refresh_node_busy(conn, touched)
         waiting = option == "wait" and bool(running)
-        _set_state(conn, row, "disabling" if waiting else "disabled", disable_option=option)
+        _set_state(conn, row, JobState.DISABLING if waiting else JobState.DISABLED, disable_option=option)
     for node_id in touched:
         ctx.signals.wake_node(node_id)
     ctx.signals.wake_scheduler()
@@ -206,12 +207,12 @@ def disable(ctx: Context, job_id: str, body: Any) -> None:
 def enable(ctx: Context, job_id: str) -> None:
     with ctx.engine.begin() as conn:
         row = load(conn, ctx, job_id)
-        if row.state == "active":
+        if row.state == JobState.ACTIVE:
             return
-        if row.state not in ("disabled", "disabling"):
+        if row.state not in (JobState.DISABLED, JobState.DISABLING):
             raise Conflict(f"The specified job is in state {row.state} and cannot be enabled.",
                            code="JobNotDisabled")
-        _set_state(conn, row, "active", disable_option=None)
+        _set_state(conn, row, JobState.ACTIVE, disable_option=None)
     ctx.signals.wake_scheduler()
 
 
@@ -227,13 +228,13 @@ def terminate(ctx: Context, job_id: str, body: Any, reason: str = "UserTerminate
 
 def terminate_in(ctx: Context, conn: Connection, row: Any, reason: str) -> None:
     """terminating → completed: running tasks are killed; active tasks stay active, never to run."""
-    running = conn.execute(select(tasks).where(tasks.c.job_seq == row.seq, tasks.c.state == "running")).all()
+    running = conn.execute(select(tasks).where(tasks.c.job_seq == row.seq, tasks.c.state == TaskState.RUNNING)).all()
     touched = transitions.terminate(conn, running)
     transitions.refresh_node_busy(conn, touched)
     info = dict(row.execution_info)
     info["endTime"] = clock.iso(clock.now())
     info["terminateReason"] = reason
-    _set_state(conn, row, "completed", execution_info=info)
+    _set_state(conn, row, JobState.COMPLETED, execution_info=info)
     for node_id in touched:
         ctx.signals.wake_node(node_id)
 
@@ -241,12 +242,13 @@ def terminate_in(ctx: Context, conn: Connection, row: Any, reason: str) -> None:
 def delete_job(ctx: Context, job_id: str) -> None:
     with ctx.engine.begin() as conn:
         row = load(conn, ctx, job_id)
-        if row.state == "deleting":
+        if row.state == JobState.DELETING:
             return
-        running = conn.execute(select(tasks).where(tasks.c.job_seq == row.seq, tasks.c.state == "running")).all()
+        running = conn.execute(select(tasks).where(tasks.c.job_seq == row.seq,
+                                                   tasks.c.state == TaskState.RUNNING)).all()
         touched = transitions.terminate(conn, running)
         transitions.refresh_node_busy(conn, touched)
-        _set_state(conn, row, "deleting")
+        _set_state(conn, row, JobState.DELETING)
     for node_id in touched:
         ctx.signals.wake_node(node_id)
     ctx.signals.wake_provider()
@@ -279,7 +281,7 @@ def finish_all_complete_jobs(ctx: Context, conn: Connection, job_seqs: list[int]
     """onAllTasksComplete=terminatejob: a job whose tasks are all completed terminates."""
     query = (select(jobs, job_task_counts.c.active, job_task_counts.c.running)
              .join(job_task_counts, job_task_counts.c.job_seq == jobs.c.seq)
-             .where(jobs.c.account == ctx.account, jobs.c.state == "active"))
+             .where(jobs.c.account == ctx.account, jobs.c.state == JobState.ACTIVE))
     if job_seqs is not None:
         if not job_seqs:
             return
@@ -310,7 +312,7 @@ def reap_deleted(ctx: Context, ordered: set[int]) -> list[EmptiedJob]:
     budget = REAP_TASKS_PER_PASS
     with ctx.engine.begin() as conn:
         for row in conn.execute(select(jobs.c.seq, jobs.c.id, jobs.c.pool_key)
-                                .where(jobs.c.account == ctx.account, jobs.c.state == "deleting")).all():
+                                .where(jobs.c.account == ctx.account, jobs.c.state == JobState.DELETING)).all():
             if budget > 0:
                 chunk = select(tasks.c.seq).where(tasks.c.job_seq == row.seq).limit(budget).scalar_subquery()
                 budget -= conn.execute(delete(tasks).where(tasks.c.seq.in_(chunk))).rowcount
@@ -329,16 +331,16 @@ def remove_deleted_jobs(ctx: Context, seqs: list[int]) -> None:
     """Drop the records of deleted jobs whose tasks and folders are gone."""
     if seqs:
         with ctx.engine.begin() as conn:
-            conn.execute(delete(jobs).where(jobs.c.seq.in_(seqs), jobs.c.state == "deleting"))
+            conn.execute(delete(jobs).where(jobs.c.seq.in_(seqs), jobs.c.state == JobState.DELETING))
 
 
 def finish_waiting_disables(ctx: Context) -> None:
     with ctx.engine.begin() as conn:
         for row in conn.execute(select(jobs, job_task_counts.c.running)
                                 .join(job_task_counts, job_task_counts.c.job_seq == jobs.c.seq)
-                                .where(jobs.c.account == ctx.account, jobs.c.state == "disabling")).all():
+                                .where(jobs.c.account == ctx.account, jobs.c.state == JobState.DISABLING)).all():
             if row.running == 0:
-                _set_state(conn, row, "disabled")
+                _set_state(conn, row, JobState.DISABLED)
 
 
 def enforce_max_wall_clock(ctx: Context) -> None:
@@ -347,7 +349,8 @@ def enforce_max_wall_clock(ctx: Context) -> None:
     now = clock.now()
     with ctx.engine.begin() as conn:
         for row in conn.execute(select(jobs).where(jobs.c.account == ctx.account,
-                                                   jobs.c.state.in_(("active", "disabled", "disabling")))).all():
+                                                   jobs.c.state.in_((JobState.ACTIVE, JobState.DISABLED,
+                                                                     JobState.DISABLING)))).all():
             limit = (row.spec.get("constraints") or {}).get("maxWallClockTime")
             if not limit:
                 continue

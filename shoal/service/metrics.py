@@ -16,7 +16,7 @@ from sqlalchemy import Connection, and_, delete, func, insert, select
 
 from shoal import clock
 from shoal.autoscale import seed_sample_time
-from shoal.model.states import NodeState
+from shoal.model.states import JobState, NodeState, PoolState
 from shoal.service.context import Context
 from shoal.store.schema import job_task_counts, jobs, metric_samples, nodes, pool_node_counts, pools
 
@@ -32,7 +32,7 @@ RESOURCE_METRICS = {
     "diskWriteOps": "$DiskWriteOps", "networkInBytes": "$NetworkInBytes", "networkOutBytes": "$NetworkOutBytes",
     "wallClockSeconds": "$WallClockSeconds",
 }
-LIVE_JOB_STATES = ("active", "disabling", "disabled", "enabling")
+LIVE_JOB_STATES = (JobState.ACTIVE, JobState.DISABLING, JobState.DISABLED, JobState.ENABLING)
 
 
 def pool_counts(conn: Connection, pool: Any) -> dict[str, float]:
@@ -112,7 +112,7 @@ def sample(ctx: Context, now: datetime) -> None:
     grid, whenever the write gets to run); trims history past HISTORY."""
     with ctx.engine.begin() as conn:
         for pool in conn.execute(select(pools).where(pools.c.account == ctx.account,
-                                                     pools.c.state == "active")).all():
+                                                     pools.c.state == PoolState.ACTIVE)).all():
             values = pool_counts(conn, pool)
             live = conn.execute(select(nodes.c.id).where(
                 nodes.c.pool_seq == pool.seq, nodes.c.state.in_((

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, select, update
 
 from shoal import clock
 from shoal.errors import Conflict
-from shoal.model.states import NodeState
+from shoal.model.states import NodeState, SchedulingState
 from shoal.service import nodes as node_service
 from shoal.service import request_body, transitions
 from shoal.service import validation as v
@@ -34,10 +34,10 @@ def disable_scheduling(ctx: Context, pool_id: str, node_id: str, body: Any) -> N
     assert option is not None
     with ctx.engine.begin() as conn:
         _pool, row = node_service.load(conn, ctx, pool_id, node_id)
-        if row.scheduling_state == "disabled":
+        if row.scheduling_state == SchedulingState.DISABLED:
             raise Conflict("The node's scheduling is already disabled.", code="NodeAlreadyInTargetSchedulingState")
         transitions.stop_running(conn, transitions.running_on(conn, [row.id]), option)
-        conn.execute(update(nodes).where(nodes.c.id == row.id).values(scheduling_state="disabled",
+        conn.execute(update(nodes).where(nodes.c.id == row.id).values(scheduling_state=SchedulingState.DISABLED,
                                                                        etag=clock.new_etag()))
         transitions.refresh_node_busy(conn, [row.id])
     ctx.signals.wake_node(node_id)

@@ -9,7 +9,7 @@ from sqlalchemy import delete, func, select, update
 
 from shoal import clock
 from shoal.errors import NotFound
-from shoal.model.states import LIVE_NODE_STATES, NodeState
+from shoal.model.states import LIVE_NODE_STATES, NodeState, TaskState
 from shoal.service import pools as pool_service
 from shoal.service import transitions
 from shoal.service.context import Context
@@ -37,7 +37,7 @@ def _running_by_node(conn: Any, node_ids: list[str]) -> dict[str, list[Any]]:
     rows = conn.execute(select(tasks.c.node_id, tasks.c.id, tasks.c.state, tasks.c.required_slots,
                                tasks.c.execution_info, jobs.c.id.label("job_id"))
                         .join(jobs, jobs.c.seq == tasks.c.job_seq)
-                        .where(tasks.c.node_id.in_(node_ids), tasks.c.state == "running")).all()
+                        .where(tasks.c.node_id.in_(node_ids), tasks.c.state == TaskState.RUNNING)).all()
     for row in rows:
         out[row.node_id].append(row)
     return out

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from shoal.errors import Conflict, NotFound
+from shoal.model.states import PoolState
 from shoal.service.context import Context
 from shoal.store.schema import pools
 
@@ -34,5 +35,5 @@ def pool_being_deleted() -> Conflict:
 
 def guard_not_deleting(row: Any) -> None:
     """Batch refuses every change to a deleting pool, a second delete included (semantics §2.1)."""
-    if row.state == "deleting":
+    if row.state == PoolState.DELETING:
         raise pool_being_deleted()

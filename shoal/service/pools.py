@@ -11,7 +11,7 @@ from sqlalchemy import Connection, func, insert, select, update
 from shoal import clock
 from shoal.errors import Conflict, InvalidProperty, MissingProperty, NotFound
 from shoal.model import catalog, images
-from shoal.model.states import NodeState
+from shoal.model.states import AllocationState, NodeState, PoolState
 from shoal.service import autoscale as autoscale_service
 from shoal.service import ids, quotas, request_body
 from shoal.service import validation as v
@@ -232,14 +232,14 @@ def add(ctx: Context, pool: dict[str, Any]) -> None:
             pools.c.account == ctx.account, pools.c.key == pool_id.lower())).first()
         # Until a deleted pool is gone its id stays taken, and Batch says why (clients such as
         # doAzureParallel wait for the deletion on PoolBeingDeleted and then add the pool again).
-        if exists and exists.state == "deleting":
+        if exists and exists.state == PoolState.DELETING:
             raise pool_being_deleted()
         if exists:
             raise Conflict("The specified pool already exists.", code="PoolExists")
         quotas.check_pool_count(ctx, conn)
         conn.execute(insert(pools).values(
-            account=ctx.account, id=pool_id, key=pool_id.lower(), state="active",
-            allocation_state="resizing", vm_size=pool["vm_size"], slots_per_node=pool["slots"],
+            account=ctx.account, id=pool_id, key=pool_id.lower(), state=PoolState.ACTIVE,
+            allocation_state=AllocationState.RESIZING, vm_size=pool["vm_size"], slots_per_node=pool["slots"],
             fill_type=pool["fill"],
             target_dedicated=targets[0], target_low_priority=targets[1],
             resize_timeout_s=resize_timeout.total_seconds(), resize_deadline=resize_deadline(now, resize_timeout),
@@ -361,10 +361,10 @@ def resize(ctx: Context, pool_id: str, body: Any) -> None:
         if row.spec.get("enableAutoScale"):
             raise Conflict("The specified pool has auto scale enabled; resize is not allowed.",
                            code="AutoScaleEnabled")
-        if row.allocation_state != "steady":
+        if row.allocation_state != AllocationState.STEADY:
             raise Conflict("The specified pool is already being resized.", code="PoolBeingResized")
         now = clock.now()
-        _touch(conn, row, allocation_state="resizing", allocation_state_transition_time=now,
+        _touch(conn, row, allocation_state=AllocationState.RESIZING, allocation_state_transition_time=now,
                target_dedicated=row.target_dedicated if dedicated is None else dedicated,
                target_low_priority=row.target_low_priority if spot is None else spot,
                resize_timeout_s=timeout.total_seconds(), resize_deadline=resize_deadline(now, timeout),
@@ -376,10 +376,10 @@ def stop_resize(ctx: Context, pool_id: str) -> None:
     with ctx.engine.begin() as conn:
         row = load(conn, ctx, pool_id)
         guard_not_deleting(row)
-        if row.allocation_state == "steady":
+        if row.allocation_state == AllocationState.STEADY:
             return
         # Batch keeps the nodes it reached; the resize ends with a ResizeStopped error.
-        _touch(conn, row, allocation_state="stopping", allocation_state_transition_time=clock.now(),
+        _touch(conn, row, allocation_state=AllocationState.STOPPING, allocation_state_transition_time=clock.now(),
                resize_errors=[{"code": "ResizeStopped",
                                "message": "Desired number of dedicated nodes could not be allocated "
                                           "as the resize operation was stopped by the user."}])
@@ -403,7 +403,7 @@ def remove_nodes(ctx: Context, pool_id: str, body: Any) -> None:
     with ctx.engine.begin() as conn:
         row = load(conn, ctx, pool_id)
         guard_not_deleting(row)
-        if row.allocation_state != "steady":
+        if row.allocation_state != AllocationState.STEADY:
             raise Conflict("The specified pool is already being resized.", code="PoolBeingResized")
         found = conn.execute(select(nodes).where(nodes.c.pool_seq == row.seq,
                                                  nodes.c.id.in_(node_list))).all()
@@ -414,7 +414,7 @@ def remove_nodes(ctx: Context, pool_id: str, body: Any) -> None:
         dedicated = sum(1 for n in found if n.is_dedicated and n.state != NodeState.LEAVING_POOL)
         spot = sum(1 for n in found if not n.is_dedicated and n.state != NodeState.LEAVING_POOL)
         now = clock.now()
-        _touch(conn, row, allocation_state="resizing", allocation_state_transition_time=now,
+        _touch(conn, row, allocation_state=AllocationState.RESIZING, allocation_state_transition_time=now,
                target_dedicated=max(0, row.target_dedicated - dedicated),
                target_low_priority=max(0, row.target_low_priority - spot),
                resize_timeout_s=timeout.total_seconds(), resize_deadline=resize_deadline(now, timeout),

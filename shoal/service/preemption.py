@@ -15,7 +15,7 @@ from sqlalchemy import Connection, func, literal_column, select, update
 
 from shoal import clock
 from shoal.errors import Conflict
-from shoal.model.states import NodeState
+from shoal.model.states import NodeState, PoolState
 from shoal.service import nodes as node_service
 from shoal.service import transitions
 from shoal.service.context import Context
@@ -70,7 +70,7 @@ def recover(ctx: Context, recovery: timedelta, capacity: int | None) -> bool:
         if not preempted:
             return False
         active = set(conn.execute(select(pools.c.seq).where(pools.c.account == ctx.account,
-                                                            pools.c.state == "active")).scalars())
+                                                            pools.c.state == PoolState.ACTIVE)).scalars())
         rows = [row.id for row in preempted if row.pool_seq in active]
         if not rows:
             return False

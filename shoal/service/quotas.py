@@ -22,7 +22,7 @@ from sqlalchemy import Connection, func, select
 
 from shoal.errors import Conflict
 from shoal.model import catalog
-from shoal.model.states import NodeState
+from shoal.model.states import JobState, NodeState, PoolState
 from shoal.service.context import Context
 from shoal.store.schema import jobs, nodes, pools
 
@@ -57,12 +57,12 @@ def current() -> Quotas:
 
 # Jobs that no longer count against the quota (Batch: completed jobs do not; a job being deleted
 # is on its way out).
-_INACTIVE_JOB_STATES = ("completed", "deleting")
+_INACTIVE_JOB_STATES = (JobState.COMPLETED, JobState.DELETING)
 
 
 def check_pool_count(ctx: Context, conn: Connection) -> None:
     count = conn.execute(select(func.count()).select_from(pools).where(
-        pools.c.account == ctx.account, pools.c.state != "deleting")).scalar_one()
+        pools.c.account == ctx.account, pools.c.state != PoolState.DELETING)).scalar_one()
     if count >= current().pools:
         raise Conflict("The pool quota for the account has been reached.", code="PoolQuotaReached",
                        values={"Quota": str(current().pools)})

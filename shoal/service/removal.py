@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, update
 
 from shoal import clock
-from shoal.model.states import NodeState
+from shoal.model.states import NodeState, SchedulingState
 from shoal.service import transitions
 from shoal.service.context import Context
 from shoal.store.schema import nodes
@@ -30,7 +30,7 @@ def mark_leaving(ctx: Context, conn: Connection, node_rows: Sequence[Any], optio
     transitions.stop_running(conn, transitions.running_on(conn, ids), option)
     now = clock.now()
     conn.execute(update(nodes).where(nodes.c.id.in_(ids)).values(
-        state=NodeState.LEAVING_POOL, leave_option=option, scheduling_state="disabled",
+        state=NodeState.LEAVING_POOL, leave_option=option, scheduling_state=SchedulingState.DISABLED,
         state_transition_time=now, etag=clock.new_etag()))
     for node_id in ids:
         ctx.signals.wake_node(node_id)

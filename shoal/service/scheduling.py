@@ -10,7 +10,7 @@ from sqlalchemy import Connection, bindparam, select, update
 
 from shoal import clock
 from shoal.agent.layout import task_folder
-from shoal.model.states import SCHEDULABLE_NODE_STATES, NodeState
+from shoal.model.states import SCHEDULABLE_NODE_STATES, JobState, NodeState, PoolState, TaskState
 from shoal.scheduler import JobView, NodeView, PoolSnapshot, TaskView, gather, plan
 from shoal.service.context import Context
 from shoal.store.schema import job_task_counts, jobs, nodes, pools, tasks
@@ -29,8 +29,8 @@ PLACEMENTS_PER_TRANSACTION = 5_000
 # cost more than the database work.
 _START = (
     update(tasks)
-    .where(tasks.c.seq == bindparam("b_seq"), tasks.c.state == "active")
-    .values(state="running", previous_state="active",
+    .where(tasks.c.seq == bindparam("b_seq"), tasks.c.state == TaskState.ACTIVE)
+    .values(state=TaskState.RUNNING, previous_state=TaskState.ACTIVE,
             previous_state_transition_time=bindparam("b_previous_time", type_=tasks.c.state_transition_time.type),
             state_transition_time=bindparam("b_now", type_=tasks.c.state_transition_time.type),
             node_id=bindparam("b_node"), attempt=bindparam("b_attempt"),
@@ -61,7 +61,7 @@ _FREE_NODES = (
 # scheduler/backlog.py for why these two are all a pass needs to read.
 _NEXT_SIZE = (
     select(tasks.c.required_slots)
-    .where(tasks.c.job_seq == bindparam("b_job"), tasks.c.state == "active",
+    .where(tasks.c.job_seq == bindparam("b_job"), tasks.c.state == TaskState.ACTIVE,
            tasks.c.required_slots >= bindparam("b_low"), tasks.c.required_slots <= bindparam("b_high"))
     .order_by(tasks.c.required_slots)
     .limit(1)
@@ -70,7 +70,7 @@ _NEXT_SIZE = (
 # seek per job inside one statement): jobs whose tasks cannot fit cost no round trip and drop out.
 _SMALLEST_FITTING = (
     select(tasks.c.required_slots)
-    .where(tasks.c.job_seq == jobs.c.seq, tasks.c.state == "active",
+    .where(tasks.c.job_seq == jobs.c.seq, tasks.c.state == TaskState.ACTIVE,
            tasks.c.required_slots >= 1, tasks.c.required_slots <= bindparam("b_largest"))
     .order_by(tasks.c.required_slots)
     .limit(1)
@@ -78,11 +78,12 @@ _SMALLEST_FITTING = (
 )
 _ACTIVE_JOBS = (
     select(jobs.c.seq, jobs.c.max_parallel_tasks, jobs.c.priority, _SMALLEST_FITTING.label("smallest"))
-    .where(jobs.c.account == bindparam("b_account"), jobs.c.pool_key == bindparam("b_pool"), jobs.c.state == "active")
+    .where(jobs.c.account == bindparam("b_account"), jobs.c.pool_key == bindparam("b_pool"),
+           jobs.c.state == JobState.ACTIVE)
 )
 _READY_OF_SIZE = (
     select(tasks.c.seq, tasks.c.job_seq, tasks.c.required_slots)
-    .where(tasks.c.job_seq == bindparam("b_job"), tasks.c.state == "active",
+    .where(tasks.c.job_seq == bindparam("b_job"), tasks.c.state == TaskState.ACTIVE,
            tasks.c.required_slots == bindparam("b_slots"))
     .order_by(tasks.c.seq)
     .limit(bindparam("b_limit"))
@@ -110,7 +111,7 @@ def schedule(ctx: Context) -> set[str]:
     woken: set[str] = set()
     with ctx.engine.connect() as conn:
         pool_seqs = conn.execute(select(pools.c.seq).where(
-            pools.c.account == ctx.account, pools.c.state == "active")).scalars().all()
+            pools.c.account == ctx.account, pools.c.state == PoolState.ACTIVE)).scalars().all()
     for pool_seq in pool_seqs:
         while True:
             with ctx.engine.begin() as conn:
@@ -131,7 +132,7 @@ def schedule_pool(ctx: Context, conn: Connection, pool_seq: int) -> set[str]:
 
 def _active_pool(conn: Connection, pool_seq: int) -> Any:
     return conn.execute(select(pools.c.seq, pools.c.key, pools.c.id, pools.c.fill_type, pools.c.slots_per_node)
-                        .where(pools.c.seq == pool_seq, pools.c.state == "active")).first()
+                        .where(pools.c.seq == pool_seq, pools.c.state == PoolState.ACTIVE)).first()
 
 
 def _snapshot(conn: Connection, ctx: Context, pool: Any, budget: int | None) -> PoolSnapshot | None:

@@ -20,6 +20,7 @@ from shoal.errors import (
     MissingProperty,
     NotFound,
 )
+from shoal.model.states import JobState, TaskState
 from shoal.service import jobs as job_service
 from shoal.service import request_body, transitions
 from shoal.service import validation as v
@@ -65,16 +66,16 @@ def _validate_constraints(constraints: dict[str, Any]) -> None:
 
 def _job_for_adding(conn: Connection, ctx: Context, job_id: str) -> Any:
     job = job_service.load(conn, ctx, job_id)
-    if job.state in ("completed", "terminating"):
+    if job.state in (JobState.COMPLETED, JobState.TERMINATING):
         raise Conflict("The specified job is already in a completed state.", code="JobCompleted")
-    if job.state == "deleting":
+    if job.state == JobState.DELETING:
         raise Conflict("The specified job has been marked for deletion and is being reclaimed.",
                        code="JobBeingDeleted")
     return job
 
 
 def _row_values(job: Any, task: dict[str, Any], now: Any) -> dict[str, Any]:
-    return {"job_seq": job.seq, "id": task["id"], "key": task["id"].lower(), "state": "active",
+    return {"job_seq": job.seq, "id": task["id"], "key": task["id"].lower(), "state": TaskState.ACTIVE,
             "required_slots": task["required_slots"], "attempt": 0, "spec": task["spec"],
             "execution_info": {"retryCount": 0, "requeueCount": 0}, "etag": clock.new_etag(),
             "last_modified": now, "creation_time": now, "state_transition_time": now}
@@ -296,7 +297,7 @@ def update_constraints(ctx: Context, job_id: str, task_id: str, body: Any) -> No
 def terminate(ctx: Context, job_id: str, task_id: str) -> None:
     with ctx.engine.begin() as conn:
         job, row = load(conn, ctx, job_id, task_id)
-        if row.state == "completed":
+        if row.state == TaskState.COMPLETED:
             return
         touched = transitions.terminate(conn, [row])
         transitions.refresh_node_busy(conn, touched)
@@ -309,12 +310,12 @@ def terminate(ctx: Context, job_id: str, task_id: str) -> None:
 def reactivate(ctx: Context, job_id: str, task_id: str) -> None:
     with ctx.engine.begin() as conn:
         job, row = load(conn, ctx, job_id, task_id)
-        if job.state in ("completed", "terminating", "deleting"):
+        if job.state in (JobState.COMPLETED, JobState.TERMINATING, JobState.DELETING):
             raise Conflict("The job of the task is completed or being deleted.", code="JobCompleted")
         info = dict(row.execution_info)
         # Refused only for a task that has not completed or that succeeded: one terminated
         # before it ran (no result at all) may run again, as Azure allows.
-        if row.state != "completed" or info.get("result") == "success":
+        if row.state != TaskState.COMPLETED or info.get("result") == "success":
             raise Conflict("Only a completed task that did not succeed can be reactivated.",
                            code="TaskNotReactivatable")
         for name in ("exitCode", "failureInfo", "result", "endTime", "startTime"):
@@ -322,7 +323,7 @@ def reactivate(ctx: Context, job_id: str, task_id: str) -> None:
         info["retryCount"] = 0
         now = clock.now()
         conn.execute(update(tasks).where(tasks.c.seq == row.seq).values(
-            state="active", previous_state=row.state, previous_state_transition_time=row.state_transition_time,
+            state=TaskState.ACTIVE, previous_state=row.state, previous_state_transition_time=row.state_transition_time,
             state_transition_time=now, execution_info=info, etag=clock.new_etag(), last_modified=now,
             retention_deadline=None, outcome=None))
     ctx.signals.wake_scheduler()
@@ -333,7 +334,7 @@ def delete_task(ctx: Context, job_id: str, task_id: str) -> tuple[str | None, st
     order the folder deleted (shoal.service.folder_orders)."""
     with ctx.engine.begin() as conn:
         job, row = load(conn, ctx, job_id, task_id)
-        touched = transitions.terminate(conn, [row]) if row.state == "running" else set()
+        touched = transitions.terminate(conn, [row]) if row.state == TaskState.RUNNING else set()
         transitions.refresh_node_busy(conn, touched)
         conn.execute(delete(tasks).where(tasks.c.seq == row.seq))
         node_id = (row.node_info or {}).get("nodeId")
@@ -374,7 +375,7 @@ def expired_folders(ctx: Context, after: tuple[datetime, int] | None, limit: int
     query = (select(tasks.c.seq, deadline, tasks.c.id, tasks.c.node_info, jobs.c.id.label("job_id"))
              .join(jobs, jobs.c.seq == tasks.c.job_seq)
              .where(jobs.c.account == ctx.account, deadline.is_not(None), deadline < clock.now(),
-                    tasks.c.state == "completed")
+                    tasks.c.state == TaskState.COMPLETED)
              .order_by(deadline, tasks.c.seq).limit(limit))
     if after is not None:
         query = query.where(or_(deadline > after[0], and_(deadline == after[0], tasks.c.seq > after[1])))

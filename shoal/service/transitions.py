@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, func, select, update
 
 from shoal import clock
-from shoal.model.states import NodeState
+from shoal.model.states import NodeState, SchedulingState, TaskState
 from shoal.store.schema import jobs, nodes, tasks
 
 FAILURE_EXIT_CODE = {"category": "usererror", "code": "FailureExitCode",
@@ -45,13 +45,13 @@ _COUNT_SUCCESS = (
 
 def _move(row: Any, new_state: str, now: datetime, info: dict[str, Any]) -> dict[str, Any]:
     retention_deadline = None
-    if new_state == "completed" and row.node_info:
+    if new_state == TaskState.COMPLETED and row.node_info:
         # The task's folder stays on its node for retentionTime, then goes (semantics §2.5).
         retention_deadline = now + retention(row.spec)
     return {"b_seq": row.seq, "b_state": new_state, "b_previous_state": row.state,
             "b_previous_time": row.state_transition_time, "b_now": now, "b_info": info,
             "b_etag": clock.new_etag(), "b_retention": retention_deadline,
-            "b_outcome": info.get("result") if new_state == "completed" else None}
+            "b_outcome": info.get("result") if new_state == TaskState.COMPLETED else None}
 
 
 def _apply(conn: Connection, moves: list[dict[str, Any]]) -> None:
@@ -75,7 +75,7 @@ def requeue(conn: Connection, rows: Iterable[Any], *, user_requested: bool) -> s
         if user_requested:
             info["requeueCount"] = info.get("requeueCount", 0) + 1
             info["lastRequeueTime"] = clock.iso(now)
-        moves.append(_move(row, "active", now, info))
+        moves.append(_move(row, TaskState.ACTIVE, now, info))
         if row.node_id:
             touched.add(row.node_id)
     _apply(conn, moves)
@@ -110,20 +110,20 @@ def _outcome(conn: Connection, row: Any, report: dict[str, Any], now: datetime) 
     if failure is None and exit_code == 0:
         info["result"] = "success"
         info.pop("failureInfo", None)
-        return "completed", info
+        return TaskState.COMPLETED, info
     if failure is None:
         max_retries = effective_max_retries(conn, row)
         if max_retries == -1 or info.get("retryCount", 0) < max_retries:
             info["retryCount"] = info.get("retryCount", 0) + 1
             info["lastRetryTime"] = clock.iso(now)
-            return "active", info
+            return TaskState.ACTIVE, info
         info["result"] = "failure"
         info["failureInfo"] = dict(FAILURE_EXIT_CODE)
-        return "completed", info
+        return TaskState.COMPLETED, info
     # Pre-processing errors and timeouts are final: Batch does not retry them.
     info["result"] = "failure"
     info["failureInfo"] = failure
-    return "completed", info
+    return TaskState.COMPLETED, info
 
 
 def terminate(conn: Connection, rows: Iterable[Any], failure: dict[str, Any] | None = None) -> set[str]:
@@ -134,10 +134,10 @@ def terminate(conn: Connection, rows: Iterable[Any], failure: dict[str, Any] | N
     for row in rows:
         info = dict(row.execution_info)
         info["endTime"] = clock.iso(now)
-        if row.state == "running":
+        if row.state == TaskState.RUNNING:
             info["result"] = "failure"
             info["failureInfo"] = dict(failure or TERMINATED)
-        moves.append(_move(row, "completed", now, info))
+        moves.append(_move(row, TaskState.COMPLETED, now, info))
         if row.node_id:
             touched.add(row.node_id)
     _apply(conn, moves)
@@ -169,7 +169,7 @@ def refresh_node_busy(conn: Connection, node_ids: Iterable[str]) -> None:
     if not ids:
         return
     busy = {node_id for (node_id,) in conn.execute(
-        select(tasks.c.node_id).where(tasks.c.node_id.in_(ids), tasks.c.state == "running")
+        select(tasks.c.node_id).where(tasks.c.node_id.in_(ids), tasks.c.state == TaskState.RUNNING)
         .group_by(tasks.c.node_id)).all()}
     now = clock.now()
     idle_ids = [n for n in ids if n not in busy]
@@ -181,7 +181,7 @@ def refresh_node_busy(conn: Connection, node_ids: Iterable[str]) -> None:
             state=NodeState.IDLE, state_transition_time=now))
         # With scheduling disabled, a node with nothing left to run is offline.
         conn.execute(update(nodes).where(nodes.c.id.in_(idle_ids), nodes.c.state == NodeState.IDLE,
-                                         nodes.c.scheduling_state == "disabled").values(
+                                         nodes.c.scheduling_state == SchedulingState.DISABLED).values(
             state=NodeState.OFFLINE, state_transition_time=now))
 
 
@@ -189,13 +189,13 @@ def running_on(conn: Connection, node_ids: list[str]) -> list[Any]:
     if not node_ids:
         return []
     return list(conn.execute(select(tasks).where(tasks.c.node_id.in_(node_ids),
-                                                 tasks.c.state == "running")).all())
+                                                 tasks.c.state == TaskState.RUNNING)).all())
 
 
 def running_slots(conn: Connection, node_ids: list[str]) -> dict[str, int]:
     if not node_ids:
         return {}
     rows = conn.execute(select(tasks.c.node_id, func.sum(tasks.c.required_slots), func.count())
-                        .where(and_(tasks.c.node_id.in_(node_ids), tasks.c.state == "running"))
+                        .where(and_(tasks.c.node_id.in_(node_ids), tasks.c.state == TaskState.RUNNING))
                         .group_by(tasks.c.node_id)).all()
     return {node_id: int(slots) for node_id, slots, _count in rows}
