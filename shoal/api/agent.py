@@ -77,18 +77,21 @@ class AgentHub:
             event = self._events[node_id] = asyncio.Event()
         return event
 
-    def begin_poll(self, node_id: str) -> int:
-        """A sync of the node begins: any earlier one still held is woken, to end as superseded
-        (its agent stopped listening when it sent this one). Call before clearing the event."""
+    def begin_poll(self, node_id: str) -> tuple[int, bool]:
+        """A call of the node begins (a sync, a batch entry, a batch wait): any earlier one still
+        held is woken, to end as superseded (its agent stopped listening when it sent this one),
+        and the node's event is cleared before the store is read, so no later wake-up is lost.
+        Returns the call's number (for `superseded`) and whether a wake-up was pending."""
         number = self._polls.get(node_id, 0) + 1
         self._polls[node_id] = number
         watch = self._watched.pop(node_id, None)
         if watch is not None:
             watch.members.discard(node_id)  # superseded: that call says nothing more of it
-        event = self._events.get(node_id)
-        if event is not None:
-            event.set()  # resolves the waiters now; the clear that follows does not undo it
-        return number
+        event = self.event(node_id)
+        pending = event.is_set()
+        event.set()  # resolves the held call's wait now; the clear does not undo that
+        event.clear()
+        return number, pending
 
     def superseded(self, node_id: str, number: int) -> bool:
         return self._polls.get(node_id) != number
@@ -113,9 +116,7 @@ class AgentHub:
         if event is not None:
             # A long-poll still waiting on it answers now rather than at its timeout.
             event.set()
-        watch = self._watched.pop(node_id, None)
-        if watch is not None:
-            watch.wake(node_id)  # its next sync learns it is gone
+        self._wake_watch(node_id)  # its next sync learns it is gone
 
     def __len__(self) -> int:
         return len(self._events)
@@ -124,6 +125,9 @@ class AgentHub:
         event = self._events.get(node_id)
         if event is not None:
             event.set()
+        self._wake_watch(node_id)
+
+    def _wake_watch(self, node_id: str) -> None:
         watch = self._watched.pop(node_id, None)
         if watch is not None:
             watch.wake(node_id)
@@ -142,6 +146,11 @@ MAX_BATCH_SYNC_BODY_BYTES = 16 * 1024 * 1024
 MAX_BATCH_WAIT_BODY_BYTES = 512 * 1024
 # Wakes that come together (a scheduling pass wakes many nodes at once) share one line.
 BATCH_WAIT_COALESCE_S = 0.005
+
+
+def _entry_error(error: BatchError) -> dict[str, Any]:
+    """How a batch reports one entry's error."""
+    return {"status": error.status, "code": error.code, "message": error.message}
 
 
 def _superseded() -> Response:
@@ -216,14 +225,19 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
             hub.forget(node_id)
             raise
 
-    async def authenticated(request: Request) -> tuple[str, str, str | None]:
-        """(node id, token, incarnation of the node's current agent) of a caller with the token."""
-        node_id, token = request.path_params["node_id"], _token(request)
+    async def incarnation_of(node_id: str, token: str) -> str | None:
+        """The incarnation of the node's current agent, once ``token`` is known to be its token
+        (from memory when the store confirmed it before)."""
         known, incarnation = hub.confirmed(node_id, token)
         if not known:
             incarnation = await store(node_id, runner.read(agents.authenticate, api.ctx, node_id, token))
             hub.confirm(node_id, token, incarnation)
-        return node_id, token, incarnation
+        return incarnation
+
+    async def authenticated(request: Request) -> tuple[str, str, str | None]:
+        """(node id, token, incarnation of the node's current agent) of a caller with the token."""
+        node_id, token = request.path_params["node_id"], _token(request)
+        return node_id, token, await incarnation_of(node_id, token)
 
     async def hello(request: Request) -> Response:
         node_id, token, _incarnation = await authenticated(request)
@@ -247,10 +261,8 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
             # The heartbeat: in memory, on the loop, before any store work can keep it waiting.
             hub.liveness.beat(node_id)
             take_acknowledgements(node_id, body)
+        poll, _pending = hub.begin_poll(node_id)
         event = hub.event(node_id)
-        poll = hub.begin_poll(node_id)
-        # Cleared before reading the store: a wake-up after this point is never lost.
-        event.clear()
         # Nothing to record: reads alone answer it. Otherwise the writer records it, in order.
         answer = await store(node_id, runner.read(agents.sync_without_writes, api.ctx, node_id, token, body))
         if answer is None:
@@ -292,10 +304,7 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
         for index, (node_id, token, raw) in enumerate(entries):
             try:
                 body = agent_bodies.check_sync(raw)
-                known, incarnation = hub.confirmed(node_id, token)
-                if not known:
-                    incarnation = await store(node_id, runner.read(agents.authenticate, api.ctx, node_id, token))
-                    hub.confirm(node_id, token, incarnation)
+                incarnation = await incarnation_of(node_id, token)
             except BatchError as error:
                 results[index] = error
                 continue
@@ -303,11 +312,8 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
                 hub.liveness.beat(node_id)
                 take_acknowledgements(node_id, body)
                 current.add(index)
-            # A poll of the node still held is superseded by this entry, as by a single sync;
-            # cleared before the store is read: no wake-up is lost.
-            event = hub.event(node_id)
+            # A poll of the node still held is superseded by this entry, as by a single sync.
             hub.begin_poll(node_id)
-            event.clear()
             entry = agents.SyncEntry(node_id, token, body)
             (writes if agents.sync_has_news(body) else reads).append((index, entry))
 
@@ -332,8 +338,7 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
             if isinstance(result, BatchError):
                 if isinstance(result, agents.NodeGone):
                     hub.forget(node_id)
-                out.append({"nodeId": node_id, "error": {"status": result.status, "code": result.code,
-                                                         "message": result.message}})
+                out.append({"nodeId": node_id, "error": _entry_error(result)})
             else:
                 out.append({"nodeId": node_id, "answer": result})
         return _json({"nodes": out})
@@ -351,23 +356,15 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
         wait = BatchWait()
         for node_id, token, incarnation in entries:
             try:
-                known, current = hub.confirmed(node_id, token)
-                if not known:
-                    current = await store(node_id, runner.read(agents.authenticate, api.ctx, node_id, token))
-                    hub.confirm(node_id, token, current)
-            except BatchError as error:
-                if isinstance(error, agents.NodeGone):
-                    hub.forget(node_id)
-                errors.append({"nodeId": node_id, "status": error.status, "code": error.code,
-                               "message": error.message})
+                current = await incarnation_of(node_id, token)
+            except BatchError as error:  # a gone node was forgotten on the way (`store`)
+                errors.append({"nodeId": node_id, **_entry_error(error)})
                 continue
             if agents.from_current_agent(current, {"incarnation": incarnation}):
                 hub.liveness.beat(node_id)
-            event = hub.event(node_id)
-            pending = event.is_set() or orders.has_due(node_id)
-            hub.begin_poll(node_id)  # any call of the node still held is superseded by this one
-            event.clear()
-            if pending:
+            # Any call of the node still held is superseded by this one.
+            _poll, woken = hub.begin_poll(node_id)
+            if woken or orders.has_due(node_id):
                 wait.woken.append(node_id)
             else:
                 hub.watch(node_id, wait)
