@@ -18,6 +18,7 @@ from shoal.service import nodes as node_service
 from shoal.service import tasks as task_service
 from shoal.service.context import Context
 from shoal.service.liveness import Liveness
+from shoal.store.chunks import in_chunks
 from shoal.store.runner import StoreRunner
 from shoal.store.schema import nodes
 
@@ -110,15 +111,10 @@ async def _remove_expired_task_folders(ctx: Context, runner: StoreRunner, scan: 
         ctx.signals.wake_node(node_id)
 
 
-# Nodes looked up at once when checking which nodes with orders are gone.
-_GONE_CHECK_CHUNK = 500
-
-
 def _present_nodes(ctx: Context, node_ids: list[str]) -> set[str]:
     present: set[str] = set()
     with ctx.engine.connect() as conn:
-        for start in range(0, len(node_ids), _GONE_CHECK_CHUNK):
-            chunk = node_ids[start:start + _GONE_CHECK_CHUNK]
+        for chunk in in_chunks(node_ids):
             present.update(conn.execute(select(nodes.c.id).where(nodes.c.id.in_(chunk))).scalars())
     return present
 

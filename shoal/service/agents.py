@@ -22,6 +22,7 @@ from shoal.model.states import NodeState, PoolState, SchedulingState, StartTaskS
 from shoal.service import jobs as job_service
 from shoal.service import scheduling, transitions
 from shoal.service.context import Context
+from shoal.store.chunks import in_chunks
 from shoal.store.schema import jobs, nodes, pools, tasks
 
 Attempt = tuple[str, str, int]
@@ -91,16 +92,11 @@ def _sync_node(conn: Connection, node_id: str, token: str) -> Any:
     return _checked(conn.execute(_SYNC_NODE, {"b_id": node_id}).first(), token)
 
 
-# Ids looked up per statement when many nodes are read at once (well under any bound-parameter cap).
-_IN_CHUNK = 500
-
-
 def _sync_nodes(conn: Connection, node_ids: list[str]) -> dict[str, Any]:
     """The slim records (`_SYNC_NODE`) of many nodes, by id; a gone node is absent."""
     found: dict[str, Any] = {}
     columns = _SYNC_NODE.selected_columns
-    for start in range(0, len(node_ids), _IN_CHUNK):
-        chunk = node_ids[start:start + _IN_CHUNK]
+    for chunk in in_chunks(node_ids):
         found.update((row.id, row) for row in conn.execute(select(*columns).where(nodes.c.id.in_(chunk))))
     return found
 
@@ -576,9 +572,8 @@ class _DeliveryReads:
         self._running: dict[str, list[Any]] | None = None
         if node_ids is not None:
             self._running = {}
-            for start in range(0, len(node_ids), _IN_CHUNK):
-                chunk = node_ids[start:start + _IN_CHUNK]
-                for row in conn.execute(_RUNNING_KEYS_OF_MANY, {"b_nodes": chunk}):
+            for chunk in in_chunks(node_ids):
+                for row in conn.execute(_RUNNING_KEYS_OF_MANY, {"b_nodes": list(chunk)}):
                     self._running.setdefault(row.node_id, []).append(row)
         self._jobs: dict[int, tuple[str, dict[str, str]]] = {}
 

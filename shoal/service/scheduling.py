@@ -13,11 +13,9 @@ from shoal.agent.layout import task_folder
 from shoal.model.states import SCHEDULABLE_NODE_STATES, JobState, NodeState, PoolState, TaskState
 from shoal.scheduler import JobView, NodeView, PoolSnapshot, TaskView, gather, plan
 from shoal.service.context import Context
+from shoal.store.chunks import in_chunks
 from shoal.store.schema import job_task_counts, jobs, nodes, pools, tasks
 
-# A pass over 10,000 4-slot nodes places 40,000 tasks: IN lists go in chunks, well under the bound
-# parameter limits of SQLite (32,766) and PostgreSQL (65,535).
-_IN_CHUNK = 5_000
 # The most placements one transaction commits; a pass over a pool with more free slots and ready
 # tasks continues in the next transaction. Each costs a snapshot (~80 ms CPU at 10,000 free nodes),
 # so 5,000 keeps a 10,000 × 4-slot fill at ~1.25× the CPU of one transaction while no transaction
@@ -99,11 +97,6 @@ class _Placed:
 _NOTHING = _Placed(frozenset(), 0)
 
 
-def _chunks(values: list[Any]) -> Iterator[list[Any]]:
-    for start in range(0, len(values), _IN_CHUNK):
-        yield values[start:start + _IN_CHUNK]
-
-
 def schedule(ctx: Context) -> set[str]:
     """One pass over every pool; returns the ids of nodes that got work. Each pool's placements
     are committed PLACEMENTS_PER_TRANSACTION at a time, so filling a large pool is a series of
@@ -153,7 +146,7 @@ def _snapshot(conn: Connection, ctx: Context, pool: Any, budget: int | None) -> 
         return None
     limited = [j.seq for j in job_rows if j.max_parallel_tasks > 0]
     running_per_job: dict[int, int] = {}
-    for chunk in _chunks(limited):
+    for chunk in in_chunks(limited):
         # The counters kept with every state change (job_task_counts), not a count of the rows.
         running_per_job.update(conn.execute(select(job_task_counts.c.job_seq, job_task_counts.c.running)
                                             .where(job_task_counts.c.job_seq.in_(chunk))).all())
@@ -198,7 +191,7 @@ def _schedule_pool(ctx: Context, conn: Connection, pool: Any, budget: int | None
     now = clock.now()
     now_iso = clock.iso(now)
     rows: dict[int, Any] = {}
-    for chunk in _chunks([p.task_seq for p in placements]):
+    for chunk in in_chunks([p.task_seq for p in placements]):
         rows.update((r.seq, r) for r in conn.execute(
             select(tasks.c.seq, tasks.c.id, tasks.c.state, tasks.c.state_transition_time, tasks.c.execution_info,
                    tasks.c.attempt, jobs.c.id.label("job_id"))
@@ -224,7 +217,7 @@ def _schedule_pool(ctx: Context, conn: Connection, pool: Any, budget: int | None
         per_node[placement.node_id] = per_node.get(placement.node_id, 0) + 1
     conn.execute(_START, starts)
     conn.execute(_COUNT_RUN, [{"b_node": node_id, "b_count": count} for node_id, count in per_node.items()])
-    for chunk in _chunks(list(per_node)):
-        conn.execute(update(nodes).where(nodes.c.id.in_(chunk), nodes.c.state == NodeState.IDLE).values(
+    for node_chunk in in_chunks(list(per_node)):
+        conn.execute(update(nodes).where(nodes.c.id.in_(node_chunk), nodes.c.state == NodeState.IDLE).values(
             state=NodeState.RUNNING, state_transition_time=now))
     return _Placed(frozenset(per_node), len(placements))
