@@ -36,6 +36,8 @@ JOB_FOLDER_WAIT_S = 300.0
 @dataclass
 class _Order:
     sent_at: float | None = None
+    # A task folder's: the task's seq, for the retention record (None: the task is deleted).
+    task_seq: int | None = None
 
 
 @dataclass
@@ -48,9 +50,8 @@ class _JobDeletion:
 class FolderOrders:
     def __init__(self, now: Callable[[], float] = time.monotonic) -> None:
         self._now = now
-        # node id -> (job id, task id) -> order, and the task's seq for each.
+        # node id -> (job id, task id) -> order; the seqs of the tasks ordered or just done.
         self._tasks: dict[str, dict[tuple[str, str], _Order]] = {}
-        self._task_seqs: dict[tuple[str, str, str], int] = {}
         self._ordered_seqs: set[int] = set()
         # node id -> job id -> order.
         self._jobs: dict[str, dict[str, _Order]] = {}
@@ -74,9 +75,8 @@ class FolderOrders:
             return True
         if len(orders) >= MAX_PENDING_PER_NODE:
             return False
-        orders[(job_id, task_id)] = _Order()
+        orders[(job_id, task_id)] = _Order(task_seq=seq)
         if seq is not None:
-            self._task_seqs[(node_id, job_id, task_id)] = seq
             self._ordered_seqs.add(seq)
         return True
 
@@ -118,8 +118,8 @@ class FolderOrders:
 
     def forget_node(self, node_id: str) -> None:
         """The node left the pool with its disk: every order to it is done."""
-        for (job_id, task_id) in self._tasks.pop(node_id, {}):
-            self._task_done(node_id, job_id, task_id)
+        for order in self._tasks.pop(node_id, {}).values():
+            self._task_done(order)
         for job_id in self._jobs.pop(node_id, {}):
             self._job_acknowledged(node_id, job_id)
 
@@ -155,19 +155,19 @@ class FolderOrders:
         orders = self._tasks.get(node_id)
         if orders:
             for job_id, task_id in task_dirs:
-                if orders.pop((job_id, task_id), None) is not None:
-                    self._task_done(node_id, job_id, task_id)
+                order = orders.pop((job_id, task_id), None)
+                if order is not None:
+                    self._task_done(order)
             if not orders:
                 del self._tasks[node_id]
         for job_id in job_dirs:
             if self._drop_job_order(node_id, job_id):
                 self._job_acknowledged(node_id, job_id)
 
-    def _task_done(self, node_id: str, job_id: str, task_id: str) -> None:
+    def _task_done(self, order: _Order) -> None:
         # Still counted as ordered until the duty has recorded it, so no scan orders it again.
-        seq = self._task_seqs.pop((node_id, job_id, task_id), None)
-        if seq is not None:
-            self._removed_task_seqs.append(seq)
+        if order.task_seq is not None:
+            self._removed_task_seqs.append(order.task_seq)
 
     def _drop_job_order(self, node_id: str, job_id: str) -> bool:
         orders = self._jobs.get(node_id)
