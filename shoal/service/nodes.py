@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 
 from shoal import clock
 from shoal.errors import NotFound
@@ -64,28 +64,6 @@ def get(ctx: Context, pool_id: str, node_id: str) -> NodeRecord:
     with ctx.engine.connect() as conn:
         pool, row = load(conn, ctx, pool_id, node_id)
         return NodeRecord(pool, row, _running_by_node(conn, [row.id])[row.id])
-
-
-def node_counts(ctx: Context) -> list[dict[str, Any]]:
-    """/nodecounts: per pool, per dedicated/spot, a count per node state."""
-    states = ("creating", "idle", "offline", "preempted", "rebooting", "reimaging", "running", "starting",
-              "startTaskFailed", "leavingPool", "unknown", "unusable", "waitingForStartTask",
-              "deallocated", "deallocating", "upgradingOS")
-    with ctx.engine.connect() as conn:
-        pool_rows = conn.execute(select(pools.c.seq, pools.c.id).where(pools.c.account == ctx.account)
-                                 .order_by(pools.c.key)).all()
-        counts = conn.execute(select(nodes.c.pool_seq, nodes.c.is_dedicated, nodes.c.state, func.count())
-                              .group_by(nodes.c.pool_seq, nodes.c.is_dedicated, nodes.c.state)).all()
-    by_key: dict[tuple[int, bool, str], int] = {(p, bool(d), s): c for p, d, s, c in counts}
-    out = []
-    for seq, pool_id in pool_rows:
-        entry: dict[str, Any] = {"poolId": pool_id}
-        for dedicated, name in ((True, "dedicated"), (False, "lowPriority")):
-            block = {state: by_key.get((seq, dedicated, state.lower()), 0) for state in states}
-            block["total"] = sum(block.values())
-            entry[name] = block
-        out.append(entry)
-    return out
 
 
 @dataclass(frozen=True)
