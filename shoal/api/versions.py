@@ -29,6 +29,7 @@ from starlette.requests import Request
 
 from shoal.api.http import read_json as read_json_body
 from shoal.errors import BadRequest
+from shoal.service import request_body
 from shoal.service.request_body import UnknownProperty
 
 # Oldest first: the order is what "before" and "from … on" mean below.
@@ -191,6 +192,7 @@ def _holders(value: Any, parts: list[str], where: str) -> Iterator[tuple[dict[st
 def accept(version: str, body_name: str, body: Any) -> Any:
     """A request body as `service/` reads it: refused if it names a property `version` does not
     define, and with the version's spellings renamed to the newest."""
+    request_body.fold_names(body, body_name)
     if body_name in _ELEMENT_BODIES and isinstance(body, dict):
         key, element = _ELEMENT_BODIES[body_name]
         items = body.get(key)

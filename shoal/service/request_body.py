@@ -71,6 +71,41 @@ def check(body: dict[str, Any], body_name: str, *, root: str = "") -> None:
             _check_leaf(value, shape, path)
 
 
+def fold_names(body: Any, body_name: str) -> None:
+    """Respell, in place, every property name of `body` that differs from its definition only in
+    case (`userName` for `username`): Batch reads request bodies case-insensitively (a 2020-03-01
+    recording creates a task with `userIdentity.userName`). One property given in two spellings is
+    refused, since either reading would drop the other silently."""
+    stack: list[tuple[Any, Any, str]] = [(body, request_schema.bodies()[body_name], "")]
+    while stack:
+        value, shape, path = stack.pop()
+        if isinstance(value, dict) and isinstance(shape, dict) and "p" in shape:
+            known, folded = shape["p"], _folded_names(shape)
+            for name in list(value):
+                canonical = name if name in known else folded.get(name.lower()) if isinstance(name, str) else None
+                if canonical is None:
+                    continue  # unknown: `check` names it
+                if canonical != name:
+                    if canonical in value:
+                        raise InvalidProperty(_join(path, name), "…",
+                                              f"The property is also given as '{canonical}'.")
+                    value[canonical] = value.pop(name)
+                stack.append((value[canonical], known[canonical], _join(path, canonical)))
+        elif isinstance(value, list) and isinstance(shape, dict) and "a" in shape:
+            stack.extend((item, shape["a"], f"{path}[{index}]") for index, item in enumerate(value))
+
+
+_FOLDED: dict[int, dict[str, str]] = {}
+
+
+def _folded_names(shape: dict[str, Any]) -> dict[str, str]:
+    """Lower-case name -> defined name for one object of the (cached, never rebuilt) table."""
+    key = id(shape)
+    if key not in _FOLDED:
+        _FOLDED[key] = {name.lower(): name for name in shape["p"]}
+    return _FOLDED[key]
+
+
 def _check_leaf(value: Any, kind: str, path: str) -> None:
     if kind == "string":
         if not isinstance(value, str):
