@@ -124,6 +124,19 @@ def _validate_image_id(body: dict[str, Any]) -> None:
                           "to no Azure subscription and have no custom images.")
 
 
+def _validate_subnet(body: dict[str, Any]) -> None:
+    """A subnet is refused as Azure refuses one its account cannot join, InvalidPropertyValue
+    naming `subnetId` (recorded: test_batch.pyTestBatchtest_batch_create_pools[sync].json, a subnet
+    of another subscription, at 2023-05-01.17.0 and 2025-06-01). A Shoal account has no virtual
+    networks, so no subnet id names one it can join."""
+    network = body.get("networkConfiguration")
+    subnet_id = network.get("subnetId") if isinstance(network, dict) else None
+    if subnet_id is not None:
+        raise InvalidProperty("subnetId", subnet_id,
+                              "The specified subnet cannot be used with this Batch account: Shoal's accounts belong "
+                              "to no Azure subscription and have no virtual networks.")
+
+
 def _validate_metadata(body: dict[str, Any]) -> None:
     v.name_value_pairs(body, "metadata")
 
@@ -172,6 +185,7 @@ def parse_create(body: Any) -> dict[str, Any]:
     request_body.check(body, "pool.create")
     pool_id = v.resource_id(body)
     _validate_image_id(body)
+    _validate_subnet(body)
     request_body.refuse_unsupported(body, UNSUPPORTED_ON_CREATE)
     vm_size_name = v.string(body, "vmSize", required=True)
     assert vm_size_name is not None

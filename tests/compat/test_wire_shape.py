@@ -186,3 +186,19 @@ def test_a_custom_image_id_is_an_invalid_property_value(shoal: Any, image_id: st
     response = rest.call(shoal, "POST", "/pools", body=json.dumps(body).encode())
     error = rest.assert_batch_error(response, 400, "InvalidPropertyValue")
     assert {v["key"]: v["value"] for v in error["values"]}["PropertyName"] == "virtualMachineImageId"
+
+
+def test_a_subnet_is_an_invalid_property_value(shoal: Any) -> None:
+    # test_batch.pyTestBatchtest_batch_create_pools[sync].json (2023-05-01.17.0 and 2025-06-01):
+    # a pool in a subnet of another subscription is 400 InvalidPropertyValue naming subnetId.
+    subnet = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/test/providers/"
+              "Microsoft.Network/virtualNetworks/vnet1/subnets/subnet1")
+    body = {"id": "shape-subnet", "vmSize": "standard_d2s_v3", "networkConfiguration": {"subnetId": subnet},
+            "virtualMachineConfiguration": {
+                "imageReference": {"publisher": "canonical", "offer": "0001-com-ubuntu-server-jammy",
+                                   "sku": "22_04-lts"}, "nodeAgentSKUId": "batch.node.ubuntu 22.04"}}
+    response = rest.call(shoal, "POST", "/pools", body=json.dumps(body).encode())
+    error = rest.assert_batch_error(response, 400, "InvalidPropertyValue")
+    values = {v["key"]: v["value"] for v in error["values"]}
+    assert (values["PropertyName"], values["PropertyValue"]) == ("subnetId", subnet)
+    assert rest.call(shoal, "GET", "/pools/shape-subnet").status_code == 404
