@@ -914,10 +914,3 @@ async def run_agent(
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
-
-
-def cli_main(argv: list[str] | None = None) -> int:
-    """``python -m shoal.agent`` / ``shoal agent``: parse arguments and run the agent."""
-    from shoal.agent.cli import cli_main as _cli_main
-
-    return _cli_main(argv)

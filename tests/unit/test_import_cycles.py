@@ -16,8 +16,9 @@ from pathlib import Path
 import shoal
 
 ROOT = Path(shoal.__file__).parent
-# Packages held to "not even inside a function": what runs inside the control plane's transactions.
-NO_LOCAL_CYCLES = ("shoal.service",)
+# Packages held to "not even inside a function": all of Shoal (the last hidden cycle, the agent's
+# command line and its main loop, went in stop 20).
+NO_LOCAL_CYCLES = ("shoal",)
 
 
 def _module_name(path: Path) -> str:
@@ -84,7 +85,7 @@ def test_no_module_imports_another_that_imports_it_back() -> None:
     assert _cycles(top) == []
 
 
-def test_service_modules_do_not_hide_a_cycle_in_a_function() -> None:
+def test_no_module_hides_a_cycle_in_a_function() -> None:
     _, everywhere = _graphs()
     inside = {name: {dep for dep in deps if dep.startswith(NO_LOCAL_CYCLES)}
               for name, deps in everywhere.items() if name.startswith(NO_LOCAL_CYCLES)}
