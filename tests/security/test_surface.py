@@ -115,7 +115,8 @@ CERTIFICATES_VERSION = "2024-02-01.19.0"
 POOL_FEATURES = [
     ("mountConfiguration", {"mountConfiguration": [{"nfsMountConfiguration": {
         "source": "nfs://h/x", "relativeMountPath": "m"}}]}),
-    ("networkConfiguration", {"networkConfiguration": {"subnetId": "/subscriptions/x/subnets/y"}}),
+    # (a subnet is an invalid value instead: tests/compat/test_wire_shape.py)
+    ("networkConfiguration", {"networkConfiguration": {"enableAcceleratedNetworking": True}}),
     ("certificateReferences", {"certificateReferences": [{"thumbprint": "ab", "thumbprintAlgorithm": "sha1"}]}),
     ("applicationPackageReferences", {"applicationPackageReferences": [{"applicationId": "app"}]}),
     ("enableInterNodeCommunication", {"enableInterNodeCommunication": True}),
@@ -164,11 +165,13 @@ def test_pool_patch_refuses_what_it_would_ignore(shoal: Any, setup: None) -> Non
 UNKNOWN = [
     ("/jobs", {"id": "j-unknown", "poolInfo": {"poolId": POOL}, "colour": "red"}, "colour"),
     ("/jobs", {"id": "j-unknown", "poolInfo": {"poolId": POOL, "poolName": "x"}}, "poolInfo.poolName"),
-    (f"/jobs/{JOB}/tasks", {"id": "t-unknown", "commandLine": "true", "commandline": "false"}, "commandline"),
+    # Names are read in any case (tests/acceptance/test_property_names.py): `commandline` beside
+    # `commandLine` is one property given twice, and `userIdentity.userName` is `username`.
+    (f"/jobs/{JOB}/tasks", {"id": "t-unknown", "commandLine": "true", "commandLines": "false"}, "commandLines"),
     (f"/jobs/{JOB}/tasks", {"id": "t-unknown", "commandLine": "true", "constraints": {"maxRetries": 3}},
      "constraints.maxRetries"),
-    (f"/jobs/{JOB}/tasks", {"id": "t-unknown", "commandLine": "true", "userIdentity": {"userName": "x"}},
-     "userIdentity.userName"),
+    (f"/jobs/{JOB}/tasks", {"id": "t-unknown", "commandLine": "true", "userIdentity": {"user": "x"}},
+     "userIdentity.user"),
     (f"/jobs/{JOB}/addtaskcollection", {"value": [], "extra": 1}, "extra"),
     ("/pools", pool_body("p-unknown", gpuCount=2), "gpuCount"),
 ]
