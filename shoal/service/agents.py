@@ -276,10 +276,17 @@ def hello(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> dict[
 
 def sync(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAnswer:
     with ctx.engine.begin() as conn:
-        answer, schedule = _record_sync(conn, ctx, node_id, token, body)
+        after = _Aftermath()
+        answer, schedule = _record_sync(conn, ctx, node_id, token, body, after)
+        try:
+            freed = after.settle(ctx, conn)
+        except _EntryFailed as failure:
+            raise failure.error from None
         # Slots were freed or a node became ready: schedule its pool now, so this answer
         # already carries the next tasks.
-        woken = scheduling.schedule_pool(ctx, conn, schedule) if schedule is not None else set()
+        woken = set()
+        for pool_seq in freed | ({schedule} if schedule is not None else set()):
+            woken |= scheduling.schedule_pool(ctx, conn, pool_seq)
         if answer is not None:
             _deliveries(conn, _sync_node(conn, node_id, token), body, answer)
     # The pool of this node was scheduled inline above; other pools are not touched by this
@@ -326,11 +333,12 @@ def _sync_batch_once(ctx: Context, entries: list[SyncEntry], failed: dict[int, B
     with ctx.engine.begin() as conn:
         pending: dict[int, SyncAnswer] = {}
         pools_to_schedule: set[int] = set()
+        after = _Aftermath()
         for index, entry in enumerate(entries):
             if index in failed:
                 continue
             try:
-                answer, schedule = _record_sync(conn, ctx, entry.node_id, entry.token, entry.body)
+                answer, schedule = _record_sync(conn, ctx, entry.node_id, entry.token, entry.body, after, index)
             except BatchError as error:
                 raise _EntryFailed(index, error) from None
             if answer is None:
@@ -339,6 +347,7 @@ def _sync_batch_once(ctx: Context, entries: list[SyncEntry], failed: dict[int, B
             pending[index] = answer
             if schedule is not None:
                 pools_to_schedule.add(schedule)
+        pools_to_schedule |= after.settle(ctx, conn)
         for pool_seq in sorted(pools_to_schedule):
             woken |= scheduling.schedule_pool(ctx, conn, pool_seq)
         node_ids = [entries[index].node_id for index in pending]
@@ -360,23 +369,55 @@ def _stale_answer(body: dict[str, Any]) -> SyncAnswer:
     return SyncAnswer(ack=[(r["jobId"], r["taskId"], r["attempt"]) for r in body.get("reports") or []])
 
 
-def _record_sync(conn: Connection, ctx: Context, node_id: str, token: str,
-                 body: dict[str, Any]) -> tuple[SyncAnswer | None, int | None]:
-    """The writes of one node's sync: (its answer so far, or None when the call is not from the
-    node's current agent; the pool to schedule, when slots were freed or the node got ready)."""
+@dataclass
+class _NodeReports:
+    index: int  # the entry's place in its batch (0 for a single sync)
+    node_id: str
+    pool_seq: int
+    reports: list[dict[str, Any]]
+
+
+@dataclass
+class _Aftermath:
+    """What the syncs of one transaction leave to do once, after all of them: a batch of 1,000
+    nodes reads their running attempts in one statement a chunk and ends the reported ones in one
+    executemany, writes their heartbeats in one statement, checks each job it finished tasks of
+    once, and settles each node's idle/running state in one pass, not once per node."""
+
+    beaten: list[str] = field(default_factory=list)
+    reports: list[_NodeReports] = field(default_factory=list)
+
+    def settle(self, ctx: Context, conn: Connection) -> set[int]:
+        """Carry out what was gathered; the pools whose slots the reports freed. A report with
+        times no honest agent sends raises `_EntryFailed` naming its entry."""
+        now = clock.now()
+        for chunk in in_chunks(self.beaten):
+            conn.execute(update(nodes).where(nodes.c.id.in_(chunk)).values(last_heartbeat=now))
+        touched_jobs, freed_pools, reported_nodes = _apply_reports(conn, ctx, self.reports, now)
+        if touched_jobs:
+            job_service.finish_all_complete_jobs(ctx, conn, sorted(touched_jobs))
+        transitions.refresh_node_busy(conn, reported_nodes)
+        return freed_pools
+
+
+def _record_sync(conn: Connection, ctx: Context, node_id: str, token: str, body: dict[str, Any],
+                 after: _Aftermath, index: int = 0) -> tuple[SyncAnswer | None, int | None]:
+    """The writes of one node's sync, but for what `after` gathers (its reports among them):
+    (its answer so far, or None when the call is not from the node's current agent; the pool to
+    schedule, when the node got ready)."""
     node = _node_by_token(conn, node_id, token)
     if not _current_incarnation(node, body):
         return None, None
     answer = SyncAnswer()
     now = clock.now()
-    values: dict[str, Any] = {"last_heartbeat": now}
     if node.state == NodeState.UNUSABLE:
-        values.update(state=_state_on_return(conn, node), state_transition_time=now)
-    conn.execute(update(nodes).where(nodes.c.id == node_id).values(**values))
+        conn.execute(update(nodes).where(nodes.c.id == node_id).values(
+            last_heartbeat=now, state=_state_on_return(conn, node), state_transition_time=now))
+    else:
+        after.beaten.append(node_id)
     if isinstance(body.get("metrics"), dict):
         ctx.node_metrics[node_id] = body["metrics"]
     ready = False
-    touched_jobs: set[int] = set()
     if body.get("startTask") is not None:
         answer.run_start_task = False
         ready = _record_start_task(conn, node, body["startTask"])
@@ -384,11 +425,10 @@ def _record_sync(conn: Connection, ctx: Context, node_id: str, token: str,
         answer.run_start_task = True
     reports = body.get("reports") or []
     if reports:
-        answer.ack, touched_jobs = _apply_reports(conn, ctx, node_id, reports, now)
-        if touched_jobs:
-            job_service.finish_all_complete_jobs(ctx, conn, list(touched_jobs))
-            transitions.refresh_node_busy(conn, [node_id])
-    return answer, node.pool_seq if touched_jobs or ready else None
+        # Every report is acknowledged, whether or not it still ends anything (see _apply_reports).
+        answer.ack = [(r["jobId"], r["taskId"], r["attempt"]) for r in reports]
+        after.reports.append(_NodeReports(index, node_id, node.pool_seq, reports))
+    return answer, node.pool_seq if ready else None
 
 
 def sync_has_news(body: dict[str, Any]) -> bool:
@@ -519,34 +559,52 @@ def _record_start_task(conn: Connection, node: Any, report: dict[str, Any]) -> b
     return values.get("state") == NodeState.IDLE
 
 
-def _apply_reports(conn: Connection, ctx: Context, node_id: str, reports: list[dict[str, Any]],
-                   now: datetime) -> tuple[list[Attempt], set[int]]:
-    acked: list[Attempt] = []
+_RUNNING_OF_MANY = (
+    select(tasks, jobs.c.key.label("job_key")).join(jobs, jobs.c.seq == tasks.c.job_seq)
+    .where(tasks.c.node_id.in_(bindparam("b_nodes", expanding=True)), tasks.c.state == TaskState.RUNNING,
+           jobs.c.account == bindparam("b_account"))
+)
+
+
+def _apply_reports(conn: Connection, ctx: Context, gathered: list[_NodeReports],
+                   now: datetime) -> tuple[set[int], set[int], list[str]]:
+    """End the attempts the reports of many nodes finished: (the jobs touched, the pools whose
+    slots were freed, the nodes that ended something). The running attempts of all the nodes are
+    read one statement a chunk, and all of them are ended in one executemany."""
     touched_jobs: set[int] = set()
-    keys = {(r["jobId"].lower(), r["taskId"].lower()) for r in reports}
-    job_keys = {k[0] for k in keys}
-    rows = conn.execute(select(tasks, jobs.c.key.label("job_key")).join(jobs, jobs.c.seq == tasks.c.job_seq)
-                        .where(jobs.c.account == ctx.account, jobs.c.key.in_(job_keys),
-                               tasks.c.node_id == node_id, tasks.c.state == TaskState.RUNNING)).all()
-    current = {(r.job_key, r.key): r for r in rows}
+    freed_pools: set[int] = set()
+    reported_nodes: list[str] = []
+    if not gathered:
+        return touched_jobs, freed_pools, reported_nodes
+    current: dict[tuple[str, str, str], Any] = {}
+    for chunk in in_chunks([g.node_id for g in gathered]):
+        for running in conn.execute(_RUNNING_OF_MANY, {"b_nodes": list(chunk), "b_account": ctx.account}):
+            current[(running.node_id, running.job_key, running.key)] = running
     reported = []
-    for index, report in enumerate(reports):
-        attempt: Attempt = (report["jobId"], report["taskId"], report["attempt"])
-        acked.append(attempt)
-        key = (report["jobId"].lower(), report["taskId"].lower())
-        row = current.get(key)
-        # Only the attempt this node runs now can be ended by this node. Anything else (an
-        # attempt requeued, terminated or already reported, or one the node never held) is
-        # acknowledged and dropped: it changes nothing, nothing completes twice, and an honest
-        # agent with a stale report is never wedged by a refusal.
-        if row is None or row.attempt != attempt[2]:
-            continue
-        _checked_times(report, clock.as_utc(row.state_transition_time), now, f"reports[{index}]")
-        del current[key]
-        reported.append((row, report))
-        touched_jobs.add(row.job_seq)
+    for node in gathered:
+        ended = False
+        for position, report in enumerate(node.reports):
+            key = (node.node_id, report["jobId"].lower(), report["taskId"].lower())
+            row = current.get(key)
+            # Only the attempt this node runs now can be ended by this node. Anything else (an
+            # attempt requeued, terminated or already reported, or one the node never held) is
+            # acknowledged and dropped: it changes nothing, nothing completes twice, and an
+            # honest agent with a stale report is never wedged by a refusal.
+            if row is None or row.attempt != report["attempt"]:
+                continue
+            try:
+                _checked_times(report, clock.as_utc(row.state_transition_time), now, f"reports[{position}]")
+            except BatchError as error:
+                raise _EntryFailed(node.index, error) from None
+            del current[key]
+            reported.append((row, report))
+            touched_jobs.add(row.job_seq)
+            ended = True
+        if ended:
+            freed_pools.add(node.pool_seq)
+            reported_nodes.append(node.node_id)
     transitions.complete_reports(conn, reported)
-    return acked, touched_jobs
+    return touched_jobs, freed_pools, reported_nodes
 
 
 _RUNNING_KEYS = (

@@ -15,6 +15,7 @@ from sqlalchemy import Connection, and_, bindparam, func, select, update
 
 from shoal import clock
 from shoal.model.states import NodeState, SchedulingState, TaskState
+from shoal.store.chunks import in_chunks
 from shoal.store.schema import jobs, nodes, tasks
 
 FAILURE_EXIT_CODE = {"category": "usererror", "code": "FailureExitCode",
@@ -164,23 +165,20 @@ def effective_max_retries(conn: Connection, row: Any) -> int:
 
 
 def refresh_node_busy(conn: Connection, node_ids: Iterable[str]) -> None:
-    """Keep `idle` ↔ `running` in step with the tasks a node runs."""
-    ids = [n for n in set(node_ids) if n]
-    if not ids:
-        return
-    busy = {node_id for (node_id,) in conn.execute(
-        select(tasks.c.node_id).where(tasks.c.node_id.in_(ids), tasks.c.state == TaskState.RUNNING)
-        .group_by(tasks.c.node_id)).all()}
+    """Keep `idle` ↔ `running` in step with the tasks a node runs. A node's `used_slots` is kept
+    by triggers in the transaction of every task change (migration 0008), so this reads no task."""
+    ids = sorted({n for n in node_ids if n})
     now = clock.now()
-    idle_ids = [n for n in ids if n not in busy]
-    if busy:
-        conn.execute(update(nodes).where(nodes.c.id.in_(busy), nodes.c.state == NodeState.IDLE).values(
+    for chunk in in_chunks(ids):
+        conn.execute(update(nodes).where(nodes.c.id.in_(chunk), nodes.c.state == NodeState.IDLE,
+                                         nodes.c.used_slots > 0).values(
             state=NodeState.RUNNING, state_transition_time=now))
-    if idle_ids:
-        conn.execute(update(nodes).where(nodes.c.id.in_(idle_ids), nodes.c.state == NodeState.RUNNING).values(
+        conn.execute(update(nodes).where(nodes.c.id.in_(chunk), nodes.c.state == NodeState.RUNNING,
+                                         nodes.c.used_slots == 0).values(
             state=NodeState.IDLE, state_transition_time=now))
         # With scheduling disabled, a node with nothing left to run is offline.
-        conn.execute(update(nodes).where(nodes.c.id.in_(idle_ids), nodes.c.state == NodeState.IDLE,
+        conn.execute(update(nodes).where(nodes.c.id.in_(chunk), nodes.c.state == NodeState.IDLE,
+                                         nodes.c.used_slots == 0,
                                          nodes.c.scheduling_state == SchedulingState.DISABLED).values(
             state=NodeState.OFFLINE, state_transition_time=now))
 
