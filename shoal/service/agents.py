@@ -76,10 +76,6 @@ def _checked(row: Any, token: str) -> Any:
     return row
 
 
-def _node_by_token(conn: Connection, node_id: str, token: str) -> Any:
-    return _checked(conn.execute(select(nodes).where(nodes.c.id == node_id)).first(), token)
-
-
 # What answering a sync needs of the node's record (the whole row carries JSON columns that cost
 # more to decode than the rest of a quiet sync).
 _SYNC_NODE = (
@@ -92,10 +88,15 @@ def _sync_node(conn: Connection, node_id: str, token: str) -> Any:
     return _checked(conn.execute(_SYNC_NODE, {"b_id": node_id}).first(), token)
 
 
-def _sync_nodes(conn: Connection, node_ids: list[str]) -> dict[str, Any]:
-    """The slim records (`_SYNC_NODE`) of many nodes, by id; a gone node is absent."""
+# What recording a sync with news needs of the node's record: the slim columns, and what the
+# start task and a node's return from `unusable` are judged by.
+_RECORD_COLUMNS = (*_SYNC_NODE.selected_columns, nodes.c.last_boot_time, nodes.c.start_task_info,
+                   nodes.c.scheduling_state)
+
+
+def _sync_nodes(conn: Connection, node_ids: list[str], columns: Any = _SYNC_NODE.selected_columns) -> dict[str, Any]:
+    """The slim records (`_SYNC_NODE`, or `columns`) of many nodes, by id; a gone node is absent."""
     found: dict[str, Any] = {}
-    columns = _SYNC_NODE.selected_columns
     for chunk in in_chunks(node_ids):
         found.update((row.id, row) for row in conn.execute(select(*columns).where(nodes.c.id.in_(chunk))))
     return found
@@ -226,7 +227,7 @@ def hello(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> dict[
     """A (re)started agent: it holds no tasks, so whatever ran on this node is requeued."""
     now = clock.now()
     with ctx.engine.begin() as conn:
-        node = _node_by_token(conn, node_id, token)
+        node = _checked(conn.execute(select(nodes).where(nodes.c.id == node_id)).first(), token)
         pool = conn.execute(select(pools).where(pools.c.seq == node.pool_seq)).one()
         start_task = pool.spec.get("startTask")
         if node.incarnation and node.incarnation != body.get("incarnation"):
@@ -277,7 +278,8 @@ def hello(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> dict[
 def sync(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAnswer:
     with ctx.engine.begin() as conn:
         after = _Aftermath()
-        answer, schedule = _record_sync(conn, ctx, node_id, token, body, after)
+        record = _sync_nodes(conn, [node_id], _RECORD_COLUMNS).get(node_id)
+        answer, schedule = _record_sync(conn, ctx, record, token, body, after)
         try:
             freed = after.settle(ctx, conn)
         except _EntryFailed as failure:
@@ -334,11 +336,13 @@ def _sync_batch_once(ctx: Context, entries: list[SyncEntry], failed: dict[int, B
         pending: dict[int, SyncAnswer] = {}
         pools_to_schedule: set[int] = set()
         after = _Aftermath()
+        before = _sync_nodes(conn, [entry.node_id for entry in entries], _RECORD_COLUMNS)
         for index, entry in enumerate(entries):
             if index in failed:
                 continue
             try:
-                answer, schedule = _record_sync(conn, ctx, entry.node_id, entry.token, entry.body, after, index)
+                answer, schedule = _record_sync(conn, ctx, before.get(entry.node_id), entry.token, entry.body,
+                                                after, index)
             except BatchError as error:
                 raise _EntryFailed(index, error) from None
             if answer is None:
@@ -400,12 +404,13 @@ class _Aftermath:
         return freed_pools
 
 
-def _record_sync(conn: Connection, ctx: Context, node_id: str, token: str, body: dict[str, Any],
+def _record_sync(conn: Connection, ctx: Context, record: Any, token: str, body: dict[str, Any],
                  after: _Aftermath, index: int = 0) -> tuple[SyncAnswer | None, int | None]:
-    """The writes of one node's sync, but for what `after` gathers (its reports among them):
-    (its answer so far, or None when the call is not from the node's current agent; the pool to
-    schedule, when the node got ready)."""
-    node = _node_by_token(conn, node_id, token)
+    """The writes of one node's sync (`record`: its `_RECORD_COLUMNS`, None when it is gone), but
+    for what `after` gathers (its reports among them): (its answer so far, or None when the call
+    is not from the node's current agent; the pool to schedule, when the node got ready)."""
+    node = _checked(record, token)
+    node_id = node.id
     if not _current_incarnation(node, body):
         return None, None
     answer = SyncAnswer()
