@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from sqlalchemy import text
+
 
 def image() -> Any:
     from azure.batch import models
@@ -111,3 +113,10 @@ def frozen_agent(node_id: str) -> Iterator[None]:
                 os.kill(process.pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
+
+
+def sqlite_plan(engine: Any, statement: Any) -> list[str]:
+    """SQLite's EXPLAIN QUERY PLAN of a SQLAlchemy statement, one line a step."""
+    compiled = statement.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
+    with engine.connect() as conn:
+        return [row[-1] for row in conn.execute(text(f"EXPLAIN QUERY PLAN {compiled}"))]

@@ -97,8 +97,7 @@ async def _remove_expired_task_folders(ctx: Context, runner: StoreRunner, scan: 
     removed = orders.take_removed_task_seqs()
     if removed:
         await runner.write(task_service.folders_removed, ctx, removed)
-    expired = await runner.read(task_service.expired_folders, ctx, scan.after, RETENTION_SCAN_BATCH)
-    scan.after = (expired[-1].deadline, expired[-1].seq) if len(expired) == RETENTION_SCAN_BATCH else None
+    expired, scan.after = await runner.read(task_service.expired_folders, ctx, scan.after, RETENTION_SCAN_BATCH)
     woken = set()
     for folder in expired:
         if orders.is_task_ordered(folder.seq):

@@ -368,24 +368,35 @@ class ExpiredFolder(NamedTuple):
     task_id: str
 
 
-def expired_folders(ctx: Context, after: tuple[datetime, int] | None, limit: int) -> list[ExpiredFolder]:
-    """Up to ``limit`` completed tasks whose retentionTime has passed, in deadline order after
-    ``after`` (a (deadline, seq) from the last call: a walk of ix_tasks_retention)."""
+def expired_statement(after: tuple[datetime, int] | None, now: datetime, limit: int) -> Any:
+    """The next ``limit`` completed tasks whose retention has passed: a walk of ix_tasks_retention
+    from ``after``. It names no job, since a join on the account's jobs let SQLite walk every
+    completed task of every job and sort them (`USE TEMP B-TREE`) once a lifecycle pass."""
     deadline = tasks.c.retention_deadline
-    query = (select(tasks.c.seq, deadline, tasks.c.id, tasks.c.node_info, jobs.c.id.label("job_id"))
-             .join(jobs, jobs.c.seq == tasks.c.job_seq)
-             .where(jobs.c.account == ctx.account, deadline.is_not(None), deadline < clock.now(),
-                    tasks.c.state == TaskState.COMPLETED)
+    query = (select(tasks.c.seq, deadline, tasks.c.id, tasks.c.node_info, tasks.c.job_seq)
+             .where(deadline.is_not(None), deadline < now, tasks.c.state == TaskState.COMPLETED)
              .order_by(deadline, tasks.c.seq).limit(limit))
     if after is not None:
         query = query.where(or_(deadline > after[0], and_(deadline == after[0], tasks.c.seq > after[1])))
+    return query
+
+
+def expired_folders(ctx: Context, after: tuple[datetime, int] | None,
+                    limit: int) -> tuple[list[ExpiredFolder], tuple[datetime, int] | None]:
+    """Up to ``limit`` completed tasks whose retentionTime has passed, in deadline order after
+    ``after``, and where the next call resumes (None: the walk reached the end). Tasks of
+    another account's jobs count toward ``limit`` and are stepped past."""
     with ctx.engine.connect() as conn:
-        rows = conn.execute(query).all()
+        rows = conn.execute(expired_statement(after, clock.now(), limit)).all()
+        job_seqs = {row.job_seq for row in rows}
+        job_ids = dict(conn.execute(select(jobs.c.seq, jobs.c.id).where(
+            jobs.c.seq.in_(job_seqs), jobs.c.account == ctx.account)).all()) if job_seqs else {}
         named = {(row.node_info or {}).get("nodeId") for row in rows} - {None}
         present = set(conn.execute(select(nodes.c.id).where(nodes.c.id.in_(named))).scalars()) if named else set()
-    return [ExpiredFolder(row.seq, row.retention_deadline,
-                          node_id if (node_id := (row.node_info or {}).get("nodeId")) in present else None,
-                          row.job_id, row.id) for row in rows]
+    folders = [ExpiredFolder(row.seq, row.retention_deadline,
+                             node_id if (node_id := (row.node_info or {}).get("nodeId")) in present else None,
+                             job_ids[row.job_seq], row.id) for row in rows if row.job_seq in job_ids]
+    return folders, (rows[-1].retention_deadline, rows[-1].seq) if len(rows) == limit else None
 
 
 def folders_removed(ctx: Context, seqs: list[int]) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete, insert, select, text
+from sqlalchemy import delete, insert, select
 
 from shoal import odata
 from shoal.api import render
@@ -26,6 +26,7 @@ from shoal.service import tasks as task_service
 from shoal.service.context import Context
 from shoal.store.db import open_store
 from shoal.store.schema import job_task_counts, tasks
+from tests.helpers import sqlite_plan
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
 STATES = ["active", "running", "completed", "preparing"]
@@ -233,9 +234,7 @@ def test_unknown_properties_stay_in_python_and_are_applied():
 
 
 def _plan(ctx: Context, query: Any) -> list[str]:
-    compiled = query.compile(dialect=ctx.engine.dialect, compile_kwargs={"literal_binds": True})
-    with ctx.engine.connect() as conn:
-        return [row[-1] for row in conn.execute(text(f"EXPLAIN QUERY PLAN {compiled}"))]
+    return sqlite_plan(ctx.engine, query)
 
 
 @pytest.mark.parametrize("text_filter", [
