@@ -545,7 +545,10 @@ def _apply_reports(conn: Connection, ctx: Context, node_id: str, reports: list[d
         del current[key]
         reported.append((row, report))
         touched_jobs.add(row.job_seq)
-    transitions.complete_reports(conn, reported)
+    job_actions = transitions.complete_reports(conn, reported)
+    for woken in job_service.apply_task_failure_actions(ctx, conn, job_actions):
+        if woken != node_id:
+            ctx.signals.wake_node(woken)
     return acked, touched_jobs
 
 

@@ -62,7 +62,7 @@ def _plan_of(ctx: Context, statement) -> str:
 @pytest.mark.parametrize("name", ["_NEXT_SIZE", "_READY_OF_SIZE", "_ACTIVE_JOBS"])
 def test_backlog_reads_are_index_seeks_without_a_sort(ctx, name):
     plan = _plan_of(ctx, getattr(scheduling, name))
-    assert "SEARCH tasks USING COVERING INDEX ix_tasks_job_state_slots_seq (job_seq=? AND state=? AND required_slots" \
+    assert "SEARCH tasks USING COVERING INDEX ix_tasks_ready (job_seq=? AND state=? AND unsatisfied=? AND required_slots" \
         in plan, plan
     assert "TEMP B-TREE" not in plan and "SCAN" not in plan, plan
 

@@ -161,10 +161,13 @@ def test_upgrading_an_older_store_keeps_its_data(backend, tmp_path, request):
     ensure_account(engine)
     ctx = Context(engine=engine, account=DEFAULT_ACCOUNT, base_url="http://test")
     job_service.create(ctx, {"id": "old", "poolInfo": {"poolId": "p"}})
-    task_service.create(ctx, "old", {"id": "done", "commandLine": "/bin/true"})
+    # The task row as revision 0003 knew it (today's service writes columns added since).
     with engine.begin() as conn:
-        conn.execute(text("UPDATE tasks SET state = 'completed', execution_info = :info"),
-                     {"info": '{"result": "success", "retryCount": 0}'})
+        conn.execute(text(
+            "INSERT INTO tasks (job_seq, id, key, state, required_slots, attempt, spec, execution_info, etag, "
+            "last_modified, creation_time, state_transition_time) SELECT seq, 'done', 'done', 'completed', 1, 0, "
+            ":spec, :info, 'e', creation_time, creation_time, creation_time FROM jobs"),
+            {"spec": '{"commandLine": "/bin/true"}', "info": '{"result": "success", "retryCount": 0}'})
     migrate(engine)
     assert job_service.task_counts(ctx, "old")["taskCounts"]["succeeded"] == 1
     engine.dispose()

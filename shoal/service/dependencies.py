@@ -1,0 +1,205 @@
+"""Task dependencies (semantics §3.6): validating `dependsOn`, and the bookkeeping that keeps a
+dependent task blocked until every task it depends on has completed in a way that satisfies it.
+
+Each prerequisite is one edge row (store/schema.py `task_dependencies`); a range contributes one
+edge per member, so the members a task may name are bounded (MAX_EDGES_PER_TASK, a Shoal limit
+where Azure states none for ranges). A dependent keeps the number of its open edges in
+`tasks.unsatisfied`; the scheduler reads only tasks where it is 0. Completing a task seeks the
+open edges naming it (by key, and by number when its id is an integer) and decrements their
+dependents: work in proportion to the dependents, never to the job.
+
+A prerequisite that does not exist yet is an open edge like any other: the dependent waits until
+a task of that id is added and completes (Azure allows adding the dependent first).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, insert, select, update
+
+from shoal.errors import BadRequest, InvalidProperty, MissingProperty
+from shoal.service import validation as v
+from shoal.store.chunks import in_chunks
+from shoal.store.schema import task_dependencies, tasks
+
+# Azure's limit on the combined length of the ids in `taskIds`.
+MAX_TASK_IDS_CHARS = 64_000
+# Shoal's limit on the edges one task (and one add request) may create: ids plus range members.
+# A 100,000-wide fan-in is stored in well under a second; a 10^6-wide range is refused rather
+# than stored as a million rows.
+MAX_EDGES_PER_TASK = 100_000
+MAX_EDGES_PER_REQUEST = 100_000
+_INTEGER_ID = re.compile(r"-?[0-9]+")
+
+
+@dataclass(frozen=True)
+class Dependencies:
+    """What a task depends on: lower-cased ids (taskIds) and integers (taskIdRanges members)."""
+
+    keys: tuple[str, ...]
+    ranges: tuple[tuple[int, int], ...]
+
+    @property
+    def edge_count(self) -> int:
+        return len(self.keys) + len(self.numbers())
+
+    def numbers(self) -> list[int]:
+        """The distinct range members, ascending (overlapping ranges name a task once)."""
+        members: set[int] = set()
+        for start, end in self.ranges:
+            members.update(range(start, end + 1))
+        return sorted(members)
+
+
+def id_number(task_id: str) -> int | None:
+    """The integer a task id stands for in a range (`4`, `04` and `004` are all 4), if any."""
+    if not _INTEGER_ID.fullmatch(task_id):
+        return None
+    value = int(task_id)
+    return value if v.INT32_MIN <= value <= v.INT32_MAX else None
+
+
+def parse(body: dict[str, Any], task_id: str) -> tuple[Dependencies, dict[str, Any]] | None:
+    """Validate `dependsOn`: what it names, and the object to keep and show again."""
+    depends_on = v.obj(body, "dependsOn")
+    if depends_on is None:
+        return None
+    ids = v.array(depends_on, "taskIds", path="dependsOn.taskIds")
+    ranges = v.array(depends_on, "taskIdRanges", path="dependsOn.taskIdRanges")
+    if not ids and not ranges:
+        return None
+    keys: dict[str, None] = {}
+    length = 0
+    for index, value in enumerate(ids):
+        where = f"dependsOn.taskIds[{index}]"
+        if not isinstance(value, str):
+            raise InvalidProperty(where, value, "The value must be a string.")
+        if not v.ID_PATTERN.fullmatch(value):
+            raise InvalidProperty(where, value[:64], "The value must be a task id.")
+        length += len(value)
+        if length > MAX_TASK_IDS_CHARS:
+            raise BadRequest("The dependency list of the task is too long.", code="TaskDependencyListTooLong",
+                             values={"MaxLimit": str(MAX_TASK_IDS_CHARS)})
+        keys[value.lower()] = None
+    bounds: list[tuple[int, int]] = []
+    width = 0
+    for index, value in enumerate(ranges):
+        where = f"dependsOn.taskIdRanges[{index}]"
+        if not isinstance(value, dict):
+            raise InvalidProperty(where, value, "The value must be a JSON object.")
+        start = v.integer(value, "start", path=f"{where}.start")
+        end = v.integer(value, "end", path=f"{where}.end")
+        if start is None or end is None:
+            raise MissingProperty(f"{where}.{'start' if start is None else 'end'}")
+        if start > end:
+            raise InvalidProperty(f"{where}.end", end, "The end of a range must not be before its start.")
+        width += end - start + 1
+        if len(keys) + width > MAX_EDGES_PER_TASK:
+            raise BadRequest("The task depends on more tasks than this Batch service (Shoal) allows.",
+                             code="TaskDependencyRangesTooLong", values={"MaxLimit": str(MAX_EDGES_PER_TASK)})
+        bounds.append((start, end))
+    own_number = id_number(task_id)
+    if task_id.lower() in keys or (own_number is not None and any(s <= own_number <= e for s, e in bounds)):
+        raise InvalidProperty("dependsOn", task_id, "A task cannot depend on itself.")
+    return Dependencies(tuple(keys), tuple(bounds)), depends_on
+
+
+def check_request_size(parsed: Iterable[Dependencies | None]) -> None:
+    """One add request creates at most MAX_EDGES_PER_REQUEST edges, however its tasks share them."""
+    total = 0
+    for dependencies in parsed:
+        if dependencies is not None:
+            total += len(dependencies.keys) + sum(end - start + 1 for start, end in dependencies.ranges)
+            if total > MAX_EDGES_PER_REQUEST:
+                raise BadRequest("The tasks of the request depend on more tasks than this Batch service "
+                                 "(Shoal) allows in one request.", code="TaskDependencyRangesTooLong",
+                                 values={"MaxLimit": str(MAX_EDGES_PER_REQUEST)})
+
+
+@dataclass(frozen=True)
+class Edges:
+    """A new dependent's edge rows (without its seq, which the insert gives) and how many are open."""
+
+    rows: tuple[dict[str, Any], ...]
+    unsatisfied: int
+
+
+def prepare(conn: Connection, job_seq: int, dependencies: Dependencies) -> Edges:
+    """The edges of a task about to be added, each already satisfied if its prerequisite has
+    completed and satisfies its dependents: index seeks for the named ids and ranges only."""
+    done_keys: set[str] = set()
+    for chunk in in_chunks(list(dependencies.keys)):
+        done_keys.update(conn.execute(select(tasks.c.key).where(
+            tasks.c.job_seq == job_seq, tasks.c.key.in_(chunk), tasks.c.satisfies_dependents.is_(True))).scalars())
+    done_numbers: set[int] = set()
+    for start, end in dependencies.ranges:
+        done_numbers.update(conn.execute(select(tasks.c.id_number).where(
+            tasks.c.job_seq == job_seq, tasks.c.id_number.is_not(None), tasks.c.id_number >= start,
+            tasks.c.id_number <= end, tasks.c.satisfies_dependents.is_(True))).scalars())
+    rows = [{"job_seq": job_seq, "prerequisite_key": key, "prerequisite_number": None,
+             "satisfied": key in done_keys} for key in dependencies.keys]
+    rows += [{"job_seq": job_seq, "prerequisite_key": None, "prerequisite_number": number,
+              "satisfied": number in done_numbers} for number in dependencies.numbers()]
+    return Edges(tuple(rows), sum(1 for row in rows if not row["satisfied"]))
+
+
+def store(conn: Connection, task_seq: int, edges: Edges) -> None:
+    if edges.rows:
+        conn.execute(insert(task_dependencies), [{**row, "task_seq": task_seq} for row in edges.rows])
+
+
+# The open edges naming a completed task, by its key or its number: seeks of the two partial
+# indexes, which hold open edges only.
+_OPEN_BY_KEY = (
+    select(task_dependencies.c.seq, task_dependencies.c.task_seq)
+    .where(task_dependencies.c.job_seq == bindparam("b_job"),
+           task_dependencies.c.prerequisite_key == bindparam("b_key"), task_dependencies.c.satisfied.is_(False))
+)
+_OPEN_BY_NUMBER = (
+    select(task_dependencies.c.seq, task_dependencies.c.task_seq)
+    .where(task_dependencies.c.job_seq == bindparam("b_job"),
+           task_dependencies.c.prerequisite_number == bindparam("b_number"),
+           task_dependencies.c.satisfied.is_(False))
+)
+_CLOSE = update(task_dependencies).where(task_dependencies.c.seq == bindparam("b_edge")).values(satisfied=True)
+_UNBLOCK = (
+    update(tasks).where(tasks.c.seq == bindparam("b_task"))
+    .values(unsatisfied=tasks.c.unsatisfied - bindparam("b_count"))
+)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A task that just completed, as its dependents see it."""
+
+    job_seq: int
+    key: str
+    number: int | None
+    satisfies: bool
+
+
+def release(conn: Connection, completions: Sequence[Completion]) -> int:
+    """Satisfy the open edges of the completions that satisfy their dependents; returns how
+    many dependents were touched (for the caller's wake-ups and for tests)."""
+    edges: set[int] = set()
+    per_task: Counter[int] = Counter()
+    for done in completions:
+        if not done.satisfies:
+            continue
+        found = list(conn.execute(_OPEN_BY_KEY, {"b_job": done.job_seq, "b_key": done.key}).all())
+        if done.number is not None:
+            found += conn.execute(_OPEN_BY_NUMBER, {"b_job": done.job_seq, "b_number": done.number}).all()
+        for edge in found:
+            # "4" and "04" completing in one batch find the same range edge: it counts once.
+            if edge.seq not in edges:
+                edges.add(edge.seq)
+                per_task[edge.task_seq] += 1
+    if edges:
+        conn.execute(_CLOSE, [{"b_edge": seq} for seq in sorted(edges)])
+        conn.execute(_UNBLOCK, [{"b_task": seq, "b_count": count} for seq, count in per_task.items()])
+    return len(per_task)
