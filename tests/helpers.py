@@ -111,3 +111,17 @@ def frozen_agent(node_id: str) -> Iterator[None]:
                 os.kill(process.pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
+
+
+def store_context(url: str) -> Iterator[Any]:
+    """A service Context on a freshly migrated store at `url`, disposed afterwards (for fixtures)."""
+    from shoal.server import DEFAULT_ACCOUNT, ensure_account
+    from shoal.service.context import Context
+    from shoal.store.db import open_store
+
+    engine = open_store(url)
+    ensure_account(engine)
+    try:
+        yield Context(engine=engine, account=DEFAULT_ACCOUNT, base_url="http://test")
+    finally:
+        engine.dispose()

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, false, insert, select, update
 
 from shoal.errors import BadRequest, InvalidProperty, MissingProperty
 from shoal.service import validation as v
@@ -158,13 +158,13 @@ def store(conn: Connection, task_seq: int, edges: Edges) -> None:
 _OPEN_BY_KEY = (
     select(task_dependencies.c.seq, task_dependencies.c.task_seq)
     .where(task_dependencies.c.job_seq == bindparam("b_job"),
-           task_dependencies.c.prerequisite_key == bindparam("b_key"), task_dependencies.c.satisfied.is_(False))
+           task_dependencies.c.prerequisite_key == bindparam("b_key"), task_dependencies.c.satisfied == false())
 )
 _OPEN_BY_NUMBER = (
     select(task_dependencies.c.seq, task_dependencies.c.task_seq)
     .where(task_dependencies.c.job_seq == bindparam("b_job"),
            task_dependencies.c.prerequisite_number == bindparam("b_number"),
-           task_dependencies.c.satisfied.is_(False))
+           task_dependencies.c.satisfied == false())
 )
 _CLOSE = update(task_dependencies).where(task_dependencies.c.seq == bindparam("b_edge")).values(satisfied=True)
 _UNBLOCK = (

@@ -16,8 +16,9 @@ from shoal.service import jobs as job_service
 from shoal.service import pools as pool_service
 from shoal.service import tasks as task_service
 from shoal.service.context import Context
-from shoal.store.db import migrate, open_store
+from shoal.store.db import migrate
 from shoal.store.schema import nodes
+from tests.helpers import store_context
 
 _names = itertools.count()
 IMAGE = {"imageReference": {"publisher": "canonical", "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts",
@@ -30,12 +31,7 @@ def ctx(request: pytest.FixtureRequest, tmp_path) -> Iterator[Context]:
         url = f"sqlite:///{tmp_path / 'shoal.db'}"
     else:
         url = request.getfixturevalue("postgres").create_database(f"store_{next(_names)}")
-    engine = open_store(url)
-    ensure_account(engine)
-    try:
-        yield Context(engine=engine, account=DEFAULT_ACCOUNT, base_url="http://test")
-    finally:
-        engine.dispose()
+    yield from store_context(url)
 
 
 def _pool(ctx: Context, pool_id: str = "p", nodes_wanted: int = 1, slots: int = 2) -> None:
