@@ -203,3 +203,48 @@ def release(conn: Connection, completions: Sequence[Completion]) -> int:
         conn.execute(_CLOSE, [{"b_edge": seq} for seq in sorted(edges)])
         conn.execute(_UNBLOCK, [{"b_task": seq, "b_count": count} for seq, count in per_task.items()])
     return len(per_task)
+
+
+# The most tasks and edges a cycle check walks before it gives up and lets the task in (a cycle it
+# could not see only leaves its tasks blocked, visibly active, as any unsatisfiable dependency).
+MAX_CYCLE_WALK_TASKS = 10_000
+MAX_CYCLE_WALK_EDGES = 200_000
+
+
+def check_no_cycle(conn: Connection, job_seq: int, task_id: str, dependencies: Dependencies) -> None:
+    """Refuse a task whose prerequisites (through their own open edges, transitively) depend on
+    it: such tasks would wait for each other forever. Walks open edges only: a prerequisite
+    that has already satisfied its dependents cannot be part of a wait."""
+    key, number = task_id.lower(), id_number(task_id)
+    keys, numbers = set(dependencies.keys), set(dependencies.numbers())
+    seen: set[int] = set()
+    walked_edges = 0
+    while keys or numbers:
+        found: set[int] = set()
+        for key_chunk in in_chunks(sorted(keys)):
+            found.update(conn.execute(select(tasks.c.seq).where(tasks.c.job_seq == job_seq,
+                                                                tasks.c.key.in_(key_chunk))).scalars())
+        for number_chunk in in_chunks(sorted(numbers)):
+            found.update(conn.execute(select(tasks.c.seq).where(
+                tasks.c.job_seq == job_seq, tasks.c.id_number.is_not(None),
+                tasks.c.id_number.in_(number_chunk))).scalars())
+        found -= seen
+        if not found or len(seen) + len(found) > MAX_CYCLE_WALK_TASKS:
+            return
+        seen |= found
+        keys, numbers = set(), set()
+        for seq_chunk in in_chunks(sorted(found)):
+            for edge in conn.execute(select(task_dependencies.c.prerequisite_key,
+                                            task_dependencies.c.prerequisite_number)
+                                     .where(task_dependencies.c.task_seq.in_(seq_chunk),
+                                            task_dependencies.c.satisfied == false())).all():
+                walked_edges += 1
+                if edge.prerequisite_key == key or (number is not None and edge.prerequisite_number == number):
+                    raise InvalidProperty("dependsOn", task_id, "The task's dependencies would form a cycle: "
+                                          "a task it depends on depends on it.")
+                if edge.prerequisite_key is not None:
+                    keys.add(edge.prerequisite_key)
+                else:
+                    numbers.add(edge.prerequisite_number)
+        if walked_edges > MAX_CYCLE_WALK_EDGES:
+            return

@@ -135,6 +135,7 @@ def add(ctx: Context, job_id: str, task: dict[str, Any]) -> dict[str, Any]:
         inserted = conn.execute(insert(tasks).values(**values)).inserted_primary_key
         if edges is not None and inserted is not None:
             dependencies.store(conn, inserted[0], edges)
+            dependencies.check_no_cycle(conn, job.seq, task["id"], task["dependencies"])
     ctx.signals.wake_scheduler()
     return {"etag": values["etag"], "last_modified": now, "id": task["id"]}
 
@@ -213,6 +214,11 @@ def add_collection(ctx: Context, job_id: str, parsed: list[dict[str, Any]]) -> l
             for key, seq in conn.execute(select(tasks.c.key, tasks.c.seq).where(
                     tasks.c.job_seq == job.seq, tasks.c.key.in_(list(edges_of)))).all():
                 dependencies.store(conn, seq, edges_of[key])
+            # After all are stored, so tasks of one collection that wait for each other are seen
+            # (the whole request is refused then, and nothing of it is kept).
+            for task in parsed:
+                if task["id"].lower() in edges_of:
+                    dependencies.check_no_cycle(conn, job.seq, task["id"], task["dependencies"])
     ctx.signals.wake_scheduler()
     return results
 

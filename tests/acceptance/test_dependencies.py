@@ -241,3 +241,13 @@ def test_exit_code_zero_listed_as_block_blocks(client, job):
     add(client, job, "behind-zero", "true", depends_on=on("ok-but-blocks"))
     assert wait_task_state(client, job, "ok-but-blocks", "completed").execution_info.result == "success"
     stays_active(client, job, "behind-zero")
+
+
+def test_a_dependency_cycle_is_refused(client, job):
+    add(client, job, "first", "true", depends_on=on("second"))
+    assert error_of(lambda: add(client, job, "second", "true", depends_on=on("first"))) == \
+        (400, "InvalidPropertyValue")
+    assert error_of(lambda: client.get_task(job, "second"))[0] == 404
+    stays_active(client, job, "first")
+    add(client, job, "second", "true")
+    wait_task_state(client, job, "first", "completed", timeout=20)

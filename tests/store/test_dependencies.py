@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, update
 
-from shoal.errors import BadRequest
+from shoal.errors import BadRequest, NotFound
 from shoal.service import dependencies, scheduling, transitions
 from shoal.service import jobs as job_service
 from shoal.service import tasks as task_service
@@ -121,6 +121,19 @@ class Model:
                     if self.matches(task_id, edge):
                         edge[2] = True
 
+    def closes_a_cycle(self, task_id: str, keys: list[str], ranges: list[tuple[int, int]]) -> bool:
+        """Whether a task added with these prerequisites would be waited for by one of them."""
+        new = [["key", k.lower(), False] for k in keys] + \
+              [["num", n, False] for start, end in ranges for n in range(start, end + 1)]
+        frontier, seen = new, set()
+        while frontier:
+            reached = [t for t in self.edges if t not in seen and any(self.matches(t, e) for e in frontier)]
+            seen.update(reached)
+            frontier = [e for t in reached for e in self.edges[t] if not e[2]]
+            if any(self.matches(task_id, e) for e in frontier):
+                return True
+        return False
+
     def expected(self) -> dict[str, int]:
         return {t: sum(1 for e in edges if not e[2]) for t, edges in self.edges.items()}
 
@@ -151,7 +164,13 @@ def test_unsatisfied_counts_equal_a_recount(ctx, operations):
                     **({"exitConditions": {"default": {"dependencyAction": "satisfy"}}} if op[4] else {})}
             if keys or ranges:
                 body["dependsOn"] = {"taskIds": keys, "taskIdRanges": [{"start": s, "end": e} for s, e in ranges]}
-            task_service.create(ctx, job_id, body)
+            try:
+                task_service.create(ctx, job_id, body)
+            except BadRequest:
+                # A cycle through open edges: refused, and nothing of it stored.
+                assert model.closes_a_cycle(task_id, keys, ranges)
+                continue
+            assert not model.closes_a_cycle(task_id, keys, ranges)
             model.add(task_id, keys, ranges, op[4])
         elif model.state.get(task_id) != "active" and kind in ("finish", "terminate"):
             continue
@@ -178,6 +197,35 @@ def test_unsatisfied_counts_equal_a_recount(ctx, operations):
         assert stored == model.expected(), (op, operations)
         # What the scheduler reads: exactly the active tasks with nothing unsatisfied.
         assert ready == {seq for t, seq in active.items() if stored[t] == 0}
+
+
+# --- cycles ------------------------------------------------------------------------------------
+
+def test_a_task_closing_a_cycle_is_refused_and_not_stored(ctx):
+    job_id = _new_job(ctx)
+    task_service.create(ctx, job_id, {"id": "a", "commandLine": "x", "dependsOn": {"taskIds": ["b"]}})
+    task_service.create(ctx, job_id, {"id": "m", "commandLine": "x", "dependsOn": {"taskIdRanges": [
+        {"start": 1, "end": 9}]}})
+    task_service.create(ctx, job_id, {"id": "b", "commandLine": "x", "dependsOn": {"taskIds": ["c"]}})
+    for task_id, depends_on in (("c", {"taskIds": ["a"]}), ("05", {"taskIds": ["m"]})):
+        with pytest.raises(BadRequest) as caught:
+            task_service.create(ctx, job_id, {"id": task_id, "commandLine": "x", "dependsOn": depends_on})
+        assert "cycle" in caught.value.values["Reason"]
+        with pytest.raises(NotFound):
+            _row(ctx, job_id, task_id)
+    # A collection whose tasks wait for each other is refused whole.
+    with pytest.raises(BadRequest):
+        task_service.create_collection(ctx, job_id, {"value": [
+            {"id": "x1", "commandLine": "x", "dependsOn": {"taskIds": ["x2"]}},
+            {"id": "x2", "commandLine": "x", "dependsOn": {"taskIds": ["x1"]}}]}, 0)
+    with pytest.raises(NotFound):
+        _row(ctx, job_id, "x1")
+    # A prerequisite that has already satisfied its dependents closes nothing.
+    task_service.create(ctx, job_id, {"id": "c", "commandLine": "x"})
+    _finish(ctx, job_id, "c", 0)
+    _finish(ctx, job_id, "b", 0)
+    task_service.create(ctx, job_id, {"id": "z", "commandLine": "x", "dependsOn": {"taskIds": ["b"]}})
+    assert _row(ctx, job_id, "z").unsatisfied == 0
 
 
 # --- scale: completing a task touches its dependents only ---------------------------------------
