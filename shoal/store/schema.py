@@ -227,6 +227,8 @@ job_task_counts = Table(
            autoincrement=False),
     *(Column(name, BigInteger, nullable=False, server_default="0") for name in _COUNT_BUCKETS),
     *(Column(f"{name}_slots", BigInteger, nullable=False, server_default="0") for name in _COUNT_BUCKETS),
+    # Active tasks blocked by their dependencies (migration 0010): counted in `active` as well.
+    Column("blocked", BigInteger, nullable=False, server_default="0"),
 )
 
 # Nodes per (pool, dedicated or spot, state); states as stored (lower case).

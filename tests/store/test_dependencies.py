@@ -15,11 +15,12 @@ from hypothesis import strategies as st
 from sqlalchemy import select, update
 
 from shoal.errors import BadRequest, NotFound
+from shoal.server import DEFAULT_ACCOUNT
 from shoal.service import dependencies, scheduling, transitions
 from shoal.service import jobs as job_service
 from shoal.service import tasks as task_service
 from shoal.service.context import Context
-from shoal.store.schema import jobs, tasks
+from shoal.store.schema import job_task_counts, jobs, tasks
 from tests.helpers import store_context
 
 _jobs = itertools.count()
@@ -194,7 +195,12 @@ def test_unsatisfied_counts_equal_a_recount(ctx, operations):
                                                      {"b_job": job_seq, "b_slots": 1, "b_limit": 1000}).all()}
             active = dict(conn.execute(select(tasks.c.id, tasks.c.seq).where(
                 tasks.c.job_seq == job_seq, tasks.c.state == "active")).all())
+            counters = conn.execute(select(job_task_counts.c.active, job_task_counts.c.blocked)
+                                    .where(job_task_counts.c.job_seq == job_seq)).one()
         assert stored == model.expected(), (op, operations)
+        # The counters: a blocked task is active, and counted as blocked too (autoscale leaves it out).
+        assert counters.active == len(active)
+        assert counters.blocked == sum(1 for t in active if stored[t] > 0)
         # What the scheduler reads: exactly the active tasks with nothing unsatisfied.
         assert ready == {seq for t, seq in active.items() if stored[t] == 0}
 
@@ -313,3 +319,33 @@ def test_a_pass_over_a_job_of_blocked_tasks_reads_none_of_them(ctx):
         # The job's smallest waiting size is found by one seek and is the one unblocked task "x".
         rows = conn.execute(scheduling._READY_OF_SIZE, {"b_job": job_seq, "b_slots": 1, "b_limit": 10_000}).all()
     assert len(rows) == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_blocked_tasks_count_as_active_but_not_in_autoscale_active_tasks(backend, tmp_path, request):
+    from types import SimpleNamespace
+
+    from shoal.service import metrics
+
+    url = (f"sqlite:///{tmp_path / 'shoal.db'}" if backend == "sqlite"
+           else request.getfixturevalue("postgres").create_database(f"deps_{next(_jobs)}"))
+    for ctx in store_context(url):
+        job_id = _new_job(ctx)
+        task_service.create_collection(ctx, job_id, {"value": [
+            {"id": "p", "commandLine": "x"},
+            *({"id": f"d{n}", "commandLine": "x", "dependsOn": {"taskIds": ["p"]}} for n in range(4))]}, 0)
+        def variables(ctx: Context = ctx, job_id: str = job_id) -> tuple[float, float, int]:
+            """$ActiveTasks, $PendingTasks of the job's pool, and the job's active task count."""
+            pool = SimpleNamespace(account=DEFAULT_ACCOUNT, key="p", seq=0, slots_per_node=1)
+            with ctx.engine.connect() as conn:
+                out = metrics.pool_counts(conn, pool)
+            active = job_service.task_counts(ctx, job_id)["taskCounts"]["active"]
+            return out["$ActiveTasks"], out["$PendingTasks"], active
+
+        assert variables() == (1.0, 1.0, 5)
+        # Blocked tasks that end or go stop counting as blocked.
+        task_service.terminate(ctx, job_id, "d0")
+        task_service.delete_task(ctx, job_id, "d1")
+        assert variables() == (1.0, 1.0, 3)
+        _finish(ctx, job_id, "p", 0)
+        assert variables() == (2.0, 2.0, 2)
