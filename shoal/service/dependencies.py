@@ -153,20 +153,25 @@ def store(conn: Connection, task_seq: int, edges: Edges) -> None:
         conn.execute(insert(task_dependencies), [{**row, "task_seq": task_seq} for row in edges.rows])
 
 
-# The open edges naming a completed task, by its key or its number: seeks of the two partial
-# indexes, which hold open edges only.
-_OPEN_BY_KEY = (
-    select(task_dependencies.c.seq, task_dependencies.c.task_seq)
+# Closing the open edges that name a completed task, by its key or by its number: seeks of the
+# two partial indexes, which hold open edges only. The update itself re-checks `satisfied`, so
+# two transactions completing "4" and "04" at once close a range edge once (the second waits for
+# the first's row lock, then finds the edge closed) and only the edges closed here are counted.
+_CLOSE_BY_KEY = (
+    update(task_dependencies)
     .where(task_dependencies.c.job_seq == bindparam("b_job"),
            task_dependencies.c.prerequisite_key == bindparam("b_key"), task_dependencies.c.satisfied == false())
+    .values(satisfied=True)
+    .returning(task_dependencies.c.task_seq)
 )
-_OPEN_BY_NUMBER = (
-    select(task_dependencies.c.seq, task_dependencies.c.task_seq)
+_CLOSE_BY_NUMBER = (
+    update(task_dependencies)
     .where(task_dependencies.c.job_seq == bindparam("b_job"),
            task_dependencies.c.prerequisite_number == bindparam("b_number"),
            task_dependencies.c.satisfied == false())
+    .values(satisfied=True)
+    .returning(task_dependencies.c.task_seq)
 )
-_CLOSE = update(task_dependencies).where(task_dependencies.c.seq == bindparam("b_edge")).values(satisfied=True)
 _UNBLOCK = (
     update(tasks).where(tasks.c.seq == bindparam("b_task"))
     .values(unsatisfied=tasks.c.unsatisfied - bindparam("b_count"))
@@ -186,22 +191,17 @@ class Completion:
 def release(conn: Connection, completions: Sequence[Completion]) -> int:
     """Satisfy the open edges of the completions that satisfy their dependents; returns how
     many dependents were touched (for the caller's wake-ups and for tests)."""
-    edges: set[int] = set()
     per_task: Counter[int] = Counter()
     for done in completions:
         if not done.satisfies:
             continue
-        found = list(conn.execute(_OPEN_BY_KEY, {"b_job": done.job_seq, "b_key": done.key}).all())
+        per_task.update(conn.execute(_CLOSE_BY_KEY, {"b_job": done.job_seq, "b_key": done.key}).scalars())
         if done.number is not None:
-            found += conn.execute(_OPEN_BY_NUMBER, {"b_job": done.job_seq, "b_number": done.number}).all()
-        for edge in found:
-            # "4" and "04" completing in one batch find the same range edge: it counts once.
-            if edge.seq not in edges:
-                edges.add(edge.seq)
-                per_task[edge.task_seq] += 1
-    if edges:
-        conn.execute(_CLOSE, [{"b_edge": seq} for seq in sorted(edges)])
-        conn.execute(_UNBLOCK, [{"b_task": seq, "b_count": count} for seq, count in per_task.items()])
+            per_task.update(conn.execute(_CLOSE_BY_NUMBER,
+                                         {"b_job": done.job_seq, "b_number": done.number}).scalars())
+    if per_task:
+        # In task order, so two transactions never take the dependents' rows in opposite orders.
+        conn.execute(_UNBLOCK, [{"b_task": seq, "b_count": count} for seq, count in sorted(per_task.items())])
     return len(per_task)
 
 

@@ -295,7 +295,7 @@ def _plan(ctx: Context, statement, params: dict) -> str:
     compiled = statement.compile(ctx.engine)
     raw = ctx.engine.raw_connection()
     try:
-        values = [params[name] for name in compiled.positiontup]
+        values = [params.get(name, compiled.params.get(name)) for name in compiled.positiontup]
         rows = raw.cursor().execute("EXPLAIN QUERY PLAN " + compiled.string, values).fetchall()
         return " | ".join(row[3] for row in rows)
     finally:
@@ -303,10 +303,10 @@ def _plan(ctx: Context, statement, params: dict) -> str:
 
 
 def test_the_open_edges_of_a_task_are_found_by_index_seeks(ctx):
-    by_key = _plan(ctx, dependencies._OPEN_BY_KEY, {"b_job": 1, "b_key": "x"})
+    by_key = _plan(ctx, dependencies._CLOSE_BY_KEY, {"b_job": 1, "b_key": "x"})
     assert "SEARCH task_dependencies USING INDEX ix_task_dependencies_open_key (job_seq=? AND prerequisite_key=?)" \
         in by_key, by_key
-    by_number = _plan(ctx, dependencies._OPEN_BY_NUMBER, {"b_job": 1, "b_number": 4})
+    by_number = _plan(ctx, dependencies._CLOSE_BY_NUMBER, {"b_job": 1, "b_number": 4})
     assert "USING INDEX ix_task_dependencies_open_number (job_seq=? AND prerequisite_number=?)" in by_number, \
         by_number
 
