@@ -132,15 +132,23 @@ class Edges:
 def prepare(conn: Connection, job_seq: int, dependencies: Dependencies) -> Edges:
     """The edges of a task about to be added, each already satisfied if its prerequisite has
     completed and satisfies its dependents: index seeks for the named ids and ranges only."""
+    # The prerequisites are read FOR SHARE (PostgreSQL; SQLite has one writer): one completing in a
+    # concurrent transaction either commits first and is seen here, or waits for this one and
+    # then finds its new edges open to close. Read unfiltered, so that the lock also waits on a
+    # row whose completion is not committed yet.
     done_keys: set[str] = set()
     for chunk in in_chunks(list(dependencies.keys)):
-        done_keys.update(conn.execute(select(tasks.c.key).where(
-            tasks.c.job_seq == job_seq, tasks.c.key.in_(chunk), tasks.c.satisfies_dependents.is_(True))).scalars())
+        done_keys.update(row.key for row in conn.execute(
+            select(tasks.c.key, tasks.c.satisfies_dependents)
+            .where(tasks.c.job_seq == job_seq, tasks.c.key.in_(chunk)).with_for_update(read=True))
+            if row.satisfies_dependents)
     done_numbers: set[int] = set()
     for start, end in dependencies.ranges:
-        done_numbers.update(conn.execute(select(tasks.c.id_number).where(
-            tasks.c.job_seq == job_seq, tasks.c.id_number.is_not(None), tasks.c.id_number >= start,
-            tasks.c.id_number <= end, tasks.c.satisfies_dependents.is_(True))).scalars())
+        done_numbers.update(row.id_number for row in conn.execute(
+            select(tasks.c.id_number, tasks.c.satisfies_dependents)
+            .where(tasks.c.job_seq == job_seq, tasks.c.id_number.is_not(None), tasks.c.id_number >= start,
+                   tasks.c.id_number <= end).with_for_update(read=True))
+            if row.satisfies_dependents)
     rows = [{"job_seq": job_seq, "prerequisite_key": key, "prerequisite_number": None,
              "satisfied": key in done_keys} for key in dependencies.keys]
     rows += [{"job_seq": job_seq, "prerequisite_key": None, "prerequisite_number": number,

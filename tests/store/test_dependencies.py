@@ -26,9 +26,11 @@ from tests.helpers import store_context
 _jobs = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def ctx(tmp_path_factory) -> Iterator[Context]:
-    yield from store_context(f"sqlite:///{tmp_path_factory.mktemp('deps') / 'shoal.db'}")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def ctx(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[Context]:
+    url = (f"sqlite:///{tmp_path_factory.mktemp('deps') / 'shoal.db'}" if request.param == "sqlite"
+           else request.getfixturevalue("postgres").create_database(f"deps_{next(_jobs)}"))
+    yield from store_context(url)
 
 
 def _new_job(ctx: Context) -> str:
@@ -302,7 +304,8 @@ def _plan(ctx: Context, statement, params: dict) -> str:
         raw.close()
 
 
-def test_the_open_edges_of_a_task_are_found_by_index_seeks(ctx):
+def test_the_open_edges_of_a_task_are_found_by_index_seeks(fresh_ctx):
+    ctx = fresh_ctx  # SQLite's plans
     by_key = _plan(ctx, dependencies._CLOSE_BY_KEY, {"b_job": 1, "b_key": "x"})
     assert "SEARCH task_dependencies USING INDEX ix_task_dependencies_open_key (job_seq=? AND prerequisite_key=?)" \
         in by_key, by_key
