@@ -251,3 +251,20 @@ def test_a_dependency_cycle_is_refused(client, job):
     stays_active(client, job, "first")
     add(client, job, "second", "true")
     wait_task_state(client, job, "first", "completed", timeout=20)
+
+
+@pytest.mark.parametrize("api_version", ["2020-03-01.11.0", "2023-05-01.17.0", rest.API_VERSION])
+def test_every_api_version_shows_dependencies_and_exit_conditions(shoal, client, job, api_version):
+    task_id = f"shown-{api_version.replace('.', '-')}"
+    body = {"id": task_id, "commandLine": "true", "dependsOn": {"taskIds": ["gate"],
+                                                                "taskIdRanges": [{"start": "1", "end": 2}]},
+            "exitConditions": {"exitCodes": [{"code": 3, "exitOptions": {"dependencyAction": "Satisfy"}}],
+                               "default": {"dependencyAction": "block"}}}
+    assert rest.call(shoal, "POST", f"/jobs/{job}/tasks", body=json.dumps(body).encode(),
+                     api_version=api_version).status_code == 201
+    shown = rest.call(shoal, "GET", f"/jobs/{job}/tasks/{task_id}", api_version=api_version).json()
+    # As the Node SDK recording shows Azure echoing them: as given, enums in lower case.
+    assert shown["dependsOn"] == {"taskIds": ["gate"], "taskIdRanges": [{"start": 1, "end": 2}]}
+    assert shown["exitConditions"] == {"exitCodes": [{"code": 3, "exitOptions": {"dependencyAction": "satisfy"}}],
+                                       "default": {"dependencyAction": "block"}}
+    assert rest.call(shoal, "GET", f"/jobs/{job}", api_version=api_version).json()["usesTaskDependencies"] is True
