@@ -268,3 +268,23 @@ def test_every_api_version_shows_dependencies_and_exit_conditions(shoal, client,
     assert shown["exitConditions"] == {"exitCodes": [{"code": 3, "exitOptions": {"dependencyAction": "satisfy"}}],
                                        "default": {"dependencyAction": "block"}}
     assert rest.call(shoal, "GET", f"/jobs/{job}", api_version=api_version).json()["usesTaskDependencies"] is True
+
+
+@pytest.mark.parametrize("value", ["yes", 1, [], {"a": 1}])
+def test_a_job_with_a_bad_uses_task_dependencies_is_400(shoal, pool, value):
+    body = {"id": "deps-bad-flag", "poolInfo": {"poolId": POOL}, "usesTaskDependencies": value}
+    response = rest.call(shoal, "POST", "/jobs", body=json.dumps(body).encode())
+    rest.assert_batch_error(response, 400, "InvalidPropertyValue")
+
+
+def test_a_job_action_in_a_collection_of_a_noaction_job_fails_that_task_only(client, pool):
+    job_id = _job(client, "deps-noaction-collection")
+    results = client.create_task_collection(job_id, models.BatchTaskGroup(task_values=[
+        models.BatchTaskCreateOptions(id="fine", command_line="true"),
+        models.BatchTaskCreateOptions(id="acts", command_line="true",
+                                      exit_conditions=models.ExitConditions(
+                                          default=models.ExitOptions(job_action="disable")))])).result_values
+    by_id = {r.task_id: r for r in results}
+    assert by_id["fine"].status == "success"
+    assert (by_id["acts"].status, by_id["acts"].error.code) == ("clienterror", "InvalidPropertyValue")
+    assert error_of(lambda: client.get_task(job_id, "acts"))[0] == 404
