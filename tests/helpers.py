@@ -120,3 +120,17 @@ def sqlite_plan(engine: Any, statement: Any) -> list[str]:
     compiled = statement.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
     with engine.connect() as conn:
         return [row[-1] for row in conn.execute(text(f"EXPLAIN QUERY PLAN {compiled}"))]
+
+
+def store_context(url: str) -> Iterator[Any]:
+    """A service Context on a freshly migrated store at `url`, disposed afterwards (for fixtures)."""
+    from shoal.server import DEFAULT_ACCOUNT, ensure_account
+    from shoal.service.context import Context
+    from shoal.store.db import open_store
+
+    engine = open_store(url)
+    ensure_account(engine)
+    try:
+        yield Context(engine=engine, account=DEFAULT_ACCOUNT, base_url="http://test")
+    finally:
+        engine.dispose()

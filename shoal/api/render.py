@@ -101,7 +101,7 @@ def job(base_url: str, row: Any) -> dict[str, Any]:
         "priority": row.priority,
         "maxParallelTasks": row.max_parallel_tasks,
         "allowTaskPreemption": False,
-        "usesTaskDependencies": False,
+        "usesTaskDependencies": bool(spec.get("usesTaskDependencies", False)),
         "onAllTasksComplete": spec.get("onAllTasksComplete", "noaction"),
         "onTaskFailure": spec.get("onTaskFailure", "noaction"),
         "constraints": {"maxWallClockTime": clock.UNLIMITED, "maxTaskRetryCount": 0,

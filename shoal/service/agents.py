@@ -608,7 +608,11 @@ def _apply_reports(conn: Connection, ctx: Context, gathered: list[_NodeReports],
         if ended:
             freed_pools.add(node.pool_seq)
             reported_nodes.append(node.node_id)
-    transitions.complete_reports(conn, reported)
+    job_actions = transitions.complete_reports(conn, reported)
+    reporting = {node.node_id for node in gathered}  # their answers carry what changed for them
+    for woken in job_service.apply_task_failure_actions(ctx, conn, job_actions):
+        if woken not in reporting:
+            ctx.signals.wake_node(woken)
     return touched_jobs, freed_pools, reported_nodes
 
 

@@ -16,12 +16,12 @@ from shoal.store.schema import job_task_counts, jobs, nodes, pools, tasks
 
 # Properties a client may set that Shoal keeps verbatim in `spec` (and shows again).
 KEPT_PROPERTIES = ("displayName", "constraints", "commonEnvironmentSettings", "poolInfo", "onAllTasksComplete",
-         "onTaskFailure", "metadata")
+         "onTaskFailure", "metadata", "usesTaskDependencies")
 # What Shoal does not carry out yet: refused when given, never stored and ignored. A boolean is
 # "given" when true (false asks for nothing); `allowTaskPreemption` would let higher-priority jobs
 # requeue this job's tasks, which Shoal's scheduler never does.
 UNSUPPORTED_ON_CREATE = ("jobManagerTask", "jobPreparationTask", "jobReleaseTask", "networkConfiguration",
-                         "usesTaskDependencies", "allowTaskPreemption", "poolInfo.autoPoolSpecification")
+                         "allowTaskPreemption", "poolInfo.autoPoolSpecification")
 UNSUPPORTED_ON_UPDATE = ("networkConfiguration", "allowTaskPreemption", "poolInfo.autoPoolSpecification")
 DISABLE_OPTIONS = ("requeue", "terminate", "wait")
 
@@ -85,6 +85,8 @@ def parse_create(body: Any) -> dict[str, Any]:
         raise MissingProperty("poolInfo")
     v.string(body, "displayName", max_len=v.MAX_DISPLAY_NAME)
     request_body.refuse_unsupported(body, UNSUPPORTED_ON_CREATE)
+    # Fixed at creation (JobUpdateParameter has no such property): tasks are checked against it.
+    v.boolean(body, "usesTaskDependencies")
     fields = _validate_mutable(body)
     v.environment_settings(body, "commonEnvironmentSettings")
     spec = {name: body[name] for name in KEPT_PROPERTIES if body.get(name) is not None}
@@ -193,15 +195,39 @@ def disable(ctx: Context, job_id: str, body: Any) -> None:
         if row.state != JobState.ACTIVE:
             raise Conflict(f"The specified job is in state {row.state} and cannot be disabled.",
                            code="JobNotActive")
-        running = conn.execute(select(tasks).where(tasks.c.job_seq == row.seq,
-                                                   tasks.c.state == TaskState.RUNNING)).all()
-        touched = transitions.stop_running(conn, running, option)
-        transitions.refresh_node_busy(conn, touched)
-        waiting = option == "wait" and bool(running)
-        _set_state(conn, row, JobState.DISABLING if waiting else JobState.DISABLED, disable_option=option)
+        touched = disable_in(conn, row, option)
     for node_id in touched:
         ctx.signals.wake_node(node_id)
     ctx.signals.wake_scheduler()
+
+
+def disable_in(conn: Connection, row: Any, option: str) -> set[str]:
+    """active → disabling/disabled with the disableTasks option; returns the nodes whose tasks moved."""
+    running = conn.execute(select(tasks).where(tasks.c.job_seq == row.seq,
+                                               tasks.c.state == TaskState.RUNNING)).all()
+    touched = transitions.stop_running(conn, running, option)
+    transitions.refresh_node_busy(conn, touched)
+    waiting = option == "wait" and bool(running)
+    _set_state(conn, row, JobState.DISABLING if waiting else JobState.DISABLED, disable_option=option)
+    return touched
+
+
+def apply_task_failure_actions(ctx: Context, conn: Connection, actions: dict[int, str]) -> set[str]:
+    """onTaskFailure=performexitoptionsjobaction: the jobAction of a failed task's exit options
+    disables the job (as disable with requeue) or terminates it (reason TaskFailed). Returns the
+    nodes to wake."""
+    touched: set[str] = set()
+    if not actions:
+        return touched
+    for row in conn.execute(select(jobs).where(jobs.c.seq.in_(list(actions)),
+                                               jobs.c.state == JobState.ACTIVE)).all():
+        if row.spec.get("onTaskFailure") != "performexitoptionsjobaction":
+            continue
+        if actions[row.seq] == "terminate":
+            terminate_in(ctx, conn, row, "TaskFailed")
+        elif actions[row.seq] == "disable":
+            touched |= disable_in(conn, row, "requeue")
+    return touched
 
 
 def enable(ctx: Context, job_id: str) -> None:

@@ -27,7 +27,7 @@ PLACEMENTS_PER_TRANSACTION = 5_000
 # cost more than the database work.
 _START = (
     update(tasks)
-    .where(tasks.c.seq == bindparam("b_seq"), tasks.c.state == TaskState.ACTIVE)
+    .where(tasks.c.seq == bindparam("b_seq"), tasks.c.state == TaskState.ACTIVE, tasks.c.unsatisfied == 0)
     .values(state=TaskState.RUNNING, previous_state=TaskState.ACTIVE,
             previous_state_transition_time=bindparam("b_previous_time", type_=tasks.c.state_transition_time.type),
             state_transition_time=bindparam("b_now", type_=tasks.c.state_transition_time.type),
@@ -54,12 +54,13 @@ _FREE_NODES = (
            nodes.c.pending_action.is_(None))
     .order_by(nodes.c.allocation_time, nodes.c.id)
 )
-# The per-size ready queues (index job, state, required_slots, seq): the smallest size a job has
-# waiting within a range, and a job's oldest ready tasks of one size. Both are index seeks; see
-# scheduler/backlog.py for why these two are all a pass needs to read.
+# The per-size ready queues (index ix_tasks_ready: job, state, unsatisfied, required_slots, seq):
+# the smallest size a job has waiting within a range, and a job's oldest ready tasks of one size.
+# Both are index seeks; see scheduler/backlog.py for why these two are all a pass needs to read.
+# A task blocked by its dependencies (unsatisfied > 0) is active but outside every seek.
 _NEXT_SIZE = (
     select(tasks.c.required_slots)
-    .where(tasks.c.job_seq == bindparam("b_job"), tasks.c.state == TaskState.ACTIVE,
+    .where(tasks.c.job_seq == bindparam("b_job"), tasks.c.state == TaskState.ACTIVE, tasks.c.unsatisfied == 0,
            tasks.c.required_slots >= bindparam("b_low"), tasks.c.required_slots <= bindparam("b_high"))
     .order_by(tasks.c.required_slots)
     .limit(1)
@@ -68,7 +69,7 @@ _NEXT_SIZE = (
 # seek per job inside one statement): jobs whose tasks cannot fit cost no round trip and drop out.
 _SMALLEST_FITTING = (
     select(tasks.c.required_slots)
-    .where(tasks.c.job_seq == jobs.c.seq, tasks.c.state == TaskState.ACTIVE,
+    .where(tasks.c.job_seq == jobs.c.seq, tasks.c.state == TaskState.ACTIVE, tasks.c.unsatisfied == 0,
            tasks.c.required_slots >= 1, tasks.c.required_slots <= bindparam("b_largest"))
     .order_by(tasks.c.required_slots)
     .limit(1)
@@ -81,7 +82,7 @@ _ACTIVE_JOBS = (
 )
 _READY_OF_SIZE = (
     select(tasks.c.seq, tasks.c.job_seq, tasks.c.required_slots)
-    .where(tasks.c.job_seq == bindparam("b_job"), tasks.c.state == TaskState.ACTIVE,
+    .where(tasks.c.job_seq == bindparam("b_job"), tasks.c.state == TaskState.ACTIVE, tasks.c.unsatisfied == 0,
            tasks.c.required_slots == bindparam("b_slots"))
     .order_by(tasks.c.seq)
     .limit(bindparam("b_limit"))

@@ -21,14 +21,15 @@ from shoal.errors import (
     NotFound,
 )
 from shoal.model.states import JobState, TaskState
+from shoal.service import dependencies, exit_conditions, request_body, transitions
 from shoal.service import jobs as job_service
-from shoal.service import request_body, transitions
 from shoal.service import validation as v
 from shoal.service.context import Context
 from shoal.store.schema import jobs, nodes, tasks
 
 # Properties a client may set that Shoal keeps verbatim in `spec` (and shows again).
-KEPT_PROPERTIES = ("displayName", "commandLine", "environmentSettings", "affinityInfo", "constraints", "userIdentity")
+KEPT_PROPERTIES = ("displayName", "commandLine", "environmentSettings", "affinityInfo", "constraints", "userIdentity",
+                   "exitConditions", "dependsOn")
 
 
 def task_not_found() -> NotFound:
@@ -37,8 +38,8 @@ def task_not_found() -> NotFound:
 
 # Accepted by the API but not carried out by Shoal's nodes yet: refused when given (non-empty),
 # never stored and ignored. An empty list is what some clients send for "none", so it passes.
-UNSUPPORTED = ("exitConditions", "containerSettings", "resourceFiles", "outputFiles", "multiInstanceSettings",
-               "dependsOn", "applicationPackageReferences", "authenticationTokenSettings")
+UNSUPPORTED = ("containerSettings", "resourceFiles", "outputFiles", "multiInstanceSettings",
+               "applicationPackageReferences", "authenticationTokenSettings")
 
 
 def _validate(body: Any) -> dict[str, Any]:
@@ -54,8 +55,36 @@ def _validate(body: Any) -> dict[str, Any]:
         _validate_constraints(constraints)
     v.user_identity(body)
     request_body.refuse_unsupported(body, UNSUPPORTED)
-    return {"id": task_id, "spec": {name: body[name] for name in KEPT_PROPERTIES if body.get(name) is not None},
-            "required_slots": required_slots}
+    exit_conditions.validate(body)
+    depends = dependencies.parse(body, task_id)
+    spec = {name: body[name] for name in KEPT_PROPERTIES if body.get(name) is not None}
+    if depends is None:
+        spec.pop("dependsOn", None)  # an empty dependsOn asks for nothing
+    return {"id": task_id, "spec": spec, "required_slots": required_slots,
+            "dependencies": depends[0] if depends else None}
+
+
+def _refusal_by_job(job: Any, task: dict[str, Any]) -> BatchError | None:
+    """What the task's job says against its dependencies or exit options, if anything."""
+    if task["dependencies"] is not None and not job.spec.get("usesTaskDependencies"):
+        return Conflict("The job does not use task dependencies: a task of it cannot depend on others.",
+                        code="TaskDependenciesNotSpecifiedOnJob")
+    named = exit_conditions.names_job_action(task["spec"].get("exitConditions"))
+    if named is not None and job.spec.get("onTaskFailure") != "performexitoptionsjobaction":
+        return InvalidProperty(named[0], named[1], "A jobAction takes effect only on a job whose onTaskFailure is "
+                               "performexitoptionsjobaction.")
+    return None
+
+
+def _with_dependencies(conn: Connection, job: Any, task: dict[str, Any], values: dict[str, Any]) -> Any:
+    """The task's row values with its blocked count, and the edges to store once it has a seq."""
+    values["id_number"] = dependencies.id_number(task["id"])
+    values["unsatisfied"] = 0
+    if task["dependencies"] is None:
+        return None
+    edges = dependencies.prepare(conn, job.seq, task["dependencies"])
+    values["unsatisfied"] = edges.unsatisfied
+    return edges
 
 
 def _validate_constraints(constraints: dict[str, Any]) -> None:
@@ -98,8 +127,15 @@ def add(ctx: Context, job_id: str, task: dict[str, Any]) -> dict[str, Any]:
         if conn.execute(select(tasks.c.seq).where(tasks.c.job_seq == job.seq,
                                                   tasks.c.key == task["id"].lower())).first():
             raise Conflict("The specified task already exists.", code="TaskExists")
+        refusal = _refusal_by_job(job, task)
+        if refusal is not None:
+            raise refusal
         values = _row_values(job, task, now)
-        conn.execute(insert(tasks).values(**values))
+        edges = _with_dependencies(conn, job, task, values)
+        inserted = conn.execute(insert(tasks).values(**values)).inserted_primary_key
+        if edges is not None and inserted is not None:
+            dependencies.store(conn, inserted[0], edges)
+            dependencies.check_no_cycle(conn, job.seq, task["id"], task["dependencies"])
     ctx.signals.wake_scheduler()
     return {"etag": values["etag"], "last_modified": now, "id": task["id"]}
 
@@ -140,6 +176,7 @@ def parse_collection(body: Any, body_size: int) -> list[dict[str, Any]]:
             raise InvalidProperty("value", task["id"], "The collection contains the same task id twice.")
         seen.add(key)
         parsed.append(task)
+    dependencies.check_request_size(task["dependencies"] for task in parsed)
     return parsed
 
 
@@ -153,19 +190,35 @@ def add_collection(ctx: Context, job_id: str, parsed: list[dict[str, Any]]) -> l
         existing = set(conn.execute(select(tasks.c.key).where(
             tasks.c.job_seq == job.seq, tasks.c.key.in_(list(seen)))).scalars().all())
         rows = []
+        edges_of: dict[str, Any] = {}
         for task in parsed:
-            if task["id"].lower() in existing:
+            refusal = Conflict("The specified task already exists.", code="TaskExists") \
+                if task["id"].lower() in existing else _refusal_by_job(job, task)
+            if refusal is not None:
                 results.append({"status": "clienterror", "taskId": task["id"], "error": {
-                    "code": "TaskExists",
-                    "message": {"lang": "en-US", "value": "The specified task already exists."}}})
+                    "code": refusal.code, "message": {"lang": "en-US", "value": refusal.message},
+                    **({"values": [{"key": k, "value": val} for k, val in refusal.values.items()]}
+                       if refusal.values else {})}})
                 continue
             values = _row_values(job, task, now)
+            edges = _with_dependencies(conn, job, task, values)
+            if edges is not None:
+                edges_of[values["key"]] = edges
             rows.append(values)
             results.append({"status": "success", "taskId": task["id"], "eTag": values["etag"],
                             "lastModified": clock.iso(now),
                             "location": f"{ctx.base_url}/jobs/{job.id}/tasks/{task['id']}"})
         if rows:
             conn.execute(insert(tasks), rows)
+        if edges_of:
+            for key, seq in conn.execute(select(tasks.c.key, tasks.c.seq).where(
+                    tasks.c.job_seq == job.seq, tasks.c.key.in_(list(edges_of)))).all():
+                dependencies.store(conn, seq, edges_of[key])
+            # After all are stored, so tasks of one collection that wait for each other are seen
+            # (the whole request is refused then, and nothing of it is kept).
+            for task in parsed:
+                if task["id"].lower() in edges_of:
+                    dependencies.check_no_cycle(conn, job.seq, task["id"], task["dependencies"])
     ctx.signals.wake_scheduler()
     return results
 
@@ -325,7 +378,7 @@ def reactivate(ctx: Context, job_id: str, task_id: str) -> None:
         conn.execute(update(tasks).where(tasks.c.seq == row.seq).values(
             state=TaskState.ACTIVE, previous_state=row.state, previous_state_transition_time=row.state_transition_time,
             state_transition_time=now, execution_info=info, etag=clock.new_etag(), last_modified=now,
-            retention_deadline=None, outcome=None))
+            retention_deadline=None, outcome=None, satisfies_dependents=None))
     ctx.signals.wake_scheduler()
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import Connection, and_, bindparam, func, select, update
 
 from shoal import clock
 from shoal.model.states import NodeState, SchedulingState, TaskState
+from shoal.service import dependencies, exit_conditions
 from shoal.store.chunks import in_chunks
 from shoal.store.schema import jobs, nodes, tasks
 
@@ -35,7 +36,7 @@ _MOVE = (
             node_id=None, execution_info=bindparam("b_info", type_=tasks.c.execution_info.type),
             etag=bindparam("b_etag"), last_modified=bindparam("b_now", type_=tasks.c.last_modified.type),
             retention_deadline=bindparam("b_retention", type_=tasks.c.retention_deadline.type),
-            outcome=bindparam("b_outcome"))
+            outcome=bindparam("b_outcome"), satisfies_dependents=bindparam("b_satisfies"))
 )
 _COUNT_SUCCESS = (
     update(nodes)
@@ -44,7 +45,8 @@ _COUNT_SUCCESS = (
 )
 
 
-def _move(row: Any, new_state: str, now: datetime, info: dict[str, Any]) -> dict[str, Any]:
+def _move(row: Any, new_state: str, now: datetime, info: dict[str, Any],
+          satisfies: bool | None = None) -> dict[str, Any]:
     retention_deadline = None
     if new_state == TaskState.COMPLETED and row.node_info:
         # The task's folder stays on its node for retentionTime, then goes (semantics §2.5).
@@ -52,7 +54,8 @@ def _move(row: Any, new_state: str, now: datetime, info: dict[str, Any]) -> dict
     return {"b_seq": row.seq, "b_state": new_state, "b_previous_state": row.state,
             "b_previous_time": row.state_transition_time, "b_now": now, "b_info": info,
             "b_etag": clock.new_etag(), "b_retention": retention_deadline,
-            "b_outcome": info.get("result") if new_state == TaskState.COMPLETED else None}
+            "b_outcome": info.get("result") if new_state == TaskState.COMPLETED else None,
+            "b_satisfies": satisfies if new_state == TaskState.COMPLETED else None}
 
 
 def _apply(conn: Connection, moves: list[dict[str, Any]]) -> None:
@@ -83,19 +86,37 @@ def requeue(conn: Connection, rows: Iterable[Any], *, user_requested: bool) -> s
     return touched
 
 
-def complete_reports(conn: Connection, reported: list[tuple[Any, dict[str, Any]]]) -> None:
-    """End current attempts with what their agents reported: success, a retry, or a failure."""
+def complete_reports(conn: Connection, reported: list[tuple[Any, dict[str, Any]]]) -> dict[int, str]:
+    """End current attempts with what their agents reported: success, a retry, or a failure.
+    Completed tasks release the tasks depending on them as their exit options say; returns the
+    job actions their failures ask for ({job seq: disable | terminate}), which the caller
+    carries out where the job's onTaskFailure is performexitoptionsjobaction."""
     now = clock.now()
     moves = []
     succeeded: dict[str, int] = {}
+    completions: list[dependencies.Completion] = []
+    job_actions: dict[int, str] = {}
     for row, report in reported:
         new_state, info = _outcome(conn, row, report, now)
-        moves.append(_move(row, new_state, now, info))
+        satisfies = None
+        if new_state == TaskState.COMPLETED:
+            options = exit_conditions.resolve(
+                row.spec.get("exitConditions"), info.get("exitCode"),
+                exit_conditions.kind_of(report.get("exitCode"), report.get("failure")))
+            satisfies = options.dependency_action == "satisfy"
+            completions.append(dependencies.Completion(row.job_seq, row.key, row.id_number, satisfies))
+            if info.get("result") == "failure" and options.job_action != "none":
+                # Terminating outranks disabling when two failures of one job ask for both.
+                if job_actions.get(row.job_seq) != "terminate":
+                    job_actions[row.job_seq] = options.job_action
+        moves.append(_move(row, new_state, now, info, satisfies))
         if row.node_id and info.get("result") == "success":
             succeeded[row.node_id] = succeeded.get(row.node_id, 0) + 1
     _apply(conn, moves)
+    dependencies.release(conn, completions)
     if succeeded:
         conn.execute(_COUNT_SUCCESS, [{"b_node": node, "b_count": count} for node, count in succeeded.items()])
+    return job_actions
 
 
 def _outcome(conn: Connection, row: Any, report: dict[str, Any], now: datetime) -> tuple[str, dict[str, Any]]:
@@ -128,20 +149,26 @@ def _outcome(conn: Connection, row: Any, report: dict[str, Any], now: datetime) 
 
 
 def terminate(conn: Connection, rows: Iterable[Any], failure: dict[str, Any] | None = None) -> set[str]:
-    """End tasks (active or running) as completed with failureInfo, never to run again."""
+    """End tasks (active or running) as completed with failureInfo, never to run again. A
+    terminated task satisfies its dependents only if its `default` exit options say so (it has
+    no exit code); no job action follows a termination."""
     now = clock.now()
     touched: set[str] = set()
     moves = []
+    completions: list[dependencies.Completion] = []
     for row in rows:
         info = dict(row.execution_info)
         info["endTime"] = clock.iso(now)
         if row.state == TaskState.RUNNING:
             info["result"] = "failure"
             info["failureInfo"] = dict(failure or TERMINATED)
-        moves.append(_move(row, TaskState.COMPLETED, now, info))
+        satisfies = exit_conditions.resolve(row.spec.get("exitConditions"), None).dependency_action == "satisfy"
+        completions.append(dependencies.Completion(row.job_seq, row.key, row.id_number, satisfies))
+        moves.append(_move(row, TaskState.COMPLETED, now, info, satisfies))
         if row.node_id:
             touched.add(row.node_id)
     _apply(conn, moves)
+    dependencies.release(conn, completions)
     return touched
 
 

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 from shoal.model.states import NodeState
@@ -165,22 +166,53 @@ tasks = Table(
     Column("outcome", String(8)),
     # When a completed task's folder on its node is due for deletion (retentionTime).
     Column("retention_deadline", DateTime(timezone=True)),
+    # Task dependencies (migration 0010): how many of the task's prerequisites are not yet
+    # satisfied (non-zero: blocked, still `active`, never read by the scheduler); the id as an
+    # integer, when it is one, for `taskIdRanges`; whether it completed in a way that satisfies
+    # the tasks depending on it (its exit options' dependencyAction).
+    Column("unsatisfied", Integer, nullable=False, server_default="0"),
+    Column("id_number", BigInteger),
+    Column("satisfies_dependents", Boolean),
     UniqueConstraint("job_seq", "key", name="uq_tasks_job_key"),
 )
 # Serves the scheduler's ready scan (job, state, in insertion order) and, covering outcome and
 # slots too, answers task counts from the index alone.
 Index("ix_tasks_job_state_seq_counts", tasks.c.job_seq, tasks.c.state, tasks.c.seq, tasks.c.outcome,
       tasks.c.required_slots)
-# The scheduler's per-size ready queues: a job's ready tasks of one requiredSlots value in
-# insertion order, and the distinct sizes a job has waiting, each an index seek, so tasks that
-# fit are found without walking past ones that do not.
-Index("ix_tasks_job_state_slots_seq", tasks.c.job_seq, tasks.c.state, tasks.c.required_slots, tasks.c.seq)
+# The scheduler's per-size ready queues: a job's ready (active, unblocked) tasks of one
+# requiredSlots value in insertion order, and the distinct sizes a job has waiting, each an index
+# seek, so tasks that fit are found without walking past ones that do not, nor past blocked ones.
+Index("ix_tasks_ready", tasks.c.job_seq, tasks.c.state, tasks.c.unsatisfied, tasks.c.required_slots, tasks.c.seq)
+# Tasks whose ids are integers, for a dependent added after some of its range already completed.
+Index("ix_tasks_job_id_number", tasks.c.job_seq, tasks.c.id_number,
+      sqlite_where=tasks.c.id_number.is_not(None), postgresql_where=tasks.c.id_number.is_not(None))
 # A node's tasks; with state and slots in it, the scheduler's per-node used-slot sums are read
 # from the index alone.
 Index("ix_tasks_node_state_slots", tasks.c.node_id, tasks.c.state, tasks.c.required_slots)
 Index("ix_tasks_retention", tasks.c.retention_deadline)
 # A job's tasks in insertion order: the task list pages by walking it (keyset on seq).
 Index("ix_tasks_job_seq", tasks.c.job_seq, tasks.c.seq)
+
+# One row per prerequisite of a dependent task (a range one row per member): `prerequisite_key`
+# for a taskIds entry (the lower-cased id), `prerequisite_number` for a taskIdRanges member. Only
+# open (unsatisfied) edges are in the two lookup indexes, so completing a task seeks exactly the
+# edges it satisfies; `satisfied` makes a second completion of the same prerequisite ("4" then
+# "04" in a range, or a reactivated task) count once.
+task_dependencies = Table(
+    "task_dependencies",
+    metadata,
+    Column("seq", SurrogateId, primary_key=True, autoincrement=True),
+    Column("job_seq", SurrogateId, ForeignKey("jobs.seq", ondelete="CASCADE"), nullable=False),
+    Column("task_seq", SurrogateId, ForeignKey("tasks.seq", ondelete="CASCADE"), nullable=False),
+    Column("prerequisite_key", String(64)),
+    Column("prerequisite_number", BigInteger),
+    Column("satisfied", Boolean, nullable=False, server_default=false()),
+)
+Index("ix_task_dependencies_task", task_dependencies.c.task_seq)
+Index("ix_task_dependencies_open_key", task_dependencies.c.job_seq, task_dependencies.c.prerequisite_key,
+      sqlite_where=task_dependencies.c.satisfied == false(), postgresql_where=task_dependencies.c.satisfied == false())
+Index("ix_task_dependencies_open_number", task_dependencies.c.job_seq, task_dependencies.c.prerequisite_number,
+      sqlite_where=task_dependencies.c.satisfied == false(), postgresql_where=task_dependencies.c.satisfied == false())
 
 # Counters kept by database triggers (migration 0007) in the transaction of every insert, delete
 # and state change of a task or node, whichever code path makes it, so task counts, node counts,
@@ -195,6 +227,8 @@ job_task_counts = Table(
            autoincrement=False),
     *(Column(name, BigInteger, nullable=False, server_default="0") for name in _COUNT_BUCKETS),
     *(Column(f"{name}_slots", BigInteger, nullable=False, server_default="0") for name in _COUNT_BUCKETS),
+    # Active tasks blocked by their dependencies (migration 0010): counted in `active` as well.
+    Column("blocked", BigInteger, nullable=False, server_default="0"),
 )
 
 # Nodes per (pool, dedicated or spot, state); states as stored (lower case).
@@ -223,4 +257,4 @@ metric_samples = Table(
 Index("ix_metric_samples_pool_time", metric_samples.c.pool_seq, metric_samples.c.time)
 
 __all__ = ["metadata", "accounts", "pools", "nodes", "jobs", "tasks", "metric_samples", "job_task_counts",
-           "pool_node_counts", "Text"]
+           "pool_node_counts", "task_dependencies", "Text"]

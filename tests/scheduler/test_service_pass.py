@@ -10,14 +10,13 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import event, func, insert, select
 
-from shoal.server import DEFAULT_ACCOUNT, ensure_account
 from shoal.service import jobs as job_service
 from shoal.service import pools as pool_service
 from shoal.service import scheduling
 from shoal.service import tasks as task_service
 from shoal.service.context import Context
-from shoal.store.db import open_store
 from shoal.store.schema import jobs, nodes, pools, tasks
+from tests.helpers import store_context
 
 IMAGE = {"imageReference": {"publisher": "canonical", "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts",
                             "version": "latest"}, "nodeAgentSKUId": "batch.node.ubuntu 22.04"}
@@ -26,25 +25,16 @@ IMAGE = {"imageReference": {"publisher": "canonical", "offer": "0001-com-ubuntu-
 _names = itertools.count()
 
 
-def _context(url: str) -> Iterator[Context]:
-    engine = open_store(url)
-    ensure_account(engine)
-    try:
-        yield Context(engine=engine, account=DEFAULT_ACCOUNT, base_url="http://test")
-    finally:
-        engine.dispose()
-
-
 @pytest.fixture
 def ctx(tmp_path) -> Iterator[Context]:
-    yield from _context(f"sqlite:///{tmp_path / 'shoal.db'}")
+    yield from store_context(f"sqlite:///{tmp_path / 'shoal.db'}")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def any_ctx(request: pytest.FixtureRequest, tmp_path) -> Iterator[Context]:
     url = (f"sqlite:///{tmp_path / 'shoal.db'}" if request.param == "sqlite"
            else request.getfixturevalue("postgres").create_database(f"sched_{next(_names)}"))
-    yield from _context(url)
+    yield from store_context(url)
 
 
 def _plan_of(ctx: Context, statement) -> str:
@@ -62,7 +52,7 @@ def _plan_of(ctx: Context, statement) -> str:
 @pytest.mark.parametrize("name", ["_NEXT_SIZE", "_READY_OF_SIZE", "_ACTIVE_JOBS"])
 def test_backlog_reads_are_index_seeks_without_a_sort(ctx, name):
     plan = _plan_of(ctx, getattr(scheduling, name))
-    assert "SEARCH tasks USING COVERING INDEX ix_tasks_job_state_slots_seq (job_seq=? AND state=? AND required_slots" \
+    assert "SEARCH tasks USING COVERING INDEX ix_tasks_ready (job_seq=? AND state=? AND unsatisfied=? AND required_slots" \
         in plan, plan
     assert "TEMP B-TREE" not in plan and "SCAN" not in plan, plan
 

@@ -37,13 +37,12 @@ def refused(response: Any, code: str, name: str) -> None:
     assert values_of(response)["PropertyName"] == name
 
 
-# (multiInstanceSettings, dependsOn and jobManagerTask were refused already: tests/acceptance.)
+# (multiInstanceSettings and jobManagerTask were refused already: tests/acceptance.)
 TASK_FEATURES = [
     ("resourceFiles", RESOURCE_FILE),
     ("outputFiles", [{"filePattern": "*.txt", "destination": {"container": {"containerUrl": "http://x/c"}},
                       "uploadOptions": {"uploadCondition": "taskcompletion"}}]),
     ("containerSettings", {"imageName": "ubuntu"}),
-    ("exitConditions", {"default": {"jobAction": "terminate"}}),
     ("applicationPackageReferences", [{"applicationId": "app"}]),
     ("authenticationTokenSettings", {"access": ["job"]}),
 ]
@@ -81,7 +80,6 @@ JOB_FEATURES = [
     ("jobPreparationTask", {"commandLine": "true"}),
     ("jobReleaseTask", {"commandLine": "true"}),
     ("networkConfiguration", {"subnetId": "/subscriptions/x/subnets/y"}),
-    ("usesTaskDependencies", True),
     ("allowTaskPreemption", True),
 ]
 

@@ -13,26 +13,21 @@ from sqlalchemy import update
 
 from shoal import clock
 from shoal.model.states import TaskState
-from shoal.server import DEFAULT_ACCOUNT, ensure_account
 from shoal.service import jobs as job_service
 from shoal.service import tasks as task_service
 from shoal.service.context import Context
-from shoal.store.db import open_store
 from shoal.store.schema import tasks
-from tests.helpers import sqlite_plan
+from tests.helpers import sqlite_plan, store_context
 
 
 @pytest.fixture
 def ctx(tmp_path: Any) -> Iterator[Context]:
-    engine = open_store(f"sqlite:///{tmp_path / 'shoal.db'}")
-    ensure_account(engine)
-    context = Context(engine=engine, account=DEFAULT_ACCOUNT, base_url="http://test")
-    for job_id in ("kept", "expiring"):
-        job_service.create(context, {"id": job_id, "poolInfo": {"poolId": "p"}})
-        task_service.create_collection(context, job_id, {"value": [
-            {"id": f"t{i}", "commandLine": "/bin/true"} for i in range(50)]}, 0)
-    yield context
-    engine.dispose()
+    for context in store_context(f"sqlite:///{tmp_path / 'shoal.db'}"):
+        for job_id in ("kept", "expiring"):
+            job_service.create(context, {"id": job_id, "poolInfo": {"poolId": "p"}})
+            task_service.create_collection(context, job_id, {"value": [
+                {"id": f"t{i}", "commandLine": "/bin/true"} for i in range(50)]}, 0)
+        yield context
 
 
 def _complete(ctx: Context, job_id: str, deadline: Any, count: int | None = None) -> None:

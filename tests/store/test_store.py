@@ -16,8 +16,9 @@ from shoal.service import jobs as job_service
 from shoal.service import pools as pool_service
 from shoal.service import tasks as task_service
 from shoal.service.context import Context
-from shoal.store.db import migrate, open_store
+from shoal.store.db import migrate
 from shoal.store.schema import nodes
+from tests.helpers import store_context
 
 _names = itertools.count()
 IMAGE = {"imageReference": {"publisher": "canonical", "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts",
@@ -30,12 +31,7 @@ def ctx(request: pytest.FixtureRequest, tmp_path) -> Iterator[Context]:
         url = f"sqlite:///{tmp_path / 'shoal.db'}"
     else:
         url = request.getfixturevalue("postgres").create_database(f"store_{next(_names)}")
-    engine = open_store(url)
-    ensure_account(engine)
-    try:
-        yield Context(engine=engine, account=DEFAULT_ACCOUNT, base_url="http://test")
-    finally:
-        engine.dispose()
+    yield from store_context(url)
 
 
 def _pool(ctx: Context, pool_id: str = "p", nodes_wanted: int = 1, slots: int = 2) -> None:
@@ -161,10 +157,13 @@ def test_upgrading_an_older_store_keeps_its_data(backend, tmp_path, request):
     ensure_account(engine)
     ctx = Context(engine=engine, account=DEFAULT_ACCOUNT, base_url="http://test")
     job_service.create(ctx, {"id": "old", "poolInfo": {"poolId": "p"}})
-    task_service.create(ctx, "old", {"id": "done", "commandLine": "/bin/true"})
+    # The task row as revision 0003 knew it (today's service writes columns added since).
     with engine.begin() as conn:
-        conn.execute(text("UPDATE tasks SET state = 'completed', execution_info = :info"),
-                     {"info": '{"result": "success", "retryCount": 0}'})
+        conn.execute(text(
+            "INSERT INTO tasks (job_seq, id, key, state, required_slots, attempt, spec, execution_info, etag, "
+            "last_modified, creation_time, state_transition_time) SELECT seq, 'done', 'done', 'completed', 1, 0, "
+            ":spec, :info, 'e', creation_time, creation_time, creation_time FROM jobs"),
+            {"spec": '{"commandLine": "/bin/true"}', "info": '{"result": "success", "retryCount": 0}'})
     migrate(engine)
     assert job_service.task_counts(ctx, "old")["taskCounts"]["succeeded"] == 1
     engine.dispose()
