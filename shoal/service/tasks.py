@@ -22,13 +22,14 @@ from shoal.errors import (
 )
 from shoal.model.states import JobState, TaskState
 from shoal.service import jobs as job_service
-from shoal.service import request_body, transitions
+from shoal.service import request_body, task_files, transitions
 from shoal.service import validation as v
 from shoal.service.context import Context
 from shoal.store.schema import jobs, nodes, tasks
 
 # Properties a client may set that Shoal keeps verbatim in `spec` (and shows again).
-KEPT_PROPERTIES = ("displayName", "commandLine", "environmentSettings", "affinityInfo", "constraints", "userIdentity")
+KEPT_PROPERTIES = ("displayName", "commandLine", "environmentSettings", "affinityInfo", "constraints", "userIdentity",
+                   "resourceFiles", "outputFiles")
 
 
 def task_not_found() -> NotFound:
@@ -37,7 +38,7 @@ def task_not_found() -> NotFound:
 
 # Accepted by the API but not carried out by Shoal's nodes yet: refused when given (non-empty),
 # never stored and ignored. An empty list is what some clients send for "none", so it passes.
-UNSUPPORTED = ("exitConditions", "containerSettings", "resourceFiles", "outputFiles", "multiInstanceSettings",
+UNSUPPORTED = ("exitConditions", "containerSettings", "multiInstanceSettings",
                "dependsOn", "applicationPackageReferences", "authenticationTokenSettings")
 
 
@@ -53,6 +54,8 @@ def _validate(body: Any) -> dict[str, Any]:
     if constraints is not None:
         _validate_constraints(constraints)
     v.user_identity(body)
+    task_files.resource_files(body)
+    task_files.output_files(body)
     request_body.refuse_unsupported(body, UNSUPPORTED)
     return {"id": task_id, "spec": {name: body[name] for name in KEPT_PROPERTIES if body.get(name) is not None},
             "required_slots": required_slots}
