@@ -170,3 +170,12 @@ def test_bad_output_files_are_refused(shoal: Any, job: str, output_file: dict[st
     response = call(shoal, "POST", f"/jobs/{JOB}/tasks", body=json.dumps(body).encode())
     assert response.status_code == 400, response.text
     assert response.json()["code"] in ("InvalidPropertyValue", "MissingRequiredProperty", "FeatureNotSupported")
+
+
+def test_upload_headers_are_hidden_from_api_versions_before_2022_01(shoal: Any, job: str) -> None:
+    from tests.acceptance.rest import call
+
+    old = call(shoal, "GET", f"/jobs/{JOB}/tasks/ok", api_version="2021-06-01.14.0").json()
+    new = call(shoal, "GET", f"/jobs/{JOB}/tasks/ok", api_version="2022-01-01.15.0").json()
+    assert "uploadHeaders" not in old["outputFiles"][5]["destination"]["container"]
+    assert new["outputFiles"][5]["destination"]["container"]["uploadHeaders"][0]["value"] == "text/x-shoal"

@@ -233,3 +233,23 @@ def test_no_auto_storage_is_azure_s_error(tmp_path_factory: pytest.TempPathFacto
 
 def post(server: Any, path: str, body: Any) -> Any:
     return call(server, "POST", path, body=json.dumps(body).encode())
+
+
+def test_a_blob_name_that_is_not_a_relative_path_fails(client: Any, job: str, azurite: Any, blobs: Any) -> None:
+    upload(blobs, "oddnames", {"/abs.txt": b"a leading slash"})  # Azurite keeps the slash in the name
+    files = [models.ResourceFile(storage_container_url=container_sas(azurite, "oddnames", "rl"))]
+    failure = _failed(run_task(client, "odd-name", MARKER, files))
+    assert failure.code == "ResourceFileCreateFailed", failure.message
+    _never_ran(client, "odd-name")
+
+
+def test_no_sas_signature_reaches_a_log(client: Any, job: str, shoal: Any, azurite: Any) -> None:
+    files = [models.ResourceFile(storage_container_url=container_sas(azurite, INPUTS, "rl"), blob_prefix="data/"),
+             models.ResourceFile(http_url=blob_sas(azurite, INPUTS, "nope.txt"), file_path="x")]
+    run_task(client, "secrets", MARKER, files)
+    signatures = {url.split("sig=")[1].split("&")[0] for url in (files[0].storage_container_url, files[1].http_url)}
+    logs = [shoal.log_path, *shoal.nodes_dir.glob("*/agent.log")]
+    assert len(logs) > 1
+    for path in logs:
+        text = path.read_text(errors="replace")
+        assert not any(sig in text or sig.replace("%2B", "+") in text for sig in signatures), path
