@@ -78,21 +78,25 @@ def _download_one(wd_fd: int, item: dict[str, Any]) -> None:
     if not container:
         raise TransferFailed("BlobDownloadMiscError", "The resource file has no source")
     base = _components(target)
+    # Listed page by page while downloading: a container of a million blobs is never held whole.
     try:
-        blobs = list(storage.list_blobs(container, item.get("blobPrefix")))
+        for blob in storage.list_blobs(container, item.get("blobPrefix")):
+            _download_blob(wd_fd, container, base, blob, mode)
     except storage.StorageError as exc:
         raise _download_failure(exc) from exc
-    for blob in blobs:
-        if blob.name.endswith("/"):
-            continue  # a folder marker (hierarchical namespaces), not a file
-        try:
-            parts = base + confined.components(blob.name)
-        except confined.PathRefused as exc:
-            raise TransferFailed("ResourceFileCreateFailed",
-                                 f"The blob name {blob.name[:200]!r} cannot be a file beneath the working "
-                                 f"directory: {exc}") from exc
-        _fetch_into(wd_fd, parts, mode,
-                    lambda out, name=blob.name: storage.download_blob(container, name, out))
+
+
+def _download_blob(wd_fd: int, container: str, base: list[str], blob: storage.BlobItem, mode: int) -> None:
+    if blob.name.endswith("/"):
+        return  # a folder marker (hierarchical namespaces), not a file
+    try:
+        parts = base + confined.components(blob.name)
+    except confined.PathRefused as exc:
+        raise TransferFailed("ResourceFileCreateFailed",
+                             f"The blob name {blob.name[:200]!r} cannot be a file beneath the working "
+                             f"directory: {exc}") from exc
+    _fetch_into(wd_fd, parts, mode,
+                lambda out, name=blob.name: storage.download_blob(container, name, out))
 
 
 def _components(path: str) -> list[str]:

@@ -14,6 +14,7 @@ through ``file://`` exactly what its user could read anyway, and nothing more.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import urllib.parse
@@ -115,7 +116,11 @@ def _translate(exc: BaseException, what: str, url: str) -> StorageError:
     return StorageError(OTHER, f"{what} {shown}: {type(exc).__name__}")
 
 
+@functools.lru_cache(maxsize=16)
 def _container(url: str) -> ContainerClient:
+    """One client (and so one connection pool) per container URL: a thousand small blobs are a
+    thousand requests on a few connections, not a thousand connections. Kept for the life of
+    the process, which for a transfer is one task's files."""
     if not _is_http(url):
         raise StorageError(OTHER, f"{redact(url)} is not an http(s) container URL")
     try:
@@ -135,9 +140,8 @@ def list_blobs(container_url: str, prefix: str | None) -> Iterator[BlobItem]:
     """The blobs of a container (SAS with read and list), optionally under a name prefix."""
     client = _container(container_url)
     try:
-        with client:
-            for blob in client.list_blobs(name_starts_with=prefix or None):
-                yield BlobItem(blob.name, int(blob.size or 0))
+        for blob in client.list_blobs(name_starts_with=prefix or None):
+            yield BlobItem(blob.name, int(blob.size or 0))
     except StorageError:
         raise
     except Exception as exc:
@@ -147,8 +151,7 @@ def list_blobs(container_url: str, prefix: str | None) -> Iterator[BlobItem]:
 def download_blob(container_url: str, name: str, out: IO[bytes]) -> None:
     client = _container(container_url)
     try:
-        with client:
-            client.download_blob(name, max_concurrency=4).readinto(out)
+        client.download_blob(name, max_concurrency=4).readinto(out)
     except Exception as exc:
         raise _translate(exc, f"Downloading blob {name!r} of", container_url) from exc
 
@@ -192,8 +195,7 @@ def warm_up() -> None:
     import xml.etree.ElementTree  # noqa: F401
 
     _http()
-    with ContainerClient.from_container_url("http://127.0.0.1/account/container?sv=x") as client:
-        client.get_blob_client("blob")
+    ContainerClient.from_container_url("http://127.0.0.1/account/container?sv=x").get_blob_client("blob")
     import azure.core.pipeline.transport  # noqa: F401
     import requests.adapters  # noqa: F401
 
@@ -234,8 +236,7 @@ def upload(container_url: str, blob_name: str, data: IO[bytes], headers: dict[st
     """Put ``data`` as ``blob_name`` (overwriting), with the client's extra headers."""
     client = _container(container_url)
     try:
-        with client:
-            client.upload_blob(blob_name, data, overwrite=True, max_concurrency=4, headers=dict(headers))
+        client.upload_blob(blob_name, data, overwrite=True, max_concurrency=4, headers=dict(headers))
     except Exception as exc:
         raise _translate(exc, f"Uploading blob {blob_name!r} to", container_url) from exc
 
