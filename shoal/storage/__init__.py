@@ -14,8 +14,11 @@ through ``file://`` exactly what its user could read anyway, and nothing more.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
 import os
+import pkgutil
 import stat
 import urllib.parse
 from collections.abc import Iterator
@@ -187,17 +190,31 @@ def _http() -> httpx.Client:
     return _http_client
 
 
+_EAGER_MODULES = ("concurrent.futures.thread", "threading", "queue", "uuid", "hmac", "hashlib", "base64",
+                  "email.utils", "http.client", "xml.etree.ElementTree", "encodings.idna", "ssl",
+                  "requests.adapters", "urllib3.util.retry", "azure.core.pipeline.transport")
+
+
 def warm_up() -> None:
     """Import and build now what the first transfer would load lazily (a process about to give
     up its privileges calls this while it can still read every file of the interpreter)."""
     for codec in ("utf-8-sig", "idna", "latin-1", "ascii"):
         "".encode(codec)
-    import xml.etree.ElementTree  # noqa: F401
+    for name in _EAGER_MODULES:
+        importlib.import_module(name)
+    # The SDKs import parts of themselves on first use (chunked and parallel transfers, error
+    # types): load every synchronous submodule now.
+    import azure.core
+    import azure.storage.blob
 
+    for package in (azure.storage.blob, azure.core):
+        for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            if ".aio" in module.name or "async" in module.name or "tracing" in module.name:
+                continue
+            with contextlib.suppress(Exception):
+                importlib.import_module(module.name)
     _http()
     ContainerClient.from_container_url("http://127.0.0.1/account/container?sv=x").get_blob_client("blob")
-    import azure.core.pipeline.transport  # noqa: F401
-    import requests.adapters  # noqa: F401
 
 
 def file_url_path(url: str) -> str:
