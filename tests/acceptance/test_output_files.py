@@ -6,6 +6,7 @@ outside the task folder, files the task's user cannot read)."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import pytest
@@ -179,3 +180,14 @@ def test_upload_headers_are_hidden_from_api_versions_before_2022_01(shoal: Any, 
     new = call(shoal, "GET", f"/jobs/{JOB}/tasks/ok", api_version="2022-01-01.15.0").json()
     assert "uploadHeaders" not in old["outputFiles"][5]["destination"]["container"]
     assert new["outputFiles"][5]["destination"]["container"]["uploadHeaders"][0]["value"] == "text/x-shoal"
+
+
+def test_a_large_file_uploads_in_blocks(client: Any, job: str, azurite: Any, blobs: Any) -> None:
+    """Over the SDK's 64 MiB single-PUT size, so the upload is staged in blocks."""
+    command = "/bin/sh -c 'head -c 69206016 /dev/urandom > large.bin && sha256sum large.bin'"
+    task = run_task(client, "large", command, [output("large.bin", container_sas(azurite, "outputs", "rwl"),
+                                                       "large/large.bin")])
+    assert task.execution_info.result == "success", task.execution_info.failure_info
+    digest = b"".join(client.download_task_file(JOB, "large", "stdout.txt")).split()[0].decode()
+    data = blobs.get_container_client("outputs").get_blob_client("large/large.bin").download_blob().readall()
+    assert len(data) == 69206016 and hashlib.sha256(data).hexdigest() == digest

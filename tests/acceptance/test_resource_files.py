@@ -6,7 +6,9 @@ working directory."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -253,3 +255,16 @@ def test_no_sas_signature_reaches_a_log(client: Any, job: str, shoal: Any, azuri
     for path in logs:
         text = path.read_text(errors="replace")
         assert not any(sig in text or sig.replace("%2B", "+") in text for sig in signatures), path
+
+
+def test_a_large_blob_downloads_in_chunks(client: Any, job: str, azurite: Any, blobs: Any) -> None:
+    """Over the SDK's 32 MiB single-GET size, so the download is parallel and chunked (it once
+    needed a module the task's user could not load)."""
+    data = os.urandom(40 * 1024 * 1024)
+    upload(blobs, "large", {"large.bin": data})
+    files = [models.ResourceFile(http_url=blob_sas(azurite, "large", "large.bin"), file_path="large.bin"),
+             models.ResourceFile(storage_container_url=container_sas(azurite, "large", "rl"), file_path="via")]
+    task = run_task(client, "large", "/bin/sh -c 'sha256sum large.bin via/large.bin'", files)
+    assert task.execution_info.result == "success", task.execution_info.failure_info
+    digest = hashlib.sha256(data).hexdigest()
+    assert task_file(client, "large", "stdout.txt").decode().split()[::2] == [digest, digest]
