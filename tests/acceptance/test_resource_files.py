@@ -10,11 +10,13 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from azure.batch import models
 
@@ -268,3 +270,37 @@ def test_a_large_blob_downloads_in_chunks(client: Any, job: str, azurite: Any, b
     assert task.execution_info.result == "success", task.execution_info.failure_info
     digest = hashlib.sha256(data).hexdigest()
     assert task_file(client, "large", "stdout.txt").decode().split()[::2] == [digest, digest]
+
+
+def test_terminating_a_task_stops_its_download(client: Any, job: str) -> None:
+    """A source that accepts and never answers: the download hangs until the task is ended,
+    and then its transfer process goes with it."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    try:
+        files = [models.ResourceFile(http_url=f"http://127.0.0.1:{port}/never", file_path="x")]
+        client.create_task(JOB, models.BatchTaskCreateOptions(id="hanging", command_line=MARKER,
+                                                              resource_files=files))
+
+        def transfers() -> list[psutil.Process]:
+            return [p for p in psutil.process_iter(["cmdline"])
+                    if "shoal.agent.transfer" in " ".join(p.info["cmdline"] or [])
+                    and any(c.raddr and c.raddr.port == port for c in _connections(p))]
+
+        wait_for(transfers, 20, message="the transfer to connect")
+        client.terminate_task(JOB, "hanging")
+        wait_for(lambda: not transfers(), 20, message="the transfer to end")
+        task = client.get_task(JOB, "hanging")
+        assert task.state == "completed" and task.execution_info.failure_info.code == "TaskEnded"
+        _never_ran(client, "hanging")
+    finally:
+        listener.close()
+
+
+def _connections(process: psutil.Process) -> list[Any]:
+    try:
+        return list(process.net_connections(kind="tcp"))
+    except (psutil.Error, AttributeError):
+        return []
