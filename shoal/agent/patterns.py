@@ -55,6 +55,8 @@ def parse(pattern: str, task_dir: str, env: Mapping[str, str]) -> Pattern:
     parts = tuple(part for part in relative.split("/") if part not in ("", "."))
     if not parts or parts[0] == "..":
         raise PatternRefused(f"the file pattern {pattern!r} is outside the task directory")
+    if parts[-1] == "**":
+        parts = (*parts, "*")  # a trailing `**` is every file beneath, as `**/*`
     first = next((i for i, part in enumerate(parts) if _WILDCARD.search(part)), None)
     if first is None:
         return Pattern(parts[:-1], parts[-1:], False)

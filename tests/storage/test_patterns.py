@@ -39,6 +39,7 @@ TABLE = [
     ("x*.dat", {"out/x1.dat", "out/x22.dat"}),
     ("**/*.txt", {"out/a.txt", "out/b.txt", "out/ab.txt", "out/star*.txt", "out/sub/c.txt", "out/sub/deep/d.txt"}),
     ("sub/**/*.txt", {"out/c.txt", "out/deep/d.txt"}),
+    ("sub/**", {"out/c.txt", "out/deep/d.txt"}),
     (".*.txt", {"out/.hidden.txt"}),
     (".dot/*", {"out/e.txt"}),
     ("star[*].txt", {"out/star*.txt"}),
