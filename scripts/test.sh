@@ -36,6 +36,12 @@ if [ ! -f tests/compat/js/node_modules/@azure/batch/package.json ] \
     npm ci --prefix tests/compat/js --no-audit --no-fund --loglevel=error
 fi
 
+# Azurite, the Azure Storage emulator the storage tests start on a free loopback port.
+if [ ! -x tests/storage/node_modules/.bin/azurite-blob ] \
+        || [ tests/storage/package-lock.json -nt tests/storage/node_modules/.package-lock.json ]; then
+    npm ci --prefix tests/storage --no-audit --no-fund --loglevel=error
+fi
+
 # azure-cli pins its own azure-batch (15.0.0b1); `az batch` is a client wire.md names.
 if [ ! -x .venv-azcli/bin/az ]; then
     "$PYTHON" -m venv .venv-azcli

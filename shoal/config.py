@@ -105,3 +105,10 @@ class Settings:
     @property
     def effective_database_url(self) -> str:
         return self.database_url or os.environ.get("SHOAL_DATABASE_URL") or self.sqlite_url
+
+
+def auto_storage_connection_string() -> str | None:
+    """The connection string of the account's linked ("auto") storage account, for
+    `autoStorageContainerName` sources: $SHOAL_AUTO_STORAGE (`shoal up --auto-storage` sets it);
+    None when the account has none."""
+    return os.environ.get("SHOAL_AUTO_STORAGE") or None

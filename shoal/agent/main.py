@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from shoal.agent import launcher
+from shoal.agent import launcher, taskfiles
 from shoal.agent.answer import (
     LeavePool,
     RestartNode,
@@ -151,6 +151,8 @@ class Agent:
         self.fileserver: FileServer | None = None
         # Attempts being prepared (user created, folders made) before their process exists.
         self._launching: dict[AttemptKey, asyncio.Task[None]] = {}
+        # Output files of the attempts that will upload some once their process exits.
+        self._outputs: dict[AttemptKey, _Outputs] = {}
         # The node's users; None when the agent is not root (tasks run as the agent's user).
         self.users: NodeUsers | None = None
         self.pool_account_names: set[str] = set()
@@ -520,6 +522,14 @@ class Agent:
         self.running[key] = proc
         try:
             result = await proc.start()
+            outputs = self._outputs.pop(key, None)
+            if outputs is not None and self.running.get(key) is proc:
+                # Uploads run after the process exits and before the report; a failed upload
+                # keeps the exit code and makes the task's result a failure (semantics §5.3).
+                failure = await taskfiles.upload(outputs.files, outputs.task_dir, outputs.env, result.exit_code,
+                                                 outputs.user)
+                if failure is not None and result.failure is None:
+                    result.failure = failure
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -547,6 +557,13 @@ class Agent:
         env = task_environment(
             self.layout, self.node, job_id, task_id, settings_to_dict(assignment.get("environment")), user
         )
+        resource_files = assignment.get("resourceFiles")
+        if resource_files:
+            failure = await taskfiles.download(resource_files, str(paths.working_dir), user)
+            if failure is not None:
+                raise _LaunchFailure(failure)
+        if assignment.get("outputFiles"):
+            self._outputs[key] = _Outputs(assignment["outputFiles"], str(paths.task_dir), env, user)
         wall = assignment.get("maxWallClockTimeS")
         return ProcessSpec(
             command_line=command_line,
@@ -612,6 +629,7 @@ class Agent:
         self._news.set()
 
     def _kill_attempt(self, key: AttemptKey) -> None:
+        self._outputs.pop(key, None)
         launch = self._launching.pop(key, None)
         if launch is not None:
             launch.cancel()
@@ -795,6 +813,11 @@ class Agent:
             raise _LaunchFailure(
                 Failure(USER_ERROR, "CommandLaunchFailed", f"Cannot create the start task directory: {exc}")
             ) from exc
+        resource_files = definition.get("resourceFiles")
+        if resource_files:
+            failure = await taskfiles.download(resource_files, str(paths.working_dir), user)
+            if failure is not None:
+                raise _LaunchFailure(failure)
         env = start_task_environment(
             self.layout, self.node, settings_to_dict(definition.get("environmentSettings")), user
         )
@@ -809,6 +832,16 @@ class Agent:
             # A start task may legitimately leave a daemon running.
             kill_leftovers=False,
         )
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    """What an attempt uploads when its process has exited."""
+
+    files: list[dict[str, Any]]
+    task_dir: str
+    env: dict[str, str]
+    user: pwd.struct_passwd | None
 
 
 LASTING_KINDS = (POOL, ACCOUNT)

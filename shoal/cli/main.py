@@ -74,10 +74,22 @@ def _serve(host: str, port: int, data_dir: Path | None, database: str | None, lo
 @click.option("--provider", type=click.Choice(PROVIDERS), default="local", show_default=True,
               help="local: every node is an agent process on this machine; sim: simulated agents that run "
                    "tasks as timers (see shoal/providers/README.md), for thousands of nodes.")
+@click.option("--auto-storage", default=None, metavar="CONNECTION_STRING",
+              help="The account's linked storage (for autoStorageContainerName): a storage connection "
+                   "string with AccountName and AccountKey (default: $SHOAL_AUTO_STORAGE; none).")
 def up(host: str, port: int, data_dir: Path | None, database: str | None, time_scale: float,
        spot_capacity: int | None, spot_eviction_rate: float, spot_recovery: float, sample_lag: float | None,
-       nodes_dir: Path | None, provider: str) -> None:
+       nodes_dir: Path | None, provider: str, auto_storage: str | None) -> None:
     """Run everything in one process: API, scheduler and local compute nodes."""
+    if auto_storage:
+        from shoal import storage
+
+        try:
+            storage.check_connection_string(auto_storage)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--auto-storage") from None
+        # Read through shoal.config like every setting; the key never appears in a log.
+        os.environ["SHOAL_AUTO_STORAGE"] = auto_storage
     if provider == "sim":
         from shoal.providers.sim import SIM_NODE_CAPACITY
 

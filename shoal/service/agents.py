@@ -20,7 +20,7 @@ from shoal import clock
 from shoal.errors import BadRequest, BatchError, Conflict, InvalidProperty, Unauthenticated
 from shoal.model.states import NodeState, PoolState, SchedulingState, StartTaskState, TaskState
 from shoal.service import jobs as job_service
-from shoal.service import scheduling, transitions
+from shoal.service import scheduling, task_files, transitions
 from shoal.service.context import Context
 from shoal.store.chunks import in_chunks
 from shoal.store.schema import jobs, nodes, pools, tasks
@@ -230,6 +230,8 @@ def hello(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> dict[
         node = _checked(conn.execute(select(nodes).where(nodes.c.id == node_id)).first(), token)
         pool = conn.execute(select(pools).where(pools.c.seq == node.pool_seq)).one()
         start_task = pool.spec.get("startTask")
+        if start_task and start_task.get("resourceFiles"):
+            start_task = {**start_task, "resourceFiles": task_files.for_node(start_task["resourceFiles"])}
         if node.incarnation and node.incarnation != body.get("incarnation"):
             transitions.requeue(conn, transitions.running_on(conn, [node_id]), user_requested=False)
         leaving = node.state == NodeState.LEAVING_POOL
@@ -708,4 +710,5 @@ def _assignment(row: Any, job_id: str, job_env: dict[str, str]) -> dict[str, Any
         wall_s = seconds if seconds < 10 * 365 * 86400 else None
     return {"jobId": job_id, "taskId": row.id, "attempt": row.attempt, "commandLine": spec["commandLine"],
             "environment": env, "requiredSlots": row.required_slots, "maxWallClockTimeS": wall_s,
-            "userIdentity": spec.get("userIdentity")}
+            "userIdentity": spec.get("userIdentity"),
+            "resourceFiles": task_files.for_node(spec.get("resourceFiles")), "outputFiles": spec.get("outputFiles") or []}

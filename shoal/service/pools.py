@@ -13,7 +13,7 @@ from shoal.errors import Conflict, InvalidProperty, MissingProperty, NotFound
 from shoal.model import catalog, images
 from shoal.model.states import AllocationState, NodeState, PoolState
 from shoal.service import autoscale as autoscale_service
-from shoal.service import ids, quotas, request_body
+from shoal.service import ids, quotas, request_body, task_files
 from shoal.service import validation as v
 from shoal.service.context import Context
 from shoal.service.pool_records import guard_not_deleting, load, pool_being_deleted
@@ -41,7 +41,7 @@ UNSUPPORTED_ON_CREATE = (
     "virtualMachineConfiguration.imageReference.sharedGalleryImageId",
     "virtualMachineConfiguration.imageReference.communityGalleryImageId",
 )
-_UNSUPPORTED_IN_START_TASK = ("resourceFiles", "containerSettings")
+_UNSUPPORTED_IN_START_TASK = ("containerSettings",)
 # The ARM ids Batch accepts for a custom image: a managed image, or a Compute Gallery image
 # (latest version) or image version. Anything else is malformed, whatever Shoal supports.
 _IMAGE_ID_FORMATS = (
@@ -73,6 +73,7 @@ def _validate_start_task(body: dict[str, Any], path: str = "startTask") -> dict[
     v.integer(start, "maxTaskRetryCount", minimum=-1, path=f"{path}.maxTaskRetryCount")
     v.boolean(start, "waitForSuccess", path=f"{path}.waitForSuccess")
     v.user_identity(start, path=f"{path}.userIdentity")
+    task_files.resource_files(start, path=f"{path}.resourceFiles")
     request_body.refuse_unsupported(start, _UNSUPPORTED_IN_START_TASK, root=path)
     return start
 

@@ -21,7 +21,7 @@ from shoal.errors import (
     NotFound,
 )
 from shoal.model.states import JobState, TaskState
-from shoal.service import dependencies, exit_conditions, request_body, transitions
+from shoal.service import dependencies, exit_conditions, request_body, task_files, transitions
 from shoal.service import jobs as job_service
 from shoal.service import validation as v
 from shoal.service.context import Context
@@ -29,7 +29,7 @@ from shoal.store.schema import jobs, nodes, tasks
 
 # Properties a client may set that Shoal keeps verbatim in `spec` (and shows again).
 KEPT_PROPERTIES = ("displayName", "commandLine", "environmentSettings", "affinityInfo", "constraints", "userIdentity",
-                   "exitConditions", "dependsOn")
+                   "exitConditions", "dependsOn", "resourceFiles", "outputFiles")
 
 
 def task_not_found() -> NotFound:
@@ -38,8 +38,8 @@ def task_not_found() -> NotFound:
 
 # Accepted by the API but not carried out by Shoal's nodes yet: refused when given (non-empty),
 # never stored and ignored. An empty list is what some clients send for "none", so it passes.
-UNSUPPORTED = ("containerSettings", "resourceFiles", "outputFiles", "multiInstanceSettings",
-               "applicationPackageReferences", "authenticationTokenSettings")
+UNSUPPORTED = ("containerSettings", "multiInstanceSettings", "applicationPackageReferences",
+               "authenticationTokenSettings")
 
 
 def _validate(body: Any) -> dict[str, Any]:
@@ -54,6 +54,8 @@ def _validate(body: Any) -> dict[str, Any]:
     if constraints is not None:
         _validate_constraints(constraints)
     v.user_identity(body)
+    task_files.resource_files(body)
+    task_files.output_files(body)
     request_body.refuse_unsupported(body, UNSUPPORTED)
     exit_conditions.validate(body)
     depends = dependencies.parse(body, task_id)

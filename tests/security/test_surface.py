@@ -15,7 +15,6 @@ from tests.helpers import pool_options
 
 POOL = "surface-pool"
 JOB = "surface-job"
-RESOURCE_FILE = [{"httpUrl": "http://127.0.0.1:9/unreachable", "filePath": "in.txt"}]
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +36,10 @@ def refused(response: Any, code: str, name: str) -> None:
     assert values_of(response)["PropertyName"] == name
 
 
-# (multiInstanceSettings and jobManagerTask were refused already: tests/acceptance.)
+# (multiInstanceSettings and jobManagerTask were refused already: tests/acceptance; dependencies
+# and exit conditions, resource and output files are carried out: tests/acceptance/test_dependencies.py,
+# test_resource_files.py, test_output_files.py.)
 TASK_FEATURES = [
-    ("resourceFiles", RESOURCE_FILE),
-    ("outputFiles", [{"filePattern": "*.txt", "destination": {"container": {"containerUrl": "http://x/c"}},
-                      "uploadOptions": {"uploadCondition": "taskcompletion"}}]),
     ("containerSettings", {"imageName": "ubuntu"}),
     ("applicationPackageReferences", [{"applicationId": "app"}]),
     ("authenticationTokenSettings", {"access": ["job"]}),
@@ -61,19 +59,7 @@ def test_empty_lists_mean_none_and_pass(client: Any, shoal: Any, setup: None) ->
             "applicationPackageReferences": []}
     assert send(shoal, "POST", f"/jobs/{JOB}/tasks", body).status_code == 201
     shown = rest.call(shoal, "GET", f"/jobs/{JOB}/tasks/t-empty").json()
-    assert "resourceFiles" not in shown  # nothing was kept that could look like a promise
-
-
-def test_resource_file_through_the_sdk_is_refused(client: Any, setup: None) -> None:
-    """The issue's case: a task with an unreachable resource file used to succeed."""
-    from azure.core.exceptions import HttpResponseError
-
-    with pytest.raises(HttpResponseError) as caught:
-        client.create_task(JOB, models.BatchTaskCreateOptions(
-            id="t-sdk-rf", command_line="cat in.txt",
-            resource_files=[models.ResourceFile(http_url="http://127.0.0.1:9/x", file_path="in.txt")]))
-    assert caught.value.status_code == 400
-    assert caught.value.error is not None and caught.value.error.code == "FeatureNotSupported"
+    assert "applicationPackageReferences" not in shown  # nothing was kept that could look like a promise
 
 
 JOB_FEATURES = [
@@ -119,7 +105,6 @@ POOL_FEATURES = [
     ("applicationPackageReferences", {"applicationPackageReferences": [{"applicationId": "app"}]}),
     ("enableInterNodeCommunication", {"enableInterNodeCommunication": True}),
     ("resourceTags", {"resourceTags": {"team": "x"}}),
-    ("startTask.resourceFiles", {"startTask": {"commandLine": "true", "resourceFiles": RESOURCE_FILE}}),
     ("startTask.containerSettings", {"startTask": {"commandLine": "true", "containerSettings": {"imageName": "u"}}}),
 ]
 
