@@ -153,6 +153,7 @@ class Agent:
         self._launching: dict[AttemptKey, asyncio.Task[None]] = {}
         # Output files of the attempts that will upload some once their process exits.
         self._outputs: dict[AttemptKey, _Outputs] = {}
+        self._uploading: dict[AttemptKey, asyncio.Future[Any]] = {}
         # The node's users; None when the agent is not root (tasks run as the agent's user).
         self.users: NodeUsers | None = None
         self.pool_account_names: set[str] = set()
@@ -526,8 +527,16 @@ class Agent:
             if outputs is not None and self.running.get(key) is proc:
                 # Uploads run after the process exits and before the report; a failed upload
                 # keeps the exit code and makes the task's result a failure (semantics §5.3).
-                failure = await taskfiles.upload(outputs.files, outputs.task_dir, outputs.env, result.exit_code,
-                                                 outputs.user)
+                # Held where a kill finds it: a task terminated or requeued while its files
+                # upload must not go on pushing them (into the folder of its next attempt, say).
+                upload = asyncio.ensure_future(taskfiles.upload(outputs.files, outputs.task_dir, outputs.env,
+                                                                result.exit_code, outputs.user))
+                self._uploading[key] = upload
+                try:
+                    failure = await upload
+                finally:
+                    if self._uploading.get(key) is upload:
+                        del self._uploading[key]
                 if failure is not None and result.failure is None:
                     result.failure = failure
         except asyncio.CancelledError:
@@ -634,8 +643,12 @@ class Agent:
         if launch is not None:
             launch.cancel()
         proc = self.running.pop(key, None)
-        if proc is not None:
-            kill = asyncio.ensure_future(proc.kill())
+        upload = self._uploading.pop(key, None)
+        if upload is not None:
+            upload.cancel()  # the transfer kills its process group before it ends
+        if proc is not None or upload is not None:
+            ends = [asyncio.ensure_future(proc.kill())] if proc is not None else []
+            kill = asyncio.ensure_future(asyncio.gather(*ends, *([upload] if upload else []), return_exceptions=True))
             self._dying[key] = kill
 
             def dead(done: asyncio.Task[Any], key: AttemptKey = key) -> None:

@@ -55,6 +55,8 @@ def parse(pattern: str, task_dir: str, env: Mapping[str, str]) -> Pattern:
     parts = tuple(part for part in relative.split("/") if part not in ("", "."))
     if not parts or parts[0] == "..":
         raise PatternRefused(f"the file pattern {pattern!r} is outside the task directory")
+    # `**/**` is `**` (kept apart, each would multiply the walk by the depth of the tree).
+    parts = tuple(part for i, part in enumerate(parts) if not (part == "**" and i and parts[i - 1] == "**"))
     if parts[-1] == "**":
         parts = (*parts, "*")  # a trailing `**` is every file beneath, as `**/*`
     first = next((i for i, part in enumerate(parts) if _WILDCARD.search(part)), None)
@@ -72,7 +74,7 @@ def matches(task_fd: int, pattern: Pattern) -> Iterator[tuple[tuple[str, ...], t
         return
     seen: set[tuple[str, ...]] = set()
     try:
-        for found in _match(base_fd, pattern.rest, ()):
+        for found in _match(base_fd, pattern.rest, (), set()):
             if found not in seen:
                 seen.add(found)
                 if len(seen) > MAX_MATCHES:
@@ -109,16 +111,25 @@ def _visible(name: str, component: str) -> bool:
     return not name.startswith(".") or component.startswith(".")
 
 
-def _match(dir_fd: int, rest: tuple[str, ...], prefix: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+def _match(dir_fd: int, rest: tuple[str, ...], prefix: tuple[str, ...],
+           visited: set[tuple[int, int, int]]) -> Iterator[tuple[str, ...]]:
+    """Each (directory, rest of the pattern) is matched once: without links a directory has one
+    path, so a second visit (through another `**`) could only find the same files again, and
+    several `**` would otherwise make the walk exponential in their number."""
     if not rest:
         return
+    found = os.fstat(dir_fd)
+    key = (found.st_dev, found.st_ino, len(rest))
+    if key in visited:
+        return
+    visited.add(key)
     head, tail = rest[0], rest[1:]
     entries = _entries(dir_fd)
     if head == "**":
-        yield from _match(dir_fd, tail, prefix)
+        yield from _match(dir_fd, tail, prefix, visited)
         for name, mode in entries:
             if stat.S_ISDIR(mode) and not name.startswith("."):
-                yield from _descend(dir_fd, name, rest, prefix)
+                yield from _descend(dir_fd, name, rest, prefix, visited)
         return
     for name, mode in entries:
         if not fnmatch.fnmatchcase(name, head) or not _visible(name, head):
@@ -126,16 +137,17 @@ def _match(dir_fd: int, rest: tuple[str, ...], prefix: tuple[str, ...]) -> Itera
         if not tail and stat.S_ISREG(mode):
             yield (*prefix, name)
         elif tail and stat.S_ISDIR(mode):
-            yield from _descend(dir_fd, name, tail, prefix)
+            yield from _descend(dir_fd, name, tail, prefix, visited)
 
 
-def _descend(dir_fd: int, name: str, rest: tuple[str, ...], prefix: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+def _descend(dir_fd: int, name: str, rest: tuple[str, ...], prefix: tuple[str, ...],
+             visited: set[tuple[int, int, int]]) -> Iterator[tuple[str, ...]]:
     try:
         child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
         return  # a link (never followed), gone, or unreadable by the task's user
     try:
-        yield from _match(child, rest, (*prefix, name))
+        yield from _match(child, rest, (*prefix, name), visited)
     finally:
         os.close(child)
 

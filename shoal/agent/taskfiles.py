@@ -47,8 +47,9 @@ def _identity_args(user: pwd.struct_passwd | None) -> list[str]:
 
 
 async def transfer(request: dict[str, Any], folder: str, user: pwd.struct_passwd | None,
-                   code_if_broken: str) -> Failure | None:
-    """Run one transfer in ``folder`` as ``user``; the failure it ends with, or None."""
+                   code_if_broken: str, code_if_timed_out: str) -> Failure | None:
+    """Run one transfer in ``folder`` as ``user``; the failure it ends with, or None. It never
+    raises but when cancelled (the attempt was killed): then its process group is killed first."""
     try:
         dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
@@ -58,14 +59,19 @@ async def transfer(request: dict[str, Any], folder: str, user: pwd.struct_passwd
             sys.executable, "-m", "shoal.agent.transfer", str(dir_fd), *_identity_args(user),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             cwd="/", env=_environment(), start_new_session=True, pass_fds=(dir_fd,))
+    except OSError as exc:
+        return Failure(USER_ERROR, code_if_broken, f"The node could not start a transfer: {exc.strerror}")
     finally:
         os.close(dir_fd)
     try:
         out, err = await asyncio.wait_for(proc.communicate(json.dumps(request).encode()), TRANSFER_TIMEOUT_S)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
+        if isinstance(exc, TimeoutError):
+            return Failure(USER_ERROR, code_if_timed_out,
+                           f"The transfer did not finish within {TRANSFER_TIMEOUT_S:.0f} s")
         raise
     try:
         answer = json.loads(out[:_MAX_ANSWER_BYTES])
@@ -83,10 +89,10 @@ async def transfer(request: dict[str, Any], folder: str, user: pwd.struct_passwd
 async def download(resource_files: list[dict[str, Any]], working_dir: str,
                    user: pwd.struct_passwd | None) -> Failure | None:
     return await transfer({"op": "download", "resourceFiles": resource_files}, working_dir, user,
-                          "BlobDownloadMiscError")
+                          "BlobDownloadMiscError", "BlobDownloadTimedOut")
 
 
 async def upload(output_files: list[dict[str, Any]], task_dir: str, env: dict[str, str],
                  exit_code: int | None, user: pwd.struct_passwd | None) -> Failure | None:
     return await transfer({"op": "upload", "taskDir": task_dir, "environment": env, "exitCode": exit_code,
-                           "outputFiles": output_files}, task_dir, user, "FileUploadMiscError")
+                           "outputFiles": output_files}, task_dir, user, "FileUploadMiscError", "FileUploadMiscError")

@@ -61,7 +61,7 @@ def download_all(wd_fd: int, resource_files: list[dict[str, Any]]) -> None:
 
 def _mode_of(item: dict[str, Any]) -> int:
     text = item.get("fileMode")
-    return int(text, 8) & 0o7777 if isinstance(text, str) and text else DEFAULT_FILE_MODE
+    return int(text, 8) & 0o777 if isinstance(text, str) and text else DEFAULT_FILE_MODE
 
 
 def _download_one(wd_fd: int, item: dict[str, Any]) -> None:
@@ -223,6 +223,9 @@ def handle(request: dict[str, Any], dir_fd: int) -> dict[str, Any]:
     except OSError as exc:
         code = "ResourceFileCreateFailed" if request.get("op") == "download" else "FileUploadMiscError"
         return {"failure": TransferFailed(code, f"{exc.strerror or type(exc).__name__}").to_json()}
+    except Exception as exc:  # a name or a tree no rule foresaw: the task fails, said plainly
+        code = "BlobDownloadMiscError" if request.get("op") == "download" else "FileUploadMiscError"
+        return {"failure": TransferFailed(code, f"The transfer failed ({type(exc).__name__})").to_json()}
     return {"failure": None}
 
 

@@ -70,11 +70,11 @@ def redact(url: str) -> str:
     """``url`` without its query string (where a SAS signature lives) or user info."""
     try:
         parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        if parts.port:  # raises for a port that is not a number in range
+            host = f"{host}:{parts.port}"
     except ValueError:
         return "<malformed URL>"
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", "")) + ("?…" if parts.query else "")
 
 
@@ -167,11 +167,14 @@ def download_url(url: str, out: IO[bytes]) -> None:
     if not _is_http(url):
         raise StorageError(OTHER, f"{redact(url)}: only http, https and file URLs are supported")
     try:
-        with _http().stream("GET", url) as response:
+        # The bytes as served, never decoded: a resource file is the file the URL names, and
+        # decoding `Content-Encoding: gzip, gzip` would inflate a few hundred bytes on the wire
+        # into gigabytes in memory at once.
+        with _http().stream("GET", url, headers={"Accept-Encoding": "identity"}) as response:
             if response.status_code != 200:
                 raise StorageError(_kind_of_status(response.status_code),
                                    f"Downloading {redact(url)}: HTTP {response.status_code}")
-            for chunk in response.iter_bytes(CHUNK_BYTES):
+            for chunk in response.iter_raw(CHUNK_BYTES):
                 out.write(chunk)
     except StorageError:
         raise

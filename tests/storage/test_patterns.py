@@ -131,3 +131,62 @@ def test_redact_keeps_secrets_out(url: str, shown: str) -> None:
 def test_bad_file_urls(url: str) -> None:
     with pytest.raises(ValueError):
         storage.file_url_path(url)
+
+
+@pytest.mark.parametrize("pattern", ["**/**/**/**/**/**/**/f", "**/a/**/a/**/a/**/a/**/f"])
+def test_many_double_stars_read_each_folder_a_bounded_number_of_times(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pattern: str) -> None:
+    # Found in review: each `**` multiplied the walk by the depth of the tree (7 of them over 16
+    # nested folders took 5.5 s), so a 40-character pattern could hold a node core for hours.
+    deepest = tmp_path.joinpath("wd", *["a"] * 16)
+    deepest.mkdir(parents=True)
+    (deepest / "f").write_text("found")
+    reads = []
+    listing = patterns._entries
+    monkeypatch.setattr(patterns, "_entries", lambda fd: reads.append(fd) or listing(fd))
+    parsed = patterns.parse(pattern, str(tmp_path), {})
+    fd = confined.open_dir(str(tmp_path))
+    try:
+        found = [task_path for task_path, _beneath in patterns.matches(fd, parsed)]
+    finally:
+        os.close(fd)
+    assert found == [("wd", *["a"] * 16, "f")]
+    assert len(reads) <= 17 * len(parsed.rest), len(reads)
+
+
+@pytest.mark.parametrize("url", ["ftp://h:abc/x", "file://h:99999/x", "http://h:x/"])
+def test_redact_survives_a_port_that_is_no_number(url: str) -> None:
+    # Found in review: reading the port raised ValueError, a 500 at the API.
+    assert storage.redact(url) == "<malformed URL>"
+
+
+def test_an_http_source_is_written_as_served_never_inflated(tmp_path: Path) -> None:
+    # Found in review: httpx decoded `Content-Encoding: gzip, gzip` one network read at a time
+    # without a cap, so 334 bytes on the wire became 100 MB in memory at once.
+    import gzip
+    import http.server
+    import io
+    import threading
+
+    bomb = gzip.compress(gzip.compress(b"\0" * 10_000_000))
+
+    class Bomb(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip, gzip")
+            self.send_header("Content-Length", str(len(bomb)))
+            self.end_headers()
+            self.wfile.write(bomb)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Bomb)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        out = io.BytesIO()
+        storage.download_url(f"http://127.0.0.1:{server.server_address[1]}/x", out)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert out.getvalue() == bomb
