@@ -218,9 +218,10 @@ def add_collection(ctx: Context, job_id: str, parsed: list[dict[str, Any]]) -> l
                 dependencies.store(conn, seq, edges_of[key])
             # After all are stored, so tasks of one collection that wait for each other are seen
             # (the whole request is refused then, and nothing of it is kept).
+            budget = dependencies.WalkBudget()
             for task in parsed:
                 if task["id"].lower() in edges_of:
-                    dependencies.check_no_cycle(conn, job.seq, task["id"], task["dependencies"])
+                    dependencies.check_no_cycle(conn, job.seq, task["id"], task["dependencies"], budget)
     ctx.signals.wake_scheduler()
     return results
 

@@ -236,6 +236,24 @@ def test_a_task_closing_a_cycle_is_refused_and_not_stored(ctx):
     assert _row(ctx, job_id, "z").unsatisfied == 0
 
 
+def test_the_cycle_walks_of_one_request_share_a_bounded_budget(ctx):
+    # Found in review: the edge budget was checked only after a whole level was read, and each
+    # task of a collection walked afresh (100 tasks naming [0,999] over 1,000,000 stored open
+    # edges was ~200 s holding the writer).
+    job_id = _new_job(ctx)
+    task_service.create_collection(ctx, job_id, {"value": [
+        {"id": str(i), "commandLine": "x", "dependsOn": {"taskIdRanges": [{"start": 100, "end": 149}]}}
+        for i in range(40)]}, 0)  # 40 tasks x 50 open edges
+    wide, _shown = dependencies.parse({"dependsOn": {"taskIdRanges": [{"start": 0, "end": 39}]}}, "w")
+    budget = dependencies.WalkBudget(edges=120)
+    with ctx.engine.connect() as conn:
+        job = job_service.load(conn, ctx, job_id)
+        dependencies.check_no_cycle(conn, job.seq, "w", wide, budget)
+        assert budget.edges == 0  # stopped at its budget, not after the whole level of 2,000
+        dependencies.check_no_cycle(conn, job.seq, "w2", wide, budget)  # nothing left: returns at once
+        assert budget.edges == 0
+
+
 # --- scale: completing a task touches its dependents only ---------------------------------------
 
 def _add_blocked(ctx: Context, job_id: str, count: int) -> None:
