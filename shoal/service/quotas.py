@@ -24,7 +24,7 @@ from shoal.errors import Conflict
 from shoal.model import catalog
 from shoal.model.states import JobState, NodeState, PoolState
 from shoal.service.context import Context
-from shoal.store.schema import jobs, nodes, pools
+from shoal.store.schema import job_schedules, jobs, nodes, pools
 
 
 def _env_int(name: str, default: int) -> int:
@@ -69,8 +69,12 @@ def check_pool_count(ctx: Context, conn: Connection) -> None:
 
 
 def check_active_jobs(ctx: Context, conn: Connection) -> None:
+    """Active jobs and job schedules share one quota (semantics §6.1)."""
     count = conn.execute(select(func.count()).select_from(jobs).where(
         jobs.c.account == ctx.account, jobs.c.state.not_in(_INACTIVE_JOB_STATES))).scalar_one()
+    count += conn.execute(select(func.count()).select_from(job_schedules).where(
+        job_schedules.c.account == ctx.account,
+        job_schedules.c.state.not_in(_INACTIVE_JOB_STATES))).scalar_one()
     limit = current().active_jobs_and_schedules
     if count >= limit:
         raise Conflict("Active job and job schedule quota for the account has been reached.",

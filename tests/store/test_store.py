@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import inspect, select
+from sqlalchemy import MetaData, Table, insert, inspect, select
 
 from shoal.errors import Conflict, NotFound
 from shoal.server import DEFAULT_ACCOUNT, ensure_account
@@ -146,7 +147,6 @@ def test_upgrading_an_older_store_keeps_its_data(backend, tmp_path, request):
     """A store at revision 0003 with a completed task upgrades to head with its outcome filled in."""
     from alembic import command
     from alembic.config import Config
-    from sqlalchemy import text
 
     from shoal.store.db import MIGRATIONS_DIR, create_store_engine
 
@@ -160,11 +160,19 @@ def test_upgrading_an_older_store_keeps_its_data(backend, tmp_path, request):
         command.upgrade(cfg, "0003")
     ensure_account(engine)
     ctx = Context(engine=engine, account=DEFAULT_ACCOUNT, base_url="http://test")
-    job_service.create(ctx, {"id": "old", "poolInfo": {"poolId": "p"}})
-    task_service.create(ctx, "old", {"id": "done", "commandLine": "/bin/true"})
+    # Written as a server at 0003 wrote them: today's service knows tables 0003 does not have.
+    now = datetime.now(UTC)
     with engine.begin() as conn:
-        conn.execute(text("UPDATE tasks SET state = 'completed', execution_info = :info"),
-                     {"info": '{"result": "success", "retryCount": 0}'})
+        old_jobs = Table("jobs", MetaData(), autoload_with=conn)
+        old_tasks = Table("tasks", MetaData(), autoload_with=conn)
+        job_seq = conn.execute(insert(old_jobs).values(
+            account=DEFAULT_ACCOUNT, id="old", key="old", state="active", priority=0, pool_key="p",
+            max_parallel_tasks=-1, spec={}, execution_info={}, etag="0x1", last_modified=now, creation_time=now,
+            state_transition_time=now)).inserted_primary_key[0]
+        conn.execute(insert(old_tasks).values(
+            job_seq=job_seq, id="done", key="done", state="completed", required_slots=1, attempt=0,
+            spec={"commandLine": "/bin/true"}, execution_info={"result": "success", "retryCount": 0}, etag="0x1",
+            last_modified=now, creation_time=now, state_transition_time=now))
     migrate(engine)
     assert job_service.task_counts(ctx, "old")["taskCounts"]["succeeded"] == 1
     engine.dispose()
