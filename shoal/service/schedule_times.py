@@ -31,8 +31,9 @@ class Decision:
 
 
 def first_run(schedule: Schedule, created: datetime) -> datetime | None:
-    """The first occurrence, or None when doNotRunAfter is already past it."""
-    start = schedule.do_not_run_until or created
+    """The first occurrence, or None when doNotRunAfter is already past it. doNotRunUntil is
+    the earliest time a job may be made: one already past means now, as none does."""
+    start = max(schedule.do_not_run_until or created, created)
     if schedule.do_not_run_after is not None and start > schedule.do_not_run_after:
         return None
     return start

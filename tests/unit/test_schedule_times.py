@@ -20,6 +20,9 @@ def every(minutes: float, **kwargs: object) -> Schedule:
 def test_the_first_run_is_do_not_run_until_or_creation() -> None:
     assert first_run(every(5), T0) == T0
     assert first_run(every(5, do_not_run_until=T0 + MINUTE), T0) == T0 + MINUTE
+    # A doNotRunUntil already past is no constraint: the first job runs at creation, within its
+    # start window (replaying azure-sdk-for-node/batchservice-tests.json years after it was made).
+    assert first_run(every(5, do_not_run_until=T0 - timedelta(days=300)), T0) == T0
     # doNotRunAfter before the first run: nothing ever runs.
     assert first_run(every(5, do_not_run_until=T0 + 2 * MINUTE, do_not_run_after=T0 + MINUTE), T0) is None
 
