@@ -301,15 +301,19 @@ def run_due(ctx: Context) -> int:
     with ctx.engine.begin() as conn:
         due = conn.execute(select(job_schedules).where(job_schedules.c.due_at <= now)
                            .order_by(job_schedules.c.due_at).limit(DUE_PER_PASS)).all()
+        if not due:
+            return 0
+        # The quota is counted once a pass, not once a job: counting walks every active record.
+        room = [quotas.current().active_jobs_and_schedules - quotas.active_jobs_and_schedules(ctx, conn)]
         for row in due:
-            created += _run_one(ctx, conn, row, now)
+            created += _run_one(ctx, conn, row, now, room)
     if created:
         ctx.signals.wake_scheduler()
         ctx.signals.wake_provider()
     return created
 
 
-def _run_one(ctx: Context, conn: Connection, row: Any, now: datetime) -> int:
+def _run_one(ctx: Context, conn: Connection, row: Any, now: datetime, room: list[int]) -> int:
     if row.state == DELETING:
         left = conn.execute(select(func.count()).select_from(jobs).where(jobs.c.schedule_seq == row.seq)).scalar_one()
         if left:
@@ -329,14 +333,16 @@ def _run_one(ctx: Context, conn: Connection, row: Any, now: datetime) -> int:
                               "execution_info": _execution_info(row.execution_info, decision.next_run)}
     created = 0
     if decision.create_job:
-        started = _start_job(ctx, conn, row)
+        started = _start_job(ctx, conn, row, room)
         if started is not None:
             job_seq, job_id, pool_id = started
             created = 1
             values.update(active_job_seq=job_seq, job_count=row.job_count + 1, auto_pool_id=pool_id)
             values["execution_info"]["recentJob"] = {"id": job_id, "url": f"{ctx.base_url}/jobs/{job_id}"}
-    if decision.due_at is None and not decision.create_job and not job_running:
-        values["due_at"] = now  # nothing to wait for: look again (it completes) next pass
+    if decision.due_at is None and not created and not job_running:
+        # Nothing to wait for (no next run, no job: the last one was skipped or could not be
+        # made): the next pass completes the schedule.
+        values["due_at"] = now
     if values["execution_info"] == row.execution_info and not created:
         _touch_quietly(conn, row, due_at=values["due_at"])
     else:
@@ -349,10 +355,14 @@ def _touch_quietly(conn: Connection, row: Any, **values: Any) -> None:
     conn.execute(update(job_schedules).where(job_schedules.c.seq == row.seq).values(**values))
 
 
-def _start_job(ctx: Context, conn: Connection, row: Any) -> tuple[int, str, str | None] | None:
+def _start_job(ctx: Context, conn: Connection, row: Any, room: list[int]) -> tuple[int, str, str | None] | None:
     """Create the schedule's next job (`<id>:job-<n>`); None when it cannot be (the quota, a pool
-    that cannot be made): that occurrence is skipped, as Batch skips one it cannot run."""
+    that cannot be made): that occurrence is skipped, as Batch skips one it cannot run. `room`
+    holds how many more jobs the active-job quota allows this pass."""
     job_id = f"{row.id}:job-{row.job_count + 1}"
+    if room[0] <= 0:
+        log.warning("job schedule %s could not start job %s: the active job quota is reached", row.id, job_id)
+        return None
     try:
         parsed = job_service.parse_create({**row.spec["jobSpecification"], "id": row.id}, in_schedule=True)
         parsed["id"] = job_id
@@ -361,10 +371,11 @@ def _start_job(ctx: Context, conn: Connection, row: Any) -> tuple[int, str, str 
         with conn.begin_nested():
             if auto is not None and auto["lifetime"] == "jobschedule" and pool_id is None:
                 pool_id = auto_pools.create_in(ctx, conn, auto)
-            seq = job_service.insert_in(ctx, conn, parsed, schedule_seq=row.seq,
+            seq = job_service.insert_in(ctx, conn, parsed, schedule_seq=row.seq, quota_checked=True,
                                         pool_id=pool_id if auto is not None and auto["lifetime"] == "jobschedule"
                                         else None)
     except BatchError as exc:
         log.warning("job schedule %s could not start job %s: %s %s", row.id, job_id, exc.code, exc.message)
         return None
+    room[0] -= 1
     return seq, job_id, pool_id

@@ -109,9 +109,10 @@ def add(ctx: Context, job: dict[str, Any]) -> None:
 
 
 def insert_in(ctx: Context, conn: Connection, job: dict[str, Any], *, schedule_seq: int | None = None,
-              pool_id: str | None = None) -> int:
+              pool_id: str | None = None, quota_checked: bool = False) -> int:
     """Store a job within `conn`; its auto pool, if it asks for one and `pool_id` (a schedule's
-    pool) does not name it, is created with it. Returns the job's seq."""
+    pool) does not name it, is created with it. Returns the job's seq. `quota_checked`: the
+    caller made room within the active-job quota already (the schedule duty, once per pass)."""
     job_id, fields, spec = job["id"], job["fields"], job["spec"]
     now = clock.now()
     if conn.execute(select(jobs.c.seq).where(jobs.c.account == ctx.account,
@@ -122,7 +123,8 @@ def insert_in(ctx: Context, conn: Connection, job: dict[str, Any], *, schedule_s
         # Jobs and job schedules share one namespace of ids (semantics §2.4).
         raise Conflict("A job schedule with the same id as the specified job exists.",
                        code="JobScheduleWithSameIdExists")
-    quotas.check_active_jobs(ctx, conn)
+    if not quota_checked:
+        quotas.check_active_jobs(ctx, conn)
     pool_id = pool_id or job["pool_id"]
     if pool_id is None:
         pool_id = auto_pools.create_in(ctx, conn, job["auto_pool"])

@@ -181,6 +181,8 @@ job_schedules = Table(
 # The schedule duty reads only the schedules that are due, in due order: a seek, however many
 # schedules there are.
 Index("ix_job_schedules_due", job_schedules.c.due_at)
+# The active-job-and-schedule quota counts from the index alone.
+Index("ix_job_schedules_state", job_schedules.c.account, job_schedules.c.state)
 
 tasks = Table(
     "tasks",

@@ -91,3 +91,38 @@ def test_a_bad_patch_leaves_the_schedule_as_it_was(shoal: Any) -> None:
                          ("DELETE", "/jobschedules/nope"), ("GET", "/jobschedules/nope/jobs")):
         rest.assert_batch_error(rest.call(shoal, method, path, body=b"" if method != "GET" else None), 404,
                                 "JobScheduleNotFound")
+
+
+def test_schedules_count_against_the_active_job_and_schedule_quota(tmp_path: Any) -> None:
+    """Active jobs and job schedules share one quota (semantics §6.1): a schedule at the limit is
+    refused as a job is, and a schedule whose job would pass it skips that run."""
+    from shoal.testing.server import kill_agents, start_shoal, stop_shoal
+
+    shoal = start_shoal(tmp_path / "quota", env={"SHOAL_QUOTA_ACTIVE_JOBS": "2"})
+    try:
+        far = {"doNotRunUntil": "2100-01-01T00:00:00Z"}
+        assert post(shoal, {**schedule_body(far), "id": "first"}).status_code == 201
+        # Due at once and every minute: its job would be the third active record.
+        assert post(shoal, {**schedule_body({"recurrenceInterval": "PT1M"}), "id": "second"}).status_code == 201
+        rest.assert_batch_error(post(shoal, {**schedule_body(far), "id": "third"}), 409,
+                                "ActiveJobAndScheduleQuotaReached")
+        job = rest.call(shoal, "POST", "/jobs", body=b'{"id": "a-job", "poolInfo": {"poolId": "p"}}')
+        rest.assert_batch_error(job, 409, "ActiveJobAndScheduleQuotaReached")
+        import time
+
+        time.sleep(1.5)
+        assert rest.call(shoal, "GET", "/jobschedules/second/jobs").json()["value"] == []
+        assert rest.call(shoal, "GET", "/jobschedules/second").json()["state"] == "active"
+        assert rest.call(shoal, "DELETE", "/jobschedules/first").status_code == 202
+        time.sleep(1.5)
+        third = post(shoal, {**schedule_body(far), "id": "third"})
+        assert third.status_code == 201, third.text
+        # The quota is full again: a schedule asked to run once, now, skips that run and so completes.
+        assert rest.call(shoal, "PUT", "/jobschedules/third", body=json.dumps(
+            {"schedule": {}, "jobSpecification": {"poolInfo": {"poolId": "p"}}}).encode()).status_code == 200
+        time.sleep(1.5)
+        assert rest.call(shoal, "GET", "/jobschedules/third").json()["state"] == "completed"
+        assert rest.call(shoal, "GET", "/jobschedules/third/jobs").json()["value"] == []
+    finally:
+        stop_shoal(shoal)
+        kill_agents(shoal.data_dir)

@@ -44,6 +44,7 @@ def upgrade() -> None:
         sa.UniqueConstraint('account', 'key', name='uq_job_schedules_account_key'),
     )
     op.create_index('ix_job_schedules_due', 'job_schedules', ['due_at'])
+    op.create_index('ix_job_schedules_state', 'job_schedules', ['account', 'state'])
     # ADD COLUMN, not a batch rebuild: the triggers on `jobs` stay.
     op.add_column('jobs', sa.Column('schedule_seq', _ID, nullable=True))
     op.create_index('ix_jobs_schedule', 'jobs', ['schedule_seq', 'seq'])
@@ -58,5 +59,6 @@ def downgrade() -> None:
         op.alter_column('jobs', 'id', type_=sa.String(64))
     op.drop_index('ix_jobs_schedule', table_name='jobs')
     op.drop_column('jobs', 'schedule_seq')
+    op.drop_index('ix_job_schedules_state', table_name='job_schedules')
     op.drop_index('ix_job_schedules_due', table_name='job_schedules')
     op.drop_table('job_schedules')
