@@ -100,6 +100,9 @@ def test_a_recurring_schedule_runs_its_jobs_one_at_a_time(client: Any, pool: str
     client.create_task("every-minute:job-1", models.BatchTaskCreateOptions(id="t", command_line="/bin/echo hi"))
     task = wait_task_state(client, "every-minute:job-1", "t", "completed")
     assert task.execution_info.exit_code == 0
+    # Its files are served from the node like any task's (kept under workitems/every-minute/job-1).
+    stdout = b"".join(client.download_task_file("every-minute:job-1", "t", "stdout.txt"))
+    assert stdout == b"hi\n"
     # Three recurrences (three virtual minutes) pass while job-1 is still active: no job-2.
     time.sleep(3 * 60 / TIME_SCALE)
     assert job_ids(client, "every-minute") == ["every-minute:job-1"]
