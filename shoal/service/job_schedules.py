@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from shoal import clock
 from shoal.errors import BatchError, Conflict, InvalidProperty, MissingProperty, NotFound
@@ -376,6 +377,10 @@ def _start_job(ctx: Context, conn: Connection, row: Any, room: list[int]) -> tup
                                         else None)
     except BatchError as exc:
         log.warning("job schedule %s could not start job %s: %s %s", row.id, job_id, exc.code, exc.message)
+        return None
+    except SQLAlchemyError:
+        # Rolled back to the savepoint: one schedule the store refuses never stalls the others.
+        log.exception("job schedule %s could not start job %s", row.id, job_id)
         return None
     room[0] -= 1
     return seq, job_id, pool_id

@@ -187,3 +187,19 @@ def test_migrations_produce_exactly_the_declared_schema(ctx):
 
     with ctx.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+
+
+def test_a_schedule_with_the_longest_id_makes_its_jobs_on_either_backend(ctx):
+    """`<64-character id>:job-1` is longer than an id: the store keeps it (PostgreSQL enforces
+    lengths, migration 0011 widens job ids there)."""
+    from shoal.service import job_schedules
+
+    schedule_id = "s" * 64
+    job_schedules.add(ctx, job_schedules.parse_create({
+        "id": schedule_id, "schedule": {"recurrenceInterval": "PT1M"},
+        "jobSpecification": {"poolInfo": {"poolId": "p"}}}))
+    assert job_schedules.run_due(ctx) == 1
+    assert [job.id for job in job_schedules.list_jobs(ctx, schedule_id)] == [f"{schedule_id}:job-1"]
+    assert job_service.get(ctx, f"{schedule_id}:job-1").schedule_seq == job_schedules.get(ctx, schedule_id).seq
+    # Due again only at its next run, a minute away: the next pass does nothing.
+    assert job_schedules.run_due(ctx) == 0
