@@ -80,8 +80,12 @@ def _job_specification(schedule_id: str, spec: Any) -> dict[str, Any]:
     """The jobSpecification, validated by the job rules (shoal.service.jobs) as the job it makes."""
     if not isinstance(spec, dict):
         raise InvalidProperty("jobSpecification", "…", "The value must be a JSON object.")
+    body = {**spec, "id": schedule_id}
     try:
-        return job_service.parse_create({**spec, "id": schedule_id}, in_schedule=True)
+        parsed = job_service.parse_create(body, in_schedule=True)
+        # What validation normalised (integers sent as strings, enum spellings) is stored so.
+        spec.update({name: body[name] for name in spec})
+        return parsed
     except BatchError as exc:
         name = exc.values.get("PropertyName")
         if name:

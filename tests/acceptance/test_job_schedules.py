@@ -232,3 +232,15 @@ def test_jobs_and_schedules_share_ids_and_the_active_quota(client: Any, shoal: A
     clash = rest.call(shoal, "POST", "/jobs", body=json.dumps({"id": "shared-name",
                                                                 "poolInfo": {"poolId": POOL}}).encode())
     rest.assert_batch_error(clash, 409, "JobScheduleWithSameIdExists")
+
+
+def test_the_job_specification_is_stored_as_validated(shoal: Any, pool: str) -> None:
+    """Integers sent as strings (as `az` sends them) and enum spellings come back normalised,
+    as they do for a job."""
+    body = {"id": "normalised", "schedule": {"doNotRunUntil": "2100-01-01T00:00:00Z"},
+            "jobSpecification": {"poolInfo": {"poolId": POOL}, "priority": "5", "onAllTasksComplete": "TerminateJob"}}
+    assert rest.call(shoal, "POST", "/jobschedules", body=json.dumps(body).encode()).status_code == 201
+    spec = rest.call(shoal, "GET", "/jobschedules/normalised").json()["jobSpecification"]
+    assert spec["priority"] == 5 and spec["onAllTasksComplete"] == "terminatejob"
+    assert rest.call(shoal, "GET", "/jobschedules/normalised").json()["schedule"] == {
+        "doNotRunUntil": "2100-01-01T00:00:00.000000Z"}
