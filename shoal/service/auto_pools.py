@@ -9,14 +9,16 @@ test_batch.pyTestBatchtest_batch_jobs[sync].json, executionInfo.poolId of an aut
 
 from __future__ import annotations
 
+import copy
 import uuid
 from typing import Any
 
 from sqlalchemy import Connection, select
 
-from shoal.errors import BadRequest, InvalidProperty, MissingProperty
-from shoal.model.states import PoolState
+from shoal.errors import BadRequest, Conflict, InvalidProperty, MissingProperty
+from shoal.model.states import JobState, PoolState
 from shoal.service import pools as pool_service
+from shoal.service import request_body
 from shoal.service import validation as v
 from shoal.service.context import Context
 from shoal.store.schema import pools
@@ -97,3 +99,38 @@ def job_ended(ctx: Context, conn: Connection, job_row: Any) -> None:
     if spec is None or spec.get("poolLifetimeOption") != "job" or spec.get("keepAlive"):
         return
     delete_in(ctx, conn, (job_row.execution_info or {}).get("poolId"))
+
+
+def given_in(body: dict[str, Any]) -> dict[str, Any] | None:
+    """A job update's poolInfo, when it names an auto pool."""
+    info = body.get("poolInfo")
+    return info if isinstance(info, dict) and info.get("autoPoolSpecification") is not None else None
+
+
+def _canonical(pool_info: dict[str, Any]) -> dict[str, Any]:
+    """What an auto pool specification asks for, whatever defaults were spelled out (a GET shows
+    them all: `keepAlive: false`, `enableAutoScale: false`, image version `latest`, …)."""
+    parsed = parse(copy.deepcopy(pool_info))
+    pool = dict(parsed["pool"])
+    pool.pop("id", None)
+    spec = {name: value for name, value in pool.pop("spec").items() if value not in (None, False, [], {})}
+    image = (spec.get("virtualMachineConfiguration") or {}).get("imageReference")
+    if isinstance(image, dict):
+        image = {k.lower(): str(val).lower() for k, val in image.items()}
+        image.setdefault("version", "latest")
+        spec["virtualMachineConfiguration"] = {**spec["virtualMachineConfiguration"], "imageReference": image}
+    return {**parsed, "pool": {**pool, "spec": spec}}
+
+
+def check_unchanged(job_row: Any, pool_info: dict[str, Any]) -> None:
+    """A job update may repeat its auto pool specification; changing it (or giving one to a job
+    of an existing pool) is refused: Shoal does not move a job to another pool."""
+    stored = job_row.spec.get("poolInfo")
+    stored_spec = spec_of(job_row.spec)
+    if stored_spec is None or not isinstance(stored, dict):
+        raise request_body.not_supported(_SPEC, "A job's existing pool cannot be replaced by an auto pool.")
+    if _canonical(pool_info) != _canonical(stored):
+        if job_row.state != JobState.DISABLED:
+            raise Conflict("The pool of a job can only be changed while the job is disabled.",
+                           code="JobNotDisabled")
+        raise request_body.not_supported(_SPEC, "Shoal does not change the auto pool of an existing job.")

@@ -22,7 +22,7 @@ KEPT_PROPERTIES = ("displayName", "constraints", "commonEnvironmentSettings", "p
 # requeue this job's tasks, which Shoal's scheduler never does.
 UNSUPPORTED_ON_CREATE = ("jobManagerTask", "jobPreparationTask", "jobReleaseTask", "networkConfiguration",
                          "usesTaskDependencies", "allowTaskPreemption")
-UNSUPPORTED_ON_UPDATE = ("networkConfiguration", "allowTaskPreemption", "poolInfo.autoPoolSpecification")
+UNSUPPORTED_ON_UPDATE = ("networkConfiguration", "allowTaskPreemption")
 DISABLE_OPTIONS = ("requeue", "terminate", "wait")
 
 
@@ -176,10 +176,17 @@ def _apply_update(ctx: Context, job_id: str, body: Any, *, replace: bool) -> Non
     if replace and body.get("poolInfo") is None:
         # PUT replaces the whole job and a job always has a pool (JobUpdateParameter requires it).
         raise MissingProperty("poolInfo")
+    # An auto-pool job's poolInfo may be sent back as it is (a GET, changed, PUT back); it is
+    # compared with the job's own below, never applied.
+    auto_pool_info = auto_pools.given_in(body)
+    if auto_pool_info is not None:
+        body = {**body, "poolInfo": None}
     fields = _validate_mutable(body)
     with ctx.engine.begin() as conn:
         row = load(conn, ctx, job_id)
         _guard_changeable(row)
+        if auto_pool_info is not None:
+            auto_pools.check_unchanged(row, auto_pool_info)
         if "pool_key" in fields and fields["pool_key"] != row.pool_key and row.state != JobState.DISABLED:
             raise Conflict("The pool of a job can only be changed while the job is disabled.",
                            code="JobNotDisabled")

@@ -173,3 +173,24 @@ def test_both_pool_id_and_auto_pool_is_refused(shoal: Any) -> None:
     body = {"id": "both", "poolInfo": {"poolId": "p", "autoPoolSpecification": {"poolLifetimeOption": "job"}}}
     rest.assert_batch_error(rest.call(shoal, "POST", "/jobs", body=json.dumps(body).encode()), 400,
                             "InvalidPropertyValue")
+
+
+def test_an_auto_pool_job_can_be_put_back_as_got_but_not_moved(client: Any) -> None:
+    """Azure answers a PUT of an auto-pool job that repeats its specification 200 (recorded:
+    test_batch.pyTestBatchtest_batch_jobs[sync].json, Job_Update); Shoal never moves a job to
+    another pool, so a changed specification is refused."""
+    client.create_job(models.BatchJobCreateOptions(id="put-auto", pool_info=auto_pool()))
+    got = client.get_job("put-auto")
+    client.replace_job("put-auto", models.BatchJob(pool_info=got.pool_info, priority=9))
+    job = client.get_job("put-auto")
+    assert job.priority == 9 and job.execution_info.pool_id == got.execution_info.pool_id
+    changed = got.pool_info
+    changed.auto_pool_specification.pool.target_dedicated_nodes = 3
+    assert error_of(lambda: client.update_job("put-auto", models.BatchJobUpdateOptions(pool_info=changed))) == (
+        409, "JobNotDisabled")
+    plain = models.BatchPoolInfo(auto_pool_specification=None, pool_id="elsewhere")
+    client.create_job(models.BatchJobCreateOptions(id="plain-job", pool_info=plain))
+    assert error_of(lambda: client.update_job("plain-job", models.BatchJobUpdateOptions(
+        pool_info=auto_pool()))) == (400, "FeatureNotSupported")
+    client.begin_delete_job("put-auto", polling_interval=POLL_S)
+    client.begin_delete_job("plain-job", polling_interval=POLL_S)
