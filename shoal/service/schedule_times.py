@@ -77,6 +77,10 @@ def decide(schedule: Schedule, next_run: datetime | None, now: datetime, job_run
         return Decision(False, None, None, complete=not job_running)
     if next_run > now:
         return Decision(False, next_run, next_run, complete=False)
+    if schedule.do_not_run_after is not None and now > schedule.do_not_run_after:
+        # An occurrence from before doNotRunAfter that could not start in time: no job is
+        # created after doNotRunAfter.
+        return Decision(False, None, None, complete=not job_running)
     end = window_end(schedule, next_run)
     missed = end is not None and now > end
     if missed:

@@ -88,3 +88,10 @@ def test_huge_intervals_do_not_overflow() -> None:
     assert following(huge, T0, T0) is None  # past the calendar: no next run
     assert decide(huge, T0, T0, job_running=False).create_job
     assert window_end(every(1, recurrence=None, start_window=timedelta(days=10675199)), T0) is None
+
+
+def test_no_job_starts_after_do_not_run_after_even_for_an_earlier_occurrence() -> None:
+    schedule = every(1, do_not_run_after=T0 + 90 * timedelta(seconds=1))
+    late = decide(schedule, T0 + MINUTE, T0 + 2 * MINUTE, job_running=False)
+    assert not late.create_job and late.complete
+    assert not decide(schedule, T0 + MINUTE, T0 + 2 * MINUTE, job_running=True).complete
