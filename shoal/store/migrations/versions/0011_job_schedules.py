@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0011'
-down_revision = '0009'  # TEMP: 0010 is another helper's; final: '0010'
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 
