@@ -92,7 +92,8 @@ def format_duration(delta: timedelta) -> str:
     if minutes:
         out += f"{int(minutes)}M"
     out += f"{secs:g}S" if secs or out.endswith("T") else ""
-    return out
+    # Whole days are written without a time part, as .NET (and so Batch) writes them: P1D.
+    return out.removesuffix("T0S") if days else out
 
 
 # The "unlimited" duration Batch reports (TimeSpan.MaxValue).

@@ -58,11 +58,24 @@ VOLATILE_DIR_MODE = 0o700
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
+# A job a job schedule made is named `<scheduleId>:job-<n>`; Batch keeps its tasks under
+# `workitems/<scheduleId>/job-<n>/`, where a plain job's are under `workitems/<jobId>/job-1/`.
+_SCHEDULED_JOB = re.compile(r"([A-Za-z0-9_-]{1,64}):(job-[1-9][0-9]{0,9})")
+
+
+def job_folder_parts(job_id: str) -> tuple[str, str]:
+    """The two folders of a job below ``workitems``."""
+    scheduled = _SCHEDULED_JOB.fullmatch(job_id)
+    if scheduled:
+        return scheduled.group(1), scheduled.group(2)
+    return job_id, JOB_SEGMENT
+
+
 def task_folder_parts(job_id: str, task_id: str) -> tuple[str, str, str, str]:
     """A task's folder below the node root, segment by segment. The one definition of where a
     task's files are: the agent makes the folder there, the simulated nodes keep it there and the
     control plane names it to a node's file server (``service/tasks.py``)."""
-    return (WORKITEMS_DIR, job_id, JOB_SEGMENT, task_id)
+    return (WORKITEMS_DIR, *job_folder_parts(job_id), task_id)
 
 
 def task_folder(job_id: str, task_id: str) -> str:
@@ -75,6 +88,8 @@ class UnsafeIdError(ValueError):
 
 
 def _check_id(kind: str, value: str) -> str:
+    if kind == "job" and isinstance(value, str) and _SCHEDULED_JOB.fullmatch(value):
+        return value
     if not isinstance(value, str) or not _SAFE_ID.fullmatch(value):
         raise UnsafeIdError(f"{kind} id {value!r} is not a valid Batch id")
     return value
@@ -224,7 +239,9 @@ class NodeLayout:
         return TaskPaths(self.startup)
 
     def job_dir(self, job_id: str) -> Path:
-        return self.workitems / _check_id("job", job_id)
+        """A plain job's whole folder; a scheduled job's own `job-<n>` below its schedule's."""
+        folder, segment = job_folder_parts(_check_id("job", job_id))
+        return self.workitems / folder / segment if _SCHEDULED_JOB.fullmatch(job_id) else self.workitems / folder
 
     def task(self, job_id: str, task_id: str) -> TaskPaths:
         return TaskPaths(self.root.joinpath(*task_folder_parts(_check_id("job", job_id), _check_id("task", task_id))))

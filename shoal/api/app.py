@@ -119,10 +119,10 @@ class Api:
 
 def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_interval_s: float = 5.0,
               manual_join: bool = False) -> Starlette:
-    from shoal.api import agent, autoscale, files, jobs, nodes, pools, spot, tasks
+    from shoal.api import agent, autoscale, files, job_schedules, jobs, nodes, pools, spot, tasks
 
     routes: list[Route] = []
-    for module in (pools, autoscale, nodes, spot, jobs, tasks):
+    for module in (pools, autoscale, nodes, spot, jobs, job_schedules, tasks):
         for path, methods, handler in module.ROUTES:
             routes.append(Route(path, api.batch(handler, placement_of(handler, methods)), methods=methods))
     # File routes relay to nodes through the loop's HTTP client: they stay on the loop and send

@@ -94,26 +94,53 @@ def _without_secrets(account: dict[str, Any]) -> dict[str, Any]:
     return shown
 
 
-def job(base_url: str, row: Any) -> dict[str, Any]:
-    spec = row.spec
+def _job_properties(spec: dict[str, Any], priority: int, max_parallel_tasks: int) -> dict[str, Any]:
+    """What a job and a schedule's jobSpecification show alike, with Azure's defaults."""
     out: dict[str, Any] = {
-        **_header(row, f"{base_url}/jobs/{row.id}"),
-        "priority": row.priority,
-        "maxParallelTasks": row.max_parallel_tasks,
+        "priority": priority,
+        "maxParallelTasks": max_parallel_tasks,
         "allowTaskPreemption": False,
         "usesTaskDependencies": bool(spec.get("usesTaskDependencies", False)),
         "onAllTasksComplete": spec.get("onAllTasksComplete", "noaction"),
         "onTaskFailure": spec.get("onTaskFailure", "noaction"),
         "constraints": {"maxWallClockTime": clock.UNLIMITED, "maxTaskRetryCount": 0,
                         **(spec.get("constraints") or {})},
-        "executionInfo": row.execution_info,
     }
+    _echo(out, spec, job_service.KEPT_PROPERTIES)
+    auto = (out.get("poolInfo") or {}).get("autoPoolSpecification")
+    if isinstance(auto, dict):
+        out["poolInfo"] = {"autoPoolSpecification": wire_defaults.auto_pool_specification(auto)}
+    # A job without metadata (or whose metadata was replaced by none) has no `metadata` on Azure.
+    wire_defaults.drop_empty(out, "metadata", "commonEnvironmentSettings")
+    return out
+
+
+def job(base_url: str, row: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {**_header(row, f"{base_url}/jobs/{row.id}")}
     if row.previous_state:
         out["previousState"] = row.previous_state
         out["previousStateTransitionTime"] = clock.iso(row.previous_state_transition_time)
-    _echo(out, spec, job_service.KEPT_PROPERTIES)
-    # A job without metadata (or whose metadata was replaced by none) has no `metadata` on Azure.
-    wire_defaults.drop_empty(out, "metadata", "commonEnvironmentSettings")
+    out.update(_job_properties(row.spec, row.priority, row.max_parallel_tasks))
+    out["executionInfo"] = row.execution_info
+    return out
+
+
+def job_schedule(base_url: str, row: Any) -> dict[str, Any]:
+    """A job schedule as Azure shows it (recorded: test_batch.pyTestBatchtest_batch_job_schedules
+    [sync].json): the schedule as given (durations and times normalised), the jobSpecification
+    with the job defaults, and executionInfo."""
+    spec = row.spec
+    job_spec = spec.get("jobSpecification") or {}
+    out: dict[str, Any] = {**_header(row, f"{base_url}/jobschedules/{row.id}")}
+    if row.previous_state:
+        out["previousState"] = row.previous_state
+        out["previousStateTransitionTime"] = clock.iso(row.previous_state_transition_time)
+    _echo(out, spec, ("displayName", "schedule"))
+    out["jobSpecification"] = _job_properties(job_spec, job_spec.get("priority", 0),
+                                              job_spec.get("maxParallelTasks", -1))
+    out["executionInfo"] = row.execution_info
+    _echo(out, spec, ("metadata",))
+    wire_defaults.drop_empty(out, "metadata")
     return out
 
 

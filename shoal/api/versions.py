@@ -45,6 +45,7 @@ POOL_BODIES = ("pool.create", "pool.patch", "pool.updateproperties")
 POOL_CREATE = ("pool.create", "pool")
 JOB_CREATE = ("job.create", "job")
 TASK_CREATE = ("task.create", "task")
+SCHEDULE_SUBJECTS = ("jobschedule.create", "jobschedule.patch", "jobschedule.replace", "jobschedule")
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ CHANGES: tuple[Change, ...] = (
     Change("taskCounts", ("taskcounts",), since=V12, unwrap=True),
     # 2021-06-01.14.0: managed identities, VM extensions, OS disks, parallel-task limits.
     Change("maxParallelTasks", ("job.create", "job.patch", "job"), since=V14),
+    Change("jobSpecification.maxParallelTasks", SCHEDULE_SUBJECTS, since=V14),
     Change("identity", ("pool",), since=V14),
     Change("virtualMachineConfiguration.extensions", POOL_CREATE, since=V14),
     Change("virtualMachineConfiguration.nodePlacementConfiguration", POOL_CREATE, since=V14),
@@ -99,6 +101,7 @@ CHANGES: tuple[Change, ...] = (
     Change("virtualMachineInfo", ("node",), since=V14),
     # 2022-01-01.15.0: task preemption; PUT job learns maxParallelTasks; upload headers.
     Change("allowTaskPreemption", ("job.create", "job.patch", "job.replace", "job"), since=V15),
+    Change("jobSpecification.allowTaskPreemption", SCHEDULE_SUBJECTS, since=V15),
     Change("maxParallelTasks", ("job.replace",), since=V15),
     Change("outputFiles.destination.container.uploadHeaders", TASK_CREATE, since=V15),
     # 2022-10-01.16.0: node communication modes.

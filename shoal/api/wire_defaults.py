@@ -51,3 +51,25 @@ def drop_empty(out: dict[str, Any], *names: str) -> None:
     for name in names:
         if name in out and out[name] in (None, [], {}):
             del out[name]
+
+
+def auto_pool_specification(spec: dict[str, Any]) -> dict[str, Any]:
+    """A job's autoPoolSpecification with the defaults Azure shows for it and its pool
+    (recorded: test_batch.pyTestBatchtest_batch_jobs[sync].json, GET of an auto-pool job)."""
+    out = copy.deepcopy(spec)
+    out.setdefault("keepAlive", False)
+    pool = out.get("pool")
+    if isinstance(pool, dict):
+        pool.setdefault("taskSlotsPerNode", 1)
+        policy = pool.setdefault("taskSchedulingPolicy", {})
+        if isinstance(policy, dict):
+            policy.setdefault("nodeFillType", "Spread")
+            policy.setdefault("jobDefaultOrder", "none")
+        pool.setdefault("resizeTimeout", "PT15M")
+        pool.setdefault("targetDedicatedNodes", 0)
+        pool.setdefault("targetLowPriorityNodes", 0)
+        pool.setdefault("enableAutoScale", False)
+        pool.setdefault("enableInterNodeCommunication", False)
+        if isinstance(pool.get("startTask"), dict):
+            pool["startTask"] = start_task(pool["startTask"])
+    return out

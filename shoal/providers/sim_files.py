@@ -28,7 +28,15 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from shoal.agent.fileserver import LIST_PAGE_MAX, MAX_LIST_DEPTH, FileError, path_parts
-from shoal.agent.layout import JOB_SEGMENT, NODE_SUBDIRS, STDERR_FILE, STDOUT_FILE, WORKING_DIR, WORKITEMS_DIR
+from shoal.agent.layout import (
+    JOB_SEGMENT,
+    NODE_SUBDIRS,
+    STDERR_FILE,
+    STDOUT_FILE,
+    WORKING_DIR,
+    WORKITEMS_DIR,
+    job_folder_parts,
+)
 
 # What a root agent's folders and files look like (the agent's umask is 077).
 NODE_DIR_MODE = 0o40755
@@ -138,8 +146,9 @@ class NodeFiles:
         """The task's folder, made afresh for an attempt (an earlier attempt's files are replaced,
         as a rerun truncates stdout.txt and stderr.txt)."""
         now = time.time()
-        job = _subdir(self._workitems(), job_id, now)
-        segment = _subdir(job, JOB_SEGMENT, now)
+        job_folder, job_segment = job_folder_parts(job_id)
+        job = _subdir(self._workitems(), job_folder, now)
+        segment = _subdir(job, job_segment, now)
         folder = TaskDir(now)
         segment.entries[task_id] = folder
         segment.modified = now
@@ -154,20 +163,28 @@ class NodeFiles:
         return folder
 
     def delete_task_dir(self, job_id: str, task_id: str) -> None:
-        job = self._workitems().entries.get(job_id)
-        segment = job.entries.get(JOB_SEGMENT) if isinstance(job, Dir) else None
+        job_folder, job_segment = job_folder_parts(job_id)
+        job = self._workitems().entries.get(job_folder)
+        segment = job.entries.get(job_segment) if isinstance(job, Dir) else None
         if not isinstance(segment, Dir):
             return
         segment.entries.pop(task_id, None)
         # As the agent tidies the empty job-1 and job folders.
         if not segment.entries:
             assert isinstance(job, Dir)
-            job.entries.pop(JOB_SEGMENT, None)
+            job.entries.pop(job_segment, None)
             if not job.entries:
-                self._workitems().entries.pop(job_id, None)
+                self._workitems().entries.pop(job_folder, None)
 
     def delete_job_dir(self, job_id: str) -> None:
-        self._workitems().entries.pop(job_id, None)
+        job_folder, job_segment = job_folder_parts(job_id)
+        if job_segment == JOB_SEGMENT and job_folder == job_id:
+            self._workitems().entries.pop(job_id, None)
+            return
+        # A scheduled job's own folder below its schedule's (as NodeLayout.job_dir).
+        job = self._workitems().entries.get(job_folder)
+        if isinstance(job, Dir):
+            job.entries.pop(job_segment, None)
 
     def locate(self, base: list[str], parts: list[str], rel: str) -> tuple[Dir | None, str, Entry]:
         """(parent, name, entry) of ``base/parts``; parent is None for the node root."""

@@ -4,7 +4,8 @@
 - `plane`: wiring: store, API, provider, and the background duties, then serving;
 - one module per background duty: `scheduling` (placement passes), `lifecycle` (allocation,
   silent nodes, spot recovery, job completion and limits, node operations, folder removal),
-  `sampling` (metric samples), `autoscaling` (formula evaluations), `provisioning` (the provider).
+  `sampling` (metric samples), `autoscaling` (formula evaluations), `provisioning` (the provider),
+  `schedules` (the jobs of job schedules that are due).
 """
 
 from shoal.server.plane import ControlPlane, run

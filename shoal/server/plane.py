@@ -24,6 +24,7 @@ from shoal.server.duty import Wakeups, run_periodically
 from shoal.server.lifecycle import LIFECYCLE_DUTY_TIMEOUT_S, LIFECYCLE_INTERVAL_S, lifecycle_duties
 from shoal.server.provisioning import provider_loop
 from shoal.server.sampling import sampler_loop
+from shoal.server.schedules import SCHEDULE_DUTY_TIMEOUT_S, SCHEDULE_INTERVAL_S, schedule_duty
 from shoal.server.scheduling import scheduler_loop
 from shoal.server.startup import (
     DEFAULT_ACCOUNT,
@@ -130,6 +131,8 @@ class ControlPlane:
                              sampler_loop(self.ctx, self.runner), autoscale_loop(self.ctx, self.wakeups, self.runner)]
         duties.extend(run_periodically(name, duty, LIFECYCLE_INTERVAL_S, LIFECYCLE_DUTY_TIMEOUT_S)
                       for name, duty in lifecycle_duties(self.ctx, self.settings, self.runner, self.liveness))
+        duties.append(run_periodically("job schedules", schedule_duty(self.ctx, self.runner), SCHEDULE_INTERVAL_S,
+                                       SCHEDULE_DUTY_TIMEOUT_S))
         if self.provider is not None:
             duties.append(provider_loop(self.provider, self.wakeups.provider))
         self._tasks.extend(asyncio.create_task(duty) for duty in duties)

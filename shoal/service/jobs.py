@@ -9,10 +9,10 @@ from sqlalchemy import Connection, delete, insert, select, update
 from shoal import clock
 from shoal.errors import Conflict, InvalidProperty, MissingProperty, NotFound
 from shoal.model.states import JobState, TaskState
-from shoal.service import quotas, request_body, transitions
+from shoal.service import auto_pools, quotas, request_body, transitions
 from shoal.service import validation as v
 from shoal.service.context import Context
-from shoal.store.schema import job_task_counts, jobs, nodes, pools, tasks
+from shoal.store.schema import job_schedules, job_task_counts, jobs, nodes, pools, tasks
 
 # Properties a client may set that Shoal keeps verbatim in `spec` (and shows again).
 KEPT_PROPERTIES = ("displayName", "constraints", "commonEnvironmentSettings", "poolInfo", "onAllTasksComplete",
@@ -21,8 +21,8 @@ KEPT_PROPERTIES = ("displayName", "constraints", "commonEnvironmentSettings", "p
 # "given" when true (false asks for nothing); `allowTaskPreemption` would let higher-priority jobs
 # requeue this job's tasks, which Shoal's scheduler never does.
 UNSUPPORTED_ON_CREATE = ("jobManagerTask", "jobPreparationTask", "jobReleaseTask", "networkConfiguration",
-                         "allowTaskPreemption", "poolInfo.autoPoolSpecification")
-UNSUPPORTED_ON_UPDATE = ("networkConfiguration", "allowTaskPreemption", "poolInfo.autoPoolSpecification")
+                         "allowTaskPreemption")
+UNSUPPORTED_ON_UPDATE = ("networkConfiguration", "allowTaskPreemption")
 DISABLE_OPTIONS = ("requeue", "terminate", "wait")
 
 
@@ -44,7 +44,7 @@ def _validate_constraints(body: dict[str, Any]) -> None:
         v.integer(constraints, "maxTaskRetryCount", minimum=-1, path="constraints.maxTaskRetryCount")
 
 
-def _validate_mutable(body: dict[str, Any]) -> dict[str, Any]:
+def _validate_mutable(body: dict[str, Any], *, auto_pool_allowed: bool = False) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     priority = v.integer(body, "priority", minimum=-1000, maximum=1000)
     if priority is not None:
@@ -64,7 +64,9 @@ def _validate_mutable(body: dict[str, Any]) -> dict[str, Any]:
     _validate_constraints(body)
     v.name_value_pairs(body, "metadata")
     pool_info = v.obj(body, "poolInfo")
-    if pool_info is not None:
+    if pool_info is not None and auto_pool_allowed and pool_info.get("autoPoolSpecification") is not None:
+        fields["auto_pool"] = auto_pools.parse(pool_info)
+    elif pool_info is not None:
         request_body.refuse_unsupported(body, ("poolInfo.autoPoolSpecification",))
         pool_id = v.string(pool_info, "poolId", required=True, path="poolInfo.poolId")
         assert pool_id is not None
@@ -76,8 +78,10 @@ def create(ctx: Context, body: Any) -> None:
     add(ctx, parse_create(body))
 
 
-def parse_create(body: Any) -> dict[str, Any]:
-    """Validate a job-create body into what `add` stores (pure: the API may run it off the loop)."""
+def parse_create(body: Any, *, in_schedule: bool = False) -> dict[str, Any]:
+    """Validate a job-create body into what `add` stores (pure: the API may run it off the loop).
+    A schedule's jobSpecification is validated by the same rules (`in_schedule`), where an auto
+    pool may also live as long as the schedule."""
     body = v.require_object(body)
     request_body.check(body, "job.create")
     job_id = v.resource_id(body)
@@ -87,27 +91,52 @@ def parse_create(body: Any) -> dict[str, Any]:
     request_body.refuse_unsupported(body, UNSUPPORTED_ON_CREATE)
     # Fixed at creation (JobUpdateParameter has no such property): tasks are checked against it.
     v.boolean(body, "usesTaskDependencies")
-    fields = _validate_mutable(body)
+    fields = _validate_mutable(body, auto_pool_allowed=True)
+    auto_pool = fields.pop("auto_pool", None)
+    if auto_pool is not None and auto_pool["lifetime"] == "jobschedule" and not in_schedule:
+        raise InvalidProperty("poolInfo.autoPoolSpecification.poolLifetimeOption", "jobschedule",
+                              "A job that no job schedule created cannot have a pool that lives as long as "
+                              "its job schedule.")
     v.environment_settings(body, "commonEnvironmentSettings")
     spec = {name: body[name] for name in KEPT_PROPERTIES if body.get(name) is not None}
-    return {"id": job_id, "fields": fields, "spec": spec, "pool_id": body["poolInfo"]["poolId"]}
+    return {"id": job_id, "fields": fields, "spec": spec, "pool_id": body["poolInfo"].get("poolId"),
+            "auto_pool": auto_pool}
 
 
 def add(ctx: Context, job: dict[str, Any]) -> None:
     """Store a job `parse_create` accepted, within the account's active-job quota."""
+    with ctx.engine.begin() as conn:
+        insert_in(ctx, conn, job)
+    ctx.signals.wake_provider()
+
+
+def insert_in(ctx: Context, conn: Connection, job: dict[str, Any], *, schedule_seq: int | None = None,
+              pool_id: str | None = None, quota_checked: bool = False) -> int:
+    """Store a job within `conn`; its auto pool, if it asks for one and `pool_id` (a schedule's
+    pool) does not name it, is created with it. Returns the job's seq. `quota_checked`: the
+    caller made room within the active-job quota already (the schedule duty, once per pass)."""
     job_id, fields, spec = job["id"], job["fields"], job["spec"]
     now = clock.now()
-    with ctx.engine.begin() as conn:
-        if conn.execute(select(jobs.c.seq).where(jobs.c.account == ctx.account,
-                                                 jobs.c.key == job_id.lower())).first():
-            raise Conflict("The specified job already exists.", code="JobExists")
+    if conn.execute(select(jobs.c.seq).where(jobs.c.account == ctx.account,
+                                             jobs.c.key == job_id.lower())).first():
+        raise Conflict("The specified job already exists.", code="JobExists")
+    if conn.execute(select(job_schedules.c.seq).where(job_schedules.c.account == ctx.account,
+                                                      job_schedules.c.key == job_id.lower())).first():
+        # Jobs and job schedules share one namespace of ids (semantics §2.4).
+        raise Conflict("A job schedule with the same id as the specified job exists.",
+                       code="JobScheduleWithSameIdExists")
+    if not quota_checked:
         quotas.check_active_jobs(ctx, conn)
-        conn.execute(insert(jobs).values(
-            account=ctx.account, id=job_id, key=job_id.lower(), state=JobState.ACTIVE,
-            priority=fields.get("priority", 0), pool_key=fields["pool_key"],
-            max_parallel_tasks=fields.get("max_parallel_tasks", -1), spec=spec,
-            execution_info={"startTime": clock.iso(now), "poolId": job["pool_id"]},
-            etag=clock.new_etag(), last_modified=now, creation_time=now, state_transition_time=now))
+    pool_id = pool_id or job["pool_id"]
+    if pool_id is None:
+        pool_id = auto_pools.create_in(ctx, conn, job["auto_pool"])
+    return int(conn.execute(insert(jobs).values(
+        account=ctx.account, id=job_id, key=job_id.lower(), state=JobState.ACTIVE,
+        priority=fields.get("priority", 0), pool_key=pool_id.lower(),
+        max_parallel_tasks=fields.get("max_parallel_tasks", -1), spec=spec,
+        execution_info={"startTime": clock.iso(now), "poolId": pool_id}, schedule_seq=schedule_seq,
+        etag=clock.new_etag(), last_modified=now, creation_time=now,
+        state_transition_time=now)).inserted_primary_key[0])  # type: ignore[index]
 
 
 def get(ctx: Context, job_id: str) -> Any:
@@ -149,10 +178,17 @@ def _apply_update(ctx: Context, job_id: str, body: Any, *, replace: bool) -> Non
     if replace and body.get("poolInfo") is None:
         # PUT replaces the whole job and a job always has a pool (JobUpdateParameter requires it).
         raise MissingProperty("poolInfo")
+    # An auto-pool job's poolInfo may be sent back as it is (a GET, changed, PUT back); it is
+    # compared with the job's own below, never applied.
+    auto_pool_info = auto_pools.given_in(body)
+    if auto_pool_info is not None:
+        body = {**body, "poolInfo": None}
     fields = _validate_mutable(body)
     with ctx.engine.begin() as conn:
         row = load(conn, ctx, job_id)
         _guard_changeable(row)
+        if auto_pool_info is not None:
+            auto_pools.check_unchanged(row, auto_pool_info)
         if "pool_key" in fields and fields["pool_key"] != row.pool_key and row.state != JobState.DISABLED:
             raise Conflict("The pool of a job can only be changed while the job is disabled.",
                            code="JobNotDisabled")
@@ -261,23 +297,42 @@ def terminate_in(ctx: Context, conn: Connection, row: Any, reason: str) -> None:
     info["endTime"] = clock.iso(clock.now())
     info["terminateReason"] = reason
     _set_state(conn, row, JobState.COMPLETED, execution_info=info)
+    _ended(ctx, conn, row)
     for node_id in touched:
         ctx.signals.wake_node(node_id)
+
+
+def _ended(ctx: Context, conn: Connection, row: Any) -> None:
+    """A job completed or is being deleted: its auto pool goes (unless kept alive), and its
+    schedule may run its next job."""
+    auto_pools.job_ended(ctx, conn, row)
+    if row.schedule_seq is not None:
+        conn.execute(update(job_schedules).where(job_schedules.c.seq == row.schedule_seq,
+                                                 job_schedules.c.active_job_seq == row.seq)
+                     .values(active_job_seq=None, due_at=ctx.timebase.now()))
 
 
 def delete_job(ctx: Context, job_id: str) -> None:
     with ctx.engine.begin() as conn:
         row = load(conn, ctx, job_id)
-        if row.state == JobState.DELETING:
-            return
-        running = conn.execute(select(tasks).where(tasks.c.job_seq == row.seq,
-                                                   tasks.c.state == TaskState.RUNNING)).all()
-        touched = transitions.terminate(conn, running)
-        transitions.refresh_node_busy(conn, touched)
-        _set_state(conn, row, JobState.DELETING)
+        touched = delete_in(ctx, conn, row)
     for node_id in touched:
         ctx.signals.wake_node(node_id)
     ctx.signals.wake_provider()
+
+
+def delete_in(ctx: Context, conn: Connection, row: Any) -> set[str]:
+    """Mark a job deleting within `conn` (its running tasks killed); the nodes to wake."""
+    if row.state == JobState.DELETING:
+        return set()
+    running = conn.execute(select(tasks).where(tasks.c.job_seq == row.seq,
+                                               tasks.c.state == TaskState.RUNNING)).all()
+    touched = transitions.terminate(conn, running)
+    transitions.refresh_node_busy(conn, touched)
+    _set_state(conn, row, JobState.DELETING)
+    if row.state != JobState.COMPLETED:
+        _ended(ctx, conn, row)
+    return set(touched)
 
 
 def task_counts(ctx: Context, job_id: str) -> dict[str, Any]:

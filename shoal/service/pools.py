@@ -240,31 +240,36 @@ def parse_create(body: Any) -> dict[str, Any]:
 
 def add(ctx: Context, pool: dict[str, Any]) -> None:
     """Store a pool `parse_create` accepted, within the account's pool quota."""
+    with ctx.engine.begin() as conn:
+        insert_in(ctx, conn, pool)
+    ctx.signals.wake_provider()
+
+
+def insert_in(ctx: Context, conn: Connection, pool: dict[str, Any]) -> None:
+    """Store a pool within `conn` (a job's auto pool is created in the job's transaction)."""
     pool_id, spec, targets, resize_timeout = pool["id"], pool["spec"], pool["targets"], pool["resize_timeout"]
     now = clock.now()
-    with ctx.engine.begin() as conn:
-        exists = conn.execute(select(pools.c.state).where(
-            pools.c.account == ctx.account, pools.c.key == pool_id.lower())).first()
-        # Until a deleted pool is gone its id stays taken, and Batch says why (clients such as
-        # doAzureParallel wait for the deletion on PoolBeingDeleted and then add the pool again).
-        if exists and exists.state == PoolState.DELETING:
-            raise pool_being_deleted()
-        if exists:
-            raise Conflict("The specified pool already exists.", code="PoolExists")
-        quotas.check_pool_count(ctx, conn)
-        conn.execute(insert(pools).values(
-            account=ctx.account, id=pool_id, key=pool_id.lower(), state=PoolState.ACTIVE,
-            allocation_state=AllocationState.RESIZING, vm_size=pool["vm_size"], slots_per_node=pool["slots"],
-            fill_type=pool["fill"],
-            target_dedicated=targets[0], target_low_priority=targets[1],
-            resize_timeout_s=resize_timeout.total_seconds(), resize_deadline=resize_deadline(now, resize_timeout),
-            deallocation_option="requeue", resize_errors=None, spec=spec, etag=clock.new_etag(),
-            last_modified=now, creation_time=now, state_transition_time=now,
-            allocation_state_transition_time=now, join_token=ids.token()))
-        seq = conn.execute(select(pools.c.seq).where(pools.c.account == ctx.account,
-                                                     pools.c.key == pool_id.lower())).scalar_one()
-        autoscale_service.start_on_create(ctx, conn, seq)
-    ctx.signals.wake_provider()
+    exists = conn.execute(select(pools.c.state).where(
+        pools.c.account == ctx.account, pools.c.key == pool_id.lower())).first()
+    # Until a deleted pool is gone its id stays taken, and Batch says why (clients such as
+    # doAzureParallel wait for the deletion on PoolBeingDeleted and then add the pool again).
+    if exists and exists.state == PoolState.DELETING:
+        raise pool_being_deleted()
+    if exists:
+        raise Conflict("The specified pool already exists.", code="PoolExists")
+    quotas.check_pool_count(ctx, conn)
+    conn.execute(insert(pools).values(
+        account=ctx.account, id=pool_id, key=pool_id.lower(), state=PoolState.ACTIVE,
+        allocation_state=AllocationState.RESIZING, vm_size=pool["vm_size"], slots_per_node=pool["slots"],
+        fill_type=pool["fill"],
+        target_dedicated=targets[0], target_low_priority=targets[1],
+        resize_timeout_s=resize_timeout.total_seconds(), resize_deadline=resize_deadline(now, resize_timeout),
+        deallocation_option="requeue", resize_errors=None, spec=spec, etag=clock.new_etag(),
+        last_modified=now, creation_time=now, state_transition_time=now,
+        allocation_state_transition_time=now, join_token=ids.token()))
+    seq = conn.execute(select(pools.c.seq).where(pools.c.account == ctx.account,
+                                                 pools.c.key == pool_id.lower())).scalar_one()
+    autoscale_service.start_on_create(ctx, conn, seq)
 
 
 def node_counts_by_pool(conn: Connection, pool_seqs: list[int]) -> dict[int, tuple[int, int]]:
@@ -442,13 +447,18 @@ def delete(ctx: Context, pool_id: str) -> None:
     with ctx.engine.begin() as conn:
         row = load(conn, ctx, pool_id)
         guard_not_deleting(row)
-        now = clock.now()
-        # Deleting shrinks to zero with requeue semantics; the record goes once the nodes have
-        # (service/allocation.py), so GET, list and a restarted server all see `deleting` till then.
-        _touch(conn, row, state="deleting", state_transition_time=now, allocation_state="resizing",
-               allocation_state_transition_time=now, target_dedicated=0, target_low_priority=0,
-               deallocation_option="requeue")
+        delete_in(conn, row)
     ctx.signals.wake_provider()
+
+
+def delete_in(conn: Connection, row: Any) -> None:
+    """Mark a pool deleting within `conn` (also how an auto pool goes with its job)."""
+    now = clock.now()
+    # Deleting shrinks to zero with requeue semantics; the record goes once the nodes have
+    # (service/allocation.py), so GET, list and a restarted server all see `deleting` till then.
+    _touch(conn, row, state="deleting", state_transition_time=now, allocation_state="resizing",
+           allocation_state_transition_time=now, target_dedicated=0, target_low_priority=0,
+           deallocation_option="requeue")
 
 
 def exists(ctx: Context, pool_id: str) -> bool:

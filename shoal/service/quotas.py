@@ -24,7 +24,7 @@ from shoal.errors import Conflict
 from shoal.model import catalog
 from shoal.model.states import JobState, NodeState, PoolState
 from shoal.service.context import Context
-from shoal.store.schema import jobs, nodes, pools
+from shoal.store.schema import job_schedules, jobs, nodes, pools
 
 
 def _env_int(name: str, default: int) -> int:
@@ -68,11 +68,19 @@ def check_pool_count(ctx: Context, conn: Connection) -> None:
                        values={"Quota": str(current().pools)})
 
 
-def check_active_jobs(ctx: Context, conn: Connection) -> None:
+def active_jobs_and_schedules(ctx: Context, conn: Connection) -> int:
+    """Active jobs and job schedules share one quota (semantics §6.1)."""
     count = conn.execute(select(func.count()).select_from(jobs).where(
         jobs.c.account == ctx.account, jobs.c.state.not_in(_INACTIVE_JOB_STATES))).scalar_one()
+    return int(count) + int(conn.execute(select(func.count()).select_from(job_schedules).where(
+        job_schedules.c.account == ctx.account,
+        job_schedules.c.state.not_in(_INACTIVE_JOB_STATES))).scalar_one())
+
+
+def check_active_jobs(ctx: Context, conn: Connection, *, adding: int = 1) -> None:
+    """Refuse adding `adding` jobs or schedules beyond the quota."""
     limit = current().active_jobs_and_schedules
-    if count >= limit:
+    if active_jobs_and_schedules(ctx, conn) + adding > limit:
         raise Conflict("Active job and job schedule quota for the account has been reached.",
                        code="ActiveJobAndScheduleQuotaReached", values={"Quota": str(limit)})
 

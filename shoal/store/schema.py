@@ -117,13 +117,17 @@ Index("ix_nodes_preempted", nodes.c.state_transition_time,
 Index("ix_nodes_pending_action", nodes.c.id,
       sqlite_where=nodes.c.pending_action.is_not(None), postgresql_where=nodes.c.pending_action.is_not(None))
 
+_JOB_ID = String(64).with_variant(String(96), "postgresql")
+
 jobs = Table(
     "jobs",
     metadata,
     Column("seq", SurrogateId, primary_key=True, autoincrement=True),
     Column("account", String(64), ForeignKey("accounts.name"), nullable=False),
-    Column("id", String(64), nullable=False),
-    Column("key", String(64), nullable=False),
+    # A schedule's jobs are named `<scheduleId>:job-<n>`: longer than the 64 characters of an id
+    # (SQLite does not enforce lengths; migration 0011 widens them on PostgreSQL).
+    Column("id", _JOB_ID, nullable=False),
+    Column("key", _JOB_ID, nullable=False),
     Column("state", String(16), nullable=False),
     Column("previous_state", String(16)),
     Column("priority", Integer, nullable=False),
@@ -137,9 +141,49 @@ jobs = Table(
     Column("creation_time", DateTime(timezone=True), nullable=False),
     Column("state_transition_time", DateTime(timezone=True), nullable=False),
     Column("previous_state_transition_time", DateTime(timezone=True)),
+    # The job schedule that created the job (job_schedules.seq), if any.
+    Column("schedule_seq", SurrogateId),
     UniqueConstraint("account", "key", name="uq_jobs_account_key"),
 )
 Index("ix_jobs_pool_state", jobs.c.pool_key, jobs.c.state)
+# A schedule's jobs (Job_ListFromJobSchedule, and deleting a schedule deletes them).
+Index("ix_jobs_schedule", jobs.c.schedule_seq, jobs.c.seq)
+
+job_schedules = Table(
+    "job_schedules",
+    metadata,
+    Column("seq", SurrogateId, primary_key=True, autoincrement=True),
+    Column("account", String(64), ForeignKey("accounts.name"), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("previous_state", String(16)),
+    # schedule, jobSpecification, displayName, metadata as the client sent them.
+    Column("spec", JSON, nullable=False),
+    # nextRunTime, recentJob, endTime as the API shows them.
+    Column("execution_info", JSON, nullable=False),
+    # How many jobs the schedule has created (the n of its next job's `:job-<n>`).
+    Column("job_count", Integer, nullable=False, server_default="0"),
+    # The job of the schedule that is not completed yet, if any (at most one at a time).
+    Column("active_job_seq", SurrogateId),
+    # The pool of `poolLifetimeOption: jobschedule`, once its first job has made it.
+    Column("auto_pool_id", String(64)),
+    # When the schedule duty must look at it next (on the scaled timeline, shoal/timebase.py):
+    # its next run, the end of a start window it waits in, or now when its job completed.
+    # NULL when nothing can happen to it without a request (disabled, completed).
+    Column("due_at", DateTime(timezone=True)),
+    Column("etag", String(40), nullable=False),
+    Column("last_modified", DateTime(timezone=True), nullable=False),
+    Column("creation_time", DateTime(timezone=True), nullable=False),
+    Column("state_transition_time", DateTime(timezone=True), nullable=False),
+    Column("previous_state_transition_time", DateTime(timezone=True)),
+    UniqueConstraint("account", "key", name="uq_job_schedules_account_key"),
+)
+# The schedule duty reads only the schedules that are due, in due order: a seek, however many
+# schedules there are.
+Index("ix_job_schedules_due", job_schedules.c.due_at)
+# The active-job-and-schedule quota counts from the index alone.
+Index("ix_job_schedules_state", job_schedules.c.account, job_schedules.c.state)
 
 tasks = Table(
     "tasks",
@@ -256,5 +300,5 @@ metric_samples = Table(
 )
 Index("ix_metric_samples_pool_time", metric_samples.c.pool_seq, metric_samples.c.time)
 
-__all__ = ["metadata", "accounts", "pools", "nodes", "jobs", "tasks", "metric_samples", "job_task_counts",
-           "pool_node_counts", "task_dependencies", "Text"]
+__all__ = ["metadata", "accounts", "pools", "nodes", "jobs", "job_schedules", "tasks", "metric_samples",
+           "job_task_counts", "pool_node_counts", "task_dependencies", "Text"]

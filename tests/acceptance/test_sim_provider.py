@@ -19,7 +19,7 @@ import pytest
 from azure.batch import models
 
 from shoal.testing.server import RunningShoal, running_shoal
-from tests.helpers import pool_options, wait_for, wait_pool_idle, wait_tasks_done
+from tests.helpers import pool_options, wait_for, wait_pool_idle, wait_task_state, wait_tasks_done
 
 POOL = "sim-pool"
 NODES = 200
@@ -188,3 +188,16 @@ def test_a_lost_simulator_process_requeues_and_its_nodes_come_back(shoal: Runnin
     wait_pool_idle(client, pool, len(list(client.list_nodes(pool))), timeout=15)
     (replacement,) = _sim_agents(shoal)
     assert replacement.pid != agents.pid
+
+
+def test_a_scheduled_jobs_task_files_are_served_by_a_simulated_node(client: Any, pool: str) -> None:
+    """A job schedule's job `<id>:job-1` keeps its tasks under workitems/<id>/job-1 on simulated
+    nodes as on local ones, where the control plane asks for them."""
+    client.create_job_schedule(models.BatchJobScheduleCreateOptions(
+        id="sim-schedule", schedule=models.BatchJobScheduleConfiguration(),
+        job_specification=models.BatchJobSpecification(pool_info=models.BatchPoolInfo(pool_id=pool))))
+    wait_for(lambda: list(client.list_jobs_from_schedule("sim-schedule")), 10, message="the schedule's job")
+    client.create_task("sim-schedule:job-1", models.BatchTaskCreateOptions(id="echo", command_line="echo scheduled"))
+    wait_task_state(client, "sim-schedule:job-1", "echo", "completed")
+    assert b"".join(client.download_task_file("sim-schedule:job-1", "echo", "stdout.txt")) == b"scheduled\n"
+    client.begin_terminate_job_schedule("sim-schedule", polling_interval=0.1).result()

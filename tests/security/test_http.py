@@ -341,9 +341,6 @@ def test_the_unserved_table_is_exactly_the_batch_operations_shoal_lacks() -> Non
 
 
 @pytest.mark.parametrize(("method", "path", "operation"), [
-    ("GET", "/jobschedules", "JobSchedule_List"),
-    ("POST", "/jobschedules", "JobSchedule_Add"),
-    ("PATCH", "/jobschedules/nightly", "JobSchedule_Patch"),
     ("GET", "/certificates(thumbprintAlgorithm=sha1,thumbprint=abc)", "Certificate_Get"),
     ("POST", "/pools/p/nodes/n/users", "ComputeNode_AddUser"),
     ("GET", "/jobs/j/jobpreparationandreleasetaskstatus", "Job_ListPreparationAndReleaseTaskStatus"),

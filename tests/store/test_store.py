@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import inspect, select
+from sqlalchemy import MetaData, Table, insert, inspect, select
 
 from shoal.errors import Conflict, NotFound
 from shoal.server import DEFAULT_ACCOUNT, ensure_account
@@ -142,7 +143,6 @@ def test_upgrading_an_older_store_keeps_its_data(backend, tmp_path, request):
     """A store at revision 0003 with a completed task upgrades to head with its outcome filled in."""
     from alembic import command
     from alembic.config import Config
-    from sqlalchemy import text
 
     from shoal.store.db import MIGRATIONS_DIR, create_store_engine
 
@@ -156,14 +156,19 @@ def test_upgrading_an_older_store_keeps_its_data(backend, tmp_path, request):
         command.upgrade(cfg, "0003")
     ensure_account(engine)
     ctx = Context(engine=engine, account=DEFAULT_ACCOUNT, base_url="http://test")
-    job_service.create(ctx, {"id": "old", "poolInfo": {"poolId": "p"}})
-    # The task row as revision 0003 knew it (today's service writes columns added since).
+    # Written as a server at 0003 wrote them: today's service knows tables 0003 does not have.
+    now = datetime.now(UTC)
     with engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO tasks (job_seq, id, key, state, required_slots, attempt, spec, execution_info, etag, "
-            "last_modified, creation_time, state_transition_time) SELECT seq, 'done', 'done', 'completed', 1, 0, "
-            ":spec, :info, 'e', creation_time, creation_time, creation_time FROM jobs"),
-            {"spec": '{"commandLine": "/bin/true"}', "info": '{"result": "success", "retryCount": 0}'})
+        old_jobs = Table("jobs", MetaData(), autoload_with=conn)
+        old_tasks = Table("tasks", MetaData(), autoload_with=conn)
+        job_seq = conn.execute(insert(old_jobs).values(
+            account=DEFAULT_ACCOUNT, id="old", key="old", state="active", priority=0, pool_key="p",
+            max_parallel_tasks=-1, spec={}, execution_info={}, etag="0x1", last_modified=now, creation_time=now,
+            state_transition_time=now)).inserted_primary_key[0]
+        conn.execute(insert(old_tasks).values(
+            job_seq=job_seq, id="done", key="done", state="completed", required_slots=1, attempt=0,
+            spec={"commandLine": "/bin/true"}, execution_info={"result": "success", "retryCount": 0}, etag="0x1",
+            last_modified=now, creation_time=now, state_transition_time=now))
     migrate(engine)
     assert job_service.task_counts(ctx, "old")["taskCounts"]["succeeded"] == 1
     engine.dispose()
@@ -178,3 +183,19 @@ def test_migrations_produce_exactly_the_declared_schema(ctx):
 
     with ctx.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+
+
+def test_a_schedule_with_the_longest_id_makes_its_jobs_on_either_backend(ctx):
+    """`<64-character id>:job-1` is longer than an id: the store keeps it (PostgreSQL enforces
+    lengths, migration 0011 widens job ids there)."""
+    from shoal.service import job_schedules
+
+    schedule_id = "s" * 64
+    job_schedules.add(ctx, job_schedules.parse_create({
+        "id": schedule_id, "schedule": {"recurrenceInterval": "PT1M"},
+        "jobSpecification": {"poolInfo": {"poolId": "p"}}}))
+    assert job_schedules.run_due(ctx) == 1
+    assert [job.id for job in job_schedules.list_jobs(ctx, schedule_id)] == [f"{schedule_id}:job-1"]
+    assert job_service.get(ctx, f"{schedule_id}:job-1").schedule_seq == job_schedules.get(ctx, schedule_id).seq
+    # Due again only at its next run, a minute away: the next pass does nothing.
+    assert job_schedules.run_due(ctx) == 0
