@@ -111,7 +111,7 @@ def job(base_url: str, row: Any) -> dict[str, Any]:
     if row.previous_state:
         out["previousState"] = row.previous_state
         out["previousStateTransitionTime"] = clock.iso(row.previous_state_transition_time)
-    _echo(out, spec, job_service.KEPT_PROPERTIES)
+    _echo(out, spec, job_service.KEPT_PROPERTIES + ("jobManagerTask",))
     # A job without metadata (or whose metadata was replaced by none) has no `metadata` on Azure.
     wire_defaults.drop_empty(out, "metadata", "commonEnvironmentSettings")
     return out

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, delete, insert, select, update
 
 from shoal import clock
-from shoal.errors import Conflict, InvalidProperty, MissingProperty, NotFound
+from shoal.errors import BatchError, Conflict, InvalidProperty, MissingProperty, NotFound
 from shoal.model.states import JobState, TaskState
 from shoal.service import quotas, request_body, transitions
 from shoal.service import validation as v
@@ -20,7 +20,7 @@ KEPT_PROPERTIES = ("displayName", "constraints", "commonEnvironmentSettings", "p
 # What Shoal does not carry out yet: refused when given, never stored and ignored. A boolean is
 # "given" when true (false asks for nothing); `allowTaskPreemption` would let higher-priority jobs
 # requeue this job's tasks, which Shoal's scheduler never does.
-UNSUPPORTED_ON_CREATE = ("jobManagerTask", "jobPreparationTask", "jobReleaseTask", "networkConfiguration",
+UNSUPPORTED_ON_CREATE = ("jobPreparationTask", "jobReleaseTask", "networkConfiguration",
                          "allowTaskPreemption", "poolInfo.autoPoolSpecification")
 UNSUPPORTED_ON_UPDATE = ("networkConfiguration", "allowTaskPreemption", "poolInfo.autoPoolSpecification")
 DISABLE_OPTIONS = ("requeue", "terminate", "wait")
@@ -89,8 +89,42 @@ def parse_create(body: Any) -> dict[str, Any]:
     v.boolean(body, "usesTaskDependencies")
     fields = _validate_mutable(body)
     v.environment_settings(body, "commonEnvironmentSettings")
+    manager = _parse_job_manager(body)
     spec = {name: body[name] for name in KEPT_PROPERTIES if body.get(name) is not None}
-    return {"id": job_id, "fields": fields, "spec": spec, "pool_id": body["poolInfo"]["poolId"]}
+    if manager is not None:
+        spec["jobManagerTask"] = manager["shown"]
+    return {"id": job_id, "fields": fields, "spec": spec, "pool_id": body["poolInfo"]["poolId"],
+            "job_manager": manager["task"] if manager else None}
+
+
+# JobManagerTask's own properties (semantics §3.3), each defaulting to true; the rest of it is a
+# task and is validated as one.
+JOB_MANAGER_FLAGS = ("killJobOnCompletion", "runExclusive", "allowLowPriorityNode")
+
+
+def _parse_job_manager(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The job manager as a task to add with the job, and as the job shows it; None if not given.
+    `request_body.check` has already held it to JobManagerTask's properties and types."""
+    from shoal.service import tasks as task_service  # tasks imports this module
+
+    given = v.obj(body, "jobManagerTask")
+    if given is None:
+        return None
+    flags = {name: v.boolean(given, name, default=True, path=f"jobManagerTask.{name}") for name in JOB_MANAGER_FLAGS}
+    as_task = {name: value for name, value in given.items() if name not in JOB_MANAGER_FLAGS}
+    try:
+        task = task_service.parse_task(as_task)
+    except BatchError as error:
+        # The task's rules name its properties; the client sent them inside jobManagerTask.
+        if "PropertyName" in error.values:
+            error.values["PropertyName"] = f"jobManagerTask.{error.values['PropertyName']}"
+        raise
+    task["spec"]["jobManager"] = flags
+    shown = {"id": task["id"], **task["spec"], **flags}
+    shown.pop("jobManager")
+    if "requiredSlots" in given:
+        shown["requiredSlots"] = task["required_slots"]
+    return {"task": task, "shown": shown}
 
 
 def add(ctx: Context, job: dict[str, Any]) -> None:
@@ -108,6 +142,15 @@ def add(ctx: Context, job: dict[str, Any]) -> None:
             max_parallel_tasks=fields.get("max_parallel_tasks", -1), spec=spec,
             execution_info={"startTime": clock.iso(now), "poolId": job["pool_id"]},
             etag=clock.new_etag(), last_modified=now, creation_time=now, state_transition_time=now))
+        if job.get("job_manager") is not None:
+            from shoal.service import tasks as task_service  # tasks imports this module
+
+            row = conn.execute(select(jobs.c.seq, jobs.c.spec).where(
+                jobs.c.account == ctx.account, jobs.c.key == job_id.lower())).one()
+            # The job's first task, so the oldest in its ready queue: the scheduler takes it first.
+            task_service.insert_new(conn, row, job["job_manager"], now)
+    if job.get("job_manager") is not None:
+        ctx.signals.wake_scheduler()
 
 
 def get(ctx: Context, job_id: str) -> Any:
@@ -313,10 +356,24 @@ def finish_all_complete_jobs(ctx: Context, conn: Connection, job_seqs: list[int]
             return
         query = query.where(jobs.c.seq.in_(job_seqs))
     for row in conn.execute(query).all():
+        if _job_manager_ended(conn, row):
+            terminate_in(ctx, conn, row, "JMComplete")
+            continue
         if row.spec.get("onAllTasksComplete") != "terminatejob":
             continue
         if row.active + row.running == 0:
             terminate_in(ctx, conn, row, "AllTasksComplete")
+
+
+def _job_manager_ended(conn: Connection, row: Any) -> bool:
+    """killJobOnCompletion: the job's manager has completed, finally (retries exhausted or not
+    needed), whatever its result: one index seek (uq_tasks_job_key), only for jobs with one."""
+    manager = row.spec.get("jobManagerTask")
+    if not manager or not manager.get("killJobOnCompletion", True):
+        return False
+    state = conn.execute(select(tasks.c.state).where(tasks.c.job_seq == row.seq,
+                                                     tasks.c.key == manager["id"].lower())).scalar()
+    return state == TaskState.COMPLETED
 
 
 # Tasks of deleted jobs removed per pass: one pass is one bounded transaction on the writer,

@@ -129,17 +129,23 @@ def add(ctx: Context, job_id: str, task: dict[str, Any]) -> dict[str, Any]:
         if conn.execute(select(tasks.c.seq).where(tasks.c.job_seq == job.seq,
                                                   tasks.c.key == task["id"].lower())).first():
             raise Conflict("The specified task already exists.", code="TaskExists")
-        refusal = _refusal_by_job(job, task)
-        if refusal is not None:
-            raise refusal
-        values = _row_values(job, task, now)
-        edges = _with_dependencies(conn, job, task, values)
-        inserted = conn.execute(insert(tasks).values(**values)).inserted_primary_key
-        if edges is not None and inserted is not None:
-            dependencies.store(conn, inserted[0], edges)
-            dependencies.check_no_cycle(conn, job.seq, task["id"], task["dependencies"])
+        values = insert_new(conn, job, task, now)
     ctx.signals.wake_scheduler()
     return {"etag": values["etag"], "last_modified": now, "id": task["id"]}
+
+
+def insert_new(conn: Connection, job: Any, task: dict[str, Any], now: Any) -> dict[str, Any]:
+    """Store a task `parse_task` accepted in a job known to take it (the job manager too); its row values."""
+    refusal = _refusal_by_job(job, task)
+    if refusal is not None:
+        raise refusal
+    values = _row_values(job, task, now)
+    edges = _with_dependencies(conn, job, task, values)
+    inserted = conn.execute(insert(tasks).values(**values)).inserted_primary_key
+    if edges is not None and inserted is not None:
+        dependencies.store(conn, inserted[0], edges)
+        dependencies.check_no_cycle(conn, job.seq, task["id"], task["dependencies"])
+    return values
 
 
 def create_collection(ctx: Context, job_id: str, body: Any, body_size: int) -> list[dict[str, Any]]:

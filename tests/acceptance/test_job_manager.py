@@ -1,0 +1,133 @@
+"""The job manager task through the official SDK against a real `shoal up` with local nodes
+(semantics §3.3, §3.2, §2.4 terminate reason `JMComplete`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from azure.batch import models
+from azure.core.exceptions import HttpResponseError
+
+from tests.acceptance import rest
+from tests.helpers import pool_options, wait_for, wait_pool_idle, wait_task_state
+
+POOL = "jm-pool"
+POLL_S = 0.1
+# How long a job that must stay active is watched (many scheduling passes).
+STAYS_ACTIVE_WATCH_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def pool(client: Any) -> str:
+    client.create_pool(pool_options(POOL, target_dedicated_nodes=2, task_slots_per_node=2))
+    wait_pool_idle(client, POOL, 2)
+    return POOL
+
+
+def _terminate(client: Any, job_id: str) -> None:
+    from azure.batch.models._models import BatchJobTerminateOptions
+
+    try:
+        client.begin_terminate_job(job_id, BatchJobTerminateOptions(termination_reason="TestDone"),
+                                   polling_interval=POLL_S).result()
+    except HttpResponseError:
+        pass
+
+
+def _job(client: Any, job_id: str, pool_id: str, manager: models.BatchJobManagerTask) -> str:
+    client.create_job(models.BatchJobCreateOptions(id=job_id, pool_info=models.BatchPoolInfo(pool_id=pool_id),
+                                                   job_manager_task=manager))
+    return job_id
+
+
+def _job_state(client: Any, job_id: str, state: str, timeout: float = 30.0) -> Any:
+    return wait_for(lambda: (job := client.get_job(job_id)).state == state and job, timeout,
+                    message=f"job {job_id} {state}")
+
+
+def test_job_manager_completion_terminates_the_job_and_kills_its_other_tasks(client: Any, pool: str) -> None:
+    command = "/bin/sh -c 'sleep 1; echo manager=$AZ_BATCH_TASK_ID token=${AZ_BATCH_AUTHENTICATION_TOKEN:-none}'"
+    job_id = _job(client, "jm-kill", pool, models.BatchJobManagerTask(id="manager", command_line=command))
+    client.create_task(job_id, models.BatchTaskCreateOptions(id="long", command_line="/bin/sleep 60"))
+    wait_task_state(client, job_id, "long", "running")
+    job = _job_state(client, job_id, "completed")
+    assert job.execution_info.termination_reason == "JMComplete"
+    manager = client.get_task(job_id, "manager")
+    assert manager.state == "completed" and manager.execution_info.exit_code == 0
+    out = b"".join(client.download_task_file(job_id, "manager", "stdout.txt"))
+    # The manager is a task of the job (its own id) and gets no token without authenticationTokenSettings.
+    assert out == b"manager=manager token=none\n"
+    long = client.get_task(job_id, "long")
+    assert long.state == "completed" and long.execution_info.result == "failure"
+    assert sorted(t.id for t in client.list_tasks(job_id)) == ["long", "manager"]
+
+
+def test_job_shows_its_job_manager_with_defaults(client: Any, pool: str) -> None:
+    job_id = _job(client, "jm-shown", pool, models.BatchJobManagerTask(
+        id="mgr", command_line="/bin/true", display_name="the manager",
+        environment_settings=[models.EnvironmentSetting(name="A", value="1")]))
+    try:
+        shown = client.get_job(job_id).job_manager_task
+        assert (shown.id, shown.command_line, shown.display_name) == ("mgr", "/bin/true", "the manager")
+        assert shown.kill_job_on_completion is True and shown.run_exclusive is True
+        assert shown.allow_low_priority_node is True
+        assert [(e.name, e.value) for e in shown.environment_settings] == [("A", "1")]
+    finally:
+        _terminate(client, job_id)
+
+
+def test_kill_job_on_completion_false_leaves_the_job_active(client: Any, pool: str) -> None:
+    job_id = _job(client, "jm-keep", pool, models.BatchJobManagerTask(
+        id="manager", command_line="/bin/true", kill_job_on_completion=False))
+    try:
+        wait_task_state(client, job_id, "manager", "completed")
+        assert client.get_job(job_id).job_manager_task.kill_job_on_completion is False
+        time.sleep(STAYS_ACTIVE_WATCH_S)
+        assert client.get_job(job_id).state == "active"
+    finally:
+        _terminate(client, job_id)
+
+
+def test_a_failing_manager_is_retried_then_terminates_the_job(client: Any, pool: str) -> None:
+    job_id = _job(client, "jm-fails", pool, models.BatchJobManagerTask(
+        id="manager", command_line="/bin/sh -c 'exit 3'",
+        constraints=models.BatchTaskConstraints(max_task_retry_count=1)))
+    job = _job_state(client, job_id, "completed")
+    assert job.execution_info.termination_reason == "JMComplete"
+    manager = client.get_task(job_id, "manager")
+    assert manager.execution_info.retry_count == 1 and manager.execution_info.exit_code == 3
+
+
+BAD_MANAGERS = [
+    ({"commandLine": "/bin/true"}, "MissingRequiredProperty"),
+    ({"id": "m"}, "MissingRequiredProperty"),
+    ({"id": "bad id!", "commandLine": "/bin/true"}, "InvalidPropertyValue"),
+    ({"id": "m" * 65, "commandLine": "/bin/true"}, "InvalidPropertyValue"),
+    ({"id": 7, "commandLine": "/bin/true"}, "InvalidPropertyValue"),
+    ({"id": "m", "commandLine": ["/bin/true"]}, "InvalidPropertyValue"),
+    ({"id": "m", "commandLine": "/bin/true\u0000"}, "InvalidPropertyValue"),
+    ({"id": "m", "commandLine": "/bin/true", "killJobOnCompletion": "maybe"}, "InvalidPropertyValue"),
+    ({"id": "m", "commandLine": "/bin/true", "runExclusive": 1}, "InvalidPropertyValue"),
+    ({"id": "m", "commandLine": "/bin/true", "requiredSlots": 0}, "InvalidPropertyValue"),
+    ({"id": "m", "commandLine": "/bin/true", "dependsOn": {"taskIds": ["a"]}}, "InvalidRequestBody"),
+    ({"id": "m", "commandLine": "/bin/true", "shoal": 1}, "InvalidRequestBody"),
+    ({"id": "m", "commandLine": "/bin/true",
+      "applicationPackageReferences": [{"applicationId": "app"}]}, "FeatureNotSupported"),
+    ({"id": "m", "commandLine": "/bin/true",
+      "authenticationTokenSettings": {"access": ["job"]}}, "FeatureNotSupported"),
+    ({"id": "m", "commandLine": "/bin/true",
+      "resourceFiles": [{"httpUrl": "http://x/y", "filePath": "../up"}]}, "InvalidPropertyValue"),
+    ("not an object", "InvalidPropertyValue"),
+]
+
+
+@pytest.mark.parametrize(("manager", "code"), BAD_MANAGERS)
+def test_bad_job_manager_is_refused_and_creates_no_job(shoal: Any, client: Any, pool: str, manager: Any,
+                                                       code: str) -> None:
+    body = {"id": "jm-bad", "poolInfo": {"poolId": pool}, "jobManagerTask": manager}
+    response = rest.call(shoal, "POST", "/jobs", body=json.dumps(body).encode())
+    rest.assert_batch_error(response, 400, code)
+    assert "jm-bad" not in {job.id for job in client.list_jobs()}
