@@ -148,7 +148,11 @@ def add(ctx: Context, job: dict[str, Any]) -> None:
             row = conn.execute(select(jobs.c.seq, jobs.c.spec).where(
                 jobs.c.account == ctx.account, jobs.c.key == job_id.lower())).one()
             # The job's first task, so the oldest in its ready queue: the scheduler takes it first.
-            task_service.insert_new(conn, row, job["job_manager"], now)
+            manager = task_service.insert_new(conn, row, job["job_manager"], now)
+            flags = job["job_manager"]["spec"]["jobManager"]
+            conn.execute(update(jobs).where(jobs.c.seq == row.seq).values(
+                manager_seq=manager["seq"], manager_exclusive=flags["runExclusive"],
+                manager_dedicated_only=not flags["allowLowPriorityNode"]))
     if job.get("job_manager") is not None:
         ctx.signals.wake_scheduler()
 

@@ -145,6 +145,7 @@ def insert_new(conn: Connection, job: Any, task: dict[str, Any], now: Any) -> di
     if edges is not None and inserted is not None:
         dependencies.store(conn, inserted[0], edges)
         dependencies.check_no_cycle(conn, job.seq, task["id"], task["dependencies"])
+    values["seq"] = inserted[0] if inserted is not None else None
     return values
 
 

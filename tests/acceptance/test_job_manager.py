@@ -131,3 +131,72 @@ def test_bad_job_manager_is_refused_and_creates_no_job(shoal: Any, client: Any, 
     response = rest.call(shoal, "POST", "/jobs", body=json.dumps(body).encode())
     rest.assert_batch_error(response, 400, code)
     assert "jm-bad" not in {job.id for job in client.list_jobs()}
+
+
+@pytest.fixture(scope="module")
+def one_node_pool(client: Any) -> str:
+    client.create_pool(pool_options("jm-one", target_dedicated_nodes=1, task_slots_per_node=2))
+    wait_pool_idle(client, "jm-one", 1)
+    return "jm-one"
+
+
+def test_run_exclusive_keeps_other_tasks_off_its_node_while_it_runs(shoal: Any, client: Any,
+                                                                   one_node_pool: str) -> None:
+    job_id = _job(client, "jm-exclusive", one_node_pool, models.BatchJobManagerTask(
+        id="manager", command_line="/bin/sleep 3", kill_job_on_completion=False))
+    try:
+        wait_task_state(client, job_id, "manager", "running")
+        client.create_task(job_id, models.BatchTaskCreateOptions(id="other", command_line="/bin/true"))
+        # The node has a free slot, yet the manager wants it to itself.
+        time.sleep(STAYS_ACTIVE_WATCH_S)
+        assert client.get_task(job_id, "manager").state == "running"
+        assert client.get_task(job_id, "other").state == "active"
+        manager = wait_task_state(client, job_id, "manager", "completed", timeout=30)
+        other = wait_task_state(client, job_id, "other", "completed", timeout=30)
+        assert other.execution_info.start_time >= manager.execution_info.end_time
+    finally:
+        _terminate(client, job_id)
+
+
+def test_an_exclusive_manager_waits_for_an_idle_node(client: Any, one_node_pool: str) -> None:
+    client.create_job(models.BatchJobCreateOptions(id="jm-first", pool_info=models.BatchPoolInfo(pool_id=one_node_pool)))
+    client.create_task("jm-first", models.BatchTaskCreateOptions(id="busy", command_line="/bin/sleep 3"))
+    try:
+        wait_task_state(client, "jm-first", "busy", "running")
+        job_id = _job(client, "jm-waits", one_node_pool, models.BatchJobManagerTask(
+            id="manager", command_line="/bin/true", kill_job_on_completion=False))
+        time.sleep(1.0)
+        assert client.get_task(job_id, "manager").state == "active"
+        manager = wait_task_state(client, job_id, "manager", "completed", timeout=30)
+        assert manager.execution_info.start_time >= client.get_task("jm-first", "busy").execution_info.end_time
+    finally:
+        _terminate(client, "jm-first")
+        _terminate(client, "jm-waits")
+
+
+def test_without_run_exclusive_other_tasks_share_its_node(client: Any, one_node_pool: str) -> None:
+    job_id = _job(client, "jm-shared", one_node_pool, models.BatchJobManagerTask(
+        id="manager", command_line="/bin/sleep 3", kill_job_on_completion=False, run_exclusive=False))
+    try:
+        wait_task_state(client, job_id, "manager", "running")
+        client.create_task(job_id, models.BatchTaskCreateOptions(id="other", command_line="/bin/true"))
+        wait_task_state(client, job_id, "other", "completed", timeout=10)
+        assert client.get_task(job_id, "manager").state == "running"
+    finally:
+        _terminate(client, job_id)
+
+
+def test_a_dedicated_only_manager_never_runs_on_spot_nodes(client: Any) -> None:
+    client.create_pool(pool_options("jm-spot", target_low_priority_nodes=1, task_slots_per_node=1))
+    wait_pool_idle(client, "jm-spot", 1)
+    job_id = _job(client, "jm-dedicated", "jm-spot", models.BatchJobManagerTask(
+        id="manager", command_line="/bin/true", allow_low_priority_node=False))
+    try:
+        client.create_task(job_id, models.BatchTaskCreateOptions(id="ordinary", command_line="/bin/true"))
+        wait_task_state(client, job_id, "ordinary", "completed", timeout=20)
+        time.sleep(STAYS_ACTIVE_WATCH_S)
+        assert client.get_task(job_id, "manager").state == "active"
+        job = client.get_job(job_id)
+        assert job.state == "active" and job.job_manager_task.allow_low_priority_node is False
+    finally:
+        _terminate(client, job_id)
