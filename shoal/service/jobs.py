@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, delete, insert, select, update
 
 from shoal import clock
-from shoal.errors import BatchError, Conflict, InvalidProperty, MissingProperty, NotFound
+from shoal.errors import Conflict, InvalidProperty, MissingProperty, NotFound
 from shoal.model.states import JobState, TaskState
 from shoal.service import quotas, request_body, transitions
 from shoal.service import validation as v
@@ -24,6 +26,8 @@ UNSUPPORTED_ON_CREATE = ("jobPreparationTask", "jobReleaseTask", "networkConfigu
                          "allowTaskPreemption", "poolInfo.autoPoolSpecification")
 UNSUPPORTED_ON_UPDATE = ("networkConfiguration", "allowTaskPreemption", "poolInfo.autoPoolSpecification")
 DISABLE_OPTIONS = ("requeue", "terminate", "wait")
+# What `add` stores with a new job, in its transaction: (connection, the job's row, now).
+WithJob = Callable[[Connection, Any, datetime], None]
 
 
 def job_not_found() -> NotFound:
@@ -73,7 +77,10 @@ def _validate_mutable(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def create(ctx: Context, body: Any) -> None:
-    add(ctx, parse_create(body))
+    """A job without a job manager (one with is created by service/job_manager.py)."""
+    job = parse_create(body)
+    request_body.refuse_unsupported(body, ("jobManagerTask",))
+    add(ctx, job)
 
 
 def parse_create(body: Any) -> dict[str, Any]:
@@ -89,46 +96,14 @@ def parse_create(body: Any) -> dict[str, Any]:
     v.boolean(body, "usesTaskDependencies")
     fields = _validate_mutable(body)
     v.environment_settings(body, "commonEnvironmentSettings")
-    manager = _parse_job_manager(body)
     spec = {name: body[name] for name in KEPT_PROPERTIES if body.get(name) is not None}
-    if manager is not None:
-        spec["jobManagerTask"] = manager["shown"]
-    return {"id": job_id, "fields": fields, "spec": spec, "pool_id": body["poolInfo"]["poolId"],
-            "job_manager": manager["task"] if manager else None}
+    return {"id": job_id, "fields": fields, "spec": spec, "pool_id": body["poolInfo"]["poolId"]}
 
 
-# JobManagerTask's own properties (semantics §3.3), each defaulting to true; the rest of it is a
-# task and is validated as one.
-JOB_MANAGER_FLAGS = ("killJobOnCompletion", "runExclusive", "allowLowPriorityNode")
-
-
-def _parse_job_manager(body: dict[str, Any]) -> dict[str, Any] | None:
-    """The job manager as a task to add with the job, and as the job shows it; None if not given.
-    `request_body.check` has already held it to JobManagerTask's properties and types."""
-    from shoal.service import tasks as task_service  # tasks imports this module
-
-    given = v.obj(body, "jobManagerTask")
-    if given is None:
-        return None
-    flags = {name: v.boolean(given, name, default=True, path=f"jobManagerTask.{name}") for name in JOB_MANAGER_FLAGS}
-    as_task = {name: value for name, value in given.items() if name not in JOB_MANAGER_FLAGS}
-    try:
-        task = task_service.parse_task(as_task)
-    except BatchError as error:
-        # The task's rules name its properties; the client sent them inside jobManagerTask.
-        if "PropertyName" in error.values:
-            error.values["PropertyName"] = f"jobManagerTask.{error.values['PropertyName']}"
-        raise
-    task["spec"]["jobManager"] = flags
-    shown = {"id": task["id"], **task["spec"], **flags}
-    shown.pop("jobManager")
-    if "requiredSlots" in given:
-        shown["requiredSlots"] = task["required_slots"]
-    return {"task": task, "shown": shown}
-
-
-def add(ctx: Context, job: dict[str, Any]) -> None:
-    """Store a job `parse_create` accepted, within the account's active-job quota."""
+def add(ctx: Context, job: dict[str, Any], with_job: WithJob | None = None) -> None:
+    """Store a job `parse_create` accepted, within the account's active-job quota; `with_job`
+    stores what comes with it (its job manager task: service/job_manager.py) in the same
+    transaction."""
     job_id, fields, spec = job["id"], job["fields"], job["spec"]
     now = clock.now()
     with ctx.engine.begin() as conn:
@@ -142,18 +117,9 @@ def add(ctx: Context, job: dict[str, Any]) -> None:
             max_parallel_tasks=fields.get("max_parallel_tasks", -1), spec=spec,
             execution_info={"startTime": clock.iso(now), "poolId": job["pool_id"]},
             etag=clock.new_etag(), last_modified=now, creation_time=now, state_transition_time=now))
-        if job.get("job_manager") is not None:
-            from shoal.service import tasks as task_service  # tasks imports this module
-
-            row = conn.execute(select(jobs.c.seq, jobs.c.spec).where(
-                jobs.c.account == ctx.account, jobs.c.key == job_id.lower())).one()
-            # The job's first task, so the oldest in its ready queue: the scheduler takes it first.
-            manager = task_service.insert_new(conn, row, job["job_manager"], now)
-            flags = job["job_manager"]["spec"]["jobManager"]
-            conn.execute(update(jobs).where(jobs.c.seq == row.seq).values(
-                manager_seq=manager["seq"], manager_exclusive=flags["runExclusive"],
-                manager_dedicated_only=not flags["allowLowPriorityNode"]))
-    if job.get("job_manager") is not None:
+        if with_job is not None:
+            with_job(conn, load(conn, ctx, job_id), now)
+    if with_job is not None:
         ctx.signals.wake_scheduler()
 
 

@@ -200,3 +200,23 @@ def test_a_dedicated_only_manager_never_runs_on_spot_nodes(client: Any) -> None:
         assert job.state == "active" and job.job_manager_task.allow_low_priority_node is False
     finally:
         _terminate(client, job_id)
+
+
+def test_required_slots_of_a_job_manager_is_not_defined_before_2020_09(shoal: Any, client: Any, pool: str) -> None:
+    old = "2020-03-01.11.0"
+    body = {"id": "jm-old", "poolInfo": {"poolId": pool},
+            "jobManagerTask": {"id": "m", "commandLine": "/bin/true", "requiredSlots": 1}}
+    response = rest.call(shoal, "POST", "/jobs", body=json.dumps(body).encode(), api_version=old)
+    rest.assert_batch_error(response, 400, "InvalidRequestBody")
+    body["jobManagerTask"] = {"id": "m", "commandLine": "/bin/true", "killJobOnCompletion": False}
+    assert rest.call(shoal, "POST", "/jobs", body=json.dumps(body).encode(), api_version=old).status_code == 201
+    try:
+        client.create_job(models.BatchJobCreateOptions(
+            id="jm-new", pool_info=models.BatchPoolInfo(pool_id=pool), job_manager_task=models.BatchJobManagerTask(
+                id="m", command_line="/bin/true", required_slots=2, kill_job_on_completion=False)))
+        assert client.get_job("jm-new").job_manager_task.required_slots == 2
+        shown = rest.call(shoal, "GET", "/jobs/jm-new", api_version=old).json()["jobManagerTask"]
+        assert "requiredSlots" not in shown and shown["id"] == "m"
+    finally:
+        _terminate(client, "jm-old")
+        _terminate(client, "jm-new")
