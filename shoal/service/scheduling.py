@@ -170,7 +170,7 @@ def _snapshot(conn: Connection, ctx: Context, pool: Any, budget: int | None) -> 
     by_seq = {view.job_seq: view for view in job_views}
     smallest_of = {j.seq: j.smallest for j in job_rows}
     # The job managers' placement rules, carried on their task views.
-    managers = {j.manager_seq: (bool(j.manager_exclusive), bool(j.manager_dedicated_only))
+    managers = {(j.seq, j.manager_seq): (bool(j.manager_exclusive), bool(j.manager_dedicated_only))
                 for j in job_rows if j.manager_seq is not None}
 
     def sizes_of(job_seq: int, low: int, high: int) -> Iterator[int]:
@@ -190,7 +190,7 @@ def _snapshot(conn: Connection, ctx: Context, pool: Any, budget: int | None) -> 
 
     def ready_of(job_seq: int, size: int, limit: int) -> list[TaskView]:
         rows = conn.execute(_READY_OF_SIZE, {"b_job": job_seq, "b_slots": size, "b_limit": limit}).all()
-        return [TaskView(t.seq, t.job_seq, t.required_slots, *managers.get(t.seq, (False, False))) for t in rows]
+        return [TaskView(t.seq, t.job_seq, t.required_slots, *managers.get((t.job_seq, t.seq), (False, False))) for t in rows]
 
     task_views = gather(node_views, [by_seq[j.seq] for j in ordered], sizes_of, ready_of, budget)
     if not task_views:

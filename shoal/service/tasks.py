@@ -399,6 +399,9 @@ def delete_task(ctx: Context, job_id: str, task_id: str) -> tuple[str | None, st
         touched = transitions.terminate(conn, [row]) if row.state == TaskState.RUNNING else set()
         transitions.refresh_node_busy(conn, touched)
         conn.execute(delete(tasks).where(tasks.c.seq == row.seq))
+        # A deleted job manager leaves its job with none: SQLite may give its seq to a new task.
+        conn.execute(update(jobs).where(jobs.c.seq == job.seq, jobs.c.manager_seq == row.seq).values(
+            manager_seq=None, manager_exclusive=None, manager_dedicated_only=None))
         node_id = (row.node_info or {}).get("nodeId")
         node = conn.execute(select(nodes.c.id).where(nodes.c.id == node_id)).first() if node_id else None
         job_service.finish_all_complete_jobs(ctx, conn, [job.seq])

@@ -220,3 +220,23 @@ def test_required_slots_of_a_job_manager_is_not_defined_before_2020_09(shoal: An
     finally:
         _terminate(client, "jm-old")
         _terminate(client, "jm-new")
+
+
+def test_a_deleted_manager_leaves_no_rule_behind(client: Any, one_node_pool: str) -> None:
+    """SQLite gives a deleted row's number (the newest task's) to the next task: a task of another
+    job must not inherit the deleted manager's runExclusive through it."""
+    job_id = _job(client, "jm-deleted", one_node_pool, models.BatchJobManagerTask(
+        id="manager", command_line="/bin/sleep 30", kill_job_on_completion=False))
+    client.create_job(models.BatchJobCreateOptions(id="jm-after", pool_info=models.BatchPoolInfo(pool_id=one_node_pool)))
+    try:
+        wait_task_state(client, job_id, "manager", "running")
+        client.delete_task(job_id, "manager")
+        wait_for(lambda: not [n for n in client.list_nodes(one_node_pool) if n.running_tasks_count], 20,
+                 message="the node freed")
+        client.create_task("jm-after", models.BatchTaskCreateOptions(id="first", command_line="/bin/sleep 5"))
+        wait_task_state(client, "jm-after", "first", "running")
+        client.create_task("jm-after", models.BatchTaskCreateOptions(id="second", command_line="/bin/true"))
+        wait_task_state(client, "jm-after", "second", "completed", timeout=4)
+    finally:
+        _terminate(client, job_id)
+        _terminate(client, "jm-after")

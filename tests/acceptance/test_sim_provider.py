@@ -19,7 +19,7 @@ import pytest
 from azure.batch import models
 
 from shoal.testing.server import RunningShoal, running_shoal
-from tests.helpers import pool_options, wait_for, wait_pool_idle, wait_tasks_done
+from tests.helpers import pool_options, wait_for, wait_pool_idle, wait_task_state, wait_tasks_done
 
 POOL = "sim-pool"
 NODES = 200
@@ -188,3 +188,25 @@ def test_a_lost_simulator_process_requeues_and_its_nodes_come_back(shoal: Runnin
     wait_pool_idle(client, pool, len(list(client.list_nodes(pool))), timeout=15)
     (replacement,) = _sim_agents(shoal)
     assert replacement.pid != agents.pid
+
+
+def test_a_simulated_pool_runs_the_manager_alone_and_ends_the_job_with_it(client: Any) -> None:
+    """The job manager (a task like any other to the nodes): alone on its node, JMComplete ends the job."""
+    client.create_pool(pool_options("sim-jm", vm_size="standard_a1_v2", target_dedicated_nodes=3, task_slots_per_node=2))
+    wait_pool_idle(client, "sim-jm", 3, timeout=20)
+    client.create_job(models.BatchJobCreateOptions(
+        id="sim-jm-job", pool_info=models.BatchPoolInfo(pool_id="sim-jm"),
+        job_manager_task=models.BatchJobManagerTask(id="manager", command_line="sleep 2")))
+    client.create_tasks("sim-jm-job", [models.BatchTaskCreateOptions(id=f"t{i}", command_line="sleep 60")
+                                       for i in range(6)])
+    manager = wait_task_state(client, "sim-jm-job", "manager", "running")
+    node = manager.node_info.node_id
+    running = wait_for(lambda: (tasks := [t for t in client.list_tasks("sim-jm-job") if t.id != "manager"
+                                          and t.state == "running"]) and len(tasks) == 4 and tasks, 20,
+                       message="the other nodes' four slots busy")
+    assert node not in {t.node_info.node_id for t in running}
+    job = wait_for(lambda: (j := client.get_job("sim-jm-job")).state == "completed" and j, 30, message="job done")
+    assert job.execution_info.termination_reason == "JMComplete"
+    others = [t for t in client.list_tasks("sim-jm-job") if t.id != "manager"]
+    assert all(t.state in ("completed", "active") for t in others)
+    assert sum(t.state == "completed" and t.execution_info.result == "failure" for t in others) == 4
