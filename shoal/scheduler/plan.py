@@ -17,8 +17,9 @@ Cost: O(log n) per task for n nodes. Free nodes sit in buckets by free-slot coun
 most taskSlotsPerNode ≤ 256 slots), each bucket a heap of snapshot positions so the first-listed
 node of a bucket is at its top; a bit mask of non-empty buckets finds the fullest or the
 tightest fitting bucket without walking them. A task bigger than every free node costs O(1).
-Idle nodes have buckets of their own and dedicated and spot nodes are kept apart (four sets of
-buckets), so the exclusive and dedicated-only rules cost no more.
+An exclusive or dedicated-only task draws on buckets of only the nodes it may take, built
+once a pass when first needed (O(n), as the snapshot is); entries left behind in other buckets
+by a node's change are dropped when they come up, so the rules keep O(log n) amortised.
 """
 
 from __future__ import annotations
@@ -27,85 +28,118 @@ import heapq
 
 from shoal.scheduler.snapshot import NodeView, Placement, PoolSnapshot
 
-# A free node is partly used or idle (nothing running: free == total), and idle nodes sit in
-# buckets of their own, so an exclusive task finds one as fast as any task finds a node.
-_USED, _IDLE = 0, 1
 
-
-class _Kind:
-    """The free nodes of one kind (dedicated or spot): per state, buckets by free-slot count."""
+class _Buckets:
+    """Heaps of node positions by free-slot count and a bit mask of the non-empty ones. An entry
+    is stale once its node's free count is no longer its bucket; a node's free count only falls
+    during a pass, so each (node, count) is pushed once and a stale entry is simply dropped when
+    it comes up."""
 
     def __init__(self, top: int) -> None:
-        self.buckets: tuple[list[list[int]], list[list[int]]] = (
-            [[] for _ in range(top + 1)], [[] for _ in range(top + 1)])
-        # Bit f of masks[state] is set while buckets[state][f] holds a node.
-        self.masks = [0, 0]
+        self.heaps: list[list[int]] = [[] for _ in range(top + 1)]
+        # Bit f is set while heaps[f] holds an entry (possibly stale).
+        self.mask = 0
 
-    def add(self, state: int, free: int, position: int) -> None:
-        heapq.heappush(self.buckets[state][free], position)
-        self.masks[state] |= 1 << free
+    def push(self, free: int, position: int) -> None:
+        heapq.heappush(self.heaps[free], position)
+        self.mask |= 1 << free
 
-    def best(self, slots: int, pack: bool, idle_only: bool) -> tuple[int, int, int] | None:
-        """(bucket, position, state) of the node the fill type picks among those with `slots` free."""
-        mask = self.masks[_IDLE] if idle_only else self.masks[_USED] | self.masks[_IDLE]
-        fitting = mask >> slots << slots  # buckets that can hold the task
-        if not fitting:
-            return None
-        bucket = (fitting & -fitting).bit_length() - 1 if pack else fitting.bit_length() - 1
-        states = (_IDLE,) if idle_only else (_USED, _IDLE)
-        # The bucket's first-listed node, partly used or idle.
-        position, state = min((self.buckets[state][bucket][0], state) for state in states
-                              if self.buckets[state][bucket])
-        return bucket, position, state
+    def pop(self, slots: int, pack: bool, free: list[int]) -> tuple[int, int] | None:
+        """(bucket, position) of the node the fill type picks among those with `slots` free."""
+        while True:
+            fitting = self.mask >> slots << slots  # buckets that can hold the task
+            if not fitting:
+                return None
+            bucket = (fitting & -fitting).bit_length() - 1 if pack else fitting.bit_length() - 1
+            heap = self.heaps[bucket]
+            position = heapq.heappop(heap)
+            if not heap:
+                self.mask &= ~(1 << bucket)
+            if free[position] == bucket:
+                return bucket, position
 
-    def pop(self, bucket: int, state: int) -> int:
-        heap = self.buckets[state][bucket]
-        position = heapq.heappop(heap)
-        if not heap:
-            self.masks[state] &= ~(1 << bucket)
-        return position
+    def largest(self, free: list[int]) -> int:
+        while self.mask:
+            bucket = self.mask.bit_length() - 1
+            heap = self.heaps[bucket]
+            if free[heap[0]] == bucket:
+                return bucket
+            heapq.heappop(heap)
+            if not heap:
+                self.mask &= ~(1 << bucket)
+        return 0
 
 
 class FreeNodes:
-    """Nodes with free slots, bucketed by how many, ordered within a bucket by snapshot order;
-    dedicated and spot nodes apart, so a dedicated-only task looks at dedicated ones alone."""
+    """Nodes with free slots, bucketed by how many, ordered within a bucket by snapshot order.
+
+    Every free node is in `_all`. An exclusive or dedicated-only task draws on a side structure
+    of only the nodes it may take (idle ones, dedicated ones, or both), built from the current
+    free counts the first time a pass needs it: a pass without such tasks, or a pool of
+    dedicated nodes only, costs what it did before these rules."""
 
     def __init__(self, nodes: tuple[NodeView, ...]) -> None:
         self._ids = [node.node_id for node in nodes]
-        top = max((node.free_slots for node in nodes), default=0)
-        self._kinds = (_Kind(max(top, 0)), _Kind(max(top, 0)))  # dedicated, spot
-        for position, node in enumerate(nodes):
-            free = node.free_slots
+        self._free = [node.free_slots for node in nodes]
+        self._total = [node.total_slots if node.used_slots == 0 else -1 for node in nodes]  # -1: not idle
+        self._dedicated = [node.dedicated for node in nodes]
+        self._any_spot = not all(self._dedicated)
+        self._top = max(max(self._free, default=0), 0)
+        self._all = _Buckets(self._top)
+        for position, free in enumerate(self._free):
             if free > 0:
-                state = _IDLE if node.used_slots == 0 else _USED
-                self._kinds[0 if node.dedicated else 1].add(state, free, position)
+                # Positions arrive in increasing order, so each bucket list is already a heap.
+                self._all.heaps[free].append(position)
+                self._all.mask |= 1 << free
+        # (idle only, dedicated only) → side structure; the dedicated-only one is kept up to date.
+        self._sides: dict[tuple[bool, bool], _Buckets] = {}
+        self._dedicated_side: _Buckets | None = None  # the one a take must keep up to date
         # How many nodes the searches looked at (one per placement: the search itself walks no
         # nodes), so tests can check the cost from the structure instead of a clock.
         self.examined = 0
 
     def __bool__(self) -> bool:
-        return any(kind.masks[_USED] | kind.masks[_IDLE] for kind in self._kinds)
+        # Stale entries may keep a bit set: a pass then tries a task that finds no node.
+        return self._all.mask != 0
 
     def largest(self) -> int:
         """The most free slots any node has (0 when none is free)."""
-        return max(max((kind.masks[_USED] | kind.masks[_IDLE]).bit_length() - 1, 0) for kind in self._kinds)
+        return self._all.largest(self._free)
+
+    def _side(self, idle: bool, dedicated: bool) -> _Buckets:
+        key = (idle, dedicated)
+        if key not in self._sides:
+            side = _Buckets(self._top)
+            for position, free in enumerate(self._free):
+                if free > 0 and (not idle or free == self._total[position]) and (
+                        not dedicated or self._dedicated[position]):
+                    side.heaps[free].append(position)
+                    side.mask |= 1 << free
+            self._sides[key] = side
+            if key == (False, True):
+                self._dedicated_side = side
+        return self._sides[key]
 
     def take(self, slots: int, pack: bool, *, exclusive: bool = False, dedicated_only: bool = False) -> str | None:
         """Give `slots` slots to the node the fill type picks, or None if no node has them. An
         exclusive task takes an idle node whole; a dedicated-only one only a dedicated node."""
         if slots < 1:
             slots = 1
-        kinds = self._kinds[:1] if dedicated_only else self._kinds
-        found = [(kind, best) for kind in kinds if (best := kind.best(slots, pack, exclusive)) is not None]
-        if not found:
+        if exclusive or dedicated_only:
+            source = self._side(exclusive, dedicated_only and self._any_spot)
+        else:
+            source = self._all
+        found = source.pop(slots, pack, self._free)
+        if found is None:
             return None
-        # Spread: the most free slots; pack: the fewest that fit; then the node listed first.
-        kind, (bucket, _, state) = min(found, key=lambda pair: (pair[1][0] if pack else -pair[1][0], pair[1][1]))
-        position = kind.pop(bucket, state)
+        bucket, position = found
         self.examined += 1
         left = 0 if exclusive else bucket - slots
+        self._free[position] = left
         if left > 0:
-            kind.add(_USED, left, position)
+            self._all.push(left, position)
+            if self._dedicated_side is not None and self._dedicated[position]:
+                self._dedicated_side.push(left, position)
         return self._ids[position]
 
 
