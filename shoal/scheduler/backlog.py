@@ -71,12 +71,14 @@ def gather(nodes: Iterable[NodeView], jobs: Sequence[JobView], sizes_of: SizesOf
         for size in sizes:
             room = left[size] if size in left else cap(size)
             limit = room if allowance is None else min(room, allowance)
-            got = ready_of(job.job_seq, size, limit)
-            # A particular task (a job manager's) may find no node where an ordinary one would,
-            # so it settles nothing: it is read on top of the room, and does not use it up.
+            # A particular task (a job manager's: one a job) may find no node where an ordinary
+            # one would, so it settles nothing: it is read on top of the room, not using it up.
+            wanted = limit
+            got = ready_of(job.job_seq, size, wanted)
             particular = sum(task.particular for task in got)
-            if particular and len(got) == limit:
-                got = ready_of(job.job_seq, size, limit + particular)
+            while len(got) == wanted and wanted - particular < limit:
+                wanted = limit + particular  # more than before: fewer than `limit` were ordinary
+                got = ready_of(job.job_seq, size, wanted)
                 particular = sum(task.particular for task in got)
             job_tasks.extend(got)
             if counts:

@@ -125,10 +125,9 @@ class FreeNodes:
         exclusive task takes an idle node whole; a dedicated-only one only a dedicated node."""
         if slots < 1:
             slots = 1
-        if exclusive or dedicated_only:
-            source = self._side(exclusive, dedicated_only and self._any_spot)
-        else:
-            source = self._all
+        # On a pool without spot nodes every node is dedicated: the rule asks for nothing more.
+        dedicated_only = dedicated_only and self._any_spot
+        source = self._side(exclusive, dedicated_only) if exclusive or dedicated_only else self._all
         found = source.pop(slots, pack, self._free)
         if found is None:
             return None

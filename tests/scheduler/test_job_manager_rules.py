@@ -95,3 +95,11 @@ def test_a_manager_that_finds_no_node_does_not_use_up_the_room_of_ordinary_tasks
     offered = gather(nodes, [JobView(1, None)], lambda job, low, high: [1], ready_of)
     assert [t.task_seq for t in offered] == [1, 2]
     assert placed(PoolSnapshot("spread", nodes, offered, (JobView(1, None),))) == {2: "a"}
+
+
+
+def test_dedicated_only_tasks_on_a_pool_of_dedicated_nodes_are_ordinary() -> None:
+    # Found by the property test: the second one must see what the first left on the node.
+    nodes = [NodeView("a", 2, 0)]
+    assert placed(snapshot("spread", nodes, [TaskView(1, 1, 1, dedicated_only=True),
+                                              TaskView(2, 1, 1, dedicated_only=True)])) == {1: "a", 2: "a"}
