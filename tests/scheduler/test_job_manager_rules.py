@@ -103,3 +103,17 @@ def test_dedicated_only_tasks_on_a_pool_of_dedicated_nodes_are_ordinary() -> Non
     nodes = [NodeView("a", 2, 0)]
     assert placed(snapshot("spread", nodes, [TaskView(1, 1, 1, dedicated_only=True),
                                               TaskView(2, 1, 1, dedicated_only=True)])) == {1: "a", 2: "a"}
+
+
+def test_finding_nodes_that_run_an_exclusive_manager_is_index_work(tmp_path) -> None:
+    """The pass's one extra query: the pool's jobs by ix_jobs_pool_state, their manager task by
+    primary key; no scan of tasks, however many the jobs have."""
+    from shoal.service.scheduling import _EXCLUSIVE_NODES
+    from tests.helpers import sqlite_plan, store_context
+
+    for ctx in store_context(f"sqlite:///{tmp_path / 'shoal.db'}"):
+        query = _EXCLUSIVE_NODES.params(b_account="a", b_pool="p")
+        steps = sqlite_plan(ctx.engine, query)
+        assert any("ix_jobs_pool_state" in step for step in steps), steps
+        assert any("tasks USING INTEGER PRIMARY KEY" in step for step in steps), steps
+        assert not any(step.startswith("SCAN") for step in steps), steps
