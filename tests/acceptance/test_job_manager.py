@@ -12,7 +12,7 @@ from azure.batch import models
 from azure.core.exceptions import HttpResponseError
 
 from tests.acceptance import rest
-from tests.helpers import pool_options, wait_for, wait_pool_idle, wait_task_state
+from tests.helpers import error_of, pool_options, wait_for, wait_pool_idle, wait_task_state
 
 POOL = "jm-pool"
 POLL_S = 0.1
@@ -75,6 +75,13 @@ def test_job_shows_its_job_manager_with_defaults(client: Any, pool: str) -> None
         assert shown.kill_job_on_completion is True and shown.run_exclusive is True
         assert shown.allow_low_priority_node is True
         assert [(e.name, e.value) for e in shown.environment_settings] == [("A", "1")]
+        # The manager is a task of the job: its id is taken.
+        status, code = error_of(lambda: client.create_task(
+            job_id, models.BatchTaskCreateOptions(id="MGR", command_line="/bin/true")))
+        assert (status, code) == (409, "TaskExists")
+        # Updating the job keeps its manager (JobUpdateParameter has none to replace it with).
+        client.update_job(job_id, models.BatchJobUpdateOptions(priority=5))
+        assert client.get_job(job_id).job_manager_task.id == "mgr"
     finally:
         _terminate(client, job_id)
 
