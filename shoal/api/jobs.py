@@ -7,13 +7,14 @@ from starlette.responses import Response
 
 from shoal.api import listing, offload, render, versions
 from shoal.api.http import empty_response, guard
+from shoal.service import job_manager
 from shoal.service import jobs as job_service
 from shoal.service.context import Context
 
 
 async def create_job(request: Request, ctx: Context) -> Response:
     body, size = await versions.read_json(request, "job.create")
-    job_service.add(ctx, await offload.validate(size, job_service.parse_create, body))
+    job_manager.add(ctx, await offload.validate(size, job_manager.parse_create, body))
     etag, modified = job_service.etag_of(ctx, body["id"])
     return empty_response(request, 201, etag=etag, last_modified=modified,
                           location=f"{ctx.base_url}/jobs/{body['id']}")

@@ -121,6 +121,7 @@ def job(base_url: str, row: Any) -> dict[str, Any]:
         out["previousState"] = row.previous_state
         out["previousStateTransitionTime"] = clock.iso(row.previous_state_transition_time)
     out.update(_job_properties(row.spec, row.priority, row.max_parallel_tasks))
+    _echo(out, row.spec, ("jobManagerTask",))
     out["executionInfo"] = row.execution_info
     return out
 

@@ -78,6 +78,7 @@ CHANGES: tuple[Change, ...] = (
     # 2020-09-01.12.0: task slots.
     Change("taskSlotsPerNode", POOL_CREATE, since=V12, old="maxTasksPerNode"),
     Change("requiredSlots", TASK_CREATE, since=V12),
+    Change("jobManagerTask.requiredSlots", JOB_CREATE, since=V12),
     Change("runningTaskSlotsCount", ("node",), since=V12),
     Change("taskSlotCounts", ("taskcounts",), since=V12),
     Change("taskCounts", ("taskcounts",), since=V12, unwrap=True),

@@ -11,7 +11,9 @@ bound what is read:
   no later task of r or more slots can be placed: either they all ran, leaving every node with
   fewer than r free, or one found no node with r free;
 - sizes bigger than every free node are never read at all, so a job full of tasks that cannot
-  fit costs one index probe, and the smaller tasks behind it still run.
+  fit costs one index probe, and the smaller tasks behind it still run;
+- an exclusive or dedicated-only task (a job manager: one per job) can fail where an ordinary
+  task would not, so it does not count against a cap and is read in addition to it.
 
 The scheduler stays pure: the store is reached through the two callables the shell passes in.
 """
@@ -69,10 +71,18 @@ def gather(nodes: Iterable[NodeView], jobs: Sequence[JobView], sizes_of: SizesOf
         for size in sizes:
             room = left[size] if size in left else cap(size)
             limit = room if allowance is None else min(room, allowance)
-            got = ready_of(job.job_seq, size, limit)
+            # A particular task (a job manager's: one a job) may find no node where an ordinary
+            # one would, so it settles nothing: it is read on top of the room, not using it up.
+            wanted = limit
+            got = ready_of(job.job_seq, size, wanted)
+            particular = sum(task.particular for task in got)
+            while len(got) == wanted and wanted - particular < limit:
+                wanted = limit + particular  # more than before: fewer than `limit` were ordinary
+                got = ready_of(job.job_seq, size, wanted)
+                particular = sum(task.particular for task in got)
             job_tasks.extend(got)
             if counts:
-                left[size] = room - len(got)
+                left[size] = room - (len(got) - particular)
                 if left[size] <= 0:
                     closes = min(closes, size)
         closed = closes

@@ -7,12 +7,19 @@ Rules (semantics §3):
 - `spread` gives each task to the node with the most free slots; `pack` to the node with the
   fewest free slots that still fits it, so one node fills before the next gets work; among
   equals, the node listed first in the snapshot wins;
-- a job never runs more than its maxParallelTasks at once.
+- a job never runs more than its maxParallelTasks at once;
+- an exclusive task (a job manager's runExclusive) goes only to a node with nothing running and
+  takes it whole: nothing else joins it in the pass, and a node that runs one is not free
+  (`NodeView.runs_exclusive`); a dedicated-only task (allowLowPriorityNode=false) goes only to a
+  dedicated node.
 
 Cost: O(log n) per task for n nodes. Free nodes sit in buckets by free-slot count (a node has at
 most taskSlotsPerNode ≤ 256 slots), each bucket a heap of snapshot positions so the first-listed
 node of a bucket is at its top; a bit mask of non-empty buckets finds the fullest or the
 tightest fitting bucket without walking them. A task bigger than every free node costs O(1).
+An exclusive or dedicated-only task draws on buckets of only the nodes it may take, built
+once a pass when first needed (O(n), as the snapshot is); entries left behind in other buckets
+by a node's change are dropped when they come up, so the rules keep O(log n) amortised.
 """
 
 from __future__ import annotations
@@ -22,50 +29,116 @@ import heapq
 from shoal.scheduler.snapshot import NodeView, Placement, PoolSnapshot
 
 
+class _Buckets:
+    """Heaps of node positions by free-slot count and a bit mask of the non-empty ones. An entry
+    is stale once its node's free count is no longer its bucket; a node's free count only falls
+    during a pass, so each (node, count) is pushed once and a stale entry is simply dropped when
+    it comes up."""
+
+    def __init__(self, top: int) -> None:
+        self.heaps: list[list[int]] = [[] for _ in range(top + 1)]
+        # Bit f is set while heaps[f] holds an entry (possibly stale).
+        self.mask = 0
+
+    def push(self, free: int, position: int) -> None:
+        heapq.heappush(self.heaps[free], position)
+        self.mask |= 1 << free
+
+    def pop(self, slots: int, pack: bool, free: list[int]) -> tuple[int, int] | None:
+        """(bucket, position) of the node the fill type picks among those with `slots` free."""
+        while True:
+            fitting = self.mask >> slots << slots  # buckets that can hold the task
+            if not fitting:
+                return None
+            bucket = (fitting & -fitting).bit_length() - 1 if pack else fitting.bit_length() - 1
+            heap = self.heaps[bucket]
+            position = heapq.heappop(heap)
+            if not heap:
+                self.mask &= ~(1 << bucket)
+            if free[position] == bucket:
+                return bucket, position
+
+    def largest(self, free: list[int]) -> int:
+        while self.mask:
+            bucket = self.mask.bit_length() - 1
+            heap = self.heaps[bucket]
+            if free[heap[0]] == bucket:
+                return bucket
+            heapq.heappop(heap)
+            if not heap:
+                self.mask &= ~(1 << bucket)
+        return 0
+
+
 class FreeNodes:
-    """Nodes with free slots, bucketed by how many, ordered within a bucket by snapshot order."""
+    """Nodes with free slots, bucketed by how many, ordered within a bucket by snapshot order.
+
+    Every free node is in `_all`. An exclusive or dedicated-only task draws on a side structure
+    of only the nodes it may take (idle ones, dedicated ones, or both), built from the current
+    free counts the first time a pass needs it: a pass without such tasks, or a pool of
+    dedicated nodes only, costs what it did before these rules."""
 
     def __init__(self, nodes: tuple[NodeView, ...]) -> None:
         self._ids = [node.node_id for node in nodes]
         self._free = [node.free_slots for node in nodes]
-        top = max(self._free, default=0)
-        self._buckets: list[list[int]] = [[] for _ in range(max(top, 0) + 1)]
-        # Bit f is set while bucket f holds a node.
-        self._mask = 0
+        self._total = [node.total_slots if node.used_slots == 0 else -1 for node in nodes]  # -1: not idle
+        self._dedicated = [node.dedicated for node in nodes]
+        self._any_spot = not all(self._dedicated)
+        self._top = max(max(self._free, default=0), 0)
+        self._all = _Buckets(self._top)
         for position, free in enumerate(self._free):
             if free > 0:
                 # Positions arrive in increasing order, so each bucket list is already a heap.
-                self._buckets[free].append(position)
-                self._mask |= 1 << free
+                self._all.heaps[free].append(position)
+                self._all.mask |= 1 << free
+        # (idle only, dedicated only) → side structure; the dedicated-only one is kept up to date.
+        self._sides: dict[tuple[bool, bool], _Buckets] = {}
+        self._dedicated_side: _Buckets | None = None  # the one a take must keep up to date
         # How many nodes the searches looked at (one per placement: the search itself walks no
         # nodes), so tests can check the cost from the structure instead of a clock.
         self.examined = 0
 
     def __bool__(self) -> bool:
-        return self._mask != 0
+        # Stale entries may keep a bit set: a pass then tries a task that finds no node.
+        return self._all.mask != 0
 
     def largest(self) -> int:
         """The most free slots any node has (0 when none is free)."""
-        return max(self._mask.bit_length() - 1, 0)
+        return self._all.largest(self._free)
 
-    def take(self, slots: int, pack: bool) -> str | None:
-        """Give `slots` slots to the node the fill type picks, or None if no node has them."""
+    def _side(self, idle: bool, dedicated: bool) -> _Buckets:
+        key = (idle, dedicated)
+        if key not in self._sides:
+            side = _Buckets(self._top)
+            for position, free in enumerate(self._free):
+                if free > 0 and (not idle or free == self._total[position]) and (
+                        not dedicated or self._dedicated[position]):
+                    side.heaps[free].append(position)
+                    side.mask |= 1 << free
+            self._sides[key] = side
+            if key == (False, True):
+                self._dedicated_side = side
+        return self._sides[key]
+
+    def take(self, slots: int, pack: bool, *, exclusive: bool = False, dedicated_only: bool = False) -> str | None:
+        """Give `slots` slots to the node the fill type picks, or None if no node has them. An
+        exclusive task takes an idle node whole; a dedicated-only one only a dedicated node."""
         if slots < 1:
             slots = 1
-        fitting = self._mask >> slots << slots  # buckets that can hold the task
-        if not fitting:
+        # On a pool without spot nodes every node is dedicated: the rule asks for nothing more.
+        dedicated_only = dedicated_only and self._any_spot
+        source = self._side(exclusive, dedicated_only) if exclusive or dedicated_only else self._all
+        found = source.pop(slots, pack, self._free)
+        if found is None:
             return None
-        bucket = (fitting & -fitting).bit_length() - 1 if pack else fitting.bit_length() - 1
-        heap = self._buckets[bucket]
-        position = heapq.heappop(heap)
+        bucket, position = found
         self.examined += 1
-        if not heap:
-            self._mask &= ~(1 << bucket)
-        left = bucket - slots
+        left = 0 if exclusive else bucket - slots
         self._free[position] = left
         if left > 0:
-            heapq.heappush(self._buckets[left], position)
-            self._mask |= 1 << left
+            self._all.push(left, position)
+            if self._dedicated_side is not None and self._dedicated[position]:
+                self._dedicated_side.push(left, position)
         return self._ids[position]
 
 
@@ -84,7 +157,7 @@ def place(snapshot: PoolSnapshot, free: FreeNodes) -> list[Placement]:
         remaining = allowance.get(task.job_seq)
         if remaining is not None and remaining <= 0:
             continue
-        chosen = free.take(task.required_slots, pack)
+        chosen = free.take(task.required_slots, pack, exclusive=task.exclusive, dedicated_only=task.dedicated_only)
         if chosen is None:
             continue
         placements.append(Placement(task.task_seq, chosen))

@@ -10,10 +10,14 @@ class NodeView:
     node_id: str
     total_slots: int
     used_slots: int
+    dedicated: bool = True
+    # It runs a task that wants its node to itself (a job manager's runExclusive): it takes no
+    # other task, whatever its slots say.
+    runs_exclusive: bool = False
 
     @property
     def free_slots(self) -> int:
-        return self.total_slots - self.used_slots
+        return 0 if self.runs_exclusive else self.total_slots - self.used_slots
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,15 @@ class TaskView:
     task_seq: int
     job_seq: int
     required_slots: int
+    # Runs only on a node with nothing running, and nothing else joins it while it runs.
+    exclusive: bool = False
+    # Runs only on a dedicated node (a job manager's allowLowPriorityNode=false).
+    dedicated_only: bool = False
+
+    @property
+    def particular(self) -> bool:
+        """Whether it may find no node where an ordinary task of its size would."""
+        return self.exclusive or self.dedicated_only
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, delete, insert, select, update
@@ -20,10 +22,12 @@ KEPT_PROPERTIES = ("displayName", "constraints", "commonEnvironmentSettings", "p
 # What Shoal does not carry out yet: refused when given, never stored and ignored. A boolean is
 # "given" when true (false asks for nothing); `allowTaskPreemption` would let higher-priority jobs
 # requeue this job's tasks, which Shoal's scheduler never does.
-UNSUPPORTED_ON_CREATE = ("jobManagerTask", "jobPreparationTask", "jobReleaseTask", "networkConfiguration",
+UNSUPPORTED_ON_CREATE = ("jobPreparationTask", "jobReleaseTask", "networkConfiguration",
                          "allowTaskPreemption")
 UNSUPPORTED_ON_UPDATE = ("networkConfiguration", "allowTaskPreemption")
 DISABLE_OPTIONS = ("requeue", "terminate", "wait")
+# What `add` stores with a new job, in its transaction: (connection, the job's row, now).
+WithJob = Callable[[Connection, Any, datetime], None]
 
 
 def job_not_found() -> NotFound:
@@ -75,7 +79,10 @@ def _validate_mutable(body: dict[str, Any], *, auto_pool_allowed: bool = False) 
 
 
 def create(ctx: Context, body: Any) -> None:
-    add(ctx, parse_create(body))
+    """A job without a job manager (one with is created by service/job_manager.py)."""
+    job = parse_create(body)
+    request_body.refuse_unsupported(body, ("jobManagerTask",))
+    add(ctx, job)
 
 
 def parse_create(body: Any, *, in_schedule: bool = False) -> dict[str, Any]:
@@ -89,6 +96,9 @@ def parse_create(body: Any, *, in_schedule: bool = False) -> dict[str, Any]:
         raise MissingProperty("poolInfo")
     v.string(body, "displayName", max_len=v.MAX_DISPLAY_NAME)
     request_body.refuse_unsupported(body, UNSUPPORTED_ON_CREATE)
+    if in_schedule:
+        # The schedule duty creates its jobs without service/job_manager.py: refused, not dropped.
+        request_body.refuse_unsupported(body, ("jobManagerTask",), root="jobSpecification")
     # Fixed at creation (JobUpdateParameter has no such property): tasks are checked against it.
     v.boolean(body, "usesTaskDependencies")
     fields = _validate_mutable(body, auto_pool_allowed=True)
@@ -103,15 +113,19 @@ def parse_create(body: Any, *, in_schedule: bool = False) -> dict[str, Any]:
             "auto_pool": auto_pool}
 
 
-def add(ctx: Context, job: dict[str, Any]) -> None:
-    """Store a job `parse_create` accepted, within the account's active-job quota."""
+def add(ctx: Context, job: dict[str, Any], with_job: WithJob | None = None) -> None:
+    """Store a job `parse_create` accepted, within the account's active-job quota; `with_job`
+    stores what comes with it (its job manager task: service/job_manager.py) in the same
+    transaction."""
     with ctx.engine.begin() as conn:
-        insert_in(ctx, conn, job)
+        insert_in(ctx, conn, job, with_job=with_job)
     ctx.signals.wake_provider()
+    if with_job is not None:
+        ctx.signals.wake_scheduler()
 
 
 def insert_in(ctx: Context, conn: Connection, job: dict[str, Any], *, schedule_seq: int | None = None,
-              pool_id: str | None = None, quota_checked: bool = False) -> int:
+              pool_id: str | None = None, quota_checked: bool = False, with_job: WithJob | None = None) -> int:
     """Store a job within `conn`; its auto pool, if it asks for one and `pool_id` (a schedule's
     pool) does not name it, is created with it. Returns the job's seq. `quota_checked`: the
     caller made room within the active-job quota already (the schedule duty, once per pass)."""
@@ -130,13 +144,16 @@ def insert_in(ctx: Context, conn: Connection, job: dict[str, Any], *, schedule_s
     pool_id = pool_id or job["pool_id"]
     if pool_id is None:
         pool_id = auto_pools.create_in(ctx, conn, job["auto_pool"])
-    return int(conn.execute(insert(jobs).values(
+    seq = int(conn.execute(insert(jobs).values(
         account=ctx.account, id=job_id, key=job_id.lower(), state=JobState.ACTIVE,
         priority=fields.get("priority", 0), pool_key=pool_id.lower(),
         max_parallel_tasks=fields.get("max_parallel_tasks", -1), spec=spec,
         execution_info={"startTime": clock.iso(now), "poolId": pool_id}, schedule_seq=schedule_seq,
         etag=clock.new_etag(), last_modified=now, creation_time=now,
         state_transition_time=now)).inserted_primary_key[0])  # type: ignore[index]
+    if with_job is not None:
+        with_job(conn, load(conn, ctx, job_id), now)
+    return seq
 
 
 def get(ctx: Context, job_id: str) -> Any:
@@ -368,10 +385,24 @@ def finish_all_complete_jobs(ctx: Context, conn: Connection, job_seqs: list[int]
             return
         query = query.where(jobs.c.seq.in_(job_seqs))
     for row in conn.execute(query).all():
+        if _job_manager_ended(conn, row):
+            terminate_in(ctx, conn, row, "JMComplete")
+            continue
         if row.spec.get("onAllTasksComplete") != "terminatejob":
             continue
         if row.active + row.running == 0:
             terminate_in(ctx, conn, row, "AllTasksComplete")
+
+
+def _job_manager_ended(conn: Connection, row: Any) -> bool:
+    """killJobOnCompletion: the job's manager has completed, finally (retries exhausted or not
+    needed), whatever its result: one index seek (uq_tasks_job_key), only for jobs with one."""
+    manager = row.spec.get("jobManagerTask")
+    if not manager or not manager.get("killJobOnCompletion", True):
+        return False
+    state = conn.execute(select(tasks.c.state).where(tasks.c.job_seq == row.seq,
+                                                     tasks.c.key == manager["id"].lower())).scalar()
+    return state == TaskState.COMPLETED
 
 
 # Tasks of deleted jobs removed per pass: one pass is one bounded transaction on the writer,

@@ -48,7 +48,7 @@ _COUNT_RUN = (
 # of the partial index ix_nodes_free (used_slots is kept by triggers, migration 0008), so a pass
 # that follows one agent's report on a full 10,000-node pool reads the one node it freed.
 _FREE_NODES = (
-    select(nodes.c.id, nodes.c.slots, nodes.c.used_slots.label("used"))
+    select(nodes.c.id, nodes.c.slots, nodes.c.used_slots.label("used"), nodes.c.is_dedicated)
     .where(nodes.c.pool_seq == bindparam("b_pool"), nodes.c.used_slots < nodes.c.slots,
            nodes.c.state.in_(SCHEDULABLE_NODE_STATES), nodes.c.scheduling_state == "enabled",
            nodes.c.pending_action.is_(None))
@@ -76,9 +76,20 @@ _SMALLEST_FITTING = (
     .scalar_subquery()
 )
 _ACTIVE_JOBS = (
-    select(jobs.c.seq, jobs.c.max_parallel_tasks, jobs.c.priority, _SMALLEST_FITTING.label("smallest"))
+    select(jobs.c.seq, jobs.c.max_parallel_tasks, jobs.c.priority, _SMALLEST_FITTING.label("smallest"),
+           jobs.c.manager_seq, jobs.c.manager_exclusive, jobs.c.manager_dedicated_only)
     .where(jobs.c.account == bindparam("b_account"), jobs.c.pool_key == bindparam("b_pool"),
            jobs.c.state == JobState.ACTIVE)
+)
+# The nodes running an exclusive job manager (runExclusive): they take no other task. A
+# primary-key seek per job of the pool that has one and is not completed (a disabling job's
+# manager may still run), from ix_jobs_pool_state.
+_EXCLUSIVE_NODES = (
+    select(tasks.c.node_id)
+    .join(jobs, jobs.c.manager_seq == tasks.c.seq)
+    .where(jobs.c.account == bindparam("b_account"), jobs.c.pool_key == bindparam("b_pool"),
+           jobs.c.state.in_((JobState.ACTIVE, JobState.DISABLING, JobState.DISABLED, JobState.TERMINATING)),
+           jobs.c.manager_exclusive.is_(True), tasks.c.state == TaskState.RUNNING)
 )
 _READY_OF_SIZE = (
     select(tasks.c.seq, tasks.c.job_seq, tasks.c.required_slots)
@@ -140,7 +151,9 @@ def _snapshot(conn: Connection, ctx: Context, pool: Any, budget: int | None) -> 
     node_rows = conn.execute(_FREE_NODES, {"b_pool": pool.seq}).all()
     if not node_rows:
         return None
-    node_views = tuple(NodeView(n.id, n.slots, int(n.used)) for n in node_rows)
+    exclusive = set(conn.execute(_EXCLUSIVE_NODES, {"b_account": ctx.account, "b_pool": pool.key}).scalars())
+    node_views = tuple(NodeView(n.id, n.slots, int(n.used), bool(n.is_dedicated), n.id in exclusive)
+                       for n in node_rows)
     largest_free = max(n.free_slots for n in node_views)
     job_rows = [j for j in job_rows if j.smallest <= largest_free]
     if not job_rows:
@@ -156,6 +169,9 @@ def _snapshot(conn: Connection, ctx: Context, pool: Any, budget: int | None) -> 
     ordered = sorted(job_rows, key=lambda j: (-j.priority, j.seq))
     by_seq = {view.job_seq: view for view in job_views}
     smallest_of = {j.seq: j.smallest for j in job_rows}
+    # The job managers' placement rules, carried on their task views.
+    managers = {(j.seq, j.manager_seq): (bool(j.manager_exclusive), bool(j.manager_dedicated_only))
+                for j in job_rows if j.manager_seq is not None}
 
     def sizes_of(job_seq: int, low: int, high: int) -> Iterator[int]:
         known = smallest_of[job_seq]
@@ -174,7 +190,7 @@ def _snapshot(conn: Connection, ctx: Context, pool: Any, budget: int | None) -> 
 
     def ready_of(job_seq: int, size: int, limit: int) -> list[TaskView]:
         rows = conn.execute(_READY_OF_SIZE, {"b_job": job_seq, "b_slots": size, "b_limit": limit}).all()
-        return [TaskView(t.seq, t.job_seq, t.required_slots) for t in rows]
+        return [TaskView(t.seq, t.job_seq, t.required_slots, *managers.get((t.job_seq, t.seq), (False, False))) for t in rows]
 
     task_views = gather(node_views, [by_seq[j.seq] for j in ordered], sizes_of, ready_of, budget)
     if not task_views:

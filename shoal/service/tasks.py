@@ -129,17 +129,24 @@ def add(ctx: Context, job_id: str, task: dict[str, Any]) -> dict[str, Any]:
         if conn.execute(select(tasks.c.seq).where(tasks.c.job_seq == job.seq,
                                                   tasks.c.key == task["id"].lower())).first():
             raise Conflict("The specified task already exists.", code="TaskExists")
-        refusal = _refusal_by_job(job, task)
-        if refusal is not None:
-            raise refusal
-        values = _row_values(job, task, now)
-        edges = _with_dependencies(conn, job, task, values)
-        inserted = conn.execute(insert(tasks).values(**values)).inserted_primary_key
-        if edges is not None and inserted is not None:
-            dependencies.store(conn, inserted[0], edges)
-            dependencies.check_no_cycle(conn, job.seq, task["id"], task["dependencies"])
+        values = insert_new(conn, job, task, now)
     ctx.signals.wake_scheduler()
     return {"etag": values["etag"], "last_modified": now, "id": task["id"]}
+
+
+def insert_new(conn: Connection, job: Any, task: dict[str, Any], now: Any) -> dict[str, Any]:
+    """Store a task `parse_task` accepted in a job known to take it (the job manager too); its row values."""
+    refusal = _refusal_by_job(job, task)
+    if refusal is not None:
+        raise refusal
+    values = _row_values(job, task, now)
+    edges = _with_dependencies(conn, job, task, values)
+    inserted = conn.execute(insert(tasks).values(**values)).inserted_primary_key
+    if edges is not None and inserted is not None:
+        dependencies.store(conn, inserted[0], edges)
+        dependencies.check_no_cycle(conn, job.seq, task["id"], task["dependencies"])
+    values["seq"] = inserted[0] if inserted is not None else None
+    return values
 
 
 def create_collection(ctx: Context, job_id: str, body: Any, body_size: int) -> list[dict[str, Any]]:
@@ -393,6 +400,9 @@ def delete_task(ctx: Context, job_id: str, task_id: str) -> tuple[str | None, st
         touched = transitions.terminate(conn, [row]) if row.state == TaskState.RUNNING else set()
         transitions.refresh_node_busy(conn, touched)
         conn.execute(delete(tasks).where(tasks.c.seq == row.seq))
+        # A deleted job manager leaves its job with none: SQLite may give its seq to a new task.
+        conn.execute(update(jobs).where(jobs.c.seq == job.seq, jobs.c.manager_seq == row.seq).values(
+            manager_seq=None, manager_exclusive=None, manager_dedicated_only=None))
         node_id = (row.node_info or {}).get("nodeId")
         node = conn.execute(select(nodes.c.id).where(nodes.c.id == node_id)).first() if node_id else None
         job_service.finish_all_complete_jobs(ctx, conn, [job.seq])

@@ -143,6 +143,12 @@ jobs = Table(
     Column("previous_state_transition_time", DateTime(timezone=True)),
     # The job schedule that created the job (job_schedules.seq), if any.
     Column("schedule_seq", SurrogateId),
+    # The job manager task (migration 0013): its seq, and its placement rules as columns so the
+    # scheduler reads them with the job, never from JSON: runExclusive, and dedicated-only
+    # (allowLowPriorityNode=false). All null for a job without one.
+    Column("manager_seq", SurrogateId),
+    Column("manager_exclusive", Boolean),
+    Column("manager_dedicated_only", Boolean),
     UniqueConstraint("account", "key", name="uq_jobs_account_key"),
 )
 Index("ix_jobs_pool_state", jobs.c.pool_key, jobs.c.state)

@@ -201,3 +201,25 @@ def test_a_scheduled_jobs_task_files_are_served_by_a_simulated_node(client: Any,
     wait_task_state(client, "sim-schedule:job-1", "echo", "completed")
     assert b"".join(client.download_task_file("sim-schedule:job-1", "echo", "stdout.txt")) == b"scheduled\n"
     client.begin_terminate_job_schedule("sim-schedule", polling_interval=0.1).result()
+
+
+def test_a_simulated_pool_runs_the_manager_alone_and_ends_the_job_with_it(client: Any) -> None:
+    """The job manager (a task like any other to the nodes): alone on its node, JMComplete ends the job."""
+    client.create_pool(pool_options("sim-jm", vm_size="standard_a1_v2", target_dedicated_nodes=3, task_slots_per_node=2))
+    wait_pool_idle(client, "sim-jm", 3, timeout=20)
+    client.create_job(models.BatchJobCreateOptions(
+        id="sim-jm-job", pool_info=models.BatchPoolInfo(pool_id="sim-jm"),
+        job_manager_task=models.BatchJobManagerTask(id="manager", command_line="sleep 2")))
+    client.create_tasks("sim-jm-job", [models.BatchTaskCreateOptions(id=f"t{i}", command_line="sleep 60")
+                                       for i in range(6)])
+    manager = wait_task_state(client, "sim-jm-job", "manager", "running")
+    node = manager.node_info.node_id
+    running = wait_for(lambda: (tasks := [t for t in client.list_tasks("sim-jm-job") if t.id != "manager"
+                                          and t.state == "running"]) and len(tasks) == 4 and tasks, 20,
+                       message="the other nodes' four slots busy")
+    assert node not in {t.node_info.node_id for t in running}
+    job = wait_for(lambda: (j := client.get_job("sim-jm-job")).state == "completed" and j, 30, message="job done")
+    assert job.execution_info.termination_reason == "JMComplete"
+    others = [t for t in client.list_tasks("sim-jm-job") if t.id != "manager"]
+    assert all(t.state in ("completed", "active") for t in others)
+    assert sum(t.state == "completed" and t.execution_info.result == "failure" for t in others) == 4

@@ -1,7 +1,8 @@
 """Straightforward reference placement and backlog, to check the fast ones against.
 
 `reference_plan` looks at every free node for every task (the scheduler before buckets), which is
-obviously right and quadratic. `Backlog` holds every ready task in memory and answers the
+obviously right and quadratic; it keeps the job manager's rules (an exclusive task takes an idle
+node whole, a dedicated-only one a dedicated node) the same plain way. `Backlog` holds every ready task in memory and answers the
 scheduler's two backlog questions by scanning, as the store's index seeks do.
 """
 
@@ -13,13 +14,17 @@ from shoal.scheduler import JobView, Placement, PoolSnapshot, TaskView
 def reference_plan(snapshot: PoolSnapshot) -> list[Placement]:
     free = {node.node_id: node.free_slots for node in snapshot.nodes if node.free_slots > 0}
     order = {node.node_id: index for index, node in enumerate(snapshot.nodes)}
+    idle = {node.node_id for node in snapshot.nodes if node.used_slots == 0}
+    dedicated = {node.node_id for node in snapshot.nodes if node.dedicated}
     allowance = {job.job_seq: job.parallel_allowance for job in snapshot.jobs}
     placements: list[Placement] = []
     for task in snapshot.tasks:
         remaining = allowance.get(task.job_seq)
         if remaining is not None and remaining <= 0:
             continue
-        candidates = [node_id for node_id, slots in free.items() if slots >= task.required_slots]
+        candidates = [node_id for node_id, slots in free.items() if slots >= task.required_slots
+                      and (not task.exclusive or node_id in idle)
+                      and (not task.dedicated_only or node_id in dedicated)]
         if not candidates:
             continue
         if snapshot.fill_type == "pack":
@@ -27,7 +32,8 @@ def reference_plan(snapshot: PoolSnapshot) -> list[Placement]:
         else:
             chosen = max(candidates, key=lambda n: (free[n], -order[n]))
         placements.append(Placement(task.task_seq, chosen))
-        free[chosen] -= task.required_slots
+        free[chosen] = 0 if task.exclusive else free[chosen] - task.required_slots
+        idle.discard(chosen)
         if free[chosen] == 0:
             del free[chosen]
         if remaining is not None:

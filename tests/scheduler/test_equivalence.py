@@ -4,6 +4,7 @@ queues places exactly what planning from the whole backlog would, on random pool
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,8 +29,23 @@ def pools(draw):
     return draw(st.sampled_from(["spread", "pack"])), nodes, list(jobs), tasks
 
 
+@st.composite
+def pools_with_managers(draw):
+    """Random pools with spot nodes and nodes running an exclusive task, and tasks flagged
+    exclusive or dedicated-only (a job manager's rules; the planner does not care which task)."""
+    fill, nodes, jobs, tasks = draw(pools())
+    nodes = [replace(node, dedicated=draw(st.booleans()), runs_exclusive=draw(st.integers(0, 5)) == 0)
+             for node in nodes]
+    tasks = [replace(task, exclusive=draw(st.integers(0, 3)) == 0, dedicated_only=draw(st.integers(0, 3)) == 0)
+             for task in tasks]
+    return fill, nodes, jobs, tasks
+
+
+any_pools = st.one_of(pools(), pools_with_managers())
+
+
 @settings(max_examples=400, deadline=None)
-@given(pools())
+@given(any_pools)
 def test_bucketed_plan_equals_the_reference(pool):
     fill, nodes, jobs, tasks = pool
     snapshot = PoolSnapshot(fill, tuple(nodes), Backlog(tasks).in_plan_order(jobs), tuple(jobs))
@@ -37,7 +53,7 @@ def test_bucketed_plan_equals_the_reference(pool):
 
 
 @settings(max_examples=400, deadline=None)
-@given(pools())
+@given(any_pools)
 def test_ready_queues_place_what_the_whole_backlog_would(pool):
     fill, nodes, jobs, tasks = pool
     backlog = Backlog(tasks)
@@ -49,9 +65,11 @@ def test_ready_queues_place_what_the_whole_backlog_would(pool):
     cap = capacity(nodes)
     allowance = {job.job_seq: job.parallel_allowance for job in jobs}
     largest = max((node.free_slots for node in nodes), default=0)
-    unlimited = Counter(t.required_slots for t in offered if allowance[t.job_seq] is None)
+    # (A job manager's exclusive or dedicated-only task is read on top: it may fit nowhere.)
+    unlimited = Counter(t.required_slots for t in offered if allowance[t.job_seq] is None and not t.particular)
     assert all(count <= cap(size) for size, count in unlimited.items())
-    per_job_size = Counter((t.job_seq, t.required_slots) for t in offered if allowance[t.job_seq] is not None)
+    per_job_size = Counter((t.job_seq, t.required_slots) for t in offered
+                           if allowance[t.job_seq] is not None and not t.particular)
     assert all(count <= (allowance[job] or 0) for (job, _), count in per_job_size.items())
     assert all(t.required_slots <= largest for t in offered)
 
