@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -81,6 +82,28 @@ def _next_link(request: Request, cursor: str) -> str:
     return f"{base_url(request)}{request.url.path}?{urlencode(params)}"
 
 
+# An agent that restarts (its node rebooted, the server restarted and the provider started the
+# node's agent again) listens on a new address within seconds of its hello: a file request that
+# finds nobody listening reads the node's address again and retries for this long, rather than
+# answering NodeNotReady to a client that asked a moment too early.
+RECONNECT_S = 5.0
+RECONNECT_POLL_S = 0.25
+
+
+async def _on_node(request: Request, ctx: Context, locate: Any, call: Any) -> Any:
+    """``call(node, folder, url base)`` for the node `locate` finds, retried while its agent is
+    not listening (see RECONNECT_S)."""
+    deadline = time.monotonic() + RECONNECT_S
+    while True:
+        node, directory, url_base = await asyncio.to_thread(locate, request, ctx)
+        try:
+            return await call(node, directory, url_base)
+        except node_files.AgentNotListening:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(RECONNECT_POLL_S)
+
+
 def _lister(locate):  # type: ignore[no-untyped-def]
     async def handler(request: Request, ctx: Context) -> Response:
         # Everything the request asks for is checked before the node is asked anything.
@@ -89,11 +112,14 @@ def _lister(locate):  # type: ignore[no-untyped-def]
         limit = max_results(request)
         after = _decode_cursor(request)
         recursive = request.query_params.get("recursive", "false").lower() == "true"
-        node, directory, url_base = await asyncio.to_thread(locate, request, ctx)
-        # One page per request: the agent walks only as far as this page needs.
-        answer = await node_files.call_parts(
-            "GET", node.file_server_url, node.token, [], base=directory,
-            params={"recursive": "true" if recursive else "false", "limit": str(limit), "after": after})
+
+        async def page(node: Any, directory: str, url_base: str) -> tuple[Any, str]:
+            # One page per request: the agent walks only as far as this page needs.
+            return await node_files.call_parts(
+                "GET", node.file_server_url, node.token, [], base=directory,
+                params={"recursive": "true" if recursive else "false", "limit": str(limit), "after": after}), url_base
+
+        answer, url_base = await _on_node(request, ctx, locate, page)
         entries, following = _page_of(answer.json())
         items = node_files.entries_to_wire(entries, "", url_base)
         if predicate is not None:
@@ -176,37 +202,42 @@ class _Relay(StreamingResponse):
 def _file_handler(locate):  # type: ignore[no-untyped-def]
     async def handler(request: Request, ctx: Context) -> Response:
         parts = node_files.client_path(request.path_params["file_path"])
-        node, directory, url_base = await asyncio.to_thread(locate, request, ctx)
-        file_url = f"{url_base}/{'/'.join(parts)}"
-        if request.method == "DELETE":
-            recursive = request.query_params.get("recursive", "false").lower() == "true"
-            await node_files.call_parts("DELETE", node.file_server_url, node.token, parts, base=directory,
-                                          params={"recursive": "true" if recursive else "false"})
-            return Response(status_code=200, headers=request_headers(request))
-        headers = {}
-        byte_range = request.headers.get("ocp-range") or request.headers.get("range")
-        if byte_range:
-            headers["Range"] = byte_range
-        if request.method == "HEAD":
-            answer = await node_files.call_parts("HEAD", node.file_server_url, node.token, parts,
-                                                   base=directory, headers=headers)
-            out_headers = {**request_headers(request), **_file_headers(answer.headers, file_url)}
-            _apply_conditions(request, out_headers["Last-Modified"])
-            return Response(status_code=200, headers=out_headers)
-        upstream = await node_files.open_stream(node.file_server_url, node.token, parts, base=directory,
-                                                  headers=headers)
-        try:
-            if upstream.headers.get("x-shoal-is-directory") == "true":
-                # Batch answers a GET on a directory as not found.
-                raise NotFound("The specified path is a directory.", code="FileNotFound")
-            out_headers = {**request_headers(request), **_file_headers(upstream.headers, file_url)}
-            _apply_conditions(request, out_headers["Last-Modified"])
-        except BaseException:
-            await upstream.aclose()
-            raise
-        return _Relay(upstream, out_headers)
+        return await _on_node(request, ctx, locate,
+                              lambda node, directory, url_base: _file_call(request, parts, node, directory, url_base))
 
     return handler
+
+
+async def _file_call(request: Request, parts: list[str], node: Any, directory: str, url_base: str) -> Response:
+    """One call to the node's agent for a file route: DELETE, HEAD or a streamed GET."""
+    file_url = f"{url_base}/{'/'.join(parts)}"
+    if request.method == "DELETE":
+        recursive = request.query_params.get("recursive", "false").lower() == "true"
+        await node_files.call_parts("DELETE", node.file_server_url, node.token, parts, base=directory,
+                                      params={"recursive": "true" if recursive else "false"})
+        return Response(status_code=200, headers=request_headers(request))
+    headers = {}
+    byte_range = request.headers.get("ocp-range") or request.headers.get("range")
+    if byte_range:
+        headers["Range"] = byte_range
+    if request.method == "HEAD":
+        answer = await node_files.call_parts("HEAD", node.file_server_url, node.token, parts,
+                                               base=directory, headers=headers)
+        out_headers = {**request_headers(request), **_file_headers(answer.headers, file_url)}
+        _apply_conditions(request, out_headers["Last-Modified"])
+        return Response(status_code=200, headers=out_headers)
+    upstream = await node_files.open_stream(node.file_server_url, node.token, parts, base=directory,
+                                              headers=headers)
+    try:
+        if upstream.headers.get("x-shoal-is-directory") == "true":
+            # Batch answers a GET on a directory as not found.
+            raise NotFound("The specified path is a directory.", code="FileNotFound")
+        out_headers = {**request_headers(request), **_file_headers(upstream.headers, file_url)}
+        _apply_conditions(request, out_headers["Last-Modified"])
+    except BaseException:
+        await upstream.aclose()
+        raise
+    return _Relay(upstream, out_headers)
 
 
 ROUTES = [

@@ -51,6 +51,11 @@ class NodeUnreachable(BatchError):
     code = "NodeNotReady"
 
 
+class AgentNotListening(NodeUnreachable):
+    """No connection could be made: nothing was sent, so the call may be made again (to the
+    address the node's agent gives when it says hello again)."""
+
+
 def _invalid_path(reason: str) -> BadRequest:
     return BadRequest("The requested URI does not represent any resource on the server.", code="InvalidUri",
                       values={"Reason": reason})
@@ -155,6 +160,8 @@ def _raise_for(status: int, body: bytes) -> None:
 async def _send(request: httpx.Request) -> httpx.Response:
     try:
         return await client().send(request, stream=True)
+    except httpx.ConnectError as exc:
+        raise AgentNotListening("The compute node's agent could not be reached.") from exc
     except httpx.HTTPError as exc:
         raise NodeUnreachable("The compute node's agent could not be reached.") from exc
 

@@ -84,3 +84,25 @@ def test_sigterm_restart_keeps_state_and_requeues_running_tasks(tmp_path):
     finally:
         stop_shoal(shoal)
         kill_agents(tmp_path)
+
+
+def test_a_task_file_asked_for_at_once_after_a_restart_is_served(tmp_path):
+    # Found by the README test in CI: right after a restart the node's agent was still starting
+    # (nothing listening at its old address) and the download was 409 NodeNotReady. The file
+    # routes now read the node's address again and retry while nobody listens (RECONNECT_S).
+    shoal = start_shoal(tmp_path)
+    try:
+        client = shoal.client()
+        client.create_pool(pool_options("again", target_dedicated_nodes=1))
+        wait_pool_idle(client, "again", 1)
+        client.create_job(models.BatchJobCreateOptions(id="again-job", pool_info=models.BatchPoolInfo(pool_id="again")))
+        client.create_task("again-job", models.BatchTaskCreateOptions(id="t", command_line="/bin/echo again"))
+        wait_for(lambda: client.get_task("again-job", "t").state == "completed", 30, message="the task")
+        stop_shoal(shoal, sig=signal.SIGTERM)
+        shoal = start_shoal(tmp_path, port=_port(shoal))
+        client = shoal.client()
+        assert b"".join(client.download_task_file("again-job", "t", "stdout.txt")) == b"again\n"
+        assert [f.name for f in client.list_task_files("again-job", "t") if f.name == "stdout.txt"] == ["stdout.txt"]
+    finally:
+        stop_shoal(shoal)
+        kill_agents(tmp_path)
