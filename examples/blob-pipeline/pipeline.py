@@ -106,8 +106,7 @@ def main() -> int:
                                          wait_for_success=True)))
     try:
         batch.create_job(models.BatchJobCreateOptions(
-            id=job_id, pool_info=models.BatchPoolInfo(pool_id=pool_id), uses_task_dependencies=True,
-            all_tasks_complete_mode=models.BatchAllTasksCompleteMode.TERMINATE_JOB))
+            id=job_id, pool_info=models.BatchPoolInfo(pool_id=pool_id), uses_task_dependencies=True))
 
         # 3. The fan-out: task ids are numbers, so the merge can name them as one range.
         upload = models.OutputFileUploadConfiguration(upload_condition=models.OutputFileUploadCondition.TASK_SUCCESS)
@@ -130,6 +129,9 @@ def main() -> int:
                 destination=models.OutputFileDestination(container=models.OutputFileBlobContainerDestination(
                     container_url=outputs_url("w"), path="total.txt")))])
         batch.create_tasks(job_id, [merge, *counts])
+        # A job with no tasks counts as all-complete, so it may end only once its tasks are in.
+        batch.update_job(job_id, models.BatchJobUpdateOptions(
+            all_tasks_complete_mode=models.BatchAllTasksCompleteMode.TERMINATE_JOB))
 
         deadline = time.monotonic() + args.timeout
         while batch.get_job(job_id).state != models.BatchJobState.COMPLETED:

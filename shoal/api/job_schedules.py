@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shoal.api import listing, offload, render, versions
+from shoal.api.actions import conditional_action
 from shoal.api.http import empty_response, guard
 from shoal.service import job_schedules as schedule_service
 from shoal.service.context import Context
@@ -45,21 +46,7 @@ async def get_job_schedule(request: Request, ctx: Context) -> Response:
 
 
 def _action(action, status: int, body_name: str | None):  # type: ignore[no-untyped-def]
-    async def handler(request: Request, ctx: Context) -> Response:
-        schedule_id = request.path_params["schedule_id"]
-        payload = None
-        if body_name is not None:
-            payload, _size = await versions.read_json(request, body_name)
-        guard(request, lambda: schedule_service.etag_of(ctx, schedule_id))
-        if body_name is None:
-            action(ctx, schedule_id)
-        else:
-            action(ctx, schedule_id, payload)
-        etag, modified = schedule_service.etag_of(ctx, schedule_id)
-        return empty_response(request, status, etag=etag, last_modified=modified,
-                              location=_location(ctx, schedule_id))
-
-    return handler
+    return conditional_action("jobschedules", "schedule_id", schedule_service.etag_of, action, status, body_name)
 
 
 async def delete_job_schedule(request: Request, ctx: Context) -> Response:

@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shoal.api import listing, offload, render, versions
+from shoal.api.actions import conditional_action
 from shoal.api.http import empty_response, guard
 from shoal.service import job_manager
 from shoal.service import jobs as job_service
@@ -38,21 +39,8 @@ def _guard(request: Request, ctx: Context, job_id: str) -> None:
 
 
 def _action(action, status: int, body_name: str | None, *, body: str = "required"):  # type: ignore[no-untyped-def]
-    async def handler(request: Request, ctx: Context) -> Response:
-        job_id = request.path_params["job_id"]
-        payload = None
-        if body_name is not None:
-            payload, _size = await versions.read_json(request, body_name, optional=body == "optional")
-        _guard(request, ctx, job_id)
-        if body_name is None:
-            action(ctx, job_id)
-        else:
-            action(ctx, job_id, payload)
-        etag, modified = job_service.etag_of(ctx, job_id)
-        return empty_response(request, status, etag=etag, last_modified=modified,
-                              location=f"{ctx.base_url}/jobs/{job_id}")
-
-    return handler
+    return conditional_action("jobs", "job_id", job_service.etag_of, action, status, body_name,
+                              optional_body=body == "optional")
 
 
 async def delete_job(request: Request, ctx: Context) -> Response:

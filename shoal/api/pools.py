@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shoal.api import listing, offload, render, versions
+from shoal.api.actions import conditional_action
 from shoal.api.http import empty_response, guard
 from shoal.model import images
 from shoal.service import pools as pool_service
@@ -38,23 +39,7 @@ async def get_pool(request: Request, ctx: Context) -> Response:
 
 
 def _write_action(action, status: int, body_name: str | None):  # type: ignore[no-untyped-def]
-    needs_body = body_name is not None
-
-    async def handler(request: Request, ctx: Context) -> Response:
-        pool_id = request.path_params["pool_id"]
-        body = None
-        if body_name is not None:
-            body, _size = await versions.read_json(request, body_name)
-        guard(request, lambda: pool_service.etag_of(ctx, pool_id))
-        if needs_body:
-            action(ctx, pool_id, body)
-        else:
-            action(ctx, pool_id)
-        etag, modified = pool_service.etag_of(ctx, pool_id)
-        return empty_response(request, status, etag=etag, last_modified=modified,
-                              location=f"{ctx.base_url}/pools/{pool_id}")
-
-    return handler
+    return conditional_action("pools", "pool_id", pool_service.etag_of, action, status, body_name)
 
 
 async def delete_pool(request: Request, ctx: Context) -> Response:
