@@ -55,6 +55,8 @@ from shoal.agent.layout import (
     NodeLayout,
     Ownership,
     UnsafeIdError,
+    base_environment,
+    node_environment,
     settings_to_dict,
     start_task_environment,
     task_environment,
@@ -72,6 +74,7 @@ from shoal.agent.process import (
     utc_now,
     warm_up,
 )
+from shoal.agent.ssh import NodeLogins, UsersRefused
 from shoal.agent.tree import contain_node, release_node
 from shoal.agent.tree import current as current_containment
 from shoal.agent.users import NodeUsers, UserProvisionError
@@ -156,6 +159,8 @@ class Agent:
         self._uploading: dict[AttemptKey, asyncio.Future[Any]] = {}
         # The node's users; None when the agent is not root (tasks run as the agent's user).
         self.users: NodeUsers | None = None
+        # Node users' logins (ComputeNode_AddUser): only a root agent can create their accounts.
+        self.logins: NodeLogins | None = None
         self.pool_account_names: set[str] = set()
         self._last_user_sweep = time.monotonic()
         if not self._is_root:
@@ -172,7 +177,12 @@ class Agent:
             if self.config.node_id is None and not await self._unless_stopped(self._register()):
                 return EXIT_OK
             assert self.client.token is not None
-            self.fileserver = FileServer(self.layout.root, self.client.token)
+            if self._is_root:
+                self.logins = NodeLogins(self.config.files_host, self.layout.root,
+                                         self.layout.root.parent / "ssh_host_ed25519_key", lambda: self.users,
+                                         self._session_environment)
+            self.fileserver = FileServer(self.layout.root, self.client.token,
+                                         users_handler=self.logins.apply if self.logins else None)
             file_url = await self.fileserver.start(self.config.files_host)
             while True:
                 if not await self._unless_stopped(self._hello(file_url)):
@@ -243,6 +253,7 @@ class Agent:
             "ipAddress": _ip_address(self.config.files_host),
             "incarnation": self.incarnation,
             "isolation": self._isolation(),
+            "sshPort": self.logins.port if self.logins is not None else None,
         }
         try:
             answer = await self.client.hello(body, give_up_after_s=self.config.orphan_timeout_s)
@@ -269,6 +280,18 @@ class Agent:
             await asyncio.to_thread(self._provision, self.users, accounts)
             if self.users.pool_user is not None:
                 warm_up(self.users.pool_user)
+        if self.logins is not None:
+            try:
+                await self.logins.apply(node.get("loginUsers") or {"generation": 0, "users": []})
+            except UsersRefused as exc:
+                log.error("cannot create the node's login users: %s", exc.message)
+
+    def _session_environment(self, account: pwd.struct_passwd) -> dict[str, str]:
+        """An SSH session's environment: the user's, and the node's AZ_BATCH_* variables."""
+        env = base_environment(account)
+        if self.node is not None:
+            env.update(node_environment(self.layout, self.node))
+        return env
 
     def _isolation(self) -> dict[str, Any]:
         """What the hello tells the control plane about running tasks as their own users."""
@@ -296,6 +319,8 @@ class Agent:
         tasks), and with a reimage the node root emptied and laid out afresh."""
         log.info("restarting the node (%s)", "reimage" if wipe else "reboot")
         self._cancel_launches()
+        if self.logins is not None:
+            self.logins.forget()  # sessions end with the "machine"; the next hello sends the users again
         kills = [proc.kill() for proc in self.running.values()]
         if self._start_task_proc is not None:
             kills.append(self._start_task_proc.kill())
@@ -358,6 +383,8 @@ class Agent:
             task.cancel()
         if self.fileserver is not None:
             await self.fileserver.stop()
+        if self.logins is not None:
+            await self.logins.close()
         if delete_root:
             await asyncio.to_thread(shutil.rmtree, self.layout.root, True)
             await self._remove_users()

@@ -46,6 +46,8 @@ BODIES = {
     "node.disablescheduling": ("NodeDisableSchedulingParameter", "BatchNodeDisableSchedulingOptions"),
     "node.reboot": ("NodeRebootParameter", "_models.BatchNodeRebootOptions"),
     "node.reimage": ("NodeReimageParameter", "_models.BatchNodeReimageOptions"),
+    "node.adduser": ("ComputeNodeUser", "BatchNodeUserCreateOptions"),
+    "node.updateuser": ("NodeUpdateUserParameter", "BatchNodeUserReplaceOptions"),
 }
 
 Tree = Any

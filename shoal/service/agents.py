@@ -20,7 +20,7 @@ from shoal import clock
 from shoal.errors import BadRequest, BatchError, Conflict, InvalidProperty, Unauthenticated
 from shoal.model.states import NodeState, PoolState, SchedulingState, StartTaskState, TaskState
 from shoal.service import jobs as job_service
-from shoal.service import scheduling, task_files, transitions
+from shoal.service import node_users, scheduling, task_files, transitions
 from shoal.service.context import Context
 from shoal.store.chunks import in_chunks
 from shoal.store.schema import jobs, nodes, pools, tasks
@@ -256,6 +256,8 @@ def hello(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> dict[
                 f"userName fails."), "errorDetails": [{"name": "agentUser", "value": agent_user}]})
         if errors != (node.errors or []):
             conn.execute(update(nodes).where(nodes.c.id == node_id).values(errors=errors or None))
+        node_users.record_ssh_port(conn, node_id, body.get("sshPort"))
+        login_users = node_users.for_agent(conn, node_id)
     ctx.signals.wake_scheduler()
     # Pool user accounts become real users on the node; the password travels so the agent can
     # set it (never logged), the SSH key only where inter-node communication wants it installed.
@@ -274,7 +276,7 @@ def hello(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> dict[
     return {"node": {
         "poolId": pool.id, "isDedicated": bool(node.is_dedicated), "accountName": ctx.account,
         "accountUrl": ctx.base_url, "taskSlotsPerNode": pool.slots_per_node, "startTask": start_task,
-        "userAccounts": user_accounts}}
+        "userAccounts": user_accounts, "loginUsers": login_users}}
 
 
 def sync(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAnswer:

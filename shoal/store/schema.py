@@ -105,6 +105,8 @@ nodes = Table(
     Column("pending_action", String(16)),
     Column("errors", JSON),
     Column("etag", String(40), nullable=False),
+    # The port of the node's SSH server (its agent's hello), for remote login (migration 0015).
+    Column("ssh_port", Integer),
 )
 Index("ix_nodes_pool", nodes.c.pool_seq)
 # The nodes with a free slot, in the order that breaks placement ties: a scheduling pass walks
@@ -281,6 +283,21 @@ job_task_counts = Table(
     Column("blocked", BigInteger, nullable=False, server_default="0"),
 )
 
+# Login users of a node (ComputeNode_AddUser), migration 0015: a handful per node, gone with it.
+# The password is kept only as a salted scrypt hash (`service/node_users.py`), which the node's
+# SSH server checks; the public key as given.
+node_users = Table(
+    "node_users",
+    metadata,
+    Column("node_id", String(96), ForeignKey("nodes.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("is_admin", Boolean, nullable=False),
+    Column("expiry_time", DateTime(timezone=True), nullable=False),
+    Column("password_hash", String(256)),
+    Column("ssh_public_key", Text),
+    PrimaryKeyConstraint("node_id", "name", name="pk_node_users"),
+)
+
 # Nodes per (pool, dedicated or spot, state); states as stored (lower case).
 pool_node_counts = Table(
     "pool_node_counts",
@@ -307,4 +324,4 @@ metric_samples = Table(
 Index("ix_metric_samples_pool_time", metric_samples.c.pool_seq, metric_samples.c.time)
 
 __all__ = ["metadata", "accounts", "pools", "nodes", "jobs", "job_schedules", "tasks", "metric_samples",
-           "job_task_counts", "pool_node_counts", "task_dependencies", "Text"]
+           "job_task_counts", "pool_node_counts", "task_dependencies", "node_users", "Text"]

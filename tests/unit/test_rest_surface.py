@@ -41,9 +41,7 @@ NOT_YET_SERVED = {
     ("GET", "/jobs/{}/jobpreparationandreleasetaskstatus"),
     ("GET", "/pools/{}/nodes/{}/extensions"), ("GET", "/pools/{}/nodes/{}/extensions/{}"),
     ("GET", "/pools/{}/nodes/{}/rdp"),
-    ("GET", "/pools/{}/nodes/{}/remoteloginsettings"), ("POST", "/pools/{}/nodes/{}/uploadbatchservicelogs"),
-    ("POST", "/pools/{}/nodes/{}/users"), ("DELETE", "/pools/{}/nodes/{}/users/{}"),
-    ("PUT", "/pools/{}/nodes/{}/users/{}"), ("GET", "/poolusagemetrics"),
+    ("POST", "/pools/{}/nodes/{}/uploadbatchservicelogs"), ("GET", "/poolusagemetrics"),
 }
 
 
