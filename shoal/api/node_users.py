@@ -7,7 +7,6 @@ through the loop's HTTP client (`nodeclient/users.py`), retried while the agent 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from urllib.parse import quote
 
@@ -21,9 +20,6 @@ from shoal.nodeclient import users as node_client
 from shoal.service import node_users
 from shoal.service.context import Context
 
-RECONNECT_S = 5.0
-RECONNECT_POLL_S = 0.1
-
 
 def _ids(request: Request) -> tuple[str, str]:
     return request.path_params["pool_id"], request.path_params["node_id"]
@@ -31,15 +27,7 @@ def _ids(request: Request) -> tuple[str, str]:
 
 async def _change(request: Request, change: Callable[[], node_users.Delivery]) -> None:
     delivery = await request.state.runner.write(change)
-    deadline = time.monotonic() + RECONNECT_S
-    while True:
-        try:
-            await node_client.deliver(delivery)
-            return
-        except node_files.AgentNotListening:
-            if time.monotonic() >= deadline:
-                raise
-            await asyncio.sleep(RECONNECT_POLL_S)
+    await node_files.while_restarting(lambda: node_client.deliver(delivery))
 
 
 async def add_user(request: Request, ctx: Context) -> Response:
