@@ -61,6 +61,7 @@ from shoal.agent.layout import (
     start_task_environment,
     task_environment,
 )
+from shoal.agent.limits import NodeLimits
 from shoal.agent.metrics import ResourceMeter
 from shoal.agent.process import (
     KILL_GRACE_S,
@@ -161,6 +162,7 @@ class Agent:
         self.users: NodeUsers | None = None
         # Node users' logins (ComputeNode_AddUser): only a root agent can create their accounts.
         self.logins: NodeLogins | None = None
+        self.limits = NodeLimits()  # entered in run(), before any child starts
         self.pool_account_names: set[str] = set()
         self._last_user_sweep = time.monotonic()
         if not self._is_root:
@@ -173,6 +175,7 @@ class Agent:
         # Task trees die with their node (shoal.agent.tree): what an earlier agent on this root
         # left running dies before hello lets the control plane requeue it elsewhere.
         containment = await asyncio.to_thread(contain_node, self.layout.root)
+        self.limits = await asyncio.to_thread(NodeLimits.enter, self.layout.root)
         try:
             if self.config.node_id is None and not await self._unless_stopped(self._register()):
                 return EXIT_OK
@@ -211,6 +214,7 @@ class Agent:
             await self.client.aclose()
             await asyncio.to_thread(launcher.close_users, self._lasting_users())
             await asyncio.to_thread(release_node, containment)
+            await asyncio.to_thread(self.limits.release)
 
     async def _unless_stopped(self, coro: Any) -> bool:
         """Run ``coro`` unless SIGTERM comes first; False when stopped."""
@@ -271,6 +275,10 @@ class Agent:
             is_dedicated=bool(node.get("isDedicated", True)),
         )
         self.start_task_def = node.get("startTask")
+        size = node.get("vmSize")
+        if isinstance(size, dict) and self.limits.enforced:
+            await asyncio.to_thread(self.limits.apply, _int_or(size.get("vCPUs"), 1),
+                                    _int_or(size.get("memoryMiB"), 0))
         accounts = node.get("userAccounts")
         accounts = accounts if isinstance(accounts, list) else []
         self.pool_account_names = {a["name"] for a in accounts if isinstance(a, dict) and isinstance(a.get("name"), str)}
@@ -295,9 +303,11 @@ class Agent:
 
     def _isolation(self) -> dict[str, Any]:
         """What the hello tells the control plane about running tasks as their own users."""
+        limits = {"sizeLimits": {"enforced": self.limits.enforced, "reason": "; ".join(self.limits.errors)[:500]}}
         if self._is_root:
-            return {"userIsolation": True}
-        return {"userIsolation": False, "agentUser": _name_of_uid(os.geteuid()), "message": _no_isolation_message()}
+            return {"userIsolation": True, **limits}
+        return {"userIsolation": False, "agentUser": _name_of_uid(os.geteuid()), "message": _no_isolation_message(),
+                **limits}
 
     def _provision(self, users: NodeUsers, accounts: list[Any]) -> None:
         """Worker thread: the node's group and users, then ``shared`` for that group. A failure
