@@ -298,6 +298,20 @@ node_users = Table(
     PrimaryKeyConstraint("node_id", "name", name="pk_node_users"),
 )
 
+# Each attempt of a task that ended on a node (completed, retried, requeued), migration 0016:
+# the node's `recentTasks` and the history of a task across requeues. Gone with its task.
+task_attempts = Table(
+    "task_attempts",
+    metadata,
+    Column("seq", SurrogateId, primary_key=True, autoincrement=True),
+    Column("node_id", String(96), nullable=False),
+    Column("task_seq", SurrogateId, ForeignKey("tasks.seq", ondelete="CASCADE"), nullable=False),
+    Column("end_time", DateTime(timezone=True), nullable=False),
+    Column("end_state", String(16), nullable=False),
+)
+Index("ix_task_attempts_node", task_attempts.c.node_id, task_attempts.c.end_time, task_attempts.c.seq)
+Index("ix_task_attempts_task", task_attempts.c.task_seq)
+
 # Nodes per (pool, dedicated or spot, state); states as stored (lower case).
 pool_node_counts = Table(
     "pool_node_counts",
@@ -324,4 +338,4 @@ metric_samples = Table(
 Index("ix_metric_samples_pool_time", metric_samples.c.pool_seq, metric_samples.c.time)
 
 __all__ = ["metadata", "accounts", "pools", "nodes", "jobs", "job_schedules", "tasks", "metric_samples",
-           "job_task_counts", "pool_node_counts", "task_dependencies", "node_users", "Text"]
+           "job_task_counts", "pool_node_counts", "task_dependencies", "node_users", "task_attempts", "Text"]
