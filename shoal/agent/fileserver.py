@@ -46,7 +46,7 @@ from starlette.types import Receive, Scope, Send
 CHUNK_SIZE = 256 * 1024
 MAX_PATH_BYTES = 4096  # Linux PATH_MAX
 MAX_NAME_BYTES = 255  # Linux NAME_MAX
-MAX_USERS_BODY_BYTES = 1024 * 1024  # 100 users with their keys
+MAX_CONTROL_BODY_BYTES = 1024 * 1024  # 100 users with their keys
 LIST_PAGE_MAX = 1000  # entries per listing page, as Batch's maxresults
 # Each level of a recursive listing holds one open descriptor; deeper folders are listed but
 # not descended into, so a task's deep tree cannot exhaust the agent's descriptors.
@@ -356,17 +356,19 @@ async def _read_range(fd: int, start: int, length: int) -> AsyncIterator[bytes]:
 class FileServer:
     """A Starlette app over one node root, plus the uvicorn server that serves it."""
 
-    def __init__(self, root: Path, token: str,
-                 users_handler: Callable[[Any], Awaitable[None]] | None = None) -> None:
+    def __init__(self, root: Path, token: str, controls: dict[str, Callable[[Any], Awaitable[Any]]] | None = None) -> None:
         self.root = Path(root).resolve()
         self.token = token
-        self._users_handler = users_handler
+        # Orders of the control plane beyond files, by route name: "users" (agent/ssh.py),
+        # "service-logs" (agent/service_logs.py). A handler's answer is the JSON reply.
+        self._controls = dict(controls or {})
         route_methods = ["GET", "HEAD", "DELETE"]
         self.app = Starlette(
             routes=[
                 Route("/files", self._handle, methods=route_methods),
                 Route("/files/{path:path}", self._handle, methods=route_methods),
-                Route("/users", self._users, methods=["PUT"]),
+                Route("/users", self._control, methods=["PUT"]),
+                Route("/service-logs", self._control, methods=["POST"]),
             ]
         )
         self._server: uvicorn.Server | None = None
@@ -377,28 +379,31 @@ class FileServer:
         given = request.headers.get("authorization", "")
         return hmac.compare_digest(given.encode(), f"ShoalNode {self.token}".encode())
 
-    async def _users(self, request: Request) -> Response:
-        """The node's login users, as the control plane holds them (agent/ssh.py applies them)."""
+    async def _control(self, request: Request) -> Response:
         if not self._authorized(request):
             return _error(401, "AuthenticationFailed", "missing or wrong node token")
-        if self._users_handler is None:
-            return _error(501, "NotSupported", "the agent does not run as root: it cannot create users")
+        handler = self._controls.get(request.url.path.strip("/"))
+        if handler is None:
+            return _error(501, "NotSupported", "the agent does not run as root: it cannot do this")
         body = bytearray()
         async for chunk in request.stream():
             body.extend(chunk)
-            if len(body) > MAX_USERS_BODY_BYTES:
-                return _error(413, "RequestBodyTooLarge", "the user list is too large")
+            if len(body) > MAX_CONTROL_BODY_BYTES:
+                return _error(413, "RequestBodyTooLarge", "the body is too large")
         try:
             payload = json.loads(body)
         except ValueError:
             return _error(400, "InvalidBody", "the body is not JSON")
+        from shoal.agent.service_logs import LogsRefused
         from shoal.agent.ssh import UsersRefused
 
         try:
-            await self._users_handler(payload)
+            answer = await self._controls[request.url.path.strip("/")](payload)
         except UsersRefused as exc:
             return _error(exc.status, "UsersRefused", exc.message)
-        return Response(status_code=200)
+        except LogsRefused as exc:
+            return _error(400, "LogsRefused", str(exc))
+        return JSONResponse(answer) if answer is not None else Response(status_code=200)
 
     async def _handle(self, request: Request) -> Response:
         if not self._authorized(request):

@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from shoal.agent import launcher, taskfiles
+from shoal.agent import launcher, service_logs, taskfiles
 from shoal.agent.answer import (
     LeavePool,
     RestartNode,
@@ -184,8 +184,10 @@ class Agent:
                 self.logins = NodeLogins(self.config.files_host, self.layout.root,
                                          self.layout.root.parent / "ssh_host_ed25519_key", lambda: self.users,
                                          self._session_environment)
-            self.fileserver = FileServer(self.layout.root, self.client.token,
-                                         users_handler=self.logins.apply if self.logins else None)
+            controls: dict[str, Any] = {"service-logs": self._upload_service_logs}
+            if self.logins is not None:
+                controls["users"] = self.logins.apply
+            self.fileserver = FileServer(self.layout.root, self.client.token, controls)
             file_url = await self.fileserver.start(self.config.files_host)
             while True:
                 if not await self._unless_stopped(self._hello(file_url)):
@@ -293,6 +295,9 @@ class Agent:
                 await self.logins.apply(node.get("loginUsers") or {"generation": 0, "users": []})
             except UsersRefused as exc:
                 log.error("cannot create the node's login users: %s", exc.message)
+
+    async def _upload_service_logs(self, request: Any) -> dict[str, Any]:
+        return {"numberOfFiles": await service_logs.upload(request, self.layout.startup)}
 
     def _session_environment(self, account: pwd.struct_passwd) -> dict[str, str]:
         """An SSH session's environment: the user's, and the node's AZ_BATCH_* variables."""

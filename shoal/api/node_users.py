@@ -1,7 +1,7 @@
 """Node user routes (ComputeNode_AddUser / UpdateUser / DeleteUser / GetRemoteLoginSettings).
 
 On the loop: the store work goes to the writer lane, then the node's agent gets the new list
-through the loop's HTTP client (`nodeclient/users.py`), retried while the agent is restarting.
+through the loop's HTTP client (`nodeclient/control.py`), retried while the agent is restarting.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from starlette.responses import Response
 
 from shoal.api import versions
 from shoal.api.http import empty_response, json_response
+from shoal.nodeclient import control as node_control
 from shoal.nodeclient import files as node_files
-from shoal.nodeclient import users as node_client
 from shoal.service import node_users
 from shoal.service.context import Context
 
@@ -27,7 +27,7 @@ def _ids(request: Request) -> tuple[str, str]:
 
 async def _change(request: Request, change: Callable[[], node_users.Delivery]) -> None:
     delivery = await request.state.runner.write(change)
-    await node_files.while_restarting(lambda: node_client.deliver(delivery))
+    await node_files.while_restarting(lambda: node_control.deliver_users(delivery))
 
 
 async def add_user(request: Request, ctx: Context) -> Response:

@@ -25,7 +25,6 @@ OPERATIONS: tuple[tuple[str, str, str], ...] = (
     ("GET", "/certificates(thumbprintAlgorithm={},thumbprint={})", "Certificate_Get"),
     ("GET", "/jobs/{}/jobpreparationandreleasetaskstatus", "Job_ListPreparationAndReleaseTaskStatus"),
     ("GET", "/pools/{}/nodes/{}/rdp", "ComputeNode_GetRemoteDesktop"),
-    ("POST", "/pools/{}/nodes/{}/uploadbatchservicelogs", "ComputeNode_UploadBatchServiceLogs"),
     ("GET", "/pools/{}/nodes/{}/extensions", "ComputeNodeExtension_List"),
     ("GET", "/pools/{}/nodes/{}/extensions/{}", "ComputeNodeExtension_Get"),
 )

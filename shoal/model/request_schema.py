@@ -48,6 +48,7 @@ BODIES = {
     "node.reimage": ("NodeReimageParameter", "_models.BatchNodeReimageOptions"),
     "node.adduser": ("ComputeNodeUser", "BatchNodeUserCreateOptions"),
     "node.updateuser": ("NodeUpdateUserParameter", "BatchNodeUserReplaceOptions"),
+    "node.uploadbatchservicelogs": ("UploadBatchServiceLogsConfiguration", "UploadBatchServiceLogsOptions"),
 }
 
 Tree = Any

@@ -3,7 +3,7 @@ login settings (semantics §2.2: users are added, replaced and deleted only whil
 idle or running).
 
 The store is the truth: a user is written here, then the node's whole user list goes to its agent
-(`nodeclient/users.py`), and a restarted agent gets the list again with its hello. A password is
+(`nodeclient/control.py`), and a restarted agent gets the list again with its hello. A password is
 never stored or sent as given: it becomes a salted scrypt hash, which the node's SSH server
 checks (`shoal/passwords.py`, `agent/ssh.py`); it is never returned.
 """

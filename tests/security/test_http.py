@@ -342,7 +342,7 @@ def test_the_unserved_table_is_exactly_the_batch_operations_shoal_lacks() -> Non
 
 @pytest.mark.parametrize(("method", "path", "operation"), [
     ("GET", "/certificates(thumbprintAlgorithm=sha1,thumbprint=abc)", "Certificate_Get"),
-    ("POST", "/pools/p/nodes/n/uploadbatchservicelogs", "ComputeNode_UploadBatchServiceLogs"),
+    ("GET", "/pools/p/nodes/n/rdp", "ComputeNode_GetRemoteDesktop"),
     ("GET", "/jobs/j/jobpreparationandreleasetaskstatus", "Job_ListPreparationAndReleaseTaskStatus"),
     ("GET", "/applications", "Application_List"),
 ])

@@ -41,7 +41,7 @@ NOT_YET_SERVED = {
     ("GET", "/jobs/{}/jobpreparationandreleasetaskstatus"),
     ("GET", "/pools/{}/nodes/{}/extensions"), ("GET", "/pools/{}/nodes/{}/extensions/{}"),
     ("GET", "/pools/{}/nodes/{}/rdp"),
-    ("POST", "/pools/{}/nodes/{}/uploadbatchservicelogs"), ("GET", "/poolusagemetrics"),
+    ("GET", "/poolusagemetrics"),
 }
 
 
