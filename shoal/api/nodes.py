@@ -39,6 +39,8 @@ async def enable_scheduling(request: Request, ctx: Context) -> Response:
 
 def _restart(kind: str):  # type: ignore[no-untyped-def]
     async def handler(request: Request, ctx: Context) -> Response:
+        if kind == "deallocate":
+            versions.require(request, versions.V2025)
         body, _size = await versions.read_json(request, f"node.{kind}", optional=True)
         node_operations.restart(ctx, *_ids(request), body, kind)
         return empty_response(request, 202)
@@ -46,11 +48,20 @@ def _restart(kind: str):  # type: ignore[no-untyped-def]
     return handler
 
 
+async def start_node(request: Request, ctx: Context) -> Response:
+    versions.require(request, versions.V2025)
+    node_operations.start(ctx, *_ids(request))
+    return empty_response(request, 202)
+
+
 ROUTES = [
     ("/pools/{pool_id}/nodes/{node_id}/disablescheduling", ["POST"], disable_scheduling),
     ("/pools/{pool_id}/nodes/{node_id}/enablescheduling", ["POST"], enable_scheduling),
     ("/pools/{pool_id}/nodes/{node_id}/reboot", ["POST"], _restart("reboot")),
     ("/pools/{pool_id}/nodes/{node_id}/reimage", ["POST"], _restart("reimage")),
+    # api-version 2025-06-01 on.
+    ("/pools/{pool_id}/nodes/{node_id}/deallocate", ["POST"], _restart("deallocate")),
+    ("/pools/{pool_id}/nodes/{node_id}/start", ["POST"], start_node),
     ("/pools/{pool_id}/nodes", ["GET"], list_nodes),
     ("/pools/{pool_id}/nodes/{node_id}", ["GET"], get_node),
 ]

@@ -28,7 +28,7 @@ from typing import Any
 from starlette.requests import Request
 
 from shoal.api.http import read_json as read_json_body
-from shoal.errors import BadRequest
+from shoal.errors import BadRequest, BatchError
 from shoal.service import request_body
 from shoal.service.request_body import UnknownProperty
 
@@ -160,6 +160,13 @@ def check_version(version: str | None) -> str:
 def of(request: Request) -> str:
     """The api-version the request was accepted at (set by the `Api.batch` wrapper)."""
     return getattr(request.state, "api_version", NEWEST)
+
+
+def require(request: Request, since: str) -> None:
+    """An operation the request's api-version does not have is a path Batch does not serve."""
+    if _INDEX[of(request)] < _INDEX[since]:
+        raise BatchError("The requested URI does not represent any resource on the server.", code="InvalidUri",
+                         status=404, values={"RequestUri": request.url.path})
 
 
 @cache

@@ -23,7 +23,7 @@ from typing import Any
 TABLE = Path(__file__).with_name("request_bodies.json")
 
 # Body name -> (OpenAPI 2024-02-01.19.0 definition, azure-batch 15.1 model).
-BODIES = {
+BODIES: dict[str, tuple[str | None, str]] = {
     "pool.create": ("PoolAddParameter", "BatchPoolCreateOptions"),
     "pool.patch": ("PoolPatchParameter", "BatchPoolUpdateOptions"),
     "pool.updateproperties": ("PoolUpdatePropertiesParameter", "BatchPoolReplaceOptions"),
@@ -49,6 +49,8 @@ BODIES = {
     "node.adduser": ("ComputeNodeUser", "BatchNodeUserCreateOptions"),
     "node.updateuser": ("NodeUpdateUserParameter", "BatchNodeUserReplaceOptions"),
     "node.uploadbatchservicelogs": ("UploadBatchServiceLogsConfiguration", "UploadBatchServiceLogsOptions"),
+    # 2025-06-01 only: no definition in the 2024-02-01 document.
+    "node.deallocate": (None, "_models.BatchNodeDeallocateOptions"),
 }
 
 Tree = Any
@@ -161,8 +163,11 @@ def generate(openapi_path: str) -> dict[str, Tree]:
         model = models
         for part in model_name.split("."):
             model = getattr(model, part)
-        old = _from_openapi(definitions, definitions[definition], (definition,))
         new = _from_model(model, ())  # type: ignore[arg-type]
+        if definition is None:
+            out[body] = new
+            continue
+        old = _from_openapi(definitions, definitions[definition], (definition,))
         out[body] = union(old, new)
     return out
 

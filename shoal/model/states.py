@@ -20,6 +20,9 @@ class NodeState(StrEnum):
     LEAVING_POOL = "leavingpool"
     PREEMPTED = "preempted"
     UNUSABLE = "unusable"
+    # api-version 2025-06-01: a node stopped with its disk kept (ComputeNode_Deallocate / _Start).
+    DEALLOCATING = "deallocating"
+    DEALLOCATED = "deallocated"
 
 
 # A node whose agent calls: the ones a silent agent makes `unusable`.

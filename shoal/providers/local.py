@@ -34,6 +34,7 @@ from shoal.agent.users import remove_node_users
 from shoal.config import PROVIDER_RECONCILE_S
 from shoal.model.states import NodeState
 from shoal.providers.eviction import SpotEvictor
+from shoal.service import node_operations
 from shoal.service import nodes as node_service
 from shoal.service.context import Context
 from shoal.store.runner import StoreRunner
@@ -134,6 +135,9 @@ class LocalProvider:
                     await asyncio.to_thread(_remove_node_processes, self.node_root(record.node_id))
                     self._drop(record.node_id)
                 continue
+            if record.state in (NodeState.DEALLOCATING, NodeState.DEALLOCATED):
+                await self._deallocate(record, agent)
+                continue
             if record.state == NodeState.LEAVING_POOL:
                 if agent is None or not agent.alive():
                     await asyncio.to_thread(_remove_node_processes, self.node_root(record.node_id))
@@ -166,6 +170,17 @@ class LocalProvider:
             await asyncio.to_thread(_remove_node_processes, self.node_root(node_id))
             self._drop(node_id)
 
+
+    async def _deallocate(self, record: node_service.ProvisioningRecord, agent: _Agent | None) -> None:
+        """The "VM" stops with its disk kept: SIGTERM lets the agent kill its tasks and exit;
+        once it is gone, whatever is left of the node dies and the node is `deallocated`."""
+        if agent is not None and agent.alive():
+            agent.terminate()
+            return  # the next pass finds it gone
+        self.agents.pop(record.node_id, None)
+        if record.state == NodeState.DEALLOCATING:
+            await asyncio.to_thread(kill_node_processes, self.node_root(record.node_id))
+            await self.runner.write(node_operations.deallocated, self.ctx, record.node_id)
 
     def _adopt(self, node_id: str, pid: int) -> _Agent | None:
         try:

@@ -34,6 +34,7 @@ from shoal.model.states import NodeState
 from shoal.providers.eviction import SpotEvictor
 from shoal.providers.local import agent_environment
 from shoal.providers.sim_script import Defaults
+from shoal.service import node_operations
 from shoal.service import nodes as node_service
 from shoal.service.context import Context
 from shoal.store.runner import StoreRunner
@@ -165,6 +166,13 @@ class SimProvider:
             if record.state == NodeState.LEAVING_POOL:
                 if not alive:
                     await self.runner.write(node_service.forget, self.ctx, record.node_id)
+                continue
+            if record.state in (NodeState.DEALLOCATING, NodeState.DEALLOCATED):
+                # Stopped with its (simulated) disk kept; started again from `creating`.
+                if alive:
+                    self._stop(process, record.node_id)
+                if record.state == NodeState.DEALLOCATING:
+                    await self.runner.write(node_operations.deallocated, self.ctx, record.node_id)
                 continue
             if alive:
                 continue

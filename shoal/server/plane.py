@@ -83,7 +83,7 @@ class ControlPlane:
         signals = Signals()
         self.ctx = Context(engine=self.engine, account=DEFAULT_ACCOUNT, signals=signals, base_url=self.endpoint,
                            timebase=self.timebase, sample_lag=timedelta(seconds=settings.sample_lag_s),
-                           spot_capacity=settings.spot_capacity)
+                           spot_capacity=settings.spot_capacity, provider_runs_nodes=local_provider)
         self.api = Api(self.ctx, {DEFAULT_ACCOUNT: self.keys}, self.runner)
         # An idle agent calls at least once per long-poll: keep that well inside the timeout
         # after which a silent node is declared unusable.

@@ -45,3 +45,6 @@ class Context:
     # How many spot nodes the machine can hold at once (None: no limit); scarce capacity keeps
     # pools below their spot target, as on Azure.
     spot_capacity: int | None = None
+    # Whether a provider runs the nodes' agents, and so can stop and start a node's "VM"
+    # (deallocate/start): not on a server whose agents join by hand.
+    provider_runs_nodes: bool = True

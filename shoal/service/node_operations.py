@@ -24,7 +24,10 @@ from shoal.store.schema import nodes
 
 REBOOT_OPTIONS = ("requeue", "terminate", "taskcompletion", "retaineddata")
 DISABLE_OPTIONS = ("requeue", "terminate", "taskcompletion")
-RESTARTS = {"reboot": NodeState.REBOOTING, "reimage": NodeState.REIMAGING}
+RESTARTS = {"reboot": NodeState.REBOOTING, "reimage": NodeState.REIMAGING, "deallocate": NodeState.DEALLOCATING}
+# States a reboot, reimage or deallocation may start from.
+RESTARTABLE = (NodeState.IDLE, NodeState.RUNNING, NodeState.OFFLINE, NodeState.START_TASK_FAILED,
+               NodeState.UNUSABLE)
 
 
 def disable_scheduling(ctx: Context, pool_id: str, node_id: str, body: Any) -> None:
@@ -60,24 +63,52 @@ def restart(ctx: Context, pool_id: str, node_id: str, body: Any, kind: str) -> N
     """Reboot or reimage (`kind`), with the node's running tasks handled by the option."""
     body = v.require_object(body or {})
     request_body.check(body, f"node.{kind}")
-    name = "nodeRebootOption" if kind == "reboot" else "nodeReimageOption"
+    name = {"reboot": "nodeRebootOption", "reimage": "nodeReimageOption", "deallocate": "nodeDeallocateOption"}[kind]
     option = v.choice(body, name, REBOOT_OPTIONS, default="requeue")
     assert option is not None
+    if kind == "deallocate" and not ctx.provider_runs_nodes:
+        raise Conflict("This server's nodes are agents started by hand: Shoal cannot stop and start their "
+                       "machines.", code="OperationNotValidOnNode")
     with ctx.engine.begin() as conn:
         _pool, row = node_service.load(conn, ctx, pool_id, node_id)
-        if row.state not in (NodeState.IDLE, NodeState.RUNNING, NodeState.OFFLINE, NodeState.START_TASK_FAILED,
-                             NodeState.UNUSABLE):
-            raise Conflict(f"The node is {row.state}; it can be {kind}ed only when idle or running.",
+        if row.state not in RESTARTABLE:
+            raise Conflict(f"The node is {row.state}; it can be {kind}d only when idle or running."
+                           if kind == "deallocate" else
+                           f"The node is {row.state}; it can be {kind}ed only when idle or running.",
                            code="NodeNotReady")
         transitions.stop_running(conn, transitions.running_on(conn, [row.id]), option)
         conn.execute(update(nodes).where(nodes.c.id == row.id).values(pending_action=kind, etag=clock.new_etag()))
         begin_pending(conn)
     ctx.signals.wake_node(node_id)
     ctx.signals.wake_scheduler()
+    ctx.signals.wake_provider()
+
+
+def start(ctx: Context, pool_id: str, node_id: str) -> None:
+    """A deallocated node starts again (same id, same disk): from `creating`, as a recovered
+    spot node does, its provider starts its agent, which says hello and reruns the start task."""
+    with ctx.engine.begin() as conn:
+        _pool, row = node_service.load(conn, ctx, pool_id, node_id)
+        if row.state != NodeState.DEALLOCATED:
+            raise Conflict(f"The node is {row.state}; only a deallocated node can be started.",
+                           code="NodeNotDeallocated")
+        conn.execute(update(nodes).where(nodes.c.id == row.id).values(
+            state=NodeState.CREATING, state_transition_time=clock.now(), agent_pid=None, etag=clock.new_etag()))
+    ctx.signals.wake_provider()
+
+
+def deallocated(ctx: Context, node_id: str) -> None:
+    """The provider stopped a deallocating node's agent: the node keeps its disk, and nothing runs."""
+    with ctx.engine.begin() as conn:
+        conn.execute(update(nodes).where(nodes.c.id == node_id, nodes.c.state == NodeState.DEALLOCATING).values(
+            state=NodeState.DEALLOCATED, state_transition_time=clock.now(), incarnation=None, agent_pid=None,
+            file_server_url=None, ssh_port=None, etag=clock.new_etag()))
+    ctx.node_metrics.pop(node_id, None)
 
 
 def begin_pending(conn: Connection) -> list[str]:
-    """Nodes with a reboot/reimage waiting and no task left running go `rebooting`/`reimaging`."""
+    """Nodes with a reboot/reimage/deallocation waiting and no task left running go
+    `rebooting`/`reimaging`/`deallocating`."""
     waiting = conn.execute(select(nodes.c.id, nodes.c.pending_action).where(
         nodes.c.pending_action.is_not(None), nodes.c.state.not_in((NodeState.REBOOTING, NodeState.REIMAGING)))).all()
     busy = {r.node_id for r in transitions.running_on(conn, [w.id for w in waiting])}
@@ -85,8 +116,11 @@ def begin_pending(conn: Connection) -> list[str]:
     for node_id, action in waiting:
         if node_id in busy:
             continue
+        # A reboot or reimage keeps its pending action until the agent's next hello; a
+        # deallocation is the provider's from here on.
+        done = {"pending_action": None} if action == "deallocate" else {}
         conn.execute(update(nodes).where(nodes.c.id == node_id).values(
-            state=RESTARTS[action], state_transition_time=clock.now(), etag=clock.new_etag()))
+            state=RESTARTS[action], state_transition_time=clock.now(), etag=clock.new_etag(), **done))
         if action == "reimage":
             node_users.forget_all(conn, node_id)
         started.append(node_id)
@@ -99,3 +133,5 @@ def start_pending(ctx: Context) -> None:
         started = begin_pending(conn)
     for node_id in started:
         ctx.signals.wake_node(node_id)
+    if started:
+        ctx.signals.wake_provider()

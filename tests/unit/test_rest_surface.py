@@ -75,8 +75,13 @@ def served_operations() -> set[tuple[str, str]]:
     return out
 
 
+# Operations of api-version 2025-06-01, which the 2024-02-01 document here does not hold
+# (wire.md lists them); served from that version on only.
+NEWER_THAN_THE_SPEC = {("POST", "/pools/{}/nodes/{}/deallocate"), ("POST", "/pools/{}/nodes/{}/start")}
+
+
 def test_every_served_operation_is_in_the_spec():
-    assert served_operations() - spec_operations() == set()
+    assert served_operations() - spec_operations() == NEWER_THAN_THE_SPEC
 
 
 def test_not_yet_served_is_exactly_what_is_missing():
