@@ -247,3 +247,24 @@ def test_a_deleted_manager_leaves_no_rule_behind(client: Any, one_node_pool: str
     finally:
         _terminate(client, job_id)
         _terminate(client, "jm-after")
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="task users are real Linux users: needs a root agent")
+def test_the_job_manager_runs_as_the_user_its_identity_names(client: Any) -> None:
+    # Issue 9 item 4: every kind of task runs as its userIdentity, the job manager too.
+    client.create_pool(pool_options("jm-users", target_dedicated_nodes=1, task_slots_per_node=2, user_accounts=[
+        models.UserAccount(name="jmuser", password="jm-password-1")]))
+    wait_pool_idle(client, "jm-users", 1)
+    cases = {
+        "named": (models.UserIdentity(username="jmuser"), "jmuser_"),
+        "default": (None, "shl_"),
+        "admin": (models.UserIdentity(auto_user=models.AutoUserSpecification(elevation_level="admin")), "root"),
+    }
+    for case, (identity, expected) in cases.items():
+        job_id = _job(client, f"jm-as-{case}", "jm-users", models.BatchJobManagerTask(
+            id="manager", command_line="/bin/sh -c 'id -un'", user_identity=identity))
+        _job_state(client, job_id, "completed")
+        out = b"".join(client.download_task_file(job_id, "manager", "stdout.txt")).decode().strip()
+        assert out.startswith(expected), (case, out)
+        if case == "default":
+            assert out.endswith("_pool")  # the pool-scope non-admin auto-user
