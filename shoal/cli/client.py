@@ -34,7 +34,14 @@ class BatchClient:
         if method not in ("GET", "HEAD"):
             headers["Content-Length"] = str(len(content))
         headers = sign_request(method, url, headers, self.account.name, self.account.primary_key)
-        response = self.http.request(method, url, content=content or None, headers=headers)
+        try:
+            response = self.http.request(method, url, content=content or None, headers=headers)
+        except httpx.ConnectError:
+            raise BatchError(f"Shoal is not running at {self.account.endpoint}: start it with `shoal up`.",
+                             code="NotRunning") from None
+        except httpx.TransportError as exc:
+            raise BatchError(f"Shoal at {self.account.endpoint} did not answer ({type(exc).__name__}).",
+                             code="NoAnswer") from None
         if response.status_code >= 400:
             try:
                 error = response.json()

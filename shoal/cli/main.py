@@ -17,6 +17,8 @@ from shoal.config import PROVIDERS, Settings, default_data_dir, default_port
 from shoal.errors import BatchError
 
 console = Console()
+# Batch's task states (`shoal task list --state`).
+TASK_STATES = ("active", "preparing", "running", "completed")
 data_dir_option = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
                                help="Shoal's data directory (default: $SHOAL_DATA_DIR or a per-user folder).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -137,7 +139,7 @@ def account_show(data_dir: Path | None, as_json: bool) -> None:
         click.echo(json.dumps(info.to_json()))
         return
     for key, value in info.to_json().items():
-        console.print(f"{key:>13}: {value}", highlight=False)
+        click.echo(f"{key:>13}: {value}")  # never wrapped: a key must copy whole
 
 
 def _client(data_dir: Path | None):  # type: ignore[no-untyped-def]
@@ -160,6 +162,8 @@ def _print(rows: list[dict[str, Any]], columns: list[tuple[str, str]], as_json: 
         click.echo(json.dumps(rows, indent=2))
         return
     table = Table(*[title for title, _ in columns])
+    for column in table.columns:
+        column.overflow = "fold"  # ids are shown whole (folded), never cut to fit
     for row in rows:
         table.add_row(*[_dig(row, path) for _, path in columns])
     console.print(table)
@@ -262,7 +266,7 @@ def task() -> None:
 
 @task.command("list")
 @click.argument("job_id")
-@click.option("--state", default=None, help="only tasks in this state")
+@click.option("--state", default=None, type=click.Choice(TASK_STATES), help="only tasks in this state")
 @data_dir_option
 @json_option
 def task_list(job_id: str, state: str | None, data_dir: Path | None, as_json: bool) -> None:
@@ -318,9 +322,29 @@ def task_wait(job_id: str, timeout: float, data_dir: Path | None, as_json: bool)
                 console.print("[red]timed out[/red]")
                 raise SystemExit(2)
             time.sleep(0.5)
+    failures = _failures(client, job_id) if counts["failed"] else []
     if as_json:
-        click.echo(json.dumps(counts))
+        click.echo(json.dumps({**counts, "failures": failures}))
+    else:
+        for failure in failures:
+            console.print(f"[red]failed[/red] {failure['id']}: exit code {failure['exitCode']}"
+                          + (f", {failure['code']}" if failure["code"] else "")
+                          + (f" — {failure['message']}" if failure["message"] else ""), highlight=False)
     raise SystemExit(1 if counts["failed"] else 0)
+
+
+def _failures(client: Any, job_id: str, most: int = 20) -> list[dict[str, Any]]:
+    """The first `most` failed tasks of a job: id, exit code and what its failureInfo says."""
+    found = []
+    for row in client.list(f"/jobs/{job_id}/tasks", {"$filter": "executionInfo/result eq 'failure'",
+                                                     "$select": "id,executionInfo"}):
+        info = row.get("executionInfo") or {}
+        failure = info.get("failureInfo") or {}
+        found.append({"id": row["id"], "exitCode": info.get("exitCode"), "code": failure.get("code"),
+                      "message": failure.get("message")})
+        if len(found) >= most:
+            break
+    return found
 from shoal.cli.autoscale import autoscale  # noqa: E402
 
 main.add_command(autoscale)

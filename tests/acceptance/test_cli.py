@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import subprocess
 import sys
 
@@ -42,6 +43,10 @@ def test_pool_job_and_task_lists_and_wait(shoal, client):
     waited = shoal_cli(shoal, "task", "wait", "cli-job", check=False)
     assert waited.returncode == 1  # one task failed
     assert "cli-job" in waited.stdout and "7/7" in waited.stdout
+    # It ends by naming the tasks that failed and why.
+    assert "failed fails: exit code 1, FailureExitCode" in waited.stdout
+    summary = json.loads(shoal_cli(shoal, "task", "wait", "cli-job", "--json", check=False).stdout)
+    assert [(f["id"], f["exitCode"]) for f in summary["failures"]] == [("fails", 1)]
 
     tasks = json.loads(shoal_cli(shoal, "task", "list", "cli-job", "--json").stdout)
     assert sorted(t["id"] for t in tasks) == sorted([f"t{i}" for i in range(6)] + ["fails"])
@@ -49,6 +54,43 @@ def test_pool_job_and_task_lists_and_wait(shoal, client):
     assert len(failed) == 7
     table = shoal_cli(shoal, "task", "list", "cli-job").stdout
     assert "fails" in table and "failure" in table
+
+
+def test_a_server_that_is_not_running_is_one_line_with_a_hint(shoal, tmp_path):
+    record = json.loads((shoal.data_dir / "endpoint.json").read_text())
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    record["endpoint"] = f"http://127.0.0.1:{dead}"
+    (tmp_path / "endpoint.json").write_text(json.dumps(record))
+    (tmp_path / "endpoint.json").chmod(0o600)
+    result = subprocess.run([sys.executable, "-m", "shoal.cli", "pool", "list", "--data-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"})
+    assert result.returncode == 1
+    assert result.stdout.strip() == (f"error NotRunning: Shoal is not running at http://127.0.0.1:{dead}: "
+                                     "start it with `shoal up`.")
+    assert "Traceback" not in result.stderr
+
+
+def test_a_state_that_batch_does_not_have_is_refused_with_the_choices(shoal):
+    result = shoal_cli(shoal, "task", "list", "cli-job", "--state", "failed", check=False)
+    assert result.returncode == 2
+    assert "'failed' is not one of 'active', 'preparing', 'running', 'completed'" in result.stderr
+
+
+def test_ids_and_keys_are_shown_whole_on_a_narrow_terminal(shoal, client):
+    narrow = {"PATH": "/usr/bin:/bin", "COLUMNS": "50"}
+    run = [sys.executable, "-m", "shoal.cli"]
+    shown = subprocess.run([*run, "account", "show", "--data-dir", str(shoal.data_dir)], capture_output=True,
+                           text=True, timeout=60, env=narrow).stdout
+    assert any(line.strip() == f"primaryKey: {shoal.primary_key}" for line in shown.splitlines())
+    nodes = [n.id for n in client.list_nodes("cli-pool")]
+    table = subprocess.run([*run, "node", "list", "cli-pool", "--data-dir", str(shoal.data_dir)],
+                           capture_output=True, text=True, timeout=60, env=narrow).stdout
+    # The id column's cells, folded over several lines: their pieces, joined, are the whole ids.
+    first_column = "".join(line.split("│")[1].strip() for line in table.splitlines() if line.count("│") > 1)
+    assert nodes and all(node in first_column for node in nodes), table
+    assert "…" not in table
 
 
 def test_cli_reports_a_missing_job_as_an_error(shoal):
