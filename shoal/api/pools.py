@@ -10,6 +10,7 @@ from shoal.api.actions import conditional_action
 from shoal.api.http import empty_response, guard
 from shoal.model import images
 from shoal.service import pools as pool_service
+from shoal.service import usage
 from shoal.service.context import Context
 
 POOL_TYPE = "pools/@Element"
@@ -49,6 +50,13 @@ async def delete_pool(request: Request, ctx: Context) -> Response:
     return empty_response(request, 202)
 
 
+async def list_usage_metrics(request: Request, ctx: Context) -> Response:
+    """Pool_ListUsageMetrics: core hours per pool and 30-minute interval (`service/usage.py`)."""
+    items = usage.pool_usage_metrics(ctx, request.query_params.get("starttime"),
+                                     request.query_params.get("endtime"))
+    return listing.respond(request, items, "poolusagemetrics", "poolusagemetrics")
+
+
 async def node_counts(request: Request, ctx: Context) -> Response:
     return listing.respond(request, pool_service.node_counts(ctx), "poolnodecounts", "nodecounts")
 
@@ -68,5 +76,6 @@ ROUTES = [
     ("/pools/{pool_id}/stopresize", ["POST"], _write_action(pool_service.stop_resize, 202, None)),
     ("/pools/{pool_id}/removenodes", ["POST"], _write_action(pool_service.remove_nodes, 202, "pool.removenodes")),
     ("/nodecounts", ["GET"], node_counts),
+    ("/poolusagemetrics", ["GET"], list_usage_metrics),
     ("/supportedimages", ["GET"], supported_images),
 ]

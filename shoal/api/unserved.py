@@ -17,7 +17,6 @@ from shoal.errors import BadRequest
 OPERATIONS: tuple[tuple[str, str, str], ...] = (
     ("GET", "/applications", "Application_List"),
     ("GET", "/applications/{}", "Application_Get"),
-    ("GET", "/poolusagemetrics", "Pool_ListUsageMetrics"),
     ("POST", "/certificates", "Certificate_Add"),
     ("GET", "/certificates", "Certificate_List"),
     ("POST", "/certificates(thumbprintAlgorithm={},thumbprint={})/canceldelete", "Certificate_CancelDeletion"),

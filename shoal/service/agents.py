@@ -21,7 +21,7 @@ from shoal.errors import BadRequest, BatchError, Conflict, InvalidProperty, Unau
 from shoal.model.catalog import find_vm_size
 from shoal.model.states import NodeState, PoolState, SchedulingState, StartTaskState, TaskState
 from shoal.service import jobs as job_service
-from shoal.service import node_users, scheduling, task_files, transitions
+from shoal.service import node_users, scheduling, task_files, transitions, usage
 from shoal.service.context import Context
 from shoal.store.chunks import in_chunks
 from shoal.store.schema import jobs, nodes, pools, tasks
@@ -221,6 +221,7 @@ def goodbye(ctx: Context, node_id: str, token: str) -> None:
             raise Unauthenticated("The node token is not valid.")
         if row.state == NodeState.LEAVING_POOL:
             conn.execute(nodes.delete().where(nodes.c.id == node_id))
+            usage.close_spans(conn, [node_id])
     ctx.signals.wake_provider()
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import delete, insert, select, update
 from shoal import clock
 from shoal.model.states import AllocationState, NodeState, PoolState
 from shoal.scheduler import removal_rank
-from shoal.service import ids, preemption, quotas, removal, transitions
+from shoal.service import ids, preemption, quotas, removal, transitions, usage
 from shoal.service.context import Context
 from shoal.store.schema import nodes, pool_node_counts, pools
 
@@ -77,12 +77,14 @@ def _add_nodes(ctx: Context, conn: Any, pool: Any, dedicated: bool, wanted: int)
         error = None
     if count > 0:
         now = clock.now()
-        conn.execute(insert(nodes), [dict(
+        rows = [dict(
             id=ids.node_id(dedicated), pool_seq=pool.seq, state=NodeState.CREATING,
             scheduling_state="enabled", is_dedicated=dedicated, token=ids.token(),
             slots=pool.slots_per_node, allocation_time=now, state_transition_time=now,
             run_start_task=False, total_tasks_run=0, total_tasks_succeeded=0,
-            etag=clock.new_etag()) for _ in range(count)])
+            etag=clock.new_etag()) for _ in range(count)]
+        conn.execute(insert(nodes), rows)
+        usage.open_spans(conn, [row["id"] for row in rows], now)
     return _Growth(count, error)
 
 
@@ -139,7 +141,9 @@ def _reconcile_pool(ctx: Context, conn: Any, pool: Any) -> bool:
         deleted_at = clock.as_utc(pool.state_transition_time)
         if deleted_at is not None and now < deleted_at + timedelta(seconds=DELETING_POOL_MIN_S):
             return changed
+        gone = list(conn.execute(select(nodes.c.id).where(nodes.c.pool_seq == pool.seq)).scalars())
         conn.execute(delete(nodes).where(nodes.c.pool_seq == pool.seq))
+        usage.close_spans(conn, gone)
         conn.execute(delete(pools).where(pools.c.seq == pool.seq))
         return True
     deadline = clock.as_utc(pool.resize_deadline)

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, select, update
 from shoal import clock
 from shoal.errors import Conflict
 from shoal.model.states import NodeState, SchedulingState
-from shoal.service import node_users, request_body, transitions
+from shoal.service import node_users, request_body, transitions, usage
 from shoal.service import nodes as node_service
 from shoal.service import validation as v
 from shoal.service.context import Context
@@ -94,15 +94,18 @@ def start(ctx: Context, pool_id: str, node_id: str) -> None:
                            code="NodeNotDeallocated")
         conn.execute(update(nodes).where(nodes.c.id == row.id).values(
             state=NodeState.CREATING, state_transition_time=clock.now(), agent_pid=None, etag=clock.new_etag()))
+        usage.open_spans(conn, [row.id])
     ctx.signals.wake_provider()
 
 
 def deallocated(ctx: Context, node_id: str) -> None:
     """The provider stopped a deallocating node's agent: the node keeps its disk, and nothing runs."""
     with ctx.engine.begin() as conn:
-        conn.execute(update(nodes).where(nodes.c.id == node_id, nodes.c.state == NodeState.DEALLOCATING).values(
+        done = conn.execute(update(nodes).where(nodes.c.id == node_id, nodes.c.state == NodeState.DEALLOCATING).values(
             state=NodeState.DEALLOCATED, state_transition_time=clock.now(), incarnation=None, agent_pid=None,
             file_server_url=None, ssh_port=None, etag=clock.new_etag()))
+        if done.rowcount:
+            usage.close_spans(conn, [node_id])
     ctx.node_metrics.pop(node_id, None)
 
 

@@ -12,7 +12,7 @@ from shoal import clock
 from shoal.errors import NotFound
 from shoal.model.states import LIVE_NODE_STATES, NodeState, TaskState
 from shoal.service import pools as pool_service
-from shoal.service import transitions
+from shoal.service import transitions, usage
 from shoal.service.context import Context
 from shoal.service.liveness import Liveness
 from shoal.store.chunks import in_chunks
@@ -164,6 +164,7 @@ def forget_in(conn: Any, node_id: str) -> None:
     running = transitions.running_on(conn, [node_id])
     transitions.requeue(conn, running, user_requested=False)
     conn.execute(delete(nodes).where(nodes.c.id == node_id))
+    usage.close_spans(conn, [node_id])
 
 
 # Node states whose agent is expected to call: silence in any of them makes the node unusable.

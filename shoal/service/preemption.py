@@ -17,7 +17,7 @@ from shoal import clock
 from shoal.errors import Conflict
 from shoal.model.states import NodeState, PoolState
 from shoal.service import nodes as node_service
-from shoal.service import transitions
+from shoal.service import transitions, usage
 from shoal.service.context import Context
 from shoal.store.schema import nodes, pools
 
@@ -42,6 +42,7 @@ def preempt_in(ctx: Context, conn: Connection, node_id: str) -> None:
     conn.execute(update(nodes).where(nodes.c.id == node_id).values(
         state=NodeState.PREEMPTED, state_transition_time=clock.now(), incarnation=None, file_server_url=None,
         start_task_info=None, etag=clock.new_etag()))
+    usage.close_spans(conn, [node_id])
     ctx.node_metrics.pop(node_id, None)
     ctx.signals.wake_provider()
     ctx.signals.wake_scheduler()
@@ -80,6 +81,7 @@ def recover(ctx: Context, recovery: timedelta, capacity: int | None) -> bool:
                 break
             conn.execute(update(nodes).where(nodes.c.id == node_id).values(
                 state=NodeState.CREATING, state_transition_time=clock.now(), agent_pid=None, etag=clock.new_etag()))
+            usage.open_spans(conn, [node_id])
             changed = True
             if free is not None:
                 free -= 1

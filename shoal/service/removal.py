@@ -9,7 +9,7 @@ from sqlalchemy import Connection, delete, update
 
 from shoal import clock
 from shoal.model.states import NodeState, SchedulingState
-from shoal.service import transitions
+from shoal.service import transitions, usage
 from shoal.service.context import Context
 from shoal.store.schema import nodes
 
@@ -23,6 +23,7 @@ def mark_leaving(ctx: Context, conn: Connection, node_rows: Sequence[Any], optio
                  if n.state == NodeState.CREATING and n.agent_pid is None and n.incarnation is None]
     if unclaimed:
         conn.execute(delete(nodes).where(nodes.c.id.in_(unclaimed)))
+        usage.close_spans(conn, unclaimed)
     node_rows = [n for n in node_rows if n.id not in unclaimed]
     if not node_rows:
         return

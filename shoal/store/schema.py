@@ -312,6 +312,27 @@ task_attempts = Table(
 Index("ix_task_attempts_node", task_attempts.c.node_id, task_attempts.c.end_time, task_attempts.c.seq)
 Index("ix_task_attempts_task", task_attempts.c.task_seq)
 
+# When each node held its VM (migration 0017): a span opens when the node is allocated (or
+# comes back from preemption or deallocation) and closes when it leaves, is preempted or is
+# deallocated. Pool usage metrics and the usage ledger sum the spans' overlap with a window.
+node_usage = Table(
+    "node_usage",
+    metadata,
+    Column("seq", SurrogateId, primary_key=True, autoincrement=True),
+    Column("account", String(64), nullable=False),
+    Column("pool_id", String(64), nullable=False),
+    Column("vm_size", String(64), nullable=False),
+    Column("node_id", String(96), nullable=False),
+    Column("is_dedicated", Boolean, nullable=False),
+    Column("start_time", DateTime(timezone=True), nullable=False),
+    Column("end_time", DateTime(timezone=True)),
+)
+# Open spans (few: the nodes there are now), and closed ones by end, so a window's spans are two
+# index walks: the open ones and those that ended after the window began.
+Index("ix_node_usage_open", node_usage.c.node_id, sqlite_where=node_usage.c.end_time.is_(None),
+      postgresql_where=node_usage.c.end_time.is_(None))
+Index("ix_node_usage_end", node_usage.c.end_time)
+
 # Nodes per (pool, dedicated or spot, state); states as stored (lower case).
 pool_node_counts = Table(
     "pool_node_counts",
@@ -338,4 +359,4 @@ metric_samples = Table(
 Index("ix_metric_samples_pool_time", metric_samples.c.pool_seq, metric_samples.c.time)
 
 __all__ = ["metadata", "accounts", "pools", "nodes", "jobs", "job_schedules", "tasks", "metric_samples",
-           "job_task_counts", "pool_node_counts", "task_dependencies", "node_users", "task_attempts", "Text"]
+           "job_task_counts", "pool_node_counts", "task_dependencies", "node_users", "task_attempts", "node_usage", "Text"]

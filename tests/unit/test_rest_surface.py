@@ -41,7 +41,6 @@ NOT_YET_SERVED = {
     ("GET", "/jobs/{}/jobpreparationandreleasetaskstatus"),
     ("GET", "/pools/{}/nodes/{}/extensions"), ("GET", "/pools/{}/nodes/{}/extensions/{}"),
     ("GET", "/pools/{}/nodes/{}/rdp"),
-    ("GET", "/poolusagemetrics"),
 }
 
 
