@@ -23,7 +23,6 @@ OPERATIONS: tuple[tuple[str, str, str], ...] = (
     ("POST", "/certificates(thumbprintAlgorithm={},thumbprint={})/canceldelete", "Certificate_CancelDeletion"),
     ("DELETE", "/certificates(thumbprintAlgorithm={},thumbprint={})", "Certificate_Delete"),
     ("GET", "/certificates(thumbprintAlgorithm={},thumbprint={})", "Certificate_Get"),
-    ("GET", "/jobs/{}/jobpreparationandreleasetaskstatus", "Job_ListPreparationAndReleaseTaskStatus"),
     ("POST", "/pools/{}/nodes/{}/users", "ComputeNode_AddUser"),
     ("DELETE", "/pools/{}/nodes/{}/users/{}", "ComputeNode_DeleteUser"),
     ("PUT", "/pools/{}/nodes/{}/users/{}", "ComputeNode_UpdateUser"),

@@ -149,6 +149,8 @@ jobs = Table(
     Column("manager_seq", SurrogateId),
     Column("manager_exclusive", Boolean),
     Column("manager_dedicated_only", Boolean),
+    # Its jobPreparationTask's waitForSuccess (migration 0014); null for a job without one.
+    Column("prep_wait", Boolean),
     UniqueConstraint("account", "key", name="uq_jobs_account_key"),
 )
 Index("ix_jobs_pool_state", jobs.c.pool_key, jobs.c.state)
@@ -264,6 +266,36 @@ Index("ix_task_dependencies_open_key", task_dependencies.c.job_seq, task_depende
 Index("ix_task_dependencies_open_number", task_dependencies.c.job_seq, task_dependencies.c.prerequisite_number,
       sqlite_where=task_dependencies.c.satisfied == false(), postgresql_where=task_dependencies.c.satisfied == false())
 
+# What a job's preparation and release tasks did on each node that got a task of the job
+# (migration 0014, service/job_prep.py): their execution info as the API shows it, their states
+# as columns for $filter, and what the node must run next (`pending`: "prep" | "release", the
+# run named by `generation`). `barred`: the preparation failed with waitForSuccess, so the node
+# takes no more tasks of the job. Each lookup is a partial index of the few rows it wants.
+job_node_tasks = Table(
+    "job_node_tasks",
+    metadata,
+    Column("seq", SurrogateId, primary_key=True, autoincrement=True),
+    Column("job_seq", SurrogateId, ForeignKey("jobs.seq", ondelete="CASCADE"), nullable=False),
+    Column("node_id", String(96), nullable=False),
+    Column("pool_id", String(64), nullable=False),
+    Column("generation", Integer, nullable=False, server_default="0"),
+    Column("pending", String(8)),
+    Column("prep_state", String(16)),
+    Column("prep_result", String(8)),
+    Column("prep_info", JSON),
+    Column("release_state", String(16)),
+    Column("release_info", JSON),
+    Column("barred", Boolean, nullable=False, server_default=false()),
+    UniqueConstraint("job_seq", "node_id", name="uq_job_node_tasks_job_node"),
+)
+Index("ix_job_node_tasks_node", job_node_tasks.c.node_id)
+Index("ix_job_node_tasks_pending", job_node_tasks.c.node_id,
+      sqlite_where=job_node_tasks.c.pending.is_not(None), postgresql_where=job_node_tasks.c.pending.is_not(None))
+Index("ix_job_node_tasks_releases", job_node_tasks.c.job_seq,
+      sqlite_where=job_node_tasks.c.pending == "release", postgresql_where=job_node_tasks.c.pending == "release")
+Index("ix_job_node_tasks_barred", job_node_tasks.c.job_seq, job_node_tasks.c.node_id,
+      sqlite_where=job_node_tasks.c.barred, postgresql_where=job_node_tasks.c.barred)
+
 # Counters kept by database triggers (migration 0007) in the transaction of every insert, delete
 # and state change of a task or node, whichever code path makes it, so task counts, node counts,
 # job completion and metric sampling read one row instead of counting. A migration that rebuilds
@@ -307,4 +339,4 @@ metric_samples = Table(
 Index("ix_metric_samples_pool_time", metric_samples.c.pool_seq, metric_samples.c.time)
 
 __all__ = ["metadata", "accounts", "pools", "nodes", "jobs", "job_schedules", "tasks", "metric_samples",
-           "job_task_counts", "pool_node_counts", "task_dependencies", "Text"]
+           "job_task_counts", "pool_node_counts", "task_dependencies", "job_node_tasks", "Text"]
