@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from azure.batch import models
+from azure.core.exceptions import HttpResponseError
 
 from tests.acceptance import rest
 from tests.helpers import error_of, pool_options, wait_for, wait_pool_idle, wait_tasks_done
@@ -68,6 +69,14 @@ def _get(shoal: Any, path: str, **params: str) -> dict[str, Any]:
 
 def _post(shoal: Any, path: str, body: Any) -> Any:
     return rest.call(shoal, "POST", path, body=json.dumps(body).encode())
+
+
+def _gone(client: Any, job_id: str) -> bool:
+    try:
+        client.get_job(job_id)
+    except HttpResponseError as error:
+        return error.status_code == 404
+    return False
 
 
 def _node_file(client: Any, node_id: str, path: str) -> bytes:
@@ -134,20 +143,20 @@ def test_job_shows_prep_and_release_as_azure_does(client: Any, pool: str, shoal:
     answer = _post(shoal, f"/jobs/{job_id}/addtaskcollection",
                    {"value": [{"id": "jobrelease", "commandLine": "/bin/true"}]})
     assert [r["error"]["code"] for r in answer.json()["value"]] == ["TaskIdSameAsJobReleaseTask"]
-    client.delete_job(job_id)
+    client.begin_delete_job(job_id, polling_interval=0.1)
 
 
 def test_a_failing_prep_keeps_the_tasks_off_its_node(client: Any, pool: str) -> None:
-    # The prep fails on the first node it runs on and succeeds on the other.
-    prep = models.BatchJobPreparationTask(command_line=_sh(
-        "if mkdir $AZ_BATCH_NODE_ROOT_DIR/../../../prep-fail-claim 2>/dev/null; then exit 3; fi; exit 0"),
-        constraints=models.BatchTaskConstraints(max_task_retry_count=1))
+    # The prep fails (twice: one retry) on one node and succeeds on the other.
+    doomed = sorted(n.id for n in client.list_nodes(pool))[0]
+    prep = models.BatchJobPreparationTask(command_line=_sh(f"test $AZ_BATCH_NODE_ID != {doomed} || exit 3"),
+                                          constraints=models.BatchTaskConstraints(max_task_retry_count=1))
     job_id = _job(client, "prep-fail", pool, prep)
     _tasks(client, job_id, 6, "/bin/true")
     wait_tasks_done(client, job_id)
     statuses = {s.node_id: s.job_preparation_task_execution_info for s in _statuses(client, job_id)}
     failed = [node for node, info in statuses.items() if info.result == "failure"]
-    assert len(failed) == 1, statuses
+    assert failed == [doomed], statuses
     info = statuses[failed[0]]
     assert (info.exit_code, info.retry_count, info.failure_info.code) == (3, 1, "FailureExitCode")
     tasks = list(client.list_tasks(job_id))
@@ -221,8 +230,9 @@ def test_release_runs_when_an_active_job_is_deleted(client: Any, pool: str) -> N
     _tasks(client, job_id, 1, "/bin/sleep 30")
     wait_for(lambda: client.get_task(job_id, "t0").state == "running", message="task running")
     node_id = client.get_task(job_id, "t0").node_info.node_id
-    client.delete_job(job_id)
-    wait_for(lambda: error_of(lambda: client.get_job(job_id)) == (404, "JobNotFound"), 30, message="job gone")
+    client.begin_delete_job(job_id, polling_interval=0.1)
+    wait_for(lambda: _gone(client, job_id), 30,
+             message="job gone")
     assert _node_file(client, node_id, "shared/release-del.log") == b"deleted\n"
 
 
