@@ -34,6 +34,14 @@ RunKey = tuple[str, str, int]  # (prep | release, job id, generation)
 PREP = "prep"
 
 
+class _DownloadFailed(Exception):
+    """A resource file of the run could not be fetched: a pre-processing failure, not retried."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
 def prep_environment(env: dict[str, str], prep_paths: TaskPaths) -> None:
     """AZ_BATCH_JOB_PREP_DIR and its working dir, for every task of a job with a preparation
     task except the preparation itself (semantics §4.2)."""
@@ -44,9 +52,11 @@ def prep_environment(env: dict[str, str], prep_paths: TaskPaths) -> None:
 class JobTaskRunner:
     """The job preparation and release runs of one agent process."""
 
-    def __init__(self, agent: Agent, start_task: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, agent: Agent, start_task: Callable[[dict[str, Any]], None],
+                 failure_of: Callable[[BaseException, tuple[str, str, int]], Failure]) -> None:
         self.agent = agent
         self._start_task = start_task  # starts a held task's attempt once it may run
+        self._failure_of = failure_of  # the agent's one wording of launch failures
         self._runs: dict[RunKey, asyncio.Task[None]] = {}
         self._procs: dict[RunKey, TaskProcess] = {}
         self._states: dict[RunKey, dict[str, Any]] = {}
@@ -170,10 +180,10 @@ class JobTaskRunner:
                 spec = await self._prepare(definition)
             except asyncio.CancelledError:
                 raise
+            except _DownloadFailed as exc:
+                failure = exc.failure
             except Exception as exc:
-                from shoal.agent.main import _failure_of  # noqa: PLC0415 - one wording of launch failures
-
-                failure = _failure_of(exc, (job_id, str(definition.get("taskId")), retry))
+                failure = self._failure_of(exc, (job_id, str(definition.get("taskId")), retry))
             if failure is None:
                 proc = self._procs[key] = TaskProcess(spec)
                 try:
@@ -220,9 +230,7 @@ class JobTaskRunner:
         if resource_files:
             failure = await taskfiles.download(resource_files, str(paths.working_dir), user)
             if failure is not None:
-                from shoal.agent.main import _LaunchFailure  # noqa: PLC0415
-
-                raise _LaunchFailure(failure)
+                raise _DownloadFailed(failure)
         env = task_environment(agent.layout, agent.node, job_id, task_id,
                                settings_to_dict(definition.get("environment")), user)
         if definition.get("kind") != PREP:

@@ -160,7 +160,7 @@ class Agent:
         self.pool_account_names: set[str] = set()
         self._last_user_sweep = time.monotonic()
         # Job preparation and release runs, and the tasks waiting for a preparation.
-        self.job_tasks = JobTaskRunner(self, self._start_attempt)
+        self.job_tasks = JobTaskRunner(self, self._start_attempt, _failure_of)
         self._job_tasks_sent: dict[Any, int] = {}
         if not self._is_root:
             log.warning("%s", _no_isolation_message())
