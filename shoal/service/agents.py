@@ -437,6 +437,8 @@ def _record_sync(conn: Connection, ctx: Context, record: Any, token: str, body: 
     elif node.run_start_task:
         answer.run_start_task = True
     if body.get("jobTasks"):
+        for position, report in enumerate(body["jobTasks"]):
+            _checked_times(report, None, now, f"jobTasks[{position}]")
         released, moved = job_prep_nodes.record_reports(conn, ctx.base_url, ctx.account, node_id, body["jobTasks"])
         job_service.finish_released_jobs(ctx, conn, sorted(released))
         if moved:

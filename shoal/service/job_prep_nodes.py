@@ -32,6 +32,8 @@ from shoal.store.schema import job_node_tasks, jobs, nodes, tasks
 PREP_KIND = "prep"
 RELEASE_KIND = "release"
 KINDS = (PREP_KIND, RELEASE_KIND)
+# prep_result of a preparation that succeeded before a reboot and runs again before the next task.
+RERUN = "rerun"
 # Nodes that will never run an owed release: a gone record does not block its job either.
 _LOST_STATES = (NodeState.PREEMPTED, NodeState.UNUSABLE)
 
@@ -56,8 +58,8 @@ def order_preparations(conn: Connection, pool_id: str, placed: Iterable[tuple[in
              for job, node in pairs if (job, node) not in existing]
     if fresh:
         conn.execute(insert(job_node_tasks), fresh)
-    # A row whose preparation must run again (a reboot or reimage cleared its result).
-    again = [row.seq for row in existing.values() if row.pending is None and row.prep_result is None]
+    # A row whose preparation must run again (a reimage cleared its result, a reboot asked for a rerun).
+    again = [row.seq for row in existing.values() if row.pending is None and row.prep_result in (None, RERUN)]
     for chunk in in_chunks(again):
         conn.execute(update(job_node_tasks).where(job_node_tasks.c.seq.in_(chunk)).values(
             pending=PREP_KIND, generation=job_node_tasks.c.generation + 1))
@@ -180,7 +182,10 @@ def start_releases(conn: Connection, job_row: Any) -> int:
     base = job_node_tasks.c.job_seq == job_row.seq
     owed = 0
     if job_row.spec.get(RELEASE):
-        owed = conn.execute(update(job_node_tasks).where(base, job_node_tasks.c.prep_state.is_not(None)).values(
+        # Where it ran (and ended, or runs now): not where a reimage has wiped it since.
+        ran = or_(job_node_tasks.c.prep_result.is_not(None),
+                  and_(job_node_tasks.c.pending == PREP_KIND, job_node_tasks.c.prep_state == "running"))
+        owed = conn.execute(update(job_node_tasks).where(base, ran).values(
             pending=RELEASE_KIND, generation=job_node_tasks.c.generation + 1)).rowcount
     conn.execute(update(job_node_tasks).where(base, job_node_tasks.c.pending == PREP_KIND).values(pending=None))
     return int(owed)
@@ -216,7 +221,7 @@ def node_restarted(conn: Connection, node_id: str, how: str) -> None:
             .where(on_node, job_node_tasks.c.prep_result == "success", job_node_tasks.c.pending.is_(None))).all()
         rerun = [row.seq for row in succeeded if (row.spec.get(PREP) or {}).get("rerunOnNodeRebootAfterSuccess", True)]
         for chunk in in_chunks(rerun):
-            conn.execute(update(job_node_tasks).where(job_node_tasks.c.seq.in_(chunk)).values(prep_result=None))
+            conn.execute(update(job_node_tasks).where(job_node_tasks.c.seq.in_(chunk)).values(prep_result=RERUN))
 
 
 # What the status list may filter on in SQL, by lower-cased OData path.

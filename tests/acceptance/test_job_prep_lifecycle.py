@@ -160,6 +160,19 @@ def test_prep_reruns_after_reboot_and_jm_completion_runs_release(tmp_path: Path)
             wait_tasks_done(client, job)
         assert _node_file(client, "rb", node_id, "shared/prep.log") == b"prep\nprep\n"
         assert _node_file(client, "rb", node_id, "shared/keep.log") == b"keep\n"
+        # A reimage wipes the node: every preparation runs again before the next task, even one
+        # that does not rerun after a reboot (the task finds the preparation's files).
+        from azure.batch.models._models import BatchNodeReimageOptions
+
+        client.begin_reimage_node("rb", node_id, BatchNodeReimageOptions(node_reimage_option="requeue"),
+                                  polling_interval=0.2).result()
+        wait_pool_idle(client, "rb", 1)
+        for job in (job_id, kept):
+            client.create_task(job, models.BatchTaskCreateOptions(
+                id="c", command_line=_sh("test -e $AZ_BATCH_JOB_PREP_DIR/stdout.txt")))
+            wait_tasks_done(client, job)
+            assert client.get_task(job, "c").execution_info.exit_code == 0
+        assert _node_file(client, "rb", node_id, "shared/keep.log") == b"keep\n"
         # A job manager whose completion ends the job: the release runs before it completes.
         manager = _job(client, "rb-jm", "rb", models.BatchJobPreparationTask(command_line="/bin/true"),
                        models.BatchJobReleaseTask(command_line=_sh("echo jm >> $AZ_BATCH_NODE_SHARED_DIR/jm.log")),
