@@ -65,13 +65,18 @@ def order_preparations(conn: Connection, pool_id: str, placed: Iterable[tuple[in
             pending=PREP_KIND, generation=job_node_tasks.c.generation + 1))
 
 
+_BARRED = (
+    select(job_node_tasks.c.job_seq, job_node_tasks.c.node_id)
+    .where(job_node_tasks.c.job_seq.in_(bindparam("b_jobs", expanding=True)), job_node_tasks.c.barred)
+)
+
+
 def barred_nodes(conn: Connection, job_seqs: Sequence[int]) -> dict[int, frozenset[str]]:
     """The nodes each job may no longer use (its preparation failed there with waitForSuccess):
     a walk of the partial index of barred rows."""
     found: dict[int, set[str]] = {}
     for chunk in in_chunks(list(job_seqs)):
-        for job_seq, node_id in conn.execute(select(job_node_tasks.c.job_seq, job_node_tasks.c.node_id).where(
-                job_node_tasks.c.job_seq.in_(chunk), job_node_tasks.c.barred.is_(True))):
+        for job_seq, node_id in conn.execute(_BARRED, {"b_jobs": list(chunk)}):
             found.setdefault(job_seq, set()).add(node_id)
     return {job: frozenset(ids) for job, ids in found.items()}
 
@@ -191,13 +196,17 @@ def start_releases(conn: Connection, job_row: Any) -> int:
     return int(owed)
 
 
+_OWED = (
+    select(job_node_tasks.c.seq).join(nodes, nodes.c.id == job_node_tasks.c.node_id)
+    .where(job_node_tasks.c.job_seq == bindparam("b_job"), job_node_tasks.c.pending == RELEASE_KIND,
+           nodes.c.state.not_in(_LOST_STATES)).limit(1)
+)
+
+
 def releases_owed(conn: Connection, job_seq: int) -> bool:
     """Whether a node that is still there owes the job its release: the partial index of owed
     releases, then the node's record by key."""
-    return conn.execute(
-        select(job_node_tasks.c.seq).join(nodes, nodes.c.id == job_node_tasks.c.node_id)
-        .where(job_node_tasks.c.job_seq == job_seq, job_node_tasks.c.pending == RELEASE_KIND,
-               nodes.c.state.not_in(_LOST_STATES)).limit(1)).first() is not None
+    return conn.execute(_OWED, {"b_job": job_seq}).first() is not None
 
 
 def nodes_owing(conn: Connection, job_seq: int) -> list[str]:

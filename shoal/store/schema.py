@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    true,
 )
 
 from shoal.model.states import NodeState
@@ -289,12 +290,17 @@ job_node_tasks = Table(
     UniqueConstraint("job_seq", "node_id", name="uq_job_node_tasks_job_node"),
 )
 Index("ix_job_node_tasks_node", job_node_tasks.c.node_id)
+# The status list pages a job's listed rows (its preparation started there) in the order they
+# came (keyset on seq). Partial, like the others: a full (job, seq) index is what SQLite's planner
+# would take for every lookup by job, even where a partial one holds the few rows wanted.
+Index("ix_job_node_tasks_listed", job_node_tasks.c.job_seq, job_node_tasks.c.seq,
+      sqlite_where=job_node_tasks.c.prep_state.is_not(None), postgresql_where=job_node_tasks.c.prep_state.is_not(None))
 Index("ix_job_node_tasks_pending", job_node_tasks.c.node_id,
       sqlite_where=job_node_tasks.c.pending.is_not(None), postgresql_where=job_node_tasks.c.pending.is_not(None))
 Index("ix_job_node_tasks_releases", job_node_tasks.c.job_seq,
       sqlite_where=job_node_tasks.c.pending == "release", postgresql_where=job_node_tasks.c.pending == "release")
 Index("ix_job_node_tasks_barred", job_node_tasks.c.job_seq, job_node_tasks.c.node_id,
-      sqlite_where=job_node_tasks.c.barred, postgresql_where=job_node_tasks.c.barred)
+      sqlite_where=job_node_tasks.c.barred == true(), postgresql_where=job_node_tasks.c.barred)
 
 # Counters kept by database triggers (migration 0007) in the transaction of every insert, delete
 # and state change of a task or node, whichever code path makes it, so task counts, node counts,

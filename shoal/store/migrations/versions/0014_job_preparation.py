@@ -44,12 +44,16 @@ def upgrade() -> None:
         sa.UniqueConstraint('job_seq', 'node_id', name='uq_job_node_tasks_job_node'),
     )
     op.create_index('ix_job_node_tasks_node', 'job_node_tasks', ['node_id'])
+    op.create_index('ix_job_node_tasks_listed', 'job_node_tasks', ['job_seq', 'seq'],
+                    sqlite_where=sa.text('prep_state IS NOT NULL'), postgresql_where=sa.text('prep_state IS NOT NULL'))
     op.create_index('ix_job_node_tasks_pending', 'job_node_tasks', ['node_id'],
                     sqlite_where=sa.text('pending IS NOT NULL'), postgresql_where=sa.text('pending IS NOT NULL'))
     op.create_index('ix_job_node_tasks_releases', 'job_node_tasks', ['job_seq'],
                     sqlite_where=sa.text("pending = 'release'"), postgresql_where=sa.text("pending = 'release'"))
     op.create_index('ix_job_node_tasks_barred', 'job_node_tasks', ['job_seq', 'node_id'],
-                    sqlite_where=sa.text('barred'), postgresql_where=sa.text('barred'))
+                    # As SQLAlchemy writes the test of a boolean on each (SQLite: `= 1`), so the
+                    # planner sees that a query's condition implies the index's.
+                    sqlite_where=sa.text('barred = 1'), postgresql_where=sa.text('barred'))
 
 
 def downgrade() -> None:
