@@ -652,12 +652,18 @@ class _DeliveryReads:
     def __init__(self, conn: Connection, node_ids: list[str] | None = None) -> None:
         self.conn = conn
         self._running: dict[str, list[Any]] | None = None
+        self._job_tasks: dict[str, list[Any]] | None = None
         if node_ids is not None:
+            self._job_tasks = job_prep_nodes.pending_on(conn, node_ids)
             self._running = {}
             for chunk in in_chunks(node_ids):
                 for row in conn.execute(_RUNNING_KEYS_OF_MANY, {"b_nodes": list(chunk)}):
                     self._running.setdefault(row.node_id, []).append(row)
         self._jobs: dict[int, tuple[str, dict[str, str], dict[str, Any] | None]] = {}
+
+    def job_tasks(self, node_id: str) -> list[Any] | None:
+        """The node's pending job preparation/release runs, when read with other nodes'."""
+        return None if self._job_tasks is None else self._job_tasks.get(node_id, [])
 
     def running_keys(self, node_id: str) -> list[Any]:
         if self._running is not None:
@@ -724,8 +730,8 @@ def _deliveries(conn: Connection, node: Any, body: dict[str, Any], answer: SyncA
     for key, original in known.items():
         if key not in running_keys and key not in acked:
             answer.kill.append([original[0], original[1], original[2], "stale"])
-    answer.run_job_tasks, answer.kill_job_tasks = job_prep_nodes.deliveries(conn, node.id,
-                                                                            body.get("knownJobTasks") or [])
+    answer.run_job_tasks, answer.kill_job_tasks = job_prep_nodes.deliveries(
+        conn, node.id, body.get("knownJobTasks") or [], reads.job_tasks(node.id))
 
 
 def _assignment(row: Any, job_id: str, job_env: dict[str, str]) -> dict[str, Any]:

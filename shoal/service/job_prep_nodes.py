@@ -91,20 +91,35 @@ def prepared(conn: Connection, node_id: str, job_seqs: Sequence[int]) -> set[int
     return done
 
 
+_PENDING_COLUMNS = (job_node_tasks.c.node_id, job_node_tasks.c.job_seq, job_node_tasks.c.pending,
+                    job_node_tasks.c.generation, jobs.c.id.label("job_id"), jobs.c.spec)
 _PENDING_ON_NODE = (
-    select(job_node_tasks.c.job_seq, job_node_tasks.c.pending, job_node_tasks.c.generation,
-           jobs.c.id.label("job_id"), jobs.c.spec)
-    .join(jobs, jobs.c.seq == job_node_tasks.c.job_seq)
+    select(*_PENDING_COLUMNS).join(jobs, jobs.c.seq == job_node_tasks.c.job_seq)
     .where(job_node_tasks.c.node_id == bindparam("b_node"), job_node_tasks.c.pending.is_not(None))
+)
+_PENDING_ON_NODES = (
+    select(*_PENDING_COLUMNS).join(jobs, jobs.c.seq == job_node_tasks.c.job_seq)
+    .where(job_node_tasks.c.node_id.in_(bindparam("b_nodes", expanding=True)), job_node_tasks.c.pending.is_not(None))
 )
 
 
-def deliveries(conn: Connection, node_id: str, known: Iterable[Any]) -> tuple[list[dict[str, Any]], list[list[Any]]]:
+def pending_on(conn: Connection, node_ids: Sequence[str]) -> dict[str, list[Any]]:
+    """The pending runs of many nodes (a batch of syncs), one statement a chunk."""
+    found: dict[str, list[Any]] = {}
+    for chunk in in_chunks(list(node_ids)):
+        for row in conn.execute(_PENDING_ON_NODES, {"b_nodes": list(chunk)}):
+            found.setdefault(row.node_id, []).append(row)
+    return found
+
+
+def deliveries(conn: Connection, node_id: str, known: Iterable[Any],
+               pending: list[Any] | None = None) -> tuple[list[dict[str, Any]], list[list[Any]]]:
     """(what the node should run and does not hold, what it holds and should not run): the node's
-    pending rows are one seek of a partial index (usually empty)."""
+    pending rows (`pending`, when read with other nodes') are one seek of a partial index."""
     held = {(str(k[0]), str(k[1]).lower(), int(k[2])): k for k in known}
     due: dict[JobTaskKey, Any] = {}
-    for row in conn.execute(_PENDING_ON_NODE, {"b_node": node_id}):
+    rows = pending if pending is not None else conn.execute(_PENDING_ON_NODE, {"b_node": node_id}).all()
+    for row in rows:
         due[(row.pending, row.job_id.lower(), row.generation)] = row
     run = [definition(row.pending, row.job_id, row.generation, row.spec)
            for key, row in due.items() if key not in held]

@@ -19,9 +19,10 @@ def _plan(tmp_path: Any, statement: Any) -> list[str]:
 
 
 def test_a_node_s_pending_runs_are_a_partial_index_seek(tmp_path: Any) -> None:
-    steps = _plan(tmp_path, prep._PENDING_ON_NODE.params(b_node="n"))
-    assert any("ix_job_node_tasks_pending" in step for step in steps), steps
-    assert not any(step.startswith("SCAN") for step in steps), steps
+    for statement in (prep._PENDING_ON_NODE.params(b_node="n"), prep._PENDING_ON_NODES.params(b_nodes=["n", "m"])):
+        steps = _plan(tmp_path, statement)
+        assert any("ix_job_node_tasks_pending" in step for step in steps), steps
+        assert not any(step.startswith("SCAN") for step in steps), steps
 
 
 def test_owed_releases_and_barred_nodes_are_partial_index_seeks(tmp_path: Any) -> None:
