@@ -316,3 +316,42 @@ def test_bad_prep_and_release_bodies_are_refused(client: Any, shoal: Any, body: 
     values = {v["key"]: v["value"] for v in error.get("values", [])}
     assert values.get("PropertyName") == name, error
     assert error_of(lambda: client.get_job("bad-prep")) == (404, "JobNotFound")
+
+
+def test_prep_downloads_its_files_and_a_failed_download_is_final(client: Any, pool: str) -> None:
+    prep = models.BatchJobPreparationTask(
+        command_line=_sh('test -s passwd && test "$FROM_PREP" = yes'),
+        resource_files=[models.ResourceFile(http_url="file:///etc/passwd", file_path="passwd")],
+        environment_settings=[models.EnvironmentSetting(name="FROM_PREP", value="yes")])
+    job_id = _job(client, "prep-files", pool, prep)
+    _tasks(client, job_id, 1, _sh("cmp $AZ_BATCH_JOB_PREP_WORKING_DIR/passwd /etc/passwd"))
+    wait_tasks_done(client, job_id)
+    assert client.get_task(job_id, "t0").execution_info.exit_code == 0
+    # A source the prep's user cannot read: a pre-processing failure, never retried.
+    bad = models.BatchJobPreparationTask(
+        command_line="/bin/true", constraints=models.BatchTaskConstraints(max_task_retry_count=3),
+        resource_files=[models.ResourceFile(http_url="file:///etc/shadow", file_path="shadow")])
+    bad_id = _job(client, "prep-bad-file", pool, bad)
+    _tasks(client, bad_id, 1, "/bin/true")
+    info = wait_for(lambda: [s.job_preparation_task_execution_info for s in _statuses(client, bad_id)
+                             if s.job_preparation_task_execution_info.state == "completed"], message="prep failed")[0]
+    assert (info.result, info.retry_count, info.failure_info.category) == ("failure", 0, "usererror")
+    assert info.exit_code is None
+    # It fails on the other node too; the task waits, active.
+    wait_for(lambda: len([s for s in _statuses(client, bad_id)
+                          if s.job_preparation_task_execution_info.state == "completed"]) == 2, message="both")
+    wait_for(lambda: client.get_task(bad_id, "t0").state == "active", message="the task back in the queue")
+    _terminate(client, job_id)
+    _terminate(client, bad_id)
+
+
+def test_a_release_is_stopped_at_its_wall_clock_limit_and_the_job_completes(client: Any, pool: str) -> None:
+    job_id = _job(client, "rel-slow", pool, models.BatchJobPreparationTask(command_line="/bin/true"),
+                  models.BatchJobReleaseTask(command_line="/bin/sleep 60", max_wall_clock_time="PT1S"))
+    _tasks(client, job_id, 1, "/bin/true")
+    wait_tasks_done(client, job_id)
+    started = time.monotonic()
+    _terminate(client, job_id)
+    assert time.monotonic() - started < 20
+    info = _statuses(client, job_id)[0].job_release_task_execution_info
+    assert (info.result, info.failure_info.code) == ("failure", "TaskEnded")
