@@ -40,20 +40,29 @@ _LOST_STATES = (NodeState.PREEMPTED, NodeState.UNUSABLE)
 JobTaskKey = tuple[str, str, int]  # (kind, job id, generation)
 
 
+_ROWS_OF_JOB_ON = (
+    select(job_node_tasks.c.seq, job_node_tasks.c.job_seq, job_node_tasks.c.node_id, job_node_tasks.c.pending,
+           job_node_tasks.c.prep_result, job_node_tasks.c.generation)
+    .where(job_node_tasks.c.job_seq == bindparam("b_job"),
+           job_node_tasks.c.node_id.in_(bindparam("b_nodes", expanding=True)))
+)
+
+
 def order_preparations(conn: Connection, pool_id: str, placed: Iterable[tuple[int, str]]) -> None:
     """Tasks of jobs with a preparation task were just placed on these (job seq, node) pairs:
     order the preparation where it has not run (or must run again)."""
     pairs = sorted(set(placed))
     if not pairs:
         return
+    by_job: dict[int, list[str]] = {}
+    for job, node in pairs:
+        by_job.setdefault(job, []).append(node)
     existing: dict[tuple[int, str], Any] = {}
-    for chunk in in_chunks(pairs):
-        condition = or_(*(and_(job_node_tasks.c.job_seq == job, job_node_tasks.c.node_id == node)
-                          for job, node in chunk))
-        for row in conn.execute(select(job_node_tasks.c.seq, job_node_tasks.c.job_seq, job_node_tasks.c.node_id,
-                                       job_node_tasks.c.pending, job_node_tasks.c.prep_result,
-                                       job_node_tasks.c.generation).where(condition)):
-            existing[(row.job_seq, row.node_id)] = row
+    for job, node_ids in by_job.items():
+        # Seeks of uq_job_node_tasks_job_node, a chunk of the job's nodes at a time.
+        for chunk in in_chunks(node_ids):
+            for row in conn.execute(_ROWS_OF_JOB_ON, {"b_job": job, "b_nodes": list(chunk)}):
+                existing[(row.job_seq, row.node_id)] = row
     fresh = [{"job_seq": job, "node_id": node, "pool_id": pool_id, "generation": 1, "pending": PREP_KIND}
              for job, node in pairs if (job, node) not in existing]
     if fresh:

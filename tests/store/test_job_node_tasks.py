@@ -39,3 +39,10 @@ def test_the_status_list_walks_the_job_s_rows_in_order_without_sorting(tmp_path:
                                          job_node_tasks.c.seq > 5).order_by(job_node_tasks.c.seq).limit(10))
     steps = _plan(tmp_path, page)
     assert not any(step.startswith("SCAN") or "TEMP B-TREE" in step for step in steps), steps
+
+
+def test_finding_the_rows_of_placed_tasks_is_a_unique_index_seek(tmp_path: Any) -> None:
+    steps = _plan(tmp_path, prep._ROWS_OF_JOB_ON.params(b_job=1, b_nodes=["a", "b"]))
+    # SQLite names the unique constraint's index sqlite_autoindex_…
+    assert any("(job_seq=? AND node_id=?)" in step for step in steps), steps
+    assert not any(step.startswith("SCAN") for step in steps), steps
