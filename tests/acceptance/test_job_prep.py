@@ -228,6 +228,9 @@ def test_release_runs_when_an_active_job_is_deleted(client: Any, pool: str) -> N
         "sleep 1; echo deleted >> $AZ_BATCH_NODE_SHARED_DIR/release-del.log"))
     job_id = _job(client, "rel-del", pool, prep, release)
     _tasks(client, job_id, 1, "/bin/sleep 30")
+    # (A task waiting for its job's preparation shows running too: wait for the preparation.)
+    wait_for(lambda: [s for s in _statuses(client, job_id)
+                      if s.job_preparation_task_execution_info.state == "completed"], message="prep done")
     wait_for(lambda: client.get_task(job_id, "t0").state == "running", message="task running")
     node_id = client.get_task(job_id, "t0").node_info.node_id
     client.begin_delete_job(job_id, polling_interval=0.1)
