@@ -132,6 +132,29 @@ def test_job_shows_prep_and_release_as_azure_does(client: Any, pool: str, shoal:
     assert body["jobReleaseTask"] == {
         "id": "jobrelease", "commandLine": "/bin/true", "maxWallClockTime": "PT15M", "retentionTime": "P7D",
         "userIdentity": {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}}}
+    custom = _post(shoal, "/jobs", {
+        "id": "prep-custom", "poolInfo": {"poolId": POOL},
+        "commonEnvironmentSettings": [{"name": "C", "value": "1"}],
+        "jobPreparationTask": {"id": "setup", "commandLine": "/bin/true", "waitForSuccess": False,
+                               "rerunOnNodeRebootAfterSuccess": False,
+                               "constraints": {"maxWallClockTime": "PT1H", "maxTaskRetryCount": 2},
+                               "userIdentity": {"autoUser": {"scope": "task", "elevationLevel": "admin"}},
+                               "environmentSettings": [{"name": "A", "value": "b"}]},
+        "jobReleaseTask": {"id": "teardown", "commandLine": "/bin/true", "maxWallClockTime": "PT5M",
+                           "retentionTime": "PT1H"}})
+    assert custom.status_code == 201, custom.text
+    shown = _get(shoal, "/jobs/prep-custom")
+    assert shown["jobPreparationTask"] == {
+        "id": "setup", "commandLine": "/bin/true", "environmentSettings": [{"name": "A", "value": "b"}],
+        "constraints": {"maxWallClockTime": "PT1H", "retentionTime": "P7D", "maxTaskRetryCount": 2},
+        "userIdentity": {"autoUser": {"scope": "task", "elevationLevel": "admin"}},
+        "waitForSuccess": False, "rerunOnNodeRebootAfterSuccess": False}
+    assert shown["jobReleaseTask"] == {
+        "id": "teardown", "commandLine": "/bin/true", "maxWallClockTime": "PT5M", "retentionTime": "PT1H",
+        "userIdentity": {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}}}
+    # The default ids are free for tasks when the job's own tasks are named otherwise.
+    client.create_task("prep-custom", models.BatchTaskCreateOptions(id="jobpreparation", command_line="/bin/true"))
+    client.begin_delete_job("prep-custom", polling_interval=0.1)
     # No node has run anything yet: an empty list, as Azure answers.
     assert _statuses(client, job_id) == []
     # Task ids of the prep and release are taken.
