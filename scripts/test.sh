@@ -36,6 +36,12 @@ if [ ! -f tests/compat/js/node_modules/@azure/batch/package.json ] \
     npm ci --prefix tests/compat/js --no-audit --no-fund --loglevel=error
 fi
 
+# The OpenSSH client logs into a node user's SSH server (tests/acceptance/test_node_users.py).
+if ! command -v ssh >/dev/null; then
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends openssh-client >/dev/null
+fi
+
 # Azurite, the Azure Storage emulator the storage tests start on a free loopback port.
 if [ ! -x tests/storage/node_modules/.bin/azurite-blob ] \
         || [ tests/storage/package-lock.json -nt tests/storage/node_modules/.package-lock.json ]; then

@@ -23,12 +23,13 @@ import bisect
 import contextlib
 import errno
 import hmac
+import json
 import os
 import re
 import shutil
 import socket
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -45,6 +46,7 @@ from starlette.types import Receive, Scope, Send
 CHUNK_SIZE = 256 * 1024
 MAX_PATH_BYTES = 4096  # Linux PATH_MAX
 MAX_NAME_BYTES = 255  # Linux NAME_MAX
+MAX_CONTROL_BODY_BYTES = 1024 * 1024  # 100 users with their keys
 LIST_PAGE_MAX = 1000  # entries per listing page, as Batch's maxresults
 # Each level of a recursive listing holds one open descriptor; deeper folders are listed but
 # not descended into, so a task's deep tree cannot exhaust the agent's descriptors.
@@ -354,14 +356,19 @@ async def _read_range(fd: int, start: int, length: int) -> AsyncIterator[bytes]:
 class FileServer:
     """A Starlette app over one node root, plus the uvicorn server that serves it."""
 
-    def __init__(self, root: Path, token: str) -> None:
+    def __init__(self, root: Path, token: str, controls: dict[str, Callable[[Any], Awaitable[Any]]] | None = None) -> None:
         self.root = Path(root).resolve()
         self.token = token
+        # Orders of the control plane beyond files, by route name: "users" (agent/ssh.py),
+        # "service-logs" (agent/service_logs.py). A handler's answer is the JSON reply.
+        self._controls = dict(controls or {})
         route_methods = ["GET", "HEAD", "DELETE"]
         self.app = Starlette(
             routes=[
                 Route("/files", self._handle, methods=route_methods),
                 Route("/files/{path:path}", self._handle, methods=route_methods),
+                Route("/users", self._control, methods=["PUT"]),
+                Route("/service-logs", self._control, methods=["POST"]),
             ]
         )
         self._server: uvicorn.Server | None = None
@@ -371,6 +378,32 @@ class FileServer:
     def _authorized(self, request: Request) -> bool:
         given = request.headers.get("authorization", "")
         return hmac.compare_digest(given.encode(), f"ShoalNode {self.token}".encode())
+
+    async def _control(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return _error(401, "AuthenticationFailed", "missing or wrong node token")
+        handler = self._controls.get(request.url.path.strip("/"))
+        if handler is None:
+            return _error(501, "NotSupported", "the agent does not run as root: it cannot do this")
+        body = bytearray()
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > MAX_CONTROL_BODY_BYTES:
+                return _error(413, "RequestBodyTooLarge", "the body is too large")
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return _error(400, "InvalidBody", "the body is not JSON")
+        from shoal.agent.service_logs import LogsRefused
+        from shoal.agent.ssh import UsersRefused
+
+        try:
+            answer = await self._controls[request.url.path.strip("/")](payload)
+        except UsersRefused as exc:
+            return _error(exc.status, "UsersRefused", exc.message)
+        except LogsRefused as exc:
+            return _error(400, "LogsRefused", str(exc))
+        return JSONResponse(answer) if answer is not None else Response(status_code=200)
 
     async def _handle(self, request: Request) -> Response:
         if not self._authorized(request):

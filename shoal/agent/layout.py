@@ -313,7 +313,8 @@ def settings_to_dict(settings: Mapping[str, str] | Iterable[Mapping[str, str]] |
     return {str(s["name"]): str(s.get("value") or "") for s in settings}
 
 
-def _common_batch_vars(layout: NodeLayout, node: NodeIdentity, paths: TaskPaths) -> dict[str, str]:
+def node_environment(layout: NodeLayout, node: NodeIdentity) -> dict[str, str]:
+    """The variables that describe the node itself (every task's, and an SSH session's)."""
     return {
         "AZ_BATCH_ACCOUNT_NAME": node.account_name,
         "AZ_BATCH_ACCOUNT_URL": node.account_url,
@@ -324,6 +325,12 @@ def _common_batch_vars(layout: NodeLayout, node: NodeIdentity, paths: TaskPaths)
         "AZ_BATCH_NODE_SHARED_DIR": str(layout.shared),
         "AZ_BATCH_NODE_STARTUP_DIR": str(layout.startup),
         "AZ_BATCH_NODE_MOUNTS_DIR": str(layout.fsmounts),
+    }
+
+
+def _common_batch_vars(layout: NodeLayout, node: NodeIdentity, paths: TaskPaths) -> dict[str, str]:
+    return {
+        **node_environment(layout, node),
         "AZ_BATCH_TASK_DIR": str(paths.task_dir),
         "AZ_BATCH_TASK_WORKING_DIR": str(paths.working_dir),
         "AZ_BATCH_CERTIFICATES_DIR": str(paths.certificates_dir),

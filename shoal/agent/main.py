@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from shoal.agent import launcher, taskfiles
+from shoal.agent import launcher, service_logs, taskfiles
 from shoal.agent.answer import (
     LeavePool,
     RestartNode,
@@ -56,10 +56,13 @@ from shoal.agent.layout import (
     NodeLayout,
     Ownership,
     UnsafeIdError,
+    base_environment,
+    node_environment,
     settings_to_dict,
     start_task_environment,
     task_environment,
 )
+from shoal.agent.limits import NodeLimits
 from shoal.agent.metrics import ResourceMeter
 from shoal.agent.process import (
     KILL_GRACE_S,
@@ -73,6 +76,7 @@ from shoal.agent.process import (
     utc_now,
     warm_up,
 )
+from shoal.agent.ssh import NodeLogins, UsersRefused
 from shoal.agent.tree import contain_node, release_node
 from shoal.agent.tree import current as current_containment
 from shoal.agent.users import NodeUsers, UserProvisionError
@@ -157,6 +161,9 @@ class Agent:
         self._uploading: dict[AttemptKey, asyncio.Future[Any]] = {}
         # The node's users; None when the agent is not root (tasks run as the agent's user).
         self.users: NodeUsers | None = None
+        # Node users' logins (ComputeNode_AddUser): only a root agent can create their accounts.
+        self.logins: NodeLogins | None = None
+        self.limits = NodeLimits()  # entered in run(), before any child starts
         self.pool_account_names: set[str] = set()
         self._last_user_sweep = time.monotonic()
         # Job preparation and release runs, and the tasks waiting for a preparation.
@@ -172,11 +179,19 @@ class Agent:
         # Task trees die with their node (shoal.agent.tree): what an earlier agent on this root
         # left running dies before hello lets the control plane requeue it elsewhere.
         containment = await asyncio.to_thread(contain_node, self.layout.root)
+        self.limits = await asyncio.to_thread(NodeLimits.enter, self.layout.root)
         try:
             if self.config.node_id is None and not await self._unless_stopped(self._register()):
                 return EXIT_OK
             assert self.client.token is not None
-            self.fileserver = FileServer(self.layout.root, self.client.token)
+            if self._is_root:
+                self.logins = NodeLogins(self.config.files_host, self.layout.root,
+                                         self.layout.root.parent / "ssh_host_ed25519_key", lambda: self.users,
+                                         self._session_environment)
+            controls: dict[str, Any] = {"service-logs": self._upload_service_logs}
+            if self.logins is not None:
+                controls["users"] = self.logins.apply
+            self.fileserver = FileServer(self.layout.root, self.client.token, controls)
             file_url = await self.fileserver.start(self.config.files_host)
             while True:
                 if not await self._unless_stopped(self._hello(file_url)):
@@ -205,6 +220,7 @@ class Agent:
             await self.client.aclose()
             await asyncio.to_thread(launcher.close_users, self._lasting_users())
             await asyncio.to_thread(release_node, containment)
+            await asyncio.to_thread(self.limits.release)
 
     async def _unless_stopped(self, coro: Any) -> bool:
         """Run ``coro`` unless SIGTERM comes first; False when stopped."""
@@ -247,6 +263,7 @@ class Agent:
             "ipAddress": _ip_address(self.config.files_host),
             "incarnation": self.incarnation,
             "isolation": self._isolation(),
+            "sshPort": self.logins.port if self.logins is not None else None,
         }
         try:
             answer = await self.client.hello(body, give_up_after_s=self.config.orphan_timeout_s)
@@ -264,6 +281,10 @@ class Agent:
             is_dedicated=bool(node.get("isDedicated", True)),
         )
         self.start_task_def = node.get("startTask")
+        size = node.get("vmSize")
+        if isinstance(size, dict) and self.limits.enforced:
+            await asyncio.to_thread(self.limits.apply, _int_or(size.get("vCPUs"), 1),
+                                    _int_or(size.get("memoryMiB"), 0))
         accounts = node.get("userAccounts")
         accounts = accounts if isinstance(accounts, list) else []
         self.pool_account_names = {a["name"] for a in accounts if isinstance(a, dict) and isinstance(a.get("name"), str)}
@@ -273,12 +294,29 @@ class Agent:
             await asyncio.to_thread(self._provision, self.users, accounts)
             if self.users.pool_user is not None:
                 warm_up(self.users.pool_user)
+        if self.logins is not None:
+            try:
+                await self.logins.apply(node.get("loginUsers") or {"generation": 0, "users": []})
+            except UsersRefused as exc:
+                log.error("cannot create the node's login users: %s", exc.message)
+
+    async def _upload_service_logs(self, request: Any) -> dict[str, Any]:
+        return {"numberOfFiles": await service_logs.upload(request, self.layout.startup)}
+
+    def _session_environment(self, account: pwd.struct_passwd) -> dict[str, str]:
+        """An SSH session's environment: the user's, and the node's AZ_BATCH_* variables."""
+        env = base_environment(account)
+        if self.node is not None:
+            env.update(node_environment(self.layout, self.node))
+        return env
 
     def _isolation(self) -> dict[str, Any]:
         """What the hello tells the control plane about running tasks as their own users."""
+        limits = {"sizeLimits": {"enforced": self.limits.enforced, "reason": "; ".join(self.limits.errors)[:500]}}
         if self._is_root:
-            return {"userIsolation": True}
-        return {"userIsolation": False, "agentUser": _name_of_uid(os.geteuid()), "message": _no_isolation_message()}
+            return {"userIsolation": True, **limits}
+        return {"userIsolation": False, "agentUser": _name_of_uid(os.geteuid()), "message": _no_isolation_message(),
+                **limits}
 
     def _provision(self, users: NodeUsers, accounts: list[Any]) -> None:
         """Worker thread: the node's group and users, then ``shared`` for that group. A failure
@@ -300,6 +338,8 @@ class Agent:
         tasks), and with a reimage the node root emptied and laid out afresh."""
         log.info("restarting the node (%s)", "reimage" if wipe else "reboot")
         self._cancel_launches()
+        if self.logins is not None:
+            self.logins.forget()  # sessions end with the "machine"; the next hello sends the users again
         kills = [proc.kill() for proc in self.running.values()]
         if self._start_task_proc is not None:
             kills.append(self._start_task_proc.kill())
@@ -362,6 +402,8 @@ class Agent:
             task.cancel()
         if self.fileserver is not None:
             await self.fileserver.stop()
+        if self.logins is not None:
+            await self.logins.close()
         if delete_root:
             await asyncio.to_thread(shutil.rmtree, self.layout.root, True)
             await self._remove_users()

@@ -36,6 +36,7 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """A spawn request holds a command line (≤ 8,191 characters) and an environment; the control
 plane bounds a request body at 1 MB, so 4 MiB is never a legitimate message."""
 SPAWN_FDS = 4
+TASK_OOM_SCORE_ADJ = 500
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
@@ -203,6 +204,11 @@ def main(argv: list[str]) -> int:
     sock = socket.socket(fileno=fd)
     sock.set_inheritable(False)
     os.chdir("/")
+    # Past its node's memory the kernel kills one of the node's processes: a task, not the agent
+    # (tasks inherit this; raising one's own score needs no privilege).
+    with contextlib.suppress(OSError):
+        with open("/proc/self/oom_score_adj", "w") as score:
+            score.write(str(TASK_OOM_SCORE_ADJ))
     become(uid, gid, groups)
     if os.getppid() != parent:
         return 1  # the agent died before the death signal was armed

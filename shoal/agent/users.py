@@ -109,6 +109,10 @@ def account_role(name: str) -> str:
     return f"account {_hex(name)}"
 
 
+def login_role(name: str) -> str:
+    return f"login {_hex(name)}"
+
+
 @dataclass(frozen=True)
 class AccountSpec:
     """One pool ``userAccounts`` entry, checked."""
@@ -290,6 +294,18 @@ class NodeUsers:
         for entry in pwd.getpwall():
             if entry.pw_gecos.startswith(prefix):
                 self.task_users.setdefault(entry.pw_gecos[len(prefix):], entry)
+
+    def ensure_login_user(self, name: str, admin: bool) -> pwd.struct_passwd:
+        """A node user (ComputeNode_AddUser), named as a pool account would be; admins also in
+        sudo/wheel. Made once; an admin flag changed later only by deleting and adding again,
+        as Batch's update cannot change it either."""
+        groups = [g for g in ADMIN_GROUPS if _group_exists(g)][:1] if admin else []
+        return self._ensure_user(self.names.account_user(name), login_role(name), extra_groups=groups)
+
+    def remove_login_user(self, name: str) -> None:
+        entry = _lookup(self.names.account_user(name))
+        if entry is not None and entry.pw_gecos == self.names.marker(login_role(name)):
+            _remove_users([entry], self.home_base)
 
     # ---- removal -------------------------------------------------------------------------------
 

@@ -119,7 +119,19 @@ class Api:
 
 def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_interval_s: float = 5.0,
               manual_join: bool = False) -> Starlette:
-    from shoal.api import agent, autoscale, files, job_schedules, jobs, nodes, pools, spot, tasks
+    from shoal.api import (
+        agent,
+        autoscale,
+        files,
+        job_schedules,
+        jobs,
+        node_logs,
+        node_users,
+        nodes,
+        pools,
+        spot,
+        tasks,
+    )
 
     routes: list[Route] = []
     for module in (pools, autoscale, nodes, spot, jobs, job_schedules, tasks):
@@ -128,6 +140,9 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
     # File routes relay to nodes through the loop's HTTP client: they stay on the loop and send
     # their store reads to a reader thread themselves.
     routes.extend(Route(path, api.batch(handler, "loop"), methods=methods) for path, methods, handler in files.ROUTES)
+    # So do the node user routes: they hand the node its users once the store has them.
+    routes.extend(Route(path, api.batch(handler, "loop"), methods=methods)
+                  for path, methods, handler in (*node_users.ROUTES, *node_logs.ROUTES))
     routes.extend(agent.routes(api, agent_hub, poll_timeout_s, heartbeat_interval_s, manual_join))
     routes.append(Route("/shoal/v1/pools/{pool_id}/join-token", api.batch(_join_token, "read"), methods=["GET"]))
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import time
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -82,26 +81,14 @@ def _next_link(request: Request, cursor: str) -> str:
     return f"{base_url(request)}{request.url.path}?{urlencode(params)}"
 
 
-# An agent that restarts (its node rebooted, the server restarted and the provider started the
-# node's agent again) listens on a new address within seconds of its hello: a file request that
-# finds nobody listening reads the node's address again and retries for this long, rather than
-# answering NodeNotReady to a client that asked a moment too early.
-RECONNECT_S = 5.0
-RECONNECT_POLL_S = 0.25
-
-
 async def _on_node(request: Request, ctx: Context, locate: Any, call: Any) -> Any:
-    """``call(node, folder, url base)`` for the node `locate` finds, retried while its agent is
-    not listening (see RECONNECT_S)."""
-    deadline = time.monotonic() + RECONNECT_S
-    while True:
+    """``call(node, folder, url base)`` for the node `locate` finds, again while its agent is
+    restarting (a client asking a moment after a reboot gets its file, not NodeNotReady)."""
+    async def attempt() -> Any:
         node, directory, url_base = await asyncio.to_thread(locate, request, ctx)
-        try:
-            return await call(node, directory, url_base)
-        except node_files.AgentNotListening:
-            if time.monotonic() >= deadline:
-                raise
-            await asyncio.sleep(RECONNECT_POLL_S)
+        return await call(node, directory, url_base)
+
+    return await node_files.while_restarting(attempt)
 
 
 def _lister(locate):  # type: ignore[no-untyped-def]

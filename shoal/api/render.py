@@ -207,8 +207,8 @@ def node(base_url: str, record: NodeRecord) -> dict[str, Any]:
         out["startTaskInfo"] = row.start_task_info
     if row.errors:
         out["errors"] = row.errors
-    if running:
-        out["recentTasks"] = [_task_information(base_url, t) for t in running]
+    if running or record.recent:
+        out["recentTasks"] = [_task_information(base_url, t) for t in (*running, *record.recent)]
     return out
 
 

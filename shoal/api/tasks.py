@@ -17,6 +17,7 @@ from shoal.api.http import (
     max_results,
 )
 from shoal.service import tasks as task_service
+from shoal.service import why
 from shoal.service.context import Context
 
 
@@ -113,6 +114,11 @@ async def subtasks(request: Request, ctx: Context) -> Response:
     return json_response(request, {"value": []}, odata_type="subtaskinformations")
 
 
+async def task_why(request: Request, ctx: Context) -> Response:
+    """Beyond Azure: why an active task has not started (`shoal task why`)."""
+    return json_response(request, why.explain(ctx, *_ids(request)))
+
+
 ROUTES = [
     ("/jobs/{job_id}/tasks", ["POST"], create_task),
     ("/jobs/{job_id}/tasks", ["GET"], list_tasks),
@@ -123,4 +129,5 @@ ROUTES = [
     ("/jobs/{job_id}/tasks/{task_id}/terminate", ["POST"], terminate_task),
     ("/jobs/{job_id}/tasks/{task_id}/reactivate", ["POST"], reactivate_task),
     ("/jobs/{job_id}/tasks/{task_id}/subtasksinfo", ["GET"], subtasks),
+    ("/shoal/v1/jobs/{job_id}/tasks/{task_id}/why", ["GET"], task_why),
 ]

@@ -23,12 +23,7 @@ OPERATIONS: tuple[tuple[str, str, str], ...] = (
     ("POST", "/certificates(thumbprintAlgorithm={},thumbprint={})/canceldelete", "Certificate_CancelDeletion"),
     ("DELETE", "/certificates(thumbprintAlgorithm={},thumbprint={})", "Certificate_Delete"),
     ("GET", "/certificates(thumbprintAlgorithm={},thumbprint={})", "Certificate_Get"),
-    ("POST", "/pools/{}/nodes/{}/users", "ComputeNode_AddUser"),
-    ("DELETE", "/pools/{}/nodes/{}/users/{}", "ComputeNode_DeleteUser"),
-    ("PUT", "/pools/{}/nodes/{}/users/{}", "ComputeNode_UpdateUser"),
-    ("GET", "/pools/{}/nodes/{}/remoteloginsettings", "ComputeNode_GetRemoteLoginSettings"),
     ("GET", "/pools/{}/nodes/{}/rdp", "ComputeNode_GetRemoteDesktop"),
-    ("POST", "/pools/{}/nodes/{}/uploadbatchservicelogs", "ComputeNode_UploadBatchServiceLogs"),
     ("GET", "/pools/{}/nodes/{}/extensions", "ComputeNodeExtension_List"),
     ("GET", "/pools/{}/nodes/{}/extensions/{}", "ComputeNodeExtension_Get"),
 )

@@ -273,6 +273,23 @@ def task_list(job_id: str, state: str | None, data_dir: Path | None, as_json: bo
                   ("result", "executionInfo/result"), ("node", "nodeInfo/nodeId")], as_json)
 
 
+@task.command("why")
+@click.argument("job_id")
+@click.argument("task_id")
+@data_dir_option
+@json_option
+def task_why(job_id: str, task_id: str, data_dir: Path | None, as_json: bool) -> None:
+    """Say in plain words why TASK_ID has not started (beyond Azure)."""
+    client = _client(data_dir)
+    answer = _or_exit(lambda: client.get(f"/shoal/v1/jobs/{job_id}/tasks/{task_id}/why"))
+    if as_json:
+        click.echo(json.dumps(answer))
+        return
+    console.print(f"[bold]{answer['jobId']}/{answer['taskId']}[/bold] is {answer['state']}", highlight=False)
+    for reason in answer["reasons"]:
+        console.print(f"  [yellow]{reason['code']}[/yellow]: {reason['message']}", highlight=False)
+
+
 @task.command("wait")
 @click.argument("job_id")
 @click.option("--timeout", default=3600.0, show_default=True, help="seconds")

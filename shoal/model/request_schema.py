@@ -46,6 +46,9 @@ BODIES = {
     "node.disablescheduling": ("NodeDisableSchedulingParameter", "BatchNodeDisableSchedulingOptions"),
     "node.reboot": ("NodeRebootParameter", "_models.BatchNodeRebootOptions"),
     "node.reimage": ("NodeReimageParameter", "_models.BatchNodeReimageOptions"),
+    "node.adduser": ("ComputeNodeUser", "BatchNodeUserCreateOptions"),
+    "node.updateuser": ("NodeUpdateUserParameter", "BatchNodeUserReplaceOptions"),
+    "node.uploadbatchservicelogs": ("UploadBatchServiceLogsConfiguration", "UploadBatchServiceLogsOptions"),
 }
 
 Tree = Any

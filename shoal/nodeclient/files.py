@@ -11,10 +11,13 @@ normalise, and the agent confines the path to ``base`` again on its side, by des
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, unquote
 
 import httpx
@@ -30,6 +33,10 @@ MAX_NAME_BYTES = 255  # Linux NAME_MAX
 _DECODE_ROUNDS = 3
 MAX_ANSWER_BYTES = 8 * 1024 * 1024  # a listing page of 1,000 entries is about 250 KB
 MAX_ERROR_BYTES = 64 * 1024
+# An agent restarting (a reboot, a server restart adopting it) listens again within a second or two.
+RECONNECT_S = 5.0
+RECONNECT_POLL_S = 0.25
+T = TypeVar("T")
 
 
 def client() -> httpx.AsyncClient:
@@ -54,6 +61,19 @@ class NodeUnreachable(BatchError):
 class AgentNotListening(NodeUnreachable):
     """No connection could be made: nothing was sent, so the call may be made again (to the
     address the node's agent gives when it says hello again)."""
+
+
+async def while_restarting(attempt: Callable[[], Awaitable[T]]) -> T:
+    """``attempt()``, made again for up to RECONNECT_S while the node's agent is not listening
+    (restarting after a reboot or a server restart); each attempt may read its new address."""
+    deadline = time.monotonic() + RECONNECT_S
+    while True:
+        try:
+            return await attempt()
+        except AgentNotListening:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(RECONNECT_POLL_S)
 
 
 def _invalid_path(reason: str) -> BadRequest:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import psutil
 
+from shoal.agent import limits as node_limits
 from shoal.agent.tree import kill_node_processes
 from shoal.agent.users import remove_node_users
 from shoal.config import PROVIDER_RECONCILE_S
@@ -130,12 +131,12 @@ class LocalProvider:
             if record.state == NodeState.PREEMPTED:
                 # The VM went with its capacity: no agent, no local data, until it comes back.
                 if agent is not None or self.node_dir(record.node_id).exists():
-                    await asyncio.to_thread(kill_node_processes, self.node_root(record.node_id), remove=True)
+                    await asyncio.to_thread(_remove_node_processes, self.node_root(record.node_id))
                     self._drop(record.node_id)
                 continue
             if record.state == NodeState.LEAVING_POOL:
                 if agent is None or not agent.alive():
-                    await asyncio.to_thread(kill_node_processes, self.node_root(record.node_id), remove=True)
+                    await asyncio.to_thread(_remove_node_processes, self.node_root(record.node_id))
                     self._drop(record.node_id)
                     await self.runner.write(node_service.forget, self.ctx, record.node_id)
                 continue
@@ -162,7 +163,7 @@ class LocalProvider:
                 if now - agent.gone_since > LEAVE_GRACE_S:
                     agent.terminate(signal.SIGKILL)
                 continue
-            await asyncio.to_thread(kill_node_processes, self.node_root(node_id), remove=True)
+            await asyncio.to_thread(_remove_node_processes, self.node_root(node_id))
             self._drop(node_id)
 
 
@@ -234,3 +235,9 @@ class LocalProvider:
                 time.sleep(0.05)
             if agent.alive():
                 agent.terminate(signal.SIGKILL)
+
+
+def _remove_node_processes(node_root: Path) -> None:
+    """The node is gone for good: its processes and its cgroups (containment and size limits)."""
+    kill_node_processes(node_root, remove=True)
+    node_limits.remove_for(node_root)

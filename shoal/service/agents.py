@@ -18,8 +18,9 @@ from sqlalchemy import Connection, bindparam, select, update
 
 from shoal import clock
 from shoal.errors import BadRequest, BatchError, Conflict, InvalidProperty, Unauthenticated
+from shoal.model.catalog import find_vm_size
 from shoal.model.states import NodeState, PoolState, SchedulingState, StartTaskState, TaskState
-from shoal.service import job_prep, job_prep_nodes, scheduling, task_files, transitions
+from shoal.service import job_prep, job_prep_nodes, node_users, scheduling, task_files, transitions
 from shoal.service import jobs as job_service
 from shoal.service.context import Context
 from shoal.store.chunks import in_chunks
@@ -260,8 +261,17 @@ def hello(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> dict[
                 f"The node's agent does not run as root, so it cannot create users: every task runs as "
                 f"{agent_user!r}, unisolated from other tasks and from the agent, and a task naming a "
                 f"userName fails."), "errorDetails": [{"name": "agentUser", "value": agent_user}]})
+        errors = [e for e in errors if e.get("code") != "SizeNotEnforced"]
+        limits = isolation.get("sizeLimits") if isinstance(isolation, dict) else None
+        if isinstance(limits, dict) and limits.get("enforced") is False:
+            reason = "".join(c for c in str(limits.get("reason") or "")[:300] if c.isprintable())
+            errors.append({"code": "SizeNotEnforced", "message": (
+                f"The node's tasks are not confined to the vCPUs and memory of {pool.vm_size}: they may use "
+                f"all of the host's. {reason}").strip(), "errorDetails": [{"name": "reason", "value": reason}]})
         if errors != (node.errors or []):
             conn.execute(update(nodes).where(nodes.c.id == node_id).values(errors=errors or None))
+        node_users.record_ssh_port(conn, node_id, body.get("sshPort"))
+        login_users = node_users.for_agent(conn, node_id)
     ctx.signals.wake_scheduler()
     # Pool user accounts become real users on the node; the password travels so the agent can
     # set it (never logged), the SSH key only where inter-node communication wants it installed.
@@ -280,7 +290,13 @@ def hello(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> dict[
     return {"node": {
         "poolId": pool.id, "isDedicated": bool(node.is_dedicated), "accountName": ctx.account,
         "accountUrl": ctx.base_url, "taskSlotsPerNode": pool.slots_per_node, "startTask": start_task,
-        "userAccounts": user_accounts}}
+        "userAccounts": user_accounts, "loginUsers": login_users, "vmSize": _resources(pool.vm_size)}}
+
+
+def _resources(vm_size: str) -> dict[str, Any] | None:
+    """What a node of the pool's size may use; its agent confines its processes to it."""
+    size = find_vm_size(vm_size)
+    return {"name": size.name, "vCPUs": size.vcpus, "memoryMiB": size.memory_mib} if size else None
 
 
 def sync(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAnswer:

@@ -16,8 +16,8 @@ from sqlalchemy import Connection, select, update
 from shoal import clock
 from shoal.errors import Conflict
 from shoal.model.states import NodeState, SchedulingState
+from shoal.service import node_users, request_body, transitions
 from shoal.service import nodes as node_service
-from shoal.service import request_body, transitions
 from shoal.service import validation as v
 from shoal.service.context import Context
 from shoal.store.schema import nodes
@@ -87,6 +87,8 @@ def begin_pending(conn: Connection) -> list[str]:
             continue
         conn.execute(update(nodes).where(nodes.c.id == node_id).values(
             state=RESTARTS[action], state_transition_time=clock.now(), etag=clock.new_etag()))
+        if action == "reimage":
+            node_users.forget_all(conn, node_id)
         started.append(node_id)
     return started
 

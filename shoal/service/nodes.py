@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, union_all, update
 
 from shoal import clock
 from shoal.errors import NotFound
@@ -14,7 +15,13 @@ from shoal.service import pools as pool_service
 from shoal.service import transitions
 from shoal.service.context import Context
 from shoal.service.liveness import Liveness
-from shoal.store.schema import jobs, nodes, pools, tasks
+from shoal.store.chunks import in_chunks
+from shoal.store.schema import jobs, nodes, pools, task_attempts, tasks
+
+# Azure's recentTasks: the tasks whose state changed on the node lately; Shoal shows ten.
+RECENT_TASKS = 10
+# Nodes per statement (one bounded walk each, joined by UNION ALL; SQLite allows 500).
+RECENT_CHUNK = 100
 
 
 def node_not_found(node_id: str) -> NotFound:
@@ -28,6 +35,8 @@ class NodeRecord(NamedTuple):
     pool: Any
     row: Any
     running: list[Any]
+    # Tasks whose attempts ended on the node lately, newest first (none of them running there).
+    recent: Sequence[Any] = ()
 
 
 def _running_by_node(conn: Any, node_ids: list[str]) -> dict[str, list[Any]]:
@@ -43,13 +52,44 @@ def _running_by_node(conn: Any, node_ids: list[str]) -> dict[str, list[Any]]:
     return out
 
 
+def _recent_by_node(conn: Any, node_ids: list[str], running: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """Per node, the tasks of its last RECENT_TASKS ended attempts (each task once, newest
+    first, none running there now): one bounded walk of ``ix_task_attempts_node`` per node."""
+    out: dict[str, list[Any]] = {n: [] for n in node_ids}
+    for chunk in in_chunks(node_ids, RECENT_CHUNK):
+        walks = [select(task_attempts.c.node_id, task_attempts.c.end_time, task_attempts.c.seq.label("attempt_seq"),
+                        task_attempts.c.task_seq)
+                 .where(task_attempts.c.node_id == node_id)
+                 .order_by(task_attempts.c.end_time.desc(), task_attempts.c.seq.desc())
+                 .limit(RECENT_TASKS).subquery() for node_id in chunk]
+        attempts = union_all(*[select(walk) for walk in walks]).subquery()
+        rows = conn.execute(
+            select(attempts.c.node_id, attempts.c.attempt_seq, tasks.c.seq, tasks.c.id, tasks.c.state,
+                   tasks.c.required_slots, tasks.c.execution_info, jobs.c.id.label("job_id"))
+            .join(tasks, tasks.c.seq == attempts.c.task_seq).join(jobs, jobs.c.seq == tasks.c.job_seq)
+            .order_by(attempts.c.node_id, attempts.c.end_time.desc(), attempts.c.attempt_seq.desc())).all()
+        for row in rows:
+            shown = out[row.node_id]
+            if len(running[row.node_id]) + len(shown) >= RECENT_TASKS or any(t.seq == row.seq for t in shown) \
+                    or any(t.id == row.id and t.job_id == row.job_id for t in running[row.node_id]):
+                continue
+            shown.append(row)
+    return out
+
+
+def _records(conn: Any, pool: Any, rows: list[Any]) -> list[NodeRecord]:
+    ids = [r.id for r in rows]
+    running = _running_by_node(conn, ids)
+    recent = _recent_by_node(conn, ids, running)
+    return [NodeRecord(pool, r, running[r.id], recent[r.id]) for r in rows]
+
+
 def list_for_pool(ctx: Context, pool_id: str) -> list[NodeRecord]:
     with ctx.engine.connect() as conn:
         pool = pool_service.load(conn, ctx, pool_id)
         rows = conn.execute(select(nodes).where(nodes.c.pool_seq == pool.seq)
                             .order_by(nodes.c.allocation_time, nodes.c.id)).all()
-        running = _running_by_node(conn, [r.id for r in rows])
-        return [NodeRecord(pool, r, running[r.id]) for r in rows]
+        return _records(conn, pool, list(rows))
 
 
 def load(conn: Any, ctx: Context, pool_id: str, node_id: str) -> tuple[Any, Any]:
@@ -63,7 +103,7 @@ def load(conn: Any, ctx: Context, pool_id: str, node_id: str) -> tuple[Any, Any]
 def get(ctx: Context, pool_id: str, node_id: str) -> NodeRecord:
     with ctx.engine.connect() as conn:
         pool, row = load(conn, ctx, pool_id, node_id)
-        return NodeRecord(pool, row, _running_by_node(conn, [row.id])[row.id])
+        return _records(conn, pool, [row])[0]
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,13 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
 
 from shoal import clock
 from shoal.model.states import NodeState, SchedulingState, TaskState
 from shoal.service import dependencies, exit_conditions
 from shoal.store.chunks import in_chunks
-from shoal.store.schema import jobs, nodes, tasks
+from shoal.store.schema import jobs, nodes, task_attempts, tasks
 
 FAILURE_EXIT_CODE = {"category": "usererror", "code": "FailureExitCode",
                      "message": "The task exited with an exit code representing a failure"}
@@ -51,7 +51,8 @@ def _move(row: Any, new_state: str, now: datetime, info: dict[str, Any],
     if new_state == TaskState.COMPLETED and row.node_info:
         # The task's folder stays on its node for retentionTime, then goes (semantics §2.5).
         retention_deadline = now + retention(row.spec)
-    return {"b_seq": row.seq, "b_state": new_state, "b_previous_state": row.state,
+    return {"b_seq": row.seq, "b_ran_on": row.node_id if row.state == TaskState.RUNNING else None,
+            "b_state": new_state, "b_previous_state": row.state,
             "b_previous_time": row.state_transition_time, "b_now": now, "b_info": info,
             "b_etag": clock.new_etag(), "b_retention": retention_deadline,
             "b_outcome": info.get("result") if new_state == TaskState.COMPLETED else None,
@@ -59,8 +60,21 @@ def _move(row: Any, new_state: str, now: datetime, info: dict[str, Any],
 
 
 def _apply(conn: Connection, moves: list[dict[str, Any]]) -> None:
-    if moves:
-        conn.execute(_MOVE, moves)
+    if not moves:
+        return
+    # An attempt that leaves a node is kept: the node's recentTasks, the task's history.
+    ended = [{"node_id": m["b_ran_on"], "task_seq": m["b_seq"], "end_state": m["b_state"],
+              "end_time": _attempt_end(m["b_info"], m["b_now"])} for m in moves if m["b_ran_on"]]
+    conn.execute(_MOVE, [{k: value for k, value in m.items() if k != "b_ran_on"} for m in moves])
+    if ended:
+        conn.execute(insert(task_attempts), ended)
+
+
+def _attempt_end(info: dict[str, Any], now: datetime) -> datetime:
+    """When an attempt ended on its node: its report's time (one sync may report several, in
+    any order), else now (a requeue, whose info may still hold an earlier attempt's end)."""
+    end, start = clock.parse_iso(info.get("endTime")), clock.parse_iso(info.get("startTime"))
+    return end if end is not None and (start is None or end >= start) else now
 
 
 def retention(spec: dict[str, Any]) -> timedelta:

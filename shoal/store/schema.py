@@ -106,6 +106,8 @@ nodes = Table(
     Column("pending_action", String(16)),
     Column("errors", JSON),
     Column("etag", String(40), nullable=False),
+    # The port of the node's SSH server (its agent's hello), for remote login (migration 0015).
+    Column("ssh_port", Integer),
 )
 Index("ix_nodes_pool", nodes.c.pool_seq)
 # The nodes with a free slot, in the order that breaks placement ties: a scheduling pass walks
@@ -319,6 +321,35 @@ job_task_counts = Table(
     Column("blocked", BigInteger, nullable=False, server_default="0"),
 )
 
+# Login users of a node (ComputeNode_AddUser), migration 0015: a handful per node, gone with it.
+# The password is kept only as a salted scrypt hash (`service/node_users.py`), which the node's
+# SSH server checks; the public key as given.
+node_users = Table(
+    "node_users",
+    metadata,
+    Column("node_id", String(96), ForeignKey("nodes.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("is_admin", Boolean, nullable=False),
+    Column("expiry_time", DateTime(timezone=True), nullable=False),
+    Column("password_hash", String(256)),
+    Column("ssh_public_key", Text),
+    PrimaryKeyConstraint("node_id", "name", name="pk_node_users"),
+)
+
+# Each attempt of a task that ended on a node (completed, retried, requeued), migration 0016:
+# the node's `recentTasks` and the history of a task across requeues. Gone with its task.
+task_attempts = Table(
+    "task_attempts",
+    metadata,
+    Column("seq", SurrogateId, primary_key=True, autoincrement=True),
+    Column("node_id", String(96), nullable=False),
+    Column("task_seq", SurrogateId, ForeignKey("tasks.seq", ondelete="CASCADE"), nullable=False),
+    Column("end_time", DateTime(timezone=True), nullable=False),
+    Column("end_state", String(16), nullable=False),
+)
+Index("ix_task_attempts_node", task_attempts.c.node_id, task_attempts.c.end_time, task_attempts.c.seq)
+Index("ix_task_attempts_task", task_attempts.c.task_seq)
+
 # Nodes per (pool, dedicated or spot, state); states as stored (lower case).
 pool_node_counts = Table(
     "pool_node_counts",
@@ -345,4 +376,5 @@ metric_samples = Table(
 Index("ix_metric_samples_pool_time", metric_samples.c.pool_seq, metric_samples.c.time)
 
 __all__ = ["metadata", "accounts", "pools", "nodes", "jobs", "job_schedules", "tasks", "metric_samples",
-           "job_task_counts", "pool_node_counts", "task_dependencies", "job_node_tasks", "Text"]
+           "job_task_counts", "pool_node_counts", "task_dependencies", "node_users", "task_attempts",
+           "job_node_tasks", "Text"]

@@ -40,9 +40,7 @@ NOT_YET_SERVED = {
     ("POST", "/certificates(thumbprintAlgorithm={},thumbprint={})/canceldelete"),
     ("GET", "/pools/{}/nodes/{}/extensions"), ("GET", "/pools/{}/nodes/{}/extensions/{}"),
     ("GET", "/pools/{}/nodes/{}/rdp"),
-    ("GET", "/pools/{}/nodes/{}/remoteloginsettings"), ("POST", "/pools/{}/nodes/{}/uploadbatchservicelogs"),
-    ("POST", "/pools/{}/nodes/{}/users"), ("DELETE", "/pools/{}/nodes/{}/users/{}"),
-    ("PUT", "/pools/{}/nodes/{}/users/{}"), ("GET", "/poolusagemetrics"),
+    ("GET", "/poolusagemetrics"),
 }
 
 

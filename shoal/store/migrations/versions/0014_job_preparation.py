@@ -1,7 +1,7 @@
 """job preparation and release tasks: one row per (job, node) they ran on
 
 Revision ID: 0014
-Revises: 0013
+Revises: 0016 (after main's 0015 and 0016, which came first)
 
 A job with a `jobPreparationTask` keeps, for every node it has given a task, what its
 preparation and release tasks did there (semantics §3.4): their execution info as the API
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0014'
-down_revision = '0013'
+down_revision = '0016'
 branch_labels = None
 depends_on = None
 
