@@ -49,6 +49,7 @@ from shoal.agent.client import (
 )
 from shoal.agent.fileserver import FileServer
 from shoal.agent.identity import ACCOUNT, AGENT, POOL, Identity, IdentityError, parse_identity
+from shoal.agent.job_tasks import JobTaskRunner, prep_environment
 from shoal.agent.layout import (
     STARTUP_DIR_MODE,
     NodeIdentity,
@@ -165,6 +166,9 @@ class Agent:
         self.limits = NodeLimits()  # entered in run(), before any child starts
         self.pool_account_names: set[str] = set()
         self._last_user_sweep = time.monotonic()
+        # Job preparation and release runs, and the tasks waiting for a preparation.
+        self.job_tasks = JobTaskRunner(self, self._start_attempt, _failure_of)
+        self._job_tasks_sent: dict[Any, int] = {}
         if not self._is_root:
             log.warning("%s", _no_isolation_message())
 
@@ -341,7 +345,7 @@ class Agent:
             kills.append(self._start_task_proc.kill())
         if self._start_task_runner is not None:
             self._start_task_runner.cancel()
-        await asyncio.gather(*kills, return_exceptions=True)
+        await asyncio.gather(*kills, self.job_tasks.stop_all(), return_exceptions=True)
         containment = current_containment()
         if containment is not None:
             # What the start task left running (daemons) dies with a reboot, as on a real node.
@@ -390,7 +394,7 @@ class Agent:
         self.running.clear()
         if self._start_task_runner is not None:
             self._start_task_runner.cancel()
-        await asyncio.gather(*kills, return_exceptions=True)
+        await asyncio.gather(*kills, self.job_tasks.stop_all(), return_exceptions=True)
         if self._background:
             # Let kills already under way reach their SIGKILL; deletions may be cut short.
             await asyncio.wait(list(self._background), timeout=KILL_GRACE_S + 1)
@@ -407,7 +411,7 @@ class Agent:
     # ---- the sync loop -----------------------------------------------------------------------
 
     def _has_news(self) -> bool:
-        if self._start_task_version != self._start_task_delivered or self._deleted:
+        if self._start_task_version != self._start_task_delivered or self._deleted or self.job_tasks.has_news():
             return True
         return any(key not in self._delivered for key in self.reports)
 
@@ -418,6 +422,8 @@ class Agent:
         known = [[j, t, a] for (j, t, a) in self.running]
         known.extend([j, t, a] for (j, t, a) in self._launching)
         known.extend([j, t, a] for (j, t, a) in self.reports)
+        known.extend([j, t, a] for (j, t, a) in self.job_tasks.held_keys())
+        job_task_reports, self._job_tasks_sent = self.job_tasks.reports()
         body: dict[str, Any] = {
             "incarnation": self.incarnation,
             "known": known,
@@ -426,6 +432,8 @@ class Agent:
             if self._start_task_version != self._start_task_delivered
             else None,
             "wait": wait,
+            "knownJobTasks": self.job_tasks.known(),
+            "jobTasks": job_task_reports,
         }
         if self.meter.due():
             body["metrics"] = self.meter.reading()
@@ -477,6 +485,7 @@ class Agent:
                 backoff.reset()
                 self._delivered.update(sent_keys)
                 self._start_task_delivered = sent_version
+                self.job_tasks.delivered(self._job_tasks_sent)
                 self._deleted.difference_update(self._deletions_sent)
                 had_work = self._apply(answer)
                 if wait and not had_work and time.monotonic() - began < MIN_LONG_POLL_S:
@@ -498,6 +507,14 @@ class Agent:
         """Act on a sync answer; True when it asked anything of us. One malformed item is
         logged and skipped: nothing in an answer may stop the agent."""
         had_work = False
+        for item in answer.get("killJobTasks") or ():
+            had_work = True
+            with skipping_malformed("killJobTasks", item, log):
+                self.job_tasks.kill(item)
+        for definition in answer.get("runJobTasks") or ():
+            had_work = True
+            with skipping_malformed("runJobTasks", definition, log):
+                self.job_tasks.start(definition)
         for item in answer.get("ack") or ():
             had_work = True
             with skipping_malformed("ack", item, log):
@@ -541,6 +558,8 @@ class Agent:
             return
         if key in self.running or key in self.reports or key in self._launching:
             return  # already ours: a resent assignment
+        if self.job_tasks.hold(assignment, key):
+            return  # it runs once its job's preparation has succeeded here
         self._launching[key] = asyncio.ensure_future(self._launch_attempt(key, assignment))
 
     async def _launch_attempt(self, key: AttemptKey, assignment: dict[str, Any]) -> None:
@@ -608,6 +627,10 @@ class Agent:
         env = task_environment(
             self.layout, self.node, job_id, task_id, settings_to_dict(assignment.get("environment")), user
         )
+        prep = assignment.get("jobPreparation")
+        if isinstance(prep, dict) and isinstance(prep.get("taskId"), str):
+            with contextlib.suppress(UnsafeIdError):
+                prep_environment(env, self.layout.task(job_id, prep["taskId"]))
         resource_files = assignment.get("resourceFiles")
         if resource_files:
             failure = await taskfiles.download(resource_files, str(paths.working_dir), user)
@@ -680,6 +703,7 @@ class Agent:
         self._news.set()
 
     def _kill_attempt(self, key: AttemptKey) -> None:
+        self.job_tasks.drop_held(key)
         self._outputs.pop(key, None)
         launch = self._launching.pop(key, None)
         if launch is not None:

@@ -152,6 +152,7 @@ def check_sync(body: Any) -> dict[str, Any]:
         _time(start_task, "lastRetryTime", "startTask.lastRetryTime")
         if start_task.get("retryCount") is not None:
             _integer(start_task["retryCount"], "startTask.retryCount", 0, INT32[1])
+    _job_tasks(body)
     _deleted_dirs(body)
     metrics = body.get("metrics")
     if metrics is not None:
@@ -163,6 +164,47 @@ def check_sync(body: Any) -> dict[str, Any]:
                     or not math.isfinite(value):
                 raise _refuse(f"metrics.{key[:MAX_ID_CHARS]}", value, "The value must be a finite number.")
     return body
+
+
+# Job ids of a schedule's jobs (`<scheduleId>:job-<n>`) are longer than a task id.
+MAX_JOB_ID_CHARS = 96
+JOB_TASK_KINDS = ("prep", "release")
+
+
+def _job_task_key(entry: Any, label: str) -> None:
+    if not isinstance(entry, list) or len(entry) != 3 or entry[0] not in JOB_TASK_KINDS:
+        raise _refuse(label, entry, "The value must be [prep|release, jobId, generation].")
+    if not isinstance(entry[1], str) or not entry[1] or len(entry[1]) > MAX_JOB_ID_CHARS or "\x00" in entry[1]:
+        raise _refuse(f"{label}[1]", entry[1], "The value must be a job id.")
+    _integer(entry[2], f"{label}[2]", 0, INT32[1])
+
+
+def _job_tasks(body: dict[str, Any]) -> None:
+    """`knownJobTasks` (the job preparation and release runs the agent holds) and `jobTasks`
+    (the latest state of each it has news of)."""
+    known = body.get("knownJobTasks")
+    if known is not None:
+        if not isinstance(known, list) or len(known) > MAX_REPORTS_PER_SYNC:
+            raise _refuse("knownJobTasks", type(known).__name__, "The value must be a list.")
+        for index, entry in enumerate(known):
+            _job_task_key(entry, f"knownJobTasks[{index}]")
+    reports = body.get("jobTasks")
+    if reports is None:
+        return
+    if not isinstance(reports, list) or len(reports) > MAX_REPORTS_PER_SYNC:
+        raise _refuse("jobTasks", type(reports).__name__,
+                      f"The value must be a list of at most {MAX_REPORTS_PER_SYNC} reports.")
+    for index, report in enumerate(reports):
+        label = f"jobTasks[{index}]"
+        if not isinstance(report, dict):
+            raise _refuse(label, report, "The value must be an object.")
+        _job_task_key([report.get("kind"), report.get("jobId"), report.get("generation")], label)
+        if report.get("state") not in ("running", "completed"):
+            raise _refuse(f"{label}.state", report.get("state"), "The value must be running or completed.")
+        _outcome_fields(report, label)
+        _time(report, "lastRetryTime", f"{label}.lastRetryTime")
+        if report.get("retryCount") is not None:
+            _integer(report["retryCount"], f"{label}.retryCount", 0, INT32[1])
 
 
 # An agent acknowledges at most as many folder deletions a sync as it is sent orders in one answer.

@@ -5,10 +5,11 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from shoal import odata
 from shoal.api import listing, offload, render, versions
 from shoal.api.actions import conditional_action
-from shoal.api.http import empty_response, guard
-from shoal.service import job_manager
+from shoal.api.http import decode_token, empty_response, guard, max_results
+from shoal.service import job_manager, job_prep_nodes, job_prep_status
 from shoal.service import jobs as job_service
 from shoal.service.context import Context
 
@@ -50,6 +51,17 @@ async def delete_job(request: Request, ctx: Context) -> Response:
     return empty_response(request, 202)
 
 
+async def preparation_and_release_status(request: Request, ctx: Context) -> Response:
+    node = listing.parse_filter(request)
+    fields = listing.select_fields(request)
+    # What the store can decide goes to SQL; only the rest is judged here, on the wire form.
+    conditions, rest = odata.split_for_sql(node, job_prep_nodes.FILTER_PROPERTIES, ctx.engine.dialect.name)
+    page, continuation = job_prep_status.list_page(
+        ctx, request.path_params["job_id"], after_seq=decode_token(request), limit=max_results(request),
+        conditions=conditions, predicate=None if rest is None else odata.predicate_of(rest))
+    return listing.page_response(request, page, "jobpreparationandreleasetaskstatuslist", fields, continuation)
+
+
 async def task_counts(request: Request, ctx: Context) -> Response:
     from shoal.api.http import json_response
 
@@ -70,4 +82,5 @@ ROUTES = [
     ("/jobs/{job_id}/enable", ["POST"], _action(job_service.enable, 202, None)),
     ("/jobs/{job_id}/terminate", ["POST"], _action(job_service.terminate, 202, "job.terminate", body="optional")),
     ("/jobs/{job_id}/taskcounts", ["GET"], task_counts),
+    ("/jobs/{job_id}/jobpreparationandreleasetaskstatus", ["GET"], preparation_and_release_status),
 ]

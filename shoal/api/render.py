@@ -107,6 +107,7 @@ def _job_properties(spec: dict[str, Any], priority: int, max_parallel_tasks: int
                         **(spec.get("constraints") or {})},
     }
     _echo(out, spec, job_service.KEPT_PROPERTIES)
+    _echo(out, spec, ("jobPreparationTask", "jobReleaseTask"))
     auto = (out.get("poolInfo") or {}).get("autoPoolSpecification")
     if isinstance(auto, dict):
         out["poolInfo"] = {"autoPoolSpecification": wire_defaults.auto_pool_specification(auto)}

@@ -22,7 +22,6 @@ OPERATIONS: tuple[tuple[str, str, str], ...] = (
     ("POST", "/certificates(thumbprintAlgorithm={},thumbprint={})/canceldelete", "Certificate_CancelDeletion"),
     ("DELETE", "/certificates(thumbprintAlgorithm={},thumbprint={})", "Certificate_Delete"),
     ("GET", "/certificates(thumbprintAlgorithm={},thumbprint={})", "Certificate_Get"),
-    ("GET", "/jobs/{}/jobpreparationandreleasetaskstatus", "Job_ListPreparationAndReleaseTaskStatus"),
     ("GET", "/pools/{}/nodes/{}/rdp", "ComputeNode_GetRemoteDesktop"),
     ("GET", "/pools/{}/nodes/{}/extensions", "ComputeNodeExtension_List"),
     ("GET", "/pools/{}/nodes/{}/extensions/{}", "ComputeNodeExtension_Get"),

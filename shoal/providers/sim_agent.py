@@ -155,6 +155,10 @@ class SimNode:
         self._delivered: set[AttemptKey] = set()
         # Folder deletions done, not yet acknowledged (as the real agent's).
         self._deleted: set[tuple[str, ...]] = set()
+        # Job preparation and release runs: a simulated node ends each at once, successfully, and
+        # says so until a sync carries it ((kind, job, generation) → its completed state).
+        self._job_tasks: dict[tuple[str, str, int], dict[str, Any]] = {}
+        self._job_tasks_sent: list[tuple[str, str, int]] = []
         self._deletions_sent: set[tuple[str, ...]] = set()
         self._start_state: dict[str, Any] | None = None
         self._start_version = 0
@@ -263,7 +267,7 @@ class SimNode:
     # ---- the sync loop (as shoal.agent.main.Agent._sync_until_done) ------------------------
 
     def _has_news(self) -> bool:
-        if self._start_version != self._start_delivered or self._deleted:
+        if self._start_version != self._start_delivered or self._deleted or self._job_tasks:
             return True
         return any(key not in self._delivered for key in self.reports)
 
@@ -274,7 +278,9 @@ class SimNode:
         body: dict[str, Any] = {
             "incarnation": self.incarnation, "known": known, "reports": [self.reports[k] for k in keys],
             "startTask": self._start_state if self._start_version != self._start_delivered else None,
-            "wait": wait}
+            "wait": wait, "knownJobTasks": [list(key) for key in self._job_tasks],
+            "jobTasks": list(self._job_tasks.values())}
+        self._job_tasks_sent = list(self._job_tasks)
         if time.monotonic() - self._metrics_at >= READING_INTERVAL_S:
             body["metrics"] = self._metrics()
         self._deletions_sent = acknowledge_deletions(body, self._deleted)
@@ -365,6 +371,8 @@ class SimNode:
             self._delivered.update(sent_keys)
             self._start_delivered = sent_version
             self._deleted.difference_update(self._deletions_sent)
+            for key in self._job_tasks_sent:
+                self._job_tasks.pop(key, None)
             had_work = self._apply(answer)
             if wait and not had_work and time.monotonic() - began < MIN_LONG_POLL_S:
                 await self._sleep(self.heartbeat_interval_s, wake_on_news=True)
@@ -392,6 +400,14 @@ class SimNode:
             had_work = True
             with skipping_malformed("run", assignment, log):
                 self._start_attempt(assignment)
+        for order in answer.get("runJobTasks") or ():
+            had_work = True
+            with skipping_malformed("runJobTasks", order, log):
+                key = (str(order["kind"]), str(order["jobId"]), int(order["generation"]))
+                now = _iso(_now())
+                self._job_tasks[key] = {"kind": key[0], "jobId": key[1], "generation": key[2], "state": "completed",
+                                        "startTime": now, "endTime": now, "exitCode": 0, "retryCount": 0}
+                self._news.set()
         for item in answer.get("deleteTaskDirs") or ():
             had_work = True
             with skipping_malformed("deleteTaskDirs", item, log):

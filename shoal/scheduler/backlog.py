@@ -13,7 +13,9 @@ bound what is read:
 - sizes bigger than every free node are never read at all, so a job full of tasks that cannot
   fit costs one index probe, and the smaller tasks behind it still run;
 - an exclusive or dedicated-only task (a job manager: one per job) can fail where an ordinary
-  task would not, so it does not count against a cap and is read in addition to it.
+  task would not, so it does not count against a cap and is read in addition to it;
+- so can every task of a job barred from some nodes (its preparation task failed there): such a
+  job's tasks are read up to the room but do not use it up for the jobs after it.
 
 The scheduler stays pure: the store is reached through the two callables the shell passes in.
 """
@@ -63,7 +65,8 @@ def gather(nodes: Iterable[NodeView], jobs: Sequence[JobView], sizes_of: SizesOf
         sizes = [size for size in sizes_of(job.job_seq, 1, closed - 1) if 1 <= size < closed]
         # A limited job with tasks of several sizes may spend its allowance on one size and skip
         # the rest, so its tasks do not count against the caps (they are still bounded by it).
-        counts = allowance is None or len(sizes) == 1
+        # A job barred from some nodes may place fewer than the room: it settles nothing either.
+        counts = (allowance is None or len(sizes) == 1) and not job.barred
         job_tasks: list[TaskView] = []
         # Within a job the sizes interleave in age order, so what closes here only applies to the
         # jobs after this one.

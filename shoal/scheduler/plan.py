@@ -7,7 +7,8 @@ Rules (semantics §3):
 - `spread` gives each task to the node with the most free slots; `pack` to the node with the
   fewest free slots that still fits it, so one node fills before the next gets work; among
   equals, the node listed first in the snapshot wins;
-- a job never runs more than its maxParallelTasks at once;
+- a job never runs more than its maxParallelTasks at once, nor a task on a node its job is
+  barred from (its job preparation task failed there);
 - an exclusive task (a job manager's runExclusive) goes only to a node with nothing running and
   takes it whole: nothing else joins it in the pass, and a node that runs one is not free
   (`NodeView.runs_exclusive`); a dedicated-only task (allowLowPriorityNode=false) goes only to a
@@ -120,15 +121,24 @@ class FreeNodes:
                 self._dedicated_side = side
         return self._sides[key]
 
-    def take(self, slots: int, pack: bool, *, exclusive: bool = False, dedicated_only: bool = False) -> str | None:
+    def take(self, slots: int, pack: bool, *, exclusive: bool = False, dedicated_only: bool = False,
+             barred: frozenset[str] = frozenset()) -> str | None:
         """Give `slots` slots to the node the fill type picks, or None if no node has them. An
-        exclusive task takes an idle node whole; a dedicated-only one only a dedicated node."""
+        exclusive task takes an idle node whole; a dedicated-only one only a dedicated node; no
+        task takes a node its job is `barred` from."""
         if slots < 1:
             slots = 1
         # On a pool without spot nodes every node is dedicated: the rule asks for nothing more.
         dedicated_only = dedicated_only and self._any_spot
         source = self._side(exclusive, dedicated_only) if exclusive or dedicated_only else self._all
         found = source.pop(slots, pack, self._free)
+        # A barred node is set aside and put back: O(barred nodes) for the few jobs that have any.
+        skipped = []
+        while found is not None and self._ids[found[1]] in barred:
+            skipped.append(found)
+            found = source.pop(slots, pack, self._free)
+        for bucket, position in skipped:
+            source.push(bucket, position)
         if found is None:
             return None
         bucket, position = found
@@ -142,6 +152,9 @@ class FreeNodes:
         return self._ids[position]
 
 
+_NONE: frozenset[str] = frozenset()
+
+
 def plan(snapshot: PoolSnapshot) -> list[Placement]:
     return place(snapshot, FreeNodes(snapshot.nodes))
 
@@ -149,6 +162,7 @@ def plan(snapshot: PoolSnapshot) -> list[Placement]:
 def place(snapshot: PoolSnapshot, free: FreeNodes) -> list[Placement]:
     """The plan, drawing on `free` (built from the snapshot's nodes); it is left as it ends."""
     allowance = {job.job_seq: job.parallel_allowance for job in snapshot.jobs}
+    barred = {job.job_seq: job.barred for job in snapshot.jobs if job.barred}
     pack = snapshot.fill_type == "pack"
     placements: list[Placement] = []
     for task in snapshot.tasks:
@@ -157,7 +171,8 @@ def place(snapshot: PoolSnapshot, free: FreeNodes) -> list[Placement]:
         remaining = allowance.get(task.job_seq)
         if remaining is not None and remaining <= 0:
             continue
-        chosen = free.take(task.required_slots, pack, exclusive=task.exclusive, dedicated_only=task.dedicated_only)
+        chosen = free.take(task.required_slots, pack, exclusive=task.exclusive, dedicated_only=task.dedicated_only,
+                           barred=barred.get(task.job_seq, _NONE))
         if chosen is None:
             continue
         placements.append(Placement(task.task_seq, chosen))

@@ -41,6 +41,8 @@ class JobView:
     job_seq: int
     # How many more of its tasks may run now (maxParallelTasks minus running); None = no limit.
     parallel_allowance: int | None
+    # Nodes that take none of its tasks (its job preparation task failed there, waitForSuccess).
+    barred: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,8 @@ def lifecycle_duties(ctx: Context, settings: Settings, runner: StoreRunner,
     def finish_complete_jobs() -> None:
         with ctx.engine.begin() as conn:
             job_service.finish_all_complete_jobs(ctx, conn)
+            # Releases owed by nodes that have gone since hold no job back.
+            job_service.finish_released_jobs(ctx, conn)
 
     retention_scan = _RetentionScan()
 

@@ -20,8 +20,8 @@ from shoal import clock
 from shoal.errors import BadRequest, BatchError, Conflict, InvalidProperty, Unauthenticated
 from shoal.model.catalog import find_vm_size
 from shoal.model.states import NodeState, PoolState, SchedulingState, StartTaskState, TaskState
+from shoal.service import job_prep, job_prep_nodes, node_users, scheduling, task_files, transitions, usage
 from shoal.service import jobs as job_service
-from shoal.service import node_users, scheduling, task_files, transitions, usage
 from shoal.service.context import Context
 from shoal.store.chunks import in_chunks
 from shoal.store.schema import jobs, nodes, pools, tasks
@@ -50,13 +50,17 @@ class SyncAnswer:
     # Folder deletions (shoal.service.folder_orders), added by the caller as it answers.
     delete_task_dirs: list[list[str]] = field(default_factory=list)
     delete_job_dirs: list[str] = field(default_factory=list)
+    # Job preparation and release runs to start, and ones to stop ([kind, jobId, generation]).
+    run_job_tasks: list[dict[str, Any]] = field(default_factory=list)
+    kill_job_tasks: list[list[Any]] = field(default_factory=list)
 
     def has_news(self) -> bool:
         return bool(self.ack or self.run or self.kill or self.run_start_task or self.leave or self.restart
-                    or self.delete_task_dirs or self.delete_job_dirs)
+                    or self.delete_task_dirs or self.delete_job_dirs or self.run_job_tasks or self.kill_job_tasks)
 
     def to_json(self) -> dict[str, Any]:
         return {"ack": [list(a) for a in self.ack], "run": self.run, "kill": self.kill,
+                "runJobTasks": self.run_job_tasks, "killJobTasks": self.kill_job_tasks,
                 "deleteTaskDirs": self.delete_task_dirs, "deleteJobDirs": self.delete_job_dirs,
                 "runStartTask": self.run_start_task, "leave": self.leave, "restart": self.restart}
 
@@ -236,6 +240,8 @@ def hello(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> dict[
             start_task = {**start_task, "resourceFiles": task_files.for_node(start_task["resourceFiles"])}
         if node.incarnation and node.incarnation != body.get("incarnation"):
             transitions.requeue(conn, transitions.running_on(conn, [node_id]), user_requested=False)
+            job_prep_nodes.node_restarted(conn, node_id, {NodeState.REBOOTING: "reboot",
+                                                          NodeState.REIMAGING: "reimage"}.get(node.state, "restart"))
         leaving = node.state == NodeState.LEAVING_POOL
         idle = NodeState.OFFLINE if node.scheduling_state == SchedulingState.DISABLED else NodeState.IDLE
         new_state = node.state if leaving else (NodeState.STARTING if start_task else idle)
@@ -447,6 +453,13 @@ def _record_sync(conn: Connection, ctx: Context, record: Any, token: str, body: 
         ready = _record_start_task(conn, node, body["startTask"])
     elif node.run_start_task:
         answer.run_start_task = True
+    if body.get("jobTasks"):
+        for position, report in enumerate(body["jobTasks"]):
+            _checked_times(report, None, now, f"jobTasks[{position}]")
+        released, moved = job_prep_nodes.record_reports(conn, ctx.base_url, ctx.account, node_id, body["jobTasks"])
+        job_service.finish_released_jobs(ctx, conn, sorted(released))
+        if moved:
+            ctx.signals.wake_scheduler()
     reports = body.get("reports") or []
     if reports:
         # Every report is acknowledged, whether or not it still ends anything (see _apply_reports).
@@ -457,7 +470,7 @@ def _record_sync(conn: Connection, ctx: Context, record: Any, token: str, body: 
 
 def sync_has_news(body: dict[str, Any]) -> bool:
     """Whether a sync body carries something to record (task reports, start-task news)."""
-    return bool(body.get("reports")) or body.get("startTask") is not None
+    return bool(body.get("reports")) or body.get("startTask") is not None or bool(body.get("jobTasks"))
 
 
 def sync_without_writes(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAnswer | None:
@@ -656,30 +669,51 @@ class _DeliveryReads:
     def __init__(self, conn: Connection, node_ids: list[str] | None = None) -> None:
         self.conn = conn
         self._running: dict[str, list[Any]] | None = None
+        self._job_tasks: dict[str, list[Any]] | None = None
         if node_ids is not None:
+            self._job_tasks = job_prep_nodes.pending_on(conn, node_ids)
             self._running = {}
             for chunk in in_chunks(node_ids):
                 for row in conn.execute(_RUNNING_KEYS_OF_MANY, {"b_nodes": list(chunk)}):
                     self._running.setdefault(row.node_id, []).append(row)
-        self._jobs: dict[int, tuple[str, dict[str, str]]] = {}
+        self._jobs: dict[int, tuple[str, dict[str, str], dict[str, Any] | None]] = {}
+
+    def job_tasks(self, node_id: str) -> list[Any] | None:
+        """The node's pending job preparation/release runs, when read with other nodes'."""
+        return None if self._job_tasks is None else self._job_tasks.get(node_id, [])
 
     def running_keys(self, node_id: str) -> list[Any]:
         if self._running is not None:
             return self._running.get(node_id, [])
         return list(self.conn.execute(_RUNNING_KEYS, {"b_node": node_id}).all())
 
-    def assignments(self, seqs: list[int]) -> list[dict[str, Any]]:
+    def assignments(self, node_id: str, seqs: list[int]) -> list[dict[str, Any]]:
         # What an assignment carries, and no more: the other JSON columns cost more to decode.
         rows = self.conn.execute(select(tasks.c.seq, tasks.c.job_seq, tasks.c.id, tasks.c.attempt,
                                         tasks.c.required_slots, tasks.c.spec)
                                  .where(tasks.c.seq.in_(seqs)).order_by(tasks.c.seq)).all()
         unknown = {row.job_seq for row in rows} - self._jobs.keys()
         if unknown:
-            for job in self.conn.execute(select(jobs.c.seq, jobs.c.id, jobs.c.spec).where(jobs.c.seq.in_(unknown))):
+            for job in self.conn.execute(select(jobs.c.seq, jobs.c.id, jobs.c.spec, jobs.c.prep_wait)
+                                         .where(jobs.c.seq.in_(unknown))):
                 env = {item["name"]: item.get("value") or ""
                        for item in job.spec.get("commonEnvironmentSettings") or []}
-                self._jobs[job.seq] = (job.id, env)
-        return [_assignment(row, *self._jobs[row.job_seq]) for row in rows]
+                prep = None
+                if job.prep_wait is not None:
+                    prep = {"taskId": job.spec[job_prep.PREP]["id"], "waitForSuccess": bool(job.prep_wait)}
+                self._jobs[job.seq] = (job.id, env, prep)
+        # A job's tasks wait on a node whose preparation has not succeeded yet (waitForSuccess).
+        waiting = {row.job_seq for row in rows if (self._jobs[row.job_seq][2] or {}).get("waitForSuccess")}
+        prepared = job_prep_nodes.prepared(self.conn, node_id, sorted(waiting)) if waiting else set()
+        out = []
+        for row in rows:
+            job_id, env, prep = self._jobs[row.job_seq]
+            assignment = _assignment(row, job_id, env)
+            if prep is not None:
+                assignment["jobPreparation"] = {"taskId": prep["taskId"],
+                                                "await": prep["waitForSuccess"] and row.job_seq not in prepared}
+            out.append(assignment)
+        return out
 
 
 def _deliveries(conn: Connection, node: Any, body: dict[str, Any], answer: SyncAnswer,
@@ -709,10 +743,12 @@ def _deliveries(conn: Connection, node: Any, body: dict[str, Any], answer: SyncA
         if key not in known and key not in acked:
             missing.append(row.seq)
     if missing:
-        answer.run.extend(reads.assignments(missing))
+        answer.run.extend(reads.assignments(node.id, missing))
     for key, original in known.items():
         if key not in running_keys and key not in acked:
             answer.kill.append([original[0], original[1], original[2], "stale"])
+    answer.run_job_tasks, answer.kill_job_tasks = job_prep_nodes.deliveries(
+        conn, node.id, body.get("knownJobTasks") or [], reads.job_tasks(node.id))
 
 
 def _assignment(row: Any, job_id: str, job_env: dict[str, str]) -> dict[str, Any]:

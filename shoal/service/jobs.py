@@ -11,7 +11,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 from shoal import clock
 from shoal.errors import Conflict, InvalidProperty, MissingProperty, NotFound
 from shoal.model.states import JobState, TaskState
-from shoal.service import auto_pools, quotas, request_body, transitions
+from shoal.service import auto_pools, job_prep, job_prep_nodes, quotas, request_body, transitions
 from shoal.service import validation as v
 from shoal.service.context import Context
 from shoal.store.schema import job_schedules, job_task_counts, jobs, nodes, pools, tasks
@@ -22,8 +22,7 @@ KEPT_PROPERTIES = ("displayName", "constraints", "commonEnvironmentSettings", "p
 # What Shoal does not carry out yet: refused when given, never stored and ignored. A boolean is
 # "given" when true (false asks for nothing); `allowTaskPreemption` would let higher-priority jobs
 # requeue this job's tasks, which Shoal's scheduler never does.
-UNSUPPORTED_ON_CREATE = ("jobPreparationTask", "jobReleaseTask", "networkConfiguration",
-                         "allowTaskPreemption")
+UNSUPPORTED_ON_CREATE = ("networkConfiguration", "allowTaskPreemption")
 UNSUPPORTED_ON_UPDATE = ("networkConfiguration", "allowTaskPreemption")
 DISABLE_OPTIONS = ("requeue", "terminate", "wait")
 # What `add` stores with a new job, in its transaction: (connection, the job's row, now).
@@ -109,6 +108,10 @@ def parse_create(body: Any, *, in_schedule: bool = False) -> dict[str, Any]:
                               "its job schedule.")
     v.environment_settings(body, "commonEnvironmentSettings")
     spec = {name: body[name] for name in KEPT_PROPERTIES if body.get(name) is not None}
+    preparation = job_prep.parse(body)
+    spec.update(preparation)
+    if job_prep.PREP in preparation:
+        fields["prep_wait"] = preparation[job_prep.PREP]["waitForSuccess"]
     return {"id": job_id, "fields": fields, "spec": spec, "pool_id": body["poolInfo"].get("poolId"),
             "auto_pool": auto_pool}
 
@@ -147,7 +150,7 @@ def insert_in(ctx: Context, conn: Connection, job: dict[str, Any], *, schedule_s
     seq = int(conn.execute(insert(jobs).values(
         account=ctx.account, id=job_id, key=job_id.lower(), state=JobState.ACTIVE,
         priority=fields.get("priority", 0), pool_key=pool_id.lower(),
-        max_parallel_tasks=fields.get("max_parallel_tasks", -1), spec=spec,
+        max_parallel_tasks=fields.get("max_parallel_tasks", -1), spec=spec, prep_wait=fields.get("prep_wait"),
         execution_info={"startTime": clock.iso(now), "poolId": pool_id}, schedule_seq=schedule_seq,
         etag=clock.new_etag(), last_modified=now, creation_time=now,
         state_transition_time=now)).inserted_primary_key[0])  # type: ignore[index]
@@ -306,17 +309,42 @@ def terminate(ctx: Context, job_id: str, body: Any, reason: str = "UserTerminate
 
 
 def terminate_in(ctx: Context, conn: Connection, row: Any, reason: str) -> None:
-    """terminating → completed: running tasks are killed; active tasks stay active, never to run."""
+    """terminating → completed: running tasks are killed; active tasks stay active, never to run.
+    A job whose release task is owed on some node stays `terminating` until those have run
+    (`finish_released_jobs`)."""
     running = conn.execute(select(tasks).where(tasks.c.job_seq == row.seq, tasks.c.state == TaskState.RUNNING)).all()
     touched = transitions.terminate(conn, running)
     transitions.refresh_node_busy(conn, touched)
     info = dict(row.execution_info)
-    info["endTime"] = clock.iso(clock.now())
     info["terminateReason"] = reason
-    _set_state(conn, row, JobState.COMPLETED, execution_info=info)
-    _ended(ctx, conn, row)
+    if job_prep_nodes.start_releases(conn, row):
+        touched |= set(job_prep_nodes.nodes_owing(conn, row.seq))
+        _set_state(conn, row, JobState.TERMINATING, execution_info=info)
+    else:
+        info["endTime"] = clock.iso(clock.now())
+        _set_state(conn, row, JobState.COMPLETED, execution_info=info)
+        _ended(ctx, conn, row)
     for node_id in touched:
         ctx.signals.wake_node(node_id)
+
+
+def finish_released_jobs(ctx: Context, conn: Connection, job_seqs: list[int] | None = None) -> None:
+    """A terminating job completes once no node that is still there owes it its release task
+    (whether the releases succeeded or not)."""
+    query = select(jobs).where(jobs.c.account == ctx.account, jobs.c.state == JobState.TERMINATING)
+    if job_seqs is not None:
+        if not job_seqs:
+            return
+        query = query.where(jobs.c.seq.in_(job_seqs))
+    for row in conn.execute(query).all():
+        if job_prep_nodes.releases_owed(conn, row.seq):
+            continue
+        info = {**row.execution_info, "endTime": clock.iso(clock.now())}
+        conn.execute(update(jobs).where(jobs.c.seq == row.seq).values(
+            state=JobState.COMPLETED, previous_state=row.state,
+            previous_state_transition_time=row.state_transition_time, state_transition_time=clock.now(),
+            etag=clock.new_etag(), last_modified=clock.now(), execution_info=info))
+        _ended(ctx, conn, row)
 
 
 def _ended(ctx: Context, conn: Connection, row: Any) -> None:
@@ -346,6 +374,9 @@ def delete_in(ctx: Context, conn: Connection, row: Any) -> set[str]:
                                                tasks.c.state == TaskState.RUNNING)).all()
     touched = transitions.terminate(conn, running)
     transitions.refresh_node_busy(conn, touched)
+    if row.state not in (JobState.COMPLETED, JobState.TERMINATING) and job_prep_nodes.start_releases(conn, row):
+        # Deleting an active job runs its release tasks first (its folders go after them).
+        touched |= set(job_prep_nodes.nodes_owing(conn, row.seq))
     _set_state(conn, row, JobState.DELETING)
     if row.state != JobState.COMPLETED:
         _ended(ctx, conn, row)
@@ -430,6 +461,8 @@ def reap_deleted(ctx: Context, ordered: set[int]) -> list[EmptiedJob]:
                 budget -= conn.execute(delete(tasks).where(tasks.c.seq.in_(chunk))).rowcount
             if conn.execute(select(tasks.c.seq).where(tasks.c.job_seq == row.seq).limit(1)).first() is not None:
                 continue
+            if job_prep_nodes.releases_owed(conn, row.seq):
+                continue  # its folders go once its release tasks have run
             node_ids: list[str] = []
             if row.seq not in ordered:
                 node_ids = list(conn.execute(

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, select, update
 from shoal import clock
 from shoal.errors import Conflict
 from shoal.model.states import NodeState, SchedulingState
-from shoal.service import node_users, request_body, transitions, usage
+from shoal.service import job_prep_nodes, node_users, request_body, transitions, usage
 from shoal.service import nodes as node_service
 from shoal.service import validation as v
 from shoal.service.context import Context
@@ -95,6 +95,8 @@ def start(ctx: Context, pool_id: str, node_id: str) -> None:
         conn.execute(update(nodes).where(nodes.c.id == row.id).values(
             state=NodeState.CREATING, state_transition_time=clock.now(), agent_pid=None, etag=clock.new_etag()))
         usage.open_spans(conn, [row.id])
+        # Its disk was kept, as through a reboot: preparations rerun as after one.
+        job_prep_nodes.node_restarted(conn, row.id, "reboot")
     ctx.signals.wake_provider()
 
 

@@ -12,6 +12,7 @@ from shoal import clock
 from shoal.agent.layout import task_folder
 from shoal.model.states import SCHEDULABLE_NODE_STATES, JobState, NodeState, PoolState, TaskState
 from shoal.scheduler import JobView, NodeView, PoolSnapshot, TaskView, gather, plan
+from shoal.service import job_prep_nodes
 from shoal.service.context import Context
 from shoal.store.chunks import in_chunks
 from shoal.store.schema import job_task_counts, jobs, nodes, pools, tasks
@@ -77,7 +78,7 @@ _SMALLEST_FITTING = (
 )
 _ACTIVE_JOBS = (
     select(jobs.c.seq, jobs.c.max_parallel_tasks, jobs.c.priority, _SMALLEST_FITTING.label("smallest"),
-           jobs.c.manager_seq, jobs.c.manager_exclusive, jobs.c.manager_dedicated_only)
+           jobs.c.manager_seq, jobs.c.manager_exclusive, jobs.c.manager_dedicated_only, jobs.c.prep_wait)
     .where(jobs.c.account == bindparam("b_account"), jobs.c.pool_key == bindparam("b_pool"),
            jobs.c.state == JobState.ACTIVE)
 )
@@ -164,8 +165,11 @@ def _snapshot(conn: Connection, ctx: Context, pool: Any, budget: int | None) -> 
         # The counters kept with every state change (job_task_counts), not a count of the rows.
         running_per_job.update(conn.execute(select(job_task_counts.c.job_seq, job_task_counts.c.running)
                                             .where(job_task_counts.c.job_seq.in_(chunk))).all())
+    # Jobs barred from nodes where their preparation task failed (waitForSuccess).
+    barred = job_prep_nodes.barred_nodes(conn, [j.seq for j in job_rows if j.prep_wait])
     job_views = tuple(JobView(j.seq, None if j.max_parallel_tasks <= 0 else
-                              j.max_parallel_tasks - int(running_per_job.get(j.seq, 0))) for j in job_rows)
+                              j.max_parallel_tasks - int(running_per_job.get(j.seq, 0)),
+                              barred.get(j.seq, frozenset())) for j in job_rows)
     ordered = sorted(job_rows, key=lambda j: (-j.priority, j.seq))
     by_seq = {view.job_seq: view for view in job_views}
     smallest_of = {j.seq: j.smallest for j in job_rows}
@@ -211,11 +215,12 @@ def _schedule_pool(ctx: Context, conn: Connection, pool: Any, budget: int | None
     for chunk in in_chunks([p.task_seq for p in placements]):
         rows.update((r.seq, r) for r in conn.execute(
             select(tasks.c.seq, tasks.c.id, tasks.c.state, tasks.c.state_transition_time, tasks.c.execution_info,
-                   tasks.c.attempt, jobs.c.id.label("job_id"))
+                   tasks.c.attempt, tasks.c.job_seq, jobs.c.id.label("job_id"), jobs.c.prep_wait)
             .join(jobs, jobs.c.seq == tasks.c.job_seq)
             .where(tasks.c.seq.in_(chunk))))
     per_node: dict[str, int] = {}
     starts = []
+    preparing: list[tuple[int, str]] = []
     for placement in placements:
         row = rows[placement.task_seq]
         info = dict(row.execution_info)
@@ -232,7 +237,10 @@ def _schedule_pool(ctx: Context, conn: Connection, pool: Any, budget: int | None
                             "taskRootDirectoryUrl": f"{node_url}/files/{root}"},
         })
         per_node[placement.node_id] = per_node.get(placement.node_id, 0) + 1
+        if row.prep_wait is not None:
+            preparing.append((row.job_seq, placement.node_id))
     conn.execute(_START, starts)
+    job_prep_nodes.order_preparations(conn, pool.id, preparing)
     conn.execute(_COUNT_RUN, [{"b_node": node_id, "b_count": count} for node_id, count in per_node.items()])
     for node_chunk in in_chunks(list(per_node)):
         conn.execute(update(nodes).where(nodes.c.id.in_(node_chunk), nodes.c.state == NodeState.IDLE).values(

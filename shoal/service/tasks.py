@@ -21,7 +21,7 @@ from shoal.errors import (
     NotFound,
 )
 from shoal.model.states import JobState, TaskState
-from shoal.service import dependencies, exit_conditions, request_body, task_files, transitions
+from shoal.service import dependencies, exit_conditions, job_prep, request_body, task_files, transitions
 from shoal.service import jobs as job_service
 from shoal.service import validation as v
 from shoal.service.context import Context
@@ -68,6 +68,9 @@ def _validate(body: Any) -> dict[str, Any]:
 
 def _refusal_by_job(job: Any, task: dict[str, Any]) -> BatchError | None:
     """What the task's job says against its dependencies or exit options, if anything."""
+    reserved = job_prep.reserved_id_conflict(job.spec, task["id"])
+    if reserved is not None:
+        return Conflict("A task cannot have the id of its job's preparation or release task.", code=reserved)
     if task["dependencies"] is not None and not job.spec.get("usesTaskDependencies"):
         return Conflict("The job does not use task dependencies: a task of it cannot depend on others.",
                         code="TaskDependenciesNotSpecifiedOnJob")

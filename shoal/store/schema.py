@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    true,
 )
 
 from shoal.model.states import NodeState
@@ -151,6 +152,8 @@ jobs = Table(
     Column("manager_seq", SurrogateId),
     Column("manager_exclusive", Boolean),
     Column("manager_dedicated_only", Boolean),
+    # Its jobPreparationTask's waitForSuccess (migration 0017); null for a job without one.
+    Column("prep_wait", Boolean),
     UniqueConstraint("account", "key", name="uq_jobs_account_key"),
 )
 Index("ix_jobs_pool_state", jobs.c.pool_key, jobs.c.state)
@@ -266,6 +269,41 @@ Index("ix_task_dependencies_open_key", task_dependencies.c.job_seq, task_depende
 Index("ix_task_dependencies_open_number", task_dependencies.c.job_seq, task_dependencies.c.prerequisite_number,
       sqlite_where=task_dependencies.c.satisfied == false(), postgresql_where=task_dependencies.c.satisfied == false())
 
+# What a job's preparation and release tasks did on each node that got a task of the job
+# (migration 0017, service/job_prep.py): their execution info as the API shows it, their states
+# as columns for $filter, and what the node must run next (`pending`: "prep" | "release", the
+# run named by `generation`). `barred`: the preparation failed with waitForSuccess, so the node
+# takes no more tasks of the job. Each lookup is a partial index of the few rows it wants.
+job_node_tasks = Table(
+    "job_node_tasks",
+    metadata,
+    Column("seq", SurrogateId, primary_key=True, autoincrement=True),
+    Column("job_seq", SurrogateId, ForeignKey("jobs.seq", ondelete="CASCADE"), nullable=False),
+    Column("node_id", String(96), nullable=False),
+    Column("pool_id", String(64), nullable=False),
+    Column("generation", Integer, nullable=False, server_default="0"),
+    Column("pending", String(8)),
+    Column("prep_state", String(16)),
+    Column("prep_result", String(8)),
+    Column("prep_info", JSON),
+    Column("release_state", String(16)),
+    Column("release_info", JSON),
+    Column("barred", Boolean, nullable=False, server_default=false()),
+    UniqueConstraint("job_seq", "node_id", name="uq_job_node_tasks_job_node"),
+)
+Index("ix_job_node_tasks_node", job_node_tasks.c.node_id)
+# The status list pages a job's listed rows (its preparation started there) in the order they
+# came (keyset on seq). Partial, like the others: a full (job, seq) index is what SQLite's planner
+# would take for every lookup by job, even where a partial one holds the few rows wanted.
+Index("ix_job_node_tasks_listed", job_node_tasks.c.job_seq, job_node_tasks.c.seq,
+      sqlite_where=job_node_tasks.c.prep_state.is_not(None), postgresql_where=job_node_tasks.c.prep_state.is_not(None))
+Index("ix_job_node_tasks_pending", job_node_tasks.c.node_id,
+      sqlite_where=job_node_tasks.c.pending.is_not(None), postgresql_where=job_node_tasks.c.pending.is_not(None))
+Index("ix_job_node_tasks_releases", job_node_tasks.c.job_seq,
+      sqlite_where=job_node_tasks.c.pending == "release", postgresql_where=job_node_tasks.c.pending == "release")
+Index("ix_job_node_tasks_barred", job_node_tasks.c.job_seq, job_node_tasks.c.node_id,
+      sqlite_where=job_node_tasks.c.barred == true(), postgresql_where=job_node_tasks.c.barred)
+
 # Counters kept by database triggers (migration 0007) in the transaction of every insert, delete
 # and state change of a task or node, whichever code path makes it, so task counts, node counts,
 # job completion and metric sampling read one row instead of counting. A migration that rebuilds
@@ -312,7 +350,7 @@ task_attempts = Table(
 Index("ix_task_attempts_node", task_attempts.c.node_id, task_attempts.c.end_time, task_attempts.c.seq)
 Index("ix_task_attempts_task", task_attempts.c.task_seq)
 
-# When each node held its VM (migration 0017): a span opens when the node is allocated (or
+# When each node held its VM (migration 0018): a span opens when the node is allocated (or
 # comes back from preemption or deallocation) and closes when it leaves, is preempted or is
 # deallocated. Pool usage metrics and the usage ledger sum the spans' overlap with a window.
 node_usage = Table(
@@ -359,4 +397,5 @@ metric_samples = Table(
 Index("ix_metric_samples_pool_time", metric_samples.c.pool_seq, metric_samples.c.time)
 
 __all__ = ["metadata", "accounts", "pools", "nodes", "jobs", "job_schedules", "tasks", "metric_samples",
-           "job_task_counts", "pool_node_counts", "task_dependencies", "node_users", "task_attempts", "node_usage", "Text"]
+           "job_task_counts", "pool_node_counts", "task_dependencies", "node_users", "task_attempts",
+           "job_node_tasks", "node_usage", "Text"]

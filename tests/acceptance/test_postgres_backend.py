@@ -33,3 +33,38 @@ def test_quickstart_flow_and_restart_on_postgresql(tmp_path, postgres):
     finally:
         stop_shoal(shoal)
         kill_agents(tmp_path)
+
+
+def test_job_preparation_and_release_on_postgresql(tmp_path, postgres):
+    """Prep bars a failing node, a release holds the job in terminating, the status list filters in
+    SQL: the same statements on PostgreSQL."""
+    from azure.batch.models._models import BatchJobTerminateOptions
+
+    from tests.helpers import wait_for
+
+    url = postgres.create_database("prep")
+    shoal = start_shoal(tmp_path, extra_args=["--database", url])
+    try:
+        client = shoal.client()
+        client.create_pool(pool_options("pgp", target_dedicated_nodes=2, task_slots_per_node=2))
+        doomed = sorted(n.id for n in wait_pool_idle(client, "pgp", 2))[0]
+        client.create_job(models.BatchJobCreateOptions(
+            id="pgp-job", pool_info=models.BatchPoolInfo(pool_id="pgp"),
+            job_preparation_task=models.BatchJobPreparationTask(
+                command_line=f"/bin/sh -c 'test $AZ_BATCH_NODE_ID != {doomed}'"),
+            job_release_task=models.BatchJobReleaseTask(command_line="/bin/sleep 1")))
+        client.create_tasks("pgp-job", [models.BatchTaskCreateOptions(id=f"t{i}", command_line="/bin/true")
+                                        for i in range(6)])
+        assert wait_tasks_done(client, "pgp-job").succeeded == 6
+        assert doomed not in {t.node_info.node_id for t in client.list_tasks("pgp-job")}
+        failed = list(client.list_job_preparation_and_release_task_status(
+            "pgp-job", filter="jobPreparationTaskExecutionInfo/state eq 'completed' and nodeId eq '" + doomed + "'"))
+        assert [s.job_preparation_task_execution_info.result for s in failed] == ["failure"]
+        client.begin_terminate_job("pgp-job", BatchJobTerminateOptions(termination_reason="Done"), polling_interval=0.1)
+        wait_for(lambda: client.get_job("pgp-job").state == "completed", 30, message="job completed")
+        statuses = list(client.list_job_preparation_and_release_task_status("pgp-job", max_results=1))
+        assert len(statuses) == 2
+        assert {s.job_release_task_execution_info.result for s in statuses} == {"success"}
+    finally:
+        stop_shoal(shoal)
+        kill_agents(tmp_path)

@@ -223,3 +223,23 @@ def test_a_simulated_pool_runs_the_manager_alone_and_ends_the_job_with_it(client
     others = [t for t in client.list_tasks("sim-jm-job") if t.id != "manager"]
     assert all(t.state in ("completed", "active") for t in others)
     assert sum(t.state == "completed" and t.execution_info.result == "failure" for t in others) == 4
+
+
+def test_a_simulated_pool_runs_job_preparation_and_release_at_once(client: Any, pool: str) -> None:
+    """Simulated nodes end a job's preparation and release at once, successfully: the job's
+    tasks run, and a terminated job completes (it would stay terminating if the releases hung)."""
+    client.create_job(models.BatchJobCreateOptions(
+        id="sim-prep", pool_info=models.BatchPoolInfo(pool_id=pool),
+        job_preparation_task=models.BatchJobPreparationTask(command_line="sleep 1"),
+        job_release_task=models.BatchJobReleaseTask(command_line="sleep 1")))
+    client.create_tasks("sim-prep", [models.BatchTaskCreateOptions(id=f"p{i}", command_line="exit 0")
+                                     for i in range(4)])
+    wait_for(lambda: client.get_job_task_counts("sim-prep").task_counts.succeeded == 4, 20, message="tasks done")
+    statuses = list(client.list_job_preparation_and_release_task_status("sim-prep"))
+    assert statuses and all(s.job_preparation_task_execution_info.result == "success" for s in statuses)
+    from azure.batch.models._models import BatchJobTerminateOptions
+
+    client.begin_terminate_job("sim-prep", BatchJobTerminateOptions(termination_reason="Done"), polling_interval=0.1)
+    wait_for(lambda: client.get_job("sim-prep").state == "completed", 20, message="job completed")
+    statuses = list(client.list_job_preparation_and_release_task_status("sim-prep"))
+    assert all(s.job_release_task_execution_info.result == "success" for s in statuses)

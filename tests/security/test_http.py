@@ -343,7 +343,6 @@ def test_the_unserved_table_is_exactly_the_batch_operations_shoal_lacks() -> Non
 @pytest.mark.parametrize(("method", "path", "operation"), [
     ("GET", "/certificates(thumbprintAlgorithm=sha1,thumbprint=abc)", "Certificate_Get"),
     ("GET", "/pools/p/nodes/n/rdp", "ComputeNode_GetRemoteDesktop"),
-    ("GET", "/jobs/j/jobpreparationandreleasetaskstatus", "Job_ListPreparationAndReleaseTaskStatus"),
     ("GET", "/applications", "Application_List"),
 ])
 def test_an_unserved_batch_operation_is_feature_not_supported_after_auth(

@@ -161,6 +161,15 @@ MALFORMED_SYNCS: list[Any] = [
     {"startTask": {"state": "completed", "retryCount": -1}},
     {"metrics": []}, {"metrics": {"cpuPercent": "hot"}}, {"metrics": {"cpuPercent": None}},
     {"wait": "yes"}, {"incarnation": 7},
+    # Job preparation and release runs (docs/agent-protocol.md).
+    {"knownJobTasks": "all"}, {"knownJobTasks": [["prep", "j"]]}, {"knownJobTasks": [["cleanup", "j", 1]]},
+    {"knownJobTasks": [["prep", "j\u0000", 1]]}, {"knownJobTasks": [["prep", "j", -1]]},
+    {"jobTasks": {}}, {"jobTasks": ["x"]}, {"jobTasks": [{"kind": "prep", "jobId": "j", "generation": 1}]},
+    {"jobTasks": [{"kind": "prep", "jobId": "j", "generation": "1", "state": "completed"}]},
+    {"jobTasks": [{"kind": "release", "jobId": "j", "generation": 1, "state": "completed", "exitCode": "0"}]},
+    {"jobTasks": [{"kind": "prep", "jobId": "j", "generation": 1, "state": "running", "startTime": "soon"}]},
+    {"jobTasks": [{"kind": "prep", "jobId": "j", "generation": 1, "state": "completed",
+                   "endTime": "2999-01-01T00:00:00Z"}]},
 ]
 
 

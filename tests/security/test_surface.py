@@ -63,8 +63,6 @@ def test_empty_lists_mean_none_and_pass(client: Any, shoal: Any, setup: None) ->
 
 
 JOB_FEATURES = [
-    ("jobPreparationTask", {"commandLine": "true"}),
-    ("jobReleaseTask", {"commandLine": "true"}),
     ("networkConfiguration", {"subnetId": "/subscriptions/x/subnets/y"}),
     ("allowTaskPreemption", True),
 ]

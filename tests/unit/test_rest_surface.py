@@ -38,7 +38,6 @@ NOT_YET_SERVED = {
     ("DELETE", "/certificates(thumbprintAlgorithm={},thumbprint={})"),
     ("GET", "/certificates(thumbprintAlgorithm={},thumbprint={})"),
     ("POST", "/certificates(thumbprintAlgorithm={},thumbprint={})/canceldelete"),
-    ("GET", "/jobs/{}/jobpreparationandreleasetaskstatus"),
     ("GET", "/pools/{}/nodes/{}/extensions"), ("GET", "/pools/{}/nodes/{}/extensions/{}"),
     ("GET", "/pools/{}/nodes/{}/rdp"),
 }
