@@ -871,6 +871,9 @@ class Agent:
                     )
                 state = {"state": "completed", "retryCount": retry, "lastRetryTime": last_retry_time}
                 state.update(result.to_report_fields())
+                if result.failure is not None:
+                    # What the node's errors quote, so a user sees why without fetching files.
+                    state["stderrTail"] = await asyncio.to_thread(_tail, self.layout.start_task().stderr)
                 self._set_start_task_state(state)
                 return
             retry += 1
@@ -925,6 +928,28 @@ class _Outputs:
 
 LASTING_KINDS = (POOL, ACCOUNT)
 """Identities whose user outlives the task, so that a spawner of its own pays off."""
+
+
+STDERR_TAIL_BYTES = 2048
+STDERR_TAIL_LINES = 10
+
+
+def _tail(path: Path) -> str:
+    """The last lines of a file the agent wrote (a task's stderr), bounded; empty if none."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return ""
+    try:
+        size = os.fstat(fd).st_size
+        os.lseek(fd, max(0, size - STDERR_TAIL_BYTES), os.SEEK_SET)
+        data = os.read(fd, STDERR_TAIL_BYTES)
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+    lines = data.decode("utf-8", "replace").splitlines()[-STDERR_TAIL_LINES:]
+    return "\n".join(lines)
 
 
 def _int_or(value: Any, default: int) -> int:

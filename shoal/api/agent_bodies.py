@@ -27,6 +27,7 @@ MAX_METRICS = 64
 # verbose error never wedges a node's reports.
 MAX_FAILURE_CODE_CHARS = 256
 MAX_FAILURE_MESSAGE_CHARS = 4096
+MAX_STDERR_TAIL_CHARS = 4096
 INT32 = (-(2**31), 2**31 - 1)
 MAX_PID = 2**31 - 1
 MAX_URL_CHARS = 256
@@ -150,6 +151,10 @@ def check_sync(body: Any) -> dict[str, Any]:
             raise _refuse("startTask.state", start_task.get("state"), "The value must be running or completed.")
         _outcome_fields(start_task, "startTask")
         _time(start_task, "lastRetryTime", "startTask.lastRetryTime")
+        tail = start_task.get("stderrTail")
+        if tail is not None and (not isinstance(tail, str) or len(tail) > MAX_STDERR_TAIL_CHARS):
+            raise _refuse("startTask.stderrTail", tail, f"The value must be a string of at most "
+                                                        f"{MAX_STDERR_TAIL_CHARS} characters.")
         if start_task.get("retryCount") is not None:
             _integer(start_task["retryCount"], "startTask.retryCount", 0, INT32[1])
     _job_tasks(body)

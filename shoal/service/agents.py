@@ -96,7 +96,7 @@ def _sync_node(conn: Connection, node_id: str, token: str) -> Any:
 # What recording a sync with news needs of the node's record: the slim columns, and what the
 # start task and a node's return from `unusable` are judged by.
 _RECORD_COLUMNS = (*_SYNC_NODE.selected_columns, nodes.c.last_boot_time, nodes.c.start_task_info,
-                   nodes.c.scheduling_state)
+                   nodes.c.scheduling_state, nodes.c.errors)
 
 
 def _sync_nodes(conn: Connection, node_ids: list[str], columns: Any = _SYNC_NODE.selected_columns) -> dict[str, Any]:
@@ -580,6 +580,9 @@ def _record_start_task(conn: Connection, node: Any, report: dict[str, Any]) -> b
     if report.get("state") == StartTaskState.COMPLETED:
         values["run_start_task"] = False
         info["result"] = "success" if report.get("exitCode") == 0 and not report.get("failure") else "failure"
+    errors = _start_task_errors(node.errors, info, report.get("stderrTail"))
+    if errors != (node.errors or []):
+        values["errors"] = errors or None
     pool = conn.execute(select(pools.c.spec).where(pools.c.seq == node.pool_seq)).scalar_one()
     wait = (pool.get("startTask") or {}).get("waitForSuccess", True)
     if node.state in (NodeState.STARTING, NodeState.WAITING_FOR_START_TASK, NodeState.START_TASK_FAILED):
@@ -594,6 +597,26 @@ def _record_start_task(conn: Connection, node: Any, report: dict[str, Any]) -> b
             values.update(state=new_state, state_transition_time=now)
     conn.execute(update(nodes).where(nodes.c.id == node.id).values(etag=clock.new_etag(), **values))
     return values.get("state") == NodeState.IDLE
+
+
+def _start_task_errors(errors: Any, info: dict[str, Any], stderr_tail: Any) -> list[dict[str, Any]]:
+    """The node's errors with `StartTaskFailed` as its start task now stands: said while it has
+    failed (exit code, failure and the last lines of its stderr, which the user can act on),
+    gone once it runs again or succeeds."""
+    kept = [e for e in errors or [] if isinstance(e, dict) and e.get("code") != "StartTaskFailed"]
+    if info.get("result") != "failure":
+        return kept
+    failure = info.get("failureInfo") or {}
+    exit_code = info.get("exitCode")
+    tail = "".join(c for c in stderr_tail if c.isprintable() or c == "\n") if isinstance(stderr_tail, str) else ""
+    said = f"exit code {exit_code}" if exit_code is not None else str(failure.get("code") or "no exit code")
+    message = f"The start task failed ({said}): {failure.get('message') or 'see startTaskInfo'}."
+    if tail:
+        message += f" The last lines of its stderr:\n{tail}"
+    details = [{"name": "exitCode", "value": str(exit_code)}] if exit_code is not None else []
+    if failure.get("code"):
+        details.append({"name": "failureCode", "value": str(failure["code"])})
+    return [*kept, {"code": "StartTaskFailed", "message": message, "errorDetails": details}]
 
 
 _RUNNING_OF_MANY = (

@@ -115,3 +115,23 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as stat:
         return stat.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_a_failed_start_task_is_in_the_nodes_errors_with_its_stderr_until_it_succeeds(client):
+    # Issue 10 item 4: errors users can act on, without fetching files.
+    failing = models.BatchStartTask(command_line="/bin/sh -c 'echo starting >&2; echo \"bad config at line 7\" >&2; "
+                                                 "exit 3'", wait_for_success=True)
+    client.create_pool(pool_options("st-errors", target_dedicated_nodes=1, start_task=failing))
+    node = wait_for(lambda: next((n for n in client.list_nodes("st-errors") if n.state == "starttaskfailed"), None),
+                    30, message="start task failed")
+    errors = [e for e in node.errors or [] if e.code == "StartTaskFailed"]
+    assert len(errors) == 1
+    assert "exit code 3" in errors[0].message and "bad config at line 7" in errors[0].message
+    assert {(d.name, d.value) for d in errors[0].error_details} >= {("exitCode", "3"), ("failureCode", "FailureExitCode")}
+    client.replace_pool_properties("st-errors", models.BatchPoolReplaceOptions(
+        start_task=models.BatchStartTask(command_line="/bin/true", wait_for_success=True),
+        application_package_references=[], metadata=[]))
+    client.begin_reboot_node("st-errors", node.id, BatchNodeRebootOptions(node_reboot_kind="requeue"),
+                             polling_interval=0.2).result()
+    healed = wait_for(lambda: (n := client.get_node("st-errors", node.id)).state == "idle" and n, 30, message="idle")
+    assert not [e for e in healed.errors or [] if e.code == "StartTaskFailed"]
