@@ -10,12 +10,14 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from shoal import sharedkey
+from shoal import sharedkey, telemetry
 from shoal.api import unserved, versions
+from shoal.api.access_log import RequestLog
 from shoal.api.http import MAX_BODY_BYTES, error_response, new_request_id, read_body
 from shoal.errors import BatchError
 from shoal.service.context import Context
@@ -63,12 +65,15 @@ class Api:
         """Wrap a Batch REST handler: Shared Key, api-version, error body; then run it where
         ``placement`` says."""
 
+        operation = getattr(handler, "__name__", telemetry.UNMATCHED)
+
         async def endpoint(request: Request) -> Response:
             request.state.request_id = new_request_id()
+            request.state.operation = operation
             # For handlers on the loop that send their store work to the runner themselves.
             request.state.runner = self.runner
             try:
-                self._authenticate(request)
+                self.authenticate(request)
                 # Handlers shape bodies and answers by it (shoal.api.versions).
                 request.state.api_version = versions.check_version(request.query_params.get("api-version"))
                 ctx = self.context_for(request)
@@ -99,7 +104,7 @@ class Api:
 
         return endpoint
 
-    def _authenticate(self, request: Request) -> None:
+    def authenticate(self, request: Request) -> None:
         """Verify Shared Key before anything else is read (the body included), then leave the
         handlers exactly the query that was signed."""
         raw_path = request.scope.get("raw_path") or request.url.path.encode()
@@ -118,11 +123,13 @@ class Api:
 
 
 def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_interval_s: float = 5.0,
-              manual_join: bool = False) -> Starlette:
+              manual_join: bool = False, metrics_token: str | None = None,
+              duties_running: Callable[[], bool] = lambda: True) -> Starlette:
     from shoal.api import (
         agent,
         autoscale,
         files,
+        health,
         job_schedules,
         jobs,
         node_logs,
@@ -145,6 +152,7 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
                   for path, methods, handler in (*node_users.ROUTES, *node_logs.ROUTES))
     routes.extend(agent.routes(api, agent_hub, poll_timeout_s, heartbeat_interval_s, manual_join))
     routes.append(Route("/shoal/v1/pools/{pool_id}/join-token", api.batch(_join_token, "read"), methods=["GET"]))
+    routes.extend(health.routes(api, metrics_token, duties_running))
 
     async def no_such_route(request: Request, exc: Exception) -> Response:
         operation = unserved.operation_for(request.method, request.url.path)
@@ -158,7 +166,8 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
             return await api.batch(_unserved(operation))(request)
         return await _no_such_method(request, exc)
 
-    return Starlette(routes=routes, exception_handlers={404: no_such_route, 405: no_such_method})
+    return Starlette(routes=routes, exception_handlers={404: no_such_route, 405: no_such_method},
+                     middleware=[Middleware(RequestLog)])
 
 
 # Reads that may walk many rows: they get lanes of their own, so they never delay a point read.
@@ -181,6 +190,7 @@ def _unserved(operation: str) -> Handler:
     async def handler(_request: Request, _ctx: Context) -> Response:
         raise unserved.not_supported(operation)
 
+    handler.__name__ = operation  # the operation it is counted under (shoal.telemetry)
     return handler
 
 
