@@ -132,6 +132,7 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
         health,
         job_schedules,
         jobs,
+        ledger,
         node_logs,
         node_users,
         nodes,
@@ -141,7 +142,7 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
     )
 
     routes: list[Route] = []
-    for module in (pools, autoscale, nodes, spot, jobs, job_schedules, tasks):
+    for module in (pools, autoscale, nodes, spot, jobs, job_schedules, tasks, ledger):
         for path, methods, handler in module.ROUTES:
             routes.append(Route(path, api.batch(handler, placement_of(handler, methods)), methods=methods))
     # File routes relay to nodes through the loop's HTTP client: they stay on the loop and send

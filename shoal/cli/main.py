@@ -382,6 +382,7 @@ def _failures(client: Any, job_id: str, most: int = 20) -> list[dict[str, Any]]:
     return found
 from shoal.cli.autoscale import autoscale  # noqa: E402
 from shoal.cli.control import down, reset, status  # noqa: E402
+from shoal.cli.usage import usage  # noqa: E402
 
-for command in (autoscale, status, down, reset):
+for command in (autoscale, status, down, reset, usage):
     main.add_command(command)

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
 
 from shoal import clock
 from shoal.model.states import NodeState, SchedulingState, TaskState
-from shoal.service import dependencies, exit_conditions
+from shoal.service import dependencies, exit_conditions, ledger
 from shoal.store.chunks import in_chunks
 from shoal.store.schema import jobs, nodes, task_attempts, tasks
 
@@ -52,6 +52,7 @@ def _move(row: Any, new_state: str, now: datetime, info: dict[str, Any],
         # The task's folder stays on its node for retentionTime, then goes (semantics §2.5).
         retention_deadline = now + retention(row.spec)
     return {"b_seq": row.seq, "b_ran_on": row.node_id if row.state == TaskState.RUNNING else None,
+            "b_job_seq": row.job_seq, "b_slots": row.required_slots,
             "b_state": new_state, "b_previous_state": row.state,
             "b_previous_time": row.state_transition_time, "b_now": now, "b_info": info,
             "b_etag": clock.new_etag(), "b_retention": retention_deadline,
@@ -63,11 +64,20 @@ def _apply(conn: Connection, moves: list[dict[str, Any]]) -> None:
     if not moves:
         return
     # An attempt that leaves a node is kept: the node's recentTasks, the task's history.
+    left = [m for m in moves if m["b_ran_on"]]
     ended = [{"node_id": m["b_ran_on"], "task_seq": m["b_seq"], "end_state": m["b_state"],
-              "end_time": _attempt_end(m["b_info"], m["b_now"])} for m in moves if m["b_ran_on"]]
-    conn.execute(_MOVE, [{k: value for k, value in m.items() if k != "b_ran_on"} for m in moves])
+              "end_time": _attempt_end(m["b_info"], m["b_now"])} for m in left]
+    conn.execute(_MOVE, [{k: value for k, value in m.items() if k not in _NOT_MOVED} for m in moves])
     if ended:
         conn.execute(insert(task_attempts), ended)
+        # The attempt ran from its placement (its change to running) to its end.
+        ledger.record(conn, [ledger.EndedAttempt(m["b_ran_on"], m["b_job_seq"], m["b_slots"] or 1,
+                                                 clock.as_utc(m["b_previous_time"]), e["end_time"])
+                             for m, e in zip(left, ended, strict=True)])
+
+
+# What a move carries for the attempts record and the ledger, not for the task's row.
+_NOT_MOVED = ("b_ran_on", "b_job_seq", "b_slots")
 
 
 def _attempt_end(info: dict[str, Any], now: datetime) -> datetime:

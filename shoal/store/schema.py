@@ -368,6 +368,22 @@ task_outputs = Table(
     Column("stderr_size", BigInteger, nullable=False),
 )
 
+# What each job's attempts used (migration 0022), per pool, VM size and node kind: counters added
+# to as attempts end (service/ledger.py). A ledger: rows outlive their job, nothing cascades.
+job_usage = Table(
+    "job_usage",
+    metadata,
+    Column("account", String(64), nullable=False),
+    Column("job_id", String(64), nullable=False),
+    Column("pool_id", String(64), nullable=False),
+    Column("vm_size", String(64), nullable=False),
+    Column("is_dedicated", Boolean, nullable=False),
+    Column("attempts", BigInteger, nullable=False),
+    Column("slot_seconds", Float, nullable=False),
+    Column("core_seconds", Float, nullable=False),
+    PrimaryKeyConstraint("account", "job_id", "pool_id", "vm_size", "is_dedicated", name="pk_job_usage"),
+)
+
 # When each node held its VM (migration 0018): a span opens when the node is allocated (or
 # comes back from preemption or deallocation) and closes when it leaves, is preempted or is
 # deallocated. Pool usage metrics and the usage ledger sum the spans' overlap with a window.
@@ -416,4 +432,4 @@ Index("ix_metric_samples_pool_time", metric_samples.c.pool_seq, metric_samples.c
 
 __all__ = ["metadata", "accounts", "pools", "nodes", "jobs", "job_schedules", "tasks", "metric_samples",
            "job_task_counts", "pool_node_counts", "task_dependencies", "node_users", "task_attempts",
-           "job_node_tasks", "node_usage", "task_outputs", "Text"]
+           "job_node_tasks", "node_usage", "task_outputs", "job_usage", "Text"]
