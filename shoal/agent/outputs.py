@@ -20,7 +20,9 @@ from typing import Any
 from shoal.agent.fileserver import locate
 from shoal.agent.layout import STDERR_FILE, STDOUT_FILE, task_folder_parts
 
-KEPT_BYTES = 64 * 1024
+# 16 KiB a file (about 200 lines, enough for the error at its end) bounds the store: at most
+# 32 KiB a task, gone with its retention.
+KEPT_BYTES = 16 * 1024
 # Reports are resent until acknowledged; a sync carries copies up to this many bytes (of base64)
 # and leaves the rest of its reports for the next one, so a burst of completions of chatty tasks
 # never makes a sync body larger than the control plane takes.
