@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode
@@ -128,6 +129,7 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
     from shoal.api import (
         agent,
         autoscale,
+        certificates,
         files,
         health,
         job_schedules,
@@ -141,9 +143,12 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
     )
 
     routes: list[Route] = []
-    for module in (pools, autoscale, nodes, spot, jobs, job_schedules, tasks):
+    for module in (pools, autoscale, nodes, spot, jobs, job_schedules, tasks, certificates):
         for path, methods, handler in module.ROUTES:
             routes.append(Route(path, api.batch(handler, placement_of(handler, methods)), methods=methods))
+    for route in routes:
+        if route.path.startswith("/certificates("):
+            route.path_regex = re.compile(route.path_regex.pattern, certificates.CASE_INSENSITIVE)
     # File routes relay to nodes through the loop's HTTP client: they stay on the loop and send
     # their store reads to a reader thread themselves.
     routes.extend(Route(path, api.batch(handler, "loop"), methods=methods) for path, methods, handler in files.ROUTES)

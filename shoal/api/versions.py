@@ -169,6 +169,14 @@ def require(request: Request, since: str) -> None:
                          status=404, values={"RequestUri": request.url.path})
 
 
+def require_before(request: Request, until: str) -> None:
+    """An operation later api-versions dropped (certificates, from 2024-07-01.20.0) is, at those
+    versions, a path Batch does not serve."""
+    if _INDEX[of(request)] >= _INDEX[until]:
+        raise BatchError("The requested URI does not represent any resource on the server.", code="InvalidUri",
+                         status=404, values={"RequestUri": request.url.path})
+
+
 @cache
 def _changes(subject: str, version: str) -> tuple[list[Change], list[Change]]:
     """(undefined at `version`, renamed at `version`) for one subject."""

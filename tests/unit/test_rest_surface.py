@@ -34,10 +34,6 @@ SERVED_VERSIONS = ("2020-03-01.11.0", "2020-09-01.12.0", "2021-06-01.14.0", "202
 
 NOT_YET_SERVED = {
     ("GET", "/applications"), ("GET", "/applications/{}"),
-    ("POST", "/certificates"), ("GET", "/certificates"),
-    ("DELETE", "/certificates(thumbprintAlgorithm={},thumbprint={})"),
-    ("GET", "/certificates(thumbprintAlgorithm={},thumbprint={})"),
-    ("POST", "/certificates(thumbprintAlgorithm={},thumbprint={})/canceldelete"),
     ("GET", "/pools/{}/nodes/{}/extensions"), ("GET", "/pools/{}/nodes/{}/extensions/{}"),
     ("GET", "/pools/{}/nodes/{}/rdp"),
 }

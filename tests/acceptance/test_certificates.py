@@ -1,0 +1,293 @@
+"""Certificates (issue 11 item 5) against a real `shoal up`: Certificate_Add/List/Get/Delete/
+CancelDeletion with azure-batch 14.2.0 and raw signed REST at api-version 2024-02-01.19.0, bad
+input, pools' certificateReferences, and the files a node's tasks see, by visibility."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import NameOID
+
+from tests.acceptance import rest
+from tests.acceptance.rest import assert_batch_error
+from tests.compat.test_msrest_sdks import sdk_python
+from tests.helpers import wait_for
+
+V19 = "2024-02-01.19.0"
+FLOW = Path(__file__).resolve().parents[1] / "compat" / "msrest_certificates_flow.py"
+IMAGE = {"imageReference": {"publisher": "canonical", "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts",
+                            "version": "latest"}, "nodeAgentSKUId": "batch.node.ubuntu 22.04"}
+
+
+def make_certificate(name: str, password: str | None = None) -> dict[str, Any]:
+    """A self-signed certificate: its cer (DER) and pfx forms, base64, and its SHA-1 thumbprint."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=30)).sign(key, hashes.SHA256()))
+    der = cert.public_bytes(serialization.Encoding.DER)
+    encryption = (serialization.BestAvailableEncryption(password.encode()) if password
+                  else serialization.NoEncryption())
+    pfx = pkcs12.serialize_key_and_certificates(name.encode(), key, cert, None, encryption)
+    return {"thumbprint": hashlib.sha1(der).hexdigest(), "publicData": base64.b64encode(der).decode(),  # noqa: S324
+            "cer": base64.b64encode(der).decode(), "pfx": base64.b64encode(pfx).decode(), "password": password,
+            "der": der, "pfxBytes": pfx}
+
+
+def add_body(cert: dict[str, Any], certificate_format: str = "pfx", **changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"thumbprint": cert["thumbprint"], "thumbprintAlgorithm": "sha1",
+                            "data": cert[certificate_format], "certificateFormat": certificate_format}
+    if certificate_format == "pfx" and cert["password"]:
+        body["password"] = cert["password"]
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def send(shoal: Any, method: str, path: str, body: Any = None, version: str = V19) -> Any:
+    raw = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    return rest.call(shoal, method, path, body=raw, api_version=version)
+
+
+def key_path(thumbprint: str, algorithm: str = "sha1") -> str:
+    return f"/certificates(thumbprintAlgorithm={algorithm},thumbprint={thumbprint})"
+
+
+def listed(shoal: Any) -> list[dict[str, Any]]:
+    response = send(shoal, "GET", "/certificates")
+    assert response.status_code == 200, response.text
+    return response.json()["value"]
+
+
+def pool_body(pool_id: str, refs: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {"id": pool_id, "vmSize": "standard_d2s_v3", "targetDedicatedNodes": 0,
+            "virtualMachineConfiguration": IMAGE, "certificateReferences": refs, **extra}
+
+
+def state_of(shoal: Any, thumbprint: str) -> str | None:
+    response = send(shoal, "GET", key_path(thumbprint))
+    return None if response.status_code == 404 else response.json()["state"]
+
+
+def test_sdk_14_adds_lists_gets_references_and_deletes_certificates(shoal: Any) -> None:
+    pfx, cer = make_certificate("sdk-pfx", "pfx-pass-1"), make_certificate("sdk-cer")
+    certs = {"pfx": {"data": pfx["pfx"], "password": pfx["password"], "thumbprint": pfx["thumbprint"],
+                     "publicData": pfx["publicData"]},
+             "cer": {"data": cer["cer"], "thumbprint": cer["thumbprint"]}}
+    result = subprocess.run([sdk_python(14), str(FLOW), shoal.endpoint, shoal.account, shoal.primary_key],
+                            input=json.dumps(certs), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "certificates flow ok" in result.stdout
+
+
+def test_answers_show_the_public_certificate_and_nothing_private(shoal: Any) -> None:
+    cert = make_certificate("private-check", "s3cret-Pfx-Pass")
+    response = send(shoal, "POST", "/certificates", add_body(cert))
+    assert response.status_code == 201, response.text
+    # As recorded: the OData key in Azure's own spelling, no ETag.
+    location = response.headers["Location"]
+    assert location.endswith(f"/certificates(ThumbprintAlgorithm=sha1,Thumbprint={cert['thumbprint']})")
+    assert response.headers["DataServiceId"] == location and "ETag" not in response.headers
+    one = send(shoal, "GET", key_path(cert["thumbprint"]))
+    assert one.status_code == 200
+    assert one.json()["odata.metadata"].endswith("$metadata#certificates/@Element")
+    shown = {k: v for k, v in one.json().items() if k != "odata.metadata"}
+    assert shown == {"thumbprint": cert["thumbprint"], "thumbprintAlgorithm": "sha1",
+                     "url": f"{shoal.endpoint}{key_path(cert['thumbprint'])}", "state": "active",
+                     "stateTransitionTime": shown["stateTransitionTime"], "publicData": cert["publicData"]}
+    # The key's names in any case (Azure's Location spelling), the thumbprint in upper case.
+    upper = send(shoal, "GET", f"/certificates(ThumbprintAlgorithm=SHA1,Thumbprint={cert['thumbprint'].upper()})")
+    assert upper.status_code == 200 and upper.json()["thumbprint"] == cert["thumbprint"]
+    everything = send(shoal, "GET", "/certificates").text + one.text + upper.text
+    pfx_piece = cert["pfx"][-200:-20]  # the pfx's tail: its encrypted key, not the certificate
+    assert cert["password"] not in everything and pfx_piece not in everything
+    assert cert["password"] not in shoal.log() and pfx_piece not in shoal.log()
+    selected = send(shoal, "GET", "/certificates", None).json()["value"]
+    assert any(c["thumbprint"] == cert["thumbprint"] for c in selected)
+    filtered = rest.call(shoal, "GET", "/certificates", api_version=V19,
+                         params={"$filter": f"thumbprint eq '{cert['thumbprint']}'", "$select": "thumbprint,state"})
+    assert filtered.json()["value"] == [{"thumbprint": cert["thumbprint"], "state": "active"}]
+
+
+def _bad_cases() -> list[tuple[str, Any, str, str]]:
+    cert = make_certificate("bad-input", "right-password")
+    other = make_certificate("other")
+    junk = base64.b64encode(os.urandom(600)).decode()
+    huge = make_certificate("huge")
+    huge_data = base64.b64encode(huge["der"] + os.urandom(11 * 1024)).decode()
+    return [
+        ("malformed base64", add_body(cert, data="not base64 !!"), "InvalidPropertyValue", "data"),
+        ("not a certificate (cer)", add_body(cert, "cer", data=junk), "InvalidPropertyValue", "data"),
+        ("not a pfx", add_body(cert, data=junk), "InvalidPropertyValue", "password"),
+        ("wrong pfx password", add_body(cert, password="wrong-password"), "InvalidPropertyValue", "password"),
+        ("no pfx password", add_body(cert, password=None), "InvalidPropertyValue", "password"),
+        ("thumbprint of another certificate", add_body(cert, thumbprint=other["thumbprint"]),
+         "InvalidPropertyValue", "thumbprint"),
+        ("cer given a password", add_body(cert, "cer", password="x"), "InvalidPropertyValue", "password"),
+        ("huge data", add_body(huge, "cer", data=huge_data), "InvalidPropertyValue", "data"),
+        ("NUL in the password", add_body(cert, password="right-pass\x00word"), "InvalidPropertyValue", "password"),
+        ("NUL in the data", add_body(cert, data=cert["pfx"][:40] + "\x00" + cert["pfx"][40:]),
+         "InvalidPropertyValue", "data"),
+        ("NUL in the thumbprint", add_body(cert, thumbprint="ab\x00cd"), "InvalidPropertyValue", "thumbprint"),
+        ("not hex", add_body(cert, thumbprint="z" * 40), "InvalidPropertyValue", "thumbprint"),
+        ("md5", add_body(cert, thumbprintAlgorithm="md5"), "InvalidPropertyValue", "thumbprintAlgorithm"),
+        ("unknown format", add_body(cert, certificateFormat="pem"), "InvalidPropertyValue", "certificateFormat"),
+        ("no data", add_body(cert, data=None), "MissingRequiredProperty", "data"),
+        ("data not a string", add_body(cert, data=12), "InvalidPropertyValue", "data"),
+        ("unknown property", add_body(cert, privateKey="x"), "InvalidRequestBody", "privateKey"),
+    ]
+
+
+def test_bad_certificates_are_refused_with_batch_codes_and_change_nothing(shoal: Any) -> None:
+    before = listed(shoal)
+    for label, body, code, name in _bad_cases():
+        response = send(shoal, "POST", "/certificates", body)
+        error = assert_batch_error(response, 400, code)
+        assert any(v["value"] == name or v["value"].startswith(name) for v in error.get("values", [])), (label, error)
+        if isinstance(body.get("password"), str) and len(body["password"]) > 3:
+            assert body["password"] not in response.text, label
+    assert send(shoal, "POST", "/certificates", b"{not json").status_code == 400
+    assert listed(shoal) == before
+
+
+def test_duplicates_unknown_ones_and_later_api_versions(shoal: Any) -> None:
+    cert = make_certificate("dup")
+    assert send(shoal, "POST", "/certificates", add_body(cert, "cer")).status_code == 201
+    assert_batch_error(send(shoal, "POST", "/certificates", add_body(cert, "cer")), 409, "CertificateExists")
+    assert_batch_error(send(shoal, "GET", key_path("ab" * 20)), 404, "CertificateNotFound")
+    assert_batch_error(send(shoal, "DELETE", key_path("ab" * 20)), 404, "CertificateNotFound")
+    # Certificates left the API with 2024-07-01.20.0: there they are paths Batch does not have.
+    for version in ("2024-07-01.20.0", "2025-06-01"):
+        assert_batch_error(send(shoal, "GET", "/certificates", version=version), 404, "InvalidUri")
+        assert_batch_error(send(shoal, "POST", "/certificates", add_body(cert, "cer"), version), 404, "InvalidUri")
+    unsigned = rest.call(shoal, "GET", "/certificates", api_version=V19, sign=False)
+    assert_batch_error(unsigned, 401, "AuthenticationFailed")
+
+
+def test_a_referenced_certificate_fails_to_delete_until_the_pool_lets_go(shoal: Any) -> None:
+    cert = make_certificate("held", "held-pass")
+    assert send(shoal, "POST", "/certificates", add_body(cert)).status_code == 201
+    refs = [{"thumbprint": cert["thumbprint"].upper(), "thumbprintAlgorithm": "sha1", "visibility": ["task"]}]
+    assert send(shoal, "POST", "/pools", pool_body("held-pool", refs)).status_code == 201
+    pool = send(shoal, "GET", "/pools/held-pool").json()
+    assert pool["certificateReferences"] == [{"thumbprint": cert["thumbprint"], "thumbprintAlgorithm": "sha1",
+                                              "storeLocation": "CurrentUser", "storeName": "My",
+                                              "visibility": ["task"]}]
+    assert_batch_error(send(shoal, "POST", f"{key_path(cert['thumbprint'])}/canceldelete"), 409,
+                       "CertificateStateActive")
+    assert send(shoal, "DELETE", key_path(cert["thumbprint"])).status_code == 202
+    wait_for(lambda: state_of(shoal, cert["thumbprint"]) == "deletefailed", timeout=10)
+    failed = send(shoal, "GET", key_path(cert["thumbprint"])).json()
+    assert failed["previousState"] == "deleting"
+    assert failed["deleteCertificateError"]["code"] == "CertificateDeleteFailed"
+    assert failed["deleteCertificateError"]["values"] == [{"name": "Pools", "value": "held-pool"}]
+    assert send(shoal, "POST", f"{key_path(cert['thumbprint'])}/canceldelete").status_code == 204
+    again = send(shoal, "GET", key_path(cert["thumbprint"])).json()
+    assert again["state"] == "active" and "deleteCertificateError" not in again
+    # Once no pool references it, the deletion goes through.
+    update = {"metadata": [], "applicationPackageReferences": [], "certificateReferences": []}
+    assert send(shoal, "POST", "/pools/held-pool/updateproperties", update).status_code == 204
+    assert send(shoal, "GET", "/pools/held-pool").json()["certificateReferences"] == []
+    assert send(shoal, "DELETE", key_path(cert["thumbprint"])).status_code == 202
+    gone_or_deleting = state_of(shoal, cert["thumbprint"])
+    assert gone_or_deleting in ("deleting", None)
+    if gone_or_deleting == "deleting":
+        # As recorded (batchservice-tests.json): cancel and delete refused while it is deleted.
+        for method, path in (("POST", f"{key_path(cert['thumbprint'])}/canceldelete"),
+                             ("DELETE", key_path(cert["thumbprint"]))):
+            status = send(shoal, method, path)
+            assert status.status_code in (409, 404), status.text
+    wait_for(lambda: state_of(shoal, cert["thumbprint"]) is None, timeout=10)
+
+
+def test_pools_refuse_unknown_or_malformed_certificate_references(shoal: Any) -> None:
+    unknown = [{"thumbprint": "cd" * 20, "thumbprintAlgorithm": "sha1"}]
+    assert_batch_error(send(shoal, "POST", "/pools", pool_body("p-unknown-cert", unknown)), 409,
+                       "InvalidCertificateReferences")
+    assert send(shoal, "GET", "/pools/p-unknown-cert").status_code == 404
+    cert = make_certificate("ref-checks")
+    assert send(shoal, "POST", "/certificates", add_body(cert, "cer")).status_code == 201
+    good = {"thumbprint": cert["thumbprint"], "thumbprintAlgorithm": "sha1"}
+    for bad, name in ((dict(good, visibility=["everyone"]), "certificateReferences[0].visibility[0]"),
+                      (dict(good, storeLocation="nowhere"), "certificateReferences[0].storeLocation"),
+                      (dict(good, thumbprintAlgorithm="md5"), "certificateReferences[0].thumbprintAlgorithm"),
+                      (dict(good, thumbprint="xyz"), "certificateReferences[0].thumbprint")):
+        error = assert_batch_error(send(shoal, "POST", "/pools", pool_body("p-bad-ref", [bad])), 400,
+                                   "InvalidPropertyValue")
+        assert {"key": "PropertyName", "value": name} in error["values"], error
+    too_many = [dict(good, thumbprint=f"{i:040x}") for i in range(13)]
+    assert_batch_error(send(shoal, "POST", "/pools", pool_body("p-bad-ref", too_many)), 400, "InvalidPropertyValue")
+    assert send(shoal, "GET", "/pools/p-bad-ref").status_code == 404
+    # Unknown to later api-versions.
+    later = rest.call(shoal, "POST", "/pools", body=json.dumps(pool_body("p-bad-ref", [good])).encode())
+    assert_batch_error(later, 400, "InvalidRequestBody")
+
+
+def _script(*lines: str) -> str:
+    return "/bin/sh -c '" + "; ".join(lines) + "'"
+
+
+def _readable(path: str, label: str) -> str:
+    return f"if cat {path} >/dev/null 2>&1; then echo {label}-readable; else echo {label}-denied; fi"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="per-user certificate folders need the agent to run as root")
+def test_nodes_install_certificates_for_the_tasks_their_visibility_names(shoal: Any, client: Any) -> None:
+    """A cer for tasks, a pfx for the start task only and a pfx for tasks: each task's
+    AZ_BATCH_CERTIFICATES_DIR holds what it may see, readable by its own user alone; a task reads
+    neither the start task's private key nor another task's."""
+    from azure.batch import models
+
+    public = make_certificate("for-tasks")
+    boot = make_certificate("for-start-task", "boot-pass")
+    private = make_certificate("for-tasks-private", "task-pass")
+    for cert, certificate_format in ((public, "cer"), (boot, "pfx"), (private, "pfx")):
+        assert send(shoal, "POST", "/certificates", add_body(cert, certificate_format)).status_code == 201
+    tp_public, tp_boot, tp_private = public["thumbprint"], boot["thumbprint"], private["thumbprint"]
+    refs = [{"thumbprint": tp_public, "thumbprintAlgorithm": "sha1", "visibility": ["task"]},
+            {"thumbprint": tp_boot, "thumbprintAlgorithm": "sha1", "visibility": ["starttask"]},
+            {"thumbprint": tp_private, "thumbprintAlgorithm": "sha1", "visibility": ["task", "remoteuser"]}]
+    start = {"commandLine": _script("ls $AZ_BATCH_CERTIFICATES_DIR", "cat $AZ_BATCH_CERTIFICATES_DIR/*.pw"),
+             "userIdentity": {"autoUser": {"scope": "pool", "elevationLevel": "admin"}}, "waitForSuccess": True}
+    created = send(shoal, "POST", "/pools", pool_body("cert-nodes", refs, targetDedicatedNodes=1, startTask=start))
+    assert created.status_code == 201, created.text
+    node = wait_for(lambda: next((n for n in send(shoal, "GET", "/pools/cert-nodes/nodes").json()["value"]
+                                  if n["state"] == "idle"), None), timeout=30, message="an idle node")
+    assert {r["thumbprint"] for r in node["certificateReferences"]} == {tp_public, tp_boot, tp_private}
+    start_out = b"".join(client.download_node_file("cert-nodes", node["id"], "startup/stdout.txt")).decode()
+    assert start_out.split() == [f"sha1-{tp_boot}.pfx", f"sha1-{tp_boot}.pfx.pw", "boot-pass"]
+
+    client.create_job(models.BatchJobCreateOptions(id="cert-job", pool_info=models.BatchPoolInfo(pool_id="cert-nodes")))
+    task_user = models.UserIdentity(auto_user=models.AutoUserSpecification(
+        scope=models.AutoUserScope.TASK, elevation_level=models.ElevationLevel.NON_ADMIN))
+    boot_key = f"$AZ_BATCH_NODE_STARTUP_DIR/certs/sha1-{tp_boot}.pfx"
+    client.create_task("cert-job", models.BatchTaskCreateOptions(id="first", user_identity=task_user, command_line=_script(
+        "ls -l $AZ_BATCH_CERTIFICATES_DIR | tail -n +2 | cut -c1-10", "ls $AZ_BATCH_CERTIFICATES_DIR",
+        f"sha1sum < $AZ_BATCH_CERTIFICATES_DIR/sha1-{tp_public}.cer",
+        _readable(f"$AZ_BATCH_CERTIFICATES_DIR/sha1-{tp_private}.pfx", "own-key"),
+        _readable(boot_key, "start-task-key"))))
+    wait_for(lambda: client.get_task("cert-job", "first").state == "completed", timeout=30)
+    first = b"".join(client.download_task_file("cert-job", "first", "stdout.txt")).decode().split("\n")
+    assert first[:3] == ["-rw-------"] * 3, first
+    assert first[3:6] == [f"sha1-{tp_private}.pfx", f"sha1-{tp_private}.pfx.pw", f"sha1-{tp_public}.cer"]
+    assert first[6].split()[0] == hashlib.sha1(public["der"]).hexdigest()  # noqa: S324
+    assert first[7:9] == ["own-key-readable", "start-task-key-denied"]
+    # Another task's user cannot read the first task's private key either.
+    others_key = f"$AZ_BATCH_NODE_ROOT_DIR/workitems/cert-job/job-1/first/certs/sha1-{tp_private}.pfx"
+    client.create_task("cert-job", models.BatchTaskCreateOptions(id="second", user_identity=task_user,
+                                                                  command_line=_script(_readable(others_key, "other"))))
+    wait_for(lambda: client.get_task("cert-job", "second").state == "completed", timeout=30)
+    assert b"".join(client.download_task_file("cert-job", "second", "stdout.txt")) == b"other-denied\n"
