@@ -6,7 +6,8 @@ certificate is `sha1-<tp>.cer` (DER), a pfx is `sha1-<tp>.pfx` with its password
 `sha1-<tp>.pfx.pw` (the names Batch Shipyard's node scripts read). The folder and every file
 belong to the task's own user and no one else may open them (0700 / 0600): a certificate reaches
 exactly the tasks its visibility allows, as their users, and a task cannot read another task's
-certificates, nor the start task's. Everything is written beneath the task folder through file
+certificates, nor the start task's. Certificates for remote users go into each login user's
+`~/certs` (`ssh.NodeLogins`), as on Azure. Everything is written beneath the task folder through file
 descriptors that never follow a link, since the task's user owns that folder and may have left one.
 """
 
@@ -26,7 +27,7 @@ log = logging.getLogger("shoal.agent")
 
 CERTS_DIR_MODE = 0o700
 CERT_FILE_MODE = 0o600
-START_TASK, TASK = "starttask", "task"
+START_TASK, TASK, REMOTE_USER = "starttask", "task", "remoteuser"
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -81,14 +82,15 @@ def _parse(item: Any) -> NodeCertificate:
         algorithm=algorithm, thumbprint=thumbprint, certificate_format=certificate_format,
         public_der=base64.b64decode(str(item.get("publicData")), validate=True),
         visibility=frozenset(v for v in visibility if isinstance(v, str)) if isinstance(visibility, list)
-        else frozenset((START_TASK, TASK, "remoteuser")),
+        else frozenset((START_TASK, TASK, REMOTE_USER)),
         pfx=base64.b64decode(pfx, validate=True) if isinstance(pfx, str) else None,
         password=password if isinstance(password, str) else None)
 
 
 def install(task_dir: Path, certificates: list[NodeCertificate], kind: str, owner: tuple[int, int] | None) -> None:
-    """Write the certificates `kind` may see into `task_dir/certs`, owned by `owner` (uid, gid;
-    None: the agent's own user). Worker thread; raises OSError when the folder cannot be made."""
+    """Write the certificates `kind` may see into `task_dir/certs` (for remote users, their home
+    folder's), owned by `owner` (uid, gid; None: the agent's own user). Worker thread; raises
+    OSError when the folder cannot be made."""
     visible = [c for c in certificates if kind in c.visibility]
     if not visible:
         return

@@ -191,7 +191,7 @@ class Agent:
             if self._is_root:
                 self.logins = NodeLogins(self.config.files_host, self.layout.root,
                                          self.layout.root.parent / "ssh_host_ed25519_key", lambda: self.users,
-                                         self._session_environment)
+                                         self._session_environment, lambda: self.certificates)
             controls: dict[str, Any] = {"service-logs": self._upload_service_logs}
             if self.logins is not None:
                 controls["users"] = self.logins.apply

@@ -4,6 +4,7 @@ input, pools' certificateReferences, and the files a node's tasks see, by visibi
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -236,6 +237,17 @@ def test_pools_refuse_unknown_or_malformed_certificate_references(shoal: Any) ->
     assert_batch_error(later, 400, "InvalidRequestBody")
 
 
+def _ssh(host: str, port: int, user: str, password: str, command: str) -> str:
+    import asyncssh
+
+    async def go() -> str:
+        async with asyncssh.connect(host, port, username=user, password=password, known_hosts=None, client_keys=[],
+                                    agent_path=None, preferred_auth="password", login_timeout=10) as conn:
+            return str((await conn.run(command, timeout=20)).stdout)
+
+    return asyncio.run(go())
+
+
 def _script(*lines: str) -> str:
     return "/bin/sh -c '" + "; ".join(lines) + "'"
 
@@ -282,7 +294,7 @@ def test_nodes_install_certificates_for_the_tasks_their_visibility_names(shoal: 
     wait_for(lambda: client.get_task("cert-job", "first").state == "completed", timeout=30)
     first = b"".join(client.download_task_file("cert-job", "first", "stdout.txt")).decode().split("\n")
     assert first[:3] == ["-rw-------"] * 3, first
-    assert first[3:6] == [f"sha1-{tp_private}.pfx", f"sha1-{tp_private}.pfx.pw", f"sha1-{tp_public}.cer"]
+    assert first[3:6] == sorted([f"sha1-{tp_private}.pfx", f"sha1-{tp_private}.pfx.pw", f"sha1-{tp_public}.cer"])
     assert first[6].split()[0] == hashlib.sha1(public["der"]).hexdigest()  # noqa: S324
     assert first[7:9] == ["own-key-readable", "start-task-key-denied"]
     # Another task's user cannot read the first task's private key either.
@@ -291,3 +303,38 @@ def test_nodes_install_certificates_for_the_tasks_their_visibility_names(shoal: 
                                                                   command_line=_script(_readable(others_key, "other"))))
     wait_for(lambda: client.get_task("cert-job", "second").state == "completed", timeout=30)
     assert b"".join(client.download_task_file("cert-job", "second", "stdout.txt")) == b"other-denied\n"
+
+    # A remote user gets the certificates for remote users in ~/certs, its own alone.
+    client.create_node_user("cert-nodes", node["id"], models.BatchNodeUserCreateOptions(name="carol",
+                                                                                         password="carol-pw"))
+    settings = client.get_node_remote_login_settings("cert-nodes", node["id"])
+    session = _ssh(settings.remote_login_ip_address, settings.remote_login_port, "carol", "carol-pw",
+                   "ls -l ~/certs | tail -n +2 | cut -c1-10; ls ~/certs; " + _readable(boot_key, "start-task-key"))
+    assert session.split("\n")[:5] == ["-rw-------"] * 2 + sorted(
+        [f"sha1-{tp_private}.pfx", f"sha1-{tp_private}.pfx.pw"]) + ["start-task-key-denied"], session
+
+    # Changed references reach the node when it boots again, as on Azure; until then the node
+    # keeps what it installed, and a certificate it holds cannot be deleted.
+    later = make_certificate("added-later")
+    assert send(shoal, "POST", "/certificates", add_body(later, "cer")).status_code == 201
+    new_refs = [{"thumbprint": later["thumbprint"], "thumbprintAlgorithm": "sha1"}]
+    update = {"startTask": start, "metadata": [], "applicationPackageReferences": [], "certificateReferences": new_refs}
+    assert send(shoal, "POST", "/pools/cert-nodes/updateproperties", update).status_code == 204
+    node_path = f"/pools/cert-nodes/nodes/{node['id']}"
+    assert {r["thumbprint"] for r in send(shoal, "GET", node_path).json()["certificateReferences"]} == {
+        tp_public, tp_boot, tp_private}
+    assert send(shoal, "DELETE", key_path(tp_boot)).status_code == 202
+    wait_for(lambda: state_of(shoal, tp_boot) == "deletefailed", timeout=10)
+    holders = send(shoal, "GET", key_path(tp_boot)).json()["deleteCertificateError"]["values"]
+    assert holders == [{"name": "ComputeNodes", "value": node["id"]}]
+    assert send(shoal, "POST", f"{node_path}/reboot", {}).status_code == 202
+    wait_for(lambda: send(shoal, "GET", node_path).json()["state"] == "idle"
+             and [r["thumbprint"] for r in send(shoal, "GET", node_path).json()["certificateReferences"]]
+             == [later["thumbprint"]], timeout=30, message="the rebooted node with the new certificate")
+    assert send(shoal, "DELETE", key_path(tp_boot)).status_code == 202
+    wait_for(lambda: state_of(shoal, tp_boot) is None, timeout=10)
+    client.create_task("cert-job", models.BatchTaskCreateOptions(id="third", user_identity=task_user,
+                                                                  command_line=_script("ls $AZ_BATCH_CERTIFICATES_DIR")))
+    wait_for(lambda: client.get_task("cert-job", "third").state == "completed", timeout=30)
+    assert b"".join(client.download_task_file("cert-job", "third", "stdout.txt")).decode().split() == [
+        f"sha1-{later['thumbprint']}.cer"]
