@@ -177,8 +177,9 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
 
 # Reads that may walk many rows: they get lanes of their own, so they never delay a point read.
 _SCANS = {"task_counts", "node_counts"}
-# Handlers that call a node through the loop's HTTP client: they offload their own store work.
-_ON_LOOP = {"delete_task"}
+# Handlers that call a node through the loop's HTTP client, or wait on a child process (opening a
+# pfx): they offload their own store work.
+_ON_LOOP = {"delete_task", "add_certificate"}
 
 
 def placement_of(handler: Handler, methods: list[str]) -> Placement:

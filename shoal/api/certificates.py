@@ -9,12 +9,13 @@ no ETag. From 2024-07-01.20.0 on the operations are gone, as they are from the A
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shoal.api import listing, offload, render, versions
+from shoal.api import listing, render, versions
 from shoal.api.http import empty_response
 from shoal.service import certificates as certificate_service
 from shoal.service.context import Context
@@ -39,9 +40,11 @@ def _key(request: Request) -> tuple[str, str]:
 
 async def add_certificate(request: Request, ctx: Context) -> Response:
     _served(request)
-    body, size = await versions.read_json(request, "certificate.create")
-    certificate = await offload.validate(size, certificate_service.parse_add, body)
-    certificate_service.add(ctx, certificate)
+    body, _size = await versions.read_json(request, "certificate.create")
+    # Opening a pfx takes a child process and up to seconds: in a worker thread, so neither the
+    # loop nor the store's writer waits for it; then the write goes to the writer.
+    certificate = await asyncio.to_thread(certificate_service.parse_add, body)
+    await request.state.runner.write(certificate_service.add, ctx, certificate)
     location = (f"{ctx.base_url}/certificates(ThumbprintAlgorithm={certificate['thumbprint_algorithm']},"
                 f"Thumbprint={certificate['thumbprint']})")
     return empty_response(request, 201, location=location)

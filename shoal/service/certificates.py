@@ -23,7 +23,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from shoal import clock
 from shoal.errors import BatchError, Conflict, InvalidProperty, MissingProperty, NotFound
-from shoal.service import request_body
+from shoal.service import pfx, request_body
 from shoal.service import validation as v
 from shoal.service.context import Context
 from shoal.store.schema import certificates, nodes, pools
@@ -89,9 +89,9 @@ def _decoded(data: str) -> bytes:
 
 def _certificate_der(raw: bytes, certificate_format: str, password: str | None) -> bytes:
     """The certificate (DER) within `raw`, or Batch's 400 naming what is wrong. A pfx is opened
-    with its password, which is checked here and nowhere quoted."""
+    with its password (in a child process, `pfx.py`), which is checked there and nowhere quoted."""
     from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding, pkcs12
+    from cryptography.hazmat.primitives.serialization import Encoding
 
     if certificate_format == "cer":
         for load in (x509.load_der_x509_certificate, x509.load_pem_x509_certificate):
@@ -101,19 +101,14 @@ def _certificate_der(raw: bytes, certificate_format: str, password: str | None) 
                 continue
         raise InvalidProperty("data", "…", "The certificate data is not an X.509 certificate (cer).")
     try:
-        _key, certificate, _chain = pkcs12.load_key_and_certificates(
-            raw, password.encode() if password else None)
-    except ValueError as exc:
-        # cryptography cannot tell a wrong password from a damaged file; neither is quoted.
-        raise InvalidProperty("password", "…", "The pfx cannot be opened: the password is wrong or the data "
-                                              "is not a PKCS #12 (pfx) file.") from exc
-    if certificate is None:
-        raise InvalidProperty("data", "…", "The pfx holds no certificate.")
-    return certificate.public_bytes(Encoding.DER)
+        return pfx.certificate_der(raw, password or None)
+    except pfx.PfxRefused as exc:
+        raise InvalidProperty("password" if exc.password_wrong else "data", "…", exc.reason) from exc
 
 
 def parse_add(body: Any) -> dict[str, Any]:
-    """Validate a Certificate_Add body into what `add` stores (pure: the API runs it off the loop)."""
+    """Validate a Certificate_Add body into what `add` stores. It touches no store, but may take
+    seconds (a pfx is opened in a child process): the API runs it in a worker thread."""
     body = v.require_object(body)
     # The secrets are checked here, so that no error (a NUL, a wrong type) ever quotes them.
     request_body.check({k: value for k, value in body.items() if k not in _SECRET}, "certificate.create")

@@ -164,6 +164,33 @@ def test_bad_certificates_are_refused_with_batch_codes_and_change_nothing(shoal:
     assert listed(shoal) == before
 
 
+def test_a_pfx_too_costly_to_open_is_refused_without_holding_up_the_server(shoal: Any) -> None:
+    import threading
+    import time
+
+    from shoal.service.pfx import OPEN_TIMEOUT_S
+
+    cert = make_certificate("costly", "costly-pass")
+    answer: list[Any] = []
+    started = time.monotonic()
+    adding = threading.Thread(target=lambda: answer.append(
+        send(shoal, "POST", "/certificates", add_body(cert, data=_costly_pfx(cert)))))
+    adding.start()
+    time.sleep(0.3)
+    # Meanwhile the server answers reads and writes at once.
+    quick = time.monotonic()
+    assert send(shoal, "GET", "/certificates").status_code == 200
+    other = make_certificate("meanwhile")
+    assert send(shoal, "POST", "/certificates", add_body(other, "cer")).status_code == 201
+    assert time.monotonic() - quick < 2
+    adding.join(30)
+    error = assert_batch_error(answer[0], 400, "InvalidPropertyValue")
+    reason = next(v["value"] for v in error["values"] if v["key"] == "Reason")
+    assert "too costly" in reason or "limits" in reason, reason
+    assert time.monotonic() - started < OPEN_TIMEOUT_S + 3
+    assert state_of(shoal, cert["thumbprint"]) is None
+
+
 def test_duplicates_unknown_ones_and_later_api_versions(shoal: Any) -> None:
     cert = make_certificate("dup")
     assert send(shoal, "POST", "/certificates", add_body(cert, "cer")).status_code == 201
@@ -246,6 +273,38 @@ def _ssh(host: str, port: int, user: str, password: str, command: str) -> str:
             return str((await conn.run(command, timeout=20)).stdout)
 
     return asyncio.run(go())
+
+
+def _der_children(content: bytes) -> list[bytes]:
+    """The TLVs of a DER SEQUENCE's content, each whole."""
+    out, i = [], 0
+    while i < len(content):
+        start, size = i, content[i + 1]
+        i += 2
+        if size & 0x80:
+            count = size & 0x7F
+            size, i = int.from_bytes(content[i:i + count], "big"), i + count
+        out.append(content[start:i + size])
+        i += size
+    return out
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    size = len(content)
+    head = bytes([size]) if size < 0x80 else bytes([0x80 | 2]) + size.to_bytes(2, "big")
+    return bytes([tag]) + head + content
+
+
+def _content(tlv: bytes) -> bytes:
+    return tlv[2 + (tlv[1] & 0x7F if tlv[1] & 0x80 else 0):]
+
+
+def _costly_pfx(cert: dict[str, Any]) -> str:
+    """The pfx with its MAC's iteration count set to 2^31 - 1: hours of key derivation to open."""
+    version, auth_safe, mac_data = _der_children(_content(cert["pfxBytes"]))
+    digest, salt, _iterations = _der_children(_content(mac_data))
+    patched = _der(0x30, digest + salt + _der(0x02, (2**31 - 1).to_bytes(4, "big")))
+    return base64.b64encode(_der(0x30, version + auth_safe + patched)).decode()
 
 
 def _script(*lines: str) -> str:
