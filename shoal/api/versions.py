@@ -126,6 +126,10 @@ CHANGES: tuple[Change, ...] = (
     Change("lowPriority.upgradingOS", ("nodecounts",), since=V19),
     # 2024-07-01.20.0: certificates, cloud services and application licenses are gone.
     Change("certificateReferences", (*POOL_BODIES, "pool", "node"), until=V20),
+    Change("poolInfo.autoPoolSpecification.pool.certificateReferences",
+           ("job.create", "job.patch", "job.replace", "job"), until=V20),
+    Change("jobSpecification.poolInfo.autoPoolSpecification.pool.certificateReferences", SCHEDULE_SUBJECTS,
+           until=V20),
     Change("cloudServiceConfiguration", POOL_CREATE, until=V20),
     Change("applicationLicenses", POOL_CREATE, until=V20),
     # 2025-06-01: PATCH changes most of an empty pool; node deallocation; IPv6.

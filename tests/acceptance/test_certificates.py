@@ -260,6 +260,23 @@ def test_pools_refuse_unknown_or_malformed_certificate_references(shoal: Any) ->
     # Unknown to later api-versions.
     later = rest.call(shoal, "POST", "/pools", body=json.dumps(pool_body("p-bad-ref", [good])).encode())
     assert_batch_error(later, 400, "InvalidRequestBody")
+    # A job's auto pool is checked the same way.
+    auto = {"vmSize": "standard_d2s_v3", "virtualMachineConfiguration": IMAGE}
+
+    def job(job_id: str, refs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"id": job_id, "poolInfo": {"autoPoolSpecification": {
+            "poolLifetimeOption": "job", "pool": {**auto, "certificateReferences": refs}}}}
+
+    assert_batch_error(send(shoal, "POST", "/jobs", job("j-unknown-cert", unknown)), 409,
+                       "InvalidCertificateReferences")
+    assert send(shoal, "GET", "/jobs/j-unknown-cert").status_code == 404
+    assert send(shoal, "POST", "/jobs", job("j-cert", [good])).status_code == 201
+    shown = send(shoal, "GET", "/jobs/j-cert").json()["poolInfo"]["autoPoolSpecification"]["pool"]
+    assert [r["thumbprint"] for r in shown["certificateReferences"]] == [cert["thumbprint"]]
+    assert "certificateReferences" not in rest.call(shoal, "GET", "/jobs/j-cert").json()["poolInfo"][
+        "autoPoolSpecification"]["pool"]
+    assert_batch_error(rest.call(shoal, "POST", "/jobs", body=json.dumps(job("j-later", [good])).encode()), 400,
+                       "InvalidRequestBody")
 
 
 def _ssh(host: str, port: int, user: str, password: str, command: str) -> str:

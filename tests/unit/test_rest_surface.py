@@ -93,5 +93,7 @@ def test_each_api_version_lists_what_it_does_not_define():
     # The newest version defines everything Shoal reads and writes but what Azure took away.
     newest = locked[VERSIONS[-1]]
     assert {path for diff in newest.values() for path in diff["undefined"]} == {
-        "certificateReferences", "cloudServiceConfiguration", "applicationLicenses"}
+        "certificateReferences", "cloudServiceConfiguration", "applicationLicenses",
+        "poolInfo.autoPoolSpecification.pool.certificateReferences",
+        "jobSpecification.poolInfo.autoPoolSpecification.pool.certificateReferences"}
     assert not any(diff["renamed"] for diff in newest.values())
