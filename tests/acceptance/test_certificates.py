@@ -223,6 +223,13 @@ def test_a_referenced_certificate_fails_to_delete_until_the_pool_lets_go(shoal: 
     assert send(shoal, "POST", f"{key_path(cert['thumbprint'])}/canceldelete").status_code == 204
     again = send(shoal, "GET", key_path(cert["thumbprint"])).json()
     assert again["state"] == "active" and "deleteCertificateError" not in again
+    # PATCH replaces the references when given, and refuses unknown ones, changing nothing.
+    unknown = [{"thumbprint": "ef" * 20, "thumbprintAlgorithm": "sha1"}]
+    assert_batch_error(send(shoal, "PATCH", "/pools/held-pool", {"certificateReferences": unknown}), 409,
+                       "InvalidCertificateReferences")
+    assert send(shoal, "PATCH", "/pools/held-pool", {"metadata": [{"name": "a", "value": "b"}]}).status_code == 200
+    assert [r["thumbprint"] for r in send(shoal, "GET", "/pools/held-pool").json()["certificateReferences"]] == [
+        cert["thumbprint"]]
     # Once no pool references it, the deletion goes through.
     update = {"metadata": [], "applicationPackageReferences": [], "certificateReferences": []}
     assert send(shoal, "POST", "/pools/held-pool/updateproperties", update).status_code == 204
