@@ -27,6 +27,10 @@ _UNTIL = versions.VERSIONS[versions.VERSIONS.index(LAST_VERSION) + 1]
 # header) spell in either case: these routes match without case (`CASE_INSENSITIVE`).
 KEY_PATH = "/certificates(thumbprintAlgorithm={algorithm},thumbprint={thumbprint})"
 CASE_INSENSITIVE = re.IGNORECASE
+# Each add opens its data in a child process (up to seconds of CPU and 512 MiB): at most this
+# many at once; further adds wait their turn on the loop, holding no worker thread meanwhile.
+MAX_CONCURRENT_ADDS = 2
+_adding = asyncio.Semaphore(MAX_CONCURRENT_ADDS)
 
 
 def _served(request: Request) -> None:
@@ -43,7 +47,8 @@ async def add_certificate(request: Request, ctx: Context) -> Response:
     body, _size = await versions.read_json(request, "certificate.create")
     # Opening a pfx takes a child process and up to seconds: in a worker thread, so neither the
     # loop nor the store's writer waits for it; then the write goes to the writer.
-    certificate = await asyncio.to_thread(certificate_service.parse_add, body)
+    async with _adding:
+        certificate = await asyncio.to_thread(certificate_service.parse_add, body)
     await request.state.runner.write(certificate_service.add, ctx, certificate)
     location = (f"{ctx.base_url}/certificates(ThumbprintAlgorithm={certificate['thumbprint_algorithm']},"
                 f"Thumbprint={certificate['thumbprint']})")
