@@ -19,7 +19,7 @@ import binascii
 import hashlib
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, and_, delete, insert, select, update
 
 from shoal import clock
 from shoal.errors import BatchError, Conflict, InvalidProperty, MissingProperty, NotFound
@@ -135,10 +135,10 @@ def parse_add(body: Any) -> dict[str, Any]:
     if actual != thumbprint:
         raise InvalidProperty("thumbprint", thumbprint, "The thumbprint does not match the certificate's SHA-1 "
                                                         f"thumbprint ({actual}).")
-    pfx = certificate_format == "pfx"
+    is_pfx = certificate_format == "pfx"
     return {"thumbprint": thumbprint, "thumbprint_algorithm": algorithm, "format": certificate_format,
-            "public_data": base64.b64encode(der).decode(), "private_data": data if pfx else None,
-            "password": password if pfx else None}
+            "public_data": base64.b64encode(der).decode(), "private_data": data if is_pfx else None,
+            "password": password if is_pfx else None}
 
 
 def add(ctx: Context, certificate: dict[str, Any]) -> None:
@@ -153,10 +153,13 @@ def add(ctx: Context, certificate: dict[str, Any]) -> None:
                                                  **certificate))
 
 
+def _named(account: str, algorithm: str, thumbprint: str) -> Any:
+    return and_(certificates.c.account == account, certificates.c.thumbprint_algorithm == algorithm.lower(),
+                certificates.c.thumbprint == normal_thumbprint(thumbprint))
+
+
 def _find(conn: Connection, account: str, algorithm: str, thumbprint: str) -> Any:
-    return conn.execute(select(certificates).where(
-        certificates.c.account == account, certificates.c.thumbprint_algorithm == algorithm.lower(),
-        certificates.c.thumbprint == normal_thumbprint(thumbprint))).first()
+    return conn.execute(select(certificates).where(_named(account, algorithm, thumbprint))).first()
 
 
 def _load(conn: Connection, ctx: Context, algorithm: str, thumbprint: str) -> Any:
@@ -166,14 +169,21 @@ def _load(conn: Connection, ctx: Context, algorithm: str, thumbprint: str) -> An
     return row
 
 
+# What reads for answers select: never the pfx or its password.
+_SHOWN = [column for column in certificates.c if column.name not in ("private_data", "password")]
+
+
 def get(ctx: Context, algorithm: str, thumbprint: str) -> Any:
     with ctx.engine.connect() as conn:
-        return _load(conn, ctx, algorithm, thumbprint)
+        row = conn.execute(select(*_SHOWN).where(_named(ctx.account, algorithm, thumbprint))).first()
+    if row is None:
+        raise CertificateNotFound("The specified certificate does not exist.")
+    return row
 
 
 def list_all(ctx: Context) -> list[Any]:
     with ctx.engine.connect() as conn:
-        return list(conn.execute(select(certificates).where(certificates.c.account == ctx.account)
+        return list(conn.execute(select(*_SHOWN).where(certificates.c.account == ctx.account)
                                  .order_by(certificates.c.thumbprint_algorithm, certificates.c.thumbprint)).all())
 
 
