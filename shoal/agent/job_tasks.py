@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shoal.agent import taskfiles
+from shoal.agent.certificates import TASK
 from shoal.agent.identity import parse_identity
 from shoal.agent.layout import STARTUP_DIR_MODE, Ownership, TaskPaths, settings_to_dict, task_environment
 from shoal.agent.process import USER_ERROR, Failure, ProcessResult, ProcessSpec, TaskProcess, iso, utc_now
@@ -226,6 +227,7 @@ class JobTaskRunner:
             # The job's tasks read what the preparation leaves (semantics §4.1); only its user writes.
             owner = Ownership(user.pw_uid if user else os.geteuid(), agent.users.gid, STARTUP_DIR_MODE)
         paths.create(owner)
+        await agent.install_certificates(paths, TASK, user)
         resource_files = definition.get("resourceFiles")
         if resource_files:
             failure = await taskfiles.download(resource_files, str(paths.working_dir), user)

@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from shoal.agent import certificates as node_certificates
 from shoal.agent import launcher, outputs, service_logs, taskfiles
 from shoal.agent.answer import (
     LeavePool,
@@ -55,6 +56,7 @@ from shoal.agent.layout import (
     NodeIdentity,
     NodeLayout,
     Ownership,
+    TaskPaths,
     UnsafeIdError,
     base_environment,
     node_environment,
@@ -133,6 +135,8 @@ class Agent:
         self.incarnation = uuid.uuid4().hex
         self.node: NodeIdentity | None = None
         self.start_task_def: dict[str, Any] | None = None
+        # The pool's certificates as of the last hello (boot): installed per task, by visibility.
+        self.certificates: list[node_certificates.NodeCertificate] = []
         self.poll_timeout_s = DEFAULT_POLL_TIMEOUT_S
         self.heartbeat_interval_s = DEFAULT_HEARTBEAT_INTERVAL_S
         self.running: dict[AttemptKey, TaskProcess] = {}
@@ -187,7 +191,7 @@ class Agent:
             if self._is_root:
                 self.logins = NodeLogins(self.config.files_host, self.layout.root,
                                          self.layout.root.parent / "ssh_host_ed25519_key", lambda: self.users,
-                                         self._session_environment)
+                                         self._session_environment, lambda: self.certificates)
             controls: dict[str, Any] = {"service-logs": self._upload_service_logs}
             if self.logins is not None:
                 controls["users"] = self.logins.apply
@@ -281,6 +285,7 @@ class Agent:
             is_dedicated=bool(node.get("isDedicated", True)),
         )
         self.start_task_def = node.get("startTask")
+        self.certificates = node_certificates.from_hello(node.get("certificates"))
         size = node.get("vmSize")
         if isinstance(size, dict) and self.limits.enforced:
             await asyncio.to_thread(self.limits.apply, _int_or(size.get("vCPUs"), 1),
@@ -299,6 +304,17 @@ class Agent:
                 await self.logins.apply(node.get("loginUsers") or {"generation": 0, "users": []})
             except UsersRefused as exc:
                 log.error("cannot create the node's login users: %s", exc.message)
+
+    async def install_certificates(self, paths: TaskPaths, kind: str, user: pwd.struct_passwd | None) -> None:
+        """The pool's certificates `kind` may see, into the task's `certs`, as its user's alone."""
+        if not self.certificates:
+            return
+        try:
+            await asyncio.to_thread(node_certificates.install, paths.task_dir, self.certificates, kind,
+                                    (user.pw_uid, user.pw_gid) if user is not None else None)
+        except OSError as exc:
+            raise _LaunchFailure(Failure(USER_ERROR, "CommandLaunchFailed",
+                                         f"Cannot install the pool's certificates: {exc.strerror}")) from exc
 
     async def _upload_service_logs(self, request: Any) -> dict[str, Any]:
         return {"numberOfFiles": await service_logs.upload(request, self.layout.startup)}
@@ -624,6 +640,7 @@ class Agent:
             raise _LaunchFailure(
                 Failure(USER_ERROR, "CommandLaunchFailed", f"Cannot create the task directory: {exc}")
             ) from exc
+        await self.install_certificates(paths, node_certificates.TASK, user)
         env = task_environment(
             self.layout, self.node, job_id, task_id, settings_to_dict(assignment.get("environment")), user
         )
@@ -897,6 +914,7 @@ class Agent:
             raise _LaunchFailure(
                 Failure(USER_ERROR, "CommandLaunchFailed", f"Cannot create the start task directory: {exc}")
             ) from exc
+        await self.install_certificates(paths, node_certificates.START_TASK, user)
         resource_files = definition.get("resourceFiles")
         if resource_files:
             failure = await taskfiles.download(resource_files, str(paths.working_dir), user)

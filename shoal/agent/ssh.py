@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from shoal.agent.certificates import REMOTE_USER, NodeCertificate, install
 from shoal.agent.users import NodeUsers, UserProvisionError
 from shoal.passwords import password_matches
 
@@ -87,8 +88,11 @@ class NodeLogins:
     """The node's login users and the SSH server that lets them in."""
 
     def __init__(self, host: str, root: Path, key_path: Path, users: Callable[[], NodeUsers | None],
-                 environment: Callable[[pwd.struct_passwd], dict[str, str]]) -> None:
+                 environment: Callable[[pwd.struct_passwd], dict[str, str]],
+                 certificates: Callable[[], list[NodeCertificate]] = list) -> None:
         self.root = root
+        # The pool's certificates: those for remote users go into each login user's ~/certs.
+        self._certificates = certificates
         self.key_path = key_path
         self._node_users = users
         self._environment = environment
@@ -143,6 +147,13 @@ class NodeLogins:
                                               bool(entry.get("isAdmin")))
         except (UserProvisionError, OSError) as exc:
             raise UsersRefused(500, f"cannot create the user {entry['name']!r}: {exc}") from exc
+        certificates = self._certificates()
+        if certificates:
+            try:
+                await asyncio.to_thread(install, Path(account.pw_dir), certificates, REMOTE_USER,
+                                        (account.pw_uid, account.pw_gid))
+            except OSError as exc:
+                log.error("cannot install the pool's certificates for %r: %s", entry["name"], exc.strerror)
         return LoginUser(entry["name"], account, _parse_time(entry.get("expiryTime")),
                          password_hash if isinstance(password_hash, str) else None, public_key)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode
@@ -128,6 +129,7 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
     from shoal.api import (
         agent,
         autoscale,
+        certificates,
         files,
         health,
         job_schedules,
@@ -142,9 +144,12 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
     )
 
     routes: list[Route] = []
-    for module in (pools, autoscale, nodes, spot, jobs, job_schedules, tasks, ledger):
+    for module in (pools, autoscale, nodes, spot, jobs, job_schedules, tasks, certificates, ledger):
         for path, methods, handler in module.ROUTES:
             routes.append(Route(path, api.batch(handler, placement_of(handler, methods)), methods=methods))
+    for route in routes:
+        if route.path.startswith("/certificates("):
+            route.path_regex = re.compile(route.path_regex.pattern, certificates.CASE_INSENSITIVE)
     # File routes relay to nodes through the loop's HTTP client: they stay on the loop and send
     # their store reads to a reader thread themselves.
     routes.extend(Route(path, api.batch(handler, "loop"), methods=methods) for path, methods, handler in files.ROUTES)
@@ -173,8 +178,9 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
 
 # Reads that may walk many rows: they get lanes of their own, so they never delay a point read.
 _SCANS = {"task_counts", "node_counts"}
-# Handlers that call a node through the loop's HTTP client: they offload their own store work.
-_ON_LOOP = {"delete_task"}
+# Handlers that call a node through the loop's HTTP client, or wait on a child process (opening a
+# pfx): they offload their own store work.
+_ON_LOOP = {"delete_task", "add_certificate"}
 
 
 def placement_of(handler: Handler, methods: list[str]) -> Placement:

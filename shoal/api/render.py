@@ -18,6 +18,7 @@ from typing import Any
 from shoal import clock
 from shoal.api import wire_defaults
 from shoal.model.states import AllocationState
+from shoal.service import certificates as certificate_service
 from shoal.service import jobs as job_service
 from shoal.service import pools as pool_service
 from shoal.service import tasks as task_service
@@ -80,6 +81,9 @@ def pool(base_url: str, record: PoolRecord) -> dict[str, Any]:
     if isinstance(vmc, dict) and isinstance(vmc.get("imageReference"), dict):
         out["virtualMachineConfiguration"] = {**vmc,
                                               "imageReference": wire_defaults.image_reference(vmc["imageReference"])}
+    if isinstance(spec.get("certificateReferences"), list):
+        out["certificateReferences"] = [certificate_service.shown_reference(ref)
+                                        for ref in spec["certificateReferences"]]
     # A pool without metadata (or whose metadata was replaced by none) has no `metadata` on Azure.
     wire_defaults.drop_empty(out, "metadata", "userAccounts")
     return out
@@ -198,7 +202,8 @@ def node(base_url: str, record: NodeRecord) -> dict[str, Any]:
     # creating or starting node has no agent info, boot time or installed certificates yet.
     if row.last_boot_time:
         out["lastBootTime"] = clock.iso(row.last_boot_time)
-        out["certificateReferences"] = []
+        out["certificateReferences"] = [certificate_service.shown_reference(ref)
+                                        for ref in row.certificate_references or [] if isinstance(ref, dict)]
         out["nodeAgentInfo"] = {"version": AGENT_VERSION, "lastUpdateTime": clock.iso(row.last_boot_time)}
     start_task = pool_row.spec.get("startTask")
     if start_task:
@@ -239,3 +244,24 @@ def _task_information(base_url: str, running: Any) -> dict[str, Any]:
     return {"taskUrl": f"{base_url}/jobs/{running.job_id}/tasks/{running.id}", "jobId": running.job_id,
             "taskId": running.id, "taskState": running.state,
             "executionInfo": running.execution_info}
+
+
+def certificate(base_url: str, row: Any) -> dict[str, Any]:
+    """A certificate as Azure shows it (recorded: test_batch.pyTestBatchtest_batch_certificates
+    [sync].json): the public certificate only; a pfx and its password are never shown."""
+    out: dict[str, Any] = {
+        "thumbprint": row.thumbprint, "thumbprintAlgorithm": row.thumbprint_algorithm,
+        "url": certificate_url(base_url, row.thumbprint_algorithm, row.thumbprint),
+        "state": row.state, "stateTransitionTime": clock.iso(row.state_transition_time),
+    }
+    if row.previous_state:
+        out["previousState"] = row.previous_state
+        out["previousStateTransitionTime"] = clock.iso(row.previous_state_transition_time)
+    out["publicData"] = row.public_data
+    if row.delete_error and row.state == "deletefailed":
+        out["deleteCertificateError"] = row.delete_error
+    return out
+
+
+def certificate_url(base_url: str, algorithm: str, thumbprint: str) -> str:
+    return f"{base_url}/certificates(thumbprintAlgorithm={algorithm},thumbprint={thumbprint})"

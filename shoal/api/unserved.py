@@ -17,11 +17,6 @@ from shoal.errors import BadRequest
 OPERATIONS: tuple[tuple[str, str, str], ...] = (
     ("GET", "/applications", "Application_List"),
     ("GET", "/applications/{}", "Application_Get"),
-    ("POST", "/certificates", "Certificate_Add"),
-    ("GET", "/certificates", "Certificate_List"),
-    ("POST", "/certificates(thumbprintAlgorithm={},thumbprint={})/canceldelete", "Certificate_CancelDeletion"),
-    ("DELETE", "/certificates(thumbprintAlgorithm={},thumbprint={})", "Certificate_Delete"),
-    ("GET", "/certificates(thumbprintAlgorithm={},thumbprint={})", "Certificate_Get"),
     ("GET", "/pools/{}/nodes/{}/rdp", "ComputeNode_GetRemoteDesktop"),
     ("GET", "/pools/{}/nodes/{}/extensions", "ComputeNodeExtension_List"),
     ("GET", "/pools/{}/nodes/{}/extensions/{}", "ComputeNodeExtension_Get"),

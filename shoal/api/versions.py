@@ -126,6 +126,10 @@ CHANGES: tuple[Change, ...] = (
     Change("lowPriority.upgradingOS", ("nodecounts",), since=V19),
     # 2024-07-01.20.0: certificates, cloud services and application licenses are gone.
     Change("certificateReferences", (*POOL_BODIES, "pool", "node"), until=V20),
+    Change("poolInfo.autoPoolSpecification.pool.certificateReferences",
+           ("job.create", "job.patch", "job.replace", "job"), until=V20),
+    Change("jobSpecification.poolInfo.autoPoolSpecification.pool.certificateReferences", SCHEDULE_SUBJECTS,
+           until=V20),
     Change("cloudServiceConfiguration", POOL_CREATE, until=V20),
     Change("applicationLicenses", POOL_CREATE, until=V20),
     # 2025-06-01: PATCH changes most of an empty pool; node deallocation; IPv6.
@@ -165,6 +169,14 @@ def of(request: Request) -> str:
 def require(request: Request, since: str) -> None:
     """An operation the request's api-version does not have is a path Batch does not serve."""
     if _INDEX[of(request)] < _INDEX[since]:
+        raise BatchError("The requested URI does not represent any resource on the server.", code="InvalidUri",
+                         status=404, values={"RequestUri": request.url.path})
+
+
+def require_before(request: Request, until: str) -> None:
+    """An operation later api-versions dropped (certificates, from 2024-07-01.20.0) is, at those
+    versions, a path Batch does not serve."""
+    if _INDEX[of(request)] >= _INDEX[until]:
         raise BatchError("The requested URI does not represent any resource on the server.", code="InvalidUri",
                          status=404, values={"RequestUri": request.url.path})
 

@@ -23,7 +23,7 @@ from typing import Any
 TABLE = Path(__file__).with_name("request_bodies.json")
 
 # Body name -> (OpenAPI 2024-02-01.19.0 definition, azure-batch 15.1 model).
-BODIES: dict[str, tuple[str | None, str]] = {
+BODIES: dict[str, tuple[str | None, str | None]] = {
     "pool.create": ("PoolAddParameter", "BatchPoolCreateOptions"),
     "pool.patch": ("PoolPatchParameter", "BatchPoolUpdateOptions"),
     "pool.updateproperties": ("PoolUpdatePropertiesParameter", "BatchPoolReplaceOptions"),
@@ -51,6 +51,8 @@ BODIES: dict[str, tuple[str | None, str]] = {
     "node.uploadbatchservicelogs": ("UploadBatchServiceLogsConfiguration", "UploadBatchServiceLogsOptions"),
     # 2025-06-01 only: no definition in the 2024-02-01 document.
     "node.deallocate": (None, "_models.BatchNodeDeallocateOptions"),
+    # Up to 2024-02-01.19.0 only: azure-batch 15.x has no model of it.
+    "certificate.create": ("CertificateAddParameter", None),
 }
 
 Tree = Any
@@ -160,6 +162,10 @@ def generate(openapi_path: str) -> dict[str, Tree]:
     definitions = json.loads(Path(openapi_path).read_text())["definitions"]
     out = {}
     for body, (definition, model_name) in BODIES.items():
+        if model_name is None:
+            assert definition is not None
+            out[body] = _from_openapi(definitions, definitions[definition], (definition,))
+            continue
         model = models
         for part in model_name.split("."):
             model = getattr(model, part)

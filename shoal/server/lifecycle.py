@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from shoal.config import Settings
 from shoal.service import allocation, node_operations, preemption
+from shoal.service import certificates as certificate_service
 from shoal.service import jobs as job_service
 from shoal.service import nodes as node_service
 from shoal.service import tasks as task_service
@@ -61,6 +62,7 @@ def lifecycle_duties(ctx: Context, settings: Settings, runner: StoreRunner,
         ("folder orders of gone nodes", lambda: _forget_orders_of_gone_nodes(ctx, runner)),
         ("job wall clock", on_writer(job_service.enforce_max_wall_clock, ctx)),
         ("node operations", on_writer(node_operations.start_pending, ctx)),
+        ("certificate deletions", on_writer(certificate_service.finish_deletions, ctx)),
         ("task retention", lambda: _remove_expired_task_folders(ctx, runner, retention_scan)),
     ]
 

@@ -20,6 +20,7 @@ from shoal import clock
 from shoal.errors import BadRequest, BatchError, Conflict, InvalidProperty, Unauthenticated
 from shoal.model.catalog import find_vm_size
 from shoal.model.states import NodeState, PoolState, SchedulingState, StartTaskState, TaskState
+from shoal.service import certificates as certificate_service
 from shoal.service import (
     job_prep,
     job_prep_nodes,
@@ -259,7 +260,10 @@ def hello(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> dict[
             incarnation=body.get("incarnation"), agent_pid=body.get("pid") or node.agent_pid,
             file_server_url=body.get("fileServerUrl"), ip_address=body.get("ipAddress") or "127.0.0.1",
             run_start_task=bool(start_task) and not leaving, start_task_info=None, pending_action=None,
-            etag=clock.new_etag()))
+            certificate_references=pool.spec.get("certificateReferences") or None, etag=clock.new_etag()))
+        # A node installs its pool's certificates when it boots, before the start task: later
+        # changes to the pool's references reach it at its next boot (semantics §5.6).
+        node_certificates = certificate_service.for_node(conn, pool.account, pool.spec.get("certificateReferences"))
         # The agent says whether it can run tasks as their own users (it cannot without root);
         # the node's `errors` say so to every client. Our words, not the agent's: only its user
         # name is quoted, bounded.
@@ -300,7 +304,8 @@ def hello(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> dict[
     return {"node": {
         "poolId": pool.id, "isDedicated": bool(node.is_dedicated), "accountName": ctx.account,
         "accountUrl": ctx.base_url, "taskSlotsPerNode": pool.slots_per_node, "startTask": start_task,
-        "userAccounts": user_accounts, "loginUsers": login_users, "vmSize": _resources(pool.vm_size)}}
+        "userAccounts": user_accounts, "loginUsers": login_users, "vmSize": _resources(pool.vm_size),
+        "certificates": node_certificates}}
 
 
 def _resources(vm_size: str) -> dict[str, Any] | None:

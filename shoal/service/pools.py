@@ -13,6 +13,7 @@ from shoal.errors import Conflict, InvalidProperty, MissingProperty, NotFound
 from shoal.model import catalog, images
 from shoal.model.states import AllocationState, NodeState, PoolState
 from shoal.service import autoscale as autoscale_service
+from shoal.service import certificates as certificate_service
 from shoal.service import ids, quotas, request_body, task_files
 from shoal.service import validation as v
 from shoal.service.context import Context
@@ -30,7 +31,7 @@ KEPT_PROPERTIES = (
 # What Shoal's nodes do not carry out yet: refused when given (a non-empty value, or true), never
 # stored and ignored. Empty lists pass, since some clients send them for "none".
 UNSUPPORTED_ON_CREATE = (
-    "cloudServiceConfiguration", "certificateReferences", "applicationPackageReferences", "applicationLicenses",
+    "cloudServiceConfiguration", "applicationPackageReferences", "applicationLicenses",
     "mountConfiguration", "networkConfiguration", "enableInterNodeCommunication", "resourceTags",
     "virtualMachineConfiguration.containerConfiguration", "virtualMachineConfiguration.dataDisks",
     "virtualMachineConfiguration.diskEncryptionConfiguration", "virtualMachineConfiguration.extensions",
@@ -57,7 +58,7 @@ _IMAGE_ID = re.compile(r"/subscriptions/[^/]+/resourcegroups/[^/]+/providers/mic
 _NOT_UPDATABLE = ("vmSize", "virtualMachineConfiguration", "taskSlotsPerNode", "taskSchedulingPolicy",
                   "networkConfiguration", "userAccounts", "mountConfiguration", "upgradePolicy",
                   "enableInterNodeCommunication")
-_UNSUPPORTED_ON_UPDATE = ("certificateReferences", "applicationPackageReferences", "resourceTags")
+_UNSUPPORTED_ON_UPDATE = ("applicationPackageReferences", "resourceTags")
 # Node communication modes: Shoal's agents always talk to the service the "simplified" way.
 _COMMUNICATION_MODES = ("default", "simplified")
 # Longer than any Marketplace publisher, offer, SKU or version name, and any node agent SKU id.
@@ -231,6 +232,9 @@ def parse_create(body: Any) -> dict[str, Any]:
     _validate_communication_mode(body)
 
     spec = {name: body[name] for name in KEPT_PROPERTIES if body.get(name) is not None}
+    references = certificate_service.parse_references(body)
+    if references:
+        spec["certificateReferences"] = references
     if autoscale:
         spec.setdefault("autoScaleEvaluationInterval",
                         clock.format_duration(autoscale_service.DEFAULT_INTERVAL))
@@ -258,6 +262,7 @@ def insert_in(ctx: Context, conn: Connection, pool: dict[str, Any]) -> None:
     if exists:
         raise Conflict("The specified pool already exists.", code="PoolExists")
     quotas.check_pool_count(ctx, conn)
+    certificate_service.check_references(conn, ctx.account, spec.get("certificateReferences"))
     conn.execute(insert(pools).values(
         account=ctx.account, id=pool_id, key=pool_id.lower(), state=PoolState.ACTIVE,
         allocation_state=AllocationState.RESIZING, vm_size=pool["vm_size"], slots_per_node=pool["slots"],
@@ -327,13 +332,17 @@ def patch(ctx: Context, pool_id: str, body: Any) -> None:
         _validate_metadata(body)
     v.string(body, "displayName", max_len=v.MAX_DISPLAY_NAME)
     _validate_communication_mode(body)
+    references = certificate_service.parse_references(body)
     with ctx.engine.begin() as conn:
         row = load(conn, ctx, pool_id)
         guard_not_deleting(row)
+        certificate_service.check_references(conn, ctx.account, references)
         spec = dict(row.spec)
         for name in ("startTask", "metadata", "targetNodeCommunicationMode", "displayName"):
             if body.get(name) is not None:
                 spec[name] = body[name]
+        if references is not None:
+            spec["certificateReferences"] = references
         _touch(conn, row, spec=spec)
 
 
@@ -348,18 +357,24 @@ def update_properties(ctx: Context, pool_id: str, body: Any) -> None:
         raise MissingProperty("applicationPackageReferences")
     _validate_metadata(body)
     v.array(body, "applicationPackageReferences")
-    v.array(body, "certificateReferences")
-    request_body.refuse_unsupported(body, ("applicationPackageReferences", "certificateReferences"))
+    request_body.refuse_unsupported(body, ("applicationPackageReferences",))
+    references = certificate_service.parse_references(body)
     _validate_communication_mode(body)
     with ctx.engine.begin() as conn:
         row = load(conn, ctx, pool_id)
         guard_not_deleting(row)
+        certificate_service.check_references(conn, ctx.account, references)
         spec = dict(row.spec)
         for name in ("startTask", "metadata", "targetNodeCommunicationMode"):
             if body.get(name) is None:
                 spec.pop(name, None)
             else:
                 spec[name] = body[name]
+        # Nodes install the new references only when they next boot (semantics §5.6).
+        if references is None:
+            spec.pop("certificateReferences", None)
+        else:
+            spec["certificateReferences"] = references
         _touch(conn, row, spec=spec)
 
 

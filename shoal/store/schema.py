@@ -109,6 +109,8 @@ nodes = Table(
     Column("etag", String(40), nullable=False),
     # The port of the node's SSH server (its agent's hello), for remote login (migration 0015).
     Column("ssh_port", Integer),
+    # The certificate references the node installed at its last boot (migration 0020).
+    Column("certificate_references", JSON),
 )
 Index("ix_nodes_pool", nodes.c.pool_seq)
 # The nodes with a free slot, in the order that breaks placement ties: a scheduling pass walks
@@ -405,6 +407,28 @@ Index("ix_node_usage_open", node_usage.c.node_id, sqlite_where=node_usage.c.end_
       postgresql_where=node_usage.c.end_time.is_(None))
 Index("ix_node_usage_end", node_usage.c.end_time)
 
+# The account's certificates (Certificate_Add, api-versions up to 2024-02-01.19.0), migration 0020.
+# `public_data` is the certificate (DER, base64) every answer shows; `private_data` and `password`
+# are a pfx's, sent only to nodes that install it (`service/certificates.py`) and never shown.
+certificates = Table(
+    "certificates",
+    metadata,
+    Column("seq", SurrogateId, primary_key=True, autoincrement=True),
+    Column("account", String(64), ForeignKey("accounts.name"), nullable=False),
+    Column("thumbprint_algorithm", String(16), nullable=False),
+    Column("thumbprint", String(40), nullable=False),
+    Column("format", String(8), nullable=False),
+    Column("public_data", Text, nullable=False),
+    Column("private_data", Text),
+    Column("password", Text),
+    Column("state", String(16), nullable=False),
+    Column("state_transition_time", DateTime(timezone=True), nullable=False),
+    Column("previous_state", String(16)),
+    Column("previous_state_transition_time", DateTime(timezone=True)),
+    Column("delete_error", JSON),
+    UniqueConstraint("account", "thumbprint_algorithm", "thumbprint", name="uq_certificates_thumbprint"),
+)
+
 # Nodes per (pool, dedicated or spot, state); states as stored (lower case).
 pool_node_counts = Table(
     "pool_node_counts",
@@ -432,4 +456,4 @@ Index("ix_metric_samples_pool_time", metric_samples.c.pool_seq, metric_samples.c
 
 __all__ = ["metadata", "accounts", "pools", "nodes", "jobs", "job_schedules", "tasks", "metric_samples",
            "job_task_counts", "pool_node_counts", "task_dependencies", "node_users", "task_attempts",
-           "job_node_tasks", "node_usage", "task_outputs", "job_usage", "Text"]
+           "job_node_tasks", "node_usage", "task_outputs", "job_usage", "certificates", "Text"]

@@ -341,7 +341,7 @@ def test_the_unserved_table_is_exactly_the_batch_operations_shoal_lacks() -> Non
 
 
 @pytest.mark.parametrize(("method", "path", "operation"), [
-    ("GET", "/certificates(thumbprintAlgorithm=sha1,thumbprint=abc)", "Certificate_Get"),
+    ("GET", "/pools/p/nodes/n/extensions", "ComputeNodeExtension_List"),
     ("GET", "/pools/p/nodes/n/rdp", "ComputeNode_GetRemoteDesktop"),
     ("GET", "/applications", "Application_List"),
 ])

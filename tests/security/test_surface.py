@@ -93,13 +93,11 @@ def pool_body(pool_id: str, **extra: Any) -> dict[str, Any]:
                 "nodeAgentSKUId": "batch.node.ubuntu 22.04"}, **extra}
 
 
-CERTIFICATES_VERSION = "2024-02-01.19.0"
 POOL_FEATURES = [
     ("mountConfiguration", {"mountConfiguration": [{"nfsMountConfiguration": {
         "source": "nfs://h/x", "relativeMountPath": "m"}}]}),
     # (a subnet is an invalid value instead: tests/compat/test_wire_shape.py)
     ("networkConfiguration", {"networkConfiguration": {"enableAcceleratedNetworking": True}}),
-    ("certificateReferences", {"certificateReferences": [{"thumbprint": "ab", "thumbprintAlgorithm": "sha1"}]}),
     ("applicationPackageReferences", {"applicationPackageReferences": [{"applicationId": "app"}]}),
     ("enableInterNodeCommunication", {"enableInterNodeCommunication": True}),
     ("resourceTags", {"resourceTags": {"team": "x"}}),
@@ -110,9 +108,8 @@ POOL_FEATURES = [
 @pytest.mark.parametrize(("name", "extra"), POOL_FEATURES, ids=[n for n, _ in POOL_FEATURES])
 def test_unimplemented_pool_feature_is_refused(shoal: Any, setup: None, name: str, extra: dict[str, Any]) -> None:
     pool_id = f"p-{name.lower().replace('.', '-')}"
-    # Certificates are a feature of api-versions up to 2024-02-01.19.0; later ones do not know them.
-    version = CERTIFICATES_VERSION if name == "certificateReferences" else rest.API_VERSION
-    refused(send(shoal, "POST", "/pools", pool_body(pool_id, **extra), version), "FeatureNotSupported", name)
+    refused(send(shoal, "POST", "/pools", pool_body(pool_id, **extra), rest.API_VERSION), "FeatureNotSupported",
+            name)
     assert rest.call(shoal, "GET", f"/pools/{pool_id}").status_code == 404
 
 

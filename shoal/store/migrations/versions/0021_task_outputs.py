@@ -1,7 +1,7 @@
 """task outputs: the control plane's copy of each task's stdout and stderr (their last bytes)
 
 Revision ID: 0021
-Revises: 0018
+Revises: 0020
 
 One row per task, replaced by each attempt that ends: what the agent sent with its report, so a
 task's output stays readable after its node is removed, preempted or lost (issue 10 item 5).
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0021'
-down_revision = '0018'
+down_revision = '0020'
 branch_labels = None
 depends_on = None
 
