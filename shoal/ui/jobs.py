@@ -15,7 +15,7 @@ from shoal.service import jobs as job_service
 from shoal.service.context import Context
 from shoal.ui.web import BadInput, Page, View
 
-PAGE_SIZES = (25, 50, 100, 200)
+PAGE_SIZES = (10, 25, 50, 100, 200)
 DEFAULT_PAGE_SIZE = 50
 TASK_STATES = ("active", "running", "completed")
 RESULTS = ("success", "failure")

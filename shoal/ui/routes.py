@@ -10,7 +10,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from shoal.ui import files, jobs, nodes, pools, signin, tasks
-from shoal.ui.web import PREFIX, on_loop, page, with_headers
+from shoal.ui.web import PREFIX, current_session, on_loop, page, sign_in_redirect, with_headers
 
 if TYPE_CHECKING:
     from shoal.api.app import Api
@@ -38,7 +38,9 @@ def routes(api: Api) -> list[BaseRoute]:
         response.headers["Cache-Control"] = "public, max-age=300"
         return response
 
-    async def home(_request: Request) -> Response:
+    async def home(request: Request) -> Response:
+        if current_session(api, request) is None:
+            return sign_in_redirect(request)
         return with_headers(RedirectResponse(f"{PREFIX}/pools", status_code=303))
 
     out: list[BaseRoute] = [Route(path, endpoint, methods=methods)  # type: ignore[arg-type]
