@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from shoal.api.files import node_location, on_node, task_location
 from shoal.errors import BatchError, NotFound
 from shoal.nodeclient import files as node_files
+from shoal.service import tasks as task_service
 from shoal.service.context import Context
 from shoal.ui.tasks import TAILED_FILES
 from shoal.ui.web import BadInput
@@ -74,28 +75,32 @@ async def _tail(node: Any, directory: str, parts: list[str], offset: int) -> dic
     return {"data": whole.decode("utf-8", errors="replace"), "offset": start + len(whole), "size": size}
 
 
-async def _tail_answer(request: Request, ctx: Context, locate: Any, parts: list[str]) -> Response:
+async def _tail_answer(request: Request, ctx: Context, locate: Any, parts: list[str]) -> dict[str, Any]:
     offset = _offset(request)
     try:
-        answer = await on_node(request, ctx, locate,
-                               lambda node, directory, _url: _tail(node, directory, parts, offset))
+        return await on_node(request, ctx, locate, lambda node, directory, _url: _tail(node, directory, parts, offset))
     except NotFound as error:
         # Not there yet (a task still waiting for its node, a file not written yet): say so and
         # keep polling.
-        return JSONResponse({"data": "", "offset": max(offset, 0), "missing": error.message})
-    return JSONResponse(answer)
+        return {"data": "", "offset": max(offset, 0), "missing": error.message}
 
 
 async def task_tail(request: Request, ctx: Context) -> Response:
     name = request.query_params.get("file", "stdout.txt")
     if name not in TAILED_FILES:
         raise BadInput("file must be stdout.txt or stderr.txt.", values={"Name": "file"})
-    return await _tail_answer(request, ctx, task_location, [name])
+    # The task's state rides along, so the page shows when it ends and the viewer can stop. Read
+    # before the file: once a task is completed its process has ended and its output is whole.
+    record = await request.state.runner.read(task_service.get, ctx, request.path_params["job_id"],
+                                             request.path_params["task_id"])
+    answer = await _tail_answer(request, ctx, task_location, [name])
+    answer["taskState"] = record.row.state
+    return JSONResponse(answer)
 
 
 async def node_tail(request: Request, ctx: Context) -> Response:
     parts = node_files.client_path(request.query_params.get("file", "startup/stdout.txt"))
-    return await _tail_answer(request, ctx, node_location, parts)
+    return JSONResponse(await _tail_answer(request, ctx, node_location, parts))
 
 
 async def node_file_list(request: Request, ctx: Context) -> Response:

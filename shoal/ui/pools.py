@@ -79,8 +79,12 @@ def pool_page(ctx: Context, view: View) -> Page:
          ("pending tasks", "l-pending", samples["$PendingTasks"])],
         [("target dedicated", "l-target-dedicated", float(record.row.target_dedicated)),
          ("target spot", "l-target-spot", float(record.row.target_low_priority))])
-    return Page("pool.html", {"pool": _pool_summary(record), "chart": chart, "legend": LEGEND,
-                              "heat": heat_map_data(states, None)})
+    # The page carries the states only: at 10,000 nodes the ids are most of a megabyte, which the
+    # heat map's first poll brings once, after the page is shown.
+    heat = heat_map_data(states, None)
+    del heat["ids"]
+    heat["digest"] = ""
+    return Page("pool.html", {"pool": _pool_summary(record), "chart": chart, "legend": LEGEND, "heat": heat})
 
 
 def heat_map_poll(ctx: Context, view: View) -> Page:

@@ -200,6 +200,7 @@ def on_loop(api: Api, handler: Callable[[Request, Context], Awaitable[Response]]
     async def endpoint(request: Request) -> Response:
         if current_session(api, request) is None:
             return with_headers(JSONResponse({"error": "Sign in to the dashboard first."}, status_code=401))
+        request.state.runner = api.runner  # for the handler's own store reads
         try:
             _checked(list(request.query_params.multi_items()), "query")
             return with_headers(await handler(request, api.context_for(request)))

@@ -7,7 +7,7 @@ const MAX_TAIL_CHARS = 1 << 20;  // what a viewer keeps; older text scrolls away
 
 async function getJson(url) {
   const response = await fetch(url, {credentials: "same-origin", headers: {"Accept": "application/json"}});
-  if (response.status === 401) { window.location.reload(); throw new Error("signed out"); }
+  if (response.status === 401 || response.redirected) { window.location.reload(); throw new Error("signed out"); }
   const body = await response.json();
   if (!response.ok) { throw new Error(body.error || ("HTTP " + response.status)); }
   return body;
@@ -21,7 +21,7 @@ function heatMap(root) {
   const base = root.dataset.nodeBase;
   root.addEventListener("click", (event) => {
     const cell = event.target.closest("i[data-n]");
-    if (cell) { window.location.href = base + encodeURIComponent(ids[Number(cell.dataset.n)]); }
+    if (cell && ids[Number(cell.dataset.n)]) { window.location.href = base + encodeURIComponent(ids[Number(cell.dataset.n)]); }
   });
 
   function draw(answer) {
@@ -39,7 +39,8 @@ function heatMap(root) {
       const cell = root.children[n];
       const css = "s-" + states[n] + (disabled.has(n) ? " off" : "");
       if (cell.className !== css) { cell.className = css; }
-      if (cell.title !== ids[n]) { cell.title = ids[n]; }
+      const title = ids[n] || "";
+      if (cell.title !== title) { cell.title = title; }
     }
     root.dataset.count = String(states.length);
     root.dataset.states = states;
@@ -58,7 +59,8 @@ function heatMap(root) {
     catch (error) { root.dataset.error = String(error); }
     setTimeout(poll, POLL_MS);
   }
-  setTimeout(poll, POLL_MS);
+  // The page carries no ids (a poll brings them): the first poll goes at once.
+  if (ids.length === data.states.length) { setTimeout(poll, POLL_MS); } else { poll(); }
 }
 
 // ---- file tail: poll byte ranges of a node's file ----
@@ -77,6 +79,12 @@ function tail(root) {
       more = answer.size !== null && answer.size !== undefined && answer.offset < answer.size;
       offset = answer.offset;
       status.textContent = answer.missing ? answer.missing : (offset + " bytes");
+      if (answer.taskState) {
+        const state = document.getElementById("task-state");
+        if (state && state.textContent !== answer.taskState) { state.textContent = answer.taskState; }
+        // A completed task writes no more: the viewer stops once it has read everything.
+        if (answer.taskState === "completed") { delete root.dataset.live; }
+      }
     } catch (error) {
       status.textContent = String(error.message || error);
     }
