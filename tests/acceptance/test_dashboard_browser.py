@@ -27,6 +27,16 @@ def work_pool(client: Any) -> str:
     return "dash-work"
 
 
+def _text(page: Any, selector: str) -> str:
+    """The element's text, or "" while the page is being drawn again (a reload)."""
+    from playwright.sync_api import Error
+
+    try:
+        return str(page.inner_text(selector, timeout=2000))
+    except Error:
+        return ""
+
+
 def _shot(page: Any, tmp_path: Path, name: str) -> Path:
     path = tmp_path / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
@@ -108,9 +118,14 @@ def test_a_tasks_stdout_appears_in_the_viewer_while_it_runs(shoal, client, chrom
     assert stdout.inner_text().splitlines() == ["first-line", "second-line"]
     wait_for(lambda: "to-stderr" in page.inner_text("#tail-stderr .tail-text"), 15, message="stderr")
     wait_tasks_done(client, "dash-tail", 20)
-    # The page follows the task's state, and its viewers stop once it has ended.
-    wait_for(lambda: page.inner_text("#task-state") == "completed", 10, message="the page to show completed")
-    wait_for(lambda: page.get_attribute("#tail-stdout", "data-live") is None, 5, message="the viewer to stop")
+    # The page follows the task's state: once it has ended it shows the end (exit code) and its
+    # viewers, with the whole output, no longer poll.
+    wait_for(lambda: "exitCode" in _text(page, "#execution-info"), 10, message="the exit code on the page")
+    assert page.inner_text("#task-state") == "completed"
+    assert page.get_attribute("#tail-stdout", "data-live") is None
+    wait_for(lambda: "second-line" in _text(page, "#tail-stdout .tail-text"), 5,
+             message="the output after the page is redrawn")
+    assert stdout.inner_text().splitlines() == ["first-line", "second-line"]
     _shot(page, tmp_path, "task-tail-done")
     page.close()
 

@@ -81,9 +81,12 @@ function tail(root) {
       status.textContent = answer.missing ? answer.missing : (offset + " bytes");
       if (answer.taskState) {
         const state = document.getElementById("task-state");
+        const ended = answer.taskState === "completed" && state && state.textContent !== "completed";
         if (state && state.textContent !== answer.taskState) { state.textContent = answer.taskState; }
-        // A completed task writes no more: the viewer stops once it has read everything.
+        // A completed task writes no more: the viewer stops once it has read everything, and the
+        // page is drawn again once, for the execution info of the end (exit code, end time).
         if (answer.taskState === "completed") { delete root.dataset.live; }
+        if (ended) { setTimeout(() => window.location.reload(), 300); }
       }
     } catch (error) {
       status.textContent = String(error.message || error);
