@@ -47,7 +47,24 @@ def complete_utf8(data: bytes) -> bytes:
     return data
 
 
+def _tail_kept(kept: list[Any], parts: list[str], offset: int) -> dict[str, Any]:
+    """The tail of the control plane's copy of a task's output (shoal/api/kept_files.py), for a
+    task whose node is gone: the copy is whole, so it is read as a node's file would be."""
+    found = next((f for f in kept if parts == [f.name]), None)
+    if found is None:
+        raise NotFound("The task's node is gone: only copies of stdout.txt and stderr.txt are kept.",
+                       code="FileNotFound")
+    data = bytes(found.data)
+    start = max(0, len(data) - TAIL_BYTES) if offset < 0 else min(offset, len(data))
+    whole = complete_utf8(data[start:start + TAIL_BYTES])
+    return {"data": whole.decode("utf-8", errors="replace"), "offset": start + len(whole), "size": len(data),
+            "kept": True}
+
+
 async def _tail(node: Any, directory: str, parts: list[str], offset: int) -> dict[str, Any]:
+    kept = getattr(node, "files", None)  # api.files hands the kept copies in place of a gone node
+    if kept is not None:
+        return _tail_kept(kept, parts, offset)
     byte_range = f"bytes=-{TAIL_BYTES}" if offset < 0 else f"bytes={offset}-{offset + TAIL_BYTES - 1}"
     try:
         upstream = await node_files.open_stream(node.file_server_url, node.token, parts, base=directory,
