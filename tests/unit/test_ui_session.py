@@ -56,3 +56,22 @@ def test_a_tail_never_ends_in_half_a_character():
         kept = complete_utf8(text[:cut])
         kept.decode("utf-8")  # whole characters only
         assert text.startswith(kept) and cut - len(kept) < 4
+
+
+def test_a_gone_nodes_task_is_tailed_from_its_kept_copy():
+    from datetime import UTC, datetime
+
+    import pytest
+
+    from shoal.errors import NotFound
+    from shoal.service.task_outputs import KeptFile
+    from shoal.ui.files import TAIL_BYTES, _tail_kept
+
+    data = b"x" * (TAIL_BYTES + 10) + "é".encode()
+    kept = [KeptFile("stdout.txt", data, len(data), datetime.now(UTC))]
+    first = _tail_kept(kept, ["stdout.txt"], -1)  # a first look: the last TAIL_BYTES
+    assert first["offset"] == len(data) and first["data"].endswith("é") and first["size"] == len(data)
+    assert _tail_kept(kept, ["stdout.txt"], len(data))["data"] == ""
+    assert _tail_kept(kept, ["stdout.txt"], 10 ** 9)["offset"] == len(data)
+    with pytest.raises(NotFound):
+        _tail_kept(kept, ["stderr.txt"], 0)
