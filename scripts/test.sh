@@ -2,8 +2,9 @@
 # Installs everything the test suite needs, then runs it: the project and its test extras in
 # .venv; azure-batch 11.0.0, 12.0.0, 13.0.0 and 14.2.0 in .venv-sdk11 … .venv-sdk14 and azure-cli
 # in .venv-azcli (none can share a venv with azure-batch 15.1); node and the JavaScript SDK
-# (@azure/batch, in tests/compat/js); and PostgreSQL's server binaries (the tests start a
-# throw-away cluster on loopback themselves). What is already installed is not installed again.
+# (@azure/batch, in tests/compat/js); Debian's Chromium for the dashboard tests; and PostgreSQL's
+# server binaries (the tests start a throw-away cluster on loopback themselves). What is
+# already installed is not installed again.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh tests/scheduler -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +47,13 @@ fi
 if ! command -v prometheus >/dev/null; then
     apt-get update -qq >/dev/null
     apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
+# Debian's Chromium and a font, which Playwright drives for the dashboard's browser tests
+# (tests/acceptance/test_dashboard_browser.py); Playwright's own browser download is not used.
+if [ ! -x /usr/bin/chromium ] || [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
 fi
 
 # Azurite, the Azure Storage emulator the storage tests start on a free loopback port.

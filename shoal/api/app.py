@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from shoal import sharedkey, telemetry
 from shoal.api import unserved, versions
@@ -143,12 +143,12 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
         tasks,
     )
 
-    routes: list[Route] = []
+    routes: list[BaseRoute] = []
     for module in (pools, autoscale, nodes, spot, jobs, job_schedules, tasks, certificates, ledger):
         for path, methods, handler in module.ROUTES:
             routes.append(Route(path, api.batch(handler, placement_of(handler, methods)), methods=methods))
     for route in routes:
-        if route.path.startswith("/certificates("):
+        if isinstance(route, Route) and route.path.startswith("/certificates("):
             route.path_regex = re.compile(route.path_regex.pattern, certificates.CASE_INSENSITIVE)
     # File routes relay to nodes through the loop's HTTP client: they stay on the loop and send
     # their store reads to a reader thread themselves.
@@ -159,6 +159,10 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
     routes.extend(agent.routes(api, agent_hub, poll_timeout_s, heartbeat_interval_s, manual_join))
     routes.append(Route("/shoal/v1/pools/{pool_id}/join-token", api.batch(_join_token, "read"), methods=["GET"]))
     routes.extend(health.routes(api, metrics_token, duties_running))
+    # The web dashboard (shoal/ui), signed in with the account key, on the same port.
+    from shoal import ui
+
+    routes.append(ui.mount(api))
 
     async def no_such_route(request: Request, exc: Exception) -> Response:
         operation = unserved.operation_for(request.method, request.url.path)

@@ -247,3 +247,6 @@ ROUTES = [
     ("/pools/{pool_id}/nodes/{node_id}/files/{file_path:path}", ["GET", "HEAD", "DELETE"],
      _file_handler(_node_location)),
 ]
+
+# The dashboard's file tail and node file list (shoal/ui/files.py) take the same path.
+task_location, node_location, on_node = _task_location, _node_location, _on_node

@@ -287,7 +287,11 @@ def encode_token(value: int) -> str:
 
 def decode_token(request: Request) -> int:
     """The offset or sequence number a `$skiptoken` carries: 0..2^63-1 (a database integer)."""
-    raw = request.query_params.get("$skiptoken")
+    return decode_token_text(request.query_params.get("$skiptoken"))
+
+
+def decode_token_text(raw: str | None) -> int:
+    """`decode_token` of a token's text (None or empty: the start)."""
     if not raw:
         return 0
     try:

@@ -40,17 +40,29 @@ async def add_collection(request: Request, ctx: Context) -> Response:
 async def list_tasks(request: Request, ctx: Context) -> Response:
     node = listing.parse_filter(request)
     fields = listing.select_fields(request)
+    page, continuation = page_of_tasks(ctx, request.path_params["job_id"], node, decode_token(request),
+                                       max_results(request))
+    return listing.page_response(request, [render.task(ctx.base_url, record) for record in page], "tasks", fields,
+                                 continuation, "task")
+
+
+def page_of_tasks(ctx: Context, job_id: str, node: odata.Node | None, after_seq: int, limit: int,
+                  also: Callable[[task_service.TaskRecord], bool] | None = None,
+                  ) -> tuple[list[task_service.TaskRecord], int | None]:
+    """One page of a job's tasks under a parsed $filter, as the REST listing and the dashboard
+    page them: keyset paging on seq, the filter in SQL where the store can decide it; ``also``
+    is a further test of each record that SQL cannot make (the dashboard's duration)."""
     # What the store can decide goes to SQL; only the rest is evaluated here, on the rows SQL lets by.
     conditions, rest = odata.split_for_sql(node, task_service.FILTER_PROPERTIES, ctx.engine.dialect.name)
     parts = odata.conjuncts(node)
     index_served = rest is None and bool(parts) and all(
         isinstance(odata.equality_literal(part, "state"), str) for part in parts)
-    page, continuation = task_service.list_page(
-        ctx, request.path_params["job_id"], after_seq=decode_token(request), limit=max_results(request),
-        conditions=conditions, predicate=None if rest is None else _judged(ctx, odata.predicate_of(rest)),
-        index_served=index_served)
-    return listing.page_response(request, [render.task(ctx.base_url, record) for record in page], "tasks", fields,
-                                 continuation, "task")
+    predicate = None if rest is None else _judged(ctx, odata.predicate_of(rest))
+    if also is not None:
+        judged = predicate
+        predicate = also if judged is None else (lambda record: judged(record) and also(record))
+    return task_service.list_page(ctx, job_id, after_seq=after_seq, limit=limit, conditions=conditions,
+                                  predicate=predicate, index_served=index_served and predicate is None)
 
 
 def _judged(ctx: Context, predicate: odata.Predicate) -> Callable[[task_service.TaskRecord], bool]:

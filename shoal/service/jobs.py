@@ -503,3 +503,10 @@ def enforce_max_wall_clock(ctx: Context) -> None:
             assert created is not None
             if now - created > clock.parse_duration(limit):
                 terminate_in(ctx, conn, row, "MaxWallClockTimeExpiry")
+
+
+def counts_of_job(ctx: Context, job_id: str) -> Any:
+    """The job's counter row (None before its first task): what `task_counts` reads."""
+    with ctx.engine.connect() as conn:
+        row = load(conn, ctx, job_id)
+        return counts_of(conn, [row.seq]).get(row.seq)

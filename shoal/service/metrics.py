@@ -139,3 +139,24 @@ def history(conn: Connection, pool_seq: int, now: datetime) -> dict[str, list[tu
         assert stamp is not None
         out[metric].append((stamp, value))
     return dict(out)
+
+
+def series(conn: Connection, pool_seq: int, metrics: tuple[str, ...], since: datetime,
+           max_points: int) -> dict[str, list[tuple[datetime, float]]]:
+    """Pool-level samples of ``metrics`` from ``since`` on, for a chart: a walk of the
+    (pool, time) index, thinned to at most ``max_points`` per metric (every n-th sample, the
+    last one always kept)."""
+    rows = conn.execute(select(metric_samples.c.metric, metric_samples.c.time, metric_samples.c.value)
+                        .where(metric_samples.c.pool_seq == pool_seq, metric_samples.c.time >= since,
+                               metric_samples.c.metric.in_(metrics), metric_samples.c.node_id.is_(None))
+                        .order_by(metric_samples.c.time, metric_samples.c.seq)).all()
+    out: dict[str, list[tuple[datetime, float]]] = {metric: [] for metric in metrics}
+    for metric, when, value in rows:
+        stamp = clock.as_utc(when)
+        assert stamp is not None
+        out[metric].append((stamp, value))
+    for metric, points in out.items():
+        if len(points) > max_points:
+            step = -(-len(points) // max_points)
+            out[metric] = points[::step] + ([points[-1]] if (len(points) - 1) % step else [])
+    return out

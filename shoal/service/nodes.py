@@ -210,3 +210,22 @@ def _declare_silent(ctx: Context, quiet: list[str]) -> bool:
             state=NodeState.UNUSABLE, state_transition_time=clock.now(), etag=clock.new_etag()))
     ctx.signals.wake_scheduler()
     return True
+
+
+class NodeStates(NamedTuple):
+    """A pool's nodes for its heat map: ids and states in the order the node list shows them."""
+
+    ids: list[str]
+    states: list[str]
+    scheduling_disabled: list[bool]
+
+
+def states_of_pool(ctx: Context, pool_id: str) -> NodeStates:
+    """Every node of a pool with its state: one query over the pool's index, three columns per
+    node, so a 10,000-node heat map costs one walk and no per-node work."""
+    with ctx.engine.connect() as conn:
+        pool = pool_service.load(conn, ctx, pool_id)
+        rows = conn.execute(select(nodes.c.id, nodes.c.state, nodes.c.scheduling_state)
+                            .where(nodes.c.pool_seq == pool.seq)
+                            .order_by(nodes.c.allocation_time, nodes.c.id)).all()
+    return NodeStates([r.id for r in rows], [r.state for r in rows], [r.scheduling_state == "disabled" for r in rows])

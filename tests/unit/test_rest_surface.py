@@ -59,7 +59,9 @@ def served_operations() -> set[tuple[str, str]]:
     app = build_app(Api(Context(engine=None, account="x"), {}), AgentHub(), 1.0)  # type: ignore[arg-type]
     out = set()
     for route in app.routes:
-        if route.path.startswith(("/agent/", "/shoal/", "/health", "/ready", "/metrics")):
+        # The agent protocol, the /shoal/ extensions, health and metrics, and the dashboard (/ui) are
+        # not Batch operations.
+        if route.path.startswith(("/agent/", "/shoal/", "/health", "/ready", "/metrics", "/ui")):
             continue
         for method in route.methods or ():
             # Starlette adds HEAD to every GET route; Batch defines HEAD only where the spec says.
