@@ -1,4 +1,4 @@
-"""How fast the web dashboard (shoal/ui, issue 12 item 1) renders at scale: a benchmark, not a test.
+"""How fast the web dashboard (shoal/web, issue 12 item 1) renders at scale: a benchmark, not a test.
 
 It starts a fresh `shoal up --provider sim` (simulated nodes: shoal/providers/sim.py), makes a
 pool of --nodes nodes and a job of --tasks tasks on a pool without nodes (so they stay active;

@@ -159,10 +159,10 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
     routes.extend(agent.routes(api, agent_hub, poll_timeout_s, heartbeat_interval_s, manual_join))
     routes.append(Route("/shoal/v1/pools/{pool_id}/join-token", api.batch(_join_token, "read"), methods=["GET"]))
     routes.extend(health.routes(api, metrics_token, duties_running))
-    # The web dashboard (shoal/ui), signed in with the account key, on the same port.
-    from shoal import ui
+    # The web dashboard (shoal/web), signed in with the account key, on the same port.
+    from shoal.web.routes import mount as mount_dashboard
 
-    routes.append(ui.mount(api))
+    routes.append(mount_dashboard(api))
 
     async def no_such_route(request: Request, exc: Exception) -> Response:
         operation = unserved.operation_for(request.method, request.url.path)

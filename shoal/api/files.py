@@ -248,5 +248,5 @@ ROUTES = [
      _file_handler(_node_location)),
 ]
 
-# The dashboard's file tail and node file list (shoal/ui/files.py) take the same path.
+# The dashboard's file tail and node file list (shoal/web/files.py) take the same path.
 task_location, node_location, on_node = _task_location, _node_location, _on_node

@@ -13,8 +13,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from shoal.cli.calls import client_for as _client
+from shoal.cli.calls import or_exit as _or_exit
 from shoal.config import PROVIDERS, Settings, default_data_dir, default_port
-from shoal.errors import BatchError
 
 console = Console()
 # Batch's task states (`shoal task list --state`).
@@ -156,34 +157,6 @@ def account_show(data_dir: Path | None, as_json: bool) -> None:
         return
     for key, value in info.to_json().items():
         click.echo(f"{key:>13}: {value}")  # never wrapped: a key must copy whole
-
-
-def _client(data_dir: Path | None):  # type: ignore[no-untyped-def]
-    from shoal.cli.client import BatchClient
-    from shoal.cli.config import resolve_account
-
-    return _or_exit(lambda: BatchClient(resolve_account(data_dir)))
-
-
-def _or_exit(action):  # type: ignore[no-untyped-def]
-    try:
-        return action()
-    except BatchError as error:
-        hint = _HINTS.get(error.code)
-        console.print(f"[red]error[/red] {error.code}: {error.message}" + (f"\n  hint: {hint}" if hint else ""),
-                      highlight=False, soft_wrap=True)
-        raise SystemExit(1) from None
-
-
-# What to do next, for the errors a CLI user meets first.
-_HINTS = {
-    "AuthenticationFailed": "the key the CLI used (the data dir's endpoint.json, or $AZURE_BATCH_ACCESS_KEY) is not "
-                            "this server's: pass the right --data-dir, or unset AZURE_BATCH_*",
-    "PoolNotFound": "`shoal pool list` shows the pools there are",
-    "JobNotFound": "`shoal job list` shows the jobs there are",
-    "NodeNotFound": "`shoal node list POOL_ID` shows a pool's nodes",
-    "TaskNotFound": "`shoal task list JOB_ID` shows a job's tasks",
-}
 
 
 def _print(rows: list[dict[str, Any]], columns: list[tuple[str, str]], as_json: bool) -> None:

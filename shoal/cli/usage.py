@@ -17,6 +17,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from shoal.cli.calls import client_for, or_exit
 from shoal.config import default_data_dir
 from shoal.model.catalog import find_vm_size
 
@@ -69,15 +70,13 @@ def _money(value: float | None) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def usage(data_dir: Path | None, prices: Path | None, as_json: bool) -> None:
     """Node-hours and core-hours of every pool and job since the account began, and their cost."""
-    from shoal.cli.main import _client, _or_exit
-
     table_prices = load_prices(prices, data_dir or default_data_dir())
-    client = _client(data_dir)
-    ledger = _or_exit(lambda: client.get("/shoal/v1/usage"))
+    client = client_for(data_dir)
+    ledger = or_exit(lambda: client.get("/shoal/v1/usage"))
     jobs = list(ledger["jobs"])
     while ledger.get("nextJob"):
         after = ledger["nextJob"]
-        ledger = _or_exit(lambda after=after: client.request("GET", "/shoal/v1/usage", {"after": after}).json())
+        ledger = or_exit(lambda after=after: client.request("GET", "/shoal/v1/usage", {"after": after}).json())
         jobs.extend(ledger["jobs"])
     ledger = priced({**ledger, "jobs": jobs, "nextJob": None}, table_prices)
     if as_json:

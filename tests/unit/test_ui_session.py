@@ -1,13 +1,13 @@
-"""The dashboard's session cookie and CSRF tokens (shoal/ui/session.py), and the small pure
+"""The dashboard's session cookie and CSRF tokens (shoal/web/session.py), and the small pure
 helpers of the dashboard that guard what reaches a page."""
 
 from __future__ import annotations
 
 import json
 
-from shoal.ui import session
-from shoal.ui.files import complete_utf8
-from shoal.ui.web import json_for_script
+from shoal.web import session
+from shoal.web.files import complete_utf8
+from shoal.web.shared import json_for_script
 
 KEY = "a2V5LW9uZQ=="
 OTHER = "a2V5LXR3bw=="
@@ -65,7 +65,7 @@ def test_a_gone_nodes_task_is_tailed_from_its_kept_copy():
 
     from shoal.errors import NotFound
     from shoal.service.task_outputs import KeptFile
-    from shoal.ui.files import TAIL_BYTES, _tail_kept
+    from shoal.web.files import TAIL_BYTES, _tail_kept
 
     data = b"x" * (TAIL_BYTES + 10) + "é".encode()
     kept = [KeptFile("stdout.txt", data, len(data), datetime.now(UTC))]

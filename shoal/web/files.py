@@ -16,8 +16,8 @@ from shoal.errors import BatchError, NotFound
 from shoal.nodeclient import files as node_files
 from shoal.service import tasks as task_service
 from shoal.service.context import Context
-from shoal.ui.tasks import TAILED_FILES
-from shoal.ui.web import BadInput
+from shoal.web.shared import BadInput
+from shoal.web.tasks import TAILED_FILES
 
 # Bytes one poll brings at most; a first look (offset -1) shows the file's last TAIL_BYTES.
 TAIL_BYTES = 64 * 1024

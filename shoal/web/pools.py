@@ -11,8 +11,8 @@ from shoal.service import metrics
 from shoal.service import nodes as node_service
 from shoal.service import pools as pool_service
 from shoal.service.context import Context
-from shoal.ui import charts
-from shoal.ui.web import Page, View
+from shoal.web import charts
+from shoal.web.shared import Page, View
 
 CHART_WINDOW = timedelta(hours=2)
 CHART_POINTS = 240

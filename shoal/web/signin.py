@@ -1,5 +1,5 @@
 """The sign-in and sign-out forms: the account key is checked and forgotten; the browser keeps
-only a session cookie (shoal/ui/session.py)."""
+only a session cookie (shoal/web/session.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from shoal.errors import BatchError
-from shoal.ui import session
-from shoal.ui.web import PREFIX, Forbidden, _form, current_session, error_page, templates, with_headers
+from shoal.web import session
+from shoal.web.shared import PREFIX, Forbidden, _form, current_session, error_page, templates, with_headers
 
 if TYPE_CHECKING:
     from shoal.api.app import Api

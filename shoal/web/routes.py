@@ -9,8 +9,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from shoal.ui import files, jobs, nodes, pools, signin, tasks
-from shoal.ui.web import PREFIX, current_session, on_loop, page, sign_in_redirect, with_headers
+from shoal.web import files, jobs, nodes, pools, signin, tasks
+from shoal.web.shared import PREFIX, current_session, on_loop, page, sign_in_redirect, with_headers
 
 if TYPE_CHECKING:
     from shoal.api.app import Api
@@ -19,7 +19,7 @@ STATIC_FILES = {"ui.js": "text/javascript; charset=utf-8", "ui.css": "text/css; 
 
 
 def _static() -> dict[str, bytes]:
-    folder = resources.files("shoal.ui") / "static"
+    folder = resources.files("shoal.web") / "static"
     return {name: (folder / name).read_bytes() for name in STATIC_FILES}
 
 

@@ -1,5 +1,5 @@
 """The task page: state, execution info, where it ran, why it has not started (service/why.py),
-and the viewer of its stdout and stderr, which tails them through shoal/ui/files.py."""
+and the viewer of its stdout and stderr, which tails them through shoal/web/files.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from shoal.model.states import TaskState
 from shoal.service import tasks as task_service
 from shoal.service import why
 from shoal.service.context import Context
-from shoal.ui.web import Page, View
+from shoal.web.shared import Page, View
 
 TAILED_FILES = ("stdout.txt", "stderr.txt")
 

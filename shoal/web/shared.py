@@ -24,12 +24,12 @@ from shoal.api.http import read_body
 from shoal.errors import BatchError
 from shoal.service.context import Context
 from shoal.store.runner import Busy
-from shoal.ui import session
+from shoal.web import session
 
 if TYPE_CHECKING:
     from shoal.api.app import Api
 
-log = logging.getLogger("shoal.ui")
+log = logging.getLogger("shoal.web")
 PREFIX = "/ui"
 MAX_FORM_BYTES = 16 * 1024
 # Query and form values longer than this are refused: nothing the dashboard asks for is longer.
@@ -78,7 +78,7 @@ class View:
 
 @functools.cache
 def templates() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.PackageLoader("shoal.ui", "templates"),
+    env = jinja2.Environment(loader=jinja2.PackageLoader("shoal.web", "templates"),
                              autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
                              trim_blocks=True, lstrip_blocks=True)
     env.filters["q"] = lambda value: quote(str(value), safe="")

@@ -1,5 +1,5 @@
 """The node page (start task, errors, recent tasks; its files and start task output load from
-the node through the loop, see shoal/ui/files.py) and its actions, which call the service
+the node through the loop, see shoal/web/files.py) and its actions, which call the service
 functions the REST routes call."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from shoal.service import node_operations
 from shoal.service import nodes as node_service
 from shoal.service import pools as pool_service
 from shoal.service.context import Context
-from shoal.ui.web import PREFIX, BadInput, Page, View
+from shoal.web.shared import PREFIX, BadInput, Page, View
 
 NODE_ACTIONS: dict[str, Callable[[Context, str, str], None]] = {
     "reboot": lambda ctx, pool, node: node_operations.restart(ctx, pool, node, {}, "reboot"),

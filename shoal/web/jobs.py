@@ -15,7 +15,7 @@ from shoal.api.http import decode_token_text, encode_token
 from shoal.api.tasks import page_of_tasks
 from shoal.service import jobs as job_service
 from shoal.service.context import Context
-from shoal.ui.web import BadInput, Page, View
+from shoal.web.shared import BadInput, Page, View
 
 PAGE_SIZES = (10, 25, 50, 100, 200)
 DEFAULT_PAGE_SIZE = 50

@@ -1,6 +1,0 @@
-"""The web dashboard under /ui: server-rendered pages (Jinja2) and a little hand-written
-JavaScript for live updates, read through `shoal.service` on the store runner's lanes."""
-
-from shoal.ui.routes import mount
-
-__all__ = ["mount"]
