@@ -37,6 +37,7 @@ from shoal.api.http import encode_token  # noqa: E402
 from shoal.testing.server import start_shoal, stop_shoal  # noqa: E402
 
 TARGET_MS = 200.0
+METRICS_TARGET_MS = 50.0
 
 
 def _timed(client: httpx.Client, path: str, reps: int) -> tuple[float, float, int]:
@@ -115,6 +116,16 @@ def main() -> None:
                 mark = "" if p50 < TARGET_MS else "  over target"
                 print(f"{name:62} {p50:8.1f} {p99:8.1f} {size / 1024:8.1f}{mark}", flush=True)
             print(f"\ntarget: p50 < {TARGET_MS:.0f} ms per page (issue 12)")
+            # /metrics at the same scale, beside /health (no store read) as this run's baseline.
+            token = (shoal.data_dir / "metrics-token").read_text().strip()
+            scraper = httpx.Client(base_url=shoal.endpoint, timeout=120, headers={"Authorization": f"Bearer {token}"})
+            health_p50, health_p99, _ = _timed(scraper, "/health", args.reps)
+            p50, p99, size = _timed(scraper, "/metrics", args.reps)
+            mark = "" if p50 < METRICS_TARGET_MS else "  over target"
+            print(f"\n{'/health (baseline)':62} {health_p50:8.1f} {health_p99:8.1f}")
+            print(f"{'/metrics':62} {p50:8.1f} {p99:8.1f} {size / 1024:8.1f}{mark}"
+                  f"   {p50 / max(health_p50, 0.001):.1f}× /health")
+            print(f"target: /metrics < {METRICS_TARGET_MS:.0f} ms (issue 12)")
         finally:
             stop_shoal(shoal)
 
