@@ -90,6 +90,8 @@ class Settings:
     poll_timeout_s: float = field(default_factory=lambda: _float_env("SHOAL_AGENT_POLL_TIMEOUT_S", AGENT_POLL_TIMEOUT_S))
     nodes_dir: Path | None = None
     provider: str = "local"
+    # Serve https with a certificate Shoal makes and signs with a CA of its own (server/tls.py).
+    tls: bool = False
     # The simulated provider's nodes share batch-sync calls (shoal/providers/sim_batch.py);
     # SHOAL_SIM_BATCH_SYNCS=0 makes each sync its own call, as real agents make them.
     sim_batch_syncs: bool = field(default_factory=lambda: os.environ.get("SHOAL_SIM_BATCH_SYNCS", "1") != "0")

@@ -118,6 +118,8 @@ class AgentConfig:
     files_host: str = "127.0.0.1"
     join_token: str | None = None
     orphan_timeout_s: float = ORPHAN_TIMEOUT_S
+    # The CA to trust when the control plane serves https with a certificate of its own.
+    ca_file: str | None = None
 
 
 
@@ -129,7 +131,7 @@ class Agent:
         self.config = config
         self.layout = NodeLayout.at(config.root)
         self.meter = ResourceMeter(str(config.root))
-        self.client = ControlPlaneClient(config.join_url, config.node_id, config.token)
+        self.client = ControlPlaneClient(config.join_url, config.node_id, config.token, ca_file=config.ca_file)
         self.incarnation = uuid.uuid4().hex
         self.node: NodeIdentity | None = None
         self.start_task_def: dict[str, Any] | None = None
@@ -1033,10 +1035,12 @@ async def run_agent(
     files_host: str = "127.0.0.1",
     join_token: str | None = None,
     orphan_timeout_s: float = ORPHAN_TIMEOUT_S,
+    ca_file: str | None = None,
 ) -> int:
     """Run a node agent until it leaves the pool, is orphaned, or gets SIGTERM; returns an exit code."""
     agent = Agent(
-        AgentConfig(join_url, pool_id, node_id, token, Path(root), files_host, join_token, orphan_timeout_s)
+        AgentConfig(join_url, pool_id, node_id, token, Path(root), files_host, join_token, orphan_timeout_s,
+                    ca_file)
     )
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []

@@ -21,6 +21,9 @@ console = Console()
 TASK_STATES = ("active", "preparing", "running", "completed")
 data_dir_option = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
                                help="Shoal's data directory (default: $SHOAL_DATA_DIR or a per-user folder).")
+tls_option = click.option("--tls", is_flag=True,
+                          help="Serve https with a certificate signed by a CA Shoal keeps in the data dir "
+                               "(its path is printed: trust it with SSL_CERT_FILE / REQUESTS_CA_BUNDLE).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
@@ -31,11 +34,12 @@ def main() -> None:
 
 
 def _serve(host: str, port: int, data_dir: Path | None, database: str | None, local_provider: bool,
-           time_scale: float = 1.0, spot: dict[str, Any] | None = None, sample_lag: float | None = None) -> None:
+           time_scale: float = 1.0, spot: dict[str, Any] | None = None, sample_lag: float | None = None,
+           tls: bool = False) -> None:
     from shoal import server
 
     settings = Settings(data_dir=data_dir or default_data_dir(), host=host, port=port, database_url=database,
-                        time_scale=time_scale, **(spot or {}))
+                        time_scale=time_scale, tls=tls, **(spot or {}))
     if sample_lag is not None:
         settings.sample_lag_s = sample_lag
 
@@ -43,6 +47,9 @@ def _serve(host: str, port: int, data_dir: Path | None, database: str | None, lo
         name, (key, _) = server.DEFAULT_ACCOUNT, plane.keys
         click.echo(f"Shoal is up.\n  endpoint: {plane.endpoint}\n  account:  {name}\n"
                    f"  key:      {key}\n  data:     {settings.data_dir}")
+        if plane.certificate is not None:
+            click.echo(f"  CA:       {plane.certificate.ca_file}\n"
+                       f"            (trust it: SSL_CERT_FILE / REQUESTS_CA_BUNDLE={plane.certificate.ca_file})")
         sys.stdout.flush()
 
     try:
@@ -79,9 +86,10 @@ def _serve(host: str, port: int, data_dir: Path | None, database: str | None, lo
 @click.option("--auto-storage", default=None, metavar="CONNECTION_STRING",
               help="The account's linked storage (for autoStorageContainerName): a storage connection "
                    "string with AccountName and AccountKey (default: $SHOAL_AUTO_STORAGE; none).")
+@tls_option
 def up(host: str, port: int, data_dir: Path | None, database: str | None, time_scale: float,
        spot_capacity: int | None, spot_eviction_rate: float, spot_recovery: float, sample_lag: float | None,
-       nodes_dir: Path | None, provider: str, auto_storage: str | None) -> None:
+       nodes_dir: Path | None, provider: str, auto_storage: str | None, tls: bool) -> None:
     """Run everything in one process: API, scheduler and local compute nodes."""
     if auto_storage:
         from shoal import storage
@@ -100,7 +108,7 @@ def up(host: str, port: int, data_dir: Path | None, database: str | None, time_s
         os.environ.setdefault("SHOAL_MAX_NODES", str(SIM_NODE_CAPACITY))
     _serve(host, port, data_dir, database, True, time_scale,
            {"spot_capacity": spot_capacity, "spot_eviction_rate": spot_eviction_rate,
-            "spot_recovery_s": spot_recovery, "nodes_dir": nodes_dir, "provider": provider}, sample_lag)
+            "spot_recovery_s": spot_recovery, "nodes_dir": nodes_dir, "provider": provider}, sample_lag, tls)
 
 
 @main.command("server")
@@ -109,9 +117,10 @@ def up(host: str, port: int, data_dir: Path | None, database: str | None, time_s
               help="0 picks a free port.")
 @data_dir_option
 @click.option("--database", default=None, help="postgresql://… (default: SQLite in the data dir)")
-def server_command(host: str, port: int, data_dir: Path | None, database: str | None) -> None:
+@tls_option
+def server_command(host: str, port: int, data_dir: Path | None, database: str | None, tls: bool) -> None:
     """Run the control plane alone (nodes join with `shoal agent`)."""
-    _serve(host, port, data_dir, database, False)
+    _serve(host, port, data_dir, database, False, tls=tls)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)

@@ -36,6 +36,7 @@ from shoal.server.startup import (
     make_private,
     write_endpoint_file,
 )
+from shoal.server.tls import ServerCertificate, ensure_certificates
 from shoal.service.context import Context, Signals
 from shoal.service.liveness import Liveness
 from shoal.store.db import StoreInUse, create_store_engine, hold_store, migrate
@@ -69,10 +70,14 @@ class ControlPlane:
             raise AlreadyRunning(str(exc)) from None
         migrate(self.engine)
         self.keys = ensure_account(self.engine)
+        self.certificate: ServerCertificate | None = None
+        if settings.tls:
+            self.certificate = ensure_certificates(settings.data_dir, settings.host)
         self.sock = bind_socket(settings.host, settings.port)
         port = self.sock.getsockname()[1]
         host = settings.host if ":" not in settings.host else f"[{settings.host}]"
-        self.endpoint = f"http://{host}:{port}"
+        self.endpoint = f"{'https' if self.certificate else 'http'}://{host}:{port}"
+        ca_file = self.certificate.ca_file if self.certificate else None
         # Every store call of the server goes through the runner: the event loop only does I/O.
         self.runner = StoreRunner()
         self.liveness = Liveness()
@@ -101,7 +106,8 @@ class ControlPlane:
             from shoal.providers.local import LocalProvider
 
             self.provider = LocalProvider(self.ctx, settings.effective_nodes_dir, self.endpoint,
-                                          spot_eviction_rate=settings.spot_eviction_rate, runner=self.runner)
+                                          spot_eviction_rate=settings.spot_eviction_rate, runner=self.runner,
+                                          ca_file=ca_file)
         self._tasks: list[asyncio.Task[None]] = []
 
     def write_endpoint_file(self) -> None:
@@ -113,6 +119,9 @@ class ControlPlane:
                   "secondaryKey": secondary}
         if self.provider is not None:
             record["nodesDir"] = str(self.settings.effective_nodes_dir)
+        if self.certificate is not None:
+            # Public: what a client trusts to reach the https endpoint.
+            record["caFile"] = str(self.certificate.ca_file)
         write_endpoint_file(self.settings.data_dir, record)
 
     def bind_signals(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -149,10 +158,15 @@ class ControlPlane:
         # What was acknowledged is committed already; this lets queued duty work finish.
         await asyncio.to_thread(self.runner.shutdown)
 
+    def _tls_options(self) -> dict[str, Any]:
+        if self.certificate is None:
+            return {}
+        return {"ssl_certfile": str(self.certificate.cert_file), "ssl_keyfile": str(self.certificate.key_file)}
+
     async def serve(self) -> None:
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
                                 timeout_keep_alive=75, loop="none", timeout_graceful_shutdown=2,
-                                http=BoundedHeadProtocol)
+                                http=BoundedHeadProtocol, **self._tls_options())
         server = _QuietServer(config)
         self.bind_signals(asyncio.get_running_loop())
         if self.provider is not None:
