@@ -7,15 +7,14 @@ import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, urlencode
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from shoal import sharedkey
 from shoal.api import unserved, versions
+from shoal.api.auth import Authenticator, Identity
 from shoal.api.http import MAX_BODY_BYTES, error_response, new_request_id, read_body
 from shoal.errors import BatchError
 from shoal.service.context import Context
@@ -42,10 +41,14 @@ class Api:
     """Holds what the routes share: the service context per request, the account keys, and the
     runner that keeps store work off the event loop."""
 
-    def __init__(self, ctx: Context, keys: dict[str, tuple[str, str]], runner: StoreRunner | None = None) -> None:
+    def __init__(self, ctx: Context, keys: dict[str, tuple[str, str]], runner: StoreRunner | None = None,
+                 identity: Identity | None = None) -> None:
         self.ctx = ctx
         self.keys = keys
         self.runner = runner if runner is not None else StoreRunner()
+        # Shared Key, bearer tokens and the account's allowed modes (shoal/api/auth.py).
+        self.auth = Authenticator(ctx, keys, self.runner, identity)
+        self.identity = identity
 
     def context_for(self, request: Request) -> Context:
         """The service context with this request's base URL (for `url` and `odata` fields); every
@@ -60,7 +63,7 @@ class Api:
         return dataclasses.replace(ctx, base_url=url)
 
     def batch(self, handler: Handler, placement: Placement = "loop") -> Callable[[Request], Awaitable[Response]]:
-        """Wrap a Batch REST handler: Shared Key, api-version, error body; then run it where
+        """Wrap a Batch REST handler: authentication, api-version, error body; then run it where
         ``placement`` says."""
 
         async def endpoint(request: Request) -> Response:
@@ -68,7 +71,7 @@ class Api:
             # For handlers on the loop that send their store work to the runner themselves.
             request.state.runner = self.runner
             try:
-                self._authenticate(request)
+                await self.auth.authenticate(request)
                 # Handlers shape bodies and answers by it (shoal.api.versions).
                 request.state.api_version = versions.check_version(request.query_params.get("api-version"))
                 ctx = self.context_for(request)
@@ -99,23 +102,6 @@ class Api:
 
         return endpoint
 
-    def _authenticate(self, request: Request) -> None:
-        """Verify Shared Key before anything else is read (the body included), then leave the
-        handlers exactly the query that was signed."""
-        raw_path = request.scope.get("raw_path") or request.url.path.encode()
-        path = raw_path.decode("latin-1").split("?", 1)[0]
-        query = parse_qsl(request.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-        sharedkey.refuse_ambiguity(query, request.headers.items())
-        sharedkey.verify(request.method, path, query, request.headers, self._keys_for)
-        if any(not value for _name, value in query):
-            # The SDK's canonical form does not sign blank parameters: handlers must not see them.
-            request.scope["query_string"] = urlencode([(n, v) for n, v in query if v]).encode("latin-1")
-            request.__dict__.pop("_query_params", None)
-
-    def _keys_for(self, account: str) -> tuple[str, ...] | None:
-        pair = self.keys.get(account)
-        return pair if pair else None
-
 
 def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_interval_s: float = 5.0,
               manual_join: bool = False) -> Starlette:
@@ -123,6 +109,7 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
         agent,
         autoscale,
         files,
+        identity,
         job_schedules,
         jobs,
         node_logs,
@@ -145,6 +132,8 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
                   for path, methods, handler in (*node_users.ROUTES, *node_logs.ROUTES))
     routes.extend(agent.routes(api, agent_hub, poll_timeout_s, heartbeat_interval_s, manual_join))
     routes.append(Route("/shoal/v1/pools/{pool_id}/join-token", api.batch(_join_token, "read"), methods=["GET"]))
+    # The token authority and the principals that sign in to it (shoal/api/identity.py).
+    routes.extend(identity.routes(api, api.identity))
 
     async def no_such_route(request: Request, exc: Exception) -> Response:
         operation = unserved.operation_for(request.method, request.url.path)

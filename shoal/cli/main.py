@@ -19,12 +19,12 @@ from shoal.errors import BatchError
 console = Console()
 # Batch's task states (`shoal task list --state`).
 TASK_STATES = ("active", "preparing", "running", "completed")
-data_dir_option = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+data_dir_option: Any = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
                                help="Shoal's data directory (default: $SHOAL_DATA_DIR or a per-user folder).")
 tls_option = click.option("--tls", is_flag=True,
                           help="Serve https with a certificate signed by a CA Shoal keeps in the data dir "
                                "(its path is printed: trust it with SSL_CERT_FILE / REQUESTS_CA_BUNDLE).")
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+json_option: Any = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
 @click.group()
@@ -357,3 +357,8 @@ def _failures(client: Any, job_id: str, most: int = 20) -> list[dict[str, Any]]:
 from shoal.cli.autoscale import autoscale  # noqa: E402
 
 main.add_command(autoscale)
+
+from shoal.cli.principals import principal, tenant  # noqa: E402
+
+main.add_command(principal)
+main.add_command(tenant)

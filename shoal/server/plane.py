@@ -16,6 +16,7 @@ import uvicorn
 
 from shoal.api.agent import AgentHub
 from shoal.api.app import Api, build_app
+from shoal.api.auth import Identity
 from shoal.api.http_protocol import BoundedHeadProtocol
 from shoal.config import Settings
 from shoal.nodeclient import files as node_files
@@ -37,6 +38,7 @@ from shoal.server.startup import (
     write_endpoint_file,
 )
 from shoal.server.tls import ServerCertificate, ensure_certificates
+from shoal.service import tokens
 from shoal.service.context import Context, Signals
 from shoal.service.liveness import Liveness
 from shoal.store.db import StoreInUse, create_store_engine, hold_store, migrate
@@ -89,7 +91,9 @@ class ControlPlane:
         self.ctx = Context(engine=self.engine, account=DEFAULT_ACCOUNT, signals=signals, base_url=self.endpoint,
                            timebase=self.timebase, sample_lag=timedelta(seconds=settings.sample_lag_s),
                            spot_capacity=settings.spot_capacity, provider_runs_nodes=local_provider)
-        self.api = Api(self.ctx, {DEFAULT_ACCOUNT: self.keys}, self.runner)
+        # Bearer tokens name the server's endpoint as their authority (issuer).
+        identity = Identity(tokens.load_or_create(self.engine), self.endpoint)
+        self.api = Api(self.ctx, {DEFAULT_ACCOUNT: self.keys}, self.runner, identity)
         # An idle agent calls at least once per long-poll: keep that well inside the timeout
         # after which a silent node is declared unusable.
         poll_timeout = min(settings.poll_timeout_s, settings.heartbeat_timeout_s / 3)

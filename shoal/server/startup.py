@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from shoal import clock
 from shoal.config import ENDPOINT_FILE
-from shoal.service import ids
+from shoal.service import ids, principals
 from shoal.store.schema import accounts
 
 DEFAULT_ACCOUNT = "shoal"
@@ -70,13 +70,16 @@ def check_nodes_dir_reachable(nodes_dir: Path) -> None:
 
 
 def ensure_account(engine: Any, name: str = DEFAULT_ACCOUNT) -> tuple[str, str]:
+    """The account's keys; the account (and its tenant) made on the first start."""
     with engine.begin() as conn:
         row = conn.execute(select(accounts).where(accounts.c.name == name)).first()
         if row is not None:
-            return row.primary_key, row.secondary_key
-        keys = (ids.account_key(), ids.account_key())
-        conn.execute(accounts.insert().values(name=name, primary_key=keys[0], secondary_key=keys[1],
-                                              created=clock.now()))
+            keys = (row.primary_key, row.secondary_key)
+        else:
+            keys = (ids.account_key(), ids.account_key())
+            conn.execute(accounts.insert().values(name=name, primary_key=keys[0], secondary_key=keys[1],
+                                                  created=clock.now()))
+        principals.ensure_tenant(conn, name)
         return keys
 
 
