@@ -38,6 +38,12 @@ MAX_TOKEN_REQUEST_BYTES = 16 * 1024
 # The scopes a client may ask for: the Batch resource's default scope, in both spellings the
 # SDKs use (the resource with its trailing slash, plus "/.default").
 BATCH_SCOPES = (tokens.BATCH_AUDIENCE + "/.default", tokens.BATCH_AUDIENCE + ".default")
+OPENID_CONFIGURATION_PATH = "/{tenant}/v2.0/.well-known/openid-configuration"
+KEYS_PATH = "/{tenant}/discovery/v2.0/keys"
+TOKEN_PATH = "/{tenant}/oauth2/v2.0/token"
+INSTANCE_DISCOVERY_PATH = "/common/discovery/instance"
+# The authority's routes: unauthenticated, as on Entra, and no Batch operations.
+AUTHORITY_PATHS = (OPENID_CONFIGURATION_PATH, KEYS_PATH, TOKEN_PATH, INSTANCE_DISCOVERY_PATH)
 
 
 class OAuthError(Exception):
@@ -200,11 +206,10 @@ def routes(api: Any, identity: Identity | None) -> list[Route]:
         return json_response(request, {"allowedAuthenticationModes": chosen})
 
     return [
-        Route("/{tenant}/v2.0/.well-known/openid-configuration", authority_route(openid_configuration),
-              methods=["GET"]),
-        Route("/{tenant}/discovery/v2.0/keys", authority_route(keys), methods=["GET"]),
-        Route("/{tenant}/oauth2/v2.0/token", authority_route(token), methods=["POST"]),
-        Route("/common/discovery/instance", authority_route(instance_discovery), methods=["GET"]),
+        Route(OPENID_CONFIGURATION_PATH, authority_route(openid_configuration), methods=["GET"]),
+        Route(KEYS_PATH, authority_route(keys), methods=["GET"]),
+        Route(TOKEN_PATH, authority_route(token), methods=["POST"]),
+        Route(INSTANCE_DISCOVERY_PATH, authority_route(instance_discovery), methods=["GET"]),
         Route("/shoal/v1/principals", api.batch(create_principal, "write"), methods=["POST"]),
         Route("/shoal/v1/principals", api.batch(list_principals, "read"), methods=["GET"]),
         Route("/shoal/v1/principals/{principal}", api.batch(delete_principal, "write"), methods=["DELETE"]),

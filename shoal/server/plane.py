@@ -33,12 +33,12 @@ from shoal.server.startup import (
     bind_socket,
     check_nodes_dir_reachable,
     ensure_account,
+    ensure_identity,
     hold_data_dir,
     make_private,
     write_endpoint_file,
 )
 from shoal.server.tls import ServerCertificate, ensure_certificates
-from shoal.service import tokens
 from shoal.service.context import Context, Signals
 from shoal.service.liveness import Liveness
 from shoal.store.db import StoreInUse, create_store_engine, hold_store, migrate
@@ -92,7 +92,7 @@ class ControlPlane:
                            timebase=self.timebase, sample_lag=timedelta(seconds=settings.sample_lag_s),
                            spot_capacity=settings.spot_capacity, provider_runs_nodes=local_provider)
         # Bearer tokens name the server's endpoint as their authority (issuer).
-        identity = Identity(tokens.load_or_create(self.engine), self.endpoint)
+        identity = Identity(ensure_identity(self.engine), self.endpoint)
         self.api = Api(self.ctx, {DEFAULT_ACCOUNT: self.keys}, self.runner, identity)
         # An idle agent calls at least once per long-poll: keep that well inside the timeout
         # after which a silent node is declared unusable.

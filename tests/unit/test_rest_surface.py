@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from shoal.api import identity
 from shoal.api.agent import AgentHub
 from shoal.api.app import Api, build_app
 from shoal.api.versions import VERSIONS, served_differences
@@ -63,7 +64,7 @@ def served_operations() -> set[tuple[str, str]]:
     app = build_app(Api(Context(engine=None, account="x"), {}), AgentHub(), 1.0)  # type: ignore[arg-type]
     out = set()
     for route in app.routes:
-        if route.path.startswith(("/agent/", "/shoal/")):
+        if route.path.startswith(("/agent/", "/shoal/")) or route.path in identity.AUTHORITY_PATHS:
             continue
         for method in route.methods or ():
             # Starlette adds HEAD to every GET route; Batch defines HEAD only where the spec says.

@@ -1,0 +1,182 @@
+"""Entra-style sign-in and task authentication tokens against a real `shoal up --tls`: the
+azure-batch SDK's token credential path with azure-identity's ClientSecretCredential, and a real
+task that uses its AZ_BATCH_AUTHENTICATION_TOKEN from inside the node."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.batch import BatchClient, models
+from azure.core.exceptions import HttpResponseError
+
+from shoal.testing.server import RunningShoal, running_shoal
+from tests.acceptance.rest import assert_batch_error, call
+from tests.helpers import pool_options, wait_pool_idle, wait_task_state, wait_tasks_done
+from tests.identity import cli, create_principal
+
+POOL = "idpool"
+
+
+@pytest.fixture(scope="module")
+def tls_shoal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningShoal]:
+    with running_shoal(tmp_path_factory.mktemp("tls"), extra_args=["--tls"]) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def key_client(tls_shoal: RunningShoal) -> Any:
+    client = tls_shoal.client()
+    client.create_pool(pool_options(POOL, target_dedicated_nodes=1))
+    wait_pool_idle(client, POOL, 1)
+    return client
+
+
+def _credential(tls_shoal: RunningShoal, principal: dict[str, Any]) -> Any:
+    from azure.identity import ClientSecretCredential
+
+    # MSAL sends instance discovery to login.microsoftonline.com for any authority it does not know,
+    # never to the authority: a client of Shoal turns it off (Shoal answers the discovery documents).
+    return ClientSecretCredential(principal["tenantId"], principal["clientId"], principal["clientSecret"],
+                                  authority=tls_shoal.endpoint, disable_instance_discovery=True,
+                                  connection_verify=tls_shoal.ca_file)
+
+
+def test_up_tls_prints_the_ca_and_serves_https(tls_shoal: RunningShoal) -> None:
+    assert tls_shoal.endpoint.startswith("https://127.0.0.1:")
+    assert tls_shoal.ca_file and f"CA:       {tls_shoal.ca_file}" in tls_shoal.log()
+    assert "SSL_CERT_FILE" in tls_shoal.log()
+    tls_dir = Path(tls_shoal.ca_file).parent
+    for key in tls_dir.glob("*key*.pem"):
+        assert key.stat().st_mode & 0o777 == 0o600
+    # The CLI finds the CA in endpoint.json and talks https.
+    out = cli(tls_shoal, "pool", "list", "--json")
+    assert out.returncode == 0, out.stderr
+    import httpx
+
+    with pytest.raises(httpx.ConnectError):  # no CA given: the certificate is not trusted
+        httpx.get(f"{tls_shoal.endpoint}/pools", verify=True)
+
+
+def test_principal_create_prints_its_secret_once(tls_shoal: RunningShoal) -> None:
+    out = cli(tls_shoal, "principal", "create", "printed")
+    assert out.returncode == 0, out.stderr
+    fields = dict(line.strip().split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
+    assert {"tenant id", "client id", "secret"} <= fields.keys()
+    listed = cli(tls_shoal, "principal", "list", "--json")
+    assert fields["client id"] in listed.stdout and fields["secret"] not in listed.stdout
+
+
+def test_sdk_token_credential_path_against_shoal(tls_shoal: RunningShoal, key_client: Any) -> None:
+    principal = create_principal(tls_shoal, "pipeline")
+    client = BatchClient(tls_shoal.endpoint, _credential(tls_shoal, principal), connection_verify=tls_shoal.ca_file)
+    assert POOL in [pool.id for pool in client.list_pools()]
+    client.create_job(models.BatchJobCreateOptions(id="by-token", pool_info=models.BatchPoolInfo(pool_id=POOL)))
+    client.create_task("by-token", models.BatchTaskCreateOptions(id="t1", command_line="/bin/echo hi"))
+    wait_tasks_done(client, "by-token")
+    assert client.get_task("by-token", "t1").execution_info.exit_code == 0
+    # Deleted, the principal's next call is refused (its cached token no longer counts).
+    assert cli(tls_shoal, "principal", "delete", "pipeline").returncode == 0
+    with pytest.raises(HttpResponseError) as info:
+        client.get_job("by-token")
+    assert info.value.status_code == 401
+
+
+# Runs inside the task, with the node's Python and the standard library only.
+TASK_SCRIPT = r"""
+import json, os, ssl, urllib.error, urllib.request
+context = ssl.create_default_context(cafile=os.environ["CA_FILE"])
+token = os.environ["AZ_BATCH_AUTHENTICATION_TOKEN"]
+job = os.environ["AZ_BATCH_JOB_ID"]
+
+def call(method, path, body=None):
+    request = urllib.request.Request(
+        os.environ["AZ_BATCH_ACCOUNT_URL"] + path + "?api-version=2025-06-01", method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": "Bearer " + token, "Content-Type": "application/json; odata=minimalmetadata"})
+    try:
+        with urllib.request.urlopen(request, context=context) as answer:
+            return [answer.status, None]
+    except urllib.error.HTTPError as error:
+        return [error.code, json.loads(error.read() or b"{}").get("code")]
+
+print(json.dumps({
+    "addTask": call("POST", "/jobs/" + job + "/tasks", {"id": "child", "commandLine": "/bin/true"}),
+    "ownJob": call("GET", "/jobs/" + job),
+    "ownTasks": call("GET", "/jobs/" + job + "/tasks"),
+    "otherJob": call("GET", "/jobs/other"),
+    "addToOtherJob": call("POST", "/jobs/other/tasks", {"id": "sneaky", "commandLine": "/bin/true"}),
+    "pool": call("GET", "/pools/" + os.environ["AZ_BATCH_POOL_ID"]),
+    "jobs": call("GET", "/jobs"),
+    "token": token,
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def public_ca(tls_shoal: RunningShoal) -> Iterator[str]:
+    """The CA where a task's user can read it (the data dir is private to Shoal)."""
+    folder = tempfile.mkdtemp(prefix="shoal-ca-")
+    os.chmod(folder, 0o755)
+    path = os.path.join(folder, "ca.pem")
+    assert tls_shoal.ca_file
+    shutil.copy(tls_shoal.ca_file, path)
+    os.chmod(path, 0o644)
+    yield path
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_task_token_works_for_its_own_job_only_and_ends_with_the_task(tls_shoal: RunningShoal, key_client: Any,
+                                                                      public_ca: str) -> None:
+    for job_id in ("tokened", "other"):
+        key_client.create_job(models.BatchJobCreateOptions(id=job_id, pool_info=models.BatchPoolInfo(pool_id=POOL)))
+    task = models.BatchTaskCreateOptions(
+        id="caller", command_line="/usr/bin/python3 -c \"import os; exec(os.environ['SCRIPT'])\"",
+        environment_settings=[models.EnvironmentSetting(name="SCRIPT", value=TASK_SCRIPT),
+                              models.EnvironmentSetting(name="CA_FILE", value=public_ca),
+                              # The task's own settings cannot replace the token.
+                              models.EnvironmentSetting(name="AZ_BATCH_AUTHENTICATION_TOKEN", value="mine")])
+    # azure-batch 15.1 has no model field for it (api-version 2025-06-01 still defines it): set raw.
+    task["authenticationTokenSettings"] = {"access": ["job"]}
+    key_client.create_task("tokened", task)
+    wait_task_state(key_client, "tokened", "caller", "completed", timeout=30)
+    info = key_client.get_task("tokened", "caller")
+    stdout = b"".join(key_client.download_task_file("tokened", "caller", "stdout.txt"))
+    stderr = b"".join(key_client.download_task_file("tokened", "caller", "stderr.txt"))
+    assert info.execution_info.exit_code == 0, stderr
+    seen = json.loads(stdout)
+    assert seen["addTask"] == [201, None]
+    assert seen["ownJob"] == [200, None] and seen["ownTasks"] == [200, None]
+    for refused in ("otherJob", "addToOtherJob", "pool", "jobs"):
+        assert seen[refused] == [403, "AuthorizationFailure"], (refused, seen[refused])
+    assert "child" in [t.id for t in key_client.list_tasks("tokened")]
+    assert "sneaky" not in [t.id for t in key_client.list_tasks("other")]
+    assert key_client.get_task("tokened", "caller").as_dict().get("authenticationTokenSettings") == {"access": ["job"]}
+    # Its task has ended: the token opens nothing any more, not even its own job.
+    response = call(tls_shoal, "GET", "/jobs/tokened", token=seen["token"])
+    body = assert_batch_error(response, 401, "AuthenticationFailed")
+    assert "no longer running" in json.dumps(body)
+
+
+def test_a_task_without_token_settings_gets_no_token(key_client: Any) -> None:
+    key_client.create_job(models.BatchJobCreateOptions(id="plain", pool_info=models.BatchPoolInfo(pool_id=POOL)))
+    key_client.create_task("plain", models.BatchTaskCreateOptions(
+        id="t", command_line="/bin/sh -c 'echo token=${AZ_BATCH_AUTHENTICATION_TOKEN:-none}'"))
+    wait_tasks_done(key_client, "plain")
+    assert b"".join(key_client.download_task_file("plain", "t", "stdout.txt")) == b"token=none\n"
+
+
+@pytest.mark.parametrize("settings", [{"access": ["pool"]}, {"access": "job"}, {"access": [7]}, "job"])
+def test_bad_token_settings_are_refused(tls_shoal: RunningShoal, key_client: Any, settings: Any) -> None:
+    if "bad" not in [job.id for job in key_client.list_jobs()]:
+        key_client.create_job(models.BatchJobCreateOptions(id="bad", pool_info=models.BatchPoolInfo(pool_id=POOL)))
+    body = json.dumps({"id": "t", "commandLine": "/bin/true", "authenticationTokenSettings": settings}).encode()
+    response = call(tls_shoal, "POST", "/jobs/bad/tasks", body=body)
+    assert_batch_error(response, 400, "InvalidPropertyValue")
+    assert list(key_client.list_tasks("bad")) == []
