@@ -129,7 +129,7 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.layout = NodeLayout.at(config.root)
+        self.layout = NodeLayout.at(config.root, trusts_own_ca=config.ca_file is not None)
         self.meter = ResourceMeter(str(config.root))
         self.client = ControlPlaneClient(config.join_url, config.node_id, config.token, ca_file=config.ca_file)
         self.incarnation = uuid.uuid4().hex
@@ -178,6 +178,8 @@ class Agent:
 
     async def run(self) -> int:
         self.layout.create()
+        if self.config.ca_file is not None:
+            await asyncio.to_thread(self.layout.install_ca_bundle, self.config.ca_file)
         # Task trees die with their node (shoal.agent.tree): what an earlier agent on this root
         # left running dies before hello lets the control plane requeue it elsewhere.
         containment = await asyncio.to_thread(contain_node, self.layout.root)

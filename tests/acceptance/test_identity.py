@@ -5,9 +5,6 @@ task that uses its AZ_BATCH_AUTHENTICATION_TOKEN from inside the node."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -91,7 +88,8 @@ def test_sdk_token_credential_path_against_shoal(tls_shoal: RunningShoal, key_cl
 # Runs inside the task, with the node's Python and the standard library only.
 TASK_SCRIPT = r"""
 import json, os, ssl, urllib.error, urllib.request
-context = ssl.create_default_context(cafile=os.environ["CA_FILE"])
+# The node's CA bundle (SSL_CERT_FILE) trusts the server's own CA: no option needed.
+context = ssl.create_default_context()
 token = os.environ["AZ_BATCH_AUTHENTICATION_TOKEN"]
 job = os.environ["AZ_BATCH_JOB_ID"]
 
@@ -115,31 +113,18 @@ print(json.dumps({
     "pool": call("GET", "/pools/" + os.environ["AZ_BATCH_POOL_ID"]),
     "jobs": call("GET", "/jobs"),
     "token": token,
+    "caBundle": os.environ.get("SSL_CERT_FILE"),
 }))
 """
 
 
-@pytest.fixture(scope="module")
-def public_ca(tls_shoal: RunningShoal) -> Iterator[str]:
-    """The CA where a task's user can read it (the data dir is private to Shoal)."""
-    folder = tempfile.mkdtemp(prefix="shoal-ca-")
-    os.chmod(folder, 0o755)
-    path = os.path.join(folder, "ca.pem")
-    assert tls_shoal.ca_file
-    shutil.copy(tls_shoal.ca_file, path)
-    os.chmod(path, 0o644)
-    yield path
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def test_task_token_works_for_its_own_job_only_and_ends_with_the_task(tls_shoal: RunningShoal, key_client: Any,
-                                                                      public_ca: str) -> None:
+def test_task_token_works_for_its_own_job_only_and_ends_with_the_task(tls_shoal: RunningShoal,
+                                                                      key_client: Any) -> None:
     for job_id in ("tokened", "other"):
         key_client.create_job(models.BatchJobCreateOptions(id=job_id, pool_info=models.BatchPoolInfo(pool_id=POOL)))
     task = models.BatchTaskCreateOptions(
         id="caller", command_line="/usr/bin/python3 -c \"import os; exec(os.environ['SCRIPT'])\"",
         environment_settings=[models.EnvironmentSetting(name="SCRIPT", value=TASK_SCRIPT),
-                              models.EnvironmentSetting(name="CA_FILE", value=public_ca),
                               # The task's own settings cannot replace the token.
                               models.EnvironmentSetting(name="AZ_BATCH_AUTHENTICATION_TOKEN", value="mine")])
     # azure-batch 15.1 has no model field for it (api-version 2025-06-01 still defines it): set raw.
@@ -151,6 +136,7 @@ def test_task_token_works_for_its_own_job_only_and_ends_with_the_task(tls_shoal:
     stderr = b"".join(key_client.download_task_file("tokened", "caller", "stderr.txt"))
     assert info.execution_info.exit_code == 0, stderr
     seen = json.loads(stdout)
+    assert seen["caBundle"].startswith(str(tls_shoal.nodes_dir)) and seen["caBundle"].endswith("ca-bundle.pem")
     assert seen["addTask"] == [201, None]
     assert seen["ownJob"] == [200, None] and seen["ownTasks"] == [200, None]
     for refused in ("otherJob", "addToOtherJob", "pool", "jobs"):
