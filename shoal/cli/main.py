@@ -358,7 +358,8 @@ from shoal.cli.autoscale import autoscale  # noqa: E402
 
 main.add_command(autoscale)
 
-from shoal.cli.principals import principal, tenant  # noqa: E402
+from shoal.cli.principals import account_auth_modes, principal, tenant  # noqa: E402
 
 main.add_command(principal)
 main.add_command(tenant)
+account.add_command(account_auth_modes)

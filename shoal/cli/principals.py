@@ -81,3 +81,19 @@ def tenant_list(data_dir: Path | None, as_json: bool) -> None:
     client = client_for(data_dir)
     rows = or_exit(lambda: client.get("/shoal/v1/tenants"))["value"]
     print_rows(rows, [("tenant id", "tenantId"), ("name", "displayName"), ("created", "created")], as_json)
+
+
+@click.command("auth-modes")
+@click.argument("modes", nargs=-1, metavar="[MODE]...")
+@data_dir_option
+def account_auth_modes(modes: tuple[str, ...], data_dir: Path | None) -> None:
+    """Show the account's allowedAuthenticationModes, or set them to MODE... (SharedKey, AAD,
+    TaskAuthenticationToken; SharedKey always stays)."""
+    client = client_for(data_dir)
+    path = "/shoal/v1/account/authentication-modes"
+    if modes:
+        names = [name for mode in modes for name in mode.split(",") if name]
+        answer = or_exit(lambda: client.request("PUT", path, body={"allowedAuthenticationModes": names}).json())
+    else:
+        answer = or_exit(lambda: client.get(path))
+    click.echo(" ".join(answer["allowedAuthenticationModes"]))

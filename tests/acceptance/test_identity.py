@@ -166,3 +166,46 @@ def test_bad_token_settings_are_refused(tls_shoal: RunningShoal, key_client: Any
     response = call(tls_shoal, "POST", "/jobs/bad/tasks", body=body)
     assert_batch_error(response, 400, "InvalidPropertyValue")
     assert list(key_client.list_tasks("bad")) == []
+
+
+def _modes(tls_shoal: RunningShoal, *modes: str) -> Any:
+    return cli(tls_shoal, "account", "auth-modes", *modes)
+
+
+def test_allowed_authentication_modes_are_enforced(tls_shoal: RunningShoal, key_client: Any) -> None:
+    from tests.helpers import wait_for
+    from tests.identity import access_token
+
+    principal = create_principal(tls_shoal, "modes")
+    aad = access_token(tls_shoal, principal)
+    key_client.create_job(models.BatchJobCreateOptions(id="modes", pool_info=models.BatchPoolInfo(pool_id=POOL)))
+    sleeper = models.BatchTaskCreateOptions(
+        id="sleeper", command_line="/bin/sh -c 'echo $AZ_BATCH_AUTHENTICATION_TOKEN; exec sleep 60'")
+    sleeper["authenticationTokenSettings"] = {"access": ["job"]}
+    key_client.create_task("modes", sleeper)
+    wait_task_state(key_client, "modes", "sleeper", "running")
+    task_token = wait_for(lambda: b"".join(key_client.download_task_file("modes", "sleeper", "stdout.txt")).strip(),
+                          message="the task's token on its stdout").decode()
+    assert _modes(tls_shoal).stdout.split() == ["SharedKey", "AAD", "TaskAuthenticationToken"]
+    assert call(tls_shoal, "GET", "/jobs/modes", token=task_token).status_code == 200
+    try:
+        assert _modes(tls_shoal, "SharedKey", "AAD").returncode == 0
+        body = assert_batch_error(call(tls_shoal, "GET", "/jobs/modes", token=task_token), 401, "AuthenticationFailed")
+        assert "TaskAuthenticationToken authentication is disabled" in json.dumps(body)
+        assert call(tls_shoal, "GET", "/pools", token=aad).status_code == 200
+        assert _modes(tls_shoal, "SharedKey,TaskAuthenticationToken").returncode == 0
+        body = assert_batch_error(call(tls_shoal, "GET", "/pools", token=aad), 401, "AuthenticationFailed")
+        assert "AAD authentication is disabled" in json.dumps(body)
+        assert call(tls_shoal, "GET", "/jobs/modes", token=task_token).status_code == 200
+        # Shared Key is how the account is managed: it cannot go, and nothing changes when asked.
+        refused = _modes(tls_shoal, "AAD")
+        assert refused.returncode == 1 and "InvalidPropertyValue" in refused.stdout
+        assert _modes(tls_shoal, "Kerberos").returncode == 1
+        assert _modes(tls_shoal).stdout.split() == ["SharedKey", "TaskAuthenticationToken"]
+    finally:
+        assert _modes(tls_shoal, "SharedKey", "AAD", "TaskAuthenticationToken").returncode == 0
+    assert call(tls_shoal, "GET", "/pools", token=aad).status_code == 200
+    # Terminated, the task's token stops working at once.
+    key_client.terminate_task("modes", "sleeper")
+    wait_task_state(key_client, "modes", "sleeper", "completed")
+    assert_batch_error(call(tls_shoal, "GET", "/jobs/modes", token=task_token), 401, "AuthenticationFailed")
