@@ -109,7 +109,7 @@ def routes(api: Any, identity: Identity | None) -> list[Route]:
             "token_endpoint": f"{base}/{tenant_id}/oauth2/v2.0/token",
             "authorization_endpoint": f"{base}/{tenant_id}/oauth2/v2.0/authorize",
             "jwks_uri": f"{base}/{tenant_id}/discovery/v2.0/keys",
-            "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+            "token_endpoint_auth_methods_supported": ["client_secret_post"],
             "grant_types_supported": ["client_credentials"],
             "response_types_supported": ["token"],
             "subject_types_supported": ["pairwise"],

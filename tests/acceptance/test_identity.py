@@ -144,6 +144,10 @@ def test_task_token_works_for_its_own_job_only_and_ends_with_the_task(tls_shoal:
     assert "child" in [t.id for t in key_client.list_tasks("tokened")]
     assert "sneaky" not in [t.id for t in key_client.list_tasks("other")]
     assert key_client.get_task("tokened", "caller").as_dict().get("authenticationTokenSettings") == {"access": ["job"]}
+    # The token is in no log of the server or the node's agent.
+    assert seen["token"] not in tls_shoal.log()
+    for agent_log in tls_shoal.nodes_dir.rglob("*.log"):
+        assert seen["token"] not in agent_log.read_text(errors="replace"), agent_log
     # Its task has ended: the token opens nothing any more, not even its own job.
     response = call(tls_shoal, "GET", "/jobs/tokened", token=seen["token"])
     body = assert_batch_error(response, 401, "AuthenticationFailed")

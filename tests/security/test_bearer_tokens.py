@@ -148,6 +148,17 @@ def test_unknown_and_deleted_principals_are_refused(tls_shoal: RunningShoal, pri
     assert again.status_code == 400 and again.json()["error"] == "unauthorized_client"
 
 
+def test_task_tokens_of_another_account_a_gone_task_or_another_key_are_refused(tls_shoal: RunningShoal,
+                                                                               keys: tokens.SigningKeys) -> None:
+    other_account = tokens.mint_task_token(keys, account="elsewhere", job_id="j", task_id="t", attempt=0)
+    _refused(call(tls_shoal, "GET", "/jobs/j", token=other_account), "another account")
+    never_ran = tokens.mint_task_token(keys, account=tls_shoal.account, job_id="j", task_id="t", attempt=0)
+    _refused(call(tls_shoal, "GET", "/jobs/j", token=never_ran), "no longer running")
+    header, payload, _signature = never_ran.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    _refused(call(tls_shoal, "GET", "/jobs/j", token=_hs256(claims, b"guessed secret", keys.task_kid)), "signature")
+
+
 def test_token_of_another_tenant_is_refused(tls_shoal: RunningShoal) -> None:
     out = cli(tls_shoal, "tenant", "create", "elsewhere")
     assert out.returncode == 0, out.stderr
