@@ -45,8 +45,10 @@ def ensure_tenant(conn: Connection, account: str) -> str:
         return str(row.tenant_id)
     tenant_id = str(uuid.uuid4())
     conn.execute(tenants.insert().values(id=tenant_id, name=DEFAULT_TENANT_NAME, created=clock.now()))
-    conn.execute(update(accounts).where(accounts.c.name == account).values(tenant_id=tenant_id))
-    return tenant_id
+    # Only where none is set yet: of two replicas starting at once, the first one's tenant stays.
+    conn.execute(update(accounts).where(accounts.c.name == account, accounts.c.tenant_id.is_(None))
+                 .values(tenant_id=tenant_id))
+    return str(conn.execute(select(accounts.c.tenant_id).where(accounts.c.name == account)).scalar_one())
 
 
 def account_policy(conn: Connection, account: str) -> AccountPolicy:

@@ -20,6 +20,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
 
 from shoal import clock
 from shoal.errors import Unauthenticated
@@ -88,6 +89,18 @@ def _b64url_uint(value: int) -> str:
 
 def load_or_create(engine: Engine) -> SigningKeys:
     """The store's signing keys; made on the first start (of any replica: the first one wins)."""
+    try:
+        _create_missing_keys(engine)
+    except IntegrityError:
+        pass  # another replica made them at the same moment: its keys are the ones
+    with engine.connect() as conn:
+        rows = {row.purpose: row for row in conn.execute(select(signing_keys))}
+    private = serialization.load_pem_private_key(rows[ACCESS].secret.encode("ascii"), password=None)
+    assert isinstance(private, rsa.RSAPrivateKey)
+    return SigningKeys(rows[ACCESS].kid, private, rows[TASK].kid, rows[TASK].secret.encode("ascii"))
+
+
+def _create_missing_keys(engine: Engine) -> None:
     with engine.begin() as conn:
         rows = {row.purpose: row for row in conn.execute(select(signing_keys))}
         if ACCESS not in rows:
@@ -99,10 +112,6 @@ def load_or_create(engine: Engine) -> SigningKeys:
         if TASK not in rows:
             conn.execute(signing_keys.insert().values(kid=uuid.uuid4().hex, purpose=TASK,
                                                       secret=secrets.token_urlsafe(48), created=clock.now()))
-        rows = {row.purpose: row for row in conn.execute(select(signing_keys))}
-    private = serialization.load_pem_private_key(rows[ACCESS].secret.encode("ascii"), password=None)
-    assert isinstance(private, rsa.RSAPrivateKey)
-    return SigningKeys(rows[ACCESS].kid, private, rows[TASK].kid, rows[TASK].secret.encode("ascii"))
 
 
 def issuer(base_url: str, tenant_id: str) -> str:
