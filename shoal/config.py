@@ -92,6 +92,9 @@ class Settings:
     provider: str = "local"
     # Serve https with a certificate Shoal makes and signs with a CA of its own (server/tls.py).
     tls: bool = False
+    # The URL tokens name as their issuer and the discovery document as the token endpoint's
+    # base: the server's own endpoint unless given (replicas behind one address share it).
+    authority: str | None = None
     # The simulated provider's nodes share batch-sync calls (shoal/providers/sim_batch.py);
     # SHOAL_SIM_BATCH_SYNCS=0 makes each sync its own call, as real agents make them.
     sim_batch_syncs: bool = field(default_factory=lambda: os.environ.get("SHOAL_SIM_BATCH_SYNCS", "1") != "0")

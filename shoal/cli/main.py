@@ -35,11 +35,11 @@ def main() -> None:
 
 def _serve(host: str, port: int, data_dir: Path | None, database: str | None, local_provider: bool,
            time_scale: float = 1.0, spot: dict[str, Any] | None = None, sample_lag: float | None = None,
-           tls: bool = False) -> None:
+           tls: bool = False, authority: str | None = None) -> None:
     from shoal import server
 
     settings = Settings(data_dir=data_dir or default_data_dir(), host=host, port=port, database_url=database,
-                        time_scale=time_scale, tls=tls, **(spot or {}))
+                        time_scale=time_scale, tls=tls, authority=authority, **(spot or {}))
     if sample_lag is not None:
         settings.sample_lag_s = sample_lag
 
@@ -118,9 +118,15 @@ def up(host: str, port: int, data_dir: Path | None, database: str | None, time_s
 @data_dir_option
 @click.option("--database", default=None, help="postgresql://… (default: SQLite in the data dir)")
 @tls_option
-def server_command(host: str, port: int, data_dir: Path | None, database: str | None, tls: bool) -> None:
+@click.option("--authority", default=None, metavar="URL",
+              help="The URL bearer tokens name as their issuer and clients sign in at (default: this "
+                   "server's endpoint); replicas behind one address give that address.")
+def server_command(host: str, port: int, data_dir: Path | None, database: str | None, tls: bool,
+                   authority: str | None) -> None:
     """Run the control plane alone (nodes join with `shoal agent`)."""
-    _serve(host, port, data_dir, database, False, tls=tls)
+    if authority is not None and not authority.startswith(("https://", "http://")):
+        raise click.BadParameter("an http(s) URL is required", param_hint="--authority")
+    _serve(host, port, data_dir, database, False, tls=tls, authority=authority)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)

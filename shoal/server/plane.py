@@ -91,8 +91,8 @@ class ControlPlane:
         self.ctx = Context(engine=self.engine, account=DEFAULT_ACCOUNT, signals=signals, base_url=self.endpoint,
                            timebase=self.timebase, sample_lag=timedelta(seconds=settings.sample_lag_s),
                            spot_capacity=settings.spot_capacity, provider_runs_nodes=local_provider)
-        # Bearer tokens name the server's endpoint as their authority (issuer).
-        identity = Identity(ensure_identity(self.engine), self.endpoint)
+        # Bearer tokens name the server's endpoint as their authority (issuer), unless told another.
+        identity = Identity(ensure_identity(self.engine), (settings.authority or self.endpoint).rstrip("/"))
         self.api = Api(self.ctx, {DEFAULT_ACCOUNT: self.keys}, self.runner, identity)
         # An idle agent calls at least once per long-poll: keep that well inside the timeout
         # after which a silent node is declared unusable.

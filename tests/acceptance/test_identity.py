@@ -5,18 +5,22 @@ task that uses its AZ_BATCH_AUTHENTICATION_TOKEN from inside the node."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+import jwt
 import pytest
 from azure.batch import BatchClient, models
 from azure.core.exceptions import HttpResponseError
 
-from shoal.testing.server import RunningShoal, running_shoal
-from tests.acceptance.rest import assert_batch_error, call
-from tests.helpers import pool_options, wait_pool_idle, wait_task_state, wait_tasks_done
-from tests.identity import cli, create_principal
+from shoal.testing.server import RunningShoal, kill_agents, running_shoal, start_shoal, stop_shoal
+from tests.acceptance.rest import assert_batch_error, call, verifier
+from tests.helpers import pool_options, wait_for, wait_pool_idle, wait_task_state, wait_tasks_done
+from tests.identity import access_token, cli, create_principal
 
 POOL = "idpool"
 
@@ -55,8 +59,6 @@ def test_up_tls_prints_the_ca_and_serves_https(tls_shoal: RunningShoal) -> None:
     # The CLI finds the CA in endpoint.json and talks https.
     out = cli(tls_shoal, "pool", "list", "--json")
     assert out.returncode == 0, out.stderr
-    import httpx
-
     with pytest.raises(httpx.ConnectError):  # no CA given: the certificate is not trusted
         httpx.get(f"{tls_shoal.endpoint}/pools", verify=True)
 
@@ -177,9 +179,6 @@ def _modes(tls_shoal: RunningShoal, *modes: str) -> Any:
 
 
 def test_allowed_authentication_modes_are_enforced(tls_shoal: RunningShoal, key_client: Any) -> None:
-    from tests.helpers import wait_for
-    from tests.identity import access_token
-
     principal = create_principal(tls_shoal, "modes")
     aad = access_token(tls_shoal, principal)
     key_client.create_job(models.BatchJobCreateOptions(id="modes", pool_info=models.BatchPoolInfo(pool_id=POOL)))
@@ -213,3 +212,28 @@ def test_allowed_authentication_modes_are_enforced(tls_shoal: RunningShoal, key_
     key_client.terminate_task("modes", "sleeper")
     wait_task_state(key_client, "modes", "sleeper", "completed")
     assert_batch_error(call(tls_shoal, "GET", "/jobs/modes", token=task_token), 401, "AuthenticationFailed")
+
+
+def test_server_behind_another_address_names_it_as_the_authority(tmp_path: Path) -> None:
+    """`shoal server --authority URL`: tokens name URL as their issuer, the discovery document
+    sends clients there, and the server still takes its own tokens."""
+    shoal = start_shoal(tmp_path / "server", command="server",
+                        extra_args=["--tls", "--authority", "https://batch.example.test/"])
+    try:
+        principal = create_principal(shoal, "proxied")
+        document = httpx.get(f"{shoal.endpoint}/{principal['tenantId']}/v2.0/.well-known/openid-configuration",
+                             verify=verifier(shoal)).json()
+        assert document["issuer"] == f"https://batch.example.test/{principal['tenantId']}/v2.0"
+        assert document["token_endpoint"] == f"https://batch.example.test/{principal['tenantId']}/oauth2/v2.0/token"
+        token = access_token(shoal, principal)
+        assert jwt.decode(token, options={"verify_signature": False})["iss"] == document["issuer"]
+        assert call(shoal, "GET", "/pools", token=token).status_code == 200
+    finally:
+        stop_shoal(shoal)
+        kill_agents(tmp_path)
+    bad = cli_run(["server", "--authority", "ftp://x", "--port", "0", "--data-dir", str(tmp_path / "bad")])
+    assert bad.returncode == 2 and "--authority" in bad.stderr
+
+
+def cli_run(args: list[str]) -> Any:
+    return subprocess.run([sys.executable, "-m", "shoal.cli", *args], capture_output=True, text=True, timeout=60)
