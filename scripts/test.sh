@@ -42,6 +42,12 @@ if ! command -v ssh >/dev/null; then
     apt-get install -y -qq --no-install-recommends openssh-client >/dev/null
 fi
 
+# Prometheus scrapes /metrics in tests/acceptance/test_prometheus.py.
+if ! command -v prometheus >/dev/null; then
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
 # Azurite, the Azure Storage emulator the storage tests start on a free loopback port.
 if [ ! -x tests/storage/node_modules/.bin/azurite-blob ] \
         || [ tests/storage/package-lock.json -nt tests/storage/node_modules/.package-lock.json ]; then

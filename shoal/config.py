@@ -47,6 +47,10 @@ def default_data_dir() -> Path:
 # In the data dir: where the server is and the account's name and keys, written 0600 at each start
 # (server/startup.py) and read by the CLI and the test harness in place of the database.
 ENDPOINT_FILE = "endpoint.json"
+# In the data dir: the lock the one server holds for its life, with its pid in it (`shoal down`).
+LOCK_FILE = "shoal.lock"
+# In the data dir (0600): the bearer token `/metrics` is scraped with (Prometheus' credentials_file).
+METRICS_TOKEN_FILE = "metrics-token"
 
 
 # Where node roots live when Shoal runs as root. They cannot live in the data directory, which is
@@ -97,6 +101,9 @@ class Settings:
     authority: str | None = None
     # The simulated provider's nodes share batch-sync calls (shoal/providers/sim_batch.py);
     # SHOAL_SIM_BATCH_SYNCS=0 makes each sync its own call, as real agents make them.
+    # The server's log (shoal/logs.py): a level of logs.LEVELS, a format of logs.FORMATS.
+    log_level: str = field(default_factory=lambda: os.environ.get("SHOAL_LOG_LEVEL", "info"))
+    log_format: str = field(default_factory=lambda: os.environ.get("SHOAL_LOG_FORMAT", "text"))
     sim_batch_syncs: bool = field(default_factory=lambda: os.environ.get("SHOAL_SIM_BATCH_SYNCS", "1") != "0")
 
     @property

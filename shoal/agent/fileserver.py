@@ -25,7 +25,6 @@ import errno
 import hmac
 import json
 import os
-import re
 import shutil
 import socket
 import stat
@@ -43,6 +42,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from shoal import byte_ranges
+
 CHUNK_SIZE = 256 * 1024
 MAX_PATH_BYTES = 4096  # Linux PATH_MAX
 MAX_NAME_BYTES = 255  # Linux NAME_MAX
@@ -51,7 +52,6 @@ LIST_PAGE_MAX = 1000  # entries per listing page, as Batch's maxresults
 # Each level of a recursive listing holds one open descriptor; deeper folders are listed but
 # not descended into, so a task's deep tree cannot exhaust the agent's descriptors.
 MAX_LIST_DEPTH = 256
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO a task left behind must not hang the request.
 _LEAF_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
@@ -466,15 +466,11 @@ class FileServer:
         status = 200
         header = request.headers.get("range")
         if header:
-            m = _RANGE.match(header.strip())
-            if not m or (not m.group(1) and not m.group(2)):
-                raise FileError(416, "InvalidRange", f"unsupported Range {header[:100]!r}")
-            if m.group(1):
-                start = int(m.group(1))
-                end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
-            else:  # suffix range: the last N bytes
-                start = max(0, size - int(m.group(2)))
-            if start >= size or start > end:
+            try:
+                start, end = byte_ranges.resolve(header, size)
+            except byte_ranges.Malformed as exc:
+                raise FileError(416, "InvalidRange", str(exc)) from None
+            except byte_ranges.Unsatisfiable:
                 return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
             status = 206
         length = max(0, end - start + 1)

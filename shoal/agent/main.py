@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from shoal.agent import launcher, service_logs, taskfiles
+from shoal.agent import launcher, outputs, service_logs, taskfiles
 from shoal.agent.answer import (
     LeavePool,
     RestartNode,
@@ -422,7 +422,7 @@ class Agent:
     def _build_body(self, wait: bool) -> tuple[dict[str, Any], list[AttemptKey], int]:
         """The sync body, the reports it carries and the start-task version it carries; the
         deletions it acknowledges are kept in ``_deletions_sent``."""
-        keys = list(self.reports)[:MAX_REPORTS_PER_SYNC]
+        keys = _within_copy_budget(self.reports, MAX_REPORTS_PER_SYNC)
         known = [[j, t, a] for (j, t, a) in self.running]
         known.extend([j, t, a] for (j, t, a) in self._launching)
         known.extend([j, t, a] for (j, t, a) in self.reports)
@@ -703,6 +703,8 @@ class Agent:
     def _record_report(self, key: AttemptKey, result: ProcessResult) -> None:
         report = {"jobId": key[0], "taskId": key[1], "attempt": key[2]}
         report.update(result.to_report_fields())
+        # The output's copy is taken once, as the attempt ends, and resent with the report.
+        report["output"] = outputs.output_copy(self.layout.root, key[0], key[1])
         self.reports[key] = report
         self._news.set()
 
@@ -985,6 +987,20 @@ def _failure_of(exc: BaseException, key: tuple[str, str, int]) -> Failure:
     log.warning("attempt %s/%s/%s could not start", *key, exc_info=exc)
     return Failure(USER_ERROR, "CommandLaunchFailed",
                    f"The task could not be started: {type(exc).__name__}: {exc}"[:MAX_FAILURE_MESSAGE_CHARS])
+
+
+def _within_copy_budget(reports: dict[AttemptKey, dict[str, Any]], most: int) -> list[AttemptKey]:
+    """The reports the next sync carries: at most ``most``, and no more output copies than
+    outputs.COPY_BUDGET_PER_SYNC (always at least one report)."""
+    keys: list[AttemptKey] = []
+    spent = 0
+    for key, report in reports.items():
+        cost = outputs.copy_bytes(report)
+        if len(keys) >= most or (keys and spent + cost > outputs.COPY_BUDGET_PER_SYNC):
+            break
+        keys.append(key)
+        spent += cost
+    return keys
 
 
 def _attempt_key(assignment: Any) -> AttemptKey | None:

@@ -15,6 +15,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from shoal import telemetry
 from shoal.api import agent_bodies
 from shoal.api.http import dumps, parse_json_off_loop, read_body
 from shoal.errors import BatchError, Unauthenticated
@@ -60,6 +61,7 @@ class AgentHub:
         self._polls: dict[str, int] = {}
         # node id -> the batch wait watching it (at most one: a newer call of the node ends it).
         self._watched: dict[str, BatchWait] = {}
+        self.closing = False
 
     def confirmed(self, node_id: str, token: str) -> tuple[bool, str | None]:
         """(whether ``token`` is the one the store confirmed for the node, its incarnation)."""
@@ -120,6 +122,15 @@ class AgentHub:
             event.set()
         self._wake_watch(node_id)  # its next sync learns it is gone
 
+    def close(self) -> None:
+        """The server is stopping: every held long-poll answers now and none waits again, so the
+        HTTP server's graceful shutdown finds no request to cancel."""
+        self.closing = True
+        for node_id in list(self._events):
+            self.wake(node_id)
+        for node_id in list(self._watched):
+            self._wake_watch(node_id)
+
     def __len__(self) -> int:
         return len(self._events)
 
@@ -178,7 +189,10 @@ async def _body(request: Request, limit: int) -> Any:
 
 
 def _guard(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    operation = f"agent_{handler.__name__}"
+
     async def endpoint(request: Request) -> Response:
+        request.state.operation = operation
         try:
             return await handler(request)
         except BatchError as error:
@@ -271,6 +285,7 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
         # A ClientDisconnect here is the agent dropping a long-poll to report news; it sends a
         # fresh sync at once (_guard answers 499 to no one).
         body = agent_bodies.check_sync(await _body(request, MAX_SYNC_BODY_BYTES))
+        telemetry.AGENT_SYNCS.inc()
         current = agents.from_current_agent(incarnation, body)
         if current:
             # The heartbeat: in memory, on the loop, before any store work can keep it waiting.
@@ -287,7 +302,8 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
             # Only the node's current agent is given orders (as it alone is given tasks).
             return _json(with_orders(node_id, answer) if current else with_task_tokens(answer.to_json()))
 
-        if answer.has_news() or body.get("wait") is False or (current and orders.has_due(node_id)):
+        if (answer.has_news() or body.get("wait") is False or (current and orders.has_due(node_id))
+                or hub.closing):
             return respond(answer)
         try:
             await asyncio.wait_for(event.wait(), poll_timeout_s)
@@ -312,6 +328,7 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
         before the body is read; every entry is then checked on its own token."""
         await authenticated(request)
         entries = agent_bodies.check_batch_sync(await _body(request, MAX_BATCH_SYNC_BODY_BYTES))
+        telemetry.AGENT_SYNCS.inc(len(entries))
         results: list[dict[str, Any] | BatchError | None] = [None] * len(entries)
         writes: list[tuple[int, agents.SyncEntry]] = []
         reads: list[tuple[int, agents.SyncEntry]] = []
@@ -379,7 +396,7 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
                 hub.liveness.beat(node_id)
             # Any call of the node still held is superseded by this one.
             _poll, woken = hub.begin_poll(node_id)
-            if woken or orders.has_due(node_id):
+            if woken or hub.closing or orders.has_due(node_id):
                 wait.woken.append(node_id)
             else:
                 hub.watch(node_id, wait)

@@ -9,10 +9,13 @@ are left alone (newer agents may send more). The service then checks what needs 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from typing import Any
 
 from shoal import clock
+from shoal.agent.outputs import KEPT_BYTES
 from shoal.errors import BadRequest, InvalidProperty
 from shoal.model.states import StartTaskState
 from shoal.service.folder_orders import MAX_ORDERS_PER_ANSWER
@@ -100,6 +103,33 @@ def _outcome_fields(report: dict[str, Any], label: str) -> None:
     _failure(report, f"{label}.failure")
 
 
+def _output(report: dict[str, Any], label: str) -> None:
+    """A task report's copy of its output (shoal/agent/outputs.py): decoded in place to
+    {"stdout": (last bytes, size), "stderr": (...)}; a copy longer than KEPT_BYTES is refused."""
+    output = report.get("output")
+    if output is None:
+        return
+    if not isinstance(output, dict):
+        raise _refuse(f"{label}.output", output, "The value must be an object.")
+    decoded = {}
+    for name in ("stdout", "stderr"):
+        part = output.get(name) or {"size": 0, "tail": ""}
+        path = f"{label}.output.{name}"
+        if not isinstance(part, dict) or not isinstance(part.get("tail"), str):
+            raise _refuse(path, part, "The value must be an object with a base64 tail.")
+        size = _integer(part.get("size"), f"{path}.size", 0, 2**62)
+        if len(part["tail"]) > 4 * (KEPT_BYTES // 3 + 1):
+            raise _refuse(f"{path}.tail", part["tail"][:16], f"The copy must be at most {KEPT_BYTES} bytes.")
+        try:
+            data = base64.b64decode(part["tail"], validate=True)
+        except (binascii.Error, ValueError):
+            raise _refuse(f"{path}.tail", part["tail"][:16], "The value must be base64.") from None
+        if len(data) > KEPT_BYTES or len(data) > size:
+            raise _refuse(f"{path}.tail", part["tail"][:16], "The copy is longer than the file or the cap.")
+        decoded[name] = (data, size)
+    report["output"] = decoded
+
+
 def check_hello(body: Any) -> dict[str, Any]:
     body = _object(body)
     if body.get("pid") is not None:
@@ -143,6 +173,7 @@ def check_sync(body: Any) -> dict[str, Any]:
                 raise _refuse(label, report, "The value must be an object.")
             _attempt_fields(report, label)
             _outcome_fields(report, label)
+            _output(report, label)
     start_task = body.get("startTask")
     if start_task is not None:
         if not isinstance(start_task, dict):

@@ -9,12 +9,15 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from shoal import telemetry
 from shoal.api import unserved, versions
-from shoal.api.auth import Authenticator, Identity
+from shoal.api.access_log import RequestLog
+from shoal.api.auth import Authenticator, Caller, Identity
 from shoal.api.http import MAX_BODY_BYTES, error_response, new_request_id, read_body
 from shoal.errors import BatchError
 from shoal.service.context import Context
@@ -66,12 +69,15 @@ class Api:
         """Wrap a Batch REST handler: authentication, api-version, error body; then run it where
         ``placement`` says."""
 
+        operation = getattr(handler, "__name__", telemetry.UNMATCHED)
+
         async def endpoint(request: Request) -> Response:
             request.state.request_id = new_request_id()
+            request.state.operation = operation
             # For handlers on the loop that send their store work to the runner themselves.
             request.state.runner = self.runner
             try:
-                await self.auth.authenticate(request)
+                await self.authenticate(request)
                 # Handlers shape bodies and answers by it (shoal.api.versions).
                 request.state.api_version = versions.check_version(request.query_params.get("api-version"))
                 ctx = self.context_for(request)
@@ -102,13 +108,20 @@ class Api:
 
         return endpoint
 
+    async def authenticate(self, request: Request) -> Caller:
+        """Who is calling (Shared Key, a bearer token or a task token), before anything else is
+        read, the body included: shoal/api/auth.py."""
+        return await self.auth.authenticate(request)
+
 
 def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_interval_s: float = 5.0,
-              manual_join: bool = False) -> Starlette:
+              manual_join: bool = False, metrics_token: str | None = None,
+              duties_running: Callable[[], bool] = lambda: True) -> Starlette:
     from shoal.api import (
         agent,
         autoscale,
         files,
+        health,
         identity,
         job_schedules,
         jobs,
@@ -132,6 +145,7 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
                   for path, methods, handler in (*node_users.ROUTES, *node_logs.ROUTES))
     routes.extend(agent.routes(api, agent_hub, poll_timeout_s, heartbeat_interval_s, manual_join))
     routes.append(Route("/shoal/v1/pools/{pool_id}/join-token", api.batch(_join_token, "read"), methods=["GET"]))
+    routes.extend(health.routes(api, metrics_token, duties_running))
     # The token authority and the principals that sign in to it (shoal/api/identity.py).
     routes.extend(identity.routes(api, api.identity))
 
@@ -147,7 +161,8 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
             return await api.batch(_unserved(operation))(request)
         return await _no_such_method(request, exc)
 
-    return Starlette(routes=routes, exception_handlers={404: no_such_route, 405: no_such_method})
+    return Starlette(routes=routes, exception_handlers={404: no_such_route, 405: no_such_method},
+                     middleware=[Middleware(RequestLog)])
 
 
 # Reads that may walk many rows: they get lanes of their own, so they never delay a point read.
@@ -170,6 +185,7 @@ def _unserved(operation: str) -> Handler:
     async def handler(_request: Request, _ctx: Context) -> Response:
         raise unserved.not_supported(operation)
 
+    handler.__name__ = operation  # the operation it is counted under (shoal.telemetry)
     return handler
 
 

@@ -12,7 +12,7 @@ import base64
 import logging
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
 import httpx
@@ -22,7 +22,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from shoal import clock, odata
-from shoal.api import listing
+from shoal.api import kept_files, listing
 from shoal.api.http import (
     base_url,
     check_conditions,
@@ -36,6 +36,7 @@ from shoal.nodeclient import files as node_files
 from shoal.service import nodes as node_service
 from shoal.service import tasks as task_service
 from shoal.service.context import Context
+from shoal.service.task_outputs import KeptFile
 from shoal.store.schema import nodes
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,15 @@ _TOKEN_PREFIX = "shoalfile:"
 def _task_location(request: Request, ctx: Context) -> tuple[Any, str, str]:
     """(node row, the task's folder on it, the route's base URL)."""
     job_id, task_id = request.path_params["job_id"], request.path_params["task_id"]
-    node, directory = task_service.node_of(ctx, job_id, task_id)
-    return node, directory, f"{ctx.base_url}/jobs/{job_id}/tasks/{task_id}/files"
+    node, directory, kept = task_service.node_of(ctx, job_id, task_id)
+    url_base = f"{ctx.base_url}/jobs/{job_id}/tasks/{task_id}/files"
+    return (_Kept(kept) if kept is not None else node), directory, url_base
+
+
+class _Kept(NamedTuple):
+    """In place of a node that cannot answer: the control plane's copies of the task's output."""
+
+    files: list[KeptFile]
 
 
 def _node_location(request: Request, ctx: Context) -> tuple[Any, str, str]:
@@ -100,14 +108,16 @@ def _lister(locate):  # type: ignore[no-untyped-def]
         after = _decode_cursor(request)
         recursive = request.query_params.get("recursive", "false").lower() == "true"
 
-        async def page(node: Any, directory: str, url_base: str) -> tuple[Any, str]:
+        async def page(node: Any, directory: str, url_base: str) -> tuple[list[dict[str, Any]], str | None, str]:
+            if isinstance(node, _Kept):
+                return kept_files.entries(node.files), None, url_base
             # One page per request: the agent walks only as far as this page needs.
-            return await node_files.call_parts(
+            answer = await node_files.call_parts(
                 "GET", node.file_server_url, node.token, [], base=directory,
-                params={"recursive": "true" if recursive else "false", "limit": str(limit), "after": after}), url_base
+                params={"recursive": "true" if recursive else "false", "limit": str(limit), "after": after})
+            return (*_page_of(answer.json()), url_base)
 
-        answer, url_base = await _on_node(request, ctx, locate, page)
-        entries, following = _page_of(answer.json())
+        entries, following, url_base = await _on_node(request, ctx, locate, page)
         items = node_files.entries_to_wire(entries, "", url_base)
         if predicate is not None:
             items = [item for item in items if predicate(item)]
@@ -198,6 +208,8 @@ def _file_handler(locate):  # type: ignore[no-untyped-def]
 async def _file_call(request: Request, parts: list[str], node: Any, directory: str, url_base: str) -> Response:
     """One call to the node's agent for a file route: DELETE, HEAD or a streamed GET."""
     file_url = f"{url_base}/{'/'.join(parts)}"
+    if isinstance(node, _Kept):
+        return kept_files.answer(request, node.files, parts, file_url)
     if request.method == "DELETE":
         recursive = request.query_params.get("recursive", "false").lower() == "true"
         await node_files.call_parts("DELETE", node.file_server_url, node.token, parts, base=directory,

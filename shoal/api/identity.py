@@ -74,7 +74,11 @@ def routes(api: Any, identity: Identity | None) -> list[Route]:
     runner = api.runner
 
     def authority_route(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        operation = f"authority_{handler.__name__}"
+
         async def endpoint(request: Request) -> Response:
+            # What the request log and /metrics count it under (shoal/api/access_log.py).
+            request.state.operation = operation
             if identity is None:
                 return _oauth_response(OAuthError(404, "invalid_request", 90002, "This server issues no tokens."))
             try:

@@ -27,6 +27,18 @@ tls_option = click.option("--tls", is_flag=True,
 json_option: Any = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
+def log_options(command: Any) -> Any:
+    """--log-level and --log-format, for the commands that run a server."""
+    from shoal.logs import FORMATS, LEVELS
+
+    command = click.option("--log-format", type=click.Choice(FORMATS), default="text", show_default=True,
+                           envvar="SHOAL_LOG_FORMAT",
+                           help="One line of text or one JSON object per record, on stderr.")(command)
+    return click.option("--log-level", type=click.Choice(LEVELS, case_sensitive=False), default="info",
+                        envvar="SHOAL_LOG_LEVEL",
+                        show_default=True, help="info logs every Batch request; debug adds agents' calls.")(command)
+
+
 @click.group()
 @click.version_option(package_name="shoal")
 def main() -> None:
@@ -34,12 +46,13 @@ def main() -> None:
 
 
 def _serve(host: str, port: int, data_dir: Path | None, database: str | None, local_provider: bool,
-           time_scale: float = 1.0, spot: dict[str, Any] | None = None, sample_lag: float | None = None,
-           tls: bool = False, authority: str | None = None) -> None:
+           logging: tuple[str, str], time_scale: float = 1.0, spot: dict[str, Any] | None = None,
+           sample_lag: float | None = None, tls: bool = False, authority: str | None = None) -> None:
     from shoal import server
 
     settings = Settings(data_dir=data_dir or default_data_dir(), host=host, port=port, database_url=database,
-                        time_scale=time_scale, tls=tls, authority=authority, **(spot or {}))
+                        time_scale=time_scale, log_level=logging[0], log_format=logging[1], tls=tls,
+                        authority=authority, **(spot or {}))
     if sample_lag is not None:
         settings.sample_lag_s = sample_lag
 
@@ -86,10 +99,12 @@ def _serve(host: str, port: int, data_dir: Path | None, database: str | None, lo
 @click.option("--auto-storage", default=None, metavar="CONNECTION_STRING",
               help="The account's linked storage (for autoStorageContainerName): a storage connection "
                    "string with AccountName and AccountKey (default: $SHOAL_AUTO_STORAGE; none).")
+@log_options
 @tls_option
 def up(host: str, port: int, data_dir: Path | None, database: str | None, time_scale: float,
        spot_capacity: int | None, spot_eviction_rate: float, spot_recovery: float, sample_lag: float | None,
-       nodes_dir: Path | None, provider: str, auto_storage: str | None, tls: bool) -> None:
+       nodes_dir: Path | None, provider: str, auto_storage: str | None, log_level: str, log_format: str,
+       tls: bool) -> None:
     """Run everything in one process: API, scheduler and local compute nodes."""
     if auto_storage:
         from shoal import storage
@@ -106,7 +121,7 @@ def up(host: str, port: int, data_dir: Path | None, database: str | None, time_s
         # The machine's node capacity is the provider's: simulated nodes cost kilobytes, not a
         # process each. An explicit SHOAL_MAX_NODES still wins.
         os.environ.setdefault("SHOAL_MAX_NODES", str(SIM_NODE_CAPACITY))
-    _serve(host, port, data_dir, database, True, time_scale,
+    _serve(host, port, data_dir, database, True, (log_level, log_format), time_scale,
            {"spot_capacity": spot_capacity, "spot_eviction_rate": spot_eviction_rate,
             "spot_recovery_s": spot_recovery, "nodes_dir": nodes_dir, "provider": provider}, sample_lag, tls)
 
@@ -117,16 +132,17 @@ def up(host: str, port: int, data_dir: Path | None, database: str | None, time_s
               help="0 picks a free port.")
 @data_dir_option
 @click.option("--database", default=None, help="postgresql://… (default: SQLite in the data dir)")
+@log_options
 @tls_option
 @click.option("--authority", default=None, metavar="URL",
               help="The URL bearer tokens name as their issuer and clients sign in at (default: this "
                    "server's endpoint); replicas behind one address give that address.")
-def server_command(host: str, port: int, data_dir: Path | None, database: str | None, tls: bool,
-                   authority: str | None) -> None:
+def server_command(host: str, port: int, data_dir: Path | None, database: str | None, log_level: str,
+                   log_format: str, tls: bool, authority: str | None) -> None:
     """Run the control plane alone (nodes join with `shoal agent`)."""
     if authority is not None and not authority.startswith(("https://", "http://")):
         raise click.BadParameter("an http(s) URL is required", param_hint="--authority")
-    _serve(host, port, data_dir, database, False, tls=tls, authority=authority)
+    _serve(host, port, data_dir, database, False, (log_level, log_format), tls=tls, authority=authority)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
@@ -168,8 +184,21 @@ def _or_exit(action):  # type: ignore[no-untyped-def]
     try:
         return action()
     except BatchError as error:
-        console.print(f"[red]error[/red] {error.code}: {error.message}", highlight=False)
+        hint = _HINTS.get(error.code)
+        console.print(f"[red]error[/red] {error.code}: {error.message}" + (f"\n  hint: {hint}" if hint else ""),
+                      highlight=False, soft_wrap=True)
         raise SystemExit(1) from None
+
+
+# What to do next, for the errors a CLI user meets first.
+_HINTS = {
+    "AuthenticationFailed": "the key the CLI used (the data dir's endpoint.json, or $AZURE_BATCH_ACCESS_KEY) is not "
+                            "this server's: pass the right --data-dir, or unset AZURE_BATCH_*",
+    "PoolNotFound": "`shoal pool list` shows the pools there are",
+    "JobNotFound": "`shoal job list` shows the jobs there are",
+    "NodeNotFound": "`shoal node list POOL_ID` shows a pool's nodes",
+    "TaskNotFound": "`shoal task list JOB_ID` shows a job's tasks",
+}
 
 
 def _print(rows: list[dict[str, Any]], columns: list[tuple[str, str]], as_json: bool) -> None:
@@ -210,10 +239,12 @@ def pool_list(data_dir: Path | None, as_json: bool) -> None:
 @pool.command("join-token")
 @click.argument("pool_id")
 @data_dir_option
-def pool_join_token(pool_id: str, data_dir: Path | None) -> None:
+@json_option
+def pool_join_token(pool_id: str, data_dir: Path | None, as_json: bool) -> None:
     """Print the token an agent started by hand joins POOL_ID with (`shoal agent --join-token`)."""
     client = _client(data_dir)
-    click.echo(_or_exit(lambda: client.get(f"/shoal/v1/pools/{pool_id}/join-token"))["joinToken"])
+    answer = _or_exit(lambda: client.get(f"/shoal/v1/pools/{pool_id}/join-token"))
+    click.echo(json.dumps(answer) if as_json else answer["joinToken"])
 
 
 @pool.command("autoscale-now")
@@ -252,11 +283,15 @@ def node_list(pool_id: str, data_dir: Path | None, as_json: bool) -> None:
 @click.argument("pool_id")
 @click.argument("node_id")
 @data_dir_option
-def node_preempt(pool_id: str, node_id: str, data_dir: Path | None) -> None:
+@json_option
+def node_preempt(pool_id: str, node_id: str, data_dir: Path | None, as_json: bool) -> None:
     """Take a spot node's capacity away now, as an eviction would (beyond Azure)."""
     client = _client(data_dir)
     _or_exit(lambda: client.request("POST", f"/shoal/v1/pools/{pool_id}/nodes/{node_id}/preempt"))
-    console.print(f"preempted {node_id}", highlight=False)
+    if as_json:
+        click.echo(json.dumps({"poolId": pool_id, "nodeId": node_id, "preempted": True}))
+    else:
+        console.print(f"preempted {node_id}", highlight=False)
 
 
 @main.group()
@@ -361,11 +396,9 @@ def _failures(client: Any, job_id: str, most: int = 20) -> list[dict[str, Any]]:
             break
     return found
 from shoal.cli.autoscale import autoscale  # noqa: E402
-
-main.add_command(autoscale)
-
+from shoal.cli.control import down, reset, status  # noqa: E402
 from shoal.cli.principals import account_auth_modes, principal, tenant  # noqa: E402
 
-main.add_command(principal)
-main.add_command(tenant)
+for command in (autoscale, status, down, reset, principal, tenant):
+    main.add_command(command)
 account.add_command(account_auth_modes)

@@ -14,6 +14,7 @@ from typing import Any
 
 import uvicorn
 
+from shoal import logs, telemetry
 from shoal.api.agent import AgentHub
 from shoal.api.app import Api, build_app
 from shoal.api.auth import Identity
@@ -34,6 +35,7 @@ from shoal.server.startup import (
     check_nodes_dir_reachable,
     ensure_account,
     ensure_identity,
+    ensure_metrics_token,
     hold_data_dir,
     make_private,
     write_endpoint_file,
@@ -49,11 +51,21 @@ log = logging.getLogger("shoal.server")
 
 
 class _QuietServer(uvicorn.Server):
-    """uvicorn re-raises SIGTERM after its shutdown, which would skip ours (stopping agents)."""
+    """uvicorn re-raises SIGTERM after its shutdown, which would skip ours (stopping agents); and
+    agents' long-polls must end before uvicorn waits for requests to finish (else it cancels
+    them after its grace period and logs an error for a normal stop)."""
+
+    def __init__(self, config: uvicorn.Config, before_shutdown: Any) -> None:
+        super().__init__(config)
+        self._before_shutdown = before_shutdown
 
     @contextlib.contextmanager
     def capture_signals(self):  # type: ignore[no-untyped-def,override]
         yield
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        self._before_shutdown()
+        await super().shutdown(sockets)
 
 
 class ControlPlane:
@@ -98,7 +110,9 @@ class ControlPlane:
         # after which a silent node is declared unusable.
         poll_timeout = min(settings.poll_timeout_s, settings.heartbeat_timeout_s / 3)
         self.app = build_app(self.api, self.hub, poll_timeout, min(5.0, settings.heartbeat_timeout_s / 3),
-                             manual_join=not local_provider)
+                             manual_join=not local_provider, metrics_token=ensure_metrics_token(settings.data_dir),
+                             duties_running=self.duties_running)
+        telemetry.watch_store(self.engine, DEFAULT_ACCOUNT)
         self.provider: Any = None
         if local_provider and settings.provider == "sim":
             from shoal.providers.sim import SimProvider
@@ -150,6 +164,10 @@ class ControlPlane:
             duties.append(provider_loop(self.provider, self.wakeups.provider))
         self._tasks.extend(asyncio.create_task(duty) for duty in duties)
 
+    def duties_running(self) -> bool:
+        """Whether every background duty has started and none has ended (they never should)."""
+        return bool(self._tasks) and not any(task.done() for task in self._tasks)
+
     async def stop_loops(self) -> None:
         for task in self._tasks:
             task.cancel()
@@ -168,10 +186,11 @@ class ControlPlane:
         return {"ssl_certfile": str(self.certificate.cert_file), "ssl_keyfile": str(self.certificate.key_file)}
 
     async def serve(self) -> None:
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
+        # log_config=None: uvicorn's loggers go where shoal.logs sends every logger.
+        config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off",
                                 timeout_keep_alive=75, loop="none", timeout_graceful_shutdown=2,
                                 http=BoundedHeadProtocol, **self._tls_options())
-        server = _QuietServer(config)
+        server = _QuietServer(config, self.hub.close)
         self.bind_signals(asyncio.get_running_loop())
         if self.provider is not None:
             # Before the first request: nodes whose agents did not survive a restart are marked
@@ -199,6 +218,8 @@ def run(settings: Settings, *, local_provider: bool = True, on_ready: Any = None
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is optional on exotic platforms
         pass
+
+    logs.configure(settings.log_level, settings.log_format)
 
     async def main() -> None:
         plane = ControlPlane(settings, local_provider=local_provider)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
+from shoal import telemetry
 from shoal.api.agent import AgentHub
 from shoal.config import SCHEDULER_IDLE_WAKE_S
 from shoal.server.duty import wait_for_wake
@@ -24,8 +26,10 @@ async def scheduler_loop(ctx: Context, wake: asyncio.Event, hub: AgentHub, runne
         await wait_for_wake(wake, SCHEDULER_IDLE_WAKE_S)
         await asyncio.sleep(SCHEDULER_COALESCE_S)
         wake.clear()
+        started = time.perf_counter()
         try:
             for node_id in await runner.write(scheduling.schedule, ctx):
                 hub.wake(node_id)
+            telemetry.SCHEDULER_PASS_SECONDS.observe(time.perf_counter() - started)
         except Exception:
             log.exception("scheduling pass failed")

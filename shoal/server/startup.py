@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import socket
 import tempfile
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 
 from shoal import clock
-from shoal.config import ENDPOINT_FILE
+from shoal.config import ENDPOINT_FILE, LOCK_FILE, METRICS_TOKEN_FILE
 from shoal.service import ids, principals, tokens
 from shoal.store.schema import accounts
 
@@ -45,13 +46,33 @@ def make_private(data_dir: Path) -> None:
 def hold_data_dir(data_dir: Path) -> Any:
     """One server per data directory: two would both schedule and both start agents for the
     same nodes. The lock is the kernel's, so it goes with the process, even after kill -9."""
-    handle = open(data_dir / "shoal.lock", "a+")  # noqa: SIM115 - held for the life of the process
+    handle = open(data_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held for the life of the process
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
         raise AlreadyRunning(f"another Shoal server is already using {data_dir}") from None
+    # Who holds it, for `shoal down` and `shoal status` (which check the lock, not just the pid).
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
     return handle
+
+
+def ensure_metrics_token(data_dir: Path) -> str:
+    """The bearer token a scraper (Prometheus' `credentials_file`) reads `/metrics` with: made
+    once, kept 0600 in the data dir, so a scrape configuration survives restarts."""
+    path = data_dir / METRICS_TOKEN_FILE
+    with contextlib.suppress(FileNotFoundError):
+        token = path.read_text().strip()
+        if token:
+            return token
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return token
 
 
 def check_nodes_dir_reachable(nodes_dir: Path) -> None:

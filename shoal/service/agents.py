@@ -20,7 +20,16 @@ from shoal import clock
 from shoal.errors import BadRequest, BatchError, Conflict, InvalidProperty, Unauthenticated
 from shoal.model.catalog import find_vm_size
 from shoal.model.states import NodeState, PoolState, SchedulingState, StartTaskState, TaskState
-from shoal.service import job_prep, job_prep_nodes, node_users, scheduling, task_files, transitions, usage
+from shoal.service import (
+    job_prep,
+    job_prep_nodes,
+    node_users,
+    scheduling,
+    task_files,
+    task_outputs,
+    transitions,
+    usage,
+)
 from shoal.service import jobs as job_service
 from shoal.service import tasks as task_service
 from shoal.service.context import Context
@@ -664,6 +673,7 @@ def _apply_reports(conn: Connection, ctx: Context, gathered: list[_NodeReports],
         if ended:
             freed_pools.add(node.pool_seq)
             reported_nodes.append(node.node_id)
+    task_outputs.keep(conn, reported, {row.seq: row.node_id for row, _report in reported}, now)
     job_actions = transitions.complete_reports(conn, reported)
     reporting = {node.node_id for node in gathered}  # their answers carry what changed for them
     for woken in job_service.apply_task_failure_actions(ctx, conn, job_actions):

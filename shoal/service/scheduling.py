@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, select, update
 
-from shoal import clock
+from shoal import clock, telemetry
 from shoal.agent.layout import task_folder
 from shoal.model.states import SCHEDULABLE_NODE_STATES, JobState, NodeState, PoolState, TaskState
 from shoal.scheduler import JobView, NodeView, PoolSnapshot, TaskView, gather, plan
@@ -245,4 +245,5 @@ def _schedule_pool(ctx: Context, conn: Connection, pool: Any, budget: int | None
     for node_chunk in in_chunks(list(per_node)):
         conn.execute(update(nodes).where(nodes.c.id.in_(node_chunk), nodes.c.state == NodeState.IDLE).values(
             state=NodeState.RUNNING, state_transition_time=now))
+    telemetry.PLACEMENTS.inc(len(placements))
     return _Placed(frozenset(per_node), len(placements))

@@ -21,7 +21,15 @@ from shoal.errors import (
     NotFound,
 )
 from shoal.model.states import JobState, TaskState
-from shoal.service import dependencies, exit_conditions, job_prep, request_body, task_files, transitions
+from shoal.service import (
+    dependencies,
+    exit_conditions,
+    job_prep,
+    request_body,
+    task_files,
+    task_outputs,
+    transitions,
+)
 from shoal.service import jobs as job_service
 from shoal.service import validation as v
 from shoal.service.context import Context
@@ -438,18 +446,23 @@ def delete_task(ctx: Context, job_id: str, task_id: str) -> tuple[str | None, st
     return (node.id if node else None, job.id, row.id)
 
 
-def node_of(ctx: Context, job_id: str, task_id: str) -> tuple[Any, str]:
-    """The node row holding a task's files and the task's directory on it."""
+def node_of(ctx: Context, job_id: str, task_id: str) -> tuple[Any, str, list[task_outputs.KeptFile] | None]:
+    """The node row holding a task's files and the task's directory on it; or, when that node is
+    gone or cannot answer and copies of the task's output were kept, (None, directory, copies)."""
     with ctx.engine.connect() as conn:
         job, row = load(conn, ctx, job_id, task_id)
         node_id = (row.node_info or {}).get("nodeId")
         node = None
         if node_id:
             node = conn.execute(select(nodes).where(nodes.c.id == node_id)).first()
+        if task_outputs.serves_copies(node):
+            kept = task_outputs.kept_files(conn, row.seq)
+            if kept:
+                return None, task_folder(job.id, row.id), kept
         if node is None:
             raise NotFound("The task has no files: it has not run on a node that still exists.",
                            code="FileNotFound")
-        return node, task_folder(job.id, row.id)
+        return node, task_folder(job.id, row.id), None
 
 
 class ExpiredFolder(NamedTuple):
@@ -492,6 +505,8 @@ def expired_folders(ctx: Context, after: tuple[datetime, int] | None,
 
 
 def folders_removed(ctx: Context, seqs: list[int]) -> None:
+    """The folders of these tasks are gone (their retention passed): their output copies go too."""
     if seqs:
         with ctx.engine.begin() as conn:
             conn.execute(update(tasks).where(tasks.c.seq.in_(seqs)).values(retention_deadline=None))
+            task_outputs.forget(conn, seqs)

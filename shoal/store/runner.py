@@ -25,8 +25,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+
+from shoal import telemetry
 
 T = TypeVar("T")
 
@@ -70,6 +73,7 @@ class Lane:
         self._executor = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix=self._thread_prefix)
         self._lock = threading.Lock()
         self._pending = 0
+        self._seconds = telemetry.STORE_CALL_SECONDS.labels(name)
 
     @property
     def pending(self) -> int:
@@ -80,11 +84,15 @@ class Lane:
         """Whether client work would be refused now."""
         return self._pending >= self.backlog
 
-    def _done(self, _future: concurrent.futures.Future[Any]) -> None:
+    def _done(self, started: float) -> Callable[[concurrent.futures.Future[Any]], None]:
         # A done-callback, not a `finally` in the call: a queued call that is cancelled before
         # it starts never runs, and must still leave the count.
-        with self._lock:
-            self._pending -= 1
+        def done(_future: concurrent.futures.Future[Any]) -> None:
+            with self._lock:
+                self._pending -= 1
+            self._seconds.observe(time.perf_counter() - started)
+
+        return done
 
     def submit(self, fn: Callable[..., T], *args: Any, shed: bool) -> concurrent.futures.Future[T]:
         if threading.current_thread().name.startswith(self._thread_prefix + "_"):
@@ -95,13 +103,14 @@ class Lane:
             if shed and self._pending >= self.backlog:
                 raise Busy(self.name)
             self._pending += 1
+        started = time.perf_counter()
         try:
             future = self._executor.submit(fn, *args)
         except BaseException:
             with self._lock:
                 self._pending -= 1
             raise
-        future.add_done_callback(self._done)
+        future.add_done_callback(self._done(started))
         return future
 
     async def call(self, fn: Callable[..., T], *args: Any, shed: bool = False) -> T:

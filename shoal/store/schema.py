@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -389,6 +390,23 @@ task_attempts = Table(
 Index("ix_task_attempts_node", task_attempts.c.node_id, task_attempts.c.end_time, task_attempts.c.seq)
 Index("ix_task_attempts_task", task_attempts.c.task_seq)
 
+# The control plane's copy of each task's stdout.txt and stderr.txt (migration 0021): their last
+# bytes (at most agent/outputs.KEPT_BYTES each) and full sizes, as the attempt that ended last
+# left them; read when the task's node cannot answer (gone, preempted, unusable, deallocated).
+task_outputs = Table(
+    "task_outputs",
+    metadata,
+    Column("task_seq", SurrogateId, ForeignKey("tasks.seq", ondelete="CASCADE"), primary_key=True,
+           autoincrement=False),
+    Column("attempt", Integer, nullable=False),
+    Column("node_id", String(96), nullable=False),
+    Column("ended", DateTime(timezone=True), nullable=False),
+    Column("stdout", LargeBinary, nullable=False),
+    Column("stdout_size", BigInteger, nullable=False),
+    Column("stderr", LargeBinary, nullable=False),
+    Column("stderr_size", BigInteger, nullable=False),
+)
+
 # When each node held its VM (migration 0018): a span opens when the node is allocated (or
 # comes back from preemption or deallocation) and closes when it leaves, is preempted or is
 # deallocated. Pool usage metrics and the usage ledger sum the spans' overlap with a window.
@@ -437,4 +455,4 @@ Index("ix_metric_samples_pool_time", metric_samples.c.pool_seq, metric_samples.c
 
 __all__ = ["metadata", "accounts", "pools", "nodes", "jobs", "job_schedules", "tasks", "metric_samples",
            "job_task_counts", "pool_node_counts", "task_dependencies", "node_users", "task_attempts",
-           "job_node_tasks", "node_usage", "Text"]
+           "job_node_tasks", "node_usage", "task_outputs", "Text"]

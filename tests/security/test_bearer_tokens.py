@@ -22,6 +22,7 @@ from tests.acceptance.rest import assert_batch_error, call, verifier
 from tests.identity import BATCH_SCOPE, access_token, cli, create_principal, signing_keys, token_request
 
 SECRETS: list[str] = []
+UNAUTHENTICATED_PROBES = ("/health", "/ready")
 
 
 @pytest.fixture(scope="module")
@@ -212,8 +213,9 @@ def _data_plane_routes() -> list[tuple[str, str]]:
     for route in app.routes:
         path = getattr(route, "path", "")
         # The agent protocol has its own node tokens (tests/security/test_protocol.py); the
-        # authority's routes are unauthenticated by design, as on Entra.
-        if path.startswith("/agent/") or path in identity.AUTHORITY_PATHS:
+        # authority's routes are unauthenticated by design, as on Entra, and so are the probes
+        # that say only ok or not (tests/acceptance/test_observability.py).
+        if path.startswith("/agent/") or path in (*identity.AUTHORITY_PATHS, *UNAUTHENTICATED_PROBES):
             continue
         concrete = "/".join("x" if part.startswith("{") else part for part in path.split("/"))
         out.extend((method, concrete) for method in sorted(route.methods or ()) if method != "HEAD")

@@ -64,7 +64,8 @@ def served_operations() -> set[tuple[str, str]]:
     app = build_app(Api(Context(engine=None, account="x"), {}), AgentHub(), 1.0)  # type: ignore[arg-type]
     out = set()
     for route in app.routes:
-        if route.path.startswith(("/agent/", "/shoal/")) or route.path in identity.AUTHORITY_PATHS:
+        if route.path.startswith(("/agent/", "/shoal/", "/health", "/ready", "/metrics")) \
+                or route.path in identity.AUTHORITY_PATHS:
             continue
         for method in route.methods or ():
             # Starlette adds HEAD to every GET route; Batch defines HEAD only where the spec says.

@@ -2,13 +2,13 @@
 each account's tenant and allowed authentication modes
 
 Revision ID: 0019
-Revises: 0018
+Revises: 0021 (main's head when this branch merged it; 0019 was the number given)
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0019'
-down_revision = '0018'
+down_revision = '0021'
 branch_labels = None
 depends_on = None
 
