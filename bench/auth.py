@@ -4,20 +4,21 @@ Starts a fresh `shoal up` (plain http, so TLS does not blur the figures: Shoal t
 tokens over http too, only the SDK refuses to send them), makes a service principal and a job,
 then, alternating in ``--rounds`` rounds of ``--requests`` sequential keep-alive requests each:
 
-- ``unauthenticated``: GET of the token authority's JWKS (no credentials; one store read on a
-  reader thread, as the cheap GET does);
+- ``unauthenticated``: GET /ready (no credentials; one `SELECT 1` on a reader thread, where the
+  cheap GET does its point read);
 - ``shared key``: GET /jobs/{id} signed with the account key;
 - ``bearer``: GET /jobs/{id} with an access token from Shoal's token endpoint.
 
 Printed side by side as requests/s. The unauthenticated route is lighter work than GET /jobs/{id}
-(no job to render, no ETag), so the gap between it and the other two is not all authentication:
+(no job to read or render, no ETag), so the gap between it and the other two is not all authentication:
 what authentication itself costs is printed next, as the in-process time to verify each
 credential over the mean request time of its route. Shared Key against bearer is the like-for-
 like pair. Target: authentication costs < 15 % of a request.
 
-Measured on the 2-core development machine (client and server on it): unauthenticated JWKS 961/s,
-Shared Key 525/s, bearer 520/s; verification 14 µs (Shared Key) and 145 µs (bearer, RS256) of a
-1.9 ms request: 0.8 % and 7.5 %.
+Measured on the 2-core development machine (client and server on it, another engineer's tests
+running): /ready 630/s, Shared Key 392/s, bearer 355/s; verification 24 µs (Shared Key) and
+316 µs (bearer, RS256) of a 2.5–2.8 ms request: 0.9 % and 11.2 % (on a quiet machine, with the
+JWKS as the baseline: 0.8 % and 7.5 %).
 
     python bench/auth.py [--requests 2000] [--rounds 3]
 """
@@ -77,10 +78,10 @@ def main() -> None:
             http = httpx.Client(timeout=30)
             query = "?api-version=2025-06-01"
             job_url = f"{shoal.endpoint}/jobs/{JOB}{query}"
-            jwks_url = f"{shoal.endpoint}/{principal['tenantId']}/discovery/v2.0/keys"
+            ready_url = f"{shoal.endpoint}/ready"
 
             def unauthenticated() -> httpx.Response:
-                return http.get(jwks_url)
+                return http.get(ready_url)
 
             def shared_key() -> httpx.Response:
                 # Signed per request, as every client signs (the date changes).
@@ -114,7 +115,7 @@ def main() -> None:
             stop_shoal(shoal)
             kill_agents(shoal.data_dir)
 
-    print("(unauthenticated: the JWKS; the others: GET /jobs/{id}, a heavier route)")
+    print("(unauthenticated: GET /ready; the others: GET /jobs/{id}, a heavier route)")
     print(f"{'':17}{'requests/s':>12}{'vs unauthenticated':>22}")
     for name, value in medians.items():
         print(f"{name:17}{value:12.0f}{value / medians['unauthenticated'] - 1:+21.1%}")
