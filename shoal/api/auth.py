@@ -15,6 +15,7 @@ the store every time, so it stops working the moment its task ends."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -34,6 +35,8 @@ SHARED_KEY, AAD, TASK_TOKEN = principals.AUTH_MODES
 # How long what the store says about principals and the account's policy is believed. A
 # principal deleted through this server is forgotten at once; through another replica, within this.
 STORE_CACHE_S = 5.0
+# Tokens whose signature is known good, kept by their SHA-256 (cleared when full).
+MAX_VERIFIED_TOKENS = 10_000
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class Authenticator:
         self.identity = identity
         self._principals: dict[tuple[str, str], tuple[str | None, float]] = {}
         self._policy: tuple[principals.AccountPolicy, float] | None = None
+        self._verified_tokens: dict[bytes, tokens.AccessClaims | tokens.TaskClaims] = {}
 
     async def authenticate(self, request: Request) -> Caller:
         """Verify the caller, then leave the handlers exactly the query that was signed."""
@@ -112,7 +116,7 @@ class Authenticator:
             raise tokens.InvalidToken("This server accepts no bearer tokens.")
         if not token:
             raise tokens.InvalidToken("The bearer token is missing.")
-        claims = tokens.verify(self.identity.keys, token)
+        claims = self._verified(token)
         if isinstance(claims, tokens.TaskClaims):
             return await self._task_caller(claims, path)
         policy = await self.policy()
@@ -123,6 +127,20 @@ class Authenticator:
         if await self._principal_tenant(claims) != claims.tenant_id:
             raise tokens.InvalidToken("The token's service principal does not exist.")
         return Caller(AAD, self.ctx.account, client_id=claims.client_id)
+
+    def _verified(self, token: str) -> tokens.AccessClaims | tokens.TaskClaims:
+        """The token's claims: its signature is checked once, then remembered until it expires
+        (a client sends the same token for its hour); expiry is checked on every use."""
+        assert self.identity is not None
+        digest = hashlib.sha256(token.encode("utf-8", "replace")).digest()
+        claims = self._verified_tokens.get(digest)
+        if claims is None or time.time() > claims.expires + tokens.CLOCK_SKEW_S:
+            self._verified_tokens.pop(digest, None)
+            claims = tokens.verify(self.identity.keys, token)
+            if len(self._verified_tokens) >= MAX_VERIFIED_TOKENS:
+                self._verified_tokens.clear()  # a bound, not a policy: verifying again is cheap
+            self._verified_tokens[digest] = claims
+        return claims
 
     async def _task_caller(self, claims: tokens.TaskClaims, path: str) -> Caller:
         if claims.account != self.ctx.account:

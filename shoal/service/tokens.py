@@ -58,6 +58,8 @@ class AccessClaims:
     client_id: str
     object_id: str
     issuer: str
+    # When it expires (Unix seconds), for a cache of verified tokens to honour.
+    expires: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class TaskClaims:
     job_id: str
     task_id: str
     attempt: int
+    expires: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,7 @@ def _text_claim(claims: dict[str, Any], name: str) -> str:
 
 def _access_claims(claims: dict[str, Any]) -> AccessClaims:
     return AccessClaims(_text_claim(claims, "tid"), _text_claim(claims, "appid"), _text_claim(claims, "oid"),
-                        _text_claim(claims, "iss"))
+                        _text_claim(claims, "iss"), float(claims["exp"]))
 
 
 def _task_claims(claims: dict[str, Any]) -> TaskClaims:
@@ -188,7 +191,7 @@ def _task_claims(claims: dict[str, Any]) -> TaskClaims:
     if not isinstance(attempt, int) or isinstance(attempt, bool):
         raise InvalidToken("The token's 'attempt' claim is missing or not valid.")
     return TaskClaims(_text_claim(claims, "acct"), _text_claim(claims, "job"), _text_claim(claims, "task"),
-                      attempt)
+                      attempt, float(claims["exp"]))
 
 
 def task_is_running(engine: Engine, claims: TaskClaims) -> bool:
