@@ -76,6 +76,9 @@ class ModeNotAllowed(Unauthenticated):
 
 
 class Authenticator:
+    """Authenticates the requests of one server: holds the account keys, the token signing keys
+    and the short-lived caches of what the store says."""
+
     def __init__(self, ctx: Context, keys: dict[str, tuple[str, str]], runner: StoreRunner,
                  identity: Identity | None = None) -> None:
         self.ctx = ctx

@@ -10,21 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
+from shoal.cli.common import client_for as _client
+from shoal.cli.common import console, data_dir_option, json_option
+from shoal.cli.common import or_exit as _or_exit
+from shoal.cli.common import print_rows as _print
 from shoal.config import PROVIDERS, Settings, default_data_dir, default_port
-from shoal.errors import BatchError
 
-console = Console()
 # Batch's task states (`shoal task list --state`).
 TASK_STATES = ("active", "preparing", "running", "completed")
-data_dir_option: Any = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-                               help="Shoal's data directory (default: $SHOAL_DATA_DIR or a per-user folder).")
 tls_option = click.option("--tls", is_flag=True,
                           help="Serve https with a certificate signed by a CA Shoal keeps in the data dir "
                                "(its path is printed: trust it with SSL_CERT_FILE / REQUESTS_CA_BUNDLE).")
-json_option: Any = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
 def log_options(command: Any) -> Any:
@@ -171,53 +168,6 @@ def account_show(data_dir: Path | None, as_json: bool) -> None:
         return
     for key, value in info.to_json().items():
         click.echo(f"{key:>13}: {value}")  # never wrapped: a key must copy whole
-
-
-def _client(data_dir: Path | None):  # type: ignore[no-untyped-def]
-    from shoal.cli.client import BatchClient
-    from shoal.cli.config import resolve_account
-
-    return _or_exit(lambda: BatchClient(resolve_account(data_dir)))
-
-
-def _or_exit(action):  # type: ignore[no-untyped-def]
-    try:
-        return action()
-    except BatchError as error:
-        hint = _HINTS.get(error.code)
-        console.print(f"[red]error[/red] {error.code}: {error.message}" + (f"\n  hint: {hint}" if hint else ""),
-                      highlight=False, soft_wrap=True)
-        raise SystemExit(1) from None
-
-
-# What to do next, for the errors a CLI user meets first.
-_HINTS = {
-    "AuthenticationFailed": "the key the CLI used (the data dir's endpoint.json, or $AZURE_BATCH_ACCESS_KEY) is not "
-                            "this server's: pass the right --data-dir, or unset AZURE_BATCH_*",
-    "PoolNotFound": "`shoal pool list` shows the pools there are",
-    "JobNotFound": "`shoal job list` shows the jobs there are",
-    "NodeNotFound": "`shoal node list POOL_ID` shows a pool's nodes",
-    "TaskNotFound": "`shoal task list JOB_ID` shows a job's tasks",
-}
-
-
-def _print(rows: list[dict[str, Any]], columns: list[tuple[str, str]], as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    table = Table(*[title for title, _ in columns])
-    for column in table.columns:
-        column.overflow = "fold"  # ids are shown whole (folded), never cut to fit
-    for row in rows:
-        table.add_row(*[_dig(row, path) for _, path in columns])
-    console.print(table)
-
-
-def _dig(row: dict[str, Any], path: str) -> str:
-    value: Any = row
-    for part in path.split("/"):
-        value = value.get(part) if isinstance(value, dict) else None
-    return "" if value is None else str(value)
 
 
 @main.group()

@@ -8,11 +8,7 @@ from pathlib import Path
 
 import click
 
-# main imports this module last, once these are defined.
-from shoal.cli.main import _client as client_for
-from shoal.cli.main import _or_exit as or_exit
-from shoal.cli.main import _print as print_rows
-from shoal.cli.main import data_dir_option, json_option
+from shoal.cli.common import client_for, data_dir_option, json_option, or_exit, print_rows
 
 
 @click.group()
