@@ -49,6 +49,31 @@ def _credential(tls_shoal: RunningShoal, principal: dict[str, Any]) -> Any:
                                   connection_verify=tls_shoal.ca_file)
 
 
+def test_server_behind_another_address_names_it_as_the_authority(tmp_path: Path) -> None:
+    """`shoal server --authority URL`: tokens name URL as their issuer, the discovery document
+    sends clients there, and the server still takes its own tokens."""
+    shoal = start_shoal(tmp_path / "server", command="server",
+                        extra_args=["--tls", "--authority", "https://batch.example.test/"])
+    try:
+        principal = create_principal(shoal, "proxied")
+        document = httpx.get(f"{shoal.endpoint}/{principal['tenantId']}/v2.0/.well-known/openid-configuration",
+                             verify=verifier(shoal)).json()
+        assert document["issuer"] == f"https://batch.example.test/{principal['tenantId']}/v2.0"
+        assert document["token_endpoint"] == f"https://batch.example.test/{principal['tenantId']}/oauth2/v2.0/token"
+        token = access_token(shoal, principal)
+        assert jwt.decode(token, options={"verify_signature": False})["iss"] == document["issuer"]
+        assert call(shoal, "GET", "/pools", token=token).status_code == 200
+    finally:
+        stop_shoal(shoal)
+        kill_agents(tmp_path)
+    bad = cli_run(["server", "--authority", "ftp://x", "--port", "0", "--data-dir", str(tmp_path / "bad")])
+    assert bad.returncode == 2 and "--authority" in bad.stderr
+
+
+def cli_run(args: list[str]) -> Any:
+    return subprocess.run([sys.executable, "-m", "shoal.cli", *args], capture_output=True, text=True, timeout=60)
+
+
 def test_up_tls_prints_the_ca_and_serves_https(tls_shoal: RunningShoal) -> None:
     assert tls_shoal.endpoint.startswith("https://127.0.0.1:")
     assert tls_shoal.ca_file and f"CA:       {tls_shoal.ca_file}" in tls_shoal.log()
@@ -212,28 +237,3 @@ def test_allowed_authentication_modes_are_enforced(tls_shoal: RunningShoal, key_
     key_client.terminate_task("modes", "sleeper")
     wait_task_state(key_client, "modes", "sleeper", "completed")
     assert_batch_error(call(tls_shoal, "GET", "/jobs/modes", token=task_token), 401, "AuthenticationFailed")
-
-
-def test_server_behind_another_address_names_it_as_the_authority(tmp_path: Path) -> None:
-    """`shoal server --authority URL`: tokens name URL as their issuer, the discovery document
-    sends clients there, and the server still takes its own tokens."""
-    shoal = start_shoal(tmp_path / "server", command="server",
-                        extra_args=["--tls", "--authority", "https://batch.example.test/"])
-    try:
-        principal = create_principal(shoal, "proxied")
-        document = httpx.get(f"{shoal.endpoint}/{principal['tenantId']}/v2.0/.well-known/openid-configuration",
-                             verify=verifier(shoal)).json()
-        assert document["issuer"] == f"https://batch.example.test/{principal['tenantId']}/v2.0"
-        assert document["token_endpoint"] == f"https://batch.example.test/{principal['tenantId']}/oauth2/v2.0/token"
-        token = access_token(shoal, principal)
-        assert jwt.decode(token, options={"verify_signature": False})["iss"] == document["issuer"]
-        assert call(shoal, "GET", "/pools", token=token).status_code == 200
-    finally:
-        stop_shoal(shoal)
-        kill_agents(tmp_path)
-    bad = cli_run(["server", "--authority", "ftp://x", "--port", "0", "--data-dir", str(tmp_path / "bad")])
-    assert bad.returncode == 2 and "--authority" in bad.stderr
-
-
-def cli_run(args: list[str]) -> Any:
-    return subprocess.run([sys.executable, "-m", "shoal.cli", *args], capture_output=True, text=True, timeout=60)
