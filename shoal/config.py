@@ -94,6 +94,11 @@ class Settings:
     poll_timeout_s: float = field(default_factory=lambda: _float_env("SHOAL_AGENT_POLL_TIMEOUT_S", AGENT_POLL_TIMEOUT_S))
     nodes_dir: Path | None = None
     provider: str = "local"
+    # Serve https with a certificate Shoal makes and signs with a CA of its own (server/tls.py).
+    tls: bool = False
+    # The URL tokens name as their issuer and the discovery document as the token endpoint's
+    # base: the server's own endpoint unless given (replicas behind one address share it).
+    authority: str | None = None
     # The simulated provider's nodes share batch-sync calls (shoal/providers/sim_batch.py);
     # SHOAL_SIM_BATCH_SYNCS=0 makes each sync its own call, as real agents make them.
     # The server's log (shoal/logs.py): a level of logs.LEVELS, a format of logs.FORMATS.

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=ORPHAN_TIMEOUT_S,
         help="seconds without reaching the control plane before killing tasks and exiting",
     )
+    parser.add_argument("--ca-file", help="CA certificate (PEM) to trust for an https control plane "
+                                           "(`shoal up --tls` prints its path)")
     parser.add_argument("--log-level", default=os.environ.get("SHOAL_LOG_LEVEL", "INFO"))
     return parser
 
@@ -87,5 +89,6 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
             files_host=args.files_host,
             join_token=args.join_token,
             orphan_timeout_s=args.orphan_timeout,
+            ca_file=args.ca_file,
         )
     )

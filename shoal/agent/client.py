@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 import time
 from typing import Any
 
@@ -64,13 +65,16 @@ class Backoff:
 class ControlPlaneClient:
     """HTTP calls to ``/agent/v1`` with the node's credentials."""
 
-    def __init__(self, join_url: str, node_id: str | None = None, token: str | None = None) -> None:
+    def __init__(self, join_url: str, node_id: str | None = None, token: str | None = None,
+                 ca_file: str | None = None) -> None:
         self.base_url = join_url.rstrip("/")
         self.node_id = node_id
         self.token = token
         # Two connections are enough: the long-poll and the call that interrupts it.
         limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=REQUEST_TIMEOUT_S, limits=limits)
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=REQUEST_TIMEOUT_S, limits=limits,
+                                       verify=verify)
         self.last_contact = time.monotonic()
 
     async def aclose(self) -> None:

@@ -47,6 +47,10 @@ JOB_SEGMENT = "job-1"
 RESERVED_EPHEMERAL_DISK_SPACE_BYTES = 1_000_000_000
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_LANG = "C.UTF-8"
+# The public CAs of the system, readable by every user (an interpreter's own bundle may not be).
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+# In the node root: the system's CAs plus the control plane's own (layout.install_ca_bundle).
+CA_BUNDLE_FILE = "ca-bundle.pem"
 NODE_DIR_MODE = 0o755
 SHARED_DIR_MODE = 0o3770
 STARTUP_DIR_MODE = 0o2750
@@ -192,10 +196,39 @@ class NodeLayout:
     """Paths of a node root (``AZ_BATCH_NODE_ROOT_DIR``)."""
 
     root: Path
+    # Whether tasks are given a CA bundle that trusts the control plane's own CA (an https
+    # endpoint of `shoal up --tls`), so that they can call AZ_BATCH_ACCOUNT_URL.
+    trusts_own_ca: bool = False
 
     @classmethod
-    def at(cls, root: str | os.PathLike[str]) -> NodeLayout:
-        return cls(Path(root).absolute())
+    def at(cls, root: str | os.PathLike[str], *, trusts_own_ca: bool = False) -> NodeLayout:
+        return cls(Path(root).absolute(), trusts_own_ca)
+
+    @property
+    def ca_bundle(self) -> Path:
+        return self.root / CA_BUNDLE_FILE
+
+    def trust_environment(self) -> dict[str, str]:
+        """What points a task's TLS clients (OpenSSL, requests) at the node's CA bundle; a task's
+        own settings can still point them elsewhere."""
+        if not self.trusts_own_ca:
+            return {}
+        return {"SSL_CERT_FILE": str(self.ca_bundle), "REQUESTS_CA_BUNDLE": str(self.ca_bundle)}
+
+    def install_ca_bundle(self, ca_file: str | os.PathLike[str]) -> None:
+        """The system's public CAs plus the control plane's, readable by every task user (a
+        CA certificate is public) and written by the agent only."""
+        parts = []
+        if os.path.exists(SYSTEM_CA_BUNDLE):
+            parts.append(Path(SYSTEM_CA_BUNDLE).read_bytes())
+        parts.append(Path(ca_file).read_bytes())
+        tmp = self.root / f".{CA_BUNDLE_FILE}.tmp"
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o644)
+            handle.write(b"\n".join(part.rstrip(b"\n") for part in parts) + b"\n")
+        os.replace(tmp, self.ca_bundle)
 
     @property
     def applications(self) -> Path:
@@ -346,6 +379,7 @@ def start_task_environment(
 ) -> dict[str, str]:
     """Environment of the start task: base, then user settings, then AZ_BATCH_* (which win)."""
     env = base_environment(user)
+    env.update(layout.trust_environment())
     env.update(user_settings or {})
     env.update(_common_batch_vars(layout, node, layout.start_task()))
     return env
@@ -361,6 +395,7 @@ def task_environment(
 ) -> dict[str, str]:
     """Environment of a job task: as the start task's plus AZ_BATCH_JOB_ID and AZ_BATCH_TASK_ID."""
     env = base_environment(user)
+    env.update(layout.trust_environment())
     env.update(user_settings or {})
     env.update(_common_batch_vars(layout, node, layout.task(job_id, task_id)))
     env["AZ_BATCH_JOB_ID"] = job_id

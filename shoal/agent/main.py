@@ -120,6 +120,8 @@ class AgentConfig:
     files_host: str = "127.0.0.1"
     join_token: str | None = None
     orphan_timeout_s: float = ORPHAN_TIMEOUT_S
+    # The CA to trust when the control plane serves https with a certificate of its own.
+    ca_file: str | None = None
 
 
 
@@ -129,9 +131,9 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.layout = NodeLayout.at(config.root)
+        self.layout = NodeLayout.at(config.root, trusts_own_ca=config.ca_file is not None)
         self.meter = ResourceMeter(str(config.root))
-        self.client = ControlPlaneClient(config.join_url, config.node_id, config.token)
+        self.client = ControlPlaneClient(config.join_url, config.node_id, config.token, ca_file=config.ca_file)
         self.incarnation = uuid.uuid4().hex
         self.node: NodeIdentity | None = None
         self.start_task_def: dict[str, Any] | None = None
@@ -180,6 +182,8 @@ class Agent:
 
     async def run(self) -> int:
         self.layout.create()
+        if self.config.ca_file is not None:
+            await asyncio.to_thread(self.layout.install_ca_bundle, self.config.ca_file)
         # Task trees die with their node (shoal.agent.tree): what an earlier agent on this root
         # left running dies before hello lets the control plane requeue it elsewhere.
         containment = await asyncio.to_thread(contain_node, self.layout.root)
@@ -1067,10 +1071,12 @@ async def run_agent(
     files_host: str = "127.0.0.1",
     join_token: str | None = None,
     orphan_timeout_s: float = ORPHAN_TIMEOUT_S,
+    ca_file: str | None = None,
 ) -> int:
     """Run a node agent until it leaves the pool, is orphaned, or gets SIGTERM; returns an exit code."""
     agent = Agent(
-        AgentConfig(join_url, pool_id, node_id, token, Path(root), files_host, join_token, orphan_timeout_s)
+        AgentConfig(join_url, pool_id, node_id, token, Path(root), files_host, join_token, orphan_timeout_s,
+                    ca_file)
     )
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []

@@ -17,6 +17,7 @@ import signal
 import sys
 from typing import Any
 
+from shoal.agent.layout import SYSTEM_CA_BUNDLE
 from shoal.agent.process import USER_ERROR, Failure
 
 log = logging.getLogger("shoal.agent.taskfiles")
@@ -25,15 +26,14 @@ TRANSFER_TIMEOUT_S = 6 * 3600.0
 """The longest a transfer may take before it is killed (a stuck server must not hold a slot forever)."""
 _MAX_ANSWER_BYTES = 64 * 1024
 _INHERITED = ("PATH", "PYTHONPATH", "LANG", "LC_ALL")
-_SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
 def _environment() -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if name in _INHERITED}
     # The task's user may not read the interpreter's own CA bundle; the system's is public.
-    if os.path.exists(_SYSTEM_CA_BUNDLE):
-        env.setdefault("SSL_CERT_FILE", _SYSTEM_CA_BUNDLE)
-        env.setdefault("REQUESTS_CA_BUNDLE", _SYSTEM_CA_BUNDLE)
+    if os.path.exists(SYSTEM_CA_BUNDLE):
+        env.setdefault("SSL_CERT_FILE", SYSTEM_CA_BUNDLE)
+        env.setdefault("REQUESTS_CA_BUNDLE", SYSTEM_CA_BUNDLE)
     return env
 
 

@@ -19,13 +19,15 @@ from shoal import telemetry
 from shoal.api import agent_bodies
 from shoal.api.http import dumps, parse_json_off_loop, read_body
 from shoal.errors import BatchError, Unauthenticated
-from shoal.service import agents
+from shoal.service import agents, tokens
 from shoal.service.liveness import Liveness
 
 if TYPE_CHECKING:
     from shoal.api.app import Api
 
 T = TypeVar("T")
+# Where a task finds its authentication token (semantics §4.2).
+TASK_TOKEN_VARIABLE = "AZ_BATCH_AUTHENTICATION_TOKEN"
 
 
 class BatchWait:
@@ -215,7 +217,20 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
     def with_orders(node_id: str, answer: agents.SyncAnswer) -> dict[str, Any]:
         """The answer as sent to the node's current agent, with the folder deletions due."""
         answer.delete_task_dirs, answer.delete_job_dirs = orders.take_due(node_id)
-        return answer.to_json()
+        return with_task_tokens(answer.to_json())
+
+    def with_task_tokens(payload: dict[str, Any]) -> dict[str, Any]:
+        """Attempts whose task asks for it get AZ_BATCH_AUTHENTICATION_TOKEN, made here: the
+        service knows the rule, the API holds the signing key. The token is good for its
+        attempt only (shoal/api/auth.py)."""
+        for assignment in payload.get("run") or ():
+            if assignment.pop("jobToken", False) and api.identity is not None:
+                token = tokens.mint_task_token(api.identity.keys, account=api.ctx.account,
+                                               job_id=assignment["jobId"], task_id=assignment["taskId"],
+                                               attempt=assignment["attempt"])
+                assignment["environment"] = {**(assignment.get("environment") or {}),
+                                             TASK_TOKEN_VARIABLE: token}
+        return payload
 
     async def register(request: Request) -> Response:
         scheme, _, join_token = request.headers.get("authorization", "").partition(" ")
@@ -285,7 +300,7 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
 
         def respond(answer: agents.SyncAnswer) -> Response:
             # Only the node's current agent is given orders (as it alone is given tasks).
-            return _json(with_orders(node_id, answer) if current else answer.to_json())
+            return _json(with_orders(node_id, answer) if current else with_task_tokens(answer.to_json()))
 
         if (answer.has_news() or body.get("wait") is False or (current and orders.has_due(node_id))
                 or hub.closing):
@@ -337,7 +352,7 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
         def sent(index: int, entry: agents.SyncEntry, answer: agents.SyncAnswer | BatchError) -> Any:
             if isinstance(answer, BatchError):
                 return answer
-            return with_orders(entry.node_id, answer) if index in current else answer.to_json()
+            return with_orders(entry.node_id, answer) if index in current else with_task_tokens(answer.to_json())
 
         if reads:
             quiet = await runner.read(agents.sync_batch_without_writes, api.ctx, [e for _, e in reads])

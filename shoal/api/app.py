@@ -8,7 +8,6 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, urlencode
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -16,9 +15,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from shoal import sharedkey, telemetry
+from shoal import telemetry
 from shoal.api import unserved, versions
 from shoal.api.access_log import RequestLog
+from shoal.api.auth import Authenticator, Caller, Identity
 from shoal.api.http import MAX_BODY_BYTES, error_response, new_request_id, read_body
 from shoal.errors import BatchError
 from shoal.service.context import Context
@@ -45,10 +45,14 @@ class Api:
     """Holds what the routes share: the service context per request, the account keys, and the
     runner that keeps store work off the event loop."""
 
-    def __init__(self, ctx: Context, keys: dict[str, tuple[str, str]], runner: StoreRunner | None = None) -> None:
+    def __init__(self, ctx: Context, keys: dict[str, tuple[str, str]], runner: StoreRunner | None = None,
+                 identity: Identity | None = None) -> None:
         self.ctx = ctx
         self.keys = keys
         self.runner = runner if runner is not None else StoreRunner()
+        # Shared Key, bearer tokens and the account's allowed modes (shoal/api/auth.py).
+        self.auth = Authenticator(ctx, keys, self.runner, identity)
+        self.identity = identity
 
     def context_for(self, request: Request) -> Context:
         """The service context with this request's base URL (for `url` and `odata` fields); every
@@ -63,7 +67,7 @@ class Api:
         return dataclasses.replace(ctx, base_url=url)
 
     def batch(self, handler: Handler, placement: Placement = "loop") -> Callable[[Request], Awaitable[Response]]:
-        """Wrap a Batch REST handler: Shared Key, api-version, error body; then run it where
+        """Wrap a Batch REST handler: authentication, api-version, error body; then run it where
         ``placement`` says."""
 
         operation = getattr(handler, "__name__", telemetry.UNMATCHED)
@@ -74,7 +78,7 @@ class Api:
             # For handlers on the loop that send their store work to the runner themselves.
             request.state.runner = self.runner
             try:
-                self.authenticate(request)
+                await self.authenticate(request)
                 # Handlers shape bodies and answers by it (shoal.api.versions).
                 request.state.api_version = versions.check_version(request.query_params.get("api-version"))
                 ctx = self.context_for(request)
@@ -105,22 +109,10 @@ class Api:
 
         return endpoint
 
-    def authenticate(self, request: Request) -> None:
-        """Verify Shared Key before anything else is read (the body included), then leave the
-        handlers exactly the query that was signed."""
-        raw_path = request.scope.get("raw_path") or request.url.path.encode()
-        path = raw_path.decode("latin-1").split("?", 1)[0]
-        query = parse_qsl(request.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-        sharedkey.refuse_ambiguity(query, request.headers.items())
-        sharedkey.verify(request.method, path, query, request.headers, self._keys_for)
-        if any(not value for _name, value in query):
-            # The SDK's canonical form does not sign blank parameters: handlers must not see them.
-            request.scope["query_string"] = urlencode([(n, v) for n, v in query if v]).encode("latin-1")
-            request.__dict__.pop("_query_params", None)
-
-    def _keys_for(self, account: str) -> tuple[str, ...] | None:
-        pair = self.keys.get(account)
-        return pair if pair else None
+    async def authenticate(self, request: Request) -> Caller:
+        """Who is calling (Shared Key, a bearer token or a task token), before anything else is
+        read, the body included: shoal/api/auth.py."""
+        return await self.auth.authenticate(request)
 
 
 def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_interval_s: float = 5.0,
@@ -132,6 +124,7 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
         certificates,
         files,
         health,
+        identity,
         job_schedules,
         jobs,
         ledger,
@@ -159,6 +152,9 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
     routes.extend(agent.routes(api, agent_hub, poll_timeout_s, heartbeat_interval_s, manual_join))
     routes.append(Route("/shoal/v1/pools/{pool_id}/join-token", api.batch(_join_token, "read"), methods=["GET"]))
     routes.extend(health.routes(api, metrics_token, duties_running))
+    # The token authority and the principals that sign in to it (shoal/api/identity.py).
+    routes.extend(identity.routes(api, api.identity))
+
     # The web dashboard (shoal/web), signed in with the account key, on the same port.
     from shoal.web.routes import mount as mount_dashboard
 

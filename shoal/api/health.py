@@ -52,19 +52,19 @@ def routes(api: Api, metrics_token: str | None, duties_running: Callable[[], boo
     async def metrics(request: Request) -> Response:
         request.state.request_id = new_request_id()
         try:
-            _authenticate(request)
+            await _authenticate(request)
         except BatchError as error:
             return error_response(request, error)
         body = await api.runner.read(telemetry.exposition)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    def _authenticate(request: Request) -> None:
+    async def _authenticate(request: Request) -> None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer":
             if metrics_token and hmac.compare_digest(token.strip().encode(), metrics_token.encode()):
                 return
             raise Unauthenticated("The scrape token is not valid.")
-        api.authenticate(request)
+        await api.authenticate(request)
 
     return [Route("/health", health, methods=["GET", "HEAD"]), Route("/ready", ready, methods=["GET", "HEAD"]),
             Route("/metrics", metrics, methods=["GET"])]

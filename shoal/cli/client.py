@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -20,7 +21,8 @@ class BatchClient:
         if not account.endpoint:
             raise BatchError("The account has no endpoint: is `shoal up` running?", code="NotRunning")
         self.account = account
-        self.http = httpx.Client(timeout=timeout)
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=account.ca_file) if account.ca_file else True
+        self.http = httpx.Client(timeout=timeout, verify=verify)
 
     def request(self, method: str, path: str, params: dict[str, str] | None = None,
                 body: Any = None) -> httpx.Response:

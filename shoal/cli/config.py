@@ -19,10 +19,15 @@ class AccountInfo:
     endpoint: str | None
     primary_key: str
     secondary_key: str
+    # The CA an https endpoint's certificate is signed by (`shoal up --tls`); None: the system's.
+    ca_file: str | None = None
 
     def to_json(self) -> dict[str, str | None]:
-        return {"name": self.name, "endpoint": self.endpoint, "primaryKey": self.primary_key,
-                "secondaryKey": self.secondary_key}
+        record = {"name": self.name, "endpoint": self.endpoint, "primaryKey": self.primary_key,
+                  "secondaryKey": self.secondary_key}
+        if self.ca_file:
+            record["caFile"] = self.ca_file
+        return record
 
 
 def account_from_data_dir(data_dir: Path | None) -> AccountInfo:
@@ -39,7 +44,9 @@ def account_from_data_dir(data_dir: Path | None) -> AccountInfo:
     if not isinstance(record, dict):
         raise BatchError(f"{endpoint_file} is not a Shoal endpoint file.", code="NotInitialised")
     if all(isinstance(record.get(name), str) for name in ("account", "primaryKey", "secondaryKey")):
-        return AccountInfo(record["account"], record.get("endpoint"), record["primaryKey"], record["secondaryKey"])
+        ca_file = record.get("caFile") if isinstance(record.get("caFile"), str) else None
+        return AccountInfo(record["account"], record.get("endpoint"), record["primaryKey"], record["secondaryKey"],
+                           ca_file)
     return _account_from_store(directory, record)
 
 

@@ -10,19 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
-from shoal.cli.calls import client_for as _client
-from shoal.cli.calls import or_exit as _or_exit
+from shoal.cli.common import client_for as _client
+from shoal.cli.common import console, data_dir_option, json_option
+from shoal.cli.common import or_exit as _or_exit
+from shoal.cli.common import print_rows as _print
 from shoal.config import PROVIDERS, Settings, default_data_dir, default_port
 
-console = Console()
 # Batch's task states (`shoal task list --state`).
 TASK_STATES = ("active", "preparing", "running", "completed")
-data_dir_option = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-                               help="Shoal's data directory (default: $SHOAL_DATA_DIR or a per-user folder).")
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+tls_option = click.option("--tls", is_flag=True,
+                          help="Serve https with a certificate signed by a CA Shoal keeps in the data dir "
+                               "(its path is printed: trust it with SSL_CERT_FILE / REQUESTS_CA_BUNDLE).")
 
 
 def log_options(command: Any) -> Any:
@@ -45,11 +44,12 @@ def main() -> None:
 
 def _serve(host: str, port: int, data_dir: Path | None, database: str | None, local_provider: bool,
            logging: tuple[str, str], time_scale: float = 1.0, spot: dict[str, Any] | None = None,
-           sample_lag: float | None = None) -> None:
+           sample_lag: float | None = None, tls: bool = False, authority: str | None = None) -> None:
     from shoal import server
 
     settings = Settings(data_dir=data_dir or default_data_dir(), host=host, port=port, database_url=database,
-                        time_scale=time_scale, log_level=logging[0], log_format=logging[1], **(spot or {}))
+                        time_scale=time_scale, log_level=logging[0], log_format=logging[1], tls=tls,
+                        authority=authority, **(spot or {}))
     if sample_lag is not None:
         settings.sample_lag_s = sample_lag
 
@@ -57,6 +57,9 @@ def _serve(host: str, port: int, data_dir: Path | None, database: str | None, lo
         name, (key, _) = server.DEFAULT_ACCOUNT, plane.keys
         click.echo(f"Shoal is up.\n  endpoint: {plane.endpoint}\n  account:  {name}\n"
                    f"  key:      {key}\n  data:     {settings.data_dir}")
+        if plane.certificate is not None:
+            click.echo(f"  CA:       {plane.certificate.ca_file}\n"
+                       f"            (trust it: SSL_CERT_FILE / REQUESTS_CA_BUNDLE={plane.certificate.ca_file})")
         sys.stdout.flush()
 
     try:
@@ -94,9 +97,11 @@ def _serve(host: str, port: int, data_dir: Path | None, database: str | None, lo
               help="The account's linked storage (for autoStorageContainerName): a storage connection "
                    "string with AccountName and AccountKey (default: $SHOAL_AUTO_STORAGE; none).")
 @log_options
+@tls_option
 def up(host: str, port: int, data_dir: Path | None, database: str | None, time_scale: float,
        spot_capacity: int | None, spot_eviction_rate: float, spot_recovery: float, sample_lag: float | None,
-       nodes_dir: Path | None, provider: str, auto_storage: str | None, log_level: str, log_format: str) -> None:
+       nodes_dir: Path | None, provider: str, auto_storage: str | None, log_level: str, log_format: str,
+       tls: bool) -> None:
     """Run everything in one process: API, scheduler and local compute nodes."""
     if auto_storage:
         from shoal import storage
@@ -115,7 +120,7 @@ def up(host: str, port: int, data_dir: Path | None, database: str | None, time_s
         os.environ.setdefault("SHOAL_MAX_NODES", str(SIM_NODE_CAPACITY))
     _serve(host, port, data_dir, database, True, (log_level, log_format), time_scale,
            {"spot_capacity": spot_capacity, "spot_eviction_rate": spot_eviction_rate,
-            "spot_recovery_s": spot_recovery, "nodes_dir": nodes_dir, "provider": provider}, sample_lag)
+            "spot_recovery_s": spot_recovery, "nodes_dir": nodes_dir, "provider": provider}, sample_lag, tls)
 
 
 @main.command("server")
@@ -125,10 +130,16 @@ def up(host: str, port: int, data_dir: Path | None, database: str | None, time_s
 @data_dir_option
 @click.option("--database", default=None, help="postgresql://… (default: SQLite in the data dir)")
 @log_options
+@tls_option
+@click.option("--authority", default=None, metavar="URL",
+              help="The URL bearer tokens name as their issuer and clients sign in at (default: this "
+                   "server's endpoint); replicas behind one address give that address.")
 def server_command(host: str, port: int, data_dir: Path | None, database: str | None, log_level: str,
-                   log_format: str) -> None:
+                   log_format: str, tls: bool, authority: str | None) -> None:
     """Run the control plane alone (nodes join with `shoal agent`)."""
-    _serve(host, port, data_dir, database, False, (log_level, log_format))
+    if authority is not None and not authority.startswith(("https://", "http://")):
+        raise click.BadParameter("an http(s) URL is required", param_hint="--authority")
+    _serve(host, port, data_dir, database, False, (log_level, log_format), tls=tls, authority=authority)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
@@ -157,25 +168,6 @@ def account_show(data_dir: Path | None, as_json: bool) -> None:
         return
     for key, value in info.to_json().items():
         click.echo(f"{key:>13}: {value}")  # never wrapped: a key must copy whole
-
-
-def _print(rows: list[dict[str, Any]], columns: list[tuple[str, str]], as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    table = Table(*[title for title, _ in columns])
-    for column in table.columns:
-        column.overflow = "fold"  # ids are shown whole (folded), never cut to fit
-    for row in rows:
-        table.add_row(*[_dig(row, path) for _, path in columns])
-    console.print(table)
-
-
-def _dig(row: dict[str, Any], path: str) -> str:
-    value: Any = row
-    for part in path.split("/"):
-        value = value.get(part) if isinstance(value, dict) else None
-    return "" if value is None else str(value)
 
 
 @main.group()
@@ -355,7 +347,9 @@ def _failures(client: Any, job_id: str, most: int = 20) -> list[dict[str, Any]]:
     return found
 from shoal.cli.autoscale import autoscale  # noqa: E402
 from shoal.cli.control import down, reset, status  # noqa: E402
+from shoal.cli.principals import account_auth_modes, principal, tenant  # noqa: E402
 from shoal.cli.usage import usage  # noqa: E402
 
-for command in (autoscale, status, down, reset, usage):
+for command in (autoscale, status, down, reset, principal, tenant, usage):
     main.add_command(command)
+account.add_command(account_auth_modes)

@@ -17,7 +17,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from shoal.cli.calls import client_for, or_exit
+from shoal.cli.common import client_for, or_exit
 from shoal.config import default_data_dir
 from shoal.model.catalog import find_vm_size
 

@@ -103,8 +103,11 @@ class LocalProvider:
     # An agent process that dies is noticed only by polling it.
     reconcile_interval_s = PROVIDER_RECONCILE_S
     def __init__(self, ctx: Context, nodes_dir: Path, join_url: str, *, spot_eviction_rate: float = 0.0,
-                 eviction_seed: int | None = None, runner: StoreRunner | None = None) -> None:
+                 eviction_seed: int | None = None, runner: StoreRunner | None = None,
+                 ca_file: Path | None = None) -> None:
         self.ctx = ctx
+        # The CA of an https endpoint (`shoal up --tls`): the agents trust it for the agent protocol.
+        self.ca_file = ca_file
         # Store calls go through the runner (reads to a reader, writes to the one writer).
         self.runner = runner if runner is not None else StoreRunner()
         self.evictor = SpotEvictor(spot_eviction_rate, eviction_seed)
@@ -207,7 +210,8 @@ class LocalProvider:
         try:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "shoal.agent", "--join", self.join_url, "--pool", pool_id,
-                 "--node-id", node_id, "--root", str(root), "--token-stdin"],
+                 "--node-id", node_id, "--root", str(root), "--token-stdin",
+                 *(["--ca-file", str(self.ca_file)] if self.ca_file else [])],
                 stdin=subprocess.PIPE, stdout=log_fd, stderr=subprocess.STDOUT, env=agent_environment(os.environ),
                 start_new_session=True, close_fds=True)
         finally:

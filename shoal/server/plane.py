@@ -17,6 +17,7 @@ import uvicorn
 from shoal import logs, telemetry
 from shoal.api.agent import AgentHub
 from shoal.api.app import Api, build_app
+from shoal.api.auth import Identity
 from shoal.api.http_protocol import BoundedHeadProtocol
 from shoal.config import Settings
 from shoal.nodeclient import files as node_files
@@ -33,11 +34,13 @@ from shoal.server.startup import (
     bind_socket,
     check_nodes_dir_reachable,
     ensure_account,
+    ensure_identity,
     ensure_metrics_token,
     hold_data_dir,
     make_private,
     write_endpoint_file,
 )
+from shoal.server.tls import ServerCertificate, ensure_certificates
 from shoal.service.context import Context, Signals
 from shoal.service.liveness import Liveness
 from shoal.store.db import StoreInUse, create_store_engine, hold_store, migrate
@@ -81,10 +84,14 @@ class ControlPlane:
             raise AlreadyRunning(str(exc)) from None
         migrate(self.engine)
         self.keys = ensure_account(self.engine)
+        self.certificate: ServerCertificate | None = None
+        if settings.tls:
+            self.certificate = ensure_certificates(settings.data_dir, settings.host)
         self.sock = bind_socket(settings.host, settings.port)
         port = self.sock.getsockname()[1]
         host = settings.host if ":" not in settings.host else f"[{settings.host}]"
-        self.endpoint = f"http://{host}:{port}"
+        self.endpoint = f"{'https' if self.certificate else 'http'}://{host}:{port}"
+        ca_file = self.certificate.ca_file if self.certificate else None
         # Every store call of the server goes through the runner: the event loop only does I/O.
         self.runner = StoreRunner()
         self.liveness = Liveness()
@@ -96,7 +103,9 @@ class ControlPlane:
         self.ctx = Context(engine=self.engine, account=DEFAULT_ACCOUNT, signals=signals, base_url=self.endpoint,
                            timebase=self.timebase, sample_lag=timedelta(seconds=settings.sample_lag_s),
                            spot_capacity=settings.spot_capacity, provider_runs_nodes=local_provider)
-        self.api = Api(self.ctx, {DEFAULT_ACCOUNT: self.keys}, self.runner)
+        # Bearer tokens name the server's endpoint as their authority (issuer), unless told another.
+        identity = Identity(ensure_identity(self.engine), (settings.authority or self.endpoint).rstrip("/"))
+        self.api = Api(self.ctx, {DEFAULT_ACCOUNT: self.keys}, self.runner, identity)
         # An idle agent calls at least once per long-poll: keep that well inside the timeout
         # after which a silent node is declared unusable.
         poll_timeout = min(settings.poll_timeout_s, settings.heartbeat_timeout_s / 3)
@@ -115,7 +124,8 @@ class ControlPlane:
             from shoal.providers.local import LocalProvider
 
             self.provider = LocalProvider(self.ctx, settings.effective_nodes_dir, self.endpoint,
-                                          spot_eviction_rate=settings.spot_eviction_rate, runner=self.runner)
+                                          spot_eviction_rate=settings.spot_eviction_rate, runner=self.runner,
+                                          ca_file=ca_file)
         self._tasks: list[asyncio.Task[None]] = []
 
     def write_endpoint_file(self) -> None:
@@ -127,6 +137,9 @@ class ControlPlane:
                   "secondaryKey": secondary}
         if self.provider is not None:
             record["nodesDir"] = str(self.settings.effective_nodes_dir)
+        if self.certificate is not None:
+            # Public: what a client trusts to reach the https endpoint.
+            record["caFile"] = str(self.certificate.ca_file)
         write_endpoint_file(self.settings.data_dir, record)
 
     def bind_signals(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -167,11 +180,16 @@ class ControlPlane:
         # What was acknowledged is committed already; this lets queued duty work finish.
         await asyncio.to_thread(self.runner.shutdown)
 
+    def _tls_options(self) -> dict[str, Any]:
+        if self.certificate is None:
+            return {}
+        return {"ssl_certfile": str(self.certificate.cert_file), "ssl_keyfile": str(self.certificate.key_file)}
+
     async def serve(self) -> None:
         # log_config=None: uvicorn's loggers go where shoal.logs sends every logger.
         config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off",
                                 timeout_keep_alive=75, loop="none", timeout_graceful_shutdown=2,
-                                http=BoundedHeadProtocol)
+                                http=BoundedHeadProtocol, **self._tls_options())
         server = _QuietServer(config, self.hub.close)
         self.bind_signals(asyncio.get_running_loop())
         if self.provider is not None:

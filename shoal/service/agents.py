@@ -32,6 +32,7 @@ from shoal.service import (
     usage,
 )
 from shoal.service import jobs as job_service
+from shoal.service import tasks as task_service
 from shoal.service.context import Context
 from shoal.store.chunks import in_chunks
 from shoal.store.schema import jobs, nodes, pools, tasks
@@ -802,4 +803,6 @@ def _assignment(row: Any, job_id: str, job_env: dict[str, str]) -> dict[str, Any
     return {"jobId": job_id, "taskId": row.id, "attempt": row.attempt, "commandLine": spec["commandLine"],
             "environment": env, "requiredSlots": row.required_slots, "maxWallClockTimeS": wall_s,
             "userIdentity": spec.get("userIdentity"),
-            "resourceFiles": task_files.for_node(spec.get("resourceFiles")), "outputFiles": spec.get("outputFiles") or []}
+            "resourceFiles": task_files.for_node(spec.get("resourceFiles")), "outputFiles": spec.get("outputFiles") or [],
+            # The API puts the token itself in the environment as it sends this (api/agent.py).
+            "jobToken": task_service.wants_job_token(spec)}

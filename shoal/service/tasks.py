@@ -37,7 +37,9 @@ from shoal.store.schema import jobs, nodes, tasks
 
 # Properties a client may set that Shoal keeps verbatim in `spec` (and shows again).
 KEPT_PROPERTIES = ("displayName", "commandLine", "environmentSettings", "affinityInfo", "constraints", "userIdentity",
-                   "exitConditions", "dependsOn", "resourceFiles", "outputFiles")
+                   "exitConditions", "dependsOn", "resourceFiles", "outputFiles", "authenticationTokenSettings")
+# The scopes a task authentication token can be given (Batch's AccessScope): its own job.
+TOKEN_ACCESS_SCOPES = ("job",)
 
 
 def task_not_found() -> NotFound:
@@ -46,8 +48,7 @@ def task_not_found() -> NotFound:
 
 # Accepted by the API but not carried out by Shoal's nodes yet: refused when given (non-empty),
 # never stored and ignored. An empty list is what some clients send for "none", so it passes.
-UNSUPPORTED = ("containerSettings", "multiInstanceSettings", "applicationPackageReferences",
-               "authenticationTokenSettings")
+UNSUPPORTED = ("containerSettings", "multiInstanceSettings", "applicationPackageReferences")
 
 
 def _validate(body: Any) -> dict[str, Any]:
@@ -65,6 +66,7 @@ def _validate(body: Any) -> dict[str, Any]:
     task_files.resource_files(body)
     task_files.output_files(body)
     request_body.refuse_unsupported(body, UNSUPPORTED)
+    _token_settings(body)
     exit_conditions.validate(body)
     depends = dependencies.parse(body, task_id)
     spec = {name: body[name] for name in KEPT_PROPERTIES if body.get(name) is not None}
@@ -72,6 +74,27 @@ def _validate(body: Any) -> dict[str, Any]:
         spec.pop("dependsOn", None)  # an empty dependsOn asks for nothing
     return {"id": task_id, "spec": spec, "required_slots": required_slots,
             "dependencies": depends[0] if depends else None}
+
+
+def _token_settings(body: dict[str, Any]) -> None:
+    """`authenticationTokenSettings.access`: a list of scopes, of which Batch knows one, `job`
+    (shoal/api/auth.py then allows the token the task's job and nothing else)."""
+    settings = v.obj(body, "authenticationTokenSettings")
+    access = None if settings is None else settings.get("access")
+    if access is None:
+        return
+    name = "authenticationTokenSettings.access"
+    if not isinstance(access, list):
+        raise InvalidProperty(name, access, "The value must be a list of access scopes.")
+    for scope in access:
+        if not isinstance(scope, str) or scope.lower() not in TOKEN_ACCESS_SCOPES:
+            raise InvalidProperty(name, scope, f"The access scopes are {', '.join(TOKEN_ACCESS_SCOPES)}.")
+
+
+def wants_job_token(spec: dict[str, Any]) -> bool:
+    """Whether a task's attempts get AZ_BATCH_AUTHENTICATION_TOKEN."""
+    access = (spec.get("authenticationTokenSettings") or {}).get("access") or []
+    return any(isinstance(scope, str) and scope.lower() == "job" for scope in access)
 
 
 def _refusal_by_job(job: Any, task: dict[str, Any]) -> BatchError | None:

@@ -43,6 +43,45 @@ accounts = Table(
     Column("primary_key", String(128), nullable=False),
     Column("secondary_key", String(128), nullable=False),
     Column("created", DateTime(timezone=True), nullable=False),
+    # The Entra-style tenant whose principals' tokens the account accepts (service/principals.py).
+    Column("tenant_id", String(36)),
+    # SharedKey, AAD, TaskAuthenticationToken; None: all three.
+    Column("allowed_auth_modes", JSON),
+)
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(256), nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+)
+
+# App registrations and their service principals, one row each: the client id is the
+# application's, the object id the principal's. Only a salted hash of the secret is kept.
+principals = Table(
+    "principals",
+    metadata,
+    Column("client_id", String(36), primary_key=True),
+    Column("object_id", String(36), nullable=False, unique=True),
+    Column("tenant_id", String(36), ForeignKey("tenants.id"), nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("secret_salt", String(64), nullable=False),
+    Column("secret_hash", String(128), nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Index("ix_principals_tenant_name", "tenant_id", "name"),
+)
+
+# The keys tokens are signed with, one per purpose: "access" (RS256, private key PEM; its public
+# half is the JWKS) and "task" (HS256 secret for task authentication tokens). In the store, not
+# the data dir, so every replica signs and checks with the same keys.
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("purpose", String(16), nullable=False, unique=True),
+    Column("secret", Text, nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
 )
 
 pools = Table(

@@ -30,12 +30,15 @@ class RunningShoal:
     secondary_key: str
     log_path: Path
     nodes_dir: Path
+    # The CA of an https endpoint (`--tls`); None over http.
+    ca_file: str | None = None
 
     def client(self, key: str | None = None) -> Any:
         from azure.batch import BatchClient
         from azure.core.credentials import AzureNamedKeyCredential
 
-        return BatchClient(self.endpoint, AzureNamedKeyCredential(self.account, key or self.primary_key))
+        verify = {"connection_verify": self.ca_file} if self.ca_file else {}
+        return BatchClient(self.endpoint, AzureNamedKeyCredential(self.account, key or self.primary_key), **verify)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -111,7 +114,7 @@ def start_shoal(data_dir: Path, *, port: int = 0, extra_args: list[str] | None =
         raise
     nodes_dir = Path(json.loads(endpoint_file.read_text()).get("nodesDir") or data_dir / "nodes")
     return RunningShoal(data_dir, process, info["endpoint"], info["name"], info["primaryKey"],
-                        info["secondaryKey"], log_path, nodes_dir)
+                        info["secondaryKey"], log_path, nodes_dir, info.get("caFile"))
 
 
 def stop_shoal(shoal: RunningShoal, *, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:

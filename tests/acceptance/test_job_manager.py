@@ -124,7 +124,7 @@ BAD_MANAGERS = [
     ({"id": "m", "commandLine": "/bin/true",
       "applicationPackageReferences": [{"applicationId": "app"}]}, "FeatureNotSupported"),
     ({"id": "m", "commandLine": "/bin/true",
-      "authenticationTokenSettings": {"access": ["job"]}}, "FeatureNotSupported"),
+      "authenticationTokenSettings": {"access": ["pool"]}}, "InvalidPropertyValue"),
     ({"id": "m", "commandLine": "/bin/true",
       "resourceFiles": [{"httpUrl": "http://x/y", "filePath": "../up"}]}, "InvalidPropertyValue"),
     ("not an object", "InvalidPropertyValue"),

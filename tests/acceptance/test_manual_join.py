@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 from azure.batch import models
 
@@ -62,3 +65,42 @@ def test_up_refuses_agents_joining_by_hand(shoal, client):
                              "--join-token", token, "--root", str(shoal.data_dir / "stray")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
+
+
+def test_agent_joins_an_https_server_trusting_its_ca(tmp_path):
+    """`shoal server --tls`: a hand-started agent is given the CA with --ca-file (it is public),
+    and its tasks trust it too."""
+    shoal = start_shoal(tmp_path / "server", command="server", extra_args=["--tls"])
+    # Where the task's user can walk down to the node root (pytest's own folders are root's only).
+    node_parent = Path(tempfile.mkdtemp(prefix="shoal-hand-"))
+    node_parent.chmod(0o755)
+    agent = None
+    try:
+        assert shoal.endpoint.startswith("https://") and shoal.ca_file
+        client = shoal.client()
+        client.create_pool(pool_options("tlshand", target_dedicated_nodes=1))
+        join_token = _cli(shoal, "pool", "join-token", "tlshand").stdout.strip()
+        agent = subprocess.Popen([sys.executable, "-m", "shoal.agent", "--join", shoal.endpoint, "--pool", "tlshand",
+                                  "--join-token", join_token, "--root", str(node_parent / "batch"),
+                                  "--ca-file", shoal.ca_file],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_for(lambda: [n.state for n in client.list_nodes("tlshand")] == ["idle"], 30, message="joined node idle")
+        client.create_job(models.BatchJobCreateOptions(id="tls-job", pool_info=models.BatchPoolInfo(pool_id="tlshand")))
+        # The task reaches the server over https with the node's CA bundle, and no option of its own.
+        probe = ("import os, ssl, urllib.request as r, urllib.error as e\n"
+                 "try: r.urlopen(os.environ['AZ_BATCH_ACCOUNT_URL'] + '/pools', context=ssl.create_default_context())\n"
+                 "except e.HTTPError as x: print(x.code)")
+        client.create_task("tls-job", models.BatchTaskCreateOptions(
+            id="probe", command_line="/usr/bin/python3 -c \"import os; exec(os.environ['PROBE'])\"",
+            environment_settings=[models.EnvironmentSetting(name="PROBE", value=probe)]))
+        wait_tasks_done(client, "tls-job")
+        out = b"".join(client.download_task_file("tls-job", "probe", "stdout.txt")).decode().strip()
+        err = b"".join(client.download_task_file("tls-job", "probe", "stderr.txt")).decode()
+        assert out == "401", err  # TLS verified; the unsigned call itself is refused
+    finally:
+        if agent is not None and agent.poll() is None:
+            os.killpg(agent.pid, signal.SIGKILL)
+        stop_shoal(shoal)
+        kill_agents(tmp_path)
+        kill_agents(node_parent)
+        shutil.rmtree(node_parent, ignore_errors=True)

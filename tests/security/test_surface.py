@@ -42,7 +42,6 @@ def refused(response: Any, code: str, name: str) -> None:
 TASK_FEATURES = [
     ("containerSettings", {"imageName": "ubuntu"}),
     ("applicationPackageReferences", [{"applicationId": "app"}]),
-    ("authenticationTokenSettings", {"access": ["job"]}),
 ]
 
 

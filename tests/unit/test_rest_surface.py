@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from shoal.api import identity
 from shoal.api.agent import AgentHub
 from shoal.api.app import Api, build_app
 from shoal.api.versions import VERSIONS, served_differences
@@ -59,9 +60,10 @@ def served_operations() -> set[tuple[str, str]]:
     app = build_app(Api(Context(engine=None, account="x"), {}), AgentHub(), 1.0)  # type: ignore[arg-type]
     out = set()
     for route in app.routes:
-        # The agent protocol, the /shoal/ extensions, health and metrics, and the dashboard (/ui) are
-        # not Batch operations.
-        if route.path.startswith(("/agent/", "/shoal/", "/health", "/ready", "/metrics", "/ui")):
+        # The agent protocol, the /shoal/ extensions, health and metrics, the dashboard (/ui) and the
+        # token authority are not Batch operations.
+        if route.path.startswith(("/agent/", "/shoal/", "/health", "/ready", "/metrics", "/ui")) \
+                or route.path in identity.AUTHORITY_PATHS:
             continue
         for method in route.methods or ():
             # Starlette adds HEAD to every GET route; Batch defines HEAD only where the spec says.
