@@ -51,21 +51,11 @@ log = logging.getLogger("shoal.server")
 
 
 class _QuietServer(uvicorn.Server):
-    """uvicorn re-raises SIGTERM after its shutdown, which would skip ours (stopping agents); and
-    agents' long-polls must end before uvicorn waits for requests to finish (else it cancels
-    them after its grace period and logs an error for a normal stop)."""
-
-    def __init__(self, config: uvicorn.Config, before_shutdown: Any) -> None:
-        super().__init__(config)
-        self._before_shutdown = before_shutdown
+    """uvicorn re-raises SIGTERM after its shutdown, which would skip ours (stopping agents)."""
 
     @contextlib.contextmanager
     def capture_signals(self):  # type: ignore[no-untyped-def,override]
         yield
-
-    async def shutdown(self, sockets: Any = None) -> None:
-        self._before_shutdown()
-        await super().shutdown(sockets)
 
 
 class ControlPlane:
@@ -190,7 +180,7 @@ class ControlPlane:
         config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off",
                                 timeout_keep_alive=75, loop="none", timeout_graceful_shutdown=2,
                                 http=BoundedHeadProtocol, **self._tls_options())
-        server = _QuietServer(config, self.hub.close)
+        server = _QuietServer(config)
         self.bind_signals(asyncio.get_running_loop())
         if self.provider is not None:
             # Before the first request: nodes whose agents did not survive a restart are marked

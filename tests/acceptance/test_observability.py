@@ -4,7 +4,6 @@ logs no error (issue 12, item 2)."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import uuid
@@ -131,23 +130,6 @@ def test_json_logs_are_one_object_per_line_and_debug_adds_agent_calls(json_logge
     log = json_logged.log()
     assert json_logged.primary_key not in log.replace(f"key:      {json_logged.primary_key}", "")
     assert json_logged.secondary_key not in log
-
-
-def test_a_normal_stop_with_agents_long_polling_logs_no_error(tmp_path):
-    shoal = start_shoal(tmp_path / "data")
-    try:
-        client = shoal.client()
-        client.create_pool(pool_options("stop-pool", target_dedicated_nodes=2))
-        wait_pool_idle(client, "stop-pool", 2)
-        # Both agents are now held in a long-poll: a stop must answer them, not cancel them.
-        shoal.process.send_signal(signal.SIGTERM)
-        assert shoal.process.wait(20) == 0
-    finally:
-        stop_shoal(shoal)
-        kill_agents(tmp_path / "data")
-    log = shoal.log()
-    assert "Shutting down" in log
-    assert "ERROR" not in log and "Cancel" not in log and "Traceback" not in log
 
 
 def test_log_level_and_format_are_validated(tmp_path):
