@@ -21,6 +21,7 @@ from typing import Any
 import click
 import httpx
 
+from shoal.cli.common import data_dir_option, json_option
 from shoal.config import ENDPOINT_FILE, LOCK_FILE, METRICS_TOKEN_FILE, default_data_dir, default_nodes_dir
 
 
@@ -84,13 +85,9 @@ def status_of(data_dir: Path) -> dict[str, Any]:
     return answer
 
 
-data_dir_option = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-                               help="Shoal's data directory (default: $SHOAL_DATA_DIR or a per-user folder).")
-
-
 @click.command("status")
 @data_dir_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 def status(data_dir: Path | None, as_json: bool) -> None:
     """Whether a server runs in the data dir, where, and what it holds."""
     data_dir = data_dir or default_data_dir()

@@ -14,15 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from shoal.cli.common import client_for, or_exit
+from shoal.cli.common import client_for, console, data_dir_option, json_option, or_exit
 from shoal.config import default_data_dir
 from shoal.model.catalog import find_vm_size
 
 PRICES_FILE = "prices.json"
-console = Console()
 
 
 def load_prices(path: Path | None, data_dir: Path) -> dict[str, dict[str, float]]:
@@ -62,12 +60,11 @@ def _money(value: float | None) -> str:
 
 
 @click.command("usage")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-              help="Shoal's data directory (default: $SHOAL_DATA_DIR or a per-user folder).")
+@data_dir_option
 @click.option("--prices", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Hourly prices per VM size: {\"size\": {\"dedicated\": P, \"spot\": P}} "
                    "(default: prices.json in the data dir, if any).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 def usage(data_dir: Path | None, prices: Path | None, as_json: bool) -> None:
     """Node-hours and core-hours of every pool and job since the account began, and their cost."""
     table_prices = load_prices(prices, data_dir or default_data_dir())
