@@ -25,6 +25,9 @@ HISTORY = timedelta(hours=24)
 TASK_METRICS = ("$ActiveTasks", "$RunningTasks", "$PendingTasks", "$SucceededTasks", "$FailedTasks")
 NODE_COUNT_METRICS = ("$CurrentDedicatedNodes", "$CurrentLowPriorityNodes", "$PreemptedNodeCount",
                       "$UsableNodeCount", "$TaskSlotsPerNode")
+# The pool's targets at each tick, for the dashboard's chart only: a formula cannot name them
+# (no `$`), and the autoscale history leaves them out.
+TARGET_METRICS = ("targetDedicatedNodes", "targetLowPriorityNodes")
 # What agents report (keys of the `metrics` object in a sync) → formula variable.
 RESOURCE_METRICS = {
     "cpuPercent": "$CPUPercent", "memoryMiB": "$MemoryBytes", "diskGiB": "$DiskBytes",
@@ -121,6 +124,8 @@ def sample(ctx: Context, now: datetime) -> None:
                     NodeState.IDLE, NodeState.RUNNING, NodeState.WAITING_FOR_START_TASK,
                     NodeState.START_TASK_FAILED)))).scalars().all()
             values.update(_resource_averages(ctx, list(live)))
+            values.update({"targetDedicatedNodes": float(pool.target_dedicated),
+                           "targetLowPriorityNodes": float(pool.target_low_priority)})
             conn.execute(insert(metric_samples), [
                 {"pool_seq": pool.seq, "metric": metric, "node_id": None, "time": now, "value": value}
                 for metric, value in values.items()])
@@ -131,7 +136,8 @@ def sample(ctx: Context, now: datetime) -> None:
 def history(conn: Connection, pool_seq: int, now: datetime) -> dict[str, list[tuple[datetime, float]]]:
     rows = conn.execute(select(metric_samples.c.metric, metric_samples.c.time, metric_samples.c.value)
                         .where(and_(metric_samples.c.pool_seq == pool_seq,
-                                    metric_samples.c.time >= now - HISTORY))
+                                    metric_samples.c.time >= now - HISTORY,
+                                    metric_samples.c.metric.not_in(TARGET_METRICS)))
                         .order_by(metric_samples.c.time, metric_samples.c.seq)).all()
     out: dict[str, list[tuple[datetime, float]]] = defaultdict(list)
     for metric, when, value in rows:

@@ -16,7 +16,7 @@ from shoal.web.shared import Page, View
 
 CHART_WINDOW = timedelta(hours=2)
 CHART_POINTS = 240
-CHART_METRICS = ("$CurrentDedicatedNodes", "$CurrentLowPriorityNodes", "$PendingTasks")
+CHART_METRICS = ("$CurrentDedicatedNodes", "$CurrentLowPriorityNodes", "$PendingTasks", *metrics.TARGET_METRICS)
 # One letter per node state in the heat map's poll answer: 10,000 nodes are 10 KB of states.
 STATE_LETTERS = {
     "idle": "i", "running": "r", "creating": "c", "starting": "s", "waitingforstarttask": "w",
@@ -73,12 +73,19 @@ def pool_page(ctx: Context, view: View) -> Page:
     now = ctx.timebase.now()
     with ctx.engine.connect() as conn:
         samples = metrics.series(conn, record.row.seq, CHART_METRICS, now - CHART_WINDOW, CHART_POINTS)
+    targets = [("target dedicated", "l-target-dedicated", samples["targetDedicatedNodes"],
+                float(record.row.target_dedicated)),
+               ("target spot", "l-target-spot", samples["targetLowPriorityNodes"],
+                float(record.row.target_low_priority))]
     chart = charts.line_chart(
         [("dedicated nodes", "l-dedicated", samples["$CurrentDedicatedNodes"]),
          ("spot nodes", "l-spot", samples["$CurrentLowPriorityNodes"]),
-         ("pending tasks", "l-pending", samples["$PendingTasks"])],
-        [("target dedicated", "l-target-dedicated", float(record.row.target_dedicated)),
-         ("target spot", "l-target-spot", float(record.row.target_low_priority))])
+         ("pending tasks", "l-pending", samples["$PendingTasks"]),
+         # A target's sampled history ends at the target as it is now: a resize since the last
+         # sample shows at once.
+         *((name, css, [*points, (now, target)]) for name, css, points, target in targets if points)],
+        # A pool sampled before targets were (an older server's) draws today's target level.
+        [(name, css, target) for name, css, points, target in targets if not points])
     # The page carries the states only: at 10,000 nodes the ids are most of a megabyte, which the
     # heat map's first poll brings once, after the page is shown.
     heat = heat_map_data(states, None)

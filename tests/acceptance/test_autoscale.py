@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from azure.batch import models
@@ -222,3 +223,26 @@ def test_simulation_and_server_agree_on_a_growing_history(client):
     live = evaluate_probe(client, "replayed").results
     assert "$samples=100" not in live
     assert simulated_run(live) == live
+
+
+def test_the_dashboard_chart_draws_the_targets_history_not_only_todays_level(scaled, client):
+    """Issue 12: the pool page's chart shows targets over time from the samples, so a resize
+    is a step in the target line."""
+    import re
+
+    from tests.acceptance.dashboard import signed_in
+
+    client.create_pool(pool_options("charted", target_dedicated_nodes=0))
+
+    def target_line(browser: Any) -> list[float]:
+        page = browser.get("/ui/pools/charted").text
+        match = re.search(r'<polyline class="l-target-dedicated" points="([^"]+)"', page)
+        return [float(point.split(",")[1]) for point in match.group(1).split()] if match else []
+
+    with signed_in(scaled) as browser:
+        # Samples are taken every 30 s of scaled time: 0.5 s here.
+        wait_for(lambda: len(target_line(browser)) >= 3, 20, message="target samples at 0")
+        # Not waited on: the chart shows the step before the node is up.
+        client.begin_resize_pool("charted", models.BatchPoolResizeOptions(target_dedicated_nodes=1))
+        # One level before the resize and one after: the line is a step, not a constant.
+        wait_for(lambda: len(set(target_line(browser))) == 2, 20, message="the step in the target line")
