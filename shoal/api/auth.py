@@ -122,14 +122,38 @@ class Authenticator:
         claims = self._verified(token)
         if isinstance(claims, tokens.TaskClaims):
             return await self._task_caller(claims, path)
-        policy = await self.policy()
+        await self._check_principal(claims)
+        return Caller(AAD, self.ctx.account, client_id=claims.client_id)
+
+    async def _check_principal(self, claims: tokens.AccessClaims) -> None:
+        assert self.identity is not None
         if claims.issuer != tokens.issuer(self.identity.authority, claims.tenant_id):
             raise tokens.InvalidToken("The token's issuer is not this server's authority.")
-        if claims.tenant_id != policy.tenant_id:
-            raise tokens.InvalidToken("The token was issued for another tenant than the account's.")
+        refusal = await self.principal_refusal(claims)
+        if refusal:
+            raise tokens.InvalidToken(refusal)
+
+    async def principal_refusal(self, claims: tokens.AccessClaims) -> str | None:
+        """Why the principal of once-accepted claims is refused now (its tenant is not the
+        account's, or it was deleted), or None."""
+        if claims.tenant_id != (await self.policy()).tenant_id:
+            return "The token was issued for another tenant than the account's."
         if await self._principal_tenant(claims) != claims.tenant_id:
-            raise tokens.InvalidToken("The token's service principal does not exist.")
-        return Caller(AAD, self.ctx.account, client_id=claims.client_id)
+            return "The token's service principal does not exist."
+        return None
+
+    async def principal_of(self, token: str) -> tokens.AccessClaims:
+        """The claims of a service principal's access token that this account accepts now (the
+        dashboard's sign-in): a task token, or a token while AAD is not allowed, is refused."""
+        if self.identity is None:
+            raise tokens.InvalidToken("This server accepts no bearer tokens (start it with --tls).")
+        claims = self._verified(token)
+        if isinstance(claims, tokens.TaskClaims):
+            raise tokens.InvalidToken("A task authentication token cannot sign in to the dashboard.")
+        await self._check_principal(claims)
+        if AAD not in (await self.policy()).allowed_modes:
+            raise ModeNotAllowed(AAD)
+        return claims
 
     def _verified(self, token: str) -> tokens.AccessClaims | tokens.TaskClaims:
         """The token's claims: its signature is checked once, then remembered until it expires

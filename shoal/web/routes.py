@@ -39,7 +39,7 @@ def routes(api: Api) -> list[BaseRoute]:
         return response
 
     async def home(request: Request) -> Response:
-        if current_session(api, request) is None:
+        if await current_session(api, request) is None:
             return sign_in_redirect(request)
         return with_headers(RedirectResponse(f"{PREFIX}/pools", status_code=303))
 

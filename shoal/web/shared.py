@@ -20,8 +20,10 @@ import jinja2
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from shoal.api.auth import AAD, SHARED_KEY
 from shoal.api.http import read_body
 from shoal.errors import BatchError
+from shoal.service import tokens
 from shoal.service.context import Context
 from shoal.store.runner import Busy
 from shoal.web import session
@@ -144,9 +146,28 @@ async def _form(request: Request) -> dict[str, str]:
     return _checked(pairs, "form")
 
 
-def current_session(api: Api, request: Request) -> session.Session | None:
+def principal_secret(api: Api) -> bytes | None:
+    """What principals' session cookies are signed with (None on a server without tokens)."""
+    if api.identity is None:
+        return None
+    return session.principal_secret(api.identity.keys.task_secret)
+
+
+async def current_session(api: Api, request: Request) -> session.Session | None:
+    """The request's valid session, if any. A principal's holds only while the principal exists
+    in the account's tenant and the account allows AAD sign-in."""
     keys = [key for pair in api.keys.values() for key in pair]
-    return session.verify(request.cookies.get(session.COOKIE_NAME), keys)
+    found = session.verify(request.cookies.get(session.COOKIE_NAME), keys, principal_secret=principal_secret(api))
+    if found is None:
+        return None
+    allowed = (await api.auth.policy()).allowed_modes
+    if found.principal is None:
+        return found if SHARED_KEY in allowed else None
+    principal = found.principal
+    claims = tokens.AccessClaims(principal.tenant_id, principal.client_id, principal.object_id, issuer="")
+    if AAD not in allowed or await api.auth.principal_refusal(claims):
+        return None
+    return found
 
 
 def sign_in_redirect(request: Request) -> Response:
@@ -162,7 +183,7 @@ def page(api: Api, function: PageFunction, lane: str = "read") -> Callable[[Requ
     also needs the session's CSRF token; then ``function`` runs on ``lane`` with its rendering."""
 
     async def endpoint(request: Request) -> Response:
-        found = current_session(api, request)
+        found = await current_session(api, request)
         if found is None:
             if request.method == "POST":
                 return error_page(Forbidden("Sign in to the dashboard first."))
@@ -198,7 +219,7 @@ def on_loop(api: Api, handler: Callable[[Request, Context], Awaitable[Response]]
     its store reads to the runner itself)."""
 
     async def endpoint(request: Request) -> Response:
-        if current_session(api, request) is None:
+        if await current_session(api, request) is None:
             return with_headers(JSONResponse({"error": "Sign in to the dashboard first."}, status_code=401))
         request.state.runner = api.runner  # for the handler's own store reads
         try:

@@ -1,16 +1,27 @@
-"""The sign-in and sign-out forms: the account key is checked and forgotten; the browser keeps
-only a session cookie (shoal/web/session.py)."""
+"""The sign-in and sign-out forms: an account key or a service principal's access token is
+checked and forgotten; the browser keeps only a session cookie (shoal/web/session.py)."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from shoal.api.auth import SHARED_KEY
 from shoal.errors import BatchError
 from shoal.web import session
-from shoal.web.shared import PREFIX, Forbidden, _form, current_session, error_page, templates, with_headers
+from shoal.web.shared import (
+    PREFIX,
+    Forbidden,
+    _form,
+    current_session,
+    error_page,
+    principal_secret,
+    templates,
+    with_headers,
+)
 
 if TYPE_CHECKING:
     from shoal.api.app import Api
@@ -32,7 +43,7 @@ def _form_page(next_target: str, message: str | None, status: int = 200) -> Resp
 
 def routes(api: Api) -> list[tuple[str, list[str], object]]:
     async def show(request: Request) -> Response:
-        if current_session(api, request) is not None:
+        if await current_session(api, request) is not None:
             return with_headers(RedirectResponse(_safe_next(request.query_params.get("next")), status_code=303))
         return _form_page(_safe_next(request.query_params.get("next")), None)
 
@@ -43,18 +54,35 @@ def routes(api: Api) -> list[tuple[str, list[str], object]]:
             return error_page(error)
         except ClientDisconnect:
             return Response(status_code=499)
-        keys = [key for pair in api.keys.values() for key in pair]
-        key = session.key_matches(form.get("key", "").strip(), keys)
         target = _safe_next(form.get("next"))
-        if key is None:
-            return _form_page(target, "That is not this account's key.", status=403)
+        given = form.get("key", "").strip()
+        keys = [key for pair in api.keys.values() for key in pair]
+        key = session.key_matches(given, keys)
+        if key is not None:
+            if SHARED_KEY not in (await api.auth.policy()).allowed_modes:
+                return _form_page(target, "This account does not allow signing in with its key "
+                                  "(allowedAuthenticationModes); sign in with an access token.", status=403)
+            cookie, lifetime = session.issue(key), session.SESSION_LIFETIME_S
+        elif given.count(".") == 2:  # a JSON Web Token: a service principal's access token
+            try:
+                claims = await api.auth.principal_of(given)
+            except BatchError as error:
+                detail = dict(error.values or {}).get("AuthenticationErrorDetail") or error.message
+                return _form_page(target, f"That access token is not accepted: {detail}", status=403)
+            secret = principal_secret(api)
+            assert secret is not None  # principal_of accepted a token: the server has an identity
+            cookie = session.issue_for_principal(
+                secret, session.Principal(claims.tenant_id, claims.object_id, claims.client_id), claims.expires)
+            lifetime = max(int(claims.expires - time.time()), 1)
+        else:
+            return _form_page(target, "That is neither this account's key nor an access token.", status=403)
         response = with_headers(RedirectResponse(target, status_code=303))
-        response.set_cookie(session.COOKIE_NAME, session.issue(key), max_age=session.SESSION_LIFETIME_S,
+        response.set_cookie(session.COOKIE_NAME, cookie, max_age=min(lifetime, session.SESSION_LIFETIME_S),
                             path=PREFIX, httponly=True, samesite="strict", secure=request.url.scheme == "https")
         return response
 
     async def sign_out(request: Request) -> Response:
-        found = current_session(api, request)
+        found = await current_session(api, request)
         try:
             form = await _form(request)
         except BatchError as error:

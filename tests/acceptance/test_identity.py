@@ -203,17 +203,23 @@ def _modes(tls_shoal: RunningShoal, *modes: str) -> Any:
     return cli(tls_shoal, "account", "auth-modes", *modes)
 
 
-def test_allowed_authentication_modes_are_enforced(tls_shoal: RunningShoal, key_client: Any) -> None:
-    principal = create_principal(tls_shoal, "modes")
-    aad = access_token(tls_shoal, principal)
-    key_client.create_job(models.BatchJobCreateOptions(id="modes", pool_info=models.BatchPoolInfo(pool_id=POOL)))
+def _running_task_token(key_client: Any, job_id: str) -> str:
+    """The authentication token of a task "sleeper" of a new job, which the task prints and then
+    keeps valid by running for a minute."""
+    key_client.create_job(models.BatchJobCreateOptions(id=job_id, pool_info=models.BatchPoolInfo(pool_id=POOL)))
     sleeper = models.BatchTaskCreateOptions(
         id="sleeper", command_line="/bin/sh -c 'echo $AZ_BATCH_AUTHENTICATION_TOKEN; exec sleep 60'")
     sleeper["authenticationTokenSettings"] = {"access": ["job"]}
-    key_client.create_task("modes", sleeper)
-    wait_task_state(key_client, "modes", "sleeper", "running")
-    task_token = wait_for(lambda: b"".join(key_client.download_task_file("modes", "sleeper", "stdout.txt")).strip(),
-                          message="the task's token on its stdout").decode()
+    key_client.create_task(job_id, sleeper)
+    wait_task_state(key_client, job_id, "sleeper", "running", 30)
+    return wait_for(lambda: b"".join(key_client.download_task_file(job_id, "sleeper", "stdout.txt")).strip(),
+                    30, message="the task's token on its stdout").decode()
+
+
+def test_allowed_authentication_modes_are_enforced(tls_shoal: RunningShoal, key_client: Any) -> None:
+    principal = create_principal(tls_shoal, "modes")
+    aad = access_token(tls_shoal, principal)
+    task_token = _running_task_token(key_client, "modes")
     assert _modes(tls_shoal).stdout.split() == ["SharedKey", "AAD", "TaskAuthenticationToken"]
     assert call(tls_shoal, "GET", "/jobs/modes", token=task_token).status_code == 200
     try:
@@ -237,3 +243,67 @@ def test_allowed_authentication_modes_are_enforced(tls_shoal: RunningShoal, key_
     key_client.terminate_task("modes", "sleeper")
     wait_task_state(key_client, "modes", "sleeper", "completed")
     assert_batch_error(call(tls_shoal, "GET", "/jobs/modes", token=task_token), 401, "AuthenticationFailed")
+
+
+def _dashboard(tls_shoal: RunningShoal) -> httpx.Client:
+    return httpx.Client(base_url=tls_shoal.endpoint, follow_redirects=False, timeout=30, verify=verifier(tls_shoal))
+
+
+def _sign_in(browser: httpx.Client, secret: str) -> httpx.Response:
+    return browser.post("/ui/signin", data={"key": secret, "next": "/ui/pools"})
+
+
+def test_a_principal_signs_in_to_the_dashboard_with_its_access_token(tls_shoal: RunningShoal,
+                                                                     key_client: Any) -> None:
+    """Issue 12: the dashboard takes a service principal's token as well as the key; the session
+    names the principal, never holds the token, and ends when the principal is deleted."""
+    principal = create_principal(tls_shoal, "dashboard-user")
+    token = access_token(tls_shoal, principal)
+    with _dashboard(tls_shoal) as browser:
+        assert browser.get("/ui/pools").status_code == 303  # not signed in yet
+        response = _sign_in(browser, token)
+        assert response.status_code == 303 and response.headers["location"] == "/ui/pools"
+        cookie = browser.cookies.get("shoal_ui_session")
+        assert cookie and token not in cookie and principal["clientSecret"] not in cookie
+        assert principal["clientId"] in cookie  # whose session it is, in the clear and signed
+        page = browser.get("/ui/pools")
+        assert page.status_code == 200 and POOL in page.text
+        assert token not in page.text
+        # A forged principal in the cookie breaks its signature.
+        parts = cookie.split(".")
+        other = create_principal(tls_shoal, "dashboard-other")
+        browser.cookies.set("shoal_ui_session", ".".join([*parts[:5], other["clientId"], parts[6]]), path="/ui")
+        assert browser.get("/ui/pools").status_code == 303
+        browser.cookies.set("shoal_ui_session", cookie, path="/ui")
+        assert browser.get("/ui/pools").status_code == 200
+        assert cli(tls_shoal, "principal", "delete", principal["clientId"]).returncode == 0
+        wait_for(lambda: browser.get("/ui/pools").status_code == 303, 15, message="the session to end")
+
+
+def test_the_dashboard_refuses_task_tokens_forged_and_disallowed_tokens(tls_shoal: RunningShoal,
+                                                                        key_client: Any) -> None:
+    principal = create_principal(tls_shoal, "dashboard-modes")
+    token = access_token(tls_shoal, principal)
+    task_token = _running_task_token(key_client, "uitoken")
+    head, body, signature = token.split(".")
+    forged_signature = signature[:10] + ("A" if signature[10] != "A" else "B") + signature[11:]
+    with _dashboard(tls_shoal) as browser:
+        for refused, why in [(task_token, "task authentication token"),
+                             (f"{head}.{body}.{forged_signature}", "signature"), ("a.b.c", "JSON Web Token"),
+                             ("not-a-key", "neither"), ("\x00.\x00.\x00", "")]:
+            response = _sign_in(browser, refused)
+            assert response.status_code == 403, refused
+            message = response.text.split('id="signin-error">', 1)[1].split("<", 1)[0]
+            assert why in message and not browser.cookies.get("shoal_ui_session"), message
+        assert _sign_in(browser, token).status_code == 303
+        assert browser.get("/ui/pools").status_code == 200
+        try:
+            assert _modes(tls_shoal, "SharedKey,TaskAuthenticationToken").returncode == 0
+            wait_for(lambda: browser.get("/ui/pools").status_code == 303, 15, message="AAD sessions to end")
+            browser.cookies.clear()
+            response = _sign_in(browser, token)
+            assert response.status_code == 403 and "AAD authentication is disabled" in response.text
+            assert _sign_in(browser, tls_shoal.primary_key).status_code == 303  # the key still works
+        finally:
+            assert _modes(tls_shoal, "SharedKey", "AAD", "TaskAuthenticationToken").returncode == 0
+    key_client.terminate_task("uitoken", "sleeper")

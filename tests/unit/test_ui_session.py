@@ -30,6 +30,36 @@ def test_a_cookie_expires_and_tampering_is_refused():
         assert session.verify(forged, [KEY], now=1001.0) is None, forged
 
 
+PRINCIPAL = session.Principal("1b0d2a3c-0000-4000-8000-000000000001", "0bj-1", "c1ient-1")
+
+
+def test_a_principal_cookie_names_its_principal_ends_with_the_token_and_resists_tampering():
+    secret = session.principal_secret(b"signing key")
+    cookie = session.issue_for_principal(secret, PRINCIPAL, expires=1000.0 + 3600, now=1000.0)
+    found = session.verify(cookie, [KEY], now=1001.0, principal_secret=secret)
+    assert found is not None and found.principal == PRINCIPAL
+    assert session.verify(cookie, [KEY], now=1001.0) is None  # a server without token signing keys
+    assert session.verify(cookie, [KEY], now=1001.0, principal_secret=session.principal_secret(b"other")) is None
+    assert session.verify(cookie, [KEY], now=1000.0 + 3601, principal_secret=secret) is None  # the token's end
+    parts = cookie.split(".")
+    for index, value in [(1, str(int(parts[1]) + 10**6)), (4, "0bj-2"), (5, "c1ient-2"), (3, "other-tenant")]:
+        forged = ".".join(parts[:index] + [value] + parts[index + 1:])
+        assert session.verify(forged, [KEY], now=1001.0, principal_secret=secret) is None, forged
+    assert session.verify(cookie + ".x", [KEY], now=1001.0, principal_secret=secret) is None
+    # The key's secret never signs a principal's session, nor the reverse.
+    key_cookie = session.issue(KEY, now=1000.0)
+    assert session.verify("p1." + key_cookie[3:], [KEY], now=1001.0, principal_secret=secret) is None
+    # A lifetime is capped even for a long-lived token; ids Shoal never makes are refused.
+    long = session.issue_for_principal(secret, PRINCIPAL, expires=10**12, now=1000.0)
+    assert int(long.split(".")[1]) == 1000 + session.SESSION_LIFETIME_S
+    for bad in ["a.b", "x" * 65, "", "\x00"]:
+        try:
+            session.issue_for_principal(secret, session.Principal(bad, "o", "c"), expires=2000.0)
+        except ValueError:
+            continue
+        raise AssertionError(bad)
+
+
 def test_csrf_tokens_belong_to_one_session():
     one = session.verify(session.issue(KEY), [KEY])
     two = session.verify(session.issue(KEY), [KEY])
