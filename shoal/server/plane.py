@@ -41,6 +41,7 @@ from shoal.server.startup import (
     write_endpoint_file,
 )
 from shoal.server.tls import ServerCertificate, ensure_certificates
+from shoal.service import prices
 from shoal.service.context import Context, Signals
 from shoal.service.liveness import Liveness
 from shoal.store.db import StoreInUse, create_store_engine, hold_store, migrate
@@ -92,7 +93,8 @@ class ControlPlane:
         signals = Signals()
         self.ctx = Context(engine=self.engine, account=DEFAULT_ACCOUNT, signals=signals, base_url=self.endpoint,
                            timebase=self.timebase, sample_lag=timedelta(seconds=settings.sample_lag_s),
-                           spot_capacity=settings.spot_capacity, provider_runs_nodes=local_provider)
+                           spot_capacity=settings.spot_capacity, provider_runs_nodes=local_provider,
+                           prices_file=settings.data_dir / prices.PRICES_FILE)
         # Bearer tokens name the server's endpoint as their authority (issuer), unless told another.
         identity = Identity(ensure_identity(self.engine), (settings.authority or self.endpoint).rstrip("/"))
         self.api = Api(self.ctx, {DEFAULT_ACCOUNT: self.keys}, self.runner, identity)

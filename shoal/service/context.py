@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
@@ -48,3 +49,6 @@ class Context:
     # Whether a provider runs the nodes' agents, and so can stop and start a node's "VM"
     # (deallocate/start): not on a server whose agents join by hand.
     provider_runs_nodes: bool = True
+    # Hourly prices per VM size (shoal/service/prices.py) for the dashboard's usage page: the
+    # data dir's prices.json, read when the page is shown (None: no prices).
+    prices_file: Path | None = None

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from shoal.web import files, jobs, nodes, pools, signin, tasks
+from shoal.web import files, jobs, nodes, pools, signin, tasks, usage
 from shoal.web.shared import PREFIX, current_session, on_loop, page, sign_in_redirect, with_headers
 
 if TYPE_CHECKING:
@@ -59,5 +59,6 @@ def routes(api: Api) -> list[BaseRoute]:
         Route("/jobs/{job_id}", page(api, jobs.job_page, "scan"), methods=["GET"]),
         Route("/jobs/{job_id}/tasks/{task_id}", page(api, tasks.task_page), methods=["GET"]),
         Route("/jobs/{job_id}/tasks/{task_id}/tail", on_loop(api, files.task_tail), methods=["GET"]),
+        Route("/usage", page(api, usage.usage_page, "scan"), methods=["GET"]),
     ]
     return out

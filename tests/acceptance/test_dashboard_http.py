@@ -34,7 +34,7 @@ def _pages(site: dict[str, str]) -> list[str]:
             f"/ui/pools/{pool}/nodes/{node}/files", f"/ui/pools/{pool}/nodes/{node}/tail?file=startup/stdout.txt",
             "/ui/jobs", f"/ui/jobs/{job}", f"/ui/jobs/{job}?state=completed&exitcode=2",
             f"/ui/jobs/{job}/tasks/{task}", f"/ui/jobs/{job}/tasks/{task}/tail?file=stdout.txt&offset=0",
-            "/ui/jobs/parked/tasks/waiting", "/ui/jobs/nosuchjob", "/ui/signin"]
+            "/ui/jobs/parked/tasks/waiting", "/ui/jobs/nosuchjob", "/ui/usage", "/ui/signin"]
 
 
 def test_no_page_shows_a_key(shoal, site):

@@ -88,3 +88,39 @@ def test_the_ledger_route_is_authenticated_and_checks_its_cursor(shoal):
     assert call(shoal, "GET", "/shoal/v1/usage", sign=False).status_code == 401
     assert call(shoal, "GET", "/shoal/v1/usage", params={"after": "x" * 65}).status_code == 400
     assert call(shoal, "GET", "/shoal/v1/usage", params={"after": "zzz"}).json()["jobs"] == []
+
+
+def test_the_dashboard_usage_page_shows_hours_and_the_data_dirs_prices(shoal, ran):
+    """Issue 12: the ledger gets its place in the dashboard; prices come from the data dir's
+    prices.json, read when the page is shown, and a broken one is named, not a 500."""
+    import re
+
+    from tests.acceptance.dashboard import http, signed_in
+
+    with http(shoal) as stranger:
+        assert stranger.get("/ui/usage").status_code == 303
+    prices = shoal.data_dir / "prices.json"
+    try:
+        with signed_in(shoal) as browser:
+            page = browser.get("/ui/usage")
+            assert page.status_code == 200 and "ledger-pool" in page.text and 'id="usage-jobs"' in page.text
+            assert "prices.json" in page.text and 'id="price-error"' not in page.text
+            row = re.search(r'<tr data-job="ledger-job">(.*?)</tr>', page.text, re.S)
+            assert row and row.group(1).endswith("<td></td>")  # no price, no cost
+            prices.write_text(json.dumps({"Standard_D2s_v3": {"dedicated": 3600.0}}))
+            page = browser.get("/ui/usage").text
+            row = re.search(r'<tr data-job="ledger-job">(.*?)</tr>', page, re.S)
+            cells = re.findall(r"<td>([^<]*)</td>", row.group(1)) if row else []
+            task_hours, core_hours, cost = (float(cell) for cell in cells[-3:])
+            # 3,600 an hour for the size's 2 vCPUs: a core-hour costs 1,800 (hours shown to 4 places).
+            assert cost == pytest.approx(core_hours * 3600 / 2, abs=0.00005 * 1800) and cost > 0
+            assert task_hours == pytest.approx(core_hours, abs=0.0001)
+            prices.write_text('{"standard_d2s_v3": {"dedicated": -1}}')
+            page = browser.get("/ui/usage")
+            assert page.status_code == 200 and 'id="price-error"' in page.text and "at least 0" in page.text
+            assert browser.get("/ui/usage", params={"after": "x" * 65}).status_code == 400
+            assert browser.get("/ui/usage", params={"after": "\x01"}).status_code == 400
+            after = browser.get("/ui/usage", params={"after": "ledger-job"})
+            assert after.status_code == 200 and 'data-job="ledger-job"' not in after.text
+    finally:
+        prices.unlink(missing_ok=True)
