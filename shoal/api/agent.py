@@ -61,6 +61,7 @@ class AgentHub:
         self._polls: dict[str, int] = {}
         # node id -> the batch wait watching it (at most one: a newer call of the node ends it).
         self._watched: dict[str, BatchWait] = {}
+        self.closing = False
 
     def confirmed(self, node_id: str, token: str) -> tuple[bool, str | None]:
         """(whether ``token`` is the one the store confirmed for the node, its incarnation)."""
@@ -120,6 +121,15 @@ class AgentHub:
             # A long-poll still waiting on it answers now rather than at its timeout.
             event.set()
         self._wake_watch(node_id)  # its next sync learns it is gone
+
+    def close(self) -> None:
+        """The server is stopping: every held long-poll answers now and none waits again, so the
+        HTTP server's graceful shutdown finds no request to cancel."""
+        self.closing = True
+        for node_id in list(self._events):
+            self.wake(node_id)
+        for node_id in list(self._watched):
+            self._wake_watch(node_id)
 
     def __len__(self) -> int:
         return len(self._events)
@@ -292,7 +302,8 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
             # Only the node's current agent is given orders (as it alone is given tasks).
             return _json(with_orders(node_id, answer) if current else with_task_tokens(answer.to_json()))
 
-        if answer.has_news() or body.get("wait") is False or (current and orders.has_due(node_id)):
+        if (answer.has_news() or body.get("wait") is False or (current and orders.has_due(node_id))
+                or hub.closing):
             return respond(answer)
         try:
             await asyncio.wait_for(event.wait(), poll_timeout_s)
@@ -385,7 +396,7 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
                 hub.liveness.beat(node_id)
             # Any call of the node still held is superseded by this one.
             _poll, woken = hub.begin_poll(node_id)
-            if woken or orders.has_due(node_id):
+            if woken or hub.closing or orders.has_due(node_id):
                 wait.woken.append(node_id)
             else:
                 hub.watch(node_id, wait)

@@ -1,4 +1,5 @@
-"""uvicorn's httptools protocol with a bound on the request head (request line + headers).
+"""uvicorn's httptools protocol with a bound on the request head (request line + headers), and a
+shutdown that does not wait on idle TLS clients.
 
 httptools accumulates a header of any size in memory before the application sees it: one
 unauthenticated client could make the server hold 64 MiB per connection. Counting the bytes
@@ -40,6 +41,16 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
         self._began_in_chunk = False
+
+    def shutdown(self) -> None:
+        # At shutdown an idle TLS connection is aborted, not closed: a TLS close waits for the
+        # client's close_notify, which a client idle in keep-alive never sends, so uvicorn would
+        # wait out its grace period for it and then log an error for a normal stop.
+        idle = self.cycle is None or self.cycle.response_complete
+        if idle and self.transport.get_extra_info("ssl_object") is not None:
+            self.transport.abort()
+            return
+        super().shutdown()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

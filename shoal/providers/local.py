@@ -251,7 +251,7 @@ class LocalProvider:
         deadline = time.monotonic() + 5
         for agent in self.agents.values():
             while agent.alive() and time.monotonic() < deadline:
-                time.sleep(0.05)
+                await asyncio.sleep(0.05)
             if agent.alive():
                 agent.terminate(signal.SIGKILL)
 

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -52,11 +53,22 @@ log = logging.getLogger("shoal.server")
 
 
 class _QuietServer(uvicorn.Server):
-    """uvicorn re-raises SIGTERM after its shutdown, which would skip ours (stopping agents)."""
+    """uvicorn re-raises SIGTERM after its shutdown, which would skip ours (stopping agents); and
+    what holds connections open (agents' long-polls, the agents themselves) must end before
+    uvicorn waits for requests and connections to finish, else it cancels them after its grace
+    period and logs an error for a normal stop."""
+
+    def __init__(self, config: uvicorn.Config, before_shutdown: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(config)
+        self._before_shutdown = before_shutdown
 
     @contextlib.contextmanager
     def capture_signals(self):  # type: ignore[no-untyped-def,override]
         yield
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        await self._before_shutdown()
+        await super().shutdown(sockets)
 
 
 class ControlPlane:
@@ -119,6 +131,7 @@ class ControlPlane:
                                           spot_eviction_rate=settings.spot_eviction_rate, runner=self.runner,
                                           ca_file=ca_file)
         self._tasks: list[asyncio.Task[None]] = []
+        self._duties_stopped = False
 
     def write_endpoint_file(self) -> None:
         # The CLI (`shoal account show`, every command without AZURE_BATCH_*) reads the account
@@ -160,7 +173,14 @@ class ControlPlane:
         """Whether every background duty has started and none has ended (they never should)."""
         return bool(self._tasks) and not any(task.done() for task in self._tasks)
 
-    async def stop_loops(self) -> None:
+    async def stop_duties(self) -> None:
+        """The background duties end, then the provider's agents: before the HTTP server closes
+        its connections, so that no agent holds one open (a TLS connection's close waits for
+        its peer) and nothing is cancelled. Held long-polls answer at once."""
+        if self._duties_stopped:
+            return
+        self._duties_stopped = True
+        self.hub.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -168,6 +188,8 @@ class ControlPlane:
                 await task
         if self.provider is not None:
             await self.provider.shutdown(stop_agents=True)
+
+    async def close_store(self) -> None:
         await node_files.close()
         # What was acknowledged is committed already; this lets queued duty work finish.
         await asyncio.to_thread(self.runner.shutdown)
@@ -182,7 +204,7 @@ class ControlPlane:
         config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off",
                                 timeout_keep_alive=75, loop="none", timeout_graceful_shutdown=2,
                                 http=BoundedHeadProtocol, **self._tls_options())
-        server = _QuietServer(config)
+        server = _QuietServer(config, self.stop_duties)
         self.bind_signals(asyncio.get_running_loop())
         if self.provider is not None:
             # Before the first request: nodes whose agents did not survive a restart are marked
@@ -200,7 +222,8 @@ class ControlPlane:
         try:
             await server.serve(sockets=[self.sock])
         finally:
-            await self.stop_loops()
+            await self.stop_duties()  # done already unless serving failed
+            await self.close_store()
 
 
 def run(settings: Settings, *, local_provider: bool = True, on_ready: Any = None) -> None:

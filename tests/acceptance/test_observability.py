@@ -4,6 +4,7 @@ logs no error (issue 12, item 2)."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import uuid
@@ -130,6 +131,26 @@ def test_json_logs_are_one_object_per_line_and_debug_adds_agent_calls(json_logge
     log = json_logged.log()
     assert json_logged.primary_key not in log.replace(f"key:      {json_logged.primary_key}", "")
     assert json_logged.secondary_key not in log
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_a_normal_stop_with_agents_long_polling_logs_no_error(tmp_path, tls):
+    """Issue 12: a stop answers the agents' held long-polls and stops the agents before the HTTP
+    server closes its connections; an idle client's TLS connection does not hold it up."""
+    shoal = start_shoal(tmp_path / "data", extra_args=["--tls"] if tls else [])
+    try:
+        client = shoal.client()  # it keeps its connection open, idle, through the stop
+        client.create_pool(pool_options("stop-pool", target_dedicated_nodes=2))
+        wait_pool_idle(client, "stop-pool", 2)
+        assert [node.state for node in client.list_nodes("stop-pool")] == ["idle", "idle"]
+        shoal.process.send_signal(signal.SIGTERM)
+        assert shoal.process.wait(20) == 0
+    finally:
+        stop_shoal(shoal)
+        kill_agents(tmp_path / "data")
+    log = shoal.log()
+    assert "Shutting down" in log
+    assert "ERROR" not in log and "Cancel" not in log and "Traceback" not in log, log[-2000:]
 
 
 def test_log_level_and_format_are_validated(tmp_path):
