@@ -82,7 +82,8 @@ def tenant_list(data_dir: Path | None, as_json: bool) -> None:
 @click.command("auth-modes")
 @click.argument("modes", nargs=-1, metavar="[MODE]...")
 @data_dir_option
-def account_auth_modes(modes: tuple[str, ...], data_dir: Path | None) -> None:
+@json_option
+def account_auth_modes(modes: tuple[str, ...], data_dir: Path | None, as_json: bool) -> None:
     """Show the account's allowedAuthenticationModes, or set them to MODE... (SharedKey, AAD,
     TaskAuthenticationToken; SharedKey always stays)."""
     client = client_for(data_dir)
@@ -92,4 +93,5 @@ def account_auth_modes(modes: tuple[str, ...], data_dir: Path | None) -> None:
         answer = or_exit(lambda: client.request("PUT", path, body={"allowedAuthenticationModes": names}).json())
     else:
         answer = or_exit(lambda: client.get(path))
-    click.echo(" ".join(answer["allowedAuthenticationModes"]))
+    modes_now = answer["allowedAuthenticationModes"]
+    click.echo(json.dumps({"allowedAuthenticationModes": modes_now}) if as_json else " ".join(modes_now))

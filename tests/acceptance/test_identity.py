@@ -221,6 +221,8 @@ def test_allowed_authentication_modes_are_enforced(tls_shoal: RunningShoal, key_
     aad = access_token(tls_shoal, principal)
     task_token = _running_task_token(key_client, "modes")
     assert _modes(tls_shoal).stdout.split() == ["SharedKey", "AAD", "TaskAuthenticationToken"]
+    assert json.loads(_modes(tls_shoal, "--json").stdout) == {
+        "allowedAuthenticationModes": ["SharedKey", "AAD", "TaskAuthenticationToken"]}
     assert call(tls_shoal, "GET", "/jobs/modes", token=task_token).status_code == 200
     try:
         assert _modes(tls_shoal, "SharedKey", "AAD").returncode == 0
