@@ -28,6 +28,9 @@ class NodeState(StrEnum):
 # A node whose agent calls: the ones a silent agent makes `unusable`.
 LIVE_NODE_STATES = (NodeState.STARTING, NodeState.WAITING_FOR_START_TASK, NodeState.IDLE, NodeState.RUNNING,
                     NodeState.START_TASK_FAILED, NodeState.OFFLINE, NodeState.REBOOTING, NodeState.REIMAGING)
+# A node a provider acts on whatever its agent does: to bring up, take down, stop or forget.
+PROVISIONING_NODE_STATES = (NodeState.CREATING, NodeState.PREEMPTED, NodeState.LEAVING_POOL,
+                            NodeState.DEALLOCATING, NodeState.DEALLOCATED)
 # A node the scheduler may give tasks to (with a free slot, scheduling enabled, no restart waiting).
 SCHEDULABLE_NODE_STATES = (NodeState.IDLE, NodeState.RUNNING)
 

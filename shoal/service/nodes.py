@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -10,7 +10,7 @@ from sqlalchemy import delete, select, union_all, update
 
 from shoal import clock
 from shoal.errors import NotFound
-from shoal.model.states import LIVE_NODE_STATES, NodeState, TaskState
+from shoal.model.states import LIVE_NODE_STATES, PROVISIONING_NODE_STATES, NodeState, TaskState
 from shoal.service import pools as pool_service
 from shoal.service import transitions, usage
 from shoal.service.context import Context
@@ -119,12 +119,22 @@ class ProvisioningRecord:
     last_heartbeat: Any
 
 
-def provisioning_view(ctx: Context) -> list[ProvisioningRecord]:
+def provisioning_view(ctx: Context, suspects: Collection[str] | None = None) -> list[ProvisioningRecord]:
+    """Every node record of the account (``suspects`` None: a provider's full pass), or only
+    those a provider must act on whatever their agents do (PROVISIONING_NODE_STATES, an index
+    walk) and the ``suspects`` it names (nodes whose agents it saw end): a pass that costs what
+    changed, not the size of the pools."""
+    columns = select(nodes.c.id, pools.c.id.label("pool_id"), nodes.c.token, nodes.c.state,
+                     nodes.c.is_dedicated, nodes.c.agent_pid, nodes.c.last_heartbeat) \
+        .join(pools, pools.c.seq == nodes.c.pool_seq).where(pools.c.account == ctx.account)
     with ctx.engine.connect() as conn:
-        rows = conn.execute(select(nodes.c.id, pools.c.id.label("pool_id"), nodes.c.token, nodes.c.state,
-                                   nodes.c.is_dedicated, nodes.c.agent_pid, nodes.c.last_heartbeat)
-                            .join(pools, pools.c.seq == nodes.c.pool_seq)
-                            .where(pools.c.account == ctx.account)).all()
+        if suspects is None:
+            rows = conn.execute(columns).all()
+        else:
+            rows = list(conn.execute(columns.where(nodes.c.state.in_(PROVISIONING_NODE_STATES))))
+            named = sorted(set(suspects) - {r.id for r in rows})
+            for chunk in in_chunks(named):
+                rows.extend(conn.execute(columns.where(nodes.c.id.in_(chunk))).all())
     return [ProvisioningRecord(r.id, r.pool_id, r.token, r.state, bool(r.is_dedicated), r.agent_pid,
                                clock.as_utc(r.last_heartbeat)) for r in rows]
 

@@ -29,7 +29,7 @@ from sqlalchemy import (
     true,
 )
 
-from shoal.model.states import NodeState
+from shoal.model.states import PROVISIONING_NODE_STATES, NodeState
 
 metadata = MetaData()
 
@@ -159,6 +159,10 @@ Index("ix_nodes_free", nodes.c.pool_seq, nodes.c.allocation_time, nodes.c.id,
 # The few nodes spot recovery and the node-operations duty look for on every pass (migration 0009).
 Index("ix_nodes_preempted", nodes.c.state_transition_time,
       sqlite_where=nodes.c.state == NodeState.PREEMPTED, postgresql_where=nodes.c.state == NodeState.PREEMPTED)
+# The few nodes a provider's pass acts on, however many nodes the pools hold (migration 0026).
+Index("ix_nodes_provisioning", nodes.c.state,
+      sqlite_where=nodes.c.state.in_(PROVISIONING_NODE_STATES),
+      postgresql_where=nodes.c.state.in_(PROVISIONING_NODE_STATES))
 Index("ix_nodes_pending_action", nodes.c.id,
       sqlite_where=nodes.c.pending_action.is_not(None), postgresql_where=nodes.c.pending_action.is_not(None))
 

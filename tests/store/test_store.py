@@ -199,3 +199,27 @@ def test_a_schedule_with_the_longest_id_makes_its_jobs_on_either_backend(ctx):
     assert job_service.get(ctx, f"{schedule_id}:job-1").schedule_seq == job_schedules.get(ctx, schedule_id).seq
     # Due again only at its next run, a minute away: the next pass does nothing.
     assert job_schedules.run_due(ctx) == 0
+
+
+def test_a_providers_woken_pass_reads_only_the_nodes_it_acts_on_and_its_suspects(ctx):
+    """Issue 7: a pass costs what changed. Of 6 nodes, 4 are up (idle): a partial view holds the
+    2 still creating and the one suspect named, by an index walk on SQLite; the full view all 6."""
+    from shoal.service import nodes as node_service
+    from tests.helpers import sqlite_plan
+
+    _pool(ctx, "up", nodes_wanted=4)
+    up = _bring_up_nodes(ctx)
+    _pool(ctx, "coming", nodes_wanted=2)
+    allocation.reconcile(ctx)
+    full = node_service.provisioning_view(ctx)
+    assert len(full) == 6
+    partial = node_service.provisioning_view(ctx, {up[0].id, "no-such-node"})
+    assert sorted(r.state for r in partial) == ["creating", "creating", "idle"]
+    assert {r.node_id for r in partial} >= {up[0].id}
+    assert {r.pool_id for r in partial if r.state == "creating"} == {"coming"}
+    assert len(node_service.provisioning_view(ctx, set())) == 2
+    if ctx.engine.dialect.name == "sqlite":
+        from shoal.model.states import PROVISIONING_NODE_STATES
+
+        plan = sqlite_plan(ctx.engine, select(nodes.c.id).where(nodes.c.state.in_(PROVISIONING_NODE_STATES)))
+        assert any("ix_nodes_provisioning" in step for step in plan), plan
