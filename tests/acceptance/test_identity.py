@@ -15,7 +15,7 @@ import httpx
 import jwt
 import pytest
 from azure.batch import BatchClient, models
-from azure.core.exceptions import HttpResponseError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from shoal.testing.server import RunningShoal, kill_agents, running_shoal, start_shoal, stop_shoal
 from tests.acceptance.rest import assert_batch_error, call, verifier
@@ -212,8 +212,14 @@ def _running_task_token(key_client: Any, job_id: str) -> str:
     sleeper["authenticationTokenSettings"] = {"access": ["job"]}
     key_client.create_task(job_id, sleeper)
     wait_task_state(key_client, job_id, "sleeper", "running", 30)
-    return wait_for(lambda: b"".join(key_client.download_task_file(job_id, "sleeper", "stdout.txt")).strip(),
-                    30, message="the task's token on its stdout").decode()
+
+    def printed() -> bytes:
+        try:
+            return b"".join(key_client.download_task_file(job_id, "sleeper", "stdout.txt")).strip()
+        except ResourceNotFoundError:
+            return b""  # running, but its stdout is not there yet
+
+    return wait_for(printed, 30, message="the task's token on its stdout").decode()
 
 
 def test_allowed_authentication_modes_are_enforced(tls_shoal: RunningShoal, key_client: Any) -> None:

@@ -66,12 +66,14 @@ def test_job_manager_completion_terminates_the_job_and_kills_its_other_tasks(cli
 
 
 def test_job_shows_its_job_manager_with_defaults(client: Any, pool: str) -> None:
+    # A manager that outlives the test: one that ended would complete the job (killJobOnCompletion)
+    # before the update below, on a slow machine.
     job_id = _job(client, "jm-shown", pool, models.BatchJobManagerTask(
-        id="mgr", command_line="/bin/true", display_name="the manager",
+        id="mgr", command_line="/bin/sleep 60", display_name="the manager",
         environment_settings=[models.EnvironmentSetting(name="A", value="1")]))
     try:
         shown = client.get_job(job_id).job_manager_task
-        assert (shown.id, shown.command_line, shown.display_name) == ("mgr", "/bin/true", "the manager")
+        assert (shown.id, shown.command_line, shown.display_name) == ("mgr", "/bin/sleep 60", "the manager")
         assert shown.kill_job_on_completion is True and shown.run_exclusive is True
         assert shown.allow_low_priority_node is True
         assert [(e.name, e.value) for e in shown.environment_settings] == [("A", "1")]
