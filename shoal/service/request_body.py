@@ -33,12 +33,22 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
+# Properties whose values an error never quotes: a password with a NUL in it must not come back
+# in the answer (nor reach a log that records errors).
+_SECRET_PARTS = ("password", "secret", "token", "privatekey")
+_SECRET_NAMES = ("data",)  # a certificate's pfx
+_REDACTED = "(not shown)"
+
+
 def _type_error(path: str, value: Any, kind: str) -> InvalidProperty:
     article = "an" if kind[0] in "aeiou" else "a"
-    return InvalidProperty(path, _shown(value), f"The value must be {article} {kind}.")
+    return InvalidProperty(path, _shown(value, path), f"The value must be {article} {kind}.")
 
 
-def _shown(value: Any) -> str:
+def _shown(value: Any, path: str = "") -> str:
+    name = path.rsplit(".", 1)[-1].split("[", 1)[0].lower()
+    if name in _SECRET_NAMES or any(part in name for part in _SECRET_PARTS):
+        return _REDACTED
     text = value if isinstance(value, str) else type(value).__name__ if isinstance(value, (dict, list)) else str(value)
     return text.replace(_NUL, "\\0")[:64]
 
@@ -111,7 +121,7 @@ def _check_leaf(value: Any, kind: str, path: str) -> None:
         if not isinstance(value, str):
             raise _type_error(path, value, "string")
         if _NUL in value:
-            raise InvalidProperty(path, _shown(value), "The value must not contain NUL characters.")
+            raise InvalidProperty(path, _shown(value, path), "The value must not contain NUL characters.")
     elif kind == "integer":
         if isinstance(value, str):  # az sends integers as strings; validation.integer converts them
             _no_nul(value, path)
@@ -137,7 +147,7 @@ def _check_leaf(value: Any, kind: str, path: str) -> None:
 
 def _no_nul(value: str, path: str) -> None:
     if _NUL in value:
-        raise InvalidProperty(path, _shown(value), "The value must not contain NUL characters.")
+        raise InvalidProperty(path, _shown(value, path), "The value must not contain NUL characters.")
 
 
 def _no_nul_anywhere(value: Any, path: str) -> None:
