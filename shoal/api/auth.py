@@ -54,9 +54,10 @@ class Caller:
 
     mode: str
     account: str
-    # The service principal's client id (AAD); the job a task token is good for.
+    # The service principal's client id and object id (AAD); the job a task token is good for.
     client_id: str | None = None
     job_id: str | None = None
+    object_id: str | None = None
 
 
 class Forbidden(BatchError):
@@ -129,7 +130,7 @@ class Authenticator:
             raise tokens.InvalidToken("The token was issued for another tenant than the account's.")
         if await self._principal_tenant(claims) != claims.tenant_id:
             raise tokens.InvalidToken("The token's service principal does not exist.")
-        return Caller(AAD, self.ctx.account, client_id=claims.client_id)
+        return Caller(AAD, self.ctx.account, client_id=claims.client_id, object_id=claims.object_id)
 
     def _verified(self, token: str) -> tokens.AccessClaims | tokens.TaskClaims:
         """The token's claims: its signature is checked once, then remembered until it expires
