@@ -83,6 +83,14 @@ def check_pattern(label: str, pattern: Any) -> str:
     return pattern
 
 
+def _looks_like_id(name: str) -> bool:
+    try:
+        uuid.UUID(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _shown(value: Any) -> str:
     return value[:64] if isinstance(value, str) else type(value).__name__
 
@@ -164,8 +172,11 @@ def create_role(ctx: Context, body: Any) -> dict[str, Any]:
     if not isinstance(name, str) or not name.strip():
         raise MissingProperty("roleName") if name is None else InvalidProperty("roleName", _shown(name),
                                                                                "A name is required.")
-    if len(name) > MAX_ROLE_NAME_CHARS or not _printable(name):
-        raise InvalidProperty("roleName", name[:64], f"At most {MAX_ROLE_NAME_CHARS} printable characters.")
+    if len(name) > MAX_ROLE_NAME_CHARS or not _printable(name) or any(ch in name for ch in "/\\?#"):
+        raise InvalidProperty("roleName", name[:64], f"At most {MAX_ROLE_NAME_CHARS} printable characters, none of "
+                              "/ \\ ? #.")
+    if _looks_like_id(name):
+        raise InvalidProperty("roleName", name[:64], "A role's name cannot be a GUID: roles are found by name or id.")
     description = props.get("description") or ""
     if not isinstance(description, str) or len(description) > MAX_DESCRIPTION_CHARS or "\x00" in description:
         raise InvalidProperty("description", _shown(description), f"At most {MAX_DESCRIPTION_CHARS} characters.")

@@ -196,6 +196,61 @@ def test_every_route_refuses_a_principal_without_roles(tls_shoal: RunningShoal, 
     assert [pool.id for pool in key_client.list_pools()].count(POOL) == 1
 
 
+def _family(method: str, path: str) -> tuple[str, bool]:
+    """What a route touches and whether it only reads: the matrix's own reading of Azure Batch's
+    rules, written apart from shoal/api/authorization.py so that the two check each other."""
+    lowered, reads = path.lower(), method == "GET"
+    if lowered.startswith(("/shoal/v1/principals", "/shoal/v1/tenants")):
+        return "keys", reads
+    if lowered == "/shoal/v1/account/authentication-modes":
+        return ("account", True) if reads else ("keys", False)
+    if lowered.startswith("/shoal/v1/role"):
+        return "roles", reads
+    if lowered in ("/shoal/v1/usage", "/supportedimages"):
+        return "account", reads
+    if lowered.startswith(("/pools", "/nodecounts", "/poolusagemetrics", "/shoal/v1/pools")):
+        return "pools", reads and not lowered.endswith("/join-token")  # a join token admits a node
+    if lowered.startswith("/certificates"):
+        return "certificates", reads
+    if lowered.startswith("/applications"):
+        return "applications", reads
+    return "jobs", reads  # jobs, their tasks and files, job schedules, `task why`
+
+
+MATRIX = {
+    "Owner": lambda family, reads: family != "keys",
+    "Contributor": lambda family, reads: family != "keys" and (family != "roles" or reads),
+    "Reader": lambda family, reads: reads and family != "keys",
+    "Azure Batch Account Contributor": lambda family, reads: family != "keys" and (family != "roles" or reads),
+    "Azure Batch Account Reader": lambda family, reads: reads and family not in ("keys", "roles"),
+    "Azure Batch Data Contributor": lambda family, reads: family != "keys" and (family != "roles" or reads),
+    "Azure Batch Job Submitter": lambda family, reads: family == "jobs" or (reads and family in ("pools",
+                                                                                                 "applications")),
+}
+
+
+@pytest.mark.parametrize("role", sorted(MATRIX))
+def test_permission_matrix_of_the_builtin_roles(tls_shoal: RunningShoal, role: str) -> None:
+    """Every route, for each built-in role: refused with 403 exactly where the role says; allowed
+    calls (on ids that do not exist, with empty bodies) get the handler's own answer."""
+    from shoal.api import unserved
+
+    token = access_token(tls_shoal, _principal(tls_shoal, role))
+    routes = [route for route in _data_plane_routes() if route[1] != "/metrics"]
+    routes += [(method, path.replace("{}", "x")) for method, path, _ in unserved.OPERATIONS]
+    wrong = []
+    with httpx.Client(verify=verifier(tls_shoal), timeout=30) as http:
+        for method, path in routes:
+            response = http.request(method, f"{tls_shoal.endpoint}{path}?api-version=2025-06-01",
+                                    headers={"Authorization": f"Bearer {token}", "Content-Length": "2",
+                                             "Content-Type": "application/json; odata=minimalmetadata"},
+                                    content=b"{}")
+            refused = response.status_code == 403 and response.json()["code"] == "AuthorizationFailure"
+            if refused == MATRIX[role](*_family(method, path)) or response.status_code >= 500:
+                wrong.append((method, path, response.status_code, response.text[:200]))
+    assert wrong == []
+
+
 @pytest.mark.parametrize(("args", "code"), [
     (["role", "assign", "{principal}", "No Such Role"], "RoleDefinitionDoesNotExist"),
     (["role", "assign", "nobody-" + "x" * 20, "Reader"], "PrincipalNotFound"),
@@ -205,6 +260,8 @@ def test_every_route_refuses_a_principal_without_roles(tls_shoal: RunningShoal, 
     (["role", "create", "bad", "--action", "Microsoft.Batch/pools\x7f/read"], "InvalidPropertyValue"),
     (["role", "create", "bad\x01name", "--action", "*"], "InvalidPropertyValue"),
     (["role", "create", "empty"], "InvalidPropertyValue"),
+    (["role", "create", "a/b", "--action", "*"], "InvalidPropertyValue"),
+    (["role", "create", "8e3af657-a8ff-443c-a75c-2fe8c4bcb635", "--action", "*"], "InvalidPropertyValue"),
     (["role", "create", "Reader", "--action", "*"], "RoleDefinitionWithSameNameExists"),
     (["role", "create", "far", "--action", "*", "--scope", "/subscriptions/.."], "InvalidPropertyValue"),
     (["role", "delete", "Owner"], "CannotModifyBuiltInRole"),
