@@ -28,6 +28,10 @@ MAX_PATTERN_CHARS = 512
 MAX_SCOPE_CHARS = 512
 MAX_SCOPE_NAME_CHARS = 90
 MAX_ASSIGNABLE_SCOPES = 50
+# Azure's own limits: custom roles per tenant and role assignments per subscription. They also
+# bound what the listings return.
+MAX_CUSTOM_ROLES = 5000
+MAX_ROLE_ASSIGNMENTS = 4000
 PERMISSION_LISTS = ("actions", "notActions", "dataActions", "notDataActions")
 DEFINITIONS_PATH = "/providers/Microsoft.Authorization/roleDefinitions/"
 # `Provider.Namespace/resourceType/.../operation`, each part letters, digits, `.`, `_`, `-` or `*`.
@@ -139,6 +143,10 @@ def _check_assignment_scope(ctx: Context, scope: Any) -> str:
     return str(scope).rstrip("/")
 
 
+def _count(conn: Connection, table: Any, *where: Any) -> int:
+    return int(conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one())
+
+
 # --- role definitions -----------------------------------------------------------------------------
 
 
@@ -199,6 +207,9 @@ def create_role(ctx: Context, body: Any) -> dict[str, Any]:
         if taken is not None:
             raise Conflict("A role definition with the same name already exists.",
                            code="RoleDefinitionWithSameNameExists", values={"RoleName": name[:64]})
+        if _count(conn, role_definitions, ~role_definitions.c.builtin) >= MAX_CUSTOM_ROLES:
+            raise BadRequest(f"The limit of {MAX_CUSTOM_ROLES} custom roles is reached.",
+                             code="RoleDefinitionLimitExceeded")
         conn.execute(role_definitions.insert().values(
             id=role_id, name=name, name_key=name.lower(), description=description, builtin=False,
             permissions=granted, assignable_scopes=scopes, created=clock.now()))
@@ -223,9 +234,7 @@ def delete_role(ctx: Context, reference: str) -> dict[str, Any]:
         row = _role_row(conn, reference)
         if row.builtin:
             raise CannotChangeBuiltinRole("Built-in roles cannot be deleted.", values={"RoleName": row.name})
-        assigned = conn.execute(select(func.count()).select_from(role_assignments)
-                                .where(role_assignments.c.role_id == row.id)).scalar_one()
-        if assigned:
+        if _count(conn, role_assignments, role_assignments.c.role_id == row.id):
             raise Conflict("There are existing role assignments referencing this role: remove them first.",
                            code="RoleDefinitionHasAssignments", values={"RoleName": row.name})
         conn.execute(delete(role_definitions).where(role_definitions.c.id == row.id))
@@ -290,6 +299,9 @@ def assign(ctx: Context, body: Any) -> dict[str, Any]:
         if taken is not None:
             raise Conflict("The role assignment already exists.", code="RoleAssignmentExists",
                            values={"RoleAssignmentId": taken.id})
+        if _count(conn, role_assignments) >= MAX_ROLE_ASSIGNMENTS:
+            raise BadRequest(f"The limit of {MAX_ROLE_ASSIGNMENTS} role assignments is reached.",
+                             code="RoleAssignmentLimitExceeded")
         assignment_id = str(uuid.uuid4())
         conn.execute(role_assignments.insert().values(id=assignment_id, principal_id=principal.object_id,
                                                       role_id=role.id, scope=scope, scope_key=scope.lower(),
