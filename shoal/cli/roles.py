@@ -110,11 +110,12 @@ def role_create(name: str | None, file: Path | None, description: str | None, ac
 @role.command("delete")
 @click.argument("role_ref", metavar="ROLE")
 @data_dir_option
-def role_delete(role_ref: str, data_dir: Path | None) -> None:
+@json_option
+def role_delete(role_ref: str, data_dir: Path | None, as_json: bool) -> None:
     """Delete a custom role (by name or id); one still assigned is refused."""
     client = client_for(data_dir)
-    or_exit(lambda: client.request("DELETE", f"/shoal/v1/roledefinitions/{role_ref}"))
-    click.echo(f"deleted {role_ref}")
+    gone = or_exit(lambda: client.request("DELETE", f"/shoal/v1/roledefinitions/{role_ref}").json())
+    click.echo(json.dumps(gone) if as_json else f"deleted {gone['properties']['roleName']}")
 
 
 def _assignments(client: Any, principal: str | None) -> dict[str, Any]:
@@ -159,7 +160,9 @@ def role_assign(principal: str, role_ref: str, scope: str | None, data_dir: Path
 @click.argument("role_ref", metavar="[ROLE]", required=False)
 @click.option("--scope", default=None, help="Which of the principal's assignments of ROLE, if it has several.")
 @data_dir_option
-def role_unassign(target: str, role_ref: str | None, scope: str | None, data_dir: Path | None) -> None:
+@json_option
+def role_unassign(target: str, role_ref: str | None, scope: str | None, data_dir: Path | None,
+                  as_json: bool) -> None:
     """Remove an assignment, by its id or by PRINCIPAL and ROLE; it stops counting at once."""
     client = client_for(data_dir)
     assignment_id = target
@@ -173,8 +176,10 @@ def role_unassign(target: str, role_ref: str | None, scope: str | None, data_dir
         if len(found) != 1:
             or_exit(lambda: _raise_unassign(len(found)))
         assignment_id = found[0]["name"]
-    or_exit(lambda: client.request("DELETE", f"/shoal/v1/roleassignments/{assignment_id}"))
-    click.echo(f"removed {assignment_id}")
+    gone = or_exit(lambda: client.request("DELETE", f"/shoal/v1/roleassignments/{assignment_id}").json())
+    props = gone["properties"]
+    click.echo(json.dumps(gone) if as_json else f"removed {props['roleName']} from {props['principalName']} at "
+               f"{props['scope']} ({gone['name']})")
 
 
 def _raise_unassign(count: int) -> None:

@@ -3,6 +3,7 @@ permissions read through its own index, and assignments gone with their principa
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,14 @@ from tests.helpers import sqlite_plan, store_context
 JOBS_WRITE = Operation(DATA_ACTION, "Microsoft.Batch/batchAccounts/jobs/write")
 
 
-@pytest.fixture
-def ctx(tmp_path: Path) -> Iterator[Any]:
-    for context in store_context(f"sqlite:///{tmp_path / 'shoal.db'}"):
+_names = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ctx(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    url = (f"sqlite:///{tmp_path / 'shoal.db'}" if request.param == "sqlite"
+           else request.getfixturevalue("postgres").create_database(f"roles_{next(_names)}"))
+    for context in store_context(url):
         with context.engine.begin() as conn:
             roles.ensure_builtin_roles(conn)
         yield context
@@ -50,8 +56,9 @@ def test_builtins_are_written_once_and_corrected(ctx: Any) -> None:
 def test_a_principal_is_read_through_its_index(ctx: Any) -> None:
     from shoal.store.schema import role_assignments as table
 
-    statement = select(table.c.scope).where(table.c.principal_id == "p")
-    assert any("USING INDEX" in step for step in sqlite_plan(ctx.engine, statement))
+    if ctx.engine.dialect.name == "sqlite":
+        statement = select(table.c.scope).where(table.c.principal_id == "p")
+        assert any("USING INDEX" in step for step in sqlite_plan(ctx.engine, statement))
     principal = principals.create_principal(ctx, {"displayName": "p"})
     assert not roles.grants_of(ctx, principal["objectId"]).allows(JOBS_WRITE)
     _assign(ctx, principal, "Azure Batch Job Submitter")
