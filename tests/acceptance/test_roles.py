@@ -65,7 +65,8 @@ def test_reader_lists_but_cannot_create_a_pool(tls_shoal: RunningShoal, key_clie
 
 
 def test_job_submitter_adds_jobs_and_tasks_but_cannot_touch_pools(tls_shoal: RunningShoal, key_client: Any) -> None:
-    client = token_client(tls_shoal, _principal(tls_shoal, "Azure Batch Job Submitter"))
+    submitter = _principal(tls_shoal, "Azure Batch Job Submitter")
+    client = token_client(tls_shoal, submitter)
     client.create_job(_job("submitted"))
     client.create_tasks("submitted", [models.BatchTaskCreateOptions(id=f"t{i}", command_line="/bin/true")
                                       for i in range(3)])
@@ -86,6 +87,19 @@ def test_job_submitter_adds_jobs_and_tasks_but_cannot_touch_pools(tls_shoal: Run
                 vm_size="standard_d2s_v3", virtual_machine_configuration=pool_options("x").virtual_machine_configuration,
                 target_dedicated_nodes=0))))
     assert error_of(lambda: client.create_job(auto)) == DENIED
+    # Batch reads names without regard to case: so does the check.
+    shouted = json.dumps({"id": "auto", "POOLINFO": {"AUTOPOOLSPECIFICATION": {
+        "poolLifetimeOption": "job", "pool": {"vmSize": "standard_d2s_v3", "targetDedicatedNodes": 0}}}}).encode()
+    token = access_token(tls_shoal, submitter)
+    assert_batch_error(call(tls_shoal, "POST", "/jobs", body=shouted, token=token), 403, "AuthorizationFailure")
+    schedule = json.dumps({"id": "auto", "schedule": {"recurrenceInterval": "PT1H"}, "jobSpecification": {
+        "poolInfo": {"autoPoolSpecification": {"poolLifetimeOption": "job", "pool": {"vmSize": "standard_d2s_v3"}}}}})
+    assert_batch_error(call(tls_shoal, "POST", "/jobschedules", body=schedule.encode(), token=token),
+                       403, "AuthorizationFailure")
+    moved = json.dumps({"poolInfo": {"autoPoolSpecification": {"poolLifetimeOption": "job",
+                                                               "pool": {"vmSize": "standard_d2s_v3"}}}}).encode()
+    assert_batch_error(call(tls_shoal, "PATCH", "/jobs/submitted", body=moved, token=token),
+                       403, "AuthorizationFailure")
     assert "auto" not in [job.id for job in key_client.list_jobs()]
     assert key_client.get_pool(POOL).state == "active"
 
