@@ -7,7 +7,8 @@ then, alternating in ``--rounds`` rounds of ``--requests`` sequential keep-alive
 - ``unauthenticated``: GET /ready (no credentials; one `SELECT 1` on a reader thread, where the
   cheap GET does its point read);
 - ``shared key``: GET /jobs/{id} signed with the account key;
-- ``bearer``: GET /jobs/{id} with an access token from Shoal's token endpoint.
+- ``bearer``: GET /jobs/{id} with an access token from Shoal's token endpoint, for a principal
+  holding Azure Batch Job Submitter (its role is checked on every request).
 
 Printed side by side as requests/s. The unauthenticated route is lighter work than GET /jobs/{id}
 (no job to read or render, no ETag), so the gap between it and the other two is not all authentication:
@@ -70,13 +71,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    from tests.identity import access_token, create_principal, signing_keys
+    from tests.identity import access_token, assign_role, create_principal, signing_keys
 
     with tempfile.TemporaryDirectory(prefix="shoal-bench-auth-") as folder:
         shoal = start_shoal(Path(folder) / "data")
         try:
             shoal.client().create_job({"id": JOB, "poolInfo": {"poolId": "none"}})
             principal = create_principal(shoal, "bench")
+            # A principal may do what its roles allow: the bearer rate includes that check.
+            assign_role(shoal, principal, "Azure Batch Job Submitter")
             token = access_token(shoal, principal)
             http = httpx.Client(timeout=30)
             query = "?api-version=2025-06-01"
@@ -118,7 +121,20 @@ def main() -> None:
             from shoal.api.auth import Authenticator, Identity
 
             authenticator = Authenticator(None, {}, None, Identity(keys, shoal.endpoint))  # type: ignore[arg-type]
-            verify_bearer = per_call_us(lambda: authenticator._verified(token))  # noqa: SLF001
+            token_us = per_call_us(lambda: authenticator._verified(token))  # noqa: SLF001
+            # Plus its roles' decision, as the server keeps them (api/authorization.py): cached.
+            from shoal.api import authorization
+            from shoal.service import roles
+            from shoal.service.context import Context
+            from shoal.store.db import create_store_engine
+
+            engine = create_store_engine(f"sqlite:///{shoal.data_dir / 'shoal.db'}")
+            granted = roles.grants_of(Context(engine=engine, account=shoal.account), principal["objectId"])
+            engine.dispose()
+            operation = authorization.required("GET", "/jobs/{job_id}")
+            assert operation is not None and granted.allows(operation)
+            decide_us = per_call_us(lambda: granted.allows(operation))
+            verify_bearer = token_us + decide_us
         finally:
             stop_shoal(shoal)
             kill_agents(shoal.data_dir)
@@ -130,6 +146,7 @@ def main() -> None:
     print()
     worst = 0.0
     print(f"{'bearer':17}first use of a token (RS256 verification): {verify_bearer_first:.1f} µs")
+    print(f"{'bearer':17}its roles' decision, per request: {decide_us:.2f} µs (counted in its verification below)")
     for name, cost_us in (("shared key", verify_shared), ("bearer", verify_bearer)):
         request_us = 1e6 / medians[name]
         share = cost_us / request_us

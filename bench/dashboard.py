@@ -109,6 +109,7 @@ def main() -> None:
                 (f"job page, state=completed ({args.completed} matches, first 50)", "/ui/jobs/big-job?state=completed"),
                 ("job page, exitcode=3 (windowed walk, short page)", "/ui/jobs/big-job?exitcode=3"),
                 ("task page (with why)", f"/ui/jobs/big-job/tasks/t{args.tasks // 2 + 1:07d}"),
+                ("usage page (ledger)", "/ui/usage"),
             ]
             print(f"\n{'page':62} {'p50 ms':>8} {'p99 ms':>8} {'KiB':>8}")
             for name, path in pages:

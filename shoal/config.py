@@ -119,6 +119,20 @@ class Settings:
         return self.database_url or os.environ.get("SHOAL_DATABASE_URL") or self.sqlite_url
 
 
+# Where the account sits in ARM's tree, for role assignment scopes: Shoal has no management plane
+# yet, so its one account lives in one subscription and resource group, named by these.
+DEFAULT_SUBSCRIPTION_ID = "00000000-0000-0000-0000-000000000000"
+DEFAULT_RESOURCE_GROUP = "shoal"
+
+
+def account_scope(account: str) -> str:
+    """The account's ARM resource id: $SHOAL_SUBSCRIPTION_ID and $SHOAL_RESOURCE_GROUP, else the
+    defaults above. Role assignments at it, its resource group or its subscription apply to it."""
+    subscription = os.environ.get("SHOAL_SUBSCRIPTION_ID") or DEFAULT_SUBSCRIPTION_ID
+    group = os.environ.get("SHOAL_RESOURCE_GROUP") or DEFAULT_RESOURCE_GROUP
+    return f"/subscriptions/{subscription}/resourceGroups/{group}/providers/Microsoft.Batch/batchAccounts/{account}"
+
+
 def auto_storage_connection_string() -> str | None:
     """The connection string of the account's linked ("auto") storage account, for
     `autoStorageContainerName` sources: $SHOAL_AUTO_STORAGE (`shoal up --auto-storage` sets it);

@@ -28,6 +28,13 @@ def create_principal(shoal: RunningShoal, name: str, *extra: str) -> dict[str, A
     return json.loads(out.stdout)
 
 
+def assign_role(shoal: RunningShoal, principal: dict[str, Any], role: str, *extra: str) -> dict[str, Any]:
+    """Give a principal a role with the real CLI: a new principal holds none, as on Azure."""
+    out = cli(shoal, "role", "assign", principal["clientId"], role, "--json", *extra)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return json.loads(out.stdout)
+
+
 def token_request(shoal: RunningShoal, tenant: str, form: dict[str, str]) -> httpx.Response:
     return httpx.post(f"{shoal.endpoint}/{tenant}/oauth2/v2.0/token", data=form, verify=verifier(shoal), timeout=30)
 
@@ -49,3 +56,31 @@ def signing_keys(shoal: RunningShoal) -> Any:
         return tokens.load_or_create(engine)
     finally:
         engine.dispose()
+
+
+def credential(shoal: RunningShoal, principal: dict[str, Any]) -> Any:
+    """azure-identity's ClientSecretCredential pointed at Shoal as its authority."""
+    from azure.identity import ClientSecretCredential
+
+    # MSAL sends instance discovery to login.microsoftonline.com for any authority it does not know,
+    # never to the authority: a client of Shoal turns it off (Shoal answers the discovery documents).
+    return ClientSecretCredential(principal["tenantId"], principal["clientId"], principal["clientSecret"],
+                                  authority=shoal.endpoint, disable_instance_discovery=True,
+                                  connection_verify=shoal.ca_file)
+
+
+def token_client(shoal: RunningShoal, principal: dict[str, Any]) -> Any:
+    """The azure-batch SDK signed in as ``principal`` (bearer tokens over https)."""
+    from azure.batch import BatchClient
+
+    return BatchClient(shoal.endpoint, credential(shoal, principal), connection_verify=shoal.ca_file)
+
+
+def client_with_pool(shoal: RunningShoal, pool_id: str) -> Any:
+    """The account key's SDK client, with a one-node pool up for the tokens' jobs to run on."""
+    from tests.helpers import pool_options, wait_pool_idle
+
+    client = shoal.client()
+    client.create_pool(pool_options(pool_id, target_dedicated_nodes=1))
+    wait_pool_idle(client, pool_id, 1)
+    return client

@@ -10,7 +10,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shoal.api import versions
+from shoal.api import authorization, versions
 from shoal.api.http import empty_response, guard
 from shoal.service.context import Context
 
@@ -28,6 +28,8 @@ def conditional_action(collection: str, param: str, etag_of: EtagOf, action: Cal
         payload = None
         if body_name is not None:
             payload, _size = await versions.read_json(request, body_name, optional=optional_body)
+            # A job or schedule moved onto an auto pool makes a pool: that needs pool rights too.
+            authorization.require_pool_rights_for_auto_pools(request, payload)
         guard(request, lambda: etag_of(ctx, resource_id))
         if body_name is None:
             action(ctx, resource_id)

@@ -16,9 +16,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from shoal import telemetry
-from shoal.api import unserved, versions
+from shoal.api import authorization, unserved, versions
 from shoal.api.access_log import RequestLog
 from shoal.api.auth import Authenticator, Caller, Identity
+from shoal.api.authorization import Authorizer
 from shoal.api.http import MAX_BODY_BYTES, error_response, new_request_id, read_body
 from shoal.errors import BatchError
 from shoal.service.context import Context
@@ -52,6 +53,8 @@ class Api:
         self.runner = runner if runner is not None else StoreRunner()
         # Shared Key, bearer tokens and the account's allowed modes (shoal/api/auth.py).
         self.auth = Authenticator(ctx, keys, self.runner, identity)
+        # What each principal's role assignments allow it (shoal/api/authorization.py).
+        self.authz = Authorizer(ctx, self.runner)
         self.identity = identity
 
     def context_for(self, request: Request) -> Context:
@@ -66,11 +69,15 @@ class Api:
         # A shallow copy: the node metrics cache and the signals stay shared with the server.
         return dataclasses.replace(ctx, base_url=url)
 
-    def batch(self, handler: Handler, placement: Placement = "loop") -> Callable[[Request], Awaitable[Response]]:
-        """Wrap a Batch REST handler: authentication, api-version, error body; then run it where
+    def batch(self, handler: Handler, placement: Placement = "loop", *,
+              path: str | None = None) -> Callable[[Request], Awaitable[Response]]:
+        """Wrap a Batch REST handler: authentication, authorization (by the route's ``path``
+        template: shoal/api/authorization.py), api-version, error body; then run it where
         ``placement`` says."""
 
         operation = getattr(handler, "__name__", telemetry.UNMATCHED)
+        needs = {method: authorization.required(method, path) if path is not None else None
+                 for method in ("GET", "HEAD", "PUT", "POST", "PATCH", "DELETE")}
 
         async def endpoint(request: Request) -> Response:
             request.state.request_id = new_request_id()
@@ -78,7 +85,8 @@ class Api:
             # For handlers on the loop that send their store work to the runner themselves.
             request.state.runner = self.runner
             try:
-                await self.authenticate(request)
+                caller = await self.authenticate(request)
+                await self.authz.authorize(request, caller, needs.get(request.method))
                 # Handlers shape bodies and answers by it (shoal.api.versions).
                 request.state.api_version = versions.check_version(request.query_params.get("api-version"))
                 ctx = self.context_for(request)
@@ -135,25 +143,30 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
         spot,
         tasks,
     )
+    from shoal.api import roles as role_routes
 
     routes: list[BaseRoute] = []
     for module in (pools, autoscale, nodes, spot, jobs, job_schedules, tasks, certificates, ledger):
         for path, methods, handler in module.ROUTES:
-            routes.append(Route(path, api.batch(handler, placement_of(handler, methods)), methods=methods))
+            routes.append(Route(path, api.batch(handler, placement_of(handler, methods), path=path), methods=methods))
     for route in routes:
         if isinstance(route, Route) and route.path.startswith("/certificates("):
             route.path_regex = re.compile(route.path_regex.pattern, certificates.CASE_INSENSITIVE)
     # File routes relay to nodes through the loop's HTTP client: they stay on the loop and send
     # their store reads to a reader thread themselves.
-    routes.extend(Route(path, api.batch(handler, "loop"), methods=methods) for path, methods, handler in files.ROUTES)
+    routes.extend(Route(path, api.batch(handler, "loop", path=path), methods=methods)
+                  for path, methods, handler in files.ROUTES)
     # So do the node user routes: they hand the node its users once the store has them.
-    routes.extend(Route(path, api.batch(handler, "loop"), methods=methods)
+    routes.extend(Route(path, api.batch(handler, "loop", path=path), methods=methods)
                   for path, methods, handler in (*node_users.ROUTES, *node_logs.ROUTES))
     routes.extend(agent.routes(api, agent_hub, poll_timeout_s, heartbeat_interval_s, manual_join))
-    routes.append(Route("/shoal/v1/pools/{pool_id}/join-token", api.batch(_join_token, "read"), methods=["GET"]))
+    join_token = "/shoal/v1/pools/{pool_id}/join-token"
+    routes.append(Route(join_token, api.batch(_join_token, "read", path=join_token), methods=["GET"]))
     routes.extend(health.routes(api, metrics_token, duties_running))
     # The token authority and the principals that sign in to it (shoal/api/identity.py).
     routes.extend(identity.routes(api, api.identity))
+    # Role definitions and assignments (shoal/api/roles.py).
+    routes.extend(role_routes.routes(api))
 
     # The web dashboard (shoal/web), signed in with the account key, on the same port.
     from shoal.web.routes import mount as mount_dashboard
@@ -163,13 +176,13 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
     async def no_such_route(request: Request, exc: Exception) -> Response:
         operation = unserved.operation_for(request.method, request.url.path)
         if operation is not None:
-            return await api.batch(_unserved(operation))(request)
+            return await api.batch(_unserved(operation), path=unserved.template_of(operation))(request)
         return await _no_such_route(request, exc)
 
     async def no_such_method(request: Request, exc: Exception) -> Response:
         operation = unserved.operation_for(request.method, request.url.path)
         if operation is not None:
-            return await api.batch(_unserved(operation))(request)
+            return await api.batch(_unserved(operation), path=unserved.template_of(operation))(request)
         return await _no_such_method(request, exc)
 
     return Starlette(routes=routes, exception_handlers={404: no_such_route, 405: no_such_method},

@@ -54,9 +54,10 @@ class Caller:
 
     mode: str
     account: str
-    # The service principal's client id (AAD); the job a task token is good for.
+    # The service principal's client id and object id (AAD); the job a task token is good for.
     client_id: str | None = None
     job_id: str | None = None
+    object_id: str | None = None
 
 
 class Forbidden(BatchError):
@@ -123,7 +124,7 @@ class Authenticator:
         if isinstance(claims, tokens.TaskClaims):
             return await self._task_caller(claims, path)
         await self._check_principal(claims)
-        return Caller(AAD, self.ctx.account, client_id=claims.client_id)
+        return Caller(AAD, self.ctx.account, client_id=claims.client_id, object_id=claims.object_id)
 
     async def _check_principal(self, claims: tokens.AccessClaims) -> None:
         assert self.identity is not None

@@ -186,6 +186,7 @@ def routes(api: Any, identity: Identity | None) -> list[Route]:
         shared_key_only(request)
         gone = principals.delete_principal(ctx, request.path_params["principal"])
         api.auth.forget_principal(gone["objectId"], gone["clientId"])
+        api.authz.forget()
         return empty_response(request, 200)
 
     async def create_tenant(request: Request, ctx: Context) -> Response:
@@ -214,13 +215,14 @@ def routes(api: Any, identity: Identity | None) -> list[Route]:
         Route(KEYS_PATH, authority_route(keys), methods=["GET"]),
         Route(TOKEN_PATH, authority_route(token), methods=["POST"]),
         Route(INSTANCE_DISCOVERY_PATH, authority_route(instance_discovery), methods=["GET"]),
-        Route("/shoal/v1/principals", api.batch(create_principal, "write"), methods=["POST"]),
-        Route("/shoal/v1/principals", api.batch(list_principals, "read"), methods=["GET"]),
-        Route("/shoal/v1/principals/{principal}", api.batch(delete_principal, "write"), methods=["DELETE"]),
-        Route("/shoal/v1/tenants", api.batch(create_tenant, "write"), methods=["POST"]),
-        Route("/shoal/v1/tenants", api.batch(list_tenants, "read"), methods=["GET"]),
-        Route("/shoal/v1/account/authentication-modes", api.batch(authentication_modes, "write"),
-              methods=["GET", "PUT"]),
+        *(Route(path, api.batch(handler, placement, path=path), methods=methods) for path, methods, handler, placement in (
+            ("/shoal/v1/principals", ["POST"], create_principal, "write"),
+            ("/shoal/v1/principals", ["GET"], list_principals, "read"),
+            ("/shoal/v1/principals/{principal}", ["DELETE"], delete_principal, "write"),
+            ("/shoal/v1/tenants", ["POST"], create_tenant, "write"),
+            ("/shoal/v1/tenants", ["GET"], list_tenants, "read"),
+            ("/shoal/v1/account/authentication-modes", ["GET", "PUT"], authentication_modes, "write"),
+        )),
     ]
 
 

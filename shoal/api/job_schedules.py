@@ -10,7 +10,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shoal.api import listing, offload, render, versions
+from shoal.api import authorization, listing, offload, render, versions
 from shoal.api.actions import conditional_action
 from shoal.api.http import empty_response, guard
 from shoal.service import job_schedules as schedule_service
@@ -25,6 +25,7 @@ def _location(ctx: Context, schedule_id: str) -> str:
 
 async def create_job_schedule(request: Request, ctx: Context) -> Response:
     body, size = await versions.read_json(request, "jobschedule.create")
+    authorization.require_pool_rights_for_auto_pools(request, body)
     schedule_service.add(ctx, await offload.validate(size, schedule_service.parse_create, body))
     etag, modified = schedule_service.etag_of(ctx, body["id"])
     return empty_response(request, 201, etag=etag, last_modified=modified, location=_location(ctx, body["id"]))

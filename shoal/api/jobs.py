@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shoal import odata
-from shoal.api import listing, offload, render, versions
+from shoal.api import authorization, listing, offload, render, versions
 from shoal.api.actions import conditional_action
 from shoal.api.http import decode_token, empty_response, guard, max_results
 from shoal.service import job_manager, job_prep_nodes, job_prep_status
@@ -16,6 +16,7 @@ from shoal.service.context import Context
 
 async def create_job(request: Request, ctx: Context) -> Response:
     body, size = await versions.read_json(request, "job.create")
+    authorization.require_pool_rights_for_auto_pools(request, body)
     job_manager.add(ctx, await offload.validate(size, job_manager.parse_create, body))
     etag, modified = job_service.etag_of(ctx, body["id"])
     return empty_response(request, 201, etag=etag, last_modified=modified,

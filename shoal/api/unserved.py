@@ -40,6 +40,11 @@ def operation_for(method: str, path: str) -> str | None:
     return None
 
 
+def template_of(operation: str) -> str:
+    """The path of an unserved operation, as the authorization table reads route paths."""
+    return next(path for _method, path, name in OPERATIONS if name == operation)
+
+
 def not_supported(operation: str) -> BadRequest:
     return BadRequest(f"The operation {operation} is not supported by this Batch service yet.",
                       code="FeatureNotSupported",

@@ -48,7 +48,10 @@ class BatchClient:
             try:
                 error = response.json()
                 message = error.get("message", {}).get("value", "").split("\n")[0]
-                raise BatchError(message, code=error.get("code", "Error"), status=response.status_code)
+                values = {str(v.get("key")): str(v.get("value")) for v in error.get("values") or []
+                          if isinstance(v, dict)}
+                raise BatchError(message, code=error.get("code", "Error"), status=response.status_code,
+                                 values=values)
             except ValueError:
                 raise BatchError(response.text, status=response.status_code) from None
         return response

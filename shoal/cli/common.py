@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from shoal.errors import BatchError
@@ -31,8 +32,10 @@ def or_exit(action):  # type: ignore[no-untyped-def]
         return action()
     except BatchError as error:
         hint = HINTS.get(error.code)
-        console.print(f"[red]error[/red] {error.code}: {error.message}" + (f"\n  hint: {hint}" if hint else ""),
-                      highlight=False, soft_wrap=True)
+        # The reason Batch gives for a refused value (or a refused call) says what to change.
+        detail = error.values.get("Reason") or error.values.get("AuthorizationErrorDetail")
+        text = f"{error.code}: {error.message}" + (f"\n  {detail}" if detail else "") + (f"\n  hint: {hint}" if hint else "")
+        console.print("[red]error[/red] " + escape(text), highlight=False, soft_wrap=True)
         raise SystemExit(1) from None
 
 

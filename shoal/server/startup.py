@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from shoal import clock
 from shoal.config import ENDPOINT_FILE, LOCK_FILE, METRICS_TOKEN_FILE
-from shoal.service import ids, principals, tokens
+from shoal.service import ids, principals, roles, tokens
 from shoal.store.schema import accounts
 
 DEFAULT_ACCOUNT = "shoal"
@@ -104,9 +104,10 @@ def ensure_account(engine: Any, name: str = DEFAULT_ACCOUNT) -> tuple[str, str]:
 
 
 def ensure_identity(engine: Any, name: str = DEFAULT_ACCOUNT) -> tokens.SigningKeys:
-    """The account's tenant and the token signing keys, made on the first start."""
+    """The account's tenant, the built-in roles and the token signing keys, made on the first start."""
     with engine.begin() as conn:
         principals.ensure_tenant(conn, name)
+        roles.ensure_builtin_roles(conn)
     return tokens.load_or_create(engine)
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, delete, select, update
 from shoal import clock
 from shoal.errors import BadRequest, Conflict, InvalidProperty, NotFound
 from shoal.service.context import Context
-from shoal.store.schema import accounts, principals, tenants
+from shoal.store.schema import accounts, principals, role_assignments, tenants
 
 MAX_NAME_CHARS = 256
 DEFAULT_TENANT_NAME = "Shoal"
@@ -159,6 +159,7 @@ def delete_principal(ctx: Context, name_or_client_id: str) -> dict[str, Any]:
         if len(rows) > 1:
             raise Conflict("The name is given to several service principals: delete by client id.",
                            code="PrincipalNameAmbiguous")
+        conn.execute(delete(role_assignments).where(role_assignments.c.principal_id == rows[0].object_id))
         conn.execute(delete(principals).where(principals.c.client_id == rows[0].client_id))
     return _public(rows[0])
 

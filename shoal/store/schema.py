@@ -72,6 +72,37 @@ principals = Table(
     Index("ix_principals_tenant_name", "tenant_id", "name"),
 )
 
+# Role definitions: Azure's built-ins (service/builtin_roles.py, written at every start) and
+# custom roles; each holds one block of actions, notActions, dataActions and notDataActions.
+role_definitions = Table(
+    "role_definitions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(256), nullable=False),
+    # The name folded to lower case: role names are unique without regard to case.
+    Column("name_key", String(256), nullable=False, unique=True),
+    Column("description", Text, nullable=False),
+    Column("builtin", Boolean, nullable=False),
+    Column("permissions", JSON, nullable=False),
+    Column("assignable_scopes", JSON, nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+)
+
+# Who holds which role where: a principal (by object id) x a role x an ARM scope. Read by
+# principal, one principal at a time (its effective permissions are cached by the API).
+role_assignments = Table(
+    "role_assignments",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("principal_id", String(36), ForeignKey("principals.object_id", ondelete="CASCADE"), nullable=False),
+    Column("role_id", String(36), ForeignKey("role_definitions.id"), nullable=False),
+    Column("scope", String(512), nullable=False),
+    Column("scope_key", String(512), nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("principal_id", "role_id", "scope_key", name="uq_role_assignments_principal_role_scope"),
+    Index("ix_role_assignments_role", "role_id"),
+)
+
 # The keys tokens are signed with, one per purpose: "access" (RS256, private key PEM; its public
 # half is the JWKS) and "task" (HS256 secret for task authentication tokens). In the store, not
 # the data dir, so every replica signs and checks with the same keys.

@@ -14,13 +14,13 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from azure.batch import BatchClient, models
+from azure.batch import models
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from shoal.testing.server import RunningShoal, kill_agents, running_shoal, start_shoal, stop_shoal
 from tests.acceptance.rest import assert_batch_error, call, verifier
-from tests.helpers import pool_options, wait_for, wait_pool_idle, wait_task_state, wait_tasks_done
-from tests.identity import access_token, cli, create_principal
+from tests.helpers import wait_for, wait_task_state, wait_tasks_done
+from tests.identity import access_token, assign_role, cli, client_with_pool, create_principal, token_client
 
 POOL = "idpool"
 
@@ -33,20 +33,7 @@ def tls_shoal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningShoal
 
 @pytest.fixture(scope="module")
 def key_client(tls_shoal: RunningShoal) -> Any:
-    client = tls_shoal.client()
-    client.create_pool(pool_options(POOL, target_dedicated_nodes=1))
-    wait_pool_idle(client, POOL, 1)
-    return client
-
-
-def _credential(tls_shoal: RunningShoal, principal: dict[str, Any]) -> Any:
-    from azure.identity import ClientSecretCredential
-
-    # MSAL sends instance discovery to login.microsoftonline.com for any authority it does not know,
-    # never to the authority: a client of Shoal turns it off (Shoal answers the discovery documents).
-    return ClientSecretCredential(principal["tenantId"], principal["clientId"], principal["clientSecret"],
-                                  authority=tls_shoal.endpoint, disable_instance_discovery=True,
-                                  connection_verify=tls_shoal.ca_file)
+    return client_with_pool(tls_shoal, POOL)
 
 
 def test_server_behind_another_address_names_it_as_the_authority(tmp_path: Path) -> None:
@@ -56,6 +43,7 @@ def test_server_behind_another_address_names_it_as_the_authority(tmp_path: Path)
                         extra_args=["--tls", "--authority", "https://batch.example.test/"])
     try:
         principal = create_principal(shoal, "proxied")
+        assign_role(shoal, principal, "Reader")
         document = httpx.get(f"{shoal.endpoint}/{principal['tenantId']}/v2.0/.well-known/openid-configuration",
                              verify=verifier(shoal)).json()
         assert document["issuer"] == f"https://batch.example.test/{principal['tenantId']}/v2.0"
@@ -99,7 +87,8 @@ def test_principal_create_prints_its_secret_once(tls_shoal: RunningShoal) -> Non
 
 def test_sdk_token_credential_path_against_shoal(tls_shoal: RunningShoal, key_client: Any) -> None:
     principal = create_principal(tls_shoal, "pipeline")
-    client = BatchClient(tls_shoal.endpoint, _credential(tls_shoal, principal), connection_verify=tls_shoal.ca_file)
+    assign_role(tls_shoal, principal, "Azure Batch Job Submitter")
+    client = token_client(tls_shoal, principal)
     assert POOL in [pool.id for pool in client.list_pools()]
     client.create_job(models.BatchJobCreateOptions(id="by-token", pool_info=models.BatchPoolInfo(pool_id=POOL)))
     client.create_task("by-token", models.BatchTaskCreateOptions(id="t1", command_line="/bin/echo hi"))
@@ -224,6 +213,7 @@ def _running_task_token(key_client: Any, job_id: str) -> str:
 
 def test_allowed_authentication_modes_are_enforced(tls_shoal: RunningShoal, key_client: Any) -> None:
     principal = create_principal(tls_shoal, "modes")
+    assign_role(tls_shoal, principal, "Reader")
     aad = access_token(tls_shoal, principal)
     task_token = _running_task_token(key_client, "modes")
     assert _modes(tls_shoal).stdout.split() == ["SharedKey", "AAD", "TaskAuthenticationToken"]

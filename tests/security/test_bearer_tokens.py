@@ -19,7 +19,15 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from shoal.service import tokens
 from shoal.testing.server import RunningShoal, running_shoal
 from tests.acceptance.rest import assert_batch_error, call, verifier
-from tests.identity import BATCH_SCOPE, access_token, cli, create_principal, signing_keys, token_request
+from tests.identity import (
+    BATCH_SCOPE,
+    access_token,
+    assign_role,
+    cli,
+    create_principal,
+    signing_keys,
+    token_request,
+)
 
 SECRETS: list[str] = []
 UNAUTHENTICATED_PROBES = ("/health", "/ready")
@@ -35,6 +43,7 @@ def tls_shoal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningShoal
 def principal(tls_shoal: RunningShoal) -> dict[str, Any]:
     made = create_principal(tls_shoal, "security")
     SECRETS.append(made["clientSecret"])
+    assign_role(tls_shoal, made, "Azure Batch Account Reader")
     return made
 
 
@@ -136,6 +145,7 @@ def test_unknown_and_deleted_principals_are_refused(tls_shoal: RunningShoal, pri
     _refused(call(tls_shoal, "GET", "/pools", token=ghost), "does not exist")
     leaving = create_principal(tls_shoal, "leaving")
     SECRETS.append(leaving["clientSecret"])
+    assign_role(tls_shoal, leaving, "Reader")
     token = access_token(tls_shoal, leaving)
     assert call(tls_shoal, "GET", "/pools", token=token).status_code == 200
     out = cli(tls_shoal, "principal", "delete", leaving["clientId"])
