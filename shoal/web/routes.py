@@ -9,12 +9,19 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from shoal.service.permissions import ACCOUNT_READ, ACTION, DATA_ACTION, Operation
 from shoal.web import files, jobs, nodes, pools, signin, tasks, usage
 from shoal.web.shared import PREFIX, current_session, on_loop, page, sign_in_redirect, with_headers
 
 if TYPE_CHECKING:
     from shoal.api.app import Api
 
+# What each page needs of a principal's roles: the REST operation it stands for.
+_BATCH = "Microsoft.Batch/batchAccounts/"
+POOLS_READ = Operation(ACTION, _BATCH + "pools/read")
+POOLS_WRITE = Operation(ACTION, _BATCH + "pools/write")
+JOBS_READ = Operation(DATA_ACTION, _BATCH + "jobs/read")
+ACCOUNT = Operation(ACTION, ACCOUNT_READ)
 STATIC_FILES = {"ui.js": "text/javascript; charset=utf-8", "ui.css": "text/css; charset=utf-8"}
 
 
@@ -48,17 +55,17 @@ def routes(api: Api) -> list[BaseRoute]:
     out += [
         Route("/", home, methods=["GET"]),
         Route("/static/{name}", serve_static, methods=["GET"]),
-        Route("/pools", page(api, pools.pools_list, "scan"), methods=["GET"]),
-        Route("/pools/{pool_id}", page(api, pools.pool_page, "scan"), methods=["GET"]),
-        Route("/pools/{pool_id}/heatmap", page(api, pools.heat_map_poll, "scan"), methods=["GET"]),
-        Route("/pools/{pool_id}/nodes/{node_id}", page(api, nodes.node_page), methods=["GET"]),
-        Route("/pools/{pool_id}/nodes/{node_id}/action", page(api, nodes.node_action, "write"), methods=["POST"]),
-        Route("/pools/{pool_id}/nodes/{node_id}/tail", on_loop(api, files.node_tail), methods=["GET"]),
-        Route("/pools/{pool_id}/nodes/{node_id}/files", on_loop(api, files.node_file_list), methods=["GET"]),
-        Route("/jobs", page(api, jobs.jobs_list, "scan"), methods=["GET"]),
-        Route("/jobs/{job_id}", page(api, jobs.job_page, "scan"), methods=["GET"]),
-        Route("/jobs/{job_id}/tasks/{task_id}", page(api, tasks.task_page), methods=["GET"]),
-        Route("/jobs/{job_id}/tasks/{task_id}/tail", on_loop(api, files.task_tail), methods=["GET"]),
-        Route("/usage", page(api, usage.usage_page, "scan"), methods=["GET"]),
+        Route("/pools", page(api, pools.pools_list, POOLS_READ, "scan"), methods=["GET"]),
+        Route("/pools/{pool_id}", page(api, pools.pool_page, POOLS_READ, "scan"), methods=["GET"]),
+        Route("/pools/{pool_id}/heatmap", page(api, pools.heat_map_poll, POOLS_READ, "scan"), methods=["GET"]),
+        Route("/pools/{pool_id}/nodes/{node_id}", page(api, nodes.node_page, POOLS_READ), methods=["GET"]),
+        Route("/pools/{pool_id}/nodes/{node_id}/action", page(api, nodes.node_action, POOLS_WRITE, "write"), methods=["POST"]),
+        Route("/pools/{pool_id}/nodes/{node_id}/tail", on_loop(api, files.node_tail, POOLS_READ), methods=["GET"]),
+        Route("/pools/{pool_id}/nodes/{node_id}/files", on_loop(api, files.node_file_list, POOLS_READ), methods=["GET"]),
+        Route("/jobs", page(api, jobs.jobs_list, JOBS_READ, "scan"), methods=["GET"]),
+        Route("/jobs/{job_id}", page(api, jobs.job_page, JOBS_READ, "scan"), methods=["GET"]),
+        Route("/jobs/{job_id}/tasks/{task_id}", page(api, tasks.task_page, JOBS_READ), methods=["GET"]),
+        Route("/jobs/{job_id}/tasks/{task_id}/tail", on_loop(api, files.task_tail, JOBS_READ), methods=["GET"]),
+        Route("/usage", page(api, usage.usage_page, ACCOUNT, "scan"), methods=["GET"]),
     ]
     return out

@@ -25,6 +25,7 @@ from shoal.api.http import read_body
 from shoal.errors import BatchError
 from shoal.service import tokens
 from shoal.service.context import Context
+from shoal.service.permissions import Operation
 from shoal.store.runner import Busy
 from shoal.web import session
 
@@ -178,9 +179,27 @@ def sign_in_redirect(request: Request) -> Response:
 PageFunction = Callable[[Context, View], Page]
 
 
-def page(api: Api, function: PageFunction, lane: str = "read") -> Callable[[Request], Awaitable[Response]]:
-    """A signed-in page: refused (sent to sign in, or 403 for a form) without a session; a POST
-    also needs the session's CSRF token; then ``function`` runs on ``lane`` with its rendering."""
+class NotPermitted(BatchError):
+    status = 403
+    code = "AuthorizationFailure"
+
+
+async def _check_permitted(api: Api, found: session.Session, needs: Operation) -> None:
+    """A principal's session shows and does only what its roles allow (as the REST API would
+    for the same principal); a key's session is the account's and may do anything."""
+    if found.principal is None:
+        return
+    granted = await api.authz.permissions_of(found.principal.object_id)
+    if not granted.allows(needs):
+        raise NotPermitted(f"Your roles do not allow {needs.name} on this account.",
+                           values={"AuthorizationErrorDetail": needs.name})
+
+
+def page(api: Api, function: PageFunction, needs: Operation,
+         lane: str = "read") -> Callable[[Request], Awaitable[Response]]:
+    """A signed-in page: refused (sent to sign in, or 403 for a form) without a session, and 403
+    when the session's principal may not do ``needs``; a POST also needs the session's CSRF
+    token; then ``function`` runs on ``lane`` with its rendering."""
 
     async def endpoint(request: Request) -> Response:
         found = await current_session(api, request)
@@ -190,6 +209,7 @@ def page(api: Api, function: PageFunction, lane: str = "read") -> Callable[[Requ
             return sign_in_redirect(request)
         csrf = found.csrf_token
         try:
+            await _check_permitted(api, found, needs)
             view = View(dict(request.path_params), _checked(list(request.query_params.multi_items()), "query"),
                         await _form(request), csrf, api.context_for(request).base_url)
             if request.method == "POST" and not found.csrf_ok(view.form.get(session.CSRF_FIELD)):
@@ -214,15 +234,18 @@ def _run(function: PageFunction, ctx: Context, view: View) -> Response:
     return render(function(ctx, view), view)
 
 
-def on_loop(api: Api, handler: Callable[[Request, Context], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+def on_loop(api: Api, handler: Callable[[Request, Context], Awaitable[Response]],
+            needs: Operation) -> Callable[[Request], Awaitable[Response]]:
     """A signed-in GET whose handler talks to a node through the loop's HTTP client (and sends
     its store reads to the runner itself)."""
 
     async def endpoint(request: Request) -> Response:
-        if await current_session(api, request) is None:
+        found = await current_session(api, request)
+        if found is None:
             return with_headers(JSONResponse({"error": "Sign in to the dashboard first."}, status_code=401))
         request.state.runner = api.runner  # for the handler's own store reads
         try:
+            await _check_permitted(api, found, needs)
             _checked(list(request.query_params.multi_items()), "query")
             return with_headers(await handler(request, api.context_for(request)))
         except Busy:

@@ -5,11 +5,13 @@ task that uses its AZ_BATCH_AUTHENTICATION_TOKEN from inside the node."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import jwt
@@ -264,9 +266,24 @@ def test_a_principal_signs_in_to_the_dashboard_with_its_access_token(tls_shoal: 
         cookie = browser.cookies.get("shoal_ui_session")
         assert cookie and token not in cookie and principal["clientSecret"] not in cookie
         assert principal["clientId"] in cookie  # whose session it is, in the clear and signed
-        page = browser.get("/ui/pools")
-        assert page.status_code == 200 and POOL in page.text
-        assert token not in page.text
+        # A new principal holds no role: signed in, it is shown nothing, as the REST API would.
+        for path in ("/ui/pools", f"/ui/pools/{POOL}", "/ui/jobs", "/ui/usage"):
+            refused = browser.get(path)
+            assert refused.status_code == 403 and "AuthorizationFailure" in refused.text, path
+            assert POOL not in refused.text or path.endswith(POOL)
+        assign_role(tls_shoal, principal, "Reader")
+        page = wait_for(lambda: (shown := browser.get("/ui/pools")).status_code == 200 and shown, 15,
+                        message="the Reader's pools page")
+        assert POOL in page.text and token not in page.text
+        # A Reader reads a node's page but may not act on the node.
+        (node,) = key_client.list_nodes(POOL)
+        node_page = browser.get(f"/ui/pools/{POOL}/nodes/{quote(node.id)}")
+        assert node_page.status_code == 200
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', node_page.text).group(1)  # type: ignore[union-attr]
+        acted = browser.post(f"/ui/pools/{POOL}/nodes/{quote(node.id)}/action",
+                             data={"action": "disablescheduling", "csrf": csrf})
+        assert acted.status_code == 403 and "pools/write" in acted.text
+        assert key_client.get_node(POOL, node.id).scheduling_state == "enabled"
         # A forged principal in the cookie breaks its signature.
         parts = cookie.split(".")
         other = create_principal(tls_shoal, "dashboard-other")
@@ -281,6 +298,7 @@ def test_a_principal_signs_in_to_the_dashboard_with_its_access_token(tls_shoal: 
 def test_the_dashboard_refuses_task_tokens_forged_and_disallowed_tokens(tls_shoal: RunningShoal,
                                                                         key_client: Any) -> None:
     principal = create_principal(tls_shoal, "dashboard-modes")
+    assign_role(tls_shoal, principal, "Reader")
     token = access_token(tls_shoal, principal)
     task_token = _running_task_token(key_client, "uitoken")
     head, body, signature = token.split(".")
