@@ -50,7 +50,7 @@ def test_sign_in_refuses_a_wrong_key_and_lets_the_account_key_in(shoal, chromium
     assert "/ui/signin" in page.url  # every page sends a stranger to sign in
     page.fill("input[name=key]", shoal.primary_key[:-4] + "AAA=")
     page.click("#signin button[type=submit]")
-    assert page.inner_text("#signin-error") == "That is not this account's key."
+    assert page.inner_text("#signin-error") == "That is neither this account's key nor an access token."
     assert page.context.cookies() == []
     _shot(page, tmp_path, "signin-refused")
     page.fill("input[name=key]", shoal.secondary_key)  # either key of the account
