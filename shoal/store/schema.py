@@ -409,6 +409,26 @@ task_outputs = Table(
     Column("stderr_size", BigInteger, nullable=False),
 )
 
+# The control plane's copies of a node's own logs (migration 0025): the last bytes of the agent's
+# log and of the start task's stdout/stderr (at most agent/outputs.KEPT_BYTES each), so they can be
+# read once the node is gone or cannot answer. Keyed by pool and node id, not the node row: they
+# outlive it. `removed` is set when the node's record goes; rows go a retention after that.
+node_logs = Table(
+    "node_logs",
+    metadata,
+    Column("account", String(64), primary_key=True),
+    Column("pool_id", String(64), primary_key=True),
+    Column("node_id", String(96), primary_key=True),
+    Column("name", String(32), primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("updated", DateTime(timezone=True), nullable=False),
+    Column("removed", DateTime(timezone=True)),
+)
+Index("ix_node_logs_node", node_logs.c.node_id)
+Index("ix_node_logs_removed", node_logs.c.removed, sqlite_where=node_logs.c.removed.is_not(None),
+      postgresql_where=node_logs.c.removed.is_not(None))
+
 # What each job's attempts used (migration 0022), per pool, VM size and node kind: counters added
 # to as attempts end (service/ledger.py). A ledger: rows outlive their job, nothing cascades.
 job_usage = Table(
