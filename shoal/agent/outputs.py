@@ -69,10 +69,11 @@ def tail_of(root: Path, folder: tuple[str, ...], name: str) -> tuple[bytes, int]
             found.close()
 
 
-def file_tail(path: Path) -> tuple[bytes, int] | None:
-    """(last KEPT_BYTES, size) of a regular file, never through a link; None when there is none."""
+def file_tail(path: Path, *, follow: bool = False) -> tuple[bytes, int] | None:
+    """(last KEPT_BYTES, size) of a regular file, never through a link unless ``follow``; None
+    when there is none."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
     except OSError:
         return None
     try:
@@ -103,13 +104,16 @@ def start_task_copy(root: Path) -> dict[str, Any]:
 
 
 def agent_log_copy() -> dict[str, Any] | None:
-    """The `agentLog` field: the last bytes of the agent's own log, when its stdout is a file."""
+    """The `agentLog` field: the last bytes of the agent's own log, when its stdout is a file.
+    Its stdout is open for writing only: the file is opened again, for reading, through /proc
+    (the agent's own descriptor, not a path anyone else chose)."""
     try:
         if not stat.S_ISREG(os.fstat(AGENT_LOG_FD).st_mode):
             return None
-        return _encoded(*_tail_of_fd(AGENT_LOG_FD))
     except OSError:
         return None
+    copy = file_tail(Path(f"/proc/self/fd/{AGENT_LOG_FD}"), follow=True)
+    return _encoded(*copy) if copy is not None else None
 
 
 def _sizes(root: Path, folder: tuple[str, ...]) -> tuple[int, int]:

@@ -54,6 +54,7 @@ def test_start_task_output_and_agent_log_are_readable_after_the_node_left(shoal,
     assert call(shoal, "GET", _removed(removed, "startup/stderr.txt")).content == b"start-err\n"
     agent_log = call(shoal, "GET", _removed(removed, "agent.log"))
     assert agent_log.status_code == 200 and agent_log.headers["content-type"] == "application/octet-stream"
+    assert b"shoal.agent" in agent_log.content  # the agent's own lines
 
 
 def test_kept_logs_answer_ranges_and_head(shoal, removed):
@@ -107,7 +108,7 @@ def test_a_preempted_nodes_start_task_output_is_read_through_the_node_routes(sho
     names = sorted(f.name for f in client.list_node_files("logs-spot", node.id))
     assert names == ["agent.log", "startup/stderr.txt", "startup/stdout.txt"]
     # The provider kept the log of the agent it stopped: it has the agent's own lines.
-    assert b"".join(client.download_node_file("logs-spot", node.id, "agent.log"))
+    assert b"shoal.agent" in b"".join(client.download_node_file("logs-spot", node.id, "agent.log"))
     with pytest.raises(HttpResponseError) as missing:
         b"".join(client.download_node_file("logs-spot", node.id, "startup/wd/anything"))
     assert missing.value.status_code == 404
