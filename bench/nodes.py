@@ -35,10 +35,15 @@ def bare_interpreters(count: int) -> tuple[float, float]:
     """Seconds to start and reap ``count`` `python -c pass` at once, and one's RSS in MiB."""
     start = time.perf_counter()
     procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.2)"]) for _ in range(count)]
-    rss = psutil.Process(procs[0].pid).memory_info().rss / 2**20
     for proc in procs:
         proc.wait()
-    return time.perf_counter() - start, rss
+    elapsed = time.perf_counter() - start
+    # One interpreter's memory once it is up (read at once after the fork, it is still tiny or 0).
+    probe = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    time.sleep(0.5)
+    rss = psutil.Process(probe.pid).memory_info().rss / 2**20
+    probe.communicate(b"")
+    return elapsed, rss
 
 
 def node_processes(node_ids: set[str]) -> dict[str, dict[str, list[float]]]:
