@@ -395,9 +395,9 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
                                  media_type="application/x-ndjson")
 
     async def goodbye(request: Request) -> Response:
-        # The call says everything by being made; its body may carry the last of the agent's log.
-        node_id = request.path_params["node_id"]
-        token = _token(request)
+        # The call says everything by being made; its body may carry the last of the agent's log,
+        # read only from a caller with the node's token (a node already gone is 410, as for sync).
+        node_id, token, _incarnation = await authenticated(request)
         body = agent_bodies.check_goodbye(await _body(request, MAX_GOODBYE_BODY_BYTES))
         await runner.write(agents.goodbye, api.ctx, node_id, token, body)
         hub.forget(node_id)
