@@ -190,12 +190,18 @@ def test_a_malformed_sync_is_400_never_500(shoal: RunningShoal, victims: dict[st
     assert response.status_code == 400, response.text
 
 
-@pytest.mark.parametrize("body", [b"[]", b"\xff", {"pid": "1"}, {"pid": 2**40}, {"pid": 0}, {"incarnation": []},
-                                  {"fileServerUrl": 80}, {"ipAddress": ["127.0.0.1"]}, {"incarnation": "x" * 65}])
-def test_a_malformed_hello_is_400_and_changes_nothing(shoal: RunningShoal, client: Any, victims: dict[str, Any],
-                                                      body: Any) -> None:
+MALFORMED_HELLOS = [b"[]", b"\xff", {"pid": "1"}, {"pid": 2**40}, {"pid": 0}, {"incarnation": []},
+                    {"fileServerUrl": 80}, {"ipAddress": ["127.0.0.1"]}, {"incarnation": "x" * 65}]
+MALFORMED_GOODBYES = [b"[]", b"\xff", {"agentLog": "x"}, {"agentLog": {"size": 1, "tail": "!"}},
+                      {"agentLog": {"size": 2, "tail": "QUJD"}}]
+
+
+@pytest.mark.parametrize("call,body", [*(("hello", b) for b in MALFORMED_HELLOS),
+                                       *(("goodbye", b) for b in MALFORMED_GOODBYES)], ids=lambda v: repr(v)[:40])
+def test_a_malformed_hello_or_goodbye_is_400_and_changes_nothing(shoal: RunningShoal, client: Any,
+                                                                 victims: dict[str, Any], call: str, body: Any) -> None:
     record = _node_record(shoal, victims["node"])
-    response = _agent(shoal, victims["node"], "hello", body, record["token"])
+    response = _agent(shoal, victims["node"], call, body, record["token"])
     assert response.status_code == 400, response.text
     assert _node_record(shoal, victims["node"]) == record
     _still_running(client, victims["task"])
@@ -224,17 +230,6 @@ def test_a_stolen_token_cannot_point_the_file_server_elsewhere(shoal: RunningSho
     response = _agent(shoal, victims["node"], "hello", body, record["token"])
     assert response.status_code == 400, response.text
     assert response.json()["code"] == "InvalidPropertyValue"
-    assert _node_record(shoal, victims["node"]) == record
-    _still_running(client, victims["task"])
-
-
-@pytest.mark.parametrize("body", [b"[]", b"\xff", {"agentLog": "x"}, {"agentLog": {"size": 1, "tail": "!"}},
-                                  {"agentLog": {"size": 2, "tail": "QUJD"}}])
-def test_a_malformed_goodbye_is_400_and_changes_nothing(shoal: RunningShoal, client: Any, victims: dict[str, Any],
-                                                        body: Any) -> None:
-    record = _node_record(shoal, victims["node"])
-    response = _agent(shoal, victims["node"], "goodbye", body, record["token"])
-    assert response.status_code == 400, response.text
     assert _node_record(shoal, victims["node"]) == record
     _still_running(client, victims["task"])
 
