@@ -12,6 +12,7 @@ bare Python interpreters at once and waiting for them, and one bare interpreter'
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -35,16 +36,22 @@ def bare_interpreters(count: int) -> tuple[float, float]:
     """Seconds to start and reap ``count`` `python -c pass` at once, and one's RSS in MiB."""
     start = time.perf_counter()
     procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.2)"]) for _ in range(count)]
-    rss = psutil.Process(procs[0].pid).memory_info().rss / 2**20
     for proc in procs:
         proc.wait()
-    return time.perf_counter() - start, rss
+    elapsed = time.perf_counter() - start
+    # One interpreter's memory once it is up (read at once after the fork, it is still tiny or 0).
+    probe = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    time.sleep(0.5)
+    rss = psutil.Process(probe.pid).memory_info().rss / 2**20
+    probe.communicate(b"")
+    return elapsed, rss
 
 
 def node_processes(node_ids: set[str]) -> dict[str, dict[str, list[float]]]:
     """Per node, the RSS (MiB) of its agent and of the other processes of its node's cgroup or
-    session (watchdog, spawners), found by the node id on their command lines."""
-    found: dict[str, dict[str, list[float]]] = {n: {"agent": [], "helpers": []} for n in node_ids}
+    session (watchdog, spawners), found by the node id on their command lines, and the CPU
+    seconds its agent has used so far."""
+    found: dict[str, dict[str, list[float]]] = {n: {"agent": [], "helpers": [], "agent_cpu": []} for n in node_ids}
     agents: dict[int, str] = {}
     for proc in psutil.process_iter(["pid", "cmdline", "ppid"]):
         cmd = " ".join(proc.info["cmdline"] or [])
@@ -53,6 +60,8 @@ def node_processes(node_ids: set[str]) -> dict[str, dict[str, list[float]]]:
             if node in found:
                 agents[proc.info["pid"]] = node
                 found[node]["agent"].append(proc.memory_info().rss / 2**20)
+                times = proc.cpu_times()
+                found[node]["agent_cpu"].append(times.user + times.system)
     for proc in psutil.process_iter(["pid", "cmdline", "ppid"]):
         node = agents.get(proc.info["ppid"])
         cmd = " ".join(proc.info["cmdline"] or [])
@@ -75,6 +84,8 @@ def main() -> int:
                 image_reference=models.BatchVmImageReference(
                     publisher="canonical", offer="0001-com-ubuntu-server-jammy", sku="22_04-lts", version="latest"),
                 node_agent_sku_id="batch.node.ubuntu 22.04")
+            before = psutil.Process(shoal.process.pid).cpu_times()
+            server_cpu_before = before.user + before.system
             started = time.perf_counter()
             client.create_pool(models.BatchPoolCreateOptions(
                 id="bench-nodes", vm_size="standard_d2s_v3", virtual_machine_configuration=image,
@@ -89,6 +100,8 @@ def main() -> int:
                     return 1
                 time.sleep(0.1)
             ready_s = time.perf_counter() - started
+            server_times = psutil.Process(shoal.process.pid).cpu_times()
+            server_cpu = server_times.user + server_times.system - server_cpu_before
             time.sleep(1.0)  # let the agents settle after their first syncs
             per_node = node_processes({n.id for n in client.list_nodes("bench-nodes")})
         finally:
@@ -103,6 +116,9 @@ def main() -> int:
           f"(target < {TARGET_AGENT_MIB:.0f} MiB); a bare interpreter {bare_mib:.1f} MiB "
           f"(ratio {statistics.median(agents) / bare_mib:.1f}x)")
     print(f"helpers per node (watchdog, spawners): median {statistics.median(helpers):.1f} MiB")
+    agent_cpu = [sum(p["agent_cpu"]) for p in per_node.values() if p["agent_cpu"]]
+    print(f"CPU while coming up: agent median {statistics.median(agent_cpu):.2f} s each "
+          f"({sum(agent_cpu):.1f} s in all), the server {server_cpu:.1f} s; {os.cpu_count()} cores")
     return 0
 
 

@@ -129,8 +129,8 @@ class ControlPlaneClient:
         self.node_id, self.token = answer["nodeId"], answer["token"]
         return self.node_id, self.token
 
-    async def goodbye(self) -> None:
-        await self._post_once(f"/nodes/{self.node_id}/goodbye", {}, self._auth(), GOODBYE_TIMEOUT_S)
+    async def goodbye(self, body: dict[str, Any] | None = None) -> None:
+        await self._post_once(f"/nodes/{self.node_id}/goodbye", body or {}, self._auth(), GOODBYE_TIMEOUT_S)
 
     async def hello(self, body: dict[str, Any], give_up_after_s: float | None = None) -> dict[str, Any]:
         return await self.post(f"/nodes/{self.node_id}/hello", body, give_up_after_s=give_up_after_s)

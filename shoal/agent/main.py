@@ -158,6 +158,9 @@ class Agent:
         self._deletions_sent: set[tuple[str, ...]] = set()
         self._news = asyncio.Event()
         self._stop = asyncio.Event()
+        # Copies of running output and of the agent's log the next syncs carry (agent/outputs.py).
+        self.copies = outputs.CopyClock(self.layout.root)
+        self._copies_sent: Any = None
         self._is_root = os.geteuid() == 0
         self.fileserver: FileServer | None = None
         # Attempts being prepared (user created, folders made) before their process exists.
@@ -248,7 +251,7 @@ class Agent:
         """Tell the control plane the node is gone, so its record goes now rather than when a
         provider or the heartbeat timeout notices. Best effort: one short try."""
         with contextlib.suppress(Exception):
-            await self.client.goodbye()
+            await self.client.goodbye({"agentLog": outputs.agent_log_copy()})
 
     def request_stop(self) -> None:
         """SIGTERM: kill running trees and exit; unsent reports may be lost (the node left)."""
@@ -289,6 +292,8 @@ class Agent:
             is_dedicated=bool(node.get("isDedicated", True)),
         )
         self.start_task_def = node.get("startTask")
+        # The log of each boot reaches the control plane (its first lines say how the node came up).
+        self.copies.log_wanted = True
         self.certificates = node_certificates.from_hello(node.get("certificates"))
         size = node.get("vmSize")
         if isinstance(size, dict) and self.limits.enforced:
@@ -373,6 +378,7 @@ class Agent:
         self.running.clear()
         self.reports.clear()
         self._delivered.clear()
+        self.copies = outputs.CopyClock(self.layout.root)
         self._start_task_state = None
         self._start_task_proc = None
         self._start_task_runner = None
@@ -433,6 +439,8 @@ class Agent:
     def _has_news(self) -> bool:
         if self._start_task_version != self._start_task_delivered or self._deleted or self.job_tasks.has_news():
             return True
+        if self.copies.has_due():
+            return True
         return any(key not in self._delivered for key in self.reports)
 
     def _build_body(self, wait: bool) -> tuple[dict[str, Any], list[AttemptKey], int]:
@@ -457,12 +465,22 @@ class Agent:
         }
         if self.meter.due():
             body["metrics"] = self.meter.reading()
+        copies, self._copies_sent = self.copies.take(outputs.COPY_BUDGET_PER_SYNC)
+        body.update(copies)
         self._deletions_sent = acknowledge_deletions(body, self._deleted)
         return body, keys, self._start_task_version
+
+    async def _copy_ticks(self) -> None:
+        """Wake the sync loop when a copy of running output or of the agent's log is due."""
+        while True:
+            await asyncio.sleep(outputs.COPY_CHECK_S)
+            if self.copies.check(list(self.running)):
+                self._news.set()
 
     async def _sync_until_done(self) -> int:
         backoff = Backoff()
         stop_waiter = asyncio.ensure_future(self._stop.wait())
+        ticker = asyncio.ensure_future(self._copy_ticks())
         try:
             while True:
                 if self._stop.is_set():
@@ -507,11 +525,13 @@ class Agent:
                 self._start_task_delivered = sent_version
                 self.job_tasks.delivered(self._job_tasks_sent)
                 self._deleted.difference_update(self._deletions_sent)
+                self.copies.delivered(self._copies_sent)
                 had_work = self._apply(answer)
                 if wait and not had_work and time.monotonic() - began < MIN_LONG_POLL_S:
                     await self._sleep_unless_stopped(self.heartbeat_interval_s, wake_on_news=True)
         finally:
             stop_waiter.cancel()
+            ticker.cancel()
 
     async def _sleep_unless_stopped(self, seconds: float, wake_on_news: bool = False) -> None:
         waiters = [asyncio.ensure_future(self._stop.wait())]
@@ -897,6 +917,10 @@ class Agent:
                 if result.failure is not None:
                     # What the node's errors quote, so a user sees why without fetching files.
                     state["stderrTail"] = await asyncio.to_thread(_tail, self.layout.start_task().stderr)
+                # Kept by the control plane past the node (service/node_copies.py), with the
+                # agent's log as it stands when the node is ready (or not).
+                state["output"] = await asyncio.to_thread(outputs.start_task_copy, self.layout.root)
+                self.copies.log_wanted = True
                 self._set_start_task_state(state)
                 return
             retry += 1

@@ -152,6 +152,8 @@ class AgentHub:
 # under 2 MiB in practice; 8 MiB leaves room without letting one request hold much memory.
 MAX_REGISTER_BODY_BYTES = 8 * 1024
 MAX_HELLO_BODY_BYTES = 64 * 1024
+# A goodbye carries at most one copy of the agent's log (agent/outputs.KEPT_BYTES, as base64).
+MAX_GOODBYE_BODY_BYTES = 64 * 1024
 MAX_SYNC_BODY_BYTES = 8 * 1024 * 1024
 # A batch holds many nodes' syncs (agent_bodies.MAX_BATCH_NODES); each is small in practice.
 MAX_BATCH_SYNC_BODY_BYTES = 16 * 1024 * 1024
@@ -404,9 +406,11 @@ def routes(api: Api, hub: AgentHub, poll_timeout_s: float = 15.0,
                                  media_type="application/x-ndjson")
 
     async def goodbye(request: Request) -> Response:
-        # No body is read: the call says everything by being made.
-        node_id = request.path_params["node_id"]
-        await runner.write(agents.goodbye, api.ctx, node_id, _token(request))
+        # The call says everything by being made; its body may carry the last of the agent's log,
+        # read only from a caller with the node's token (a node already gone is 410, as for sync).
+        node_id, token, _incarnation = await authenticated(request)
+        body = agent_bodies.check_goodbye(await _body(request, MAX_GOODBYE_BODY_BYTES))
+        await runner.write(agents.goodbye, api.ctx, node_id, token, body)
         hub.forget(node_id)
         return _json({})
 

@@ -103,31 +103,73 @@ def _outcome_fields(report: dict[str, Any], label: str) -> None:
     _failure(report, f"{label}.failure")
 
 
+def _copy(part: Any, path: str) -> tuple[bytes, int]:
+    """One file's copy {"size": full size, "tail": base64 of its last bytes} (shoal/agent/outputs.py)
+    as (last bytes, size); a copy longer than KEPT_BYTES or than the file is refused."""
+    if not isinstance(part, dict) or not isinstance(part.get("tail"), str):
+        raise _refuse(path, part, "The value must be an object with a base64 tail.")
+    size = _integer(part.get("size"), f"{path}.size", 0, 2**62)
+    if len(part["tail"]) > 4 * (KEPT_BYTES // 3 + 1):
+        raise _refuse(f"{path}.tail", part["tail"][:16], f"The copy must be at most {KEPT_BYTES} bytes.")
+    try:
+        data = base64.b64decode(part["tail"], validate=True)
+    except (binascii.Error, ValueError):
+        raise _refuse(f"{path}.tail", part["tail"][:16], "The value must be base64.") from None
+    if len(data) > KEPT_BYTES or len(data) > size:
+        raise _refuse(f"{path}.tail", part["tail"][:16], "The copy is longer than the file or the cap.")
+    return data, size
+
+
 def _output(report: dict[str, Any], label: str) -> None:
-    """A task report's copy of its output (shoal/agent/outputs.py): decoded in place to
-    {"stdout": (last bytes, size), "stderr": (...)}; a copy longer than KEPT_BYTES is refused."""
+    """A task's (or the start task's) copy of its output: decoded in place to
+    {"stdout": (last bytes, size), "stderr": (...)}."""
     output = report.get("output")
     if output is None:
         return
     if not isinstance(output, dict):
         raise _refuse(f"{label}.output", output, "The value must be an object.")
-    decoded = {}
-    for name in ("stdout", "stderr"):
-        part = output.get(name) or {"size": 0, "tail": ""}
-        path = f"{label}.output.{name}"
-        if not isinstance(part, dict) or not isinstance(part.get("tail"), str):
-            raise _refuse(path, part, "The value must be an object with a base64 tail.")
-        size = _integer(part.get("size"), f"{path}.size", 0, 2**62)
-        if len(part["tail"]) > 4 * (KEPT_BYTES // 3 + 1):
-            raise _refuse(f"{path}.tail", part["tail"][:16], f"The copy must be at most {KEPT_BYTES} bytes.")
-        try:
-            data = base64.b64decode(part["tail"], validate=True)
-        except (binascii.Error, ValueError):
-            raise _refuse(f"{path}.tail", part["tail"][:16], "The value must be base64.") from None
-        if len(data) > KEPT_BYTES or len(data) > size:
-            raise _refuse(f"{path}.tail", part["tail"][:16], "The copy is longer than the file or the cap.")
-        decoded[name] = (data, size)
-    report["output"] = decoded
+    report["output"] = {name: _copy(output.get(name) or {"size": 0, "tail": ""}, f"{label}.output.{name}")
+                        for name in ("stdout", "stderr")}
+
+
+# The agent sends copies of at most this many running tasks' output a sync (the rest wait for
+# the next), so their base64 stays well inside a sync body (api/agent.py MAX_SYNC_BODY_BYTES).
+MAX_RUNNING_COPIES = 64
+
+
+def _objects(body: dict[str, Any], name: str, most: int) -> list[tuple[str, dict[str, Any]]]:
+    """(label, entry) of each entry of the list ``name``: at most ``most`` objects; none when absent."""
+    entries = body.get(name)
+    if entries is None:
+        return []
+    if not isinstance(entries, list) or len(entries) > most:
+        raise _refuse(name, type(entries).__name__, f"The value must be a list of at most {most} objects.")
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise _refuse(f"{name}[{index}]", entry, "The value must be an object.")
+    return [(f"{name}[{index}]", entry) for index, entry in enumerate(entries)]
+
+
+def _running_outputs(body: dict[str, Any]) -> None:
+    """`runningOutputs`: copies of running attempts' output so far, each [jobId, taskId, attempt]
+    and its `output`, for when the node is lost before the attempt ends."""
+    for label, entry in _objects(body, "runningOutputs", MAX_RUNNING_COPIES):
+        _attempt_fields(entry, label)
+        if entry.get("output") is None:
+            raise _refuse(f"{label}.output", None, "The value is required.")
+        _output(entry, label)
+
+
+def _agent_log(body: dict[str, Any]) -> None:
+    """`agentLog`: the last bytes of the agent's own log, decoded in place to (bytes, size)."""
+    if body.get("agentLog") is not None:
+        body["agentLog"] = _copy(body["agentLog"], "agentLog")
+
+
+def check_goodbye(body: Any) -> dict[str, Any]:
+    body = _object(body)
+    _agent_log(body)
+    return body
 
 
 def check_hello(body: Any) -> dict[str, Any]:
@@ -162,18 +204,10 @@ def check_sync(body: Any) -> dict[str, Any]:
             for position, part in enumerate(entry[:2]):
                 _batch_id(part, f"{label}[{position}]")
             _integer(entry[2], f"{label}[2]", 0, INT32[1])
-    reports = body.get("reports")
-    if reports is not None:
-        if not isinstance(reports, list) or len(reports) > MAX_REPORTS_PER_SYNC:
-            raise _refuse("reports", type(reports).__name__,
-                          f"The value must be a list of at most {MAX_REPORTS_PER_SYNC} reports.")
-        for index, report in enumerate(reports):
-            label = f"reports[{index}]"
-            if not isinstance(report, dict):
-                raise _refuse(label, report, "The value must be an object.")
-            _attempt_fields(report, label)
-            _outcome_fields(report, label)
-            _output(report, label)
+    for label, report in _objects(body, "reports", MAX_REPORTS_PER_SYNC):
+        _attempt_fields(report, label)
+        _outcome_fields(report, label)
+        _output(report, label)
     start_task = body.get("startTask")
     if start_task is not None:
         if not isinstance(start_task, dict):
@@ -188,6 +222,9 @@ def check_sync(body: Any) -> dict[str, Any]:
                                                         f"{MAX_STDERR_TAIL_CHARS} characters.")
         if start_task.get("retryCount") is not None:
             _integer(start_task["retryCount"], "startTask.retryCount", 0, INT32[1])
+        _output(start_task, "startTask")
+    _running_outputs(body)
+    _agent_log(body)
     _job_tasks(body)
     _deleted_dirs(body)
     metrics = body.get("metrics")
@@ -224,16 +261,7 @@ def _job_tasks(body: dict[str, Any]) -> None:
             raise _refuse("knownJobTasks", type(known).__name__, "The value must be a list.")
         for index, entry in enumerate(known):
             _job_task_key(entry, f"knownJobTasks[{index}]")
-    reports = body.get("jobTasks")
-    if reports is None:
-        return
-    if not isinstance(reports, list) or len(reports) > MAX_REPORTS_PER_SYNC:
-        raise _refuse("jobTasks", type(reports).__name__,
-                      f"The value must be a list of at most {MAX_REPORTS_PER_SYNC} reports.")
-    for index, report in enumerate(reports):
-        label = f"jobTasks[{index}]"
-        if not isinstance(report, dict):
-            raise _refuse(label, report, "The value must be an object.")
+    for label, report in _objects(body, "jobTasks", MAX_REPORTS_PER_SYNC):
         _job_task_key([report.get("kind"), report.get("jobId"), report.get("generation")], label)
         if report.get("state") not in ("running", "completed"):
             raise _refuse(f"{label}.state", report.get("state"), "The value must be running or completed.")

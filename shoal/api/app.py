@@ -136,6 +136,7 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
         job_schedules,
         jobs,
         ledger,
+        lifetime,
         node_logs,
         node_users,
         nodes,
@@ -146,7 +147,7 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
     from shoal.api import roles as role_routes
 
     routes: list[BaseRoute] = []
-    for module in (pools, autoscale, nodes, spot, jobs, job_schedules, tasks, certificates, ledger):
+    for module in (pools, autoscale, nodes, spot, jobs, job_schedules, tasks, certificates, ledger, lifetime):
         for path, methods, handler in module.ROUTES:
             routes.append(Route(path, api.batch(handler, placement_of(handler, methods), path=path), methods=methods))
     for route in routes:

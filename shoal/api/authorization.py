@@ -53,7 +53,7 @@ def required(method: str, template: str) -> Operation | None:
         # Deleting something of a node (a file, a user) changes the pool; only the pool's own
         # DELETE deletes it.
         return Operation(ACTION, BATCH + "pools/" + (verb if verb != "delete" or path == "/pools/{}" else "write"))
-    if first in ("nodecounts", "poolusagemetrics"):
+    if first in ("nodecounts", "poolusagemetrics", "lifetimepoolstats"):
         return Operation(ACTION, BATCH + "pools/read")
     if first == "supportedimages":
         return Operation(ACTION, ACCOUNT_READ)
@@ -63,6 +63,8 @@ def required(method: str, template: str) -> Operation | None:
         return Operation(DATA_ACTION, BATCH + "jobSchedules/" + verb)
     if first == "jobs":
         return Operation(DATA_ACTION, BATCH + "jobs/" + verb)
+    if first == "lifetimejobstats":
+        return Operation(DATA_ACTION, BATCH + "jobs/read")
     if first == "certificates":
         return Operation(ACTION, BATCH + "certificates/" + verb)
     if first == "applications":
@@ -72,6 +74,9 @@ def required(method: str, template: str) -> Operation | None:
 
 def _extension(method: str, path: str, verb: str) -> Operation | None:
     """Shoal's own routes under /shoal/v1/, checked as the Batch operation closest to each."""
+    if path.startswith("/pools/") and "/removednodes/" in path:
+        # The kept logs of a node that left: read as the pool's nodes are.
+        return Operation(ACTION, BATCH + "pools/" + ("read" if verb == "read" else "write"))
     if path.startswith("/pools/"):
         # autoscale-now and preempt change a pool; a join token lets a machine join one.
         return POOLS_WRITE

@@ -33,10 +33,11 @@ from shoal.api.http import (
 )
 from shoal.errors import InvalidQuery, NotFound
 from shoal.nodeclient import files as node_files
+from shoal.service import node_copies
 from shoal.service import nodes as node_service
 from shoal.service import tasks as task_service
 from shoal.service.context import Context
-from shoal.service.task_outputs import KeptFile
+from shoal.service.task_outputs import KeptFile, serves_copies
 from shoal.store.schema import nodes
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,28 @@ class _Kept(NamedTuple):
 
 
 def _node_location(request: Request, ctx: Context) -> tuple[Any, str, str]:
+    """The node; or, while it cannot answer (preempted, unusable, deallocated), the control
+    plane's copies of its logs (service/node_copies.py) when there are any."""
     pool_id, node_id = request.path_params["pool_id"], request.path_params["node_id"]
     with ctx.engine.connect() as conn:
         node_service.load(conn, ctx, pool_id, node_id)
         node = conn.execute(select(nodes).where(nodes.c.id == node_id)).first()
-    return node, "", f"{ctx.base_url}/pools/{pool_id}/nodes/{node_id}/files"
+        kept = node_copies.files_of(conn, ctx.account, pool_id, node_id) if serves_copies(node) else []
+    url_base = f"{ctx.base_url}/pools/{pool_id}/nodes/{node_id}/files"
+    return (_Kept(kept) if kept else node), "", url_base
+
+
+def _removed_node_location(request: Request, ctx: Context) -> tuple[Any, str, str]:
+    """Beyond Azure: the copies of a node's logs, also once the node is gone."""
+    pool_id, node_id = request.path_params["pool_id"], request.path_params["node_id"]
+    for name, value in (("poolId", pool_id), ("nodeId", node_id)):
+        if not value or len(value) > 96 or not value.isprintable():
+            raise InvalidQuery(name, value[:64], "The value must be a pool or node id.")
+    with ctx.engine.connect() as conn:
+        kept = node_copies.files_of(conn, ctx.account, pool_id, node_id)
+    if not kept:
+        raise NotFound(f"No logs of node {node_id} of pool {pool_id} are kept.", code="NodeNotFound")
+    return _Kept(kept), "", f"{ctx.base_url}/shoal/v1/pools/{pool_id}/removednodes/{node_id}/files"
 
 
 def _encode_cursor(name: str) -> str:
@@ -246,6 +264,9 @@ ROUTES = [
     ("/pools/{pool_id}/nodes/{node_id}/files", ["GET"], _lister(_node_location)),
     ("/pools/{pool_id}/nodes/{node_id}/files/{file_path:path}", ["GET", "HEAD", "DELETE"],
      _file_handler(_node_location)),
+    ("/shoal/v1/pools/{pool_id}/removednodes/{node_id}/files", ["GET"], _lister(_removed_node_location)),
+    ("/shoal/v1/pools/{pool_id}/removednodes/{node_id}/files/{file_path:path}", ["GET", "HEAD", "DELETE"],
+     _file_handler(_removed_node_location)),
 ]
 
 # The dashboard's file tail and node file list (shoal/web/files.py) take the same path.

@@ -1,5 +1,6 @@
-"""A task's file routes answered from the control plane's copies of its output, when its node
-cannot answer (shoal/service/task_outputs.py): stdout.txt and stderr.txt only, their last bytes.
+"""File routes answered from the control plane's copies, when the node cannot answer: a task's
+stdout.txt and stderr.txt (shoal/service/task_outputs.py), a node's agent.log and start-task
+stdout/stderr (shoal/service/node_copies.py); their last bytes only.
 
 A copy that is only the end of a longer file says so in `ocp-shoal-truncated-from` (the file's
 full size); its Content-Length and ranges are those of the bytes kept.
@@ -29,12 +30,12 @@ def entries(kept: list[KeptFile]) -> list[dict[str, Any]]:
 
 def answer(request: Request, kept: list[KeptFile], parts: list[str], file_url: str) -> Response:
     """GET or HEAD of one kept file; DELETE drops nothing (the copy goes with the task)."""
-    found = next((f for f in kept if parts == [f.name]), None)
+    found = next((f for f in kept if "/".join(parts) == f.name), None)
     if found is None:
-        raise NotFound("The task's node is gone: only copies of stdout.txt and stderr.txt are kept.",
-                       code="FileNotFound")
+        raise NotFound("The node cannot answer: only the copies " + ", ".join(f.name for f in kept)
+                       + " are kept.", code="FileNotFound")
     if request.method == "DELETE":
-        raise BatchError("The task's node is gone; its kept output goes with the task.",
+        raise BatchError("The node cannot answer; its kept copies go by retention.",
                          code="OperationInvalidForCurrentState", status=409)
     size = len(found.data)
     start, end, status = 0, size - 1, 200

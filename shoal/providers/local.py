@@ -29,12 +29,13 @@ from pathlib import Path
 import psutil
 
 from shoal.agent import limits as node_limits
+from shoal.agent import outputs
 from shoal.agent.tree import kill_node_processes
 from shoal.agent.users import remove_node_users
 from shoal.config import PROVIDER_RECONCILE_S
 from shoal.model.states import NodeState
 from shoal.providers.eviction import SpotEvictor
-from shoal.service import node_operations
+from shoal.service import node_copies, node_operations
 from shoal.service import nodes as node_service
 from shoal.service.context import Context
 from shoal.store.runner import StoreRunner
@@ -51,6 +52,7 @@ DEFAULT_AGENT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/b
 @dataclass
 class _Agent:
     node_id: str
+    pool_id: str
     process: psutil.Process
     popen: subprocess.Popen[bytes] | None = None
     gone_since: float | None = None
@@ -131,11 +133,12 @@ class LocalProvider:
         for record in records.values():
             agent = self.agents.get(record.node_id)
             if agent is None and record.agent_pid:
-                agent = self._adopt(record.node_id, record.agent_pid)
+                agent = self._adopt(record.node_id, record.pool_id, record.agent_pid)
             if record.state == NodeState.PREEMPTED:
                 # The VM went with its capacity: no agent, no local data, until it comes back.
                 if agent is not None or self.node_dir(record.node_id).exists():
                     await asyncio.to_thread(_remove_node_processes, self.node_root(record.node_id))
+                    await self._keep_agent_log(record.node_id, record.pool_id)
                     self._drop(record.node_id)
                 continue
             if record.state in (NodeState.DEALLOCATING, NodeState.DEALLOCATED):
@@ -144,6 +147,7 @@ class LocalProvider:
             if record.state == NodeState.LEAVING_POOL:
                 if agent is None or not agent.alive():
                     await asyncio.to_thread(_remove_node_processes, self.node_root(record.node_id))
+                    await self._keep_agent_log(record.node_id, record.pool_id)
                     self._drop(record.node_id)
                     await self.runner.write(node_service.forget, self.ctx, record.node_id)
                 continue
@@ -151,12 +155,18 @@ class LocalProvider:
                 continue
             if record.node_id in self._cleaning:
                 continue  # its old users are still being removed; a new agent would race them
-            if record.state != NodeState.CREATING:
-                # The agent died under a live node: requeue its tasks and start it afresh.
+            restarting = record.state == NodeState.UNUSABLE and record.agent_pid is None
+            if record.state != NodeState.CREATING and not restarting:
+                # The agent died under a live node: its tasks are requeued and the node is
+                # unusable until the next pass starts a new agent on it (as a VM whose agent
+                # crashed is, until its service manager restarts it).
                 log.warning("agent of node %s is gone; restarting it", record.node_id)
                 # Its task trees die first: requeued, they must not run twice at once.
                 await asyncio.to_thread(kill_node_processes, self.node_root(record.node_id))
+                await self._keep_agent_log(record.node_id, record.pool_id)
                 await self.runner.write(node_service.agent_lost, self.ctx, record.node_id)
+                self.agents.pop(record.node_id, None)
+                continue
             pid = self._spawn(record.node_id, record.pool_id, record.token)
             await self.runner.write(node_service.agent_spawned, self.ctx, record.node_id, pid)
         now = time.monotonic()
@@ -171,9 +181,15 @@ class LocalProvider:
                     agent.terminate(signal.SIGKILL)
                 continue
             await asyncio.to_thread(_remove_node_processes, self.node_root(node_id))
+            await self._keep_agent_log(node_id, agent.pool_id)
             self._drop(node_id)
 
-
+    async def _keep_agent_log(self, node_id: str, pool_id: str) -> None:
+        """The last of the agent's log, before the node's folder goes or a new agent appends to
+        it: a killed agent could not send it (service/node_copies.py)."""
+        copy = await asyncio.to_thread(outputs.file_tail, self.node_dir(node_id) / "agent.log")
+        if copy is not None:
+            await self.runner.write(node_copies.keep_agent_log, self.ctx, pool_id, node_id, copy)
     async def _deallocate(self, record: node_service.ProvisioningRecord, agent: _Agent | None) -> None:
         """The "VM" stops with its disk kept: SIGTERM lets the agent kill its tasks and exit;
         once it is gone, whatever is left of the node dies and the node is `deallocated`."""
@@ -183,9 +199,10 @@ class LocalProvider:
         self.agents.pop(record.node_id, None)
         if record.state == NodeState.DEALLOCATING:
             await asyncio.to_thread(kill_node_processes, self.node_root(record.node_id))
+            await self._keep_agent_log(record.node_id, record.pool_id)
             await self.runner.write(node_operations.deallocated, self.ctx, record.node_id)
 
-    def _adopt(self, node_id: str, pid: int) -> _Agent | None:
+    def _adopt(self, node_id: str, pool_id: str, pid: int) -> _Agent | None:
         try:
             process = psutil.Process(pid)
             cmdline = " ".join(process.cmdline())
@@ -197,7 +214,7 @@ class LocalProvider:
                 return None
         except (psutil.Error, ProcessLookupError, PermissionError):
             return None
-        agent = _Agent(node_id, process)
+        agent = _Agent(node_id, pool_id, process)
         self.agents[node_id] = agent
         return agent
 
@@ -223,7 +240,7 @@ class LocalProvider:
             popen.stdin.close()
         except BrokenPipeError:
             pass  # the agent died at once; the next pass sees it gone
-        self.agents[node_id] = _Agent(node_id, psutil.Process(popen.pid), popen)
+        self.agents[node_id] = _Agent(node_id, pool_id, psutil.Process(popen.pid), popen)
         return popen.pid
 
     def _reap_cleanups(self) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 
 from shoal.config import Settings
-from shoal.service import allocation, node_operations, preemption
+from shoal.service import allocation, node_copies, node_operations, preemption
 from shoal.service import certificates as certificate_service
 from shoal.service import jobs as job_service
 from shoal.service import nodes as node_service
@@ -64,6 +64,7 @@ def lifecycle_duties(ctx: Context, settings: Settings, runner: StoreRunner,
         ("node operations", on_writer(node_operations.start_pending, ctx)),
         ("certificate deletions", on_writer(certificate_service.finish_deletions, ctx)),
         ("task retention", lambda: _remove_expired_task_folders(ctx, runner, retention_scan)),
+        ("node log copies", on_writer(node_copies.Purge(), ctx)),
     ]
 
 

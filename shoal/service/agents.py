@@ -24,6 +24,7 @@ from shoal.service import certificates as certificate_service
 from shoal.service import (
     job_prep,
     job_prep_nodes,
+    node_copies,
     node_users,
     scheduling,
     task_files,
@@ -226,17 +227,20 @@ def register(ctx: Context, join_token: str, body: dict[str, Any]) -> dict[str, s
     return {"nodeId": free.id, "token": free.token}
 
 
-def goodbye(ctx: Context, node_id: str, token: str) -> None:
-    """The agent of a leaving node has stopped and deleted its folders."""
+def goodbye(ctx: Context, node_id: str, token: str, body: dict[str, Any] | None = None) -> None:
+    """The agent of a leaving node has stopped and deleted its folders; the last of its log
+    comes with it (`agentLog`)."""
     with ctx.engine.begin() as conn:
         row = conn.execute(select(nodes).where(nodes.c.id == node_id)).first()
         if row is None:
             return
         if not token_matches(row.token, token):
             raise Unauthenticated("The node token is not valid.")
+        _keep_agent_log(conn, ctx, row, (body or {}).get("agentLog"))
         if row.state == NodeState.LEAVING_POOL:
             conn.execute(nodes.delete().where(nodes.c.id == node_id))
             usage.close_spans(conn, [node_id])
+            node_copies.gone(conn, [node_id])
     ctx.signals.wake_provider()
 
 
@@ -462,10 +466,13 @@ def _record_sync(conn: Connection, ctx: Context, record: Any, token: str, body: 
         after.beaten.append(node_id)
     if isinstance(body.get("metrics"), dict):
         ctx.node_metrics[node_id] = body["metrics"]
+    _keep_agent_log(conn, ctx, node, body.get("agentLog"))
+    if body.get("runningOutputs"):
+        task_outputs.keep_running(conn, ctx.account, node_id, body["runningOutputs"], now)
     ready = False
     if body.get("startTask") is not None:
         answer.run_start_task = False
-        ready = _record_start_task(conn, node, body["startTask"])
+        ready = _record_start_task(conn, ctx, node, body["startTask"])
     elif node.run_start_task:
         answer.run_start_task = True
     if body.get("jobTasks"):
@@ -484,8 +491,19 @@ def _record_sync(conn: Connection, ctx: Context, record: Any, token: str, body: 
 
 
 def sync_has_news(body: dict[str, Any]) -> bool:
-    """Whether a sync body carries something to record (task reports, start-task news)."""
-    return bool(body.get("reports")) or body.get("startTask") is not None or bool(body.get("jobTasks"))
+    """Whether a sync body carries something to record (task reports, start-task news, copies of
+    output or of the agent's log)."""
+    return (bool(body.get("reports")) or body.get("startTask") is not None or bool(body.get("jobTasks"))
+            or bool(body.get("runningOutputs")) or body.get("agentLog") is not None)
+
+
+def _pool_id(conn: Connection, pool_seq: int) -> str:
+    return str(conn.execute(select(pools.c.id).where(pools.c.seq == pool_seq)).scalar_one())
+
+
+def _keep_agent_log(conn: Connection, ctx: Context, node: Any, copy: tuple[bytes, int] | None) -> None:
+    if copy is not None:
+        node_copies.keep(conn, ctx.account, _pool_id(conn, node.pool_seq), node.id, {node_copies.AGENT_LOG: copy})
 
 
 def sync_without_writes(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> SyncAnswer | None:
@@ -582,8 +600,9 @@ def _checked_times(report: dict[str, Any], not_before: datetime | None, now: dat
         report["endTime"] = clock.iso(end)
 
 
-def _record_start_task(conn: Connection, node: Any, report: dict[str, Any]) -> bool:
-    """Record the start task's state; True when that made the node ready for tasks."""
+def _record_start_task(conn: Connection, ctx: Context, node: Any, report: dict[str, Any]) -> bool:
+    """Record the start task's state, and the copy of its output that comes with its end; True
+    when that made the node ready for tasks."""
     now = clock.now()
     _checked_times(report, clock.as_utc(node.last_boot_time), now, "startTask")
     info = {k: report[k] for k in ("state", "startTime", "endTime", "exitCode", "retryCount", "lastRetryTime")
@@ -598,7 +617,9 @@ def _record_start_task(conn: Connection, node: Any, report: dict[str, Any]) -> b
     errors = _start_task_errors(node.errors, info, report.get("stderrTail"))
     if errors != (node.errors or []):
         values["errors"] = errors or None
-    pool = conn.execute(select(pools.c.spec).where(pools.c.seq == node.pool_seq)).scalar_one()
+    pool_id, pool = conn.execute(select(pools.c.id, pools.c.spec).where(pools.c.seq == node.pool_seq)).one()
+    if report.get("output"):
+        node_copies.keep(conn, ctx.account, pool_id, node.id, node_copies.start_task_copies(report["output"]), now)
     wait = (pool.get("startTask") or {}).get("waitForSuccess", True)
     if node.state in (NodeState.STARTING, NodeState.WAITING_FOR_START_TASK, NodeState.START_TASK_FAILED):
         ready = NodeState.OFFLINE if node.scheduling_state == SchedulingState.DISABLED else NodeState.IDLE

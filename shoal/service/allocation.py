@@ -15,7 +15,7 @@ from sqlalchemy import delete, insert, select, update
 from shoal import clock
 from shoal.model.states import AllocationState, NodeState, PoolState
 from shoal.scheduler import removal_rank
-from shoal.service import ids, preemption, quotas, removal, transitions, usage
+from shoal.service import ids, node_copies, preemption, quotas, removal, transitions, usage
 from shoal.service.context import Context
 from shoal.store.schema import nodes, pool_node_counts, pools
 
@@ -144,6 +144,7 @@ def _reconcile_pool(ctx: Context, conn: Any, pool: Any) -> bool:
         gone = list(conn.execute(select(nodes.c.id).where(nodes.c.pool_seq == pool.seq)).scalars())
         conn.execute(delete(nodes).where(nodes.c.pool_seq == pool.seq))
         usage.close_spans(conn, gone)
+        node_copies.gone(conn, gone)
         conn.execute(delete(pools).where(pools.c.seq == pool.seq))
         return True
     deadline = clock.as_utc(pool.resize_deadline)

@@ -221,10 +221,13 @@ def start_releases(conn: Connection, job_row: Any) -> int:
     return int(owed)
 
 
+# An unusable node without an incarnation is one whose agent died and which its provider is
+# starting a new agent on (nodes.agent_lost): it comes back and runs what it owes.
+_COMING_BACK = and_(nodes.c.state == NodeState.UNUSABLE, nodes.c.incarnation.is_(None))
 _OWED = (
     select(job_node_tasks.c.seq).join(nodes, nodes.c.id == job_node_tasks.c.node_id)
     .where(job_node_tasks.c.job_seq == bindparam("b_job"), job_node_tasks.c.pending == RELEASE_KIND,
-           nodes.c.state.not_in(_LOST_STATES)).limit(1)
+           or_(nodes.c.state.not_in(_LOST_STATES), _COMING_BACK)).limit(1)
 )
 
 

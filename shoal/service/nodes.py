@@ -11,8 +11,8 @@ from sqlalchemy import delete, select, union_all, update
 from shoal import clock
 from shoal.errors import NotFound
 from shoal.model.states import LIVE_NODE_STATES, PROVISIONING_NODE_STATES, NodeState, TaskState
+from shoal.service import node_copies, transitions, usage
 from shoal.service import pools as pool_service
-from shoal.service import transitions, usage
 from shoal.service.context import Context
 from shoal.service.liveness import Liveness
 from shoal.store.chunks import in_chunks
@@ -146,7 +146,7 @@ def agent_spawned(ctx: Context, node_id: str, pid: int) -> None:
 
 def agent_lost(ctx: Context, node_id: str) -> None:
     """The provider found the node's agent gone: its running tasks are requeued (a recovery,
-    not a retry) and the node starts over as a fresh agent on the same node id."""
+    not a retry) and the node is unusable until a fresh agent on the same node id says hello."""
     with ctx.engine.begin() as conn:
         row = conn.execute(select(nodes).where(nodes.c.id == node_id)).first()
         if row is None:
@@ -159,9 +159,10 @@ def agent_lost(ctx: Context, node_id: str) -> None:
         running = transitions.running_on(conn, [node_id])
         transitions.requeue(conn, running, user_requested=False)
         conn.execute(update(nodes).where(nodes.c.id == node_id).values(
-            state=NodeState.CREATING, state_transition_time=clock.now(), agent_pid=None, incarnation=None,
+            state=NodeState.UNUSABLE, state_transition_time=clock.now(), agent_pid=None, incarnation=None,
             etag=clock.new_etag()))
     ctx.signals.wake_scheduler()
+    ctx.signals.wake_provider()
 
 
 def forget(ctx: Context, node_id: str) -> None:
@@ -175,6 +176,7 @@ def forget_in(conn: Any, node_id: str) -> None:
     transitions.requeue(conn, running, user_requested=False)
     conn.execute(delete(nodes).where(nodes.c.id == node_id))
     usage.close_spans(conn, [node_id])
+    node_copies.gone(conn, [node_id])
 
 
 # Node states whose agent is expected to call: silence in any of them makes the node unusable.

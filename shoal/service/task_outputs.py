@@ -17,9 +17,9 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Connection
 
 from shoal.agent.layout import STDERR_FILE, STDOUT_FILE
-from shoal.model.states import NodeState
+from shoal.model.states import NodeState, TaskState
 from shoal.store.chunks import in_chunks
-from shoal.store.schema import task_outputs
+from shoal.store.schema import jobs, task_outputs, tasks
 
 # Nodes whose agent cannot serve a file: their tasks' copies are served instead.
 UNREACHABLE_NODE_STATES = (NodeState.PREEMPTED, NodeState.UNUSABLE, NodeState.DEALLOCATED,
@@ -54,6 +54,23 @@ def keep(conn: Connection, reported: list[tuple[Any, dict[str, Any]]], node_of: 
         return
     forget(conn, [r["task_seq"] for r in rows])
     conn.execute(insert(task_outputs), rows)
+
+
+def keep_running(conn: Connection, account: str, node_id: str, entries: list[dict[str, Any]],
+                 now: datetime) -> None:
+    """Keep copies of the output so far of attempts still running on the node (`runningOutputs`),
+    so that it stays readable if the node is lost before they end. Only the attempts the node runs
+    now count: a copy of anything else (requeued, ended, never held) is dropped."""
+    running = {(row.job_key, row.task_key): row for row in conn.execute(
+        select(tasks.c.seq, tasks.c.attempt, jobs.c.key.label("job_key"), tasks.c.key.label("task_key"))
+        .join(jobs, jobs.c.seq == tasks.c.job_seq)
+        .where(tasks.c.node_id == node_id, tasks.c.state == TaskState.RUNNING, jobs.c.account == account))}
+    held = []
+    for entry in entries:
+        row = running.get((entry["jobId"].lower(), entry["taskId"].lower()))
+        if row is not None and row.attempt == entry["attempt"]:
+            held.append((row, entry))
+    keep(conn, held, {row.seq: node_id for row, _entry in held}, now)
 
 
 def forget(conn: Connection, task_seqs: list[int]) -> None:

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
 
 from shoal import clock
 from shoal.model.states import NodeState, SchedulingState, TaskState
-from shoal.service import dependencies, exit_conditions, ledger
+from shoal.service import dependencies, exit_conditions, ledger, lifetime
 from shoal.store.chunks import in_chunks
 from shoal.store.schema import jobs, nodes, task_attempts, tasks
 
@@ -57,7 +57,8 @@ def _move(row: Any, new_state: str, now: datetime, info: dict[str, Any],
             "b_previous_time": row.state_transition_time, "b_now": now, "b_info": info,
             "b_etag": clock.new_etag(), "b_retention": retention_deadline,
             "b_outcome": info.get("result") if new_state == TaskState.COMPLETED else None,
-            "b_satisfies": satisfies if new_state == TaskState.COMPLETED else None}
+            "b_satisfies": satisfies if new_state == TaskState.COMPLETED else None,
+            "b_created": getattr(row, "creation_time", None)}
 
 
 def _apply(conn: Connection, moves: list[dict[str, Any]]) -> None:
@@ -74,10 +75,12 @@ def _apply(conn: Connection, moves: list[dict[str, Any]]) -> None:
         ledger.record(conn, [ledger.EndedAttempt(m["b_ran_on"], m["b_job_seq"], m["b_slots"] or 1,
                                                  clock.as_utc(m["b_previous_time"]), e["end_time"])
                              for m, e in zip(left, ended, strict=True)])
+    lifetime.count_moves(conn, moves, [(m, e["end_time"]) for m, e in zip(left, ended, strict=True)],
+                         moves[0]["b_now"])
 
 
 # What a move carries for the attempts record and the ledger, not for the task's row.
-_NOT_MOVED = ("b_ran_on", "b_job_seq", "b_slots")
+_NOT_MOVED = ("b_ran_on", "b_job_seq", "b_slots", "b_created")
 
 
 def _attempt_end(info: dict[str, Any], now: datetime) -> datetime:

@@ -17,7 +17,9 @@ from sqlalchemy import Connection, insert, or_, select, update
 from shoal import clock
 from shoal.errors import InvalidQuery
 from shoal.model.catalog import find_vm_size
+from shoal.service import lifetime
 from shoal.service.context import Context
+from shoal.store.chunks import in_chunks
 from shoal.store.schema import node_usage, nodes, pools
 
 INTERVAL = timedelta(minutes=30)
@@ -37,14 +39,17 @@ def open_spans(conn: Connection, node_ids: Iterable[str], now: datetime | None =
     conn.execute(insert(node_usage), [{"account": r.account, "pool_id": r.pool_id, "vm_size": r.vm_size,
                                        "node_id": r.id, "is_dedicated": bool(r.is_dedicated),
                                        "start_time": start} for r in rows])
+    lifetime.spans_opened(conn, [(r.account, r.vm_size, bool(r.is_dedicated)) for r in rows], start)
 
 
 def close_spans(conn: Connection, node_ids: Iterable[str], now: datetime | None = None) -> None:
     """The nodes gave their VMs back (left, preempted, deallocated)."""
     ids = list(node_ids)
-    if ids:
-        conn.execute(update(node_usage).where(node_usage.c.node_id.in_(ids), node_usage.c.end_time.is_(None))
-                     .values(end_time=now or clock.now()))
+    end = now or clock.now()
+    for chunk in in_chunks(ids):
+        still_open = (node_usage.c.node_id.in_(chunk), node_usage.c.end_time.is_(None))
+        lifetime.spans_closed(conn, conn.execute(select(node_usage).where(*still_open)).all(), end)
+        conn.execute(update(node_usage).where(*still_open).values(end_time=end))
 
 
 def _floor(when: datetime) -> datetime:

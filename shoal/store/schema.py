@@ -444,6 +444,46 @@ task_outputs = Table(
     Column("stderr_size", BigInteger, nullable=False),
 )
 
+# The control plane's copies of a node's own logs (migration 0025): the last bytes of the agent's
+# log and of the start task's stdout/stderr (at most agent/outputs.KEPT_BYTES each), so they can be
+# read once the node is gone or cannot answer. Keyed by pool and node id, not the node row: they
+# outlive it. `removed` is set when the node's record goes; rows go a retention after that.
+node_logs = Table(
+    "node_logs",
+    metadata,
+    Column("account", String(64), primary_key=True),
+    Column("pool_id", String(64), primary_key=True),
+    Column("node_id", String(96), primary_key=True),
+    Column("name", String(32), primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("updated", DateTime(timezone=True), nullable=False),
+    Column("removed", DateTime(timezone=True)),
+)
+Index("ix_node_logs_node", node_logs.c.node_id)
+Index("ix_node_logs_removed", node_logs.c.removed, sqlite_where=node_logs.c.removed.is_not(None),
+      postgresql_where=node_logs.c.removed.is_not(None))
+
+# The account's lifetime statistics (migration 0025): counters added to as tasks complete and
+# nodes hold or give back their VMs (service/lifetime.py), so the answer is one row, whatever the
+# number of tasks. Open spans' core time is `open_dedicated_cores` × now − `open_core_epochs` (the
+# sum of cores × start, in epoch seconds).
+lifetime_stats = Table(
+    "lifetime_stats",
+    metadata,
+    Column("account", String(64), primary_key=True),
+    Column("start_time", DateTime(timezone=True), nullable=False),
+    Column("last_update_time", DateTime(timezone=True), nullable=False),
+    Column("succeeded", BigInteger, nullable=False, default=0),
+    Column("failed", BigInteger, nullable=False, default=0),
+    Column("retries", BigInteger, nullable=False, default=0),
+    Column("wall_clock_seconds", Float, nullable=False, default=0.0),
+    Column("wait_seconds", Float, nullable=False, default=0.0),
+    Column("closed_core_seconds", Float, nullable=False, default=0.0),
+    Column("open_dedicated_cores", Float, nullable=False, default=0.0),
+    Column("open_core_epochs", Float, nullable=False, default=0.0),
+)
+
 # What each job's attempts used (migration 0022), per pool, VM size and node kind: counters added
 # to as attempts end (service/ledger.py). A ledger: rows outlive their job, nothing cascades.
 job_usage = Table(

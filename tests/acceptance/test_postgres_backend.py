@@ -7,7 +7,8 @@ import signal
 from azure.batch import models
 
 from shoal.testing.server import kill_agents, start_shoal, stop_shoal
-from tests.helpers import pool_options, wait_pool_idle, wait_tasks_done
+from tests.acceptance.rest import call
+from tests.helpers import pool_options, wait_for, wait_pool_idle, wait_tasks_done
 
 
 def test_quickstart_flow_and_restart_on_postgresql(tmp_path, postgres):
@@ -30,6 +31,14 @@ def test_quickstart_flow_and_restart_on_postgresql(tmp_path, postgres):
         assert client.get_job_task_counts("pg-job").task_counts.succeeded == 50
         wait_pool_idle(client, "pg", 1)
         assert b"".join(client.download_task_file("pg-job", "t9", "stdout.txt")) == b"9\n"
+        # The lifetime counters and the node's log copies live in PostgreSQL too.
+        stats = call(shoal, "GET", "/lifetimejobstats", api_version="2022-10-01.16.0").json()
+        assert stats["numSucceededTasks"] == "50" and stats["numFailedTasks"] == "0"
+        node = next(iter(client.list_nodes("pg")))
+        client.begin_resize_pool("pg", models.BatchPoolResizeOptions(target_dedicated_nodes=0)).result()
+        wait_for(lambda: not list(client.list_nodes("pg")), 60, message="the node gone")
+        kept = call(shoal, "GET", f"/shoal/v1/pools/pg/removednodes/{node.id}/files")
+        assert [f["name"] for f in kept.json()["value"]] == ["agent.log"], kept.text
     finally:
         stop_shoal(shoal)
         kill_agents(tmp_path)

@@ -170,6 +170,14 @@ MALFORMED_SYNCS: list[Any] = [
     {"jobTasks": [{"kind": "prep", "jobId": "j", "generation": 1, "state": "running", "startTime": "soon"}]},
     {"jobTasks": [{"kind": "prep", "jobId": "j", "generation": 1, "state": "completed",
                    "endTime": "2999-01-01T00:00:00Z"}]},
+    # Copies of output and of the agent's log (docs/agent-protocol.md "Output copies").
+    {"agentLog": "text"}, {"agentLog": {"size": 1, "tail": "%%%"}}, {"agentLog": {"size": 0, "tail": "QUJD"}},
+    {"agentLog": {"size": 10**30, "tail": ""}}, {"agentLog": {"size": 1, "tail": "A" * 100_000}},
+    {"startTask": {"state": "completed", "exitCode": 0, "output": {"stdout": {"size": "1", "tail": ""}}}},
+    {"startTask": {"state": "completed", "exitCode": 0, "output": "everything"}},
+    {"runningOutputs": {}}, {"runningOutputs": [{"jobId": "j", "taskId": "t", "attempt": 1}]},
+    {"runningOutputs": [{"jobId": "..", "taskId": "t\u0000", "attempt": 1, "output": {}}]},
+    {"runningOutputs": [{"jobId": "j", "taskId": "t", "attempt": 1, "output": {}}] * 65},
 ]
 
 
@@ -182,12 +190,18 @@ def test_a_malformed_sync_is_400_never_500(shoal: RunningShoal, victims: dict[st
     assert response.status_code == 400, response.text
 
 
-@pytest.mark.parametrize("body", [b"[]", b"\xff", {"pid": "1"}, {"pid": 2**40}, {"pid": 0}, {"incarnation": []},
-                                  {"fileServerUrl": 80}, {"ipAddress": ["127.0.0.1"]}, {"incarnation": "x" * 65}])
-def test_a_malformed_hello_is_400_and_changes_nothing(shoal: RunningShoal, client: Any, victims: dict[str, Any],
-                                                      body: Any) -> None:
+MALFORMED_HELLOS = [b"[]", b"\xff", {"pid": "1"}, {"pid": 2**40}, {"pid": 0}, {"incarnation": []},
+                    {"fileServerUrl": 80}, {"ipAddress": ["127.0.0.1"]}, {"incarnation": "x" * 65}]
+MALFORMED_GOODBYES = [b"[]", b"\xff", {"agentLog": "x"}, {"agentLog": {"size": 1, "tail": "!"}},
+                      {"agentLog": {"size": 2, "tail": "QUJD"}}]
+
+
+@pytest.mark.parametrize("call,body", [*(("hello", b) for b in MALFORMED_HELLOS),
+                                       *(("goodbye", b) for b in MALFORMED_GOODBYES)], ids=lambda v: repr(v)[:40])
+def test_a_malformed_hello_or_goodbye_is_400_and_changes_nothing(shoal: RunningShoal, client: Any,
+                                                                 victims: dict[str, Any], call: str, body: Any) -> None:
     record = _node_record(shoal, victims["node"])
-    response = _agent(shoal, victims["node"], "hello", body, record["token"])
+    response = _agent(shoal, victims["node"], call, body, record["token"])
     assert response.status_code == 400, response.text
     assert _node_record(shoal, victims["node"]) == record
     _still_running(client, victims["task"])
@@ -218,6 +232,15 @@ def test_a_stolen_token_cannot_point_the_file_server_elsewhere(shoal: RunningSho
     assert response.json()["code"] == "InvalidPropertyValue"
     assert _node_record(shoal, victims["node"]) == record
     _still_running(client, victims["task"])
+
+
+def test_a_goodbye_without_the_token_is_refused_before_its_body_is_read(shoal: RunningShoal,
+                                                                        victims: dict[str, Any]) -> None:
+    record = _node_record(shoal, victims["node"])
+    huge = b'{"agentLog": {"size": 1, "tail": "' + b"A" * 200_000 + b'"}}'
+    assert _agent(shoal, victims["node"], "goodbye", huge, "not-the-token").status_code == 401
+    assert _agent(shoal, victims["node"], "goodbye", huge, record["token"]).status_code == 413
+    assert _node_record(shoal, victims["node"]) == record
 
 
 def test_the_nodes_still_work_and_nothing_reached_the_catch_all(shoal: RunningShoal, client: Any,

@@ -1,7 +1,7 @@
 """a partial index of the nodes a provider's pass acts on
 
 Revision ID: 0026
-Revises: 0024
+Revises: 0025
 
 A provider's pass read every node record of the account on each wake-up (every allocation,
 removal, goodbye): with 10,000 simulated nodes, a shrink's 10,000 goodbyes made passes over
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0026'
-down_revision = '0024'
+down_revision = '0025'
 branch_labels = None
 depends_on = None
 
