@@ -78,4 +78,4 @@ for major in 11 12 13 14; do
     export "AZURE_BATCH_${major}_PYTHON=$PWD/.venv-sdk${major}/bin/python"
 done
 export AZURE_CLI_AZ="$PWD/.venv-azcli/bin/az"
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=20 "$@"

@@ -124,9 +124,11 @@ def test_json_logs_are_one_object_per_line_and_debug_adds_agent_calls(json_logge
                                 if line.startswith("{") and '"operation"' in line and "agent_sync" in line],
                        timeout=10, message="an agent sync at debug")
     assert records[0]["level"] == "DEBUG" and records[0]["method"] == "POST"
-    requests = [json.loads(line) for line in json_logged.log().splitlines()
-                if line.startswith("{") and '"get_pool"' in line]
-    assert requests and requests[0]["status"] == 200 and requests[0]["path"] == "/pools/json-pool"
+    # A request's line is written once its answer is sent: the client may read the log first.
+    requests = wait_for(lambda: [json.loads(line) for line in json_logged.log().splitlines()
+                                 if line.startswith("{") and '"get_pool"' in line],
+                        timeout=10, message="the get_pool line")
+    assert requests[0]["status"] == 200 and requests[0]["path"] == "/pools/json-pool"
     assert isinstance(requests[0]["duration_ms"], float) and requests[0]["request_id"]
     log = json_logged.log()
     assert json_logged.primary_key not in log.replace(f"key:      {json_logged.primary_key}", "")
