@@ -76,6 +76,11 @@ def _float_env(name: str, default: float) -> float:
     return float(raw) if raw else default
 
 
+def _path_env(name: str) -> Path | None:
+    raw = os.environ.get(name)
+    return Path(raw) if raw else None
+
+
 @dataclass
 class Settings:
     data_dir: Path
@@ -104,6 +109,8 @@ class Settings:
     # The server's log (shoal/logs.py): a level of logs.LEVELS, a format of logs.FORMATS.
     log_level: str = field(default_factory=lambda: os.environ.get("SHOAL_LOG_LEVEL", "info"))
     log_format: str = field(default_factory=lambda: os.environ.get("SHOAL_LOG_FORMAT", "text"))
+    # The key the store's secrets are sealed with (store/sealing.py); None: kept as given.
+    secrets_key_file: Path | None = field(default_factory=lambda: _path_env("SHOAL_SECRETS_KEY_FILE"))
     sim_batch_syncs: bool = field(default_factory=lambda: os.environ.get("SHOAL_SIM_BATCH_SYNCS", "1") != "0")
 
     @property

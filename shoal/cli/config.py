@@ -57,6 +57,7 @@ def _account_from_store(directory: Path, record: dict[str, Any]) -> AccountInfo:
 
     from shoal.store.db import create_store_engine
     from shoal.store.schema import accounts
+    from shoal.store.sealing import is_sealed
 
     db = directory / "shoal.db"
     if record.get("database"):
@@ -73,6 +74,9 @@ def _account_from_store(directory: Path, record: dict[str, Any]) -> AccountInfo:
         engine.dispose()
     if row is None:
         raise BatchError(f"No account in {directory}: run `shoal up` first.", code="NotInitialised")
+    if is_sealed(row.primary_key):
+        raise BatchError(f"The account keys in {directory}'s store are sealed: start the server once (with its "
+                         f"--secrets-key-file) so that it writes them to {ENDPOINT_FILE}.", code="NotInitialised")
     return AccountInfo(row.name, record.get("endpoint"), row.primary_key, row.secondary_key)
 
 

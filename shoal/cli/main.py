@@ -22,6 +22,10 @@ TASK_STATES = ("active", "preparing", "running", "completed")
 tls_option = click.option("--tls", is_flag=True,
                           help="Serve https with a certificate signed by a CA Shoal keeps in the data dir "
                                "(its path is printed: trust it with SSL_CERT_FILE / REQUESTS_CA_BUNDLE).")
+secrets_key_option = click.option(
+    "--secrets-key-file", default=None, type=click.Path(path_type=Path), envvar="SHOAL_SECRETS_KEY_FILE",
+    help="Seal the store's secrets (account keys, token signing keys, certificates' pfx and passwords) "
+         "with the key in this file (0600; make one with `shoal secrets-key new FILE`).")
 
 
 def log_options(command: Any) -> Any:
@@ -44,12 +48,15 @@ def main() -> None:
 
 def _serve(host: str, port: int, data_dir: Path | None, database: str | None, local_provider: bool,
            logging: tuple[str, str], time_scale: float = 1.0, spot: dict[str, Any] | None = None,
-           sample_lag: float | None = None, tls: bool = False, authority: str | None = None) -> None:
+           sample_lag: float | None = None, tls: bool = False, authority: str | None = None,
+           secrets_key_file: Path | None = None) -> None:
     from shoal import server
 
     settings = Settings(data_dir=data_dir or default_data_dir(), host=host, port=port, database_url=database,
                         time_scale=time_scale, log_level=logging[0], log_format=logging[1], tls=tls,
                         authority=authority, **(spot or {}))
+    if secrets_key_file is not None:
+        settings.secrets_key_file = secrets_key_file
     if sample_lag is not None:
         settings.sample_lag_s = sample_lag
 
@@ -98,10 +105,11 @@ def _serve(host: str, port: int, data_dir: Path | None, database: str | None, lo
                    "string with AccountName and AccountKey (default: $SHOAL_AUTO_STORAGE; none).")
 @log_options
 @tls_option
+@secrets_key_option
 def up(host: str, port: int, data_dir: Path | None, database: str | None, time_scale: float,
        spot_capacity: int | None, spot_eviction_rate: float, spot_recovery: float, sample_lag: float | None,
        nodes_dir: Path | None, provider: str, auto_storage: str | None, log_level: str, log_format: str,
-       tls: bool) -> None:
+       tls: bool, secrets_key_file: Path | None) -> None:
     """Run everything in one process: API, scheduler and local compute nodes."""
     if auto_storage:
         from shoal import storage
@@ -120,7 +128,8 @@ def up(host: str, port: int, data_dir: Path | None, database: str | None, time_s
         os.environ.setdefault("SHOAL_MAX_NODES", str(SIM_NODE_CAPACITY))
     _serve(host, port, data_dir, database, True, (log_level, log_format), time_scale,
            {"spot_capacity": spot_capacity, "spot_eviction_rate": spot_eviction_rate,
-            "spot_recovery_s": spot_recovery, "nodes_dir": nodes_dir, "provider": provider}, sample_lag, tls)
+            "spot_recovery_s": spot_recovery, "nodes_dir": nodes_dir, "provider": provider}, sample_lag, tls,
+           secrets_key_file=secrets_key_file)
 
 
 @main.command("server")
@@ -134,12 +143,14 @@ def up(host: str, port: int, data_dir: Path | None, database: str | None, time_s
 @click.option("--authority", default=None, metavar="URL",
               help="The URL bearer tokens name as their issuer and clients sign in at (default: this "
                    "server's endpoint); replicas behind one address give that address.")
+@secrets_key_option
 def server_command(host: str, port: int, data_dir: Path | None, database: str | None, log_level: str,
-                   log_format: str, tls: bool, authority: str | None) -> None:
+                   log_format: str, tls: bool, authority: str | None, secrets_key_file: Path | None) -> None:
     """Run the control plane alone (nodes join with `shoal agent`)."""
     if authority is not None and not authority.startswith(("https://", "http://")):
         raise click.BadParameter("an http(s) URL is required", param_hint="--authority")
-    _serve(host, port, data_dir, database, False, (log_level, log_format), tls=tls, authority=authority)
+    _serve(host, port, data_dir, database, False, (log_level, log_format), tls=tls, authority=authority,
+           secrets_key_file=secrets_key_file)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
@@ -349,8 +360,9 @@ from shoal.cli.autoscale import autoscale  # noqa: E402
 from shoal.cli.control import down, reset, status  # noqa: E402
 from shoal.cli.principals import account_auth_modes, principal, tenant  # noqa: E402
 from shoal.cli.roles import role  # noqa: E402
+from shoal.cli.secrets_key import secrets_key  # noqa: E402
 from shoal.cli.usage import usage  # noqa: E402
 
-for command in (autoscale, status, down, reset, principal, tenant, role, usage):
+for command in (autoscale, status, down, reset, principal, tenant, role, usage, secrets_key):
     main.add_command(command)
 account.add_command(account_auth_modes)

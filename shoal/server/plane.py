@@ -32,6 +32,7 @@ from shoal.server.scheduling import scheduler_loop
 from shoal.server.startup import (
     DEFAULT_ACCOUNT,
     AlreadyRunning,
+    CannotStart,
     bind_socket,
     check_nodes_dir_reachable,
     ensure_account,
@@ -39,6 +40,7 @@ from shoal.server.startup import (
     ensure_metrics_token,
     hold_data_dir,
     make_private,
+    open_secrets,
     write_endpoint_file,
 )
 from shoal.server.tls import ServerCertificate, ensure_certificates
@@ -86,7 +88,14 @@ class ControlPlane:
             self.engine.dispose()
             raise AlreadyRunning(str(exc)) from None
         migrate(self.engine)
-        self.keys = ensure_account(self.engine)
+        try:
+            sealer = open_secrets(self.engine, settings.secrets_key_file)
+        except CannotStart:
+            if self._store_claim is not None:
+                self._store_claim.close()
+            self.engine.dispose()
+            raise
+        self.keys = ensure_account(self.engine, sealer=sealer)
         self.certificate: ServerCertificate | None = None
         if settings.tls:
             self.certificate = ensure_certificates(settings.data_dir, settings.host)
@@ -106,9 +115,10 @@ class ControlPlane:
         self.ctx = Context(engine=self.engine, account=DEFAULT_ACCOUNT, signals=signals, base_url=self.endpoint,
                            timebase=self.timebase, sample_lag=timedelta(seconds=settings.sample_lag_s),
                            spot_capacity=settings.spot_capacity, provider_runs_nodes=local_provider,
-                           prices_file=settings.data_dir / prices.PRICES_FILE)
+                           prices_file=settings.data_dir / prices.PRICES_FILE, sealer=sealer)
         # Bearer tokens name the server's endpoint as their authority (issuer), unless told another.
-        identity = Identity(ensure_identity(self.engine), (settings.authority or self.endpoint).rstrip("/"))
+        identity = Identity(ensure_identity(self.engine, sealer=sealer),
+                            (settings.authority or self.endpoint).rstrip("/"))
         self.api = Api(self.ctx, {DEFAULT_ACCOUNT: self.keys}, self.runner, identity)
         # An idle agent calls at least once per long-poll: keep that well inside the timeout
         # after which a silent node is declared unusable.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import secrets
 import socket
@@ -19,8 +20,10 @@ from shoal import clock
 from shoal.config import ENDPOINT_FILE, LOCK_FILE, METRICS_TOKEN_FILE
 from shoal.service import ids, principals, roles, tokens
 from shoal.store.schema import accounts
+from shoal.store.sealing import Sealer, SealingError, purpose, seal_store
 
 DEFAULT_ACCOUNT = "shoal"
+_log = logging.getLogger(__name__)
 
 
 class CannotStart(RuntimeError):
@@ -90,25 +93,41 @@ def check_nodes_dir_reachable(nodes_dir: Path) -> None:
                 f"nodes dir {nodes_dir}; choose a nodes dir (--nodes-dir, SHOAL_NODES_DIR) that others may reach")
 
 
-def ensure_account(engine: Any, name: str = DEFAULT_ACCOUNT) -> tuple[str, str]:
+def open_secrets(engine: Any, key_file: Path | None) -> Sealer:
+    """The sealer of the store's secrets, once the store's sealed values and the configured key
+    (or its absence) are known to go together; values still in the clear are sealed now when a
+    key is configured."""
+    try:
+        sealer = Sealer.from_file(key_file)
+        sealed_now = seal_store(engine, sealer)
+    except SealingError as exc:
+        raise CannotStart(str(exc)) from None
+    if sealed_now:
+        _log.info("sealed %d secrets of the store with the secrets key", sealed_now)
+    return sealer
+
+
+def ensure_account(engine: Any, name: str = DEFAULT_ACCOUNT, sealer: Sealer | None = None) -> tuple[str, str]:
+    sealer = sealer or Sealer()
+    primary, secondary = purpose(accounts, "primary_key"), purpose(accounts, "secondary_key")
     with engine.begin() as conn:
         # Only the columns every revision has: tests make accounts in stores of old revisions.
         row = conn.execute(select(accounts.c.primary_key, accounts.c.secondary_key)
                            .where(accounts.c.name == name)).first()
         if row is not None:
-            return row.primary_key, row.secondary_key
+            return str(sealer.unseal(row.primary_key, primary)), str(sealer.unseal(row.secondary_key, secondary))
         keys = (ids.account_key(), ids.account_key())
-        conn.execute(accounts.insert().values(name=name, primary_key=keys[0], secondary_key=keys[1],
-                                              created=clock.now()))
+        conn.execute(accounts.insert().values(name=name, primary_key=sealer.seal(keys[0], primary),
+                                              secondary_key=sealer.seal(keys[1], secondary), created=clock.now()))
         return keys
 
 
-def ensure_identity(engine: Any, name: str = DEFAULT_ACCOUNT) -> tokens.SigningKeys:
+def ensure_identity(engine: Any, name: str = DEFAULT_ACCOUNT, sealer: Sealer | None = None) -> tokens.SigningKeys:
     """The account's tenant, the built-in roles and the token signing keys, made on the first start."""
     with engine.begin() as conn:
         principals.ensure_tenant(conn, name)
         roles.ensure_builtin_roles(conn)
-    return tokens.load_or_create(engine)
+    return tokens.load_or_create(engine, sealer or Sealer())
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -268,7 +268,8 @@ def hello(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> dict[
             certificate_references=pool.spec.get("certificateReferences") or None, etag=clock.new_etag()))
         # A node installs its pool's certificates when it boots, before the start task: later
         # changes to the pool's references reach it at its next boot (semantics §5.6).
-        node_certificates = certificate_service.for_node(conn, pool.account, pool.spec.get("certificateReferences"))
+        node_certificates = certificate_service.for_node(conn, pool.account, pool.spec.get("certificateReferences"),
+                                                         ctx.sealer)
         # The agent says whether it can run tasks as their own users (it cannot without root);
         # the node's `errors` say so to every client. Our words, not the agent's: only its user
         # name is quoted, bounded.

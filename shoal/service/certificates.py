@@ -27,6 +27,7 @@ from shoal.service import pfx, request_body
 from shoal.service import validation as v
 from shoal.service.context import Context
 from shoal.store.schema import certificates, nodes, pools
+from shoal.store.sealing import Sealer, purpose
 
 ACTIVE, DELETING, DELETE_FAILED = "active", "deleting", "deletefailed"
 ALGORITHM = "sha1"
@@ -149,8 +150,10 @@ def add(ctx: Context, certificate: dict[str, Any]) -> None:
             raise _being_deleted()
         if existing is not None:
             raise Conflict("The specified certificate already exists.", code="CertificateExists")
+        sealed = {column: ctx.sealer.seal(certificate[column], purpose(certificates, column))
+                   for column in ("private_data", "password")}
         conn.execute(insert(certificates).values(account=ctx.account, state=ACTIVE, state_transition_time=now,
-                                                 **certificate))
+                                                 **{**certificate, **sealed}))
 
 
 def _named(account: str, algorithm: str, thumbprint: str) -> Any:
@@ -310,15 +313,18 @@ def shown_reference(ref: dict[str, Any]) -> dict[str, Any]:
             "visibility": list(ref.get("visibility") or VISIBILITIES)}
 
 
-def for_node(conn: Connection, account: str, refs: Any) -> list[dict[str, Any]]:
+def for_node(conn: Connection, account: str, refs: Any, sealer: Sealer) -> list[dict[str, Any]]:
     """What a booting node installs: each referenced certificate's files and who may see them.
-    A pfx travels with its password; the agent writes both only where the visibility allows."""
+    A pfx travels with its password (opened here when the store keeps them sealed); the agent
+    writes both only where the visibility allows."""
     out = []
     for ref in _references(refs):
         row = _find(conn, account, str(ref.get("thumbprintAlgorithm", ALGORITHM)), str(ref.get("thumbprint", "")))
         if row is None:
             continue
         out.append({"thumbprint": row.thumbprint, "thumbprintAlgorithm": row.thumbprint_algorithm,
-                    "format": row.format, "publicData": row.public_data, "pfxData": row.private_data,
-                    "password": row.password, "visibility": shown_reference(ref)["visibility"]})
+                    "format": row.format, "publicData": row.public_data,
+                    "pfxData": sealer.unseal(row.private_data, purpose(certificates, "private_data")),
+                    "password": sealer.unseal(row.password, purpose(certificates, "password")),
+                    "visibility": shown_reference(ref)["visibility"]})
     return out

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from shoal.service.folder_orders import FolderOrders
+from shoal.store.sealing import Sealer
 from shoal.timebase import TimeBase
 
 
@@ -52,3 +53,6 @@ class Context:
     # Hourly prices per VM size (shoal/service/prices.py) for the dashboard's usage page: the
     # data dir's prices.json, read when the page is shown (None: no prices).
     prices_file: Path | None = None
+    # Seals the secrets the store keeps whole (certificates' pfx and password) when a secrets
+    # key is configured, and opens them for the nodes that install them.
+    sealer: Sealer = field(default_factory=Sealer)

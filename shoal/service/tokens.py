@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from shoal import clock
 from shoal.errors import Unauthenticated
 from shoal.store.schema import signing_keys
+from shoal.store.sealing import Sealer, purpose
 
 # The resource the azure-batch SDK asks a token for (its scope is this plus ".default").
 BATCH_AUDIENCE = "https://batch.core.windows.net/"
@@ -90,31 +91,37 @@ def _b64url_uint(value: int) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def load_or_create(engine: Engine) -> SigningKeys:
+def load_or_create(engine: Engine, sealer: Sealer | None = None) -> SigningKeys:
     """The store's signing keys; made on the first start (of any replica: the first one wins)."""
+    sealer = sealer or Sealer()
     try:
-        _create_missing_keys(engine)
+        _create_missing_keys(engine, sealer)
     except IntegrityError:
         pass  # another replica made them at the same moment: its keys are the ones
     with engine.connect() as conn:
         rows = {row.purpose: row for row in conn.execute(select(signing_keys))}
-    private = serialization.load_pem_private_key(rows[ACCESS].secret.encode("ascii"), password=None)
+    label = purpose(signing_keys, "secret")
+    access_pem, task_secret = (str(sealer.unseal(rows[name].secret, label)) for name in (ACCESS, TASK))
+    private = serialization.load_pem_private_key(access_pem.encode("ascii"), password=None)
     assert isinstance(private, rsa.RSAPrivateKey)
-    return SigningKeys(rows[ACCESS].kid, private, rows[TASK].kid, rows[TASK].secret.encode("ascii"))
+    return SigningKeys(rows[ACCESS].kid, private, rows[TASK].kid, task_secret.encode("ascii"))
 
 
-def _create_missing_keys(engine: Engine) -> None:
+def _create_missing_keys(engine: Engine, sealer: Sealer) -> None:
+    label = purpose(signing_keys, "secret")
     with engine.begin() as conn:
         rows = {row.purpose: row for row in conn.execute(select(signing_keys))}
         if ACCESS not in rows:
             key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
             pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption()).decode("ascii")
-            conn.execute(signing_keys.insert().values(kid=uuid.uuid4().hex, purpose=ACCESS, secret=pem,
+            conn.execute(signing_keys.insert().values(kid=uuid.uuid4().hex, purpose=ACCESS,
+                                                      secret=sealer.seal(pem, label),
                                                       created=clock.now()))
         if TASK not in rows:
             conn.execute(signing_keys.insert().values(kid=uuid.uuid4().hex, purpose=TASK,
-                                                      secret=secrets.token_urlsafe(48), created=clock.now()))
+                                                      secret=sealer.seal(secrets.token_urlsafe(48), label),
+                                                      created=clock.now()))
 
 
 def issuer(base_url: str, tenant_id: str) -> str:

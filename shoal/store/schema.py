@@ -36,12 +36,16 @@ metadata = MetaData()
 # BigInteger ids become SQLite's rowid alias only when declared INTEGER.
 SurrogateId = BigInteger().with_variant(Integer(), "sqlite")
 
+_ACCOUNT_KEY = String(128).with_variant(String(256), "postgresql")
+
 accounts = Table(
     "accounts",
     metadata,
     Column("name", String(64), primary_key=True),
-    Column("primary_key", String(128), nullable=False),
-    Column("secondary_key", String(128), nullable=False),
+    # The keys, sealed when a secrets key is configured (store/sealing.py): ~170 characters then,
+    # which migration 0029 makes room for on PostgreSQL (SQLite does not enforce lengths).
+    Column("primary_key", _ACCOUNT_KEY, nullable=False),
+    Column("secondary_key", _ACCOUNT_KEY, nullable=False),
     Column("created", DateTime(timezone=True), nullable=False),
     # The Entra-style tenant whose principals' tokens the account accepts (service/principals.py).
     Column("tenant_id", String(36)),
