@@ -62,10 +62,10 @@ def test_a_task_past_the_nodes_memory_is_killed_and_the_node_lives_on(client, no
 
 
 def test_tasks_together_get_only_the_nodes_vcpus(client, node):
-    # Three busy processes for two seconds on a 1-vCPU node: the CFS quota throttles them (three,
-    # so that they still want more than one CPU when other work shares the machine's two).
+    # Six busy processes for two seconds on a 1-vCPU node: the CFS quota throttles them (six, so
+    # that they still want more than one CPU when other work keeps the machine's two busy).
     burn = f'{PYTHON} -c "import time; t = time.time() + 2; all(time.time() < t for _ in iter(int, 1))"'
-    command = f"""/bin/sh -c '{burn} & {burn} & {burn} & wait; grep -E ":([a-z,]*,)?cpu(,[a-z,]*)?:" /proc/self/cgroup'"""
+    command = f"""/bin/sh -c '{" & ".join([burn] * 6)} & wait; grep -E ":([a-z,]*,)?cpu(,[a-z,]*)?:" /proc/self/cgroup'"""
     task = _run(client, "burn", command)
     assert task.execution_info.exit_code == 0, _stdout(client, "burn")
     cgroup = _stdout(client, "burn").strip().splitlines()[-1].split(":", 2)[2]
