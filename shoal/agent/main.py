@@ -20,9 +20,11 @@ import contextlib
 import logging
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import socket
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from typing import Any
 import httpx
 
 from shoal.agent import certificates as node_certificates
+from shoal.agent import instance as instance_runner
 from shoal.agent import launcher, outputs, service_logs, taskfiles
 from shoal.agent.answer import (
     LeavePool,
@@ -59,6 +62,7 @@ from shoal.agent.layout import (
     TaskPaths,
     UnsafeIdError,
     base_environment,
+    multi_instance_environment,
     node_environment,
     settings_to_dict,
     start_task_environment,
@@ -672,6 +676,9 @@ class Agent:
         if isinstance(prep, dict) and isinstance(prep.get("taskId"), str):
             with contextlib.suppress(UnsafeIdError):
                 prep_environment(env, self.layout.task(job_id, prep["taskId"]))
+        multi = assignment.get("multiInstance")
+        if isinstance(multi, dict):
+            command_line = await self._prepare_instance(multi, command_line, paths, env, user)
         resource_files = assignment.get("resourceFiles")
         if resource_files:
             failure = await taskfiles.download(resource_files, str(paths.working_dir), user)
@@ -690,6 +697,24 @@ class Agent:
             user=user,
             lasting_user=identity.kind in LASTING_KINDS,
         )
+
+    async def _prepare_instance(self, multi: dict[str, Any], command_line: str, paths: TaskPaths,
+                                env: dict[str, str], user: pwd.struct_passwd | None) -> str:
+        """An instance of a multi-instance task: its common resource files go into the task's
+        folder (AZ_BATCH_TASK_SHARED_DIR) and it runs `shoal.agent.instance`, which runs the
+        coordination command and then, on the primary, the task's command line (semantics §3.5)."""
+        instance = int(multi.get("instance") or 0)
+        hosts = [str(host) for host in multi.get("hosts") or []]
+        env.update(multi_instance_environment(paths, instance, hosts, int(multi.get("masterPort") or 0)))
+        common = multi.get("commonResourceFiles")
+        if common:
+            failure = await taskfiles.download(common, str(paths.task_dir), user)
+            if failure is not None:
+                raise _LaunchFailure(failure)
+        env[instance_runner.COORDINATION_VARIABLE] = str(multi.get("coordinationCommandLine") or "")
+        if instance == 0:
+            env[instance_runner.APPLICATION_VARIABLE] = command_line
+        return shlex.join([sys.executable, "-m", "shoal.agent.instance"])
 
     async def _user(self, identity: Identity, scope_key: str) -> pwd.struct_passwd | None:
         """The OS user for ``identity``; None = the agent's own (root for admin auto users, as

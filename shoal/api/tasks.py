@@ -122,8 +122,8 @@ async def reactivate_task(request: Request, ctx: Context) -> Response:
 
 
 async def subtasks(request: Request, ctx: Context) -> Response:
-    task_service.get(ctx, *_ids(request))
-    return json_response(request, {"value": []}, odata_type="subtaskinformations")
+    return json_response(request, {"value": task_service.subtasks_of(ctx, *_ids(request))},
+                         odata_type="subtaskinformations")
 
 
 async def task_why(request: Request, ctx: Context) -> Response:

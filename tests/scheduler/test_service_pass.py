@@ -52,8 +52,18 @@ def _plan_of(ctx: Context, statement) -> str:
 @pytest.mark.parametrize("name", ["_NEXT_SIZE", "_READY_OF_SIZE", "_ACTIVE_JOBS"])
 def test_backlog_reads_are_index_seeks_without_a_sort(ctx, name):
     plan = _plan_of(ctx, getattr(scheduling, name))
-    assert "SEARCH tasks USING COVERING INDEX ix_tasks_ready (job_seq=? AND state=? AND unsatisfied=? AND required_slots" \
-        in plan, plan
+    assert "SEARCH tasks USING COVERING INDEX ix_tasks_ready (job_seq=? AND state=? AND unsatisfied=? AND " \
+        "instances=? AND required_slots" in plan, plan
+    assert "TEMP B-TREE" not in plan and "SCAN" not in plan, plan
+
+
+@pytest.mark.parametrize("name", ["_NEXT_GANG", "_READY_GANG"])
+def test_multi_instance_reads_are_index_seeks_without_a_sort(ctx, name):
+    # A job's multi-instance tasks queue by instance count in the same index, after its ordinary
+    # tasks' (instances = 0): neither kind's reads walk past the other's tasks.
+    plan = _plan_of(ctx, getattr(scheduling, name))
+    assert "SEARCH tasks USING COVERING INDEX ix_tasks_ready (job_seq=? AND state=? AND unsatisfied=? AND " \
+        "instances" in plan, plan
     assert "TEMP B-TREE" not in plan and "SCAN" not in plan, plan
 
 
