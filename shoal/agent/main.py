@@ -20,11 +20,9 @@ import contextlib
 import logging
 import os
 import pwd
-import shlex
 import shutil
 import signal
 import socket
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -34,7 +32,7 @@ from typing import Any
 import httpx
 
 from shoal.agent import certificates as node_certificates
-from shoal.agent import instance as instance_runner
+from shoal.agent import instance as instance_command
 from shoal.agent import launcher, outputs, service_logs, taskfiles
 from shoal.agent.answer import (
     LeavePool,
@@ -701,7 +699,7 @@ class Agent:
     async def _prepare_instance(self, multi: dict[str, Any], command_line: str, paths: TaskPaths,
                                 env: dict[str, str], user: pwd.struct_passwd | None) -> str:
         """An instance of a multi-instance task: its common resource files go into the task's
-        folder (AZ_BATCH_TASK_SHARED_DIR) and it runs `shoal.agent.instance`, which runs the
+        folder (AZ_BATCH_TASK_SHARED_DIR) and it runs the command `shoal.agent.instance` builds: the
         coordination command and then, on the primary, the task's command line (semantics §3.5)."""
         instance = int(multi.get("instance") or 0)
         hosts = [str(host) for host in multi.get("hosts") or []]
@@ -711,10 +709,12 @@ class Agent:
             failure = await taskfiles.download(common, str(paths.task_dir), user)
             if failure is not None:
                 raise _LaunchFailure(failure)
-        env[instance_runner.COORDINATION_VARIABLE] = str(multi.get("coordinationCommandLine") or "")
-        if instance == 0:
-            env[instance_runner.APPLICATION_VARIABLE] = command_line
-        return shlex.join([sys.executable, "-m", "shoal.agent.instance"])
+        try:
+            return instance_command.command_line(str(multi.get("coordinationCommandLine") or ""),
+                                                 command_line if instance == 0 else None)
+        except ValueError as exc:
+            raise _LaunchFailure(Failure(USER_ERROR, "CommandLaunchFailed",
+                                         f"Cannot parse the multi-instance command lines: {exc}")) from exc
 
     async def _user(self, identity: Identity, scope_key: str) -> pwd.struct_passwd | None:
         """The OS user for ``identity``; None = the agent's own (root for admin auto users, as
