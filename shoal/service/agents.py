@@ -66,13 +66,19 @@ class SyncAnswer:
     # Job preparation and release runs to start, and ones to stop ([kind, jobId, generation]).
     run_job_tasks: list[dict[str, Any]] = field(default_factory=list)
     kill_job_tasks: list[list[Any]] = field(default_factory=list)
+    # Multi-instance attempts: the coordinations this sync recorded, and the primaries here whose
+    # every instance has coordinated, which may now run the task's command line.
+    coordinated_ack: list[list[Any]] = field(default_factory=list)
+    all_coordinated: list[list[Any]] = field(default_factory=list)
 
     def has_news(self) -> bool:
         return bool(self.ack or self.run or self.kill or self.run_start_task or self.leave or self.restart
-                    or self.delete_task_dirs or self.delete_job_dirs or self.run_job_tasks or self.kill_job_tasks)
+                    or self.delete_task_dirs or self.delete_job_dirs or self.run_job_tasks or self.kill_job_tasks
+                    or self.coordinated_ack or self.all_coordinated)
 
     def to_json(self) -> dict[str, Any]:
         return {"ack": [list(a) for a in self.ack], "run": self.run, "kill": self.kill,
+                "coordinatedAck": self.coordinated_ack, "allCoordinated": self.all_coordinated,
                 "runJobTasks": self.run_job_tasks, "killJobTasks": self.kill_job_tasks,
                 "deleteTaskDirs": self.delete_task_dirs, "deleteJobDirs": self.delete_job_dirs,
                 "runStartTask": self.run_start_task, "leave": self.leave, "restart": self.restart}
@@ -483,6 +489,10 @@ def _record_sync(conn: Connection, ctx: Context, record: Any, token: str, body: 
         job_service.finish_released_jobs(ctx, conn, sorted(released))
         if moved:
             ctx.signals.wake_scheduler()
+    if body.get("coordinated"):
+        for woken in subtasks.coordinated(conn, node_id, body["coordinated"], now):
+            ctx.signals.wake_node(woken)
+        answer.coordinated_ack = [list(item) for item in body["coordinated"]]
     reports = body.get("reports") or []
     if reports:
         # Every report is acknowledged, whether or not it still ends anything (see _apply_reports).
@@ -495,6 +505,7 @@ def sync_has_news(body: dict[str, Any]) -> bool:
     """Whether a sync body carries something to record (task reports, start-task news, copies of
     output or of the agent's log)."""
     return (bool(body.get("reports")) or body.get("startTask") is not None or bool(body.get("jobTasks"))
+            or bool(body.get("coordinated"))
             or bool(body.get("runningOutputs")) or body.get("agentLog") is not None)
 
 
@@ -739,13 +750,14 @@ def _subtask_ended(conn: Connection, ctx: Context, node_id: str, report: dict[st
 
 
 _RUNNING_KEYS = (
-    select(tasks.c.seq, jobs.c.key.label("job_key"), tasks.c.key.label("task_key"), tasks.c.attempt)
+    select(tasks.c.seq, jobs.c.key.label("job_key"), tasks.c.key.label("task_key"), tasks.c.attempt,
+           tasks.c.instances, tasks.c.id.label("task_id"), jobs.c.id.label("job_id"))
     .join(jobs, jobs.c.seq == tasks.c.job_seq)
     .where(tasks.c.node_id == bindparam("b_node"), tasks.c.state == TaskState.RUNNING)
 )
 _RUNNING_KEYS_OF_MANY = (
     select(tasks.c.node_id, tasks.c.seq, jobs.c.key.label("job_key"), tasks.c.key.label("task_key"),
-           tasks.c.attempt)
+           tasks.c.attempt, tasks.c.instances, tasks.c.id.label("task_id"), jobs.c.id.label("job_id"))
     .join(jobs, jobs.c.seq == tasks.c.job_seq)
     .where(tasks.c.node_id.in_(bindparam("b_nodes", expanding=True)), tasks.c.state == TaskState.RUNNING)
 )
@@ -845,11 +857,17 @@ def _deliveries(conn: Connection, node: Any, body: dict[str, Any], answer: SyncA
     reads = reads if reads is not None else _DeliveryReads(conn)
     running_keys = set()
     missing = []
+    primaries = {}
     for row in reads.running_keys(node.id):
         key = (row.job_key, row.task_key, row.attempt)
         running_keys.add(key)
         if key not in known and key not in acked:
             missing.append(row.seq)
+        elif row.instances:
+            primaries[row.seq] = row
+    if primaries:
+        answer.all_coordinated = [[primaries[seq].job_id, primaries[seq].task_id, primaries[seq].attempt]
+                                  for seq in subtasks.all_coordinated(conn, list(primaries))]
     if missing:
         answer.run.extend(reads.assignments(node.id, missing))
     instance_of: dict[int, int] = {}

@@ -122,6 +122,38 @@ def instance_block(conn: Connection, task_seq: int, instance: int, spec: dict[st
             "commonResourceFiles": task_files.for_node(settings.get("commonResourceFiles"))}
 
 
+def coordinated(conn: Connection, node_id: str, items: list[list[Any]], now: datetime) -> set[str]:
+    """Instances on this node whose coordination command succeeded ([jobId, taskId, attempt]):
+    their exit code is the coordination's, 0, while they go on running. Returns the primaries'
+    nodes of the tasks every instance of which has now coordinated (to be woken: their primary
+    may run the task's command line). Stale items change nothing."""
+    woken: set[str] = set()
+    for job_id, task_id, attempt in items:
+        row = conn.execute(
+            select(subtasks.c.task_seq, subtasks.c.instance, tasks.c.node_id)
+            .join(tasks, tasks.c.seq == subtasks.c.task_seq).join(jobs, jobs.c.seq == tasks.c.job_seq)
+            .where(subtasks.c.node_id == node_id, subtasks.c.state == TaskState.RUNNING,
+                   subtasks.c.attempt == attempt, tasks.c.key == str(task_id).lower(),
+                   jobs.c.key == str(job_id).lower(), tasks.c.state == TaskState.RUNNING)).first()
+        if row is None:
+            continue
+        changed = conn.execute(update(subtasks).where(
+            subtasks.c.task_seq == row.task_seq, subtasks.c.instance == row.instance,
+            subtasks.c.exit_code.is_(None)).values(exit_code=0)).rowcount
+        if changed and all_coordinated(conn, [row.task_seq]) and row.node_id:
+            woken.add(row.node_id)
+    return woken
+
+
+def all_coordinated(conn: Connection, task_seqs: list[int]) -> list[int]:
+    """Which of these running multi-instance tasks have every instance coordinated."""
+    waiting: set[int] = set()
+    for chunk in in_chunks(task_seqs):
+        waiting.update(conn.execute(select(subtasks.c.task_seq).where(
+            subtasks.c.task_seq.in_(chunk), subtasks.c.exit_code.is_(None))).scalars())
+    return [seq for seq in task_seqs if seq not in waiting]
+
+
 def subtask_report(conn: Connection, node_id: str, report: dict[str, Any], now: datetime) -> Any | None:
     """A report from a node for a subtask it runs: the subtask completes with it and the task's
     running row is returned, for the caller to end its attempt as a failure. None when the node

@@ -240,3 +240,17 @@ def test_losing_a_subtasks_node_mid_run_requeues_the_task(pools: Any) -> None:
     assert task.execution_info.failure_info.code == "TaskEnded"
     assert all(s.state == "completed" for s in client.list_subtasks(JOB, "lost"))
     wait_for(lambda: _nodes_idle(client), 30, message="both nodes idle")
+
+
+def test_the_primary_runs_its_command_only_after_every_instance_coordinated(pools: Any) -> None:
+    client = pools
+    # The subtask's coordination takes 3 s; the primary's returns at once and must wait for it.
+    coordination = "/bin/sh -c 'test \"$AZ_BATCH_IS_CURRENT_NODE_MASTER\" = true || sleep 3'"
+    _add(client, "barrier", "/bin/sh -c 'date -u +%s.%N'", coordination)
+    task = wait_task_state(client, JOB, "barrier", "completed", timeout=60)
+    assert task.execution_info.exit_code == 0
+    ran_at = float(_file(client, "barrier", "stdout.txt").strip())
+    subtask = {s.id: s for s in client.list_subtasks(JOB, "barrier")}[1]
+    assert ran_at - subtask.start_time.timestamp() >= 2.5, (ran_at, subtask.start_time)
+    # A coordinated subtask shows its coordination command's exit code.
+    assert (subtask.exit_code, subtask.result) == (0, "success")

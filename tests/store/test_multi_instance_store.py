@@ -77,6 +77,13 @@ def test_a_gang_holds_every_node_until_its_primary_ends(ctx: Context) -> None:
     assert run["gang"]["multiInstance"]["hosts"] == ["127.0.0.1", "127.0.0.1"]
     # The subtask's node keeps it while it is running and known.
     assert _sync(ctx, other, [["j", "gang", 1]]).kill == []
+    # The primary may run the task's command line only once every instance has coordinated.
+    known = [["j", "gang", 1]]
+    coordinated = {"incarnation": "i1", "known": known, "reports": [], "wait": False, "coordinated": known}
+    assert agents.sync(ctx, primary.id, primary.token, coordinated).coordinated_ack == known
+    assert _sync(ctx, primary, known).all_coordinated == []
+    assert agents.sync(ctx, other.id, other.token, coordinated).coordinated_ack == known
+    assert _sync(ctx, primary, known).all_coordinated == known
     # The primary ends: the task completes, both nodes are free, the subtask's node kills it.
     _sync(ctx, primary, [], [{"jobId": "j", "taskId": "gang", "attempt": 1, "exitCode": 0}])
     assert task_service.get(ctx, "j", "gang").row.state == "completed"
