@@ -254,3 +254,16 @@ def test_the_primary_runs_its_command_only_after_every_instance_coordinated(pool
     assert ran_at - subtask.start_time.timestamp() >= 2.5, (ran_at, subtask.start_time)
     # A coordinated subtask shows its coordination command's exit code.
     assert (subtask.exit_code, subtask.result) == (0, "success")
+
+
+def test_a_gang_wider_than_the_pool_waits_holding_nothing_and_says_why(shoal: Any, pools: Any) -> None:
+    client = pools
+    # Not refused at add (the pool may grow): it waits active, and ordinary tasks still run.
+    _add(client, "wide", "/bin/true", "/bin/true", instances=3)
+    client.create_task(JOB, models.BatchTaskCreateOptions(id="after-wide", command_line="/bin/true"))
+    assert wait_task_state(client, JOB, "after-wide", "completed", timeout=30).execution_info.exit_code == 0
+    assert client.get_task(JOB, "wide").state == "active"
+    assert list(client.list_subtasks(JOB, "wide")) == []
+    why = call(shoal, "GET", f"/shoal/v1/jobs/{JOB}/tasks/wide/why").json()
+    assert [(r["code"], r["details"]["freeNodes"]) for r in why["reasons"]] == [("NotEnoughFreeNodes", 2)], why
+    client.delete_task(JOB, "wide")
