@@ -423,6 +423,8 @@ job_task_counts = Table(
     *(Column(f"{name}_slots", BigInteger, nullable=False, server_default="0") for name in _COUNT_BUCKETS),
     # Active tasks blocked by their dependencies (migration 0010): counted in `active` as well.
     Column("blocked", BigInteger, nullable=False, server_default="0"),
+    # Σ (numberOfInstances - 1) of the ready multi-instance tasks (migration 0027), for $ActiveTasks.
+    Column("extra_instances", BigInteger, nullable=False, server_default="0"),
 )
 
 # Login users of a node (ComputeNode_AddUser), migration 0015: a handful per node, gone with it.

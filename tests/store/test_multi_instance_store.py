@@ -109,3 +109,28 @@ def test_a_subtask_report_fails_the_attempt_and_frees_every_node(ctx: Context) -
     subtask = task_service.subtasks_of(ctx, "j", "gang")[1]
     assert (subtask["exitCode"], subtask["result"], subtask["failureInfo"]["code"]) == (5, "failure", "SubtaskFailed")
     assert all(used == 0 for used, _state in _used(ctx).values())
+
+
+def test_active_tasks_count_a_waiting_multi_instance_task_once_per_instance(ctx: Context) -> None:
+    from shoal.service import metrics
+    from shoal.store.schema import pools
+
+    pool_service.create(ctx, {"id": "p", "vmSize": "Standard_D2s_v3", "virtualMachineConfiguration": IMAGE,
+                              "targetDedicatedNodes": 0, "enableInterNodeCommunication": True})
+    job_service.create(ctx, {"id": "j", "poolInfo": {"poolId": "p"}, "usesTaskDependencies": True})
+    task_service.create(ctx, "j", {"id": "plain", "commandLine": "/bin/true"})
+    task_service.create(ctx, "j", {"id": "gang", "commandLine": "/bin/true",
+                                   "multiInstanceSettings": {**SETTINGS, "numberOfInstances": 4}})
+    # Blocked by its dependency: not counted at all until it is ready.
+    task_service.create(ctx, "j", {"id": "later", "commandLine": "/bin/true", "dependsOn": {"taskIds": ["plain"]},
+                                   "multiInstanceSettings": {**SETTINGS, "numberOfInstances": 3}})
+
+    def active() -> float:
+        with ctx.engine.connect() as conn:
+            pool = conn.execute(select(pools).where(pools.c.id == "p")).one()
+            return metrics.pool_counts(conn, pool)["$ActiveTasks"]
+
+    assert active() == 1 + 4
+    task_service.terminate(ctx, "j", "plain")  # satisfies nothing by default, but ends "plain"
+    task_service.delete_task(ctx, "j", "gang")
+    assert active() == 0

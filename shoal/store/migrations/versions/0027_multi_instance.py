@@ -12,6 +12,10 @@ neither walks past the other's tasks, however many a job holds.
 which is also the task row's node). An instance above 0 holds one slot on its node while it
 runs, kept in `nodes.used_slots` by triggers as 0008 does for tasks: the primary's slot is the
 task row's own.
+
+`job_task_counts.extra_instances` sums `instances - 1` over a job's ready (active, unblocked)
+multi-instance tasks, kept by triggers as 0010 keeps `blocked`: autoscale's $ActiveTasks counts
+such a task numberOfInstances times, as Batch does, without a count over tasks.
 """
 import sqlalchemy as sa
 from alembic import op
@@ -27,6 +31,32 @@ _RELEASE = "UPDATE nodes SET used_slots = used_slots - 1 WHERE id = OLD.node_id 
 _TAKE = "UPDATE nodes SET used_slots = used_slots + 1 WHERE id = NEW.node_id AND NEW.state = 'running'"
 _TRIGGERS = ("trg_subtasks_node_slots_update", "trg_subtasks_node_slots_insert", "trg_subtasks_node_slots_delete")
 _READY_COLUMNS = ['job_seq', 'state', 'unsatisfied', 'required_slots', 'seq']
+
+_READY_GANG = "({r}.state = 'active' AND {r}.unsatisfied = 0 AND {r}.instances > 1)"
+_GANG_NEW, _GANG_OLD = _READY_GANG.format(r="NEW"), _READY_GANG.format(r="OLD")
+# (name, event, when, body) on tasks; `instances` never changes once a task is stored.
+_COUNT_TRIGGERS = (
+    ("trg_tasks_extra_instances_insert", "INSERT", _GANG_NEW,
+     "UPDATE job_task_counts SET extra_instances = extra_instances + NEW.instances - 1 WHERE job_seq = NEW.job_seq"),
+    ("trg_tasks_extra_instances_delete", "DELETE", _GANG_OLD,
+     "UPDATE job_task_counts SET extra_instances = extra_instances - OLD.instances + 1 WHERE job_seq = OLD.job_seq"),
+    ("trg_tasks_extra_instances_update", "UPDATE OF state, unsatisfied", f"{_GANG_NEW} <> {_GANG_OLD}",
+     f"UPDATE job_task_counts SET extra_instances = extra_instances + (CASE WHEN {_GANG_NEW} THEN "
+     "NEW.instances - 1 ELSE 1 - OLD.instances END) WHERE job_seq = NEW.job_seq"),
+)
+
+
+def _count_trigger_statements(postgres: bool) -> list[str]:
+    out = []
+    for name, event, when, body in _COUNT_TRIGGERS:
+        if postgres:
+            out.append(f"CREATE FUNCTION shoal_{name}() RETURNS trigger LANGUAGE plpgsql AS "
+                       f"$fn$ BEGIN {body}; RETURN NULL; END; $fn$")
+            out.append(f"CREATE TRIGGER {name} AFTER {event} ON tasks FOR EACH ROW WHEN ({when}) "
+                       f"EXECUTE FUNCTION shoal_{name}()")
+        else:
+            out.append(f"CREATE TRIGGER {name} AFTER {event} ON tasks WHEN {when} BEGIN {body}; END")
+    return out
 
 
 def _sqlite_triggers() -> list[str]:
@@ -83,13 +113,22 @@ def upgrade() -> None:
         sa.Column('node_info', sa.JSON(), nullable=False),
     )
     op.create_index('ix_subtasks_node_state', 'subtasks', ['node_id', 'state'])
-    statements = _pg_triggers() if op.get_bind().dialect.name == "postgresql" else _sqlite_triggers()
-    for statement in statements:
+    # No stored task is a multi-instance one yet: nothing to count.
+    op.add_column('job_task_counts', sa.Column('extra_instances', sa.BigInteger(), nullable=False,
+                                               server_default='0'))
+    postgres = op.get_bind().dialect.name == "postgresql"
+    statements = _pg_triggers() if postgres else _sqlite_triggers()
+    for statement in [*statements, *_count_trigger_statements(postgres)]:
         op.execute(statement)
 
 
 def downgrade() -> None:
     postgres = op.get_bind().dialect.name == "postgresql"
+    for name, _event, _when, _body in _COUNT_TRIGGERS:
+        op.execute(f"DROP TRIGGER IF EXISTS {name} ON tasks" if postgres else f"DROP TRIGGER IF EXISTS {name}")
+        if postgres:
+            op.execute(f"DROP FUNCTION IF EXISTS shoal_{name}()")
+    op.drop_column('job_task_counts', 'extra_instances')
     for name in _TRIGGERS:
         op.execute(f"DROP TRIGGER IF EXISTS {name} ON subtasks" if postgres else f"DROP TRIGGER IF EXISTS {name}")
     if postgres:
