@@ -82,6 +82,11 @@ def end_attempts(conn: Connection, task_seqs: Iterable[int], now: datetime,
     return touched
 
 
+def nodes_of(conn: Connection, task_seq: int) -> set[str]:
+    """The nodes of the task's last attempt's instances (each holds a folder of the task)."""
+    return set(conn.execute(select(subtasks.c.node_id).where(subtasks.c.task_seq == task_seq)).scalars())
+
+
 # A node's running subtasks (instances above 0) with their task's keys: index ix_subtasks_node_state.
 _RUNNING_ON = (
     select(subtasks.c.node_id, subtasks.c.task_seq, subtasks.c.instance, subtasks.c.attempt,

@@ -443,24 +443,26 @@ def reactivate(ctx: Context, job_id: str, task_id: str) -> None:
     ctx.signals.wake_scheduler()
 
 
-def delete_task(ctx: Context, job_id: str, task_id: str) -> tuple[str | None, str, str]:
-    """Returns (the node holding the task's folder, or None, job id, task id) for the caller to
-    order the folder deleted (shoal.service.folder_orders)."""
+def delete_task(ctx: Context, job_id: str, task_id: str) -> tuple[list[str], str, str]:
+    """Returns (the nodes holding the task's folder: its own, and its subtasks' for a
+    multi-instance task; job id, task id) for the caller to order the folders deleted
+    (shoal.service.folder_orders)."""
     with ctx.engine.begin() as conn:
         job, row = load(conn, ctx, job_id, task_id)
+        instance_nodes = subtasks.nodes_of(conn, row.seq) if row.instances else set()
         touched = transitions.terminate(conn, [row]) if row.state == TaskState.RUNNING else set()
         transitions.refresh_node_busy(conn, touched)
         conn.execute(delete(tasks).where(tasks.c.seq == row.seq))
         # A deleted job manager leaves its job with none: SQLite may give its seq to a new task.
         conn.execute(update(jobs).where(jobs.c.seq == job.seq, jobs.c.manager_seq == row.seq).values(
             manager_seq=None, manager_exclusive=None, manager_dedicated_only=None))
-        node_id = (row.node_info or {}).get("nodeId")
-        node = conn.execute(select(nodes.c.id).where(nodes.c.id == node_id)).first() if node_id else None
+        held = ({(row.node_info or {}).get("nodeId")} | instance_nodes) - {None}
+        present = sorted(conn.execute(select(nodes.c.id).where(nodes.c.id.in_(held))).scalars()) if held else []
         job_service.finish_all_complete_jobs(ctx, conn, [job.seq])
     for touched_id in touched:
         ctx.signals.wake_node(touched_id)
     ctx.signals.wake_scheduler()
-    return (node.id if node else None, job.id, row.id)
+    return (present, job.id, row.id)
 
 
 def node_of(ctx: Context, job_id: str, task_id: str) -> tuple[Any, str, list[task_outputs.KeptFile] | None]:

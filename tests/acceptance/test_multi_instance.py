@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from azure.batch import models
+from azure.core.exceptions import HttpResponseError
 
 from tests.acceptance.rest import call
 from tests.helpers import agent_processes, error_of, pool_options, wait_for, wait_pool_idle, wait_task_state
@@ -150,6 +151,19 @@ def test_an_mpi_program_runs_across_both_instances(pools: Any, ring_binary: Path
     assert coordination_env["AZ_BATCH_HOST_LIST"] == env["AZ_BATCH_HOST_LIST"]
     # Both nodes are free again: the subtask held its node until the primary ended, no longer.
     wait_for(lambda: _nodes_idle(client), 20, message="both nodes idle")
+    # Deleting the task deletes its folder on every instance's node.
+    client.delete_task(JOB, "mpi")
+    folder = f"{subtasks[1].node_info.task_root_directory}/wd/coordination-env.txt"
+    wait_for(lambda: not _node_file_exists(client, other, folder), 20, message="subtask folder deleted")
+
+
+def _node_file_exists(client: Any, node_id: str, path: str) -> bool:
+    try:
+        b"".join(client.download_node_file(POOL, node_id, path))
+    except HttpResponseError as exc:
+        assert exc.status_code == 404
+        return False
+    return True
 
 
 def _refusal(shoal: Any, job: str, settings: Any, **extra: Any) -> tuple[int, dict[str, Any]]:
