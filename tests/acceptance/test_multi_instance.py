@@ -230,11 +230,14 @@ def test_a_failed_coordination_command_fails_the_task(pools: Any) -> None:
     wait_for(lambda: _nodes_idle(client), 20, message="both nodes idle")
 
 
-def test_losing_a_subtasks_node_mid_run_requeues_the_task(pools: Any) -> None:
+@pytest.mark.parametrize("instance", [1, 0], ids=["subtask", "primary"])
+def test_losing_an_instances_node_mid_run_requeues_the_task(pools: Any, instance: int) -> None:
     client = pools
+    wait_for(lambda: _nodes_idle(client), 60, message="both nodes idle")
     _add(client, "lost", "/bin/sh -c 'sleep 300'", "/bin/true")
     wait_task_state(client, JOB, "lost", "running", timeout=30)
-    subtask = wait_for(lambda: [s for s in client.list_subtasks(JOB, "lost") if s.id == 1], 10, message="subtask")[0]
+    subtask = wait_for(lambda: [s for s in client.list_subtasks(JOB, "lost") if s.id == instance], 10,
+                       message="instance")[0]
     agents = agent_processes(subtask.node_info.node_id)
     assert agents
     for agent in agents:
@@ -254,6 +257,7 @@ def test_losing_a_subtasks_node_mid_run_requeues_the_task(pools: Any) -> None:
     assert task.execution_info.failure_info.code == "TaskEnded"
     assert all(s.state == "completed" for s in client.list_subtasks(JOB, "lost"))
     wait_for(lambda: _nodes_idle(client), 30, message="both nodes idle")
+    client.delete_task(JOB, "lost")
 
 
 def test_the_primary_runs_its_command_only_after_every_instance_coordinated(pools: Any) -> None:
