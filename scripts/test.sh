@@ -2,7 +2,8 @@
 # Installs everything the test suite needs, then runs it: the project and its test extras in
 # .venv; azure-batch 11.0.0, 12.0.0, 13.0.0 and 14.2.0 in .venv-sdk11 … .venv-sdk14 and azure-cli
 # in .venv-azcli (none can share a venv with azure-batch 15.1); node and the JavaScript SDK
-# (@azure/batch, in tests/compat/js); Debian's Chromium for the dashboard tests; and PostgreSQL's
+# (@azure/batch, in tests/compat/js); Debian's Chromium for the dashboard tests; Open MPI for the
+# multi-instance tests; and PostgreSQL's
 # server binaries (the tests start a throw-away cluster on loopback themselves). What is
 # already installed is not installed again.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh tests/scheduler -x`.
@@ -41,6 +42,12 @@ fi
 if ! command -v ssh >/dev/null; then
     apt-get update -qq >/dev/null
     apt-get install -y -qq --no-install-recommends openssh-client >/dev/null
+fi
+
+# Open MPI runs a real MPI program as a multi-instance task (tests/acceptance/test_multi_instance.py).
+if ! command -v mpirun >/dev/null || ! command -v mpicc >/dev/null; then
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends openmpi-bin libopenmpi-dev >/dev/null
 fi
 
 # Prometheus scrapes /metrics in tests/acceptance/test_prometheus.py.

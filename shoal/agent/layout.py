@@ -401,3 +401,16 @@ def task_environment(
     env["AZ_BATCH_JOB_ID"] = job_id
     env["AZ_BATCH_TASK_ID"] = task_id
     return env
+
+
+def multi_instance_environment(paths: TaskPaths, instance: int, hosts: list[str], master_port: int) -> dict[str, str]:
+    """The variables Batch adds for every instance of a multi-instance task (semantics §4):
+    the hosts of all instances in instance order (the primary's first), the primary's address,
+    whether this is it, and the task's root folder, where the common resource files are."""
+    return {
+        "AZ_BATCH_HOST_LIST": ",".join(hosts),
+        "AZ_BATCH_NODE_LIST": ";".join(hosts),
+        "AZ_BATCH_MASTER_NODE": f"{hosts[0] if hosts else '127.0.0.1'}:{master_port}",
+        "AZ_BATCH_IS_CURRENT_NODE_MASTER": "true" if instance == 0 else "false",
+        "AZ_BATCH_TASK_SHARED_DIR": str(paths.task_dir),
+    }

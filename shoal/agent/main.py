@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 
 from shoal.agent import certificates as node_certificates
+from shoal.agent import instance as instance_command
 from shoal.agent import launcher, outputs, service_logs, taskfiles
 from shoal.agent.answer import (
     LeavePool,
@@ -59,6 +60,7 @@ from shoal.agent.layout import (
     TaskPaths,
     UnsafeIdError,
     base_environment,
+    multi_instance_environment,
     node_environment,
     settings_to_dict,
     start_task_environment,
@@ -94,6 +96,8 @@ REPORT_COALESCE_S = 0.002
 MIN_LONG_POLL_S = 0.2
 # Upper bound on reports per sync body, so a backlog after an outage goes in digestible pieces.
 MAX_REPORTS_PER_SYNC = 2000
+# How often the agent looks for a multi-instance instance's coordination marker.
+COORDINATION_POLL_S = 0.1
 
 # How often task-scope users whose folders are gone (retention, job deletion) are removed.
 TASK_USER_SWEEP_S = 5.0
@@ -165,6 +169,11 @@ class Agent:
         self.fileserver: FileServer | None = None
         # Attempts being prepared (user created, folders made) before their process exists.
         self._launching: dict[AttemptKey, asyncio.Task[None]] = {}
+        # Multi-instance instances held here; those whose coordination succeeded, until the
+        # control plane acknowledges it, and those of them a sync has carried.
+        self._instances: dict[AttemptKey, _Instance] = {}
+        self._coordinated: set[AttemptKey] = set()
+        self._coordination_sent: set[AttemptKey] = set()
         # Output files of the attempts that will upload some once their process exits.
         self._outputs: dict[AttemptKey, _Outputs] = {}
         self._uploading: dict[AttemptKey, asyncio.Future[Any]] = {}
@@ -439,7 +448,7 @@ class Agent:
     def _has_news(self) -> bool:
         if self._start_task_version != self._start_task_delivered or self._deleted or self.job_tasks.has_news():
             return True
-        if self.copies.has_due():
+        if self.copies.has_due() or self._coordinated - self._coordination_sent:
             return True
         return any(key not in self._delivered for key in self.reports)
 
@@ -463,6 +472,9 @@ class Agent:
             "knownJobTasks": self.job_tasks.known(),
             "jobTasks": job_task_reports,
         }
+        if self._coordinated:
+            body["coordinated"] = [list(key) for key in sorted(self._coordinated)]
+            self._coordination_sent |= self._coordinated
         if self.meter.due():
             body["metrics"] = self.meter.reading()
         copies, self._copies_sent = self.copies.take(outputs.COPY_BUDGET_PER_SYNC)
@@ -561,6 +573,14 @@ class Agent:
                 key = (str(item[0]), str(item[1]), int(item[2]))
                 self.reports.pop(key, None)
                 self._delivered.discard(key)
+        for item in answer.get("coordinatedAck") or ():
+            with skipping_malformed("coordinatedAck", item, log):
+                key = (str(item[0]), str(item[1]), int(item[2]))
+                self._coordinated.discard(key)
+                self._coordination_sent.discard(key)
+        for item in answer.get("allCoordinated") or ():
+            with skipping_malformed("allCoordinated", item, log):
+                self._release_primary((str(item[0]), str(item[1]), int(item[2])))
         for item in answer.get("kill") or ():
             had_work = True
             with skipping_malformed("kill", item, log):
@@ -622,6 +642,8 @@ class Agent:
             return
         proc = TaskProcess(spec)
         self.running[key] = proc
+        if key in self._instances:
+            self._spawn_background(self._watch_coordination(key, proc))
         try:
             result = await proc.start()
             outputs = self._outputs.pop(key, None)
@@ -672,6 +694,9 @@ class Agent:
         if isinstance(prep, dict) and isinstance(prep.get("taskId"), str):
             with contextlib.suppress(UnsafeIdError):
                 prep_environment(env, self.layout.task(job_id, prep["taskId"]))
+        multi = assignment.get("multiInstance")
+        if isinstance(multi, dict):
+            command_line = await self._prepare_instance(key, multi, command_line, paths, env, user)
         resource_files = assignment.get("resourceFiles")
         if resource_files:
             failure = await taskfiles.download(resource_files, str(paths.working_dir), user)
@@ -690,6 +715,31 @@ class Agent:
             user=user,
             lasting_user=identity.kind in LASTING_KINDS,
         )
+
+    async def _prepare_instance(self, key: AttemptKey, multi: dict[str, Any], command_line: str, paths: TaskPaths,
+                                env: dict[str, str], user: pwd.struct_passwd | None) -> str:
+        """An instance of a multi-instance task: its common resource files go into the task's
+        folder (AZ_BATCH_TASK_SHARED_DIR) and it runs the command `shoal.agent.instance` builds: the
+        coordination command and then, on the primary, the task's command line (semantics §3.5)."""
+        instance = int(multi.get("instance") or 0)
+        hosts = [str(host) for host in multi.get("hosts") or []]
+        env.update(multi_instance_environment(paths, instance, hosts, int(multi.get("masterPort") or 0)))
+        common = multi.get("commonResourceFiles")
+        if common:
+            failure = await taskfiles.download(common, str(paths.task_dir), user)
+            if failure is not None:
+                raise _LaunchFailure(failure)
+        for marker in (instance_command.COORDINATED, instance_command.ALL_COORDINATED):
+            # Left by an earlier attempt in the same folder: it must not count for this one.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(paths.task_dir / marker)
+        self._instances[key] = _Instance(paths.task_dir, instance == 0)
+        try:
+            return instance_command.command_line(str(multi.get("coordinationCommandLine") or ""),
+                                                 command_line if instance == 0 else None, str(paths.task_dir))
+        except ValueError as exc:
+            raise _LaunchFailure(Failure(USER_ERROR, "CommandLaunchFailed",
+                                         f"Cannot parse the multi-instance command lines: {exc}")) from exc
 
     async def _user(self, identity: Identity, scope_key: str) -> pwd.struct_passwd | None:
         """The OS user for ``identity``; None = the agent's own (root for admin auto users, as
@@ -731,10 +781,46 @@ class Agent:
     def _finish_without_running(self, key: AttemptKey, started: Any, failure: Failure) -> None:
         self._record_report(key, ProcessResult(started, utc_now(), None, failure))
 
+    async def _watch_coordination(self, key: AttemptKey, proc: TaskProcess) -> None:
+        """Report a multi-instance instance's coordination once its marker appears (its
+        coordination command succeeded), for as long as the instance runs."""
+        instance = self._instances.get(key)
+        while instance is not None and self.running.get(key) is proc:
+            if (instance.task_dir / instance_command.COORDINATED).exists():
+                self._coordinated.add(key)
+                self._news.set()
+                return
+            await asyncio.sleep(COORDINATION_POLL_S)
+
+    def _release_primary(self, key: AttemptKey) -> None:
+        """Every instance has coordinated: the primary may run the task's command line. The
+        marker is made in the task's folder (the task user's) without following a link."""
+        instance = self._instances.get(key)
+        if instance is None or not instance.primary or instance.released or key not in self.running:
+            return
+        instance.released = True
+        try:
+            folder = os.open(instance.task_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.close(os.open(instance_command.ALL_COORDINATED, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
+                                 os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=folder))
+            finally:
+                os.close(folder)
+        except FileExistsError:
+            pass  # the task made it itself: it only skips its own wait
+        except OSError as exc:
+            log.warning("cannot release the primary of %s: %s", key, exc)
+
+    def _forget_instance(self, key: AttemptKey) -> None:
+        self._instances.pop(key, None)
+        self._coordinated.discard(key)
+        self._coordination_sent.discard(key)
+
     def _on_attempt_done(self, key: AttemptKey, proc: TaskProcess, result: ProcessResult) -> None:
         if self.running.get(key) is not proc:
             return  # killed on the control plane's order: report nothing more for it
         del self.running[key]
+        self._forget_instance(key)
         self._record_report(key, result)
 
     def _record_report(self, key: AttemptKey, result: ProcessResult) -> None:
@@ -747,6 +833,7 @@ class Agent:
 
     def _kill_attempt(self, key: AttemptKey) -> None:
         self.job_tasks.drop_held(key)
+        self._forget_instance(key)
         self._outputs.pop(key, None)
         launch = self._launching.pop(key, None)
         if launch is not None:
@@ -962,6 +1049,15 @@ class Agent:
             # A start task may legitimately leave a daemon running.
             kill_leftovers=False,
         )
+
+
+@dataclass
+class _Instance:
+    """An instance of a multi-instance task held on this node."""
+
+    task_dir: Path
+    primary: bool
+    released: bool = False  # ALL_COORDINATED is in place
 
 
 @dataclass(frozen=True)

@@ -188,23 +188,32 @@ def check_register(body: Any) -> dict[str, Any]:
     return body
 
 
+def _attempt_keys(body: dict[str, Any], name: str) -> None:
+    """`known` (the attempts the agent holds) or `coordinated` (the multi-instance attempts whose
+    coordination command succeeded here): lists of [jobId, taskId, attempt]."""
+    keys = body.get(name)
+    if keys is None:
+        return
+    if not isinstance(keys, list):
+        raise _refuse(name, keys, "The value must be a list of [jobId, taskId, attempt].")
+    for index, entry in enumerate(keys):
+        label = f"{name}[{index}]"
+        if not isinstance(entry, list) or len(entry) != 3:
+            raise _refuse(label, entry, "The value must be [jobId, taskId, attempt].")
+        for position, part in enumerate(entry[:2]):
+            _batch_id(part, f"{label}[{position}]")
+        _integer(entry[2], f"{label}[2]", 0, INT32[1])
+
+
 def check_sync(body: Any) -> dict[str, Any]:
     body = _object(body)
     _text(body, "incarnation", MAX_INCARNATION_CHARS)
     if body.get("wait") is not None and not isinstance(body["wait"], bool):
         raise _refuse("wait", body["wait"], "The value must be a boolean.")
-    known = body.get("known")
-    if known is not None:
-        if not isinstance(known, list):
-            raise _refuse("known", known, "The value must be a list of [jobId, taskId, attempt].")
-        for index, entry in enumerate(known):
-            label = f"known[{index}]"
-            if not isinstance(entry, list) or len(entry) != 3:
-                raise _refuse(label, entry, "The value must be [jobId, taskId, attempt].")
-            for position, part in enumerate(entry[:2]):
-                _batch_id(part, f"{label}[{position}]")
-            _integer(entry[2], f"{label}[2]", 0, INT32[1])
+    for name in ("known", "coordinated"):
+        _attempt_keys(body, name)
     for label, report in _objects(body, "reports", MAX_REPORTS_PER_SYNC):
+
         _attempt_fields(report, label)
         _outcome_fields(report, label)
         _output(report, label)

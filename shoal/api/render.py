@@ -62,7 +62,7 @@ def pool(base_url: str, record: PoolRecord) -> dict[str, Any]:
         "targetLowPriorityNodes": row.target_low_priority,
         "enableAutoScale": bool(spec.get("enableAutoScale", False)),
         **({"autoScaleRun": row.autoscale_run} if row.autoscale_run and spec.get("enableAutoScale") else {}),
-        "enableInterNodeCommunication": False,
+        "enableInterNodeCommunication": bool(spec.get("enableInterNodeCommunication", False)),
         "taskSlotsPerNode": row.slots_per_node,
         "taskSchedulingPolicy": {"nodeFillType": row.fill_type},
     }

@@ -95,15 +95,16 @@ async def update_task(request: Request, ctx: Context) -> Response:
 
 async def delete_task(request: Request, ctx: Context) -> Response:
     # On the loop, which alone touches the folder orders; the store work goes to the writer.
-    def delete() -> tuple[str | None, str, str]:
+    def delete() -> tuple[list[str], str, str]:
         _guard(request, ctx)
         return task_service.delete_task(ctx, *_ids(request))
 
-    node_id, job_id, task_id = await request.state.runner.write(delete)
-    # The folder goes by order to its node; kept in memory only, since the task's record is gone
+    node_ids, job_id, task_id = await request.state.runner.write(delete)
+    # The folder goes by order to its nodes; kept in memory only, since the task's record is gone
     # (a server restart before the node acknowledges leaves the folder to the node's disk).
-    if node_id is not None and ctx.folder_orders.order_task_folder(node_id, job_id, task_id, None):
-        ctx.signals.wake_node(node_id)
+    for node_id in node_ids:
+        if ctx.folder_orders.order_task_folder(node_id, job_id, task_id, None):
+            ctx.signals.wake_node(node_id)
     return empty_response(request, 200)
 
 
@@ -122,8 +123,8 @@ async def reactivate_task(request: Request, ctx: Context) -> Response:
 
 
 async def subtasks(request: Request, ctx: Context) -> Response:
-    task_service.get(ctx, *_ids(request))
-    return json_response(request, {"value": []}, odata_type="subtaskinformations")
+    return json_response(request, {"value": task_service.subtasks_of(ctx, *_ids(request))},
+                         odata_type="subtaskinformations")
 
 
 async def task_why(request: Request, ctx: Context) -> Response:

@@ -457,6 +457,11 @@ class SimNode:
         record = _Attempt(None, slots if isinstance(slots, int) and not isinstance(slots, bool) else 1, started,
                           folder)
         self.running[key] = record
+        multi = assignment.get("multiInstance")
+        if isinstance(multi, dict) and multi.get("instance"):
+            # A subtask of a multi-instance task holds its node until its primary ends (the
+            # control plane then kills it); the simulated primary does not wait for coordination.
+            return
         record.ends_at = started + timedelta(seconds=max(0.0, duration))
         record.handle = asyncio.get_running_loop().call_later(
             max(0.0, duration), self._finish, key, record, outcome, timed_out, wall)

@@ -15,7 +15,11 @@ bound what is read:
 - an exclusive or dedicated-only task (a job manager: one per job) can fail where an ordinary
   task would not, so it does not count against a cap and is read in addition to it;
 - so can every task of a job barred from some nodes (its preparation task failed there): such a
-  job's tasks are read up to the room but do not use it up for the jobs after it.
+  job's tasks are read up to the room but do not use it up for the jobs after it;
+- multi-instance tasks (gangs) queue by instance count: a gang of k needs k nodes with room, so
+  at most `floor(nodes with room / k)` of a (job, k) queue can be placed, that many are read, and
+  counts above the nodes with room are never read. Gangs settle nothing for ordinary sizes (they
+  are read on top of the caps), so a job full of waiting gangs costs a seek per instance count.
 
 The scheduler stays pure: the store is reached through the two callables the shell passes in.
 """
@@ -32,6 +36,10 @@ from shoal.scheduler.snapshot import JobView, NodeView, TaskView
 SizesOf = Callable[[int, int, int], Iterable[int]]
 # (job, requiredSlots, limit) → up to `limit` of the job's ready tasks of that size, oldest first.
 ReadyOf = Callable[[int, int, int], Sequence[TaskView]]
+# (job, most) → the distinct instance counts (1..most) of the job's ready multi-instance tasks,
+# ascending; (job, instances, limit) → up to `limit` of them of that count, oldest first.
+GangSizesOf = Callable[[int, int], Iterable[int]]
+GangReadyOf = Callable[[int, int, int], Sequence[TaskView]]
 
 
 def capacity(nodes: Iterable[NodeView]) -> Callable[[int], int]:
@@ -41,7 +49,8 @@ def capacity(nodes: Iterable[NodeView]) -> Callable[[int], int]:
 
 
 def gather(nodes: Iterable[NodeView], jobs: Sequence[JobView], sizes_of: SizesOf,
-           ready_of: ReadyOf, budget: int | None = None) -> tuple[TaskView, ...]:
+           ready_of: ReadyOf, budget: int | None = None, gang_sizes_of: GangSizesOf | None = None,
+           gang_ready_of: GangReadyOf | None = None) -> tuple[TaskView, ...]:
     """The ready tasks to plan from, in plan order. `jobs` come highest priority first.
 
     With a `budget`, only the plan's first `budget` placements need to come out right (a pass
@@ -52,17 +61,19 @@ def gather(nodes: Iterable[NodeView], jobs: Sequence[JobView], sizes_of: SizesOf
     whole = capacity(nodes)
     cap = whole if budget is None else (lambda slots: min(whole(slots), budget))
     largest_free = max((node.free_slots for node in nodes), default=0)
+    with_room = sum(1 for node in nodes if node.free_slots > 0)
+    gangs = gang_sizes_of is not None and gang_ready_of is not None
     # Sizes from `closed` up can no longer be placed by tasks of the jobs still to come.
     closed = largest_free + 1
     left: dict[int, int] = {}
     offered: list[TaskView] = []
     for job in jobs:
-        if closed <= 1:
+        if closed <= 1 and not gangs:
             break
         allowance = job.parallel_allowance
         if allowance is not None and allowance <= 0:
             continue
-        sizes = [size for size in sizes_of(job.job_seq, 1, closed - 1) if 1 <= size < closed]
+        sizes = [size for size in sizes_of(job.job_seq, 1, closed - 1) if 1 <= size < closed] if closed > 1 else []
         # A limited job with tasks of several sizes may spend its allowance on one size and skip
         # the rest, so its tasks do not count against the caps (they are still bounded by it).
         # A job barred from some nodes may place fewer than the room: it settles nothing either.
@@ -89,6 +100,12 @@ def gather(nodes: Iterable[NodeView], jobs: Sequence[JobView], sizes_of: SizesOf
                 if left[size] <= 0:
                     closes = min(closes, size)
         closed = closes
+        if gangs and with_room > 0:
+            assert gang_sizes_of is not None and gang_ready_of is not None
+            for instances in gang_sizes_of(job.job_seq, with_room):
+                bounds = [with_room // instances] + [b for b in (allowance, budget) if b is not None]
+                limit = min(bounds)
+                job_tasks.extend(gang_ready_of(job.job_seq, instances, limit))
         job_tasks.sort(key=lambda task: task.task_seq)
         offered.extend(job_tasks)
     return tuple(offered)

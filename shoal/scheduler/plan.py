@@ -21,6 +21,8 @@ tightest fitting bucket without walking them. A task bigger than every free node
 An exclusive or dedicated-only task draws on buckets of only the nodes it may take, built
 once a pass when first needed (O(n), as the snapshot is); entries left behind in other buckets
 by a node's change are dropped when they come up, so the rules keep O(log n) amortised.
+A gang of k instances costs O(k log n) when placed and O(1) when fewer than k nodes have room
+(a count of the nodes with a free slot answers that).
 """
 
 from __future__ import annotations
@@ -95,6 +97,8 @@ class FreeNodes:
         # (idle only, dedicated only) → side structure; the dedicated-only one is kept up to date.
         self._sides: dict[tuple[bool, bool], _Buckets] = {}
         self._dedicated_side: _Buckets | None = None  # the one a take must keep up to date
+        # How many nodes have a free slot: a gang bigger than this is refused without a search.
+        self._with_room = sum(1 for free in self._free if free > 0)
         # How many nodes the searches looked at (one per placement: the search itself walks no
         # nodes), so tests can check the cost from the structure instead of a clock.
         self.examined = 0
@@ -143,13 +147,43 @@ class FreeNodes:
             return None
         bucket, position = found
         self.examined += 1
-        left = 0 if exclusive else bucket - slots
+        self._settle(position, 0 if exclusive else bucket - slots)
+        return self._ids[position]
+
+    def _settle(self, position: int, left: int) -> None:
+        """A node that was taken from now has `left` free slots."""
         self._free[position] = left
         if left > 0:
             self._all.push(left, position)
             if self._dedicated_side is not None and self._dedicated[position]:
                 self._dedicated_side.push(left, position)
-        return self._ids[position]
+        else:
+            self._with_room -= 1
+
+    def take_gang(self, instances: int, slots: int, pack: bool,
+                  barred: frozenset[str] = frozenset()) -> list[str] | None:
+        """`slots` slots on each of `instances` distinct nodes, all or none: None leaves every node
+        as it was. The nodes come in the fill type's order (the first is the primary's)."""
+        slots = max(slots, 1)
+        if instances < 1 or instances > self._with_room:
+            return None
+        found: list[tuple[int, int]] = []
+        skipped: list[tuple[int, int]] = []
+        while len(found) < instances:
+            entry = self._all.pop(slots, pack, self._free)
+            if entry is None:
+                break
+            (skipped if self._ids[entry[1]] in barred else found).append(entry)
+        for bucket, position in skipped:
+            self._all.push(bucket, position)
+        if len(found) < instances:
+            for bucket, position in found:
+                self._all.push(bucket, position)
+            return None
+        self.examined += len(found)
+        for bucket, position in found:
+            self._settle(position, bucket - slots)
+        return [self._ids[position] for _bucket, position in found]
 
 
 _NONE: frozenset[str] = frozenset()
@@ -170,6 +204,14 @@ def place(snapshot: PoolSnapshot, free: FreeNodes) -> list[Placement]:
             break
         remaining = allowance.get(task.job_seq)
         if remaining is not None and remaining <= 0:
+            continue
+        if task.instances > 0:
+            gang = free.take_gang(task.instances, task.required_slots, pack, barred.get(task.job_seq, _NONE))
+            if gang is None:
+                continue
+            placements.append(Placement(task.task_seq, gang[0], tuple(gang[1:])))
+            if remaining is not None:
+                allowance[task.job_seq] = remaining - 1
             continue
         chosen = free.take(task.required_slots, pack, exclusive=task.exclusive, dedicated_only=task.dedicated_only,
                            barred=barred.get(task.job_seq, _NONE))

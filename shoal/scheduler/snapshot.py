@@ -29,6 +29,9 @@ class TaskView:
     exclusive: bool = False
     # Runs only on a dedicated node (a job manager's allowLowPriorityNode=false).
     dedicated_only: bool = False
+    # A multi-instance task's numberOfInstances (0: an ordinary task): it needs that many distinct
+    # nodes at once, `required_slots` on each, or it waits without holding any (semantics §3.5).
+    instances: int = 0
 
     @property
     def particular(self) -> bool:
@@ -58,4 +61,6 @@ class PoolSnapshot:
 @dataclass(frozen=True)
 class Placement:
     task_seq: int
-    node_id: str
+    node_id: str  # a multi-instance task's primary (instance 0)
+    # The nodes of a multi-instance task's other instances, instance 1 first.
+    subtask_nodes: tuple[str, ...] = ()

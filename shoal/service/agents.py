@@ -27,6 +27,7 @@ from shoal.service import (
     node_copies,
     node_users,
     scheduling,
+    subtasks,
     task_files,
     task_outputs,
     transitions,
@@ -65,13 +66,19 @@ class SyncAnswer:
     # Job preparation and release runs to start, and ones to stop ([kind, jobId, generation]).
     run_job_tasks: list[dict[str, Any]] = field(default_factory=list)
     kill_job_tasks: list[list[Any]] = field(default_factory=list)
+    # Multi-instance attempts: the coordinations this sync recorded, and the primaries here whose
+    # every instance has coordinated, which may now run the task's command line.
+    coordinated_ack: list[list[Any]] = field(default_factory=list)
+    all_coordinated: list[list[Any]] = field(default_factory=list)
 
     def has_news(self) -> bool:
         return bool(self.ack or self.run or self.kill or self.run_start_task or self.leave or self.restart
-                    or self.delete_task_dirs or self.delete_job_dirs or self.run_job_tasks or self.kill_job_tasks)
+                    or self.delete_task_dirs or self.delete_job_dirs or self.run_job_tasks or self.kill_job_tasks
+                    or self.coordinated_ack or self.all_coordinated)
 
     def to_json(self) -> dict[str, Any]:
         return {"ack": [list(a) for a in self.ack], "run": self.run, "kill": self.kill,
+                "coordinatedAck": self.coordinated_ack, "allCoordinated": self.all_coordinated,
                 "runJobTasks": self.run_job_tasks, "killJobTasks": self.kill_job_tasks,
                 "deleteTaskDirs": self.delete_task_dirs, "deleteJobDirs": self.delete_job_dirs,
                 "runStartTask": self.run_start_task, "leave": self.leave, "restart": self.restart}
@@ -483,6 +490,10 @@ def _record_sync(conn: Connection, ctx: Context, record: Any, token: str, body: 
         job_service.finish_released_jobs(ctx, conn, sorted(released))
         if moved:
             ctx.signals.wake_scheduler()
+    if body.get("coordinated"):
+        for woken in subtasks.coordinated(conn, node_id, body["coordinated"], now):
+            ctx.signals.wake_node(woken)
+        answer.coordinated_ack = [list(item) for item in body["coordinated"]]
     reports = body.get("reports") or []
     if reports:
         # Every report is acknowledged, whether or not it still ends anything (see _apply_reports).
@@ -495,6 +506,7 @@ def sync_has_news(body: dict[str, Any]) -> bool:
     """Whether a sync body carries something to record (task reports, start-task news, copies of
     output or of the agent's log)."""
     return (bool(body.get("reports")) or body.get("startTask") is not None or bool(body.get("jobTasks"))
+            or bool(body.get("coordinated"))
             or bool(body.get("runningOutputs")) or body.get("agentLog") is not None)
 
 
@@ -678,6 +690,7 @@ def _apply_reports(conn: Connection, ctx: Context, gathered: list[_NodeReports],
         for running in conn.execute(_RUNNING_OF_MANY, {"b_nodes": list(chunk), "b_account": ctx.account}):
             current[(running.node_id, running.job_key, running.key)] = running
     reported = []
+    ended_by_subtasks: set[int] = set()
     for node in gathered:
         ended = False
         for position, report in enumerate(node.reports):
@@ -688,6 +701,11 @@ def _apply_reports(conn: Connection, ctx: Context, gathered: list[_NodeReports],
             # acknowledged and dropped: it changes nothing, nothing completes twice, and an
             # honest agent with a stale report is never wedged by a refusal.
             if row is None or row.attempt != report["attempt"]:
+                gang = _subtask_ended(conn, ctx, node.node_id, report, now, ended_by_subtasks)
+                if gang is not None:
+                    reported.append(gang)
+                    touched_jobs.add(gang[0].job_seq)
+                    ended = True
                 continue
             try:
                 _checked_times(report, clock.as_utc(row.state_transition_time), now, f"reports[{position}]")
@@ -701,22 +719,46 @@ def _apply_reports(conn: Connection, ctx: Context, gathered: list[_NodeReports],
             freed_pools.add(node.pool_seq)
             reported_nodes.append(node.node_id)
     task_outputs.keep(conn, reported, {row.seq: row.node_id for row, _report in reported}, now)
-    job_actions = transitions.complete_reports(conn, reported)
+    instance_nodes: set[str] = set()
+    job_actions = transitions.complete_reports(conn, reported, instance_nodes)
     reporting = {node.node_id for node in gathered}  # their answers carry what changed for them
-    for woken in job_service.apply_task_failure_actions(ctx, conn, job_actions):
+    for woken in job_service.apply_task_failure_actions(ctx, conn, job_actions) | instance_nodes:
         if woken not in reporting:
             ctx.signals.wake_node(woken)
     return touched_jobs, freed_pools, reported_nodes
 
 
+def _subtask_ended(conn: Connection, ctx: Context, node_id: str, report: dict[str, Any], now: datetime,
+                   ended: set[int]) -> tuple[Any, dict[str, Any]] | None:
+    """A subtask's end (its coordination command failed) ends its task's attempt as a failure,
+    retried as the task's retry count says (semantics §3.5): (the task's running row, the report
+    that ends it), or None when the report ends nothing."""
+    task_seq = subtasks.subtask_report(conn, node_id, report, now)
+    if task_seq is None or task_seq in ended:
+        return None
+    ended.add(task_seq)
+    row = conn.execute(select(tasks, jobs.c.key.label("job_key")).join(jobs, jobs.c.seq == tasks.c.job_seq)
+                       .where(tasks.c.seq == task_seq, tasks.c.state == TaskState.RUNNING)).first()
+    if row is None:
+        return None
+    exit_code = report.get("exitCode")
+    ending: dict[str, Any] = {"endTime": clock.iso(now)}
+    if isinstance(exit_code, int) and exit_code != 0:
+        ending["exitCode"] = exit_code
+    else:
+        ending["failure"] = report.get("failure") or dict(subtasks.SUBTASK_FAILED)
+    return row, ending
+
+
 _RUNNING_KEYS = (
-    select(tasks.c.seq, jobs.c.key.label("job_key"), tasks.c.key.label("task_key"), tasks.c.attempt)
+    select(tasks.c.seq, jobs.c.key.label("job_key"), tasks.c.key.label("task_key"), tasks.c.attempt,
+           tasks.c.instances, tasks.c.id.label("task_id"), jobs.c.id.label("job_id"))
     .join(jobs, jobs.c.seq == tasks.c.job_seq)
     .where(tasks.c.node_id == bindparam("b_node"), tasks.c.state == TaskState.RUNNING)
 )
 _RUNNING_KEYS_OF_MANY = (
     select(tasks.c.node_id, tasks.c.seq, jobs.c.key.label("job_key"), tasks.c.key.label("task_key"),
-           tasks.c.attempt)
+           tasks.c.attempt, tasks.c.instances, tasks.c.id.label("task_id"), jobs.c.id.label("job_id"))
     .join(jobs, jobs.c.seq == tasks.c.job_seq)
     .where(tasks.c.node_id.in_(bindparam("b_nodes", expanding=True)), tasks.c.state == TaskState.RUNNING)
 )
@@ -738,6 +780,14 @@ class _DeliveryReads:
                 for row in conn.execute(_RUNNING_KEYS_OF_MANY, {"b_nodes": list(chunk)}):
                     self._running.setdefault(row.node_id, []).append(row)
         self._jobs: dict[int, tuple[str, dict[str, str], dict[str, Any] | None]] = {}
+        self._subtasks: dict[str, list[Any]] | None = (
+            subtasks.running_on(conn, node_ids) if node_ids is not None else None)
+
+    def subtasks_on(self, node_id: str) -> list[Any]:
+        """The subtasks (multi-instance instances above 0) the node runs."""
+        if self._subtasks is not None:
+            return self._subtasks.get(node_id, [])
+        return subtasks.running_on(self.conn, [node_id]).get(node_id, [])
 
     def job_tasks(self, node_id: str) -> list[Any] | None:
         """The node's pending job preparation/release runs, when read with other nodes'."""
@@ -748,10 +798,13 @@ class _DeliveryReads:
             return self._running.get(node_id, [])
         return list(self.conn.execute(_RUNNING_KEYS, {"b_node": node_id}).all())
 
-    def assignments(self, node_id: str, seqs: list[int]) -> list[dict[str, Any]]:
+    def assignments(self, node_id: str, seqs: list[int],
+                    instance_of: dict[int, int] | None = None) -> list[dict[str, Any]]:
+        """The assignments of these tasks on the node: the primary of a multi-instance task, or
+        (`instance_of`: task seq → instance) the subtasks it runs."""
         # What an assignment carries, and no more: the other JSON columns cost more to decode.
         rows = self.conn.execute(select(tasks.c.seq, tasks.c.job_seq, tasks.c.id, tasks.c.attempt,
-                                        tasks.c.required_slots, tasks.c.spec)
+                                        tasks.c.required_slots, tasks.c.spec, tasks.c.instances)
                                  .where(tasks.c.seq.in_(seqs)).order_by(tasks.c.seq)).all()
         unknown = {row.job_seq for row in rows} - self._jobs.keys()
         if unknown:
@@ -770,6 +823,13 @@ class _DeliveryReads:
         for row in rows:
             job_id, env, prep = self._jobs[row.job_seq]
             assignment = _assignment(row, job_id, env)
+            if row.instances:
+                instance = (instance_of or {}).get(row.seq, 0)
+                assignment["multiInstance"] = subtasks.instance_block(self.conn, row.seq, instance, row.spec)
+                if instance > 0:
+                    # A subtask runs the coordination command alone; the task's own resource
+                    # and output files are the primary's (semantics §3.5).
+                    assignment["resourceFiles"], assignment["outputFiles"] = [], []
             if prep is not None:
                 assignment["jobPreparation"] = {"taskId": prep["taskId"],
                                                 "await": prep["waitForSuccess"] and row.job_seq not in prepared}
@@ -798,13 +858,27 @@ def _deliveries(conn: Connection, node: Any, body: dict[str, Any], answer: SyncA
     reads = reads if reads is not None else _DeliveryReads(conn)
     running_keys = set()
     missing = []
+    primaries = {}
     for row in reads.running_keys(node.id):
         key = (row.job_key, row.task_key, row.attempt)
         running_keys.add(key)
         if key not in known and key not in acked:
             missing.append(row.seq)
+        elif row.instances:
+            primaries[row.seq] = row
+    if primaries:
+        answer.all_coordinated = [[primaries[seq].job_id, primaries[seq].task_id, primaries[seq].attempt]
+                                  for seq in subtasks.all_coordinated(conn, list(primaries))]
     if missing:
         answer.run.extend(reads.assignments(node.id, missing))
+    instance_of: dict[int, int] = {}
+    for row in reads.subtasks_on(node.id):
+        key = (row.job_key, row.task_key, row.attempt)
+        running_keys.add(key)
+        if key not in known and key not in acked:
+            instance_of[row.task_seq] = row.instance
+    if instance_of:
+        answer.run.extend(reads.assignments(node.id, sorted(instance_of), instance_of))
     for key, original in known.items():
         if key not in running_keys and key not in acked:
             answer.kill.append([original[0], original[1], original[2], "stale"])

@@ -42,13 +42,15 @@ def pool_counts(conn: Connection, pool: Any) -> dict[str, float]:
     """The task- and node-count variables of one pool, as a formula reads them now: sums of the
     counters the store keeps per job and per pool, never a count over tasks or nodes."""
     totals = conn.execute(
-        select(func.sum(job_task_counts.c.active - job_task_counts.c.blocked), func.sum(job_task_counts.c.running),
+        select(func.sum(job_task_counts.c.active - job_task_counts.c.blocked + job_task_counts.c.extra_instances),
+               func.sum(job_task_counts.c.running),
                func.sum(job_task_counts.c.succeeded), func.sum(job_task_counts.c.failed))
         .join(jobs, jobs.c.seq == job_task_counts.c.job_seq)
         .where(jobs.c.account == pool.account, jobs.c.pool_key == pool.key,
                jobs.c.state.in_(LIVE_JOB_STATES))).one()
     # A task blocked by its dependencies is active but not yet schedulable: Batch's $ActiveTasks
-    # (and so $PendingTasks) count it only once its dependencies are satisfied.
+    # (and so $PendingTasks) count it only once its dependencies are satisfied. A ready
+    # multi-instance task counts numberOfInstances times (semantics §1.6).
     active, running, succeeded, failed = (float(value or 0) for value in totals)
     out = {"$ActiveTasks": active, "$RunningTasks": running, "$SucceededTasks": succeeded,
            "$FailedTasks": failed, "$PendingTasks": active + running}

@@ -27,12 +27,14 @@ DEALLOCATION_OPTIONS = ("requeue", "terminate", "taskcompletion", "retaineddata"
 KEPT_PROPERTIES = (
     "displayName", "virtualMachineConfiguration", "startTask", "userAccounts", "metadata",
     "targetNodeCommunicationMode", "upgradePolicy", "enableAutoScale", "autoScaleFormula", "autoScaleEvaluationInterval",
+    # Multi-instance tasks of more than one instance run only on such a pool (service/multi_instance.py).
+    "enableInterNodeCommunication",
 )
 # What Shoal's nodes do not carry out yet: refused when given (a non-empty value, or true), never
 # stored and ignored. Empty lists pass, since some clients send them for "none".
 UNSUPPORTED_ON_CREATE = (
     "cloudServiceConfiguration", "applicationPackageReferences", "applicationLicenses",
-    "mountConfiguration", "networkConfiguration", "enableInterNodeCommunication", "resourceTags",
+    "mountConfiguration", "networkConfiguration", "resourceTags",
     "virtualMachineConfiguration.containerConfiguration", "virtualMachineConfiguration.dataDisks",
     "virtualMachineConfiguration.diskEncryptionConfiguration", "virtualMachineConfiguration.extensions",
     "virtualMachineConfiguration.licenseType", "virtualMachineConfiguration.nodePlacementConfiguration",
@@ -195,6 +197,7 @@ def parse_create(body: Any) -> dict[str, Any]:
     if size is None:
         raise InvalidProperty("vmSize", vm_size_name, "The specified VM size is not supported.")
     _validate_vm_configuration(body)
+    v.boolean(body, "enableInterNodeCommunication")
     v.string(body, "displayName", max_len=v.MAX_DISPLAY_NAME)
     slots = v.integer(body, "taskSlotsPerNode", default=1, minimum=1,
                       maximum=catalog.max_task_slots(size))

@@ -12,7 +12,7 @@ from shoal import clock, telemetry
 from shoal.agent.layout import task_folder
 from shoal.model.states import SCHEDULABLE_NODE_STATES, JobState, NodeState, PoolState, TaskState
 from shoal.scheduler import JobView, NodeView, PoolSnapshot, TaskView, gather, plan
-from shoal.service import job_prep_nodes
+from shoal.service import job_prep_nodes, subtasks
 from shoal.service.context import Context
 from shoal.store.chunks import in_chunks
 from shoal.store.schema import job_task_counts, jobs, nodes, pools, tasks
@@ -62,7 +62,8 @@ _FREE_NODES = (
 _NEXT_SIZE = (
     select(tasks.c.required_slots)
     .where(tasks.c.job_seq == bindparam("b_job"), tasks.c.state == TaskState.ACTIVE, tasks.c.unsatisfied == 0,
-           tasks.c.required_slots >= bindparam("b_low"), tasks.c.required_slots <= bindparam("b_high"))
+           tasks.c.instances == 0, tasks.c.required_slots >= bindparam("b_low"),
+           tasks.c.required_slots <= bindparam("b_high"))
     .order_by(tasks.c.required_slots)
     .limit(1)
 )
@@ -71,13 +72,41 @@ _NEXT_SIZE = (
 _SMALLEST_FITTING = (
     select(tasks.c.required_slots)
     .where(tasks.c.job_seq == jobs.c.seq, tasks.c.state == TaskState.ACTIVE, tasks.c.unsatisfied == 0,
-           tasks.c.required_slots >= 1, tasks.c.required_slots <= bindparam("b_largest"))
+           tasks.c.instances == 0, tasks.c.required_slots >= 1, tasks.c.required_slots <= bindparam("b_largest"))
     .order_by(tasks.c.required_slots)
     .limit(1)
     .scalar_subquery()
 )
+# The smallest instance count of a job's ready multi-instance tasks (the gang queues of
+# ix_tasks_ready, instances >= 1): a seek. `b_gangs` is 0 on a pool whose nodes have more than one
+# slot, where a multi-instance task never runs (semantics §3.5), so its gangs are never read.
+_SMALLEST_GANG = (
+    select(tasks.c.instances)
+    .where(tasks.c.job_seq == jobs.c.seq, tasks.c.state == TaskState.ACTIVE, tasks.c.unsatisfied == 0,
+           tasks.c.instances >= 1, tasks.c.instances <= bindparam("b_gangs"))
+    .order_by(tasks.c.instances)
+    .limit(1)
+    .scalar_subquery()
+)
+_NEXT_GANG = (
+    select(tasks.c.instances)
+    .where(tasks.c.job_seq == bindparam("b_job"), tasks.c.state == TaskState.ACTIVE, tasks.c.unsatisfied == 0,
+           tasks.c.instances >= bindparam("b_low"), tasks.c.instances <= bindparam("b_high"))
+    .order_by(tasks.c.instances)
+    .limit(1)
+)
+_READY_GANG = (
+    select(tasks.c.seq, tasks.c.job_seq, tasks.c.required_slots, tasks.c.instances)
+    .where(tasks.c.job_seq == bindparam("b_job"), tasks.c.state == TaskState.ACTIVE, tasks.c.unsatisfied == 0,
+           tasks.c.instances == bindparam("b_instances"))
+    .order_by(tasks.c.required_slots, tasks.c.seq)
+    .limit(bindparam("b_limit"))
+)
+# The most instances a gang may ask for (numberOfInstances is bounded at add by Azure's limit).
+_ANY_GANG = 2**31 - 1
 _ACTIVE_JOBS = (
     select(jobs.c.seq, jobs.c.max_parallel_tasks, jobs.c.priority, _SMALLEST_FITTING.label("smallest"),
+           _SMALLEST_GANG.label("smallest_gang"),
            jobs.c.manager_seq, jobs.c.manager_exclusive, jobs.c.manager_dedicated_only, jobs.c.prep_wait)
     .where(jobs.c.account == bindparam("b_account"), jobs.c.pool_key == bindparam("b_pool"),
            jobs.c.state == JobState.ACTIVE)
@@ -95,7 +124,7 @@ _EXCLUSIVE_NODES = (
 _READY_OF_SIZE = (
     select(tasks.c.seq, tasks.c.job_seq, tasks.c.required_slots)
     .where(tasks.c.job_seq == bindparam("b_job"), tasks.c.state == TaskState.ACTIVE, tasks.c.unsatisfied == 0,
-           tasks.c.required_slots == bindparam("b_slots"))
+           tasks.c.instances == 0, tasks.c.required_slots == bindparam("b_slots"))
     .order_by(tasks.c.seq)
     .limit(bindparam("b_limit"))
 )
@@ -145,8 +174,9 @@ def _snapshot(conn: Connection, ctx: Context, pool: Any, budget: int | None) -> 
     # Jobs first, bounded by a whole node's slots: a pass with nothing that could run (a pool
     # filling up as thousands of nodes say hello, each waking the scheduler) reads no node.
     job_rows = [j for j in conn.execute(_ACTIVE_JOBS, {
-        "b_account": ctx.account, "b_pool": pool.key, "b_largest": pool.slots_per_node}).all()
-        if j.smallest is not None]
+        "b_account": ctx.account, "b_pool": pool.key, "b_largest": pool.slots_per_node,
+        "b_gangs": _ANY_GANG if pool.slots_per_node == 1 else 0}).all()
+        if j.smallest is not None or j.smallest_gang is not None]
     if not job_rows:
         return None
     node_rows = conn.execute(_FREE_NODES, {"b_pool": pool.seq}).all()
@@ -156,7 +186,9 @@ def _snapshot(conn: Connection, ctx: Context, pool: Any, budget: int | None) -> 
     node_views = tuple(NodeView(n.id, n.slots, int(n.used), bool(n.is_dedicated), n.id in exclusive)
                        for n in node_rows)
     largest_free = max(n.free_slots for n in node_views)
-    job_rows = [j for j in job_rows if j.smallest <= largest_free]
+    with_room = sum(1 for n in node_views if n.free_slots > 0)
+    job_rows = [j for j in job_rows if (j.smallest is not None and j.smallest <= largest_free)
+                or (j.smallest_gang is not None and j.smallest_gang <= with_room)]
     if not job_rows:
         return None
     limited = [j.seq for j in job_rows if j.max_parallel_tasks > 0]
@@ -172,7 +204,9 @@ def _snapshot(conn: Connection, ctx: Context, pool: Any, budget: int | None) -> 
                               barred.get(j.seq, frozenset())) for j in job_rows)
     ordered = sorted(job_rows, key=lambda j: (-j.priority, j.seq))
     by_seq = {view.job_seq: view for view in job_views}
-    smallest_of = {j.seq: j.smallest for j in job_rows}
+    # A job with only gangs waiting has no ordinary size: one above every node reads none.
+    smallest_of = {j.seq: j.smallest if j.smallest is not None else largest_free + 1 for j in job_rows}
+    smallest_gang_of = {j.seq: j.smallest_gang for j in job_rows}
     # The job managers' placement rules, carried on their task views.
     managers = {(j.seq, j.manager_seq): (bool(j.manager_exclusive), bool(j.manager_dedicated_only))
                 for j in job_rows if j.manager_seq is not None}
@@ -196,7 +230,18 @@ def _snapshot(conn: Connection, ctx: Context, pool: Any, budget: int | None) -> 
         rows = conn.execute(_READY_OF_SIZE, {"b_job": job_seq, "b_slots": size, "b_limit": limit}).all()
         return [TaskView(t.seq, t.job_seq, t.required_slots, *managers.get((t.job_seq, t.seq), (False, False))) for t in rows]
 
-    task_views = gather(node_views, [by_seq[j.seq] for j in ordered], sizes_of, ready_of, budget)
+    def gang_sizes_of(job_seq: int, most: int) -> Iterator[int]:
+        low = smallest_gang_of[job_seq]
+        while low is not None and low <= most:
+            yield low
+            low = conn.execute(_NEXT_GANG, {"b_job": job_seq, "b_low": low + 1, "b_high": most}).scalar()
+
+    def gang_ready_of(job_seq: int, instances: int, limit: int) -> list[TaskView]:
+        rows = conn.execute(_READY_GANG, {"b_job": job_seq, "b_instances": instances, "b_limit": limit}).all()
+        return [TaskView(t.seq, t.job_seq, t.required_slots, instances=t.instances) for t in rows]
+
+    task_views = gather(node_views, [by_seq[j.seq] for j in ordered], sizes_of, ready_of, budget,
+                        gang_sizes_of, gang_ready_of)
     if not task_views:
         return None
     return PoolSnapshot(pool.fill_type, node_views, task_views, job_views)
@@ -221,6 +266,7 @@ def _schedule_pool(ctx: Context, conn: Connection, pool: Any, budget: int | None
     per_node: dict[str, int] = {}
     starts = []
     preparing: list[tuple[int, str]] = []
+    gangs: list[tuple[Any, int, str, str]] = []
     for placement in placements:
         row = rows[placement.task_seq]
         info = dict(row.execution_info)
@@ -239,7 +285,12 @@ def _schedule_pool(ctx: Context, conn: Connection, pool: Any, budget: int | None
         per_node[placement.node_id] = per_node.get(placement.node_id, 0) + 1
         if row.prep_wait is not None:
             preparing.append((row.job_seq, placement.node_id))
+        if placement.subtask_nodes:
+            gangs.append((placement, row.attempt + 1, pool.id, root))
+            for node_id in placement.subtask_nodes:
+                per_node[node_id] = per_node.get(node_id, 0) + 1
     conn.execute(_START, starts)
+    subtasks.place(conn, ctx.base_url, gangs, now)
     job_prep_nodes.order_preparations(conn, pool.id, preparing)
     conn.execute(_COUNT_RUN, [{"b_node": node_id, "b_count": count} for node_id, count in per_node.items()])
     for node_chunk in in_chunks(list(per_node)):

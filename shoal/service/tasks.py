@@ -25,7 +25,9 @@ from shoal.service import (
     dependencies,
     exit_conditions,
     job_prep,
+    multi_instance,
     request_body,
+    subtasks,
     task_files,
     task_outputs,
     transitions,
@@ -37,7 +39,8 @@ from shoal.store.schema import jobs, nodes, tasks
 
 # Properties a client may set that Shoal keeps verbatim in `spec` (and shows again).
 KEPT_PROPERTIES = ("displayName", "commandLine", "environmentSettings", "affinityInfo", "constraints", "userIdentity",
-                   "exitConditions", "dependsOn", "resourceFiles", "outputFiles", "authenticationTokenSettings")
+                   "exitConditions", "dependsOn", "resourceFiles", "outputFiles", "authenticationTokenSettings",
+                   "multiInstanceSettings")
 # The scopes a task authentication token can be given (Batch's AccessScope): its own job.
 TOKEN_ACCESS_SCOPES = ("job",)
 
@@ -48,7 +51,7 @@ def task_not_found() -> NotFound:
 
 # Accepted by the API but not carried out by Shoal's nodes yet: refused when given (non-empty),
 # never stored and ignored. An empty list is what some clients send for "none", so it passes.
-UNSUPPORTED = ("containerSettings", "multiInstanceSettings", "applicationPackageReferences")
+UNSUPPORTED = ("containerSettings", "applicationPackageReferences")
 
 
 def _validate(body: Any) -> dict[str, Any]:
@@ -68,12 +71,13 @@ def _validate(body: Any) -> dict[str, Any]:
     request_body.refuse_unsupported(body, UNSUPPORTED)
     _token_settings(body)
     exit_conditions.validate(body)
+    instances = multi_instance.parse(body, required_slots)
     depends = dependencies.parse(body, task_id)
     spec = {name: body[name] for name in KEPT_PROPERTIES if body.get(name) is not None}
     if depends is None:
         spec.pop("dependsOn", None)  # an empty dependsOn asks for nothing
     return {"id": task_id, "spec": spec, "required_slots": required_slots,
-            "dependencies": depends[0] if depends else None}
+            "dependencies": depends[0] if depends else None, "instances": instances}
 
 
 def _token_settings(body: dict[str, Any]) -> None:
@@ -97,7 +101,7 @@ def wants_job_token(spec: dict[str, Any]) -> bool:
     return any(isinstance(scope, str) and scope.lower() == "job" for scope in access)
 
 
-def _refusal_by_job(job: Any, task: dict[str, Any]) -> BatchError | None:
+def _refusal_by_job(job: Any, task: dict[str, Any], pool_spec: dict[str, Any] | None = None) -> BatchError | None:
     """What the task's job says against its dependencies or exit options, if anything."""
     reserved = job_prep.reserved_id_conflict(job.spec, task["id"])
     if reserved is not None:
@@ -105,6 +109,9 @@ def _refusal_by_job(job: Any, task: dict[str, Any]) -> BatchError | None:
     if task["dependencies"] is not None and not job.spec.get("usesTaskDependencies"):
         return Conflict("The job does not use task dependencies: a task of it cannot depend on others.",
                         code="TaskDependenciesNotSpecifiedOnJob")
+    refusal = multi_instance.refusal_by_pool(job, task.get("instances", 0), pool_spec)
+    if refusal is not None:
+        return refusal
     named = exit_conditions.names_job_action(task["spec"].get("exitConditions"))
     if named is not None and job.spec.get("onTaskFailure") != "performexitoptionsjobaction":
         return InvalidProperty(named[0], named[1], "A jobAction takes effect only on a job whose onTaskFailure is "
@@ -142,6 +149,7 @@ def _job_for_adding(conn: Connection, ctx: Context, job_id: str) -> Any:
 def _row_values(job: Any, task: dict[str, Any], now: Any) -> dict[str, Any]:
     return {"job_seq": job.seq, "id": task["id"], "key": task["id"].lower(), "state": TaskState.ACTIVE,
             "required_slots": task["required_slots"], "attempt": 0, "spec": task["spec"],
+            "instances": task.get("instances", 0),
             "execution_info": {"retryCount": 0, "requeueCount": 0}, "etag": clock.new_etag(),
             "last_modified": now, "creation_time": now, "state_transition_time": now}
 
@@ -170,7 +178,7 @@ def add(ctx: Context, job_id: str, task: dict[str, Any]) -> dict[str, Any]:
 
 def insert_new(conn: Connection, job: Any, task: dict[str, Any], now: Any) -> dict[str, Any]:
     """Store a task `parse_task` accepted in a job known to take it (the job manager too); its row values."""
-    refusal = _refusal_by_job(job, task)
+    refusal = _refusal_by_job(job, task, multi_instance.pool_spec_of(conn, job, [task]))
     if refusal is not None:
         raise refusal
     values = _row_values(job, task, now)
@@ -234,9 +242,10 @@ def add_collection(ctx: Context, job_id: str, parsed: list[dict[str, Any]]) -> l
             tasks.c.job_seq == job.seq, tasks.c.key.in_(list(seen)))).scalars().all())
         rows = []
         edges_of: dict[str, Any] = {}
+        pool_spec = multi_instance.pool_spec_of(conn, job, parsed)
         for task in parsed:
             refusal = Conflict("The specified task already exists.", code="TaskExists") \
-                if task["id"].lower() in existing else _refusal_by_job(job, task)
+                if task["id"].lower() in existing else _refusal_by_job(job, task, pool_spec)
             if refusal is not None:
                 results.append({"status": "clienterror", "taskId": task["id"], "error": {
                     "code": refusal.code, "message": {"lang": "en-US", "value": refusal.message},
@@ -285,6 +294,14 @@ class TaskRecord(NamedTuple):
 def get(ctx: Context, job_id: str, task_id: str) -> TaskRecord:
     with ctx.engine.connect() as conn:
         return TaskRecord(*load(conn, ctx, job_id, task_id))
+
+
+def subtasks_of(ctx: Context, job_id: str, task_id: str) -> list[dict[str, Any]]:
+    """Task_ListSubtasks: the instances of a multi-instance task's current or last attempt
+    (none for an ordinary task, or one that has not run)."""
+    with ctx.engine.connect() as conn:
+        _job, row = load(conn, ctx, job_id, task_id)
+        return subtasks.list_of(conn, row.seq) if row.instances else []
 
 
 def etag_of(ctx: Context, job_id: str, task_id: str) -> tuple[str, Any]:
@@ -426,24 +443,26 @@ def reactivate(ctx: Context, job_id: str, task_id: str) -> None:
     ctx.signals.wake_scheduler()
 
 
-def delete_task(ctx: Context, job_id: str, task_id: str) -> tuple[str | None, str, str]:
-    """Returns (the node holding the task's folder, or None, job id, task id) for the caller to
-    order the folder deleted (shoal.service.folder_orders)."""
+def delete_task(ctx: Context, job_id: str, task_id: str) -> tuple[list[str], str, str]:
+    """Returns (the nodes holding the task's folder: its own, and its subtasks' for a
+    multi-instance task; job id, task id) for the caller to order the folders deleted
+    (shoal.service.folder_orders)."""
     with ctx.engine.begin() as conn:
         job, row = load(conn, ctx, job_id, task_id)
+        instance_nodes = subtasks.nodes_of(conn, row.seq) if row.instances else set()
         touched = transitions.terminate(conn, [row]) if row.state == TaskState.RUNNING else set()
         transitions.refresh_node_busy(conn, touched)
         conn.execute(delete(tasks).where(tasks.c.seq == row.seq))
         # A deleted job manager leaves its job with none: SQLite may give its seq to a new task.
         conn.execute(update(jobs).where(jobs.c.seq == job.seq, jobs.c.manager_seq == row.seq).values(
             manager_seq=None, manager_exclusive=None, manager_dedicated_only=None))
-        node_id = (row.node_info or {}).get("nodeId")
-        node = conn.execute(select(nodes.c.id).where(nodes.c.id == node_id)).first() if node_id else None
+        held = ({(row.node_info or {}).get("nodeId")} | instance_nodes) - {None}
+        present = sorted(conn.execute(select(nodes.c.id).where(nodes.c.id.in_(held))).scalars()) if held else []
         job_service.finish_all_complete_jobs(ctx, conn, [job.seq])
     for touched_id in touched:
         ctx.signals.wake_node(touched_id)
     ctx.signals.wake_scheduler()
-    return (node.id if node else None, job.id, row.id)
+    return (present, job.id, row.id)
 
 
 def node_of(ctx: Context, job_id: str, task_id: str) -> tuple[Any, str, list[task_outputs.KeptFile] | None]:

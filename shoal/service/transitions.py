@@ -15,7 +15,7 @@ from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
 
 from shoal import clock
 from shoal.model.states import NodeState, SchedulingState, TaskState
-from shoal.service import dependencies, exit_conditions, ledger, lifetime
+from shoal.service import dependencies, exit_conditions, ledger, lifetime, subtasks
 from shoal.store.chunks import in_chunks
 from shoal.store.schema import jobs, nodes, task_attempts, tasks
 
@@ -58,12 +58,15 @@ def _move(row: Any, new_state: str, now: datetime, info: dict[str, Any],
             "b_etag": clock.new_etag(), "b_retention": retention_deadline,
             "b_outcome": info.get("result") if new_state == TaskState.COMPLETED else None,
             "b_satisfies": satisfies if new_state == TaskState.COMPLETED else None,
-            "b_created": getattr(row, "creation_time", None)}
+            "b_created": getattr(row, "creation_time", None),
+            "b_gang": bool(getattr(row, "instances", 0)) and row.state == TaskState.RUNNING}
 
 
-def _apply(conn: Connection, moves: list[dict[str, Any]]) -> None:
+def _apply(conn: Connection, moves: list[dict[str, Any]]) -> set[str]:
+    """Carry out the moves; returns the nodes of multi-instance attempts that ended with them
+    (their subtasks complete too), which the caller wakes like the tasks' own nodes."""
     if not moves:
-        return
+        return set()
     # An attempt that leaves a node is kept: the node's recentTasks, the task's history.
     left = [m for m in moves if m["b_ran_on"]]
     ended = [{"node_id": m["b_ran_on"], "task_seq": m["b_seq"], "end_state": m["b_state"],
@@ -77,10 +80,16 @@ def _apply(conn: Connection, moves: list[dict[str, Any]]) -> None:
                              for m, e in zip(left, ended, strict=True)])
     lifetime.count_moves(conn, moves, [(m, e["end_time"]) for m, e in zip(left, ended, strict=True)],
                          moves[0]["b_now"])
+    gangs = {m["b_seq"]: m["b_info"] for m in moves if m["b_gang"]}
+    if not gangs:
+        return set()
+    touched = subtasks.end_attempts(conn, gangs, moves[0]["b_now"], gangs)
+    refresh_node_busy(conn, touched)
+    return touched
 
 
 # What a move carries for the attempts record and the ledger, not for the task's row.
-_NOT_MOVED = ("b_ran_on", "b_job_seq", "b_slots", "b_created")
+_NOT_MOVED = ("b_ran_on", "b_job_seq", "b_slots", "b_created", "b_gang")
 
 
 def _attempt_end(info: dict[str, Any], now: datetime) -> datetime:
@@ -109,11 +118,12 @@ def requeue(conn: Connection, rows: Iterable[Any], *, user_requested: bool) -> s
         moves.append(_move(row, TaskState.ACTIVE, now, info))
         if row.node_id:
             touched.add(row.node_id)
-    _apply(conn, moves)
+    touched |= _apply(conn, moves)
     return touched
 
 
-def complete_reports(conn: Connection, reported: list[tuple[Any, dict[str, Any]]]) -> dict[int, str]:
+def complete_reports(conn: Connection, reported: list[tuple[Any, dict[str, Any]]],
+                     woken: set[str] | None = None) -> dict[int, str]:
     """End current attempts with what their agents reported: success, a retry, or a failure.
     Completed tasks release the tasks depending on them as their exit options say; returns the
     job actions their failures ask for ({job seq: disable | terminate}), which the caller
@@ -139,7 +149,9 @@ def complete_reports(conn: Connection, reported: list[tuple[Any, dict[str, Any]]
         moves.append(_move(row, new_state, now, info, satisfies))
         if row.node_id and info.get("result") == "success":
             succeeded[row.node_id] = succeeded.get(row.node_id, 0) + 1
-    _apply(conn, moves)
+    gang_nodes = _apply(conn, moves)
+    if woken is not None:
+        woken |= gang_nodes
     dependencies.release(conn, completions)
     if succeeded:
         conn.execute(_COUNT_SUCCESS, [{"b_node": node, "b_count": count} for node, count in succeeded.items()])
@@ -194,7 +206,7 @@ def terminate(conn: Connection, rows: Iterable[Any], failure: dict[str, Any] | N
         moves.append(_move(row, TaskState.COMPLETED, now, info, satisfies))
         if row.node_id:
             touched.add(row.node_id)
-    _apply(conn, moves)
+    touched |= _apply(conn, moves)
     dependencies.release(conn, completions)
     return touched
 
@@ -238,10 +250,16 @@ def refresh_node_busy(conn: Connection, node_ids: Iterable[str]) -> None:
 
 
 def running_on(conn: Connection, node_ids: list[str]) -> list[Any]:
+    """The running tasks these nodes hold: their own, and the multi-instance tasks one of whose
+    subtasks runs there (a lost or stopped subtask node stops the whole task, as on Batch)."""
     if not node_ids:
         return []
-    return list(conn.execute(select(tasks).where(tasks.c.node_id.in_(node_ids),
+    rows = list(conn.execute(select(tasks).where(tasks.c.node_id.in_(node_ids),
                                                  tasks.c.state == TaskState.RUNNING)).all())
+    gangs = subtasks.tasks_with_instances_on(conn, node_ids) - {row.seq for row in rows}
+    for chunk in in_chunks(sorted(gangs)):
+        rows.extend(conn.execute(select(tasks).where(tasks.c.seq.in_(chunk), tasks.c.state == TaskState.RUNNING)))
+    return rows
 
 
 def running_slots(conn: Connection, node_ids: list[str]) -> dict[str, int]:

@@ -88,6 +88,10 @@ def _dependency_reason(conn: Connection, task: Any) -> dict[str, Any]:
 def _pool_reasons(conn: Connection, pool: Any, task: Any) -> list[dict[str, Any]]:
     if pool.state == PoolState.DELETING:
         return [_reason("PoolDeleting", f"The pool {pool.id} is being deleted.")]
+    if task.instances and pool.slots_per_node != 1:
+        return [_reason("MultiInstanceNeedsOneSlotNodes",
+                        f"A multi-instance task runs only on a pool of one task slot a node; {pool.id} has "
+                        f"{pool.slots_per_node}: it can never run on this pool.")]
     if task.required_slots > pool.slots_per_node:
         return [_reason("TaskLargerThanNode",
                         f"The task needs {task.required_slots} slots and the pool's nodes have "
@@ -120,6 +124,16 @@ def _slot_reasons(conn: Connection, pool: Any, task: Any) -> list[dict[str, Any]
     schedulable = and_(nodes.c.pool_seq == pool.seq, nodes.c.used_slots < nodes.c.slots,
                        nodes.c.state.in_((NodeState.IDLE, NodeState.RUNNING)),
                        nodes.c.scheduling_state == SchedulingState.ENABLED, nodes.c.pending_action.is_(None))
+    if task.instances > 1:
+        # A gang needs that many nodes with room at once (bounded: the count stops at the need).
+        free = conn.execute(select(func.count()).select_from(select(nodes.c.id).where(
+            schedulable, nodes.c.slots - nodes.c.used_slots >= task.required_slots).limit(task.instances)
+            .subquery())).scalar_one()
+        if free < task.instances:
+            return [_reason("NotEnoughFreeNodes", f"The multi-instance task needs {task.instances} nodes of {pool.id} "
+                                                  f"with room at once and {free} have it: it takes none until all do.",
+                            freeNodes=free)]
+        return []
     fits = conn.execute(select(nodes.c.id).where(
         schedulable, nodes.c.slots - nodes.c.used_slots >= task.required_slots).limit(1)).first()
     if fits is None:

@@ -309,6 +309,8 @@ tasks = Table(
     Column("unsatisfied", Integer, nullable=False, server_default="0"),
     Column("id_number", BigInteger),
     Column("satisfies_dependents", Boolean),
+    # numberOfInstances of a multi-instance task, 0 for an ordinary one (migration 0027).
+    Column("instances", Integer, nullable=False, server_default="0"),
     UniqueConstraint("job_seq", "key", name="uq_tasks_job_key"),
 )
 # Serves the scheduler's ready scan (job, state, in insertion order) and, covering outcome and
@@ -318,7 +320,10 @@ Index("ix_tasks_job_state_seq_counts", tasks.c.job_seq, tasks.c.state, tasks.c.s
 # The scheduler's per-size ready queues: a job's ready (active, unblocked) tasks of one
 # requiredSlots value in insertion order, and the distinct sizes a job has waiting, each an index
 # seek, so tasks that fit are found without walking past ones that do not, nor past blocked ones.
-Index("ix_tasks_ready", tasks.c.job_seq, tasks.c.state, tasks.c.unsatisfied, tasks.c.required_slots, tasks.c.seq)
+# Ordinary tasks are instances = 0; each instance count of multi-instance tasks is a queue of its
+# own (migration 0027).
+Index("ix_tasks_ready", tasks.c.job_seq, tasks.c.state, tasks.c.unsatisfied, tasks.c.instances,
+      tasks.c.required_slots, tasks.c.seq)
 # Tasks whose ids are integers, for a dependent added after some of its range already completed.
 Index("ix_tasks_job_id_number", tasks.c.job_seq, tasks.c.id_number,
       sqlite_where=tasks.c.id_number.is_not(None), postgresql_where=tasks.c.id_number.is_not(None))
@@ -328,6 +333,28 @@ Index("ix_tasks_node_state_slots", tasks.c.node_id, tasks.c.state, tasks.c.requi
 Index("ix_tasks_retention", tasks.c.retention_deadline)
 # A job's tasks in insertion order: the task list pages by walking it (keyset on seq).
 Index("ix_tasks_job_seq", tasks.c.job_seq, tasks.c.seq)
+
+# The instances of a multi-instance task's current attempt (migration 0027): 0 is the primary (on
+# the task row's node), the others hold one slot each on their nodes while they run (triggers).
+subtasks = Table(
+    "subtasks",
+    metadata,
+    Column("task_seq", SurrogateId, ForeignKey("tasks.seq", ondelete="CASCADE"), primary_key=True),
+    Column("instance", Integer, primary_key=True),
+    Column("attempt", Integer, nullable=False),
+    Column("node_id", String(96), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("previous_state", String(16)),
+    Column("state_transition_time", DateTime(timezone=True), nullable=False),
+    Column("previous_state_transition_time", DateTime(timezone=True)),
+    Column("start_time", DateTime(timezone=True), nullable=False),
+    Column("end_time", DateTime(timezone=True)),
+    Column("exit_code", Integer),
+    Column("failure_info", JSON),
+    Column("result", String(8)),
+    Column("node_info", JSON, nullable=False),
+)
+Index("ix_subtasks_node_state", subtasks.c.node_id, subtasks.c.state)
 
 # One row per prerequisite of a dependent task (a range one row per member): `prerequisite_key`
 # for a taskIds entry (the lower-cased id), `prerequisite_number` for a taskIdRanges member. Only
@@ -400,6 +427,8 @@ job_task_counts = Table(
     *(Column(f"{name}_slots", BigInteger, nullable=False, server_default="0") for name in _COUNT_BUCKETS),
     # Active tasks blocked by their dependencies (migration 0010): counted in `active` as well.
     Column("blocked", BigInteger, nullable=False, server_default="0"),
+    # Σ (numberOfInstances - 1) of the ready multi-instance tasks (migration 0027), for $ActiveTasks.
+    Column("extra_instances", BigInteger, nullable=False, server_default="0"),
 )
 
 # Login users of a node (ComputeNode_AddUser), migration 0015: a handful per node, gone with it.

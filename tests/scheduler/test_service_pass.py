@@ -4,6 +4,7 @@ place work on 10,000 nodes."""
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -52,8 +53,18 @@ def _plan_of(ctx: Context, statement) -> str:
 @pytest.mark.parametrize("name", ["_NEXT_SIZE", "_READY_OF_SIZE", "_ACTIVE_JOBS"])
 def test_backlog_reads_are_index_seeks_without_a_sort(ctx, name):
     plan = _plan_of(ctx, getattr(scheduling, name))
-    assert "SEARCH tasks USING COVERING INDEX ix_tasks_ready (job_seq=? AND state=? AND unsatisfied=? AND required_slots" \
-        in plan, plan
+    assert "SEARCH tasks USING COVERING INDEX ix_tasks_ready (job_seq=? AND state=? AND unsatisfied=? AND " \
+        "instances=? AND required_slots" in plan, plan
+    assert "TEMP B-TREE" not in plan and "SCAN" not in plan, plan
+
+
+@pytest.mark.parametrize("name", ["_NEXT_GANG", "_READY_GANG"])
+def test_multi_instance_reads_are_index_seeks_without_a_sort(ctx, name):
+    # A job's multi-instance tasks queue by instance count in the same index, after its ordinary
+    # tasks' (instances = 0): neither kind's reads walk past the other's tasks.
+    plan = _plan_of(ctx, getattr(scheduling, name))
+    assert "SEARCH tasks USING COVERING INDEX ix_tasks_ready (job_seq=? AND state=? AND unsatisfied=? AND " \
+        "instances" in plan, plan
     assert "TEMP B-TREE" not in plan and "SCAN" not in plan, plan
 
 
@@ -169,3 +180,48 @@ def test_jobs_whose_tasks_cannot_fit_cost_no_statement_of_their_own(ctx):
     assert _states(ctx, "narrow") == {("running", 1): 8, ("active", 1): 12}
     # A fixed handful for the pass, however many jobs wait with tasks no node can take.
     assert len(statements) < 15, statements
+
+
+def test_gangs_fill_ten_thousand_nodes_and_a_full_pool_reads_no_gang(ctx):
+    node_count, width, waiting = 10_000, 4, 5_000
+    pool_service.create(ctx, {"id": "mpi", "vmSize": "Standard_D4s_v3", "virtualMachineConfiguration": IMAGE,
+                              "targetDedicatedNodes": 0, "enableInterNodeCommunication": True})
+    _ready_nodes(ctx, "mpi", node_count, 1)
+    job_service.create(ctx, {"id": "j", "poolInfo": {"poolId": "mpi"}})
+    settings = {"numberOfInstances": width, "coordinationCommandLine": "/bin/true"}
+    for start in range(0, waiting, 100):
+        task_service.create_collection(ctx, "j", {"value": [
+            {"id": f"g{i}", "commandLine": "/bin/true", "multiInstanceSettings": settings}
+            for i in range(start, start + 100)]}, 10_000)
+    read = {"rows": 0}
+
+    def count_reads(_conn, cursor, statement, _parameters, _context, _executemany):
+        # The gang queue reads (_READY_GANG, _NEXT_GANG), not the jobs' smallest-size probes.
+        if "tasks.instances = ?" in statement and "ORDER BY tasks.required_slots, tasks.seq" in statement \
+                or "tasks.instances >= ?" in statement and "tasks.job_seq = ?" in statement:
+            read["rows"] += 1
+
+    event.listen(ctx.engine, "before_cursor_execute", count_reads)
+    try:
+        started = time.perf_counter()
+        assert len(scheduling.schedule(ctx)) == node_count
+        filled_s = time.perf_counter() - started
+    finally:
+        event.remove(ctx.engine, "before_cursor_execute", count_reads)
+    assert read["rows"] > 0  # the fill read the gang queues
+    read["rows"] = 0
+    with ctx.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(nodes).where(nodes.c.used_slots == 1)).scalar_one() == node_count
+    assert _states(ctx, "j") == {("running", 1): node_count // width, ("active", 1): waiting - node_count // width}
+    event.listen(ctx.engine, "before_cursor_execute", count_reads)
+    try:
+        started = time.perf_counter()
+        assert scheduling.schedule(ctx) == set()
+        full_s = time.perf_counter() - started
+    finally:
+        event.remove(ctx.engine, "before_cursor_execute", count_reads)
+    # A full pool reads no waiting gang (no node has room), however many wait.
+    assert read["rows"] == 0
+    assert full_s < 0.5, full_s
+    print(f"\n10,000 nodes: {node_count // width} gangs of {width} placed in {filled_s:.2f} s; "
+          f"a pass on the full pool with {waiting - node_count // width} gangs waiting: {full_s * 1000:.1f} ms")

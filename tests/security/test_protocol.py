@@ -147,6 +147,8 @@ MALFORMED_SYNCS: list[Any] = [
     b"[]", b'"text"', b"\xff\xfe", b'{"known": ', b'{"x": ' + _deep(200) + b"}",
     {"known": "all"}, {"known": [1]}, {"known": [["j", "t"]]}, {"known": [["j", "t", "1"]]},
     {"known": [["j", "t", 1.5]]}, {"known": [[None, "t", 1]]}, {"known": [["j" * 65, "t", 1]]},
+    {"coordinated": "all"}, {"coordinated": [["j", "t"]]}, {"coordinated": [["j", "t", -1]]},
+    {"coordinated": [[None, "t", 1]]},
     {"reports": "x"}, {"reports": ["x"]}, {"reports": [{"jobId": 1, "taskId": "t", "attempt": 1}]},
     {"reports": [{"jobId": "j", "taskId": "t", "attempt": "1"}]},
     {"reports": [{"jobId": "j", "taskId": "t", "attempt": 1, "exitCode": "0"}]},

@@ -98,7 +98,6 @@ POOL_FEATURES = [
     # (a subnet is an invalid value instead: tests/compat/test_wire_shape.py)
     ("networkConfiguration", {"networkConfiguration": {"enableAcceleratedNetworking": True}}),
     ("applicationPackageReferences", {"applicationPackageReferences": [{"applicationId": "app"}]}),
-    ("enableInterNodeCommunication", {"enableInterNodeCommunication": True}),
     ("resourceTags", {"resourceTags": {"team": "x"}}),
     ("startTask.containerSettings", {"startTask": {"commandLine": "true", "containerSettings": {"imageName": "u"}}}),
 ]
