@@ -21,6 +21,7 @@ from shoal.errors import (
     NotFound,
 )
 from shoal.model.states import JobState, TaskState
+from shoal.service import applications as application_service
 from shoal.service import (
     dependencies,
     exit_conditions,
@@ -37,7 +38,8 @@ from shoal.store.schema import jobs, nodes, tasks
 
 # Properties a client may set that Shoal keeps verbatim in `spec` (and shows again).
 KEPT_PROPERTIES = ("displayName", "commandLine", "environmentSettings", "affinityInfo", "constraints", "userIdentity",
-                   "exitConditions", "dependsOn", "resourceFiles", "outputFiles", "authenticationTokenSettings")
+                   "exitConditions", "dependsOn", "resourceFiles", "outputFiles", "authenticationTokenSettings",
+                   "applicationPackageReferences")
 # The scopes a task authentication token can be given (Batch's AccessScope): its own job.
 TOKEN_ACCESS_SCOPES = ("job",)
 
@@ -48,7 +50,7 @@ def task_not_found() -> NotFound:
 
 # Accepted by the API but not carried out by Shoal's nodes yet: refused when given (non-empty),
 # never stored and ignored. An empty list is what some clients send for "none", so it passes.
-UNSUPPORTED = ("containerSettings", "multiInstanceSettings", "applicationPackageReferences")
+UNSUPPORTED = ("containerSettings", "multiInstanceSettings")
 
 
 def _validate(body: Any) -> dict[str, Any]:
@@ -66,12 +68,17 @@ def _validate(body: Any) -> dict[str, Any]:
     task_files.resource_files(body)
     task_files.output_files(body)
     request_body.refuse_unsupported(body, UNSUPPORTED)
+    packages = application_service.parse_references(body)
     _token_settings(body)
     exit_conditions.validate(body)
     depends = dependencies.parse(body, task_id)
     spec = {name: body[name] for name in KEPT_PROPERTIES if body.get(name) is not None}
     if depends is None:
         spec.pop("dependsOn", None)  # an empty dependsOn asks for nothing
+    if packages:
+        spec["applicationPackageReferences"] = packages
+    else:
+        spec.pop("applicationPackageReferences", None)
     return {"id": task_id, "spec": spec, "required_slots": required_slots,
             "dependencies": depends[0] if depends else None}
 
@@ -109,6 +116,16 @@ def _refusal_by_job(job: Any, task: dict[str, Any]) -> BatchError | None:
     if named is not None and job.spec.get("onTaskFailure") != "performexitoptionsjobaction":
         return InvalidProperty(named[0], named[1], "A jobAction takes effect only on a job whose onTaskFailure is "
                                "performexitoptionsjobaction.")
+    return None
+
+
+def _refusal_by_store(conn: Connection, job: Any, task: dict[str, Any]) -> BatchError | None:
+    """What the account's applications say against the task's package references."""
+    try:
+        application_service.check_references(conn, job.account, task["spec"].get("applicationPackageReferences"),
+                                             for_pool=False)
+    except BatchError as error:
+        return error
     return None
 
 
@@ -170,7 +187,7 @@ def add(ctx: Context, job_id: str, task: dict[str, Any]) -> dict[str, Any]:
 
 def insert_new(conn: Connection, job: Any, task: dict[str, Any], now: Any) -> dict[str, Any]:
     """Store a task `parse_task` accepted in a job known to take it (the job manager too); its row values."""
-    refusal = _refusal_by_job(job, task)
+    refusal = _refusal_by_job(job, task) or _refusal_by_store(conn, job, task)
     if refusal is not None:
         raise refusal
     values = _row_values(job, task, now)
@@ -236,7 +253,8 @@ def add_collection(ctx: Context, job_id: str, parsed: list[dict[str, Any]]) -> l
         edges_of: dict[str, Any] = {}
         for task in parsed:
             refusal = Conflict("The specified task already exists.", code="TaskExists") \
-                if task["id"].lower() in existing else _refusal_by_job(job, task)
+                if task["id"].lower() in existing else (_refusal_by_job(job, task)
+                                                        or _refusal_by_store(conn, job, task))
             if refusal is not None:
                 results.append({"status": "clienterror", "taskId": task["id"], "error": {
                     "code": refusal.code, "message": {"lang": "en-US", "value": refusal.message},
