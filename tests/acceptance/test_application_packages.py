@@ -337,3 +337,21 @@ def test_a_pool_package_that_cannot_be_unpacked_makes_the_node_unusable(client: 
         assert node.start_task_info is None
     finally:
         client.begin_delete_pool("broken-pool")
+
+
+def test_a_job_manager_gets_its_packages(client: Any, shoal: Any, job: str) -> None:
+    """JobManagerTask carries applicationPackageReferences like any task (semantics §3.3)."""
+    body = {"id": "jm-missing", "poolInfo": {"poolId": POOL}, "jobManagerTask": {
+        "id": "m", "commandLine": "/bin/true", "applicationPackageReferences": [{"applicationId": "missing"}]}}
+    assert_batch_error(call(shoal, "POST", "/jobs", body=json.dumps(body).encode()), 409,
+                       "InvalidApplicationPackageReferences")
+    assert "jm-missing" not in {j.id for j in client.list_jobs()}
+    client.create_job(models.BatchJobCreateOptions(
+        id="jm-apps", pool_info=models.BatchPoolInfo(pool_id=POOL), job_manager_task=models.BatchJobManagerTask(
+            id="manager", command_line="/bin/sh -c '$AZ_BATCH_APP_PACKAGE_other_1_0/bin/hello.sh'",
+            application_package_references=[models.BatchApplicationPackageReference(application_id="other",
+                                                                                    version="1.0")])))
+    task = wait_for(lambda: (t := client.get_task("jm-apps", "manager")).state == "completed" and t, 60,
+                    interval=0.1, message="the job manager")
+    assert task.execution_info.result == "success", task.execution_info.failure_info
+    assert b"".join(client.download_task_file("jm-apps", "manager", "stdout.txt")).decode().strip() == "other-one"
