@@ -355,3 +355,19 @@ def test_a_job_manager_gets_its_packages(client: Any, shoal: Any, job: str) -> N
                     interval=0.1, message="the job manager")
     assert task.execution_info.result == "success", task.execution_info.failure_info
     assert b"".join(client.download_task_file("jm-apps", "manager", "stdout.txt")).decode().strip() == "other-one"
+
+
+def test_simulated_nodes_of_a_pool_with_packages_go_idle(tmp_path_factory: pytest.TempPathFactory,
+                                                          azurite: Any) -> None:
+    """Simulated nodes have no disk: they say the pool's packages are installed at once, so the
+    node leaves `starting` as a real one does."""
+    from shoal.testing.server import running_shoal
+
+    with running_shoal(tmp_path_factory.mktemp("shoal-sim-apps"),
+                       extra_args=["--provider", "sim", "--auto-storage", azurite.connection_string]) as sim:
+        ok(put_application(sim, "simapp"))
+        ok(put_package(sim, "simapp", "1", script_zip("sim")))
+        sim_client = sim.client()
+        sim_client.create_pool(pool_options("sim-apps", target_dedicated_nodes=3, application_package_references=[
+            models.BatchApplicationPackageReference(application_id="simapp", version="1")]))
+        wait_pool_idle(sim_client, "sim-apps", 3, timeout=60)
