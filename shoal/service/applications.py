@@ -15,7 +15,7 @@ import re
 import uuid
 from typing import Any, NamedTuple
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from shoal import clock, config, storage
@@ -37,6 +37,10 @@ MAX_REFERENCES = 10
 """Batch's limit on the packages one pool or one task references (semantics §5.4)."""
 MAX_PACKAGE_BYTES = 512 * 1024 * 1024
 """The largest zip Shoal stores for one version (Azure's own quota is of the same order)."""
+MAX_APPLICATIONS = 200
+MAX_PACKAGES_PER_APPLICATION = 40
+"""Azure's default quotas (its "Batch service quotas and limits", other limits): they also bound
+every read of an account's applications."""
 PACKAGE_CONTAINER = "shoal-application-packages"
 """The linked storage container that holds every package's zip."""
 PENDING = "pending"
@@ -57,6 +61,12 @@ def no_linked_storage() -> Conflict:
     # application packages, you need to link an Azure Storage account"); the code is Shoal's guess.
     return Conflict("The Batch account has no linked (auto) storage account: application packages cannot be "
                     "stored (start Shoal with --auto-storage).", code="AutoStorageNotConfigured")
+
+
+def _quota_reached(what: str, limit: int) -> Conflict:
+    # Named after Batch's own quota codes (PoolQuotaReached); the management plane's is not recorded.
+    return Conflict(f"The {what} quota has been reached.", code="ApplicationQuotaReached",
+                    values={"Quota": str(limit)})
 
 
 def invalid_references(detail: str, application_id: str) -> BatchError:
@@ -173,6 +183,10 @@ def create(ctx: Context, application_id: str, body: Any) -> bool:
             if values.get("default_version"):
                 raise InvalidProperty("defaultVersion", values["default_version"],
                                       "A new application has no packages yet.")
+            count = conn.execute(select(func.count()).select_from(applications).where(
+                applications.c.account == ctx.account)).scalar_one()
+            if count >= MAX_APPLICATIONS:
+                raise _quota_reached("account's application", MAX_APPLICATIONS)
             conn.execute(insert(applications).values(
                 account=ctx.account, id=application_id, key=application_id.lower(),
                 display_name=values.get("display_name"), allow_updates=values["allow_updates"],
@@ -230,6 +244,10 @@ def begin_package(ctx: Context, application_id: str, version: str) -> Upload:
             application_packages.c.application_seq == row.seq,
             application_packages.c.version_key == version.lower())).first()
         if package is None:
+            count = conn.execute(select(func.count()).select_from(application_packages).where(
+                application_packages.c.application_seq == row.seq)).scalar_one()
+            if count >= MAX_PACKAGES_PER_APPLICATION:
+                raise _quota_reached("application's package", MAX_PACKAGES_PER_APPLICATION)
             conn.execute(insert(application_packages).values(
                 application_seq=row.seq, version=version, version_key=version.lower(), state=PENDING,
                 format=ZIP, blob_container=PACKAGE_CONTAINER, blob_name=blob, creation_time=clock.now()))

@@ -371,3 +371,20 @@ def test_simulated_nodes_of_a_pool_with_packages_go_idle(tmp_path_factory: pytes
         sim_client.create_pool(pool_options("sim-apps", target_dedicated_nodes=3, application_package_references=[
             models.BatchApplicationPackageReference(application_id="simapp", version="1")]))
         wait_pool_idle(sim_client, "sim-apps", 3, timeout=60)
+
+
+def test_quotas_bound_applications_and_packages(shoal: Any, apps: None) -> None:
+    """Azure's defaults: 200 applications per account, 40 packages per application."""
+    existing = len(call(shoal, "GET", "/shoal/v1/applications").json()["value"])
+    made = [f"quota-{i}" for i in range(200 - existing)]
+    try:
+        for app_id in made:
+            ok(put_application(shoal, app_id))
+        assert_batch_error(put_application(shoal, "one-too-many"), 409, "ApplicationQuotaReached")
+        for version in range(40):
+            ok(put_package(shoal, made[0], str(version), make_zip({"a": b"a"})))
+        assert_batch_error(put_package(shoal, made[0], "40", make_zip({"a": b"a"})), 409, "ApplicationQuotaReached")
+        ok(put_package(shoal, made[0], "0", make_zip({"b": b"b"})))  # replacing is no new package
+    finally:
+        for app_id in made:
+            call(shoal, "DELETE", f"/shoal/v1/applications/{app_id}")
