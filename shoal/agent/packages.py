@@ -169,6 +169,14 @@ def unpack(archive_path: Path, target: Path, package: Package) -> None:
     label = f"Application package {package.application_id} version {package.version}"
     os.mkdir(target, 0o700)
     try:
+        _unpack_into(archive_path, target, label)
+    except BaseException:
+        _remove(target)
+        raise
+
+
+def _unpack_into(archive_path: Path, target: Path, label: str) -> None:
+    try:
         with zipfile.ZipFile(archive_path) as archive:
             infos = archive.infolist()
             if len(infos) > MAX_ENTRIES:
@@ -181,11 +189,13 @@ def unpack(archive_path: Path, target: Path, package: Package) -> None:
                 written = _extract(archive, info, target, written)
     except PackageError as exc:
         raise PackageError(f"{label} is not a package this node can unpack: {exc}") from None
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError, OSError,
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError,
             RuntimeError) as exc:
         # A corrupt archive, a bad CRC, an unsupported compression or an encrypted entry.
-        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-        raise PackageError(f"{label} is not a valid zip file ({detail}: {str(exc)[:200]}).") from None
+        raise PackageError(f"{label} is not a valid zip file ({type(exc).__name__}: {str(exc)[:200]}).") from None
+    except OSError as exc:
+        # The node's side (a full disk), or two entries of one name.
+        raise PackageError(f"{label} could not be unpacked ({exc.strerror or type(exc).__name__}).") from None
 
 
 def _extract(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, written: int) -> int:

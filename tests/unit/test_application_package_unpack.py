@@ -125,3 +125,10 @@ def test_an_entry_the_control_plane_could_not_resolve_is_its_reason() -> None:
         packages.parse([{"applicationId": "../x", "version": "1", "packageId": "p", "url": "http://h/x"}])
     with pytest.raises(PackageError, match="not a package this node can install"):
         packages.parse([{"applicationId": "a", "version": "1", "packageId": "p", "url": "file:///etc/passwd"}])
+
+
+def test_a_refused_package_leaves_no_folder(tmp_path: Path) -> None:
+    archive = _zip(tmp_path / "slip.zip", [("ok.txt", b"fine"), ("../evil.txt", b"pwned")])
+    with pytest.raises(PackageError):
+        unpack(archive, tmp_path / "out", PACKAGE)
+    assert not (tmp_path / "out").exists()
