@@ -98,15 +98,24 @@ class NodeApplications:
         wanted = packages.parse(entries)
         installed = []
         for package in wanted:
-            lock = self._locks.setdefault(package.folder_name.lower(), asyncio.Lock())
-            async with lock:
-                try:
-                    folder = await asyncio.to_thread(packages.install, self.root, package)
-                except packages.PackageError:
-                    raise
-                except OSError as exc:
-                    raise packages.PackageError(
-                        f"Application package {package.application_id} version {package.version} could not be "
-                        f"installed: {exc.strerror or type(exc).__name__}.") from exc
-            installed.append((package, folder))
+            # Shielded: a task killed while its package unpacks does not release the folder's
+            # lock before the unpacking thread is done with it.
+            work = asyncio.ensure_future(self._install_one(package))
+            work.add_done_callback(_retrieve)
+            installed.append((package, await asyncio.shield(work)))
         return packages.environment(installed)
+
+    async def _install_one(self, package: packages.Package) -> Path:
+        async with self._locks.setdefault(package.folder_name.lower(), asyncio.Lock()):
+            try:
+                return await asyncio.to_thread(packages.install, self.root, package)
+            except OSError as exc:
+                raise packages.PackageError(
+                    f"Application package {package.application_id} version {package.version} could not be "
+                    f"installed: {exc.strerror or type(exc).__name__}.") from exc
+
+
+def _retrieve(done: asyncio.Future[Any]) -> None:
+    """An install nobody awaits any more (its task was killed) ends quietly."""
+    if not done.cancelled():
+        done.exception()
