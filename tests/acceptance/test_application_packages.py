@@ -175,6 +175,11 @@ def test_management_errors(shoal: Any, apps: None) -> None:
                        400, "InvalidPropertyValue")
     assert_batch_error(call(shoal, "DELETE", "/shoal/v1/applications/other/versions/9.9"), 404,
                        "ApplicationPackageNotFound")
+    assert call(shoal, "PUT", "/shoal/v1/applications/other", body=b"[1, 2]").status_code == 400
+    assert call(shoal, "PUT", "/shoal/v1/applications/other", body=b"{not json").status_code == 400
+    assert_batch_error(put_application(shoal, "other", colour="red"), 400, "InvalidPropertyValue")
+    assert_batch_error(put_package(shoal, "other", "4.0", b""), 400, "InvalidApplicationPackage")
+    assert call(shoal, "GET", "/shoal/v1/applications/other").json()["allowUpdates"] is True  # unchanged
 
 
 def test_the_cli_manages_applications(shoal: Any, client: Any, apps: None, tmp_path: Path) -> None:
