@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from azure.batch import models
+from azure.batch.models._models import BatchNodeRebootOptions
 
 from tests.acceptance.rest import assert_batch_error, call
 from tests.helpers import error_of, pool_options, wait_for, wait_pool_idle
@@ -393,3 +394,21 @@ def test_quotas_bound_applications_and_packages(shoal: Any, apps: None) -> None:
     finally:
         for app_id in made:
             call(shoal, "DELETE", f"/shoal/v1/applications/{app_id}")
+
+
+def test_changed_pool_references_reach_a_node_at_its_reboot(client: Any, job: str) -> None:
+    """Semantics §5.4: changing a pool's references affects new, rebooted and reimaged nodes only."""
+    client.update_pool(POOL, models.BatchPoolUpdateOptions(application_package_references=[
+        models.BatchApplicationPackageReference(application_id="tools", version="1.0"),
+        models.BatchApplicationPackageReference(application_id="other")]))
+    probe = "/bin/sh -c 'echo ${AZ_BATCH_APP_PACKAGE_other:-none}'"
+    assert run_task(client, "before-reboot", probe).execution_info.result == "success"
+    assert stdout(client, "before-reboot").strip() == "none"
+    node = next(iter(client.list_nodes(POOL)))
+    client.begin_reboot_node(POOL, node.id, BatchNodeRebootOptions(node_reboot_kind="requeue"),
+                             polling_interval=0.2).result()
+    wait_for(lambda: client.get_node(POOL, node.id).state == "idle", 60, interval=0.2, message="the rebooted node")
+    task = run_task(client, "after-reboot", "/bin/sh -c '$AZ_BATCH_APP_PACKAGE_other/bin/hello.sh; "
+                                            "$AZ_BATCH_APP_PACKAGE_tools_1_0/bin/hello.sh'")
+    assert task.execution_info.result == "success", task.execution_info.failure_info
+    assert stdout(client, "after-reboot").splitlines() == ["other-two", "tools-one"]
