@@ -54,13 +54,19 @@ def summary(record: app_service.Application) -> dict[str, Any]:
     return out
 
 
+# Both reads return "only Applications and versions that are available for use on Compute Nodes"
+# (the operations' description): an application without an active version is not listed, and
+# reads as not found.
+
 async def list_applications(request: Request, ctx: Context) -> Response:
-    items = [summary(record) for record in app_service.list_all(ctx)]
+    items = [summary(record) for record in app_service.list_all(ctx) if record.active_versions]
     return listing.respond(request, items, LIST_TYPE, "application")
 
 
 async def get_application(request: Request, ctx: Context) -> Response:
     record = app_service.get(ctx, request.path_params["application_id"])
+    if not record.active_versions:
+        raise app_service.not_found()
     return listing.single(request, summary(record), APPLICATION_TYPE, None, "application")
 
 

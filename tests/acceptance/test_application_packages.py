@@ -199,7 +199,11 @@ def test_the_cli_manages_applications(shoal: Any, client: Any, apps: None, tmp_p
     assert client.get_application("cli-app").versions == ["1.0"]
     assert "1.0" in cli("package", "list", "cli-app")
     cli("package", "delete", "cli-app", "1.0")
-    assert client.get_application("cli-app").versions == []
+    # The data plane shows only what nodes can use: an application without an active version
+    # is neither listed nor found.
+    assert error_of(lambda: client.get_application("cli-app")) == (404, "ApplicationNotFound")
+    assert "cli-app" not in {app.id for app in client.list_applications()}
+    assert json.loads(cli("show", "cli-app"))["packages"] == []
     cli("delete", "cli-app")
     assert error_of(lambda: client.get_application("cli-app")) == (404, "ApplicationNotFound")
 
