@@ -233,6 +233,17 @@ def test_a_task_finds_the_pools_package_and_its_own(client: Any, job: str) -> No
     assert [(r.application_id, r.version) for r in task.application_package_references] == [("other", "1.0")]
 
 
+def test_a_package_already_on_the_node_is_not_unpacked_again(client: Any, job: str) -> None:
+    """Batch: 'if a referenced package is already on the Node, and is up to date, then it is not
+    re-downloaded'. A fresh unpack would be a new folder (renamed into place): a new inode."""
+    refs = [models.BatchApplicationPackageReference(application_id="other", version="1.0")]
+    inode = "/bin/sh -c 'stat -c %i $AZ_BATCH_APP_PACKAGE_other_1_0'"
+    first = run_task(client, "inode-1", inode, refs)
+    second = run_task(client, "inode-2", inode, refs)
+    assert first.execution_info.result == second.execution_info.result == "success"
+    assert stdout(client, "inode-1") == stdout(client, "inode-2")
+
+
 def test_a_reference_without_version_gets_the_default(client: Any, job: str) -> None:
     command = "/bin/sh -c '$AZ_BATCH_APP_PACKAGE_other/bin/hello.sh; $AZ_BATCH_APP_PACKAGE_other_2_0_beta/bin/hello.sh'"
     task = run_task(client, "default", command, [models.BatchApplicationPackageReference(application_id="other")])
