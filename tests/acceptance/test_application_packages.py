@@ -244,6 +244,19 @@ def test_a_package_already_on_the_node_is_not_unpacked_again(client: Any, job: s
     assert stdout(client, "inode-1") == stdout(client, "inode-2")
 
 
+def test_a_replaced_package_is_unpacked_again(client: Any, job: str, shoal: Any) -> None:
+    """allowUpdates (the default): a new upload of a version reaches nodes at their next task."""
+    ok(put_application(shoal, "updatable"))
+    ok(put_package(shoal, "updatable", "1", script_zip("first")))
+    refs = [models.BatchApplicationPackageReference(application_id="updatable", version="1")]
+    hello = "/bin/sh -c '$AZ_BATCH_APP_PACKAGE_updatable_1/bin/hello.sh'"
+    assert run_task(client, "update-1", hello, refs).execution_info.result == "success"
+    ok(put_package(shoal, "updatable", "1", script_zip("second")))
+    assert run_task(client, "update-2", hello, refs).execution_info.result == "success"
+    assert (stdout(client, "update-1").strip(), stdout(client, "update-2").strip()) == ("first", "second")
+    ok(call(shoal, "DELETE", "/shoal/v1/applications/updatable"))
+
+
 def test_a_reference_without_version_gets_the_default(client: Any, job: str) -> None:
     command = "/bin/sh -c '$AZ_BATCH_APP_PACKAGE_other/bin/hello.sh; $AZ_BATCH_APP_PACKAGE_other_2_0_beta/bin/hello.sh'"
     task = run_task(client, "default", command, [models.BatchApplicationPackageReference(application_id="other")])
