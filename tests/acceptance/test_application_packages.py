@@ -440,3 +440,21 @@ def test_changed_pool_references_reach_a_node_at_its_reboot(client: Any, job: st
                                             "$AZ_BATCH_APP_PACKAGE_tools_1_0/bin/hello.sh'")
     assert task.execution_info.result == "success", task.execution_info.failure_info
     assert stdout(client, "after-reboot").splitlines() == ["other-two", "tools-one"]
+
+
+def test_a_package_deleted_before_its_task_runs_fails_the_task(client: Any, job: str, shoal: Any) -> None:
+    """'If a referenced Package cannot be installed, for example because the package has been
+    deleted […], the Task fails' (TaskAddParameter.ApplicationPackageReferences)."""
+    ok(put_application(shoal, "ephemeral"))
+    ok(put_package(shoal, "ephemeral", "1", script_zip("gone")))
+    client.create_job(models.BatchJobCreateOptions(id="late", pool_info=models.BatchPoolInfo(pool_id=POOL),
+                                                   uses_task_dependencies=True))
+    client.create_task("late", models.BatchTaskCreateOptions(id="first", command_line="/bin/sleep 2"))
+    client.create_task("late", models.BatchTaskCreateOptions(
+        id="second", command_line="/bin/sh -c 'touch ran'", depends_on=models.BatchTaskDependencies(task_ids=["first"]),
+        application_package_references=[models.BatchApplicationPackageReference(application_id="ephemeral",
+                                                                                version="1")]))
+    ok(call(shoal, "DELETE", "/shoal/v1/applications/ephemeral/versions/1"))
+    task = wait_for(lambda: (t := client.get_task("late", "second")).state == "completed" and t, 60, interval=0.1,
+                    message="the dependent task")
+    assert "no active version 1" in _failed_with_package_error(task)
