@@ -458,3 +458,16 @@ def test_a_package_deleted_before_its_task_runs_fails_the_task(client: Any, job:
     task = wait_for(lambda: (t := client.get_task("late", "second")).state == "completed" and t, 60, interval=0.1,
                     message="the dependent task")
     assert "no active version 1" in _failed_with_package_error(task)
+
+
+def test_a_package_whose_blob_is_gone_fails_the_task_without_its_sas(client: Any, job: str, shoal: Any,
+                                                                     blobs: Any) -> None:
+    ok(put_application(shoal, "vanishing"))
+    ok(put_package(shoal, "vanishing", "1", script_zip("x")))
+    container = blobs.get_container_client("shoal-application-packages")
+    for blob in container.list_blobs(name_starts_with=f"{shoal.account}/vanishing/"):
+        container.delete_blob(blob.name)
+    task = run_task(client, "vanishing", "/bin/sh -c 'touch ran'",
+                    [models.BatchApplicationPackageReference(application_id="vanishing", version="1")])
+    message = _failed_with_package_error(task)
+    assert "could not be downloaded" in message and "HTTP 404" in message and "sig=" not in message
