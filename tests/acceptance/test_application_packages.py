@@ -300,6 +300,14 @@ def test_a_pool_accepts_the_arm_id_of_an_application(client: Any, apps: None) ->
     client.update_pool("arm-refs", models.BatchPoolUpdateOptions(application_package_references=[
         models.BatchApplicationPackageReference(application_id="other")]))
     assert [r.application_id for r in client.get_pool("arm-refs").application_package_references] == ["other"]
+    # updateproperties replaces them all: an empty list removes them.
+    client.replace_pool_properties("arm-refs", models.BatchPoolReplaceOptions(
+        metadata=[], application_package_references=[models.BatchApplicationPackageReference(
+            application_id="tools", version="1.0")]))
+    assert [r.version for r in client.get_pool("arm-refs").application_package_references] == ["1.0"]
+    client.replace_pool_properties("arm-refs", models.BatchPoolReplaceOptions(metadata=[],
+                                                                              application_package_references=[]))
+    assert not client.get_pool("arm-refs").application_package_references
     assert error_of(lambda: client.update_pool("arm-refs", models.BatchPoolUpdateOptions(
         application_package_references=[models.BatchApplicationPackageReference(application_id="missing")]))) \
         == (409, "InvalidApplicationPackageReferences")
