@@ -33,6 +33,7 @@ import httpx
 
 from shoal.agent import certificates as node_certificates
 from shoal.agent import launcher, outputs, service_logs, taskfiles
+from shoal.agent import packages as package_files
 from shoal.agent.answer import (
     LeavePool,
     RestartNode,
@@ -195,6 +196,7 @@ class Agent:
         # Task trees die with their node (shoal.agent.tree): what an earlier agent on this root
         # left running dies before hello lets the control plane requeue it elsewhere.
         containment = await asyncio.to_thread(contain_node, self.layout.root)
+        await asyncio.to_thread(package_files.sweep, self.layout.applications)
         self.limits = await asyncio.to_thread(NodeLimits.enter, self.layout.root)
         try:
             if self.config.node_id is None and not await self._unless_stopped(self._register()):

@@ -128,6 +128,15 @@ def install(root: Path, package: Package) -> Path:
         _remove(work)
 
 
+def sweep(root: Path) -> None:
+    """Remove what an agent killed mid-install left (its `.work-*` folders); only at the start of
+    an agent process, when nothing else can be installing."""
+    with contextlib.suppress(FileNotFoundError):
+        for child in root.iterdir():
+            if child.name.startswith(".work-") and child.is_dir() and not child.is_symlink():
+                _remove(child)
+
+
 def _download(package: Package, path: Path) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "wb") as out:

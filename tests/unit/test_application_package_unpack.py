@@ -132,3 +132,11 @@ def test_a_refused_package_leaves_no_folder(tmp_path: Path) -> None:
     with pytest.raises(PackageError):
         unpack(archive, tmp_path / "out", PACKAGE)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_new_agent_sweeps_what_a_killed_install_left(tmp_path: Path) -> None:
+    (tmp_path / ".work-abc" / "unpacked").mkdir(parents=True)
+    (tmp_path / ".work-abc" / "unpacked").chmod(0o555)
+    (tmp_path / "tools#1.0").mkdir()
+    packages.sweep(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tools#1.0"]
