@@ -235,6 +235,8 @@ class JobTaskRunner:
                 raise _DownloadFailed(failure)
         env = task_environment(agent.layout, agent.node, job_id, task_id,
                                settings_to_dict(definition.get("environment")), user)
+        # Every task of a pool with packages sees them (semantics §4.2).
+        env.update(agent.applications.pool_env)
         if definition.get("kind") != PREP:
             prep_id = definition.get("prepTaskId")
             if isinstance(prep_id, str):

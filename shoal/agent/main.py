@@ -34,6 +34,7 @@ import httpx
 from shoal.agent import certificates as node_certificates
 from shoal.agent import instance as instance_command
 from shoal.agent import launcher, outputs, service_logs, taskfiles
+from shoal.agent import packages as package_files
 from shoal.agent.answer import (
     LeavePool,
     RestartNode,
@@ -41,6 +42,7 @@ from shoal.agent.answer import (
     raise_node_orders,
     skipping_malformed,
 )
+from shoal.agent.applications import PACKAGE_ERROR, NodeApplications
 from shoal.agent.client import (
     AuthRejectedError,
     Backoff,
@@ -68,6 +70,7 @@ from shoal.agent.layout import (
 )
 from shoal.agent.limits import NodeLimits
 from shoal.agent.metrics import ResourceMeter
+from shoal.agent.packages import PackageError
 from shoal.agent.process import (
     KILL_GRACE_S,
     SERVER_ERROR,
@@ -162,6 +165,9 @@ class Agent:
         self._deletions_sent: set[tuple[str, ...]] = set()
         self._news = asyncio.Event()
         self._stop = asyncio.Event()
+        # Application packages: the pool's (installed at each boot) and tasks' own.
+        self.applications = NodeApplications(self.layout.applications, self._news.set)
+        self._packages_sent = 0
         # Copies of running output and of the agent's log the next syncs carry (agent/outputs.py).
         self.copies = outputs.CopyClock(self.layout.root)
         self._copies_sent: Any = None
@@ -199,6 +205,7 @@ class Agent:
         # Task trees die with their node (shoal.agent.tree): what an earlier agent on this root
         # left running dies before hello lets the control plane requeue it elsewhere.
         containment = await asyncio.to_thread(contain_node, self.layout.root)
+        await asyncio.to_thread(package_files.sweep, self.layout.applications)
         self.limits = await asyncio.to_thread(NodeLimits.enter, self.layout.root)
         try:
             if self.config.node_id is None and not await self._unless_stopped(self._register()):
@@ -304,6 +311,8 @@ class Agent:
         # The log of each boot reaches the control plane (its first lines say how the node came up).
         self.copies.log_wanted = True
         self.certificates = node_certificates.from_hello(node.get("certificates"))
+        # Before the start task and any task, which wait for them (semantics §5.4).
+        self.applications.boot(node.get("applicationPackages"))
         size = node.get("vmSize")
         if isinstance(size, dict) and self.limits.enforced:
             await asyncio.to_thread(self.limits.apply, _int_or(size.get("vCPUs"), 1),
@@ -372,6 +381,7 @@ class Agent:
         tasks), and with a reimage the node root emptied and laid out afresh."""
         log.info("restarting the node (%s)", "reimage" if wipe else "reboot")
         self._cancel_launches()
+        self.applications.stop()
         if self.logins is not None:
             self.logins.forget()  # sessions end with the "machine"; the next hello sends the users again
         kills = [proc.kill() for proc in self.running.values()]
@@ -423,6 +433,7 @@ class Agent:
 
     async def _shutdown(self, delete_root: bool) -> None:
         self._cancel_launches()
+        self.applications.stop()
         kills = [proc.kill() for proc in self.running.values()]
         if self._start_task_proc is not None:
             kills.append(self._start_task_proc.kill())
@@ -446,7 +457,8 @@ class Agent:
     # ---- the sync loop -----------------------------------------------------------------------
 
     def _has_news(self) -> bool:
-        if self._start_task_version != self._start_task_delivered or self._deleted or self.job_tasks.has_news():
+        if (self._start_task_version != self._start_task_delivered or self._deleted or self.job_tasks.has_news()
+                or self.applications.has_news()):
             return True
         if self.copies.has_due() or self._coordinated - self._coordination_sent:
             return True
@@ -475,6 +487,9 @@ class Agent:
         if self._coordinated:
             body["coordinated"] = [list(key) for key in sorted(self._coordinated)]
             self._coordination_sent |= self._coordinated
+        packages_report, self._packages_sent = self.applications.unsent()
+        if packages_report is not None:
+            body["applicationPackages"] = packages_report
         if self.meter.due():
             body["metrics"] = self.meter.reading()
         copies, self._copies_sent = self.copies.take(outputs.COPY_BUDGET_PER_SYNC)
@@ -535,6 +550,7 @@ class Agent:
                 backoff.reset()
                 self._delivered.update(sent_keys)
                 self._start_task_delivered = sent_version
+                self.applications.delivered(self._packages_sent)
                 self.job_tasks.delivered(self._job_tasks_sent)
                 self._deleted.difference_update(self._deletions_sent)
                 self.copies.delivered(self._copies_sent)
@@ -690,6 +706,7 @@ class Agent:
         env = task_environment(
             self.layout, self.node, job_id, task_id, settings_to_dict(assignment.get("environment")), user
         )
+        env.update(await self._task_packages(assignment))
         prep = assignment.get("jobPreparation")
         if isinstance(prep, dict) and isinstance(prep.get("taskId"), str):
             with contextlib.suppress(UnsafeIdError):
@@ -740,6 +757,18 @@ class Agent:
         except ValueError as exc:
             raise _LaunchFailure(Failure(USER_ERROR, "CommandLaunchFailed",
                                          f"Cannot parse the multi-instance command lines: {exc}")) from exc
+    async def _task_packages(self, assignment: dict[str, Any]) -> dict[str, str]:
+        """The variables of the pool's packages and the task's own, installed first; a package
+        that cannot be installed fails the task (a pre-processing error, not retried)."""
+        if not await self.applications.pool_ready():
+            raise _LaunchFailure(Failure(USER_ERROR, PACKAGE_ERROR, self.applications.pool_failure
+                                         or "The pool's application packages are not installed."))
+        env = dict(self.applications.pool_env)
+        try:
+            env.update(await self.applications.install(assignment.get("applicationPackages")))
+        except PackageError as exc:
+            raise _LaunchFailure(Failure(USER_ERROR, PACKAGE_ERROR, str(exc)[:2000])) from exc
+        return env
 
     async def _user(self, identity: Identity, scope_key: str) -> pwd.struct_passwd | None:
         """The OS user for ``identity``; None = the agent's own (root for admin auto users, as
@@ -958,6 +987,8 @@ class Agent:
 
     async def _run_start_task(self, definition: dict[str, Any]) -> None:
         assert self.node is not None
+        if not await self.applications.pool_ready():
+            return  # the node is unusable: the start task does not run (semantics §5.4)
         max_retries = _int_or(definition.get("maxTaskRetryCount"), 0)
         retry = 0
         last_retry_time: str | None = None
@@ -1038,6 +1069,7 @@ class Agent:
         env = start_task_environment(
             self.layout, self.node, settings_to_dict(definition.get("environmentSettings")), user
         )
+        env.update(self.applications.pool_env)
         return ProcessSpec(
             command_line=command_line,
             cwd=paths.working_dir,

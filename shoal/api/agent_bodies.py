@@ -160,6 +160,22 @@ def _running_outputs(body: dict[str, Any]) -> None:
         _output(entry, label)
 
 
+def _pool_packages(body: dict[str, Any]) -> None:
+    """`applicationPackages`: whether the pool's packages are installed on the node, or why not."""
+    report = body.get("applicationPackages")
+    if report is None:
+        return
+    if not isinstance(report, dict) or report.get("state") not in ("installed", "failed"):
+        raise _refuse("applicationPackages", type(report).__name__,
+                      "The value must be an object whose state is installed or failed.")
+    failure = report.get("failure")
+    if report["state"] == "failed":
+        if not isinstance(failure, dict) or not isinstance(failure.get("message"), str) \
+                or len(failure["message"]) > MAX_STDERR_TAIL_CHARS:
+            raise _refuse("applicationPackages.failure", type(failure).__name__,
+                          "A failed installation carries a failure with a message.")
+
+
 def _agent_log(body: dict[str, Any]) -> None:
     """`agentLog`: the last bytes of the agent's own log, decoded in place to (bytes, size)."""
     if body.get("agentLog") is not None:
@@ -232,6 +248,7 @@ def check_sync(body: Any) -> dict[str, Any]:
         if start_task.get("retryCount") is not None:
             _integer(start_task["retryCount"], "startTask.retryCount", 0, INT32[1])
         _output(start_task, "startTask")
+    _pool_packages(body)
     _running_outputs(body)
     _agent_log(body)
     _job_tasks(body)

@@ -128,6 +128,7 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
               duties_running: Callable[[], bool] = lambda: True) -> Starlette:
     from shoal.api import (
         agent,
+        applications,
         autoscale,
         certificates,
         files,
@@ -147,7 +148,8 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
     from shoal.api import roles as role_routes
 
     routes: list[BaseRoute] = []
-    for module in (pools, autoscale, nodes, spot, jobs, job_schedules, tasks, certificates, ledger, lifetime):
+    for module in (pools, autoscale, nodes, spot, jobs, job_schedules, tasks, certificates, applications, ledger,
+                   lifetime):
         for path, methods, handler in module.ROUTES:
             routes.append(Route(path, api.batch(handler, placement_of(handler, methods), path=path), methods=methods))
     for route in routes:
@@ -161,6 +163,10 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
     routes.extend(Route(path, api.batch(handler, "loop", path=path), methods=methods)
                   for path, methods, handler in (*node_users.ROUTES, *node_logs.ROUTES))
     routes.extend(agent.routes(api, agent_hub, poll_timeout_s, heartbeat_interval_s, manual_join))
+    # Managing applications and packages (Azure's management plane; shoal/api/applications.py):
+    # on the loop, since an upload streams its body to storage and offloads its own store work.
+    routes.extend(Route(path, api.batch(handler, "loop", path=path), methods=methods)
+                  for path, methods, handler in applications.EXTENSION_ROUTES)
     join_token = "/shoal/v1/pools/{pool_id}/join-token"
     routes.append(Route(join_token, api.batch(_join_token, "read", path=join_token), methods=["GET"]))
     routes.extend(health.routes(api, metrics_token, duties_running))

@@ -82,6 +82,10 @@ def _extension(method: str, path: str, verb: str) -> Operation | None:
         return POOLS_WRITE
     if path.startswith("/jobs/"):
         return Operation(DATA_ACTION, BATCH + "jobs/" + verb)
+    if path == "/applications" or path.startswith("/applications/"):
+        # As Azure's management plane names them: an application, and its packages (versions).
+        what = "applications/versions/" if "/versions" in path else "applications/"
+        return Operation(ACTION, BATCH + what + verb)
     if path == "/usage":
         return Operation(ACTION, ACCOUNT_READ)
     if path == "/account/authentication-modes":

@@ -84,6 +84,8 @@ def pool(base_url: str, record: PoolRecord) -> dict[str, Any]:
     if isinstance(spec.get("certificateReferences"), list):
         out["certificateReferences"] = [certificate_service.shown_reference(ref)
                                         for ref in spec["certificateReferences"]]
+    if isinstance(spec.get("applicationPackageReferences"), list):
+        out["applicationPackageReferences"] = spec["applicationPackageReferences"]
     # A pool without metadata (or whose metadata was replaced by none) has no `metadata` on Azure.
     wire_defaults.drop_empty(out, "metadata", "userAccounts")
     return out

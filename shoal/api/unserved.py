@@ -15,8 +15,6 @@ from shoal.errors import BadRequest
 
 # (method, path, Batch operationId)
 OPERATIONS: tuple[tuple[str, str, str], ...] = (
-    ("GET", "/applications", "Application_List"),
-    ("GET", "/applications/{}", "Application_Get"),
     ("GET", "/pools/{}/nodes/{}/rdp", "ComputeNode_GetRemoteDesktop"),
     ("GET", "/pools/{}/nodes/{}/extensions", "ComputeNodeExtension_List"),
     ("GET", "/pools/{}/nodes/{}/extensions/{}", "ComputeNodeExtension_Get"),

@@ -30,9 +30,16 @@ class BatchClient:
         url = f"{self.account.endpoint}{quote(path)}?{urlencode(query)}"
         return self._send(method, url, body)
 
-    def _send(self, method: str, url: str, body: Any = None) -> httpx.Response:
+    def upload(self, path: str, data: bytes, content_type: str) -> httpx.Response:
+        """A PUT whose body is ``data`` as is (an application package's zip)."""
+        url = f"{self.account.endpoint}{quote(path)}?{urlencode({'api-version': API_VERSION})}"
+        return self._send("PUT", url, raw=(data, content_type))
+
+    def _send(self, method: str, url: str, body: Any = None, raw: tuple[bytes, str] | None = None) -> httpx.Response:
         content = b"" if body is None else httpx.Request("POST", "http://x", json=body).content
         headers = {"Content-Type": "application/json; odata=minimalmetadata"} if body is not None else {}
+        if raw is not None:
+            content, headers = raw[0], {"Content-Type": raw[1]}
         if method not in ("GET", "HEAD"):
             headers["Content-Length"] = str(len(content))
         headers = sign_request(method, url, headers, self.account.name, self.account.primary_key)

@@ -164,6 +164,10 @@ class SimNode:
         self._start_version = 0
         self._start_delivered = 0
         self._start_handle: asyncio.TimerHandle | None = None
+        # A simulated node has no disk to unpack the pool's packages onto: they are "installed"
+        # at once, and said so until a sync carries it (the node waits in `starting` until then).
+        self._packages_unsent = False
+        self._packages_sent = False
         self._news = asyncio.Event()
         self.last_contact = time.monotonic()
         self.started_at = time.monotonic()
@@ -241,6 +245,7 @@ class SimNode:
         node = answer.get("node") or {}
         self.slots = max(1, int(node.get("taskSlotsPerNode") or 1))
         self.start_task_def = node.get("startTask") if isinstance(node.get("startTask"), dict) else None
+        self._packages_unsent = bool(node.get("applicationPackages"))
         accounts = node.get("userAccounts")
         accounts = accounts if isinstance(accounts, list) else []
         self.pool_accounts = {a["name"] for a in accounts if isinstance(a, dict) and isinstance(a.get("name"), str)}
@@ -267,7 +272,7 @@ class SimNode:
     # ---- the sync loop (as shoal.agent.main.Agent._sync_until_done) ------------------------
 
     def _has_news(self) -> bool:
-        if self._start_version != self._start_delivered or self._deleted or self._job_tasks:
+        if self._start_version != self._start_delivered or self._deleted or self._job_tasks or self._packages_unsent:
             return True
         return any(key not in self._delivered for key in self.reports)
 
@@ -281,6 +286,9 @@ class SimNode:
             "wait": wait, "knownJobTasks": [list(key) for key in self._job_tasks],
             "jobTasks": list(self._job_tasks.values())}
         self._job_tasks_sent = list(self._job_tasks)
+        self._packages_sent = self._packages_unsent
+        if self._packages_unsent:
+            body["applicationPackages"] = {"state": "installed"}
         if time.monotonic() - self._metrics_at >= READING_INTERVAL_S:
             body["metrics"] = self._metrics()
         self._deletions_sent = acknowledge_deletions(body, self._deleted)
@@ -370,6 +378,8 @@ class SimNode:
             self._synced_at = time.monotonic()
             self._delivered.update(sent_keys)
             self._start_delivered = sent_version
+            if self._packages_sent:
+                self._packages_unsent = False
             self._deleted.difference_update(self._deletions_sent)
             for key in self._job_tasks_sent:
                 self._job_tasks.pop(key, None)

@@ -20,6 +20,7 @@ from shoal import clock
 from shoal.errors import BadRequest, BatchError, Conflict, InvalidProperty, Unauthenticated
 from shoal.model.catalog import find_vm_size
 from shoal.model.states import NodeState, PoolState, SchedulingState, StartTaskState, TaskState
+from shoal.service import applications as application_service
 from shoal.service import certificates as certificate_service
 from shoal.service import (
     job_prep,
@@ -266,7 +267,10 @@ def hello(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> dict[
                                                           NodeState.REIMAGING: "reimage"}.get(node.state, "restart"))
         leaving = node.state == NodeState.LEAVING_POOL
         idle = NodeState.OFFLINE if node.scheduling_state == SchedulingState.DISABLED else NodeState.IDLE
-        new_state = node.state if leaving else (NodeState.STARTING if start_task else idle)
+        # The pool's packages as they stand at this boot: later changes reach the node at its next
+        # boot (semantics §5.4). It stays `starting` until the agent says they are installed.
+        packages = application_service.for_node(conn, pool.account, pool.spec.get("applicationPackageReferences"))
+        new_state = node.state if leaving else (NodeState.STARTING if start_task or packages else idle)
         conn.execute(update(nodes).where(nodes.c.id == node_id).values(
             state=new_state, state_transition_time=now, last_boot_time=now, last_heartbeat=now,
             incarnation=body.get("incarnation"), agent_pid=body.get("pid") or node.agent_pid,
@@ -281,7 +285,8 @@ def hello(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> dict[
         # the node's `errors` say so to every client. Our words, not the agent's: only its user
         # name is quoted, bounded.
         isolation = body.get("isolation")
-        errors = [e for e in node.errors or [] if isinstance(e, dict) and e.get("code") != "IsolationUnavailable"]
+        errors = [e for e in node.errors or [] if isinstance(e, dict)
+                  and e.get("code") not in ("IsolationUnavailable", PACKAGE_ERROR)]
         if isinstance(isolation, dict) and isolation.get("userIsolation") is False:
             agent_user = "".join(c for c in str(isolation.get("agentUser") or "?")[:64] if c.isprintable())
             errors.append({"code": "IsolationUnavailable", "message": (
@@ -318,7 +323,7 @@ def hello(ctx: Context, node_id: str, token: str, body: dict[str, Any]) -> dict[
         "poolId": pool.id, "isDedicated": bool(node.is_dedicated), "accountName": ctx.account,
         "accountUrl": ctx.base_url, "taskSlotsPerNode": pool.slots_per_node, "startTask": start_task,
         "userAccounts": user_accounts, "loginUsers": login_users, "vmSize": _resources(pool.vm_size),
-        "certificates": node_certificates}}
+        "certificates": node_certificates, "applicationPackages": packages}}
 
 
 def _resources(vm_size: str) -> dict[str, Any] | None:
@@ -478,6 +483,8 @@ def _record_sync(conn: Connection, ctx: Context, record: Any, token: str, body: 
     if body.get("runningOutputs"):
         task_outputs.keep_running(conn, ctx.account, node_id, body["runningOutputs"], now)
     ready = False
+    if body.get("applicationPackages") is not None:
+        ready = _record_packages(conn, node, body["applicationPackages"])
     if body.get("startTask") is not None:
         answer.run_start_task = False
         ready = _record_start_task(conn, ctx, node, body["startTask"])
@@ -502,11 +509,42 @@ def _record_sync(conn: Connection, ctx: Context, record: Any, token: str, body: 
     return answer, node.pool_seq if ready else None
 
 
+PACKAGE_ERROR = "ApplicationPackageError"
+"""The node error of a pool package that could not be installed (the code Batch gives the task
+failure of the same cause, semantics §3.1; Azure's node error code is not documented)."""
+
+
+def _record_packages(conn: Connection, node: Any, report: dict[str, Any]) -> bool:
+    """The pool's packages are installed (the node is ready, unless its start task is still to
+    run) or failed (the node is `unusable` until it reboots, as Batch makes it); True when that
+    made the node ready for tasks."""
+    if node.state != NodeState.STARTING:
+        return False
+    now = clock.now()
+    if report.get("state") == "failed":
+        message = "".join(c for c in str((report.get("failure") or {}).get("message") or "")[:2000]
+                          if c.isprintable())
+        errors = [e for e in node.errors or [] if isinstance(e, dict) and e.get("code") != PACKAGE_ERROR]
+        errors.append({"code": PACKAGE_ERROR, "message": f"The pool's application packages could not be installed: "
+                                                         f"{message}", "errorDetails": []})
+        conn.execute(update(nodes).where(nodes.c.id == node.id).values(
+            state=NodeState.UNUSABLE, state_transition_time=now, run_start_task=False, errors=errors,
+            etag=clock.new_etag()))
+        return False
+    if node.run_start_task:
+        return False
+    ready = NodeState.OFFLINE if node.scheduling_state == SchedulingState.DISABLED else NodeState.IDLE
+    conn.execute(update(nodes).where(nodes.c.id == node.id).values(
+        state=ready, state_transition_time=now, etag=clock.new_etag()))
+    return ready == NodeState.IDLE
+
+
 def sync_has_news(body: dict[str, Any]) -> bool:
-    """Whether a sync body carries something to record (task reports, start-task news, copies of
-    output or of the agent's log)."""
+    """Whether a sync body carries something to record (task reports, start-task news, pool
+    package news, copies of output or of the agent's log)."""
     return (bool(body.get("reports")) or body.get("startTask") is not None or bool(body.get("jobTasks"))
             or bool(body.get("coordinated"))
+            or body.get("applicationPackages") is not None
             or bool(body.get("runningOutputs")) or body.get("agentLog") is not None)
 
 
@@ -582,6 +620,8 @@ def _state_on_return(conn: Connection, node: Any) -> str:
     spec = conn.execute(select(pools.c.spec).where(pools.c.seq == node.pool_seq)).scalar_one()
     wait = (spec.get("startTask") or {}).get("waitForSuccess", True)
     info = node.start_task_info or {}
+    if any(isinstance(e, dict) and e.get("code") == PACKAGE_ERROR for e in node.errors or []):
+        return NodeState.UNUSABLE  # until it reboots: the packages failed at this boot
     if node.run_start_task:
         return NodeState.STARTING
     if wait and info.get("state") == StartTaskState.RUNNING:
@@ -779,7 +819,7 @@ class _DeliveryReads:
             for chunk in in_chunks(node_ids):
                 for row in conn.execute(_RUNNING_KEYS_OF_MANY, {"b_nodes": list(chunk)}):
                     self._running.setdefault(row.node_id, []).append(row)
-        self._jobs: dict[int, tuple[str, dict[str, str], dict[str, Any] | None]] = {}
+        self._jobs: dict[int, tuple[str, dict[str, str], dict[str, Any] | None, str]] = {}
         self._subtasks: dict[str, list[Any]] | None = (
             subtasks.running_on(conn, node_ids) if node_ids is not None else None)
 
@@ -808,21 +848,21 @@ class _DeliveryReads:
                                  .where(tasks.c.seq.in_(seqs)).order_by(tasks.c.seq)).all()
         unknown = {row.job_seq for row in rows} - self._jobs.keys()
         if unknown:
-            for job in self.conn.execute(select(jobs.c.seq, jobs.c.id, jobs.c.spec, jobs.c.prep_wait)
+            for job in self.conn.execute(select(jobs.c.seq, jobs.c.id, jobs.c.spec, jobs.c.prep_wait, jobs.c.account)
                                          .where(jobs.c.seq.in_(unknown))):
                 env = {item["name"]: item.get("value") or ""
                        for item in job.spec.get("commonEnvironmentSettings") or []}
                 prep = None
                 if job.prep_wait is not None:
                     prep = {"taskId": job.spec[job_prep.PREP]["id"], "waitForSuccess": bool(job.prep_wait)}
-                self._jobs[job.seq] = (job.id, env, prep)
+                self._jobs[job.seq] = (job.id, env, prep, job.account)
         # A job's tasks wait on a node whose preparation has not succeeded yet (waitForSuccess).
         waiting = {row.job_seq for row in rows if (self._jobs[row.job_seq][2] or {}).get("waitForSuccess")}
         prepared = job_prep_nodes.prepared(self.conn, node_id, sorted(waiting)) if waiting else set()
         out = []
         for row in rows:
-            job_id, env, prep = self._jobs[row.job_seq]
-            assignment = _assignment(row, job_id, env)
+            job_id, env, prep, account = self._jobs[row.job_seq]
+            assignment = _assignment(self.conn, account, row, job_id, env)
             if row.instances:
                 instance = (instance_of or {}).get(row.seq, 0)
                 assignment["multiInstance"] = subtasks.instance_block(self.conn, row.seq, instance, row.spec)
@@ -886,7 +926,7 @@ def _deliveries(conn: Connection, node: Any, body: dict[str, Any], answer: SyncA
         conn, node.id, body.get("knownJobTasks") or [], reads.job_tasks(node.id))
 
 
-def _assignment(row: Any, job_id: str, job_env: dict[str, str]) -> dict[str, Any]:
+def _assignment(conn: Connection, account: str, row: Any, job_id: str, job_env: dict[str, str]) -> dict[str, Any]:
     spec = row.spec
     env = dict(job_env)
     for item in spec.get("environmentSettings") or []:
@@ -900,5 +940,6 @@ def _assignment(row: Any, job_id: str, job_env: dict[str, str]) -> dict[str, Any
             "environment": env, "requiredSlots": row.required_slots, "maxWallClockTimeS": wall_s,
             "userIdentity": spec.get("userIdentity"),
             "resourceFiles": task_files.for_node(spec.get("resourceFiles")), "outputFiles": spec.get("outputFiles") or [],
+            "applicationPackages": application_service.for_node(conn, account, spec.get("applicationPackageReferences")),
             # The API puts the token itself in the environment as it sends this (api/agent.py).
             "jobToken": task_service.wants_job_token(spec)}

@@ -12,6 +12,7 @@ from shoal import clock
 from shoal.errors import Conflict, InvalidProperty, MissingProperty, NotFound
 from shoal.model import catalog, images
 from shoal.model.states import AllocationState, NodeState, PoolState
+from shoal.service import applications as application_service
 from shoal.service import autoscale as autoscale_service
 from shoal.service import certificates as certificate_service
 from shoal.service import ids, quotas, request_body, task_files
@@ -33,7 +34,7 @@ KEPT_PROPERTIES = (
 # What Shoal's nodes do not carry out yet: refused when given (a non-empty value, or true), never
 # stored and ignored. Empty lists pass, since some clients send them for "none".
 UNSUPPORTED_ON_CREATE = (
-    "cloudServiceConfiguration", "applicationPackageReferences", "applicationLicenses",
+    "cloudServiceConfiguration", "applicationLicenses",
     "mountConfiguration", "networkConfiguration", "resourceTags",
     "virtualMachineConfiguration.containerConfiguration", "virtualMachineConfiguration.dataDisks",
     "virtualMachineConfiguration.diskEncryptionConfiguration", "virtualMachineConfiguration.extensions",
@@ -60,7 +61,7 @@ _IMAGE_ID = re.compile(r"/subscriptions/[^/]+/resourcegroups/[^/]+/providers/mic
 _NOT_UPDATABLE = ("vmSize", "virtualMachineConfiguration", "taskSlotsPerNode", "taskSchedulingPolicy",
                   "networkConfiguration", "userAccounts", "mountConfiguration", "upgradePolicy",
                   "enableInterNodeCommunication")
-_UNSUPPORTED_ON_UPDATE = ("applicationPackageReferences", "resourceTags")
+_UNSUPPORTED_ON_UPDATE = ("resourceTags",)
 # Node communication modes: Shoal's agents always talk to the service the "simplified" way.
 _COMMUNICATION_MODES = ("default", "simplified")
 # Longer than any Marketplace publisher, offer, SKU or version name, and any node agent SKU id.
@@ -238,6 +239,9 @@ def parse_create(body: Any) -> dict[str, Any]:
     references = certificate_service.parse_references(body)
     if references:
         spec["certificateReferences"] = references
+    packages = application_service.parse_references(body)
+    if packages:
+        spec["applicationPackageReferences"] = packages
     if autoscale:
         spec.setdefault("autoScaleEvaluationInterval",
                         clock.format_duration(autoscale_service.DEFAULT_INTERVAL))
@@ -266,6 +270,7 @@ def insert_in(ctx: Context, conn: Connection, pool: dict[str, Any]) -> None:
         raise Conflict("The specified pool already exists.", code="PoolExists")
     quotas.check_pool_count(ctx, conn)
     certificate_service.check_references(conn, ctx.account, spec.get("certificateReferences"))
+    application_service.check_references(conn, ctx.account, spec.get("applicationPackageReferences"), for_pool=True)
     conn.execute(insert(pools).values(
         account=ctx.account, id=pool_id, key=pool_id.lower(), state=PoolState.ACTIVE,
         allocation_state=AllocationState.RESIZING, vm_size=pool["vm_size"], slots_per_node=pool["slots"],
@@ -336,16 +341,22 @@ def patch(ctx: Context, pool_id: str, body: Any) -> None:
     v.string(body, "displayName", max_len=v.MAX_DISPLAY_NAME)
     _validate_communication_mode(body)
     references = certificate_service.parse_references(body)
+    packages = application_service.parse_references(body)
     with ctx.engine.begin() as conn:
         row = load(conn, ctx, pool_id)
         guard_not_deleting(row)
         certificate_service.check_references(conn, ctx.account, references)
+        application_service.check_references(conn, ctx.account, packages, for_pool=True)
         spec = dict(row.spec)
         for name in ("startTask", "metadata", "targetNodeCommunicationMode", "displayName"):
             if body.get(name) is not None:
                 spec[name] = body[name]
         if references is not None:
             spec["certificateReferences"] = references
+        # Replaced as given (an empty list removes them); nodes install the new packages only
+        # when they next boot, as on Azure (semantics §5.4).
+        if packages is not None:
+            _set_packages(spec, packages)
         _touch(conn, row, spec=spec)
 
 
@@ -359,14 +370,14 @@ def update_properties(ctx: Context, pool_id: str, body: Any) -> None:
     if "applicationPackageReferences" not in body:
         raise MissingProperty("applicationPackageReferences")
     _validate_metadata(body)
-    v.array(body, "applicationPackageReferences")
-    request_body.refuse_unsupported(body, ("applicationPackageReferences",))
+    packages = application_service.parse_references(body) or []
     references = certificate_service.parse_references(body)
     _validate_communication_mode(body)
     with ctx.engine.begin() as conn:
         row = load(conn, ctx, pool_id)
         guard_not_deleting(row)
         certificate_service.check_references(conn, ctx.account, references)
+        application_service.check_references(conn, ctx.account, packages, for_pool=True)
         spec = dict(row.spec)
         for name in ("startTask", "metadata", "targetNodeCommunicationMode"):
             if body.get(name) is None:
@@ -378,7 +389,15 @@ def update_properties(ctx: Context, pool_id: str, body: Any) -> None:
             spec.pop("certificateReferences", None)
         else:
             spec["certificateReferences"] = references
+        _set_packages(spec, packages)
         _touch(conn, row, spec=spec)
+
+
+def _set_packages(spec: dict[str, Any], packages: list[dict[str, Any]]) -> None:
+    if packages:
+        spec["applicationPackageReferences"] = packages
+    else:
+        spec.pop("applicationPackageReferences", None)
 
 
 def _touch(conn: Connection, row: Any, **values: Any) -> None:

@@ -21,6 +21,7 @@ from shoal.errors import (
     NotFound,
 )
 from shoal.model.states import JobState, TaskState
+from shoal.service import applications as application_service
 from shoal.service import (
     dependencies,
     exit_conditions,
@@ -40,7 +41,7 @@ from shoal.store.schema import jobs, nodes, tasks
 # Properties a client may set that Shoal keeps verbatim in `spec` (and shows again).
 KEPT_PROPERTIES = ("displayName", "commandLine", "environmentSettings", "affinityInfo", "constraints", "userIdentity",
                    "exitConditions", "dependsOn", "resourceFiles", "outputFiles", "authenticationTokenSettings",
-                   "multiInstanceSettings")
+                   "multiInstanceSettings", "applicationPackageReferences")
 # The scopes a task authentication token can be given (Batch's AccessScope): its own job.
 TOKEN_ACCESS_SCOPES = ("job",)
 
@@ -51,7 +52,7 @@ def task_not_found() -> NotFound:
 
 # Accepted by the API but not carried out by Shoal's nodes yet: refused when given (non-empty),
 # never stored and ignored. An empty list is what some clients send for "none", so it passes.
-UNSUPPORTED = ("containerSettings", "applicationPackageReferences")
+UNSUPPORTED = ("containerSettings",)
 
 
 def _validate(body: Any) -> dict[str, Any]:
@@ -69,6 +70,7 @@ def _validate(body: Any) -> dict[str, Any]:
     task_files.resource_files(body)
     task_files.output_files(body)
     request_body.refuse_unsupported(body, UNSUPPORTED)
+    packages = application_service.parse_references(body)
     _token_settings(body)
     exit_conditions.validate(body)
     instances = multi_instance.parse(body, required_slots)
@@ -76,6 +78,10 @@ def _validate(body: Any) -> dict[str, Any]:
     spec = {name: body[name] for name in KEPT_PROPERTIES if body.get(name) is not None}
     if depends is None:
         spec.pop("dependsOn", None)  # an empty dependsOn asks for nothing
+    if packages:
+        spec["applicationPackageReferences"] = packages
+    else:
+        spec.pop("applicationPackageReferences", None)
     return {"id": task_id, "spec": spec, "required_slots": required_slots,
             "dependencies": depends[0] if depends else None, "instances": instances}
 
@@ -116,6 +122,16 @@ def _refusal_by_job(job: Any, task: dict[str, Any], pool_spec: dict[str, Any] | 
     if named is not None and job.spec.get("onTaskFailure") != "performexitoptionsjobaction":
         return InvalidProperty(named[0], named[1], "A jobAction takes effect only on a job whose onTaskFailure is "
                                "performexitoptionsjobaction.")
+    return None
+
+
+def _refusal_by_store(conn: Connection, job: Any, task: dict[str, Any]) -> BatchError | None:
+    """What the account's applications say against the task's package references."""
+    try:
+        application_service.check_references(conn, job.account, task["spec"].get("applicationPackageReferences"),
+                                             for_pool=False)
+    except BatchError as error:
+        return error
     return None
 
 
@@ -178,7 +194,8 @@ def add(ctx: Context, job_id: str, task: dict[str, Any]) -> dict[str, Any]:
 
 def insert_new(conn: Connection, job: Any, task: dict[str, Any], now: Any) -> dict[str, Any]:
     """Store a task `parse_task` accepted in a job known to take it (the job manager too); its row values."""
-    refusal = _refusal_by_job(job, task, multi_instance.pool_spec_of(conn, job, [task]))
+    refusal = (_refusal_by_job(job, task, multi_instance.pool_spec_of(conn, job, [task]))
+               or _refusal_by_store(conn, job, task))
     if refusal is not None:
         raise refusal
     values = _row_values(job, task, now)
@@ -245,7 +262,8 @@ def add_collection(ctx: Context, job_id: str, parsed: list[dict[str, Any]]) -> l
         pool_spec = multi_instance.pool_spec_of(conn, job, parsed)
         for task in parsed:
             refusal = Conflict("The specified task already exists.", code="TaskExists") \
-                if task["id"].lower() in existing else _refusal_by_job(job, task, pool_spec)
+                if task["id"].lower() in existing else (_refusal_by_job(job, task, pool_spec)
+                                                        or _refusal_by_store(conn, job, task))
             if refusal is not None:
                 results.append({"status": "clienterror", "taskId": task["id"], "error": {
                     "code": refusal.code, "message": {"lang": "en-US", "value": refusal.message},

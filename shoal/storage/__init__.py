@@ -31,14 +31,17 @@ from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
     HttpResponseError,
+    ResourceExistsError,
     ResourceNotFoundError,
     ServiceRequestError,
     ServiceResponseError,
 )
 from azure.storage.blob import (
+    BlobSasPermissions,
     BlobServiceClient,
     ContainerClient,
     ContainerSasPermissions,
+    generate_blob_sas,
     generate_container_sas,
 )
 
@@ -54,6 +57,9 @@ CHUNK_BYTES = 4 * 1024 * 1024
 AUTO_STORAGE_SAS_LIFETIME = timedelta(days=7)
 """How long the SAS of an `autoStorageContainerName` source lives: past any realistic wait in a
 queue plus the download, as Batch's own generated SAS does."""
+PACKAGE_SAS_LIFETIME = timedelta(hours=1)
+"""How long the read-only SAS a node gets for one application package lives: it is used at
+once (at boot, or just before a task), so a leaked URL is worth little for long."""
 
 
 class StorageError(Exception):
@@ -278,6 +284,53 @@ def auto_storage_container_url(connection_string: str, container: str, *, now: d
                                  expiry=start + AUTO_STORAGE_SAS_LIFETIME, start=start - timedelta(minutes=5))
     base = service.url.rstrip("/")
     return f"{base}/{urllib.parse.quote(container)}?{sas}"
+
+
+def _account_key(service: BlobServiceClient) -> tuple[str, str]:
+    credential = service.credential
+    account_name = getattr(credential, "account_name", None)
+    account_key = getattr(credential, "account_key", None)
+    if not account_name or not account_key:
+        raise StorageError(OTHER, "the auto-storage connection string has no account name and key")
+    return account_name, account_key
+
+
+def auto_storage_blob_url(connection_string: str, container: str, blob: str, *,
+                          lifetime: timedelta = PACKAGE_SAS_LIFETIME, now: datetime | None = None) -> str:
+    """A read-only SAS URL of one blob in the linked storage account: what a node downloads an
+    application package from, so that no key ever reaches a node."""
+    service = BlobServiceClient.from_connection_string(connection_string)
+    account_name, account_key = _account_key(service)
+    start = now or datetime.now(UTC)
+    sas = generate_blob_sas(account_name, container, blob, account_key=account_key,
+                            permission=BlobSasPermissions(read=True), expiry=start + lifetime,
+                            start=start - timedelta(minutes=5))
+    base = service.url.rstrip("/")
+    return f"{base}/{urllib.parse.quote(container)}/{urllib.parse.quote(blob)}?{sas}"
+
+
+def upload_to_auto_storage(connection_string: str, container: str, blob: str, data: IO[bytes]) -> None:
+    """Put ``data`` as ``blob`` in the linked storage account (the container is made if missing)."""
+    try:
+        service = BlobServiceClient.from_connection_string(
+            connection_string, connection_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S, retry_total=2)
+        client = service.get_container_client(container)
+        with contextlib.suppress(ResourceExistsError):
+            client.create_container()
+        client.upload_blob(blob, data, overwrite=True, max_concurrency=4)
+    except Exception as exc:
+        raise _translate(exc, f"Uploading blob {blob!r} to the linked storage container", container) from exc
+
+
+def delete_from_auto_storage(connection_string: str, container: str, blob: str) -> None:
+    """Remove ``blob`` from the linked storage account; a blob already gone is no error."""
+    try:
+        service = BlobServiceClient.from_connection_string(
+            connection_string, connection_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S, retry_total=2)
+        with contextlib.suppress(ResourceNotFoundError):
+            service.get_blob_client(container, blob).delete_blob()
+    except Exception as exc:
+        raise _translate(exc, f"Deleting blob {blob!r} of the linked storage container", container) from exc
 
 
 def check_connection_string(connection_string: str) -> None:

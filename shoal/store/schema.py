@@ -576,6 +576,43 @@ certificates = Table(
     UniqueConstraint("account", "thumbprint_algorithm", "thumbprint", name="uq_certificates_thumbprint"),
 )
 
+# The account's applications and their packages (managed through /shoal/v1/applications, as
+# Azure manages them through its management plane). `key`/`version_key` are lower-cased: ids
+# and versions are case-preserving and unique case-insensitively, as on Azure.
+applications = Table(
+    "applications",
+    metadata,
+    Column("seq", SurrogateId, primary_key=True, autoincrement=True),
+    Column("account", String(64), ForeignKey("accounts.name"), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("display_name", String(1024)),
+    Column("allow_updates", Boolean, nullable=False, server_default=true()),
+    Column("default_version", String(64)),
+    Column("etag", String(64), nullable=False),
+    Column("last_modified", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("account", "key", name="uq_applications_key"),
+)
+
+# A package is `pending` until its zip is in the linked storage account, then `active`; only
+# active packages are listed on the data plane and can be deployed.
+application_packages = Table(
+    "application_packages",
+    metadata,
+    Column("seq", SurrogateId, primary_key=True, autoincrement=True),
+    Column("application_seq", BigInteger, ForeignKey("applications.seq", ondelete="CASCADE"), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("version_key", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("format", String(8), nullable=False),
+    Column("blob_container", String(63), nullable=False),
+    Column("blob_name", String(1024), nullable=False),
+    Column("size_bytes", BigInteger),
+    Column("last_activation_time", DateTime(timezone=True)),
+    Column("creation_time", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("application_seq", "version_key", name="uq_application_packages_version"),
+)
+
 # Nodes per (pool, dedicated or spot, state); states as stored (lower case).
 pool_node_counts = Table(
     "pool_node_counts",

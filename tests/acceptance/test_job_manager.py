@@ -124,7 +124,7 @@ BAD_MANAGERS = [
     ({"id": "m", "commandLine": "/bin/true", "dependsOn": {"taskIds": ["a"]}}, "InvalidRequestBody"),
     ({"id": "m", "commandLine": "/bin/true", "shoal": 1}, "InvalidRequestBody"),
     ({"id": "m", "commandLine": "/bin/true",
-      "applicationPackageReferences": [{"applicationId": "app"}]}, "FeatureNotSupported"),
+      "applicationPackageReferences": [{"applicationId": 7}]}, "InvalidPropertyValue"),
     ({"id": "m", "commandLine": "/bin/true",
       "authenticationTokenSettings": {"access": ["pool"]}}, "InvalidPropertyValue"),
     ({"id": "m", "commandLine": "/bin/true",

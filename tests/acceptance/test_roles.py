@@ -226,7 +226,7 @@ def _family(method: str, path: str) -> tuple[str, bool]:
         return "pools", reads and not lowered.endswith("/join-token")  # a join token admits a node
     if lowered.startswith("/certificates"):
         return "certificates", reads
-    if lowered.startswith("/applications"):
+    if lowered.startswith(("/applications", "/shoal/v1/applications")):
         return "applications", reads
     return "jobs", reads  # jobs, their tasks and files, job schedules, `task why`
 

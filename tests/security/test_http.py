@@ -345,7 +345,7 @@ def test_the_unserved_table_is_exactly_the_batch_operations_shoal_lacks() -> Non
 @pytest.mark.parametrize(("method", "path", "operation"), [
     ("GET", "/pools/p/nodes/n/extensions", "ComputeNodeExtension_List"),
     ("GET", "/pools/p/nodes/n/rdp", "ComputeNode_GetRemoteDesktop"),
-    ("GET", "/applications", "Application_List"),
+    ("GET", "/pools/p/nodes/n/extensions/e", "ComputeNodeExtension_Get"),
 ])
 def test_an_unserved_batch_operation_is_feature_not_supported_after_auth(
         shoal: Any, method: str, path: str, operation: str) -> None:

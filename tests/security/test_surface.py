@@ -37,11 +37,11 @@ def refused(response: Any, code: str, name: str) -> None:
 
 
 # (multiInstanceSettings and jobManagerTask were refused already: tests/acceptance; dependencies
-# and exit conditions, resource and output files are carried out: tests/acceptance/test_dependencies.py,
-# test_resource_files.py, test_output_files.py.)
+# and exit conditions, resource and output files and application packages are carried out:
+# tests/acceptance/test_dependencies.py, test_resource_files.py, test_output_files.py,
+# test_application_packages.py.)
 TASK_FEATURES = [
     ("containerSettings", {"imageName": "ubuntu"}),
-    ("applicationPackageReferences", [{"applicationId": "app"}]),
 ]
 
 
@@ -97,7 +97,6 @@ POOL_FEATURES = [
         "source": "nfs://h/x", "relativeMountPath": "m"}}]}),
     # (a subnet is an invalid value instead: tests/compat/test_wire_shape.py)
     ("networkConfiguration", {"networkConfiguration": {"enableAcceleratedNetworking": True}}),
-    ("applicationPackageReferences", {"applicationPackageReferences": [{"applicationId": "app"}]}),
     ("resourceTags", {"resourceTags": {"team": "x"}}),
     ("startTask.containerSettings", {"startTask": {"commandLine": "true", "containerSettings": {"imageName": "u"}}}),
 ]
@@ -130,8 +129,7 @@ def test_vm_configuration_pieces_that_would_do_nothing_are_refused(shoal: Any, s
 
 def test_pool_patch_refuses_what_it_would_ignore(shoal: Any, setup: None) -> None:
     before = rest.call(shoal, "GET", f"/pools/{POOL}").json()
-    for body, name in (({"vmSize": "standard_d4s_v3"}, "vmSize"), ({"taskSlotsPerNode": 2}, "taskSlotsPerNode"),
-                       ({"applicationPackageReferences": [{"applicationId": "a"}]}, "applicationPackageReferences")):
+    for body, name in (({"vmSize": "standard_d4s_v3"}, "vmSize"), ({"taskSlotsPerNode": 2}, "taskSlotsPerNode")):
         refused(send(shoal, "PATCH", f"/pools/{POOL}", body), "FeatureNotSupported", name)
     after = rest.call(shoal, "GET", f"/pools/{POOL}").json()
     assert (after["eTag"], after["vmSize"], after["taskSlotsPerNode"]) == (

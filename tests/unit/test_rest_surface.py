@@ -34,7 +34,6 @@ SERVED_VERSIONS = ("2020-03-01.11.0", "2020-09-01.12.0", "2021-06-01.14.0", "202
                    "2023-05-01.17.0", "2023-11-01.18.0", "2024-02-01.19.0", "2024-07-01.20.0", "2025-06-01")
 
 NOT_YET_SERVED = {
-    ("GET", "/applications"), ("GET", "/applications/{}"),
     ("GET", "/pools/{}/nodes/{}/extensions"), ("GET", "/pools/{}/nodes/{}/extensions/{}"),
     ("GET", "/pools/{}/nodes/{}/rdp"),
 }

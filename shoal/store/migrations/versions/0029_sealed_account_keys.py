@@ -1,7 +1,7 @@
 """account keys may be kept sealed
 
 Revision ID: 0029
-Revises: 0027
+Revises: 0028
 
 With a secrets key configured (shoal/store/sealing.py) an account key is kept as
 ``sealed:v1:`` and the base64 of a nonce, the key's ciphertext and its tag: about 170
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0029'
-down_revision = '0027'
+down_revision = '0028'
 branch_labels = None
 depends_on = None
 
