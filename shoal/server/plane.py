@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import traceback
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -52,6 +53,8 @@ from shoal.store.runner import StoreRunner, on_loop
 from shoal.timebase import TimeBase
 
 log = logging.getLogger("shoal.server")
+# How long a stop waits for the background duties to end once cancelled.
+DUTY_STOP_TIMEOUT_S = 5.0
 
 
 class _QuietServer(uvicorn.Server):
@@ -193,9 +196,13 @@ class ControlPlane:
         self.hub.close()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=DUTY_STOP_TIMEOUT_S)
+            for task in stuck:
+                # A stop must end: a duty that does not is named (with where it waits) and left.
+                where = "".join(traceback.format_stack(task.get_stack(limit=8)[-1])) if task.get_stack() else "?"
+                log.error("the %s duty did not stop within %.0f s; stopping without it. It waits at:\n%s",
+                          getattr(task.get_coro(), "__qualname__", task.get_name()), DUTY_STOP_TIMEOUT_S, where)
         if self.provider is not None:
             await self.provider.shutdown(stop_agents=True)
 

@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 import uuid
 
 import httpx
@@ -153,6 +154,27 @@ def test_a_normal_stop_with_agents_long_polling_logs_no_error(tmp_path, tls):
     log = shoal.log()
     assert "Shutting down" in log
     assert "ERROR" not in log and "Cancel" not in log and "Traceback" not in log, log[-2000:]
+
+
+def test_a_stop_while_a_task_runs_ends_in_seconds(tmp_path):
+    """A stop with a task running ends: its agents have a few seconds to kill their tasks, and no
+    duty can hold the process (one stop in a loop of them once hung for minutes)."""
+    shoal = start_shoal(tmp_path / "data")
+    try:
+        client = shoal.client()
+        client.create_pool(pool_options("busy-pool", target_dedicated_nodes=1))
+        wait_pool_idle(client, "busy-pool", 1)
+        client.create_job(models.BatchJobCreateOptions(id="busy", pool_info=models.BatchPoolInfo(pool_id="busy-pool")))
+        client.create_task("busy", models.BatchTaskCreateOptions(id="sleeper", command_line="sleep 60"))
+        wait_for(lambda: client.get_task("busy", "sleeper").state == "running", timeout=20, message="running")
+        began = time.monotonic()
+        shoal.process.send_signal(signal.SIGTERM)
+        assert shoal.process.wait(15) == 0
+        assert time.monotonic() - began < 12
+    finally:
+        stop_shoal(shoal)
+        kill_agents(tmp_path / "data")
+    assert "Traceback" not in shoal.log(), shoal.log()[-2000:]
 
 
 def test_log_level_and_format_are_validated(tmp_path):
