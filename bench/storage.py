@@ -172,7 +172,10 @@ def _measure(tmp: Path, azurite: Azurite, blobs: BlobServiceClient, args: argpar
                     container_url=write_sas, path=prefix)),
                 upload_options=models.OutputFileUploadConfiguration(upload_condition="taskcompletion"))]}
 
-        make_small = f"mkdir -p out && for i in $(seq {args.small_files}); do head -c 1024 /dev/zero > out/f$i; done"
+        # One process writes the small files (a shell loop would spawn a thousand, whose cost on a
+        # busy machine would swamp the transfer's).
+        make_small = (f"mkdir -p out && awk \"BEGIN {{ for (i = 0; i < {args.small_files}; i++) "
+                      f"{{ f = sprintf(\\\"out/f%05d\\\", i); printf \\\"%1024s\\\", \\\"\\\" > f; close(f) }} }}\"")
         make_big = f"head -c {big_file.stat().st_size} /dev/zero > big.bin"
         cases: dict[str, tuple[Callable[[], None], Callable[[], float]]] = {
             f"download {args.small_files} x 1 KiB": (direct_small_down, lambda: tasks.transfer_time(
