@@ -1,0 +1,265 @@
+"""The management API against a real `shoal up --tls`, with the real azure-mgmt-batch 19 signed in
+through azure-identity's ClientSecretCredential: the account resource, its keys listed and
+regenerated (the old key refused by the data plane at once, the other still taken, the CLI's
+endpoint file rewritten), RBAC per action, and ARM's 401/400 answers that change nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from azure.core.exceptions import HttpResponseError
+
+from shoal import config
+from shoal.testing.server import RunningShoal, account_info, running_shoal
+from tests.acceptance.rest import call, verifier
+from tests.identity import assign_role, cli, create_principal, credential, token_request
+
+MANAGEMENT_SCOPE = "https://management.azure.com/.default"
+API_VERSION = "2025-06-01"
+
+
+@pytest.fixture(scope="module")
+def tls_shoal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningShoal]:
+    with running_shoal(tmp_path_factory.mktemp("mgmt"), extra_args=["--tls"]) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def contributor(tls_shoal: RunningShoal) -> dict[str, Any]:
+    principal = create_principal(tls_shoal, "mgmt-contributor")
+    assign_role(tls_shoal, principal, "Contributor")
+    return principal
+
+
+@pytest.fixture(scope="module")
+def reader(tls_shoal: RunningShoal) -> dict[str, Any]:
+    principal = create_principal(tls_shoal, "mgmt-reader")
+    assign_role(tls_shoal, principal, "Reader")
+    return principal
+
+
+def scope_parts() -> tuple[str, str]:
+    parts = config.account_scope("shoal").split("/")
+    return parts[2], parts[4]
+
+
+def management_client(shoal: RunningShoal, principal: dict[str, Any]) -> Any:
+    from azure.mgmt.batch import BatchManagementClient
+
+    subscription, _group = scope_parts()
+    return BatchManagementClient(credential(shoal, principal), subscription, base_url=shoal.endpoint,
+                                 credential_scopes=[MANAGEMENT_SCOPE], connection_verify=shoal.ca_file)
+
+
+def management_token(shoal: RunningShoal, principal: dict[str, Any]) -> str:
+    response = token_request(shoal, principal["tenantId"], {
+        "grant_type": "client_credentials", "client_id": principal["clientId"],
+        "client_secret": principal["clientSecret"], "scope": MANAGEMENT_SCOPE})
+    assert response.status_code == 200, response.text
+    return str(response.json()["access_token"])
+
+
+def account_path(suffix: str = "") -> str:
+    return config.account_scope("shoal") + suffix
+
+
+def arm_call(shoal: RunningShoal, method: str, path: str, *, token: str | None = None, body: Any = None,
+             raw: bytes | None = None, headers: dict[str, str] | None = None) -> httpx.Response:
+    sent = dict(headers or {})
+    if token is not None:
+        sent["Authorization"] = f"Bearer {token}"
+    content = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
+    sent.setdefault("Content-Type", "application/json")
+    return httpx.request(method, f"{shoal.endpoint}{path}?api-version={API_VERSION}", content=content,
+                         headers=sent, verify=verifier(shoal), timeout=30)
+
+
+def assert_arm_error(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, (response.status_code, response.text)
+    error = response.json()["error"]
+    assert error["code"] == code, error
+    assert isinstance(error["message"], str) and error["message"]
+
+
+def data_plane_status(shoal: RunningShoal, key: str) -> int:
+    return call(shoal, "GET", "/pools", key=key).status_code
+
+
+def test_account_resource_through_azure_mgmt_batch(tls_shoal: RunningShoal, contributor: dict[str, Any]) -> None:
+    client = management_client(tls_shoal, contributor)
+    subscription, group = scope_parts()
+    account = client.batch_account.get(group, "shoal")
+    assert account.id == config.account_scope("shoal")
+    assert account.name == "shoal" and account.type == "Microsoft.Batch/batchAccounts"
+    assert account.location == "local"
+    assert f"https://{account.account_endpoint}" == tls_shoal.endpoint
+    assert account.provisioning_state == "Succeeded"
+    assert account.pool_quota == 100 and account.dedicated_core_quota == 500
+    assert account.low_priority_core_quota == 100 and account.active_job_and_job_schedule_quota == 300
+    assert sorted(account.allowed_authentication_modes) == ["AAD", "SharedKey", "TaskAuthenticationToken"]
+    assert [a.name for a in client.batch_account.list_by_resource_group(group)] == ["shoal"]
+    assert [a.id for a in client.batch_account.list()] == [account.id]
+    # Unknown groups and accounts are ARM's 404s.
+    with pytest.raises(HttpResponseError) as missing:
+        client.batch_account.get(group, "nosuchaccount")
+    assert missing.value.status_code == 404 and missing.value.error.code == "ResourceNotFound"
+    with pytest.raises(HttpResponseError) as no_group:
+        client.batch_account.get("no-such-group", "shoal")
+    assert no_group.value.status_code == 404 and no_group.value.error.code == "ResourceGroupNotFound"
+    assert subscription in account.id
+
+
+def test_regenerating_a_key_refuses_it_at_once_and_keeps_the_other(tls_shoal: RunningShoal,
+                                                                   contributor: dict[str, Any]) -> None:
+    client = management_client(tls_shoal, contributor)
+    _subscription, group = scope_parts()
+    listed = client.batch_account.get_keys(group, "shoal")
+    assert listed.account_name == "shoal"
+    assert (listed.primary, listed.secondary) == (tls_shoal.primary_key, tls_shoal.secondary_key)
+    old_primary = listed.primary
+    assert data_plane_status(tls_shoal, old_primary) == 200
+
+    regenerated = client.batch_account.regenerate_key(group, "shoal", {"keyName": "Primary"})
+    assert regenerated.primary != old_primary and regenerated.secondary == tls_shoal.secondary_key
+    # The very next data-plane request with the old key is refused; the secondary still works.
+    assert data_plane_status(tls_shoal, old_primary) == 403
+    assert data_plane_status(tls_shoal, tls_shoal.secondary_key) == 200
+    assert data_plane_status(tls_shoal, regenerated.primary) == 200
+    sdk = tls_shoal.client(key=old_primary)
+    with pytest.raises(HttpResponseError):
+        list(sdk.list_pools())
+    assert list(tls_shoal.client(key=regenerated.primary).list_pools()) == []
+    # The CLI reads the endpoint file: it shows, and signs with, the new key.
+    shown = account_info(tls_shoal.data_dir)
+    assert (shown["primaryKey"], shown["secondaryKey"]) == (regenerated.primary, regenerated.secondary)
+    assert cli(tls_shoal, "pool", "list").returncode == 0
+    assert client.batch_account.get_keys(group, "shoal").primary == regenerated.primary
+    # No log line holds the new key (`shoal up`'s banner shows the keys it started with only).
+    assert regenerated.primary not in tls_shoal.log()
+
+    again = client.batch_account.regenerate_key(group, "shoal", {"keyName": "Secondary"})
+    assert again.primary == regenerated.primary and again.secondary != tls_shoal.secondary_key
+    assert data_plane_status(tls_shoal, tls_shoal.secondary_key) == 403
+    assert data_plane_status(tls_shoal, again.secondary) == 200
+
+
+def test_allowed_authentication_modes_through_patch(tls_shoal: RunningShoal, contributor: dict[str, Any]) -> None:
+    from azure.mgmt.batch import models
+
+    client = management_client(tls_shoal, contributor)
+    _subscription, group = scope_parts()
+    data_token = token_request(tls_shoal, contributor["tenantId"], {
+        "grant_type": "client_credentials", "client_id": contributor["clientId"],
+        "client_secret": contributor["clientSecret"], "scope": "https://batch.core.windows.net//.default"}
+    ).json()["access_token"]
+    assert call(tls_shoal, "GET", "/pools", token=data_token).status_code == 200
+    updated = client.batch_account.update(group, "shoal", models.BatchAccountUpdateParameters(
+        properties=models.BatchAccountUpdateProperties(allowed_authentication_modes=["SharedKey"])))
+    assert updated.allowed_authentication_modes == ["SharedKey"]
+    try:
+        # AAD is off on the data plane at once (this server's policy cache is forgotten)…
+        assert call(tls_shoal, "GET", "/pools", token=data_token).status_code == 401
+        # …but ARM still takes the principal: it is how the modes are changed back.
+        assert client.batch_account.get(group, "shoal").allowed_authentication_modes == ["SharedKey"]
+        with pytest.raises(HttpResponseError) as refused:
+            client.batch_account.update(group, "shoal", models.BatchAccountUpdateParameters(
+                properties=models.BatchAccountUpdateProperties(allowed_authentication_modes=["Kerberos"])))
+        assert refused.value.status_code == 400
+    finally:
+        client.batch_account.update(group, "shoal", models.BatchAccountUpdateParameters(
+            properties=models.BatchAccountUpdateProperties(
+                allowed_authentication_modes=["SharedKey", "AAD", "TaskAuthenticationToken"])))
+    assert call(tls_shoal, "GET", "/pools", token=data_token).status_code == 200
+
+
+def test_a_reader_may_get_the_account_but_not_its_keys(tls_shoal: RunningShoal, reader: dict[str, Any]) -> None:
+    client = management_client(tls_shoal, reader)
+    _subscription, group = scope_parts()
+    assert client.batch_account.get(group, "shoal").name == "shoal"
+    for attempt in (lambda: client.batch_account.get_keys(group, "shoal"),
+                    lambda: client.batch_account.regenerate_key(group, "shoal", {"keyName": "Primary"})):
+        with pytest.raises(HttpResponseError) as denied:
+            attempt()
+        assert denied.value.status_code == 403 and denied.value.error.code == "AuthorizationFailed"
+    keys_now = account_info(tls_shoal.data_dir)
+    assert data_plane_status(tls_shoal, keys_now["primaryKey"]) == 200
+
+
+def test_a_principal_without_roles_is_refused_everything(tls_shoal: RunningShoal) -> None:
+    nobody = create_principal(tls_shoal, "mgmt-nobody")
+    token = management_token(tls_shoal, nobody)
+    for method, path in (("GET", account_path()), ("GET", "/subscriptions/" + scope_parts()[0]
+                                                   + "/providers/Microsoft.Batch/batchAccounts"),
+                         ("POST", account_path("/listKeys"))):
+        assert_arm_error(arm_call(tls_shoal, method, path, token=token), 403, "AuthorizationFailed")
+
+
+def test_unsigned_shared_key_and_data_plane_tokens_are_401(tls_shoal: RunningShoal,
+                                                          contributor: dict[str, Any]) -> None:
+    from shoal.sharedkey import sign_request
+
+    path = account_path("/listKeys")
+    assert_arm_error(arm_call(tls_shoal, "POST", path), 401, "AuthenticationFailed")
+    url = f"{tls_shoal.endpoint}{path}?api-version={API_VERSION}"
+    keys = account_info(tls_shoal.data_dir)
+    signed = sign_request("POST", url, {"Content-Type": "application/json", "Content-Length": "0"},
+                          "shoal", keys["primaryKey"])
+    response = httpx.post(url, headers=signed, verify=verifier(tls_shoal), timeout=30)
+    assert_arm_error(response, 401, "AuthenticationFailed")
+    assert keys["primaryKey"] not in response.text
+    # A token for the data plane is not one for ARM, and the other way round.
+    data_token = token_request(tls_shoal, contributor["tenantId"], {
+        "grant_type": "client_credentials", "client_id": contributor["clientId"],
+        "client_secret": contributor["clientSecret"], "scope": "https://batch.core.windows.net//.default"}
+    ).json()["access_token"]
+    assert_arm_error(arm_call(tls_shoal, "POST", path, token=data_token), 401, "InvalidAuthenticationToken")
+    assert call(tls_shoal, "GET", "/pools", token=management_token(tls_shoal, contributor)).status_code == 401
+    assert_arm_error(arm_call(tls_shoal, "GET", account_path(), token="not.a.jwt"), 401, "InvalidAuthenticationToken")
+
+
+BAD_BODIES = [
+    ("tertiary", {"keyName": "Tertiary"}),
+    ("number", {"keyName": 1}),
+    ("null", {"keyName": None}),
+    ("list", ["Primary"]),
+    ("extra-property", {"keyName": "Primary", "other": 1}),
+    ("nul", {"keyName": "Primary\u0000"}),
+    ("huge-value", {"keyName": "P" * 60_000}),
+    ("empty", None),
+]
+
+
+@pytest.mark.parametrize(("name", "body"), BAD_BODIES, ids=[name for name, _ in BAD_BODIES])
+def test_bad_regenerate_bodies_are_400_and_change_nothing(tls_shoal: RunningShoal, contributor: dict[str, Any],
+                                                          name: str, body: Any) -> None:
+    token = management_token(tls_shoal, contributor)
+    before = account_info(tls_shoal.data_dir)
+    response = arm_call(tls_shoal, "POST", account_path("/regenerateKeys"), token=token, body=body)
+    assert_arm_error(response, 400, "InvalidRequestBody")
+    assert before["primaryKey"] not in response.text
+    assert account_info(tls_shoal.data_dir) == before
+    assert data_plane_status(tls_shoal, before["primaryKey"]) == 200
+
+
+def test_malformed_huge_and_unversioned_requests(tls_shoal: RunningShoal, contributor: dict[str, Any]) -> None:
+    token = management_token(tls_shoal, contributor)
+    before = account_info(tls_shoal.data_dir)
+    path = account_path("/regenerateKeys")
+    assert_arm_error(arm_call(tls_shoal, "POST", path, token=token, raw=b"{not json"), 400, "InvalidRequestBody")
+    assert_arm_error(arm_call(tls_shoal, "POST", path, token=token, raw=b"x" * 200_000), 413,
+                     "RequestEntityTooLarge")
+    assert_arm_error(arm_call(tls_shoal, "PATCH", account_path(), token=token,
+                              body={"properties": {"autoStorage": {"storageAccountId": "x"}}}), 400,
+                     "FeatureNotSupported")
+    assert_arm_error(arm_call(tls_shoal, "PATCH", account_path(), token=token,
+                              body={"properties": {"allowedAuthenticationModes": "AAD"}}), 400, "InvalidRequestBody")
+    unversioned = httpx.post(f"{tls_shoal.endpoint}{path}", headers={"Authorization": f"Bearer {token}"},
+                             content=b'{"keyName": "Primary"}', verify=verifier(tls_shoal), timeout=30)
+    assert_arm_error(unversioned, 400, "MissingApiVersionParameter")
+    assert_arm_error(arm_call(tls_shoal, "PUT", account_path(), token=token, body={"location": "local"}), 405,
+                     "MethodNotAllowed")
+    assert account_info(tls_shoal.data_dir) == before
