@@ -6,7 +6,11 @@ endpoint file rewritten), RBAC per action, and ARM's 401/400 answers that change
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -263,3 +267,45 @@ def test_malformed_huge_and_unversioned_requests(tls_shoal: RunningShoal, contri
     assert_arm_error(arm_call(tls_shoal, "PUT", account_path(), token=token, body={"location": "local"}), 405,
                      "MethodNotAllowed")
     assert account_info(tls_shoal.data_dir) == before
+
+
+def test_a_regenerated_key_is_stored_sealed_and_ends_the_dashboard_sessions_signed_with_it(tmp_path: Path) -> None:
+    """With a secrets key the new key is written sealed (store/sealing.py); the dashboard's
+    sessions signed in with the old key end with it, those of the other key go on."""
+    from sqlalchemy import create_engine, select
+
+    from shoal.store.schema import accounts
+    from shoal.store.sealing import PREFIX, Sealer, purpose
+
+    key_file = tmp_path / "secrets.key"
+    subprocess.run([sys.executable, "-m", "shoal.cli", "secrets-key", "new", str(key_file)], check=True,
+                   capture_output=True)
+    data_dir = tmp_path / "sealed"
+    with running_shoal(data_dir, extra_args=["--tls", "--secrets-key-file", str(key_file)]) as shoal:
+        principal = create_principal(shoal, "mgmt-sealed")
+        assign_role(shoal, principal, "Contributor")
+        with dashboard(shoal, shoal.primary_key) as by_primary, dashboard(shoal, shoal.secondary_key) as by_secondary:
+            assert by_primary.get("/ui/pools").status_code == 200
+            assert by_secondary.get("/ui/pools").status_code == 200
+            _subscription, group = scope_parts()
+            new = management_client(shoal, principal).batch_account.regenerate_key(group, "shoal",
+                                                                                   {"keyName": "Primary"})
+            assert by_primary.get("/ui/pools").status_code == 303  # back to the sign-in page
+            assert by_secondary.get("/ui/pools").status_code == 200
+        engine = create_engine(f"sqlite:///{data_dir / 'shoal.db'}")
+        try:
+            with engine.connect() as conn:
+                stored = conn.execute(select(accounts.c.primary_key)).scalar_one()
+        finally:
+            engine.dispose()
+        assert stored.startswith(PREFIX)
+        assert Sealer.from_file(key_file).unseal(stored, purpose(accounts, "primary_key")) == new.primary
+        assert new.primary.encode() not in b"".join(p.read_bytes() for p in sorted(data_dir.glob("shoal.db*")))
+
+
+@contextmanager
+def dashboard(shoal: RunningShoal, key: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=shoal.endpoint, follow_redirects=False, timeout=30, verify=verifier(shoal)) as client:
+        response = client.post("/ui/signin", data={"key": key, "next": "/ui/pools"})
+        assert response.status_code == 303, response.text
+        yield client
