@@ -214,10 +214,16 @@ class Management:
 
     async def regenerate_keys(self, request: Request, ctx: Context) -> Response:
         which = accounts.key_name(await self.body(request))
-        primary, secondary = await self.api.runner.write(accounts.regenerate_key, ctx, which)
-        self.api.replace_keys(ctx.account, (primary, secondary))
+        primary, secondary = await self.api.runner.write(self._regenerate, ctx, which)
         log.info("the %s key of account %s was regenerated", which.lower(), ctx.account)
         return _json(request, keys_resource(ctx.account, primary, secondary))
+
+    def _regenerate(self, ctx: Context, which: str) -> tuple[str, str]:
+        """On the writer thread: the keys are swapped in the order the store changed them, so two
+        regenerations at once can never leave the server verifying a key the store replaced."""
+        keys = accounts.regenerate_key(ctx, which)
+        self.api.replace_keys(ctx.account, keys)
+        return keys
 
     async def body(self, request: Request, *, required: bool = True) -> Any:
         raw = await read_body(request, MAX_MANAGEMENT_BODY_BYTES)

@@ -309,3 +309,38 @@ def dashboard(shoal: RunningShoal, key: str) -> Iterator[httpx.Client]:
         response = client.post("/ui/signin", data={"key": key, "next": "/ui/pools"})
         assert response.status_code == 303, response.text
         yield client
+
+
+def test_regenerations_at_once_leave_the_server_with_the_stored_keys(tls_shoal: RunningShoal,
+                                                                     contributor: dict[str, Any]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    token = management_token(tls_shoal, contributor)
+
+    def regenerate(index: int) -> int:
+        body = {"keyName": "Primary" if index % 2 else "Secondary"}
+        return arm_call(tls_shoal, "POST", account_path("/regenerateKeys"), token=token, body=body).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(regenerate, range(16))) == [200] * 16
+    listed = arm_call(tls_shoal, "POST", account_path("/listKeys"), token=token).json()
+    shown = account_info(tls_shoal.data_dir)
+    assert (shown["primaryKey"], shown["secondaryKey"]) == (listed["primary"], listed["secondary"])
+    assert stored_keys(tls_shoal) == (listed["primary"], listed["secondary"])
+    assert data_plane_status(tls_shoal, listed["primary"]) == 200
+    assert data_plane_status(tls_shoal, listed["secondary"]) == 200
+
+
+def stored_keys(shoal: RunningShoal) -> tuple[str, str]:
+    """The keys in the store (this server keeps them in the clear: no --secrets-key-file)."""
+    from sqlalchemy import create_engine, select
+
+    from shoal.store.schema import accounts
+
+    engine = create_engine(f"sqlite:///{shoal.data_dir / 'shoal.db'}")
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(select(accounts.c.primary_key, accounts.c.secondary_key)).one()
+    finally:
+        engine.dispose()
+    return row.primary_key, row.secondary_key
