@@ -31,9 +31,10 @@ from shoal import clock, config
 from shoal.api.auth import AAD, Caller
 from shoal.api.http import dumps, parse_json, read_body
 from shoal.errors import BatchError, BodyTooLarge
-from shoal.service import accounts, principals, tokens
+from shoal.service import accounts, principals, resource_groups, roles, tokens
 from shoal.service.context import Context
 from shoal.service.permissions import ACCOUNT_READ, ACTION, LIST_KEYS
+from shoal.service.resource_groups import account_parents
 from shoal.store.runner import Busy
 
 if TYPE_CHECKING:
@@ -43,16 +44,17 @@ log = logging.getLogger("shoal.api.management")
 
 # The api-versions of Microsoft.Batch that azure-mgmt-batch 17–19 send (19 sends 2025-06-01).
 API_VERSIONS = ("2024-02-01", "2024-07-01", "2025-06-01")
-# Where the account is said to be: Shoal runs where it runs.
-LOCATION = "local"
 ACCOUNT_TYPE = "Microsoft.Batch/batchAccounts"
 ACCOUNT_WRITE = "Microsoft.Batch/batchAccounts/write"
+GROUP_ACTION = "Microsoft.Resources/subscriptions/resourceGroups/"
 REGENERATE_KEYS = "Microsoft.Batch/batchAccounts/regenerateKeys/action"
 # A management body is a few properties: anything bigger is refused before it is read whole.
 MAX_MANAGEMENT_BODY_BYTES = 64 * 1024
 
 SUBSCRIPTION = "/subscriptions/{subscription}"
 GROUP = SUBSCRIPTION + "/resourceGroups/{group}"
+# Microsoft.Resources spells it so (the paths compare without case anyway).
+RESOURCE_GROUP = SUBSCRIPTION + "/resourcegroups/{group}"
 ACCOUNTS_IN_SUBSCRIPTION = SUBSCRIPTION + "/providers/Microsoft.Batch/batchAccounts"
 ACCOUNTS_IN_GROUP = GROUP + "/providers/Microsoft.Batch/batchAccounts"
 ACCOUNT = ACCOUNTS_IN_GROUP + "/{account}"
@@ -122,7 +124,11 @@ class Management:
         return Caller(AAD, self.api.ctx.account, client_id=claims.client_id, object_id=claims.object_id)
 
     async def authorize(self, caller: Caller, action: str, scope: str) -> None:
-        granted = await self.api.authz.permissions_of(caller.object_id or "")
+        if action.startswith(GROUP_ACTION):
+            # A group's rights are its own (those at it or its subscription), not the account's.
+            granted = await self.api.runner.read(roles.grants_at, self.api.ctx, caller.object_id or "", scope)
+        else:
+            granted = await self.api.authz.permissions_of(caller.object_id or "")
         # Exactly the action: on the data plane listKeys/action stands for every operation (the
         # key allows everything), but ARM grants each action by itself.
         if not granted.grants_operation(ACTION, action):
@@ -147,7 +153,7 @@ class Management:
                 scope = self.scope_of(request)
                 await self.authorize(caller, action, scope)
                 check_api_version(request.query_params.get("api-version"))
-                self.check_path(request)
+                await self.check_path(request, action)
                 request.state.caller = caller
                 return await handler(request, self.api.context_for(request))
             except ArmError as error:
@@ -172,21 +178,32 @@ class Management:
         params = request.path_params
         scope = f"/subscriptions/{params['subscription']}"
         if "group" in params:
+            # (A bad name in a scope only makes a scope no assignment names.)
             scope += f"/resourceGroups/{params['group']}"
         if "account" in params:
             scope += f"/providers/Microsoft.Batch/batchAccounts/{params['account']}"
         return scope[:1024]
 
-    def check_path(self, request: Request) -> None:
-        """404 in ARM's words for a subscription, group or account this server does not hold."""
+    async def check_path(self, request: Request, action: str) -> None:
+        """404 in ARM's words for a subscription, group or account this server does not hold; a
+        group other than the account's holds no account (request.state.empty_group)."""
         subscription, group = account_parents(self.api.ctx.account)
         params = request.path_params
+        request.state.empty_group = False
         if params["subscription"].lower() != subscription.lower():
             raise ArmError(404, "SubscriptionNotFound",
                            f"The subscription '{params['subscription'][:64]}' could not be found.")
-        if "group" in params and params["group"].lower() != group.lower():
+        if action.startswith(GROUP_ACTION) or "group" not in params or params["group"].lower() == group.lower():
+            pass
+        elif await self.api.runner.read(resource_groups.get, self.api.ctx, subscription, params["group"]) is None:
             raise ArmError(404, "ResourceGroupNotFound",
                            f"Resource group '{params['group'][:90]}' could not be found.")
+        else:
+            request.state.empty_group = True
+        if "account" in params and request.state.empty_group:
+            raise ArmError(404, "ResourceNotFound",
+                           f"The Resource '{ACCOUNT_TYPE}/{params['account'][:64]}' under resource group "
+                           f"'{params['group'][:90]}' was not found.")
         if "account" in params and params["account"].lower() != self.api.ctx.account.lower():
             raise ArmError(404, "ResourceNotFound",
                            f"The Resource '{ACCOUNT_TYPE}/{params['account'][:64]}' under resource group "
@@ -198,7 +215,29 @@ class Management:
         return _json(request, await self.account_resource(ctx))
 
     async def list_accounts(self, request: Request, ctx: Context) -> Response:
+        if request.state.empty_group:
+            return _json(request, {"value": []})
         return _json(request, {"value": [await self.account_resource(ctx)]})
+
+    async def get_group(self, request: Request, ctx: Context) -> Response:
+        params = request.path_params
+        found = await self.api.runner.read(resource_groups.get, ctx, params["subscription"], params["group"])
+        if found is None:
+            raise resource_groups.not_found(params["group"])
+        return _json(request, group_resource(found, params["subscription"]))
+
+    async def put_group(self, request: Request, ctx: Context) -> Response:
+        params = request.path_params
+        resource_groups.check_name(params["group"])  # before the body: a bad name is the answer
+        body = await self.body(request)
+        group, made = await self.api.runner.write(resource_groups.create_or_update, ctx, params["subscription"],
+                                                  params["group"], body)
+        return _json(request, group_resource(group, params["subscription"]), 201 if made else 200)
+
+    async def delete_group(self, request: Request, ctx: Context) -> Response:
+        params = request.path_params
+        await self.api.runner.write(resource_groups.delete_group, ctx, params["subscription"], params["group"])
+        return Response(status_code=200, headers=_headers(request))
 
     async def update_account(self, request: Request, ctx: Context) -> Response:
         modes = update_modes(await self.body(request))
@@ -248,12 +287,6 @@ def check_api_version(value: str | None) -> None:
                        f"'{','.join(API_VERSIONS)}'.")
 
 
-def account_parents(account: str) -> tuple[str, str]:
-    """The subscription and resource group the account lives in (shoal/config.py account_scope)."""
-    parts = config.account_scope(account).split("/")
-    return parts[2], parts[4]
-
-
 def update_modes(body: Any) -> list[str] | None:
     """The allowedAuthenticationModes a PATCH body sets (None: it sets none); anything else it
     names is refused, never stored and ignored."""
@@ -276,6 +309,13 @@ def update_modes(body: Any) -> list[str] | None:
     if not isinstance(modes, list):
         raise ArmError(400, "InvalidRequestBody", "The property 'allowedAuthenticationModes' must be an array.")
     return modes
+
+
+def group_resource(group: resource_groups.ResourceGroup, subscription: str) -> dict[str, Any]:
+    """A group as Microsoft.Resources shows it (azure-mgmt-resource's ResourceGroup)."""
+    return {"id": f"/subscriptions/{subscription}/resourceGroups/{group.name}", "name": group.name,
+            "type": "Microsoft.Resources/resourceGroups", "location": group.location, "tags": group.tags,
+            "properties": {"provisioningState": "Succeeded"}}
 
 
 def keys_resource(account: str, primary: str, secondary: str) -> dict[str, str]:
@@ -305,7 +345,7 @@ def account_resource(found: accounts.AccountRecord, base_url: str) -> dict[str, 
     if storage is not None:
         properties["autoStorage"] = storage
     return {"id": config.account_scope(found.name), "name": found.name, "type": ACCOUNT_TYPE,
-            "location": LOCATION, "tags": {}, "identity": {"type": "None"}, "properties": properties}
+            "location": accounts.LOCATION, "tags": {}, "identity": {"type": "None"}, "properties": properties}
 
 
 def auto_storage(found: accounts.AccountRecord) -> dict[str, Any] | None:
@@ -330,6 +370,9 @@ ROUTES = (
     (ACCOUNT, "PATCH", "update_account", ACCOUNT_WRITE),
     (LIST_KEYS_PATH, "POST", "list_keys", LIST_KEYS),
     (REGENERATE_KEYS_PATH, "POST", "regenerate_keys", REGENERATE_KEYS),
+    (RESOURCE_GROUP, "GET", "get_group", GROUP_ACTION + "read"),
+    (RESOURCE_GROUP, "PUT", "put_group", GROUP_ACTION + "write"),
+    (RESOURCE_GROUP, "DELETE", "delete_group", GROUP_ACTION + "delete"),
 )
 
 

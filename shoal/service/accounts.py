@@ -19,6 +19,8 @@ from shoal.service.context import Context
 from shoal.store.schema import accounts
 from shoal.store.sealing import purpose
 
+# Where the management API says the account is: Shoal runs where it runs.
+LOCATION = "local"
 # The names `regenerateKeys` takes (azure-mgmt-batch's AccountKeyType), and the column of each.
 KEY_COLUMNS = {"Primary": "primary_key", "Secondary": "secondary_key"}
 

@@ -35,14 +35,15 @@ def tls_shoal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningShoal
 @pytest.fixture(scope="module")
 def contributor(tls_shoal: RunningShoal) -> dict[str, Any]:
     principal = create_principal(tls_shoal, "mgmt-contributor")
-    assign_role(tls_shoal, principal, "Contributor")
+    # At the subscription: it covers the account and every resource group.
+    assign_role(tls_shoal, principal, "Contributor", "--scope", "subscription")
     return principal
 
 
 @pytest.fixture(scope="module")
 def reader(tls_shoal: RunningShoal) -> dict[str, Any]:
     principal = create_principal(tls_shoal, "mgmt-reader")
-    assign_role(tls_shoal, principal, "Reader")
+    assign_role(tls_shoal, principal, "Reader", "--scope", "subscription")
     return principal
 
 
@@ -344,3 +345,84 @@ def stored_keys(shoal: RunningShoal) -> tuple[str, str]:
     finally:
         engine.dispose()
     return row.primary_key, row.secondary_key
+
+
+def group_path(name: str) -> str:
+    return f"/subscriptions/{scope_parts()[0]}/resourcegroups/{name}"
+
+
+def test_resource_groups_are_made_read_and_deleted(tls_shoal: RunningShoal, contributor: dict[str, Any]) -> None:
+    token = management_token(tls_shoal, contributor)
+    # The account's own group is there from the start, and cannot go while it holds the account.
+    own = arm_call(tls_shoal, "GET", group_path(scope_parts()[1]), token=token)
+    assert own.status_code == 200 and own.json()["location"] == "local"
+    assert_arm_error(arm_call(tls_shoal, "DELETE", group_path(scope_parts()[1]), token=token), 409,
+                     "ResourceGroupDeletionBlocked")
+
+    made = arm_call(tls_shoal, "PUT", group_path("Team-A_(1).x"), token=token,
+                    body={"location": "local", "tags": {"team": "a"}})
+    assert made.status_code == 201, made.text
+    assert made.json() == {"id": f"/subscriptions/{scope_parts()[0]}/resourceGroups/Team-A_(1).x",
+                           "name": "Team-A_(1).x", "type": "Microsoft.Resources/resourceGroups",
+                           "location": "local", "tags": {"team": "a"}, "properties": {"provisioningState": "Succeeded"}}
+    # Names compare without case; a PUT again updates the tags, never the location.
+    again = arm_call(tls_shoal, "PUT", group_path("team-a_(1).X"), token=token, body={"location": "local"})
+    assert again.status_code == 200 and again.json()["name"] == "Team-A_(1).x" and again.json()["tags"] == {}
+    assert_arm_error(arm_call(tls_shoal, "PUT", group_path("team-a_(1).x"), token=token,
+                              body={"location": "westeurope"}), 409, "InvalidResourceGroupLocation")
+    # The new group holds no account.
+    client = management_client(tls_shoal, contributor)
+    assert list(client.batch_account.list_by_resource_group("Team-A_(1).x")) == []
+    with pytest.raises(HttpResponseError) as missing:
+        client.batch_account.get("Team-A_(1).x", "shoal")
+    assert missing.value.error.code == "ResourceNotFound"
+
+    assert arm_call(tls_shoal, "DELETE", group_path("TEAM-A_(1).X"), token=token).status_code == 200
+    assert_arm_error(arm_call(tls_shoal, "GET", group_path("Team-A_(1).x"), token=token), 404, "ResourceGroupNotFound")
+    assert_arm_error(arm_call(tls_shoal, "DELETE", group_path("Team-A_(1).x"), token=token), 404,
+                     "ResourceGroupNotFound")
+
+
+BAD_GROUP_NAMES = ["ends-with-dot.", "x" * 91, "sp ace", "semi;colon", "nul%00", "star*", "%C3%A9t%C3%A9~"]
+
+
+@pytest.mark.parametrize("name", BAD_GROUP_NAMES)
+def test_bad_group_names_are_400_and_make_nothing(tls_shoal: RunningShoal, contributor: dict[str, Any],
+                                                  name: str) -> None:
+    token = management_token(tls_shoal, contributor)
+    assert_arm_error(arm_call(tls_shoal, "PUT", group_path(name), token=token, body={"location": "local"}), 400,
+                     "InvalidResourceGroupName")
+    assert arm_call(tls_shoal, "GET", group_path(name), token=token).status_code == 404
+
+
+def test_rights_at_the_account_do_not_reach_other_groups(tls_shoal: RunningShoal) -> None:
+    """An assignment at the account (or its group) grants nothing over another group."""
+    local = create_principal(tls_shoal, "mgmt-account-owner")
+    assign_role(tls_shoal, local, "Owner")
+    token = management_token(tls_shoal, local)
+    assert arm_call(tls_shoal, "GET", account_path(), token=token).status_code == 200
+    assert_arm_error(arm_call(tls_shoal, "PUT", group_path("elsewhere"), token=token, body={"location": "local"}),
+                     403, "AuthorizationFailed")
+
+
+def test_bad_group_bodies_and_rights(tls_shoal: RunningShoal, contributor: dict[str, Any],
+                                     reader: dict[str, Any]) -> None:
+    token = management_token(tls_shoal, contributor)
+    for body, code in (({}, "LocationRequired"), ({"location": 5}, "InvalidRequestContent"),
+                       ({"location": "local", "tags": {"a": 1}}, "InvalidTag"),
+                       ({"location": "local", "tags": {"a\u0000": "b"}}, "InvalidTag"),
+                       ({"location": "local", "managedBy": "x"}, "InvalidRequestContent"),
+                       (["local"], "InvalidRequestContent")):
+        assert_arm_error(arm_call(tls_shoal, "PUT", group_path("bad-body"), token=token, body=body), 400, code)
+    assert arm_call(tls_shoal, "GET", group_path("bad-body"), token=token).status_code == 404
+    # Unicode letters are letters, as on ARM.
+    assert arm_call(tls_shoal, "PUT", group_path("%C3%A9t%C3%A9"), token=token,
+                    body={"location": "local"}).status_code == 201
+    # A Reader reads groups but makes or deletes none.
+    reading = management_token(tls_shoal, reader)
+    assert arm_call(tls_shoal, "GET", group_path("%C3%A9t%C3%A9"), token=reading).status_code == 200
+    assert_arm_error(arm_call(tls_shoal, "PUT", group_path("reader-group"), token=reading,
+                              body={"location": "local"}), 403, "AuthorizationFailed")
+    assert_arm_error(arm_call(tls_shoal, "DELETE", group_path("%C3%A9t%C3%A9"), token=reading), 403,
+                     "AuthorizationFailed")
+    assert arm_call(tls_shoal, "DELETE", group_path("%C3%A9t%C3%A9"), token=token).status_code == 200

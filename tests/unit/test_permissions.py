@@ -131,7 +131,8 @@ def test_every_management_route_names_its_one_action() -> None:
     served = {(method, route.path) for route in app.routes if getattr(route, "path", "").startswith("/subscriptions/")
               for method in route.methods or () if method != "HEAD"}
     assert served == {(method, path) for path, method, _handler, _action in management.ROUTES}
-    assert all(action.startswith("Microsoft.Batch/batchAccounts/") for *_rest, action in management.ROUTES)
+    assert all(action.startswith(("Microsoft.Batch/batchAccounts/", "Microsoft.Resources/subscriptions/resourceGroups/"))
+               for *_rest, action in management.ROUTES)
 
 
 ROLE = {role.name: role for role in BUILTIN_ROLES}
