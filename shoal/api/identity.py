@@ -29,7 +29,7 @@ from shoal import clock
 from shoal.api.auth import SHARED_KEY, Forbidden, Identity
 from shoal.api.http import dumps, empty_response, json_response, parse_json, read_body
 from shoal.errors import BatchError
-from shoal.service import principals, tokens
+from shoal.service import accounts, principals, tokens
 from shoal.service.context import Context
 from shoal.store.runner import Busy
 
@@ -215,6 +215,15 @@ def routes(api: Any, identity: Identity | None) -> list[Route]:
         api.auth.forget_policy()
         return json_response(request, {"allowedAuthenticationModes": chosen})
 
+    async def regenerate_key(request: Request, ctx: Context) -> Response:
+        # On the writer thread (placement "write"), as the management API's regenerateKeys.
+        from shoal.api.management import keys_resource, regenerate_and_swap
+
+        shared_key_only(request)
+        which = accounts.key_name(parse_json(await request.body()))
+        primary, secondary = regenerate_and_swap(api, ctx, which)
+        return json_response(request, keys_resource(ctx.account, primary, secondary))
+
     return [
         Route(OPENID_CONFIGURATION_PATH, authority_route(openid_configuration), methods=["GET"]),
         Route(KEYS_PATH, authority_route(keys), methods=["GET"]),
@@ -227,6 +236,7 @@ def routes(api: Any, identity: Identity | None) -> list[Route]:
             ("/shoal/v1/tenants", ["POST"], create_tenant, "write"),
             ("/shoal/v1/tenants", ["GET"], list_tenants, "read"),
             ("/shoal/v1/account/authentication-modes", ["GET", "PUT"], authentication_modes, "write"),
+            ("/shoal/v1/account/regenerate-key", ["POST"], regenerate_key, "write"),
         )),
     ]
 

@@ -253,16 +253,8 @@ class Management:
 
     async def regenerate_keys(self, request: Request, ctx: Context) -> Response:
         which = accounts.key_name(await self.body(request))
-        primary, secondary = await self.api.runner.write(self._regenerate, ctx, which)
-        log.info("the %s key of account %s was regenerated", which.lower(), ctx.account)
+        primary, secondary = await self.api.runner.write(regenerate_and_swap, self.api, ctx, which)
         return _json(request, keys_resource(ctx.account, primary, secondary))
-
-    def _regenerate(self, ctx: Context, which: str) -> tuple[str, str]:
-        """On the writer thread: the keys are swapped in the order the store changed them, so two
-        regenerations at once can never leave the server verifying a key the store replaced."""
-        keys = accounts.regenerate_key(ctx, which)
-        self.api.replace_keys(ctx.account, keys)
-        return keys
 
     async def body(self, request: Request, *, required: bool = True) -> Any:
         raw = await read_body(request, MAX_MANAGEMENT_BODY_BYTES)
@@ -275,6 +267,16 @@ class Management:
     async def account_resource(self, ctx: Context) -> dict[str, Any]:
         found = await self.api.runner.read(accounts.record, ctx)
         return account_resource(found, ctx.base_url)
+
+
+def regenerate_and_swap(api: Api, ctx: Context, which: str) -> tuple[str, str]:
+    """On the writer thread (here and for `shoal account regenerate-key`): the keys are swapped in
+    the order the store changed them, so two regenerations at once can never leave the server
+    verifying a key the store replaced."""
+    keys = accounts.regenerate_key(ctx, which)
+    api.replace_keys(ctx.account, keys)
+    log.info("the %s key of account %s was regenerated", which.lower(), ctx.account)
+    return keys
 
 
 def check_api_version(value: str | None) -> None:

@@ -426,3 +426,32 @@ def test_bad_group_bodies_and_rights(tls_shoal: RunningShoal, contributor: dict[
     assert_arm_error(arm_call(tls_shoal, "DELETE", group_path("%C3%A9t%C3%A9"), token=reading), 403,
                      "AuthorizationFailed")
     assert arm_call(tls_shoal, "DELETE", group_path("%C3%A9t%C3%A9"), token=token).status_code == 200
+
+
+def test_shoal_account_regenerate_key(tls_shoal: RunningShoal, contributor: dict[str, Any]) -> None:
+    """The CLI's way (Shared Key, like every command): the old key is refused at once, the other
+    kept, and the next command signs with the new key from the rewritten endpoint file."""
+    before = account_info(tls_shoal.data_dir)
+    out = cli(tls_shoal, "account", "regenerate-key", "secondary", "--json")
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["primaryKey"] == before["primaryKey"] and answer["secondaryKey"] != before["secondaryKey"]
+    assert answer["secondaryKey"] not in out.stderr
+    assert data_plane_status(tls_shoal, before["secondaryKey"]) == 403
+    assert data_plane_status(tls_shoal, answer["secondaryKey"]) == 200
+    assert account_info(tls_shoal.data_dir)["secondaryKey"] == answer["secondaryKey"]
+    assert cli(tls_shoal, "account", "regenerate-key", "primary").returncode == 0
+    assert data_plane_status(tls_shoal, before["primaryKey"]) == 403
+    assert cli(tls_shoal, "pool", "list").returncode == 0
+    assert cli(tls_shoal, "account", "regenerate-key", "tertiary").returncode == 2
+    # Principals never call it, whatever their roles: it is the key holder's.
+    data_token = token_request(tls_shoal, contributor["tenantId"], {
+        "grant_type": "client_credentials", "client_id": contributor["clientId"],
+        "client_secret": contributor["clientSecret"], "scope": "https://batch.core.windows.net//.default"}
+    ).json()["access_token"]
+    refused = call(tls_shoal, "POST", "/shoal/v1/account/regenerate-key", token=data_token,
+                   body=b'{"keyName": "Primary"}')
+    assert refused.status_code == 403
+    bad = call(tls_shoal, "POST", "/shoal/v1/account/regenerate-key", key=account_info(tls_shoal.data_dir)["primaryKey"],
+               body=b'{"keyName": "Tertiary"}')
+    assert bad.status_code == 400 and bad.json()["code"] == "InvalidRequestBody"
