@@ -222,6 +222,9 @@ class Management:
     async def get_group(self, request: Request, ctx: Context) -> Response:
         params = request.path_params
         found = await self.api.runner.read(resource_groups.get, ctx, params["subscription"], params["group"])
+        if request.method == "HEAD":
+            # ResourceGroups_CheckExistence: 204 or 404, no body.
+            return Response(status_code=204 if found is not None else 404, headers=_headers(request))
         if found is None:
             raise resource_groups.not_found(params["group"])
         return _json(request, group_resource(found, params["subscription"]))

@@ -377,7 +377,10 @@ def test_resource_groups_are_made_read_and_deleted(tls_shoal: RunningShoal, cont
         client.batch_account.get("Team-A_(1).x", "shoal")
     assert missing.value.error.code == "ResourceNotFound"
 
+    exists = arm_call(tls_shoal, "HEAD", group_path("team-a_(1).x"), token=token)
+    assert exists.status_code == 204 and exists.content == b""
     assert arm_call(tls_shoal, "DELETE", group_path("TEAM-A_(1).X"), token=token).status_code == 200
+    assert arm_call(tls_shoal, "HEAD", group_path("team-a_(1).x"), token=token).status_code == 404
     assert_arm_error(arm_call(tls_shoal, "GET", group_path("Team-A_(1).x"), token=token), 404, "ResourceGroupNotFound")
     assert_arm_error(arm_call(tls_shoal, "DELETE", group_path("Team-A_(1).x"), token=token), 404,
                      "ResourceGroupNotFound")
@@ -455,3 +458,44 @@ def test_shoal_account_regenerate_key(tls_shoal: RunningShoal, contributor: dict
     bad = call(tls_shoal, "POST", "/shoal/v1/account/regenerate-key", key=account_info(tls_shoal.data_dir)["primaryKey"],
                body=b'{"keyName": "Tertiary"}')
     assert bad.status_code == 400 and bad.json()["code"] == "InvalidRequestBody"
+
+
+# What each built-in role may do through the management API, read from Azure's role definitions
+# (written apart from the server's evaluator so that the two check each other): account read,
+# account write, list keys, regenerate keys, group read, group write, group delete.
+ALL = {"read", "write", "listKeys", "regenerateKeys", "groupRead", "groupWrite", "groupDelete"}
+MANAGEMENT_MATRIX = {
+    "Owner": ALL,
+    "Contributor": ALL,
+    "Reader": {"read", "groupRead"},
+    "Azure Batch Account Contributor": {"read", "write", "listKeys", "regenerateKeys", "groupRead"},
+    "Azure Batch Account Reader": {"read", "groupRead"},
+    "Azure Batch Data Contributor": {"read", "groupRead"},
+    "Azure Batch Job Submitter": {"groupRead"},
+}
+
+
+@pytest.mark.parametrize("role", sorted(MANAGEMENT_MATRIX))
+def test_management_matrix_of_the_builtin_roles(tls_shoal: RunningShoal, role: str) -> None:
+    principal = create_principal(tls_shoal, f"mgmt-matrix-{role.lower().replace(' ', '-')}")
+    assign_role(tls_shoal, principal, role, "--scope", "subscription")
+    token = management_token(tls_shoal, principal)
+    group = f"matrix-{abs(hash(role)) % 10_000}"
+    calls = {  # each with a body that would not change the account if allowed
+        "read": ("GET", account_path(), None),
+        "write": ("PATCH", account_path(), {}),
+        "listKeys": ("POST", account_path("/listKeys"), None),
+        "regenerateKeys": ("POST", account_path("/regenerateKeys"), {"keyName": "Tertiary"}),
+        "groupWrite": ("PUT", group_path(group), {"location": "local"}),
+        "groupRead": ("GET", group_path(group), None),
+        "groupDelete": ("DELETE", group_path(group), None),
+    }
+    allowed = set()
+    for name, (method, path, body) in calls.items():
+        response = arm_call(tls_shoal, method, path, token=token, body=body)
+        assert response.status_code < 500, (name, response.text)
+        if response.status_code == 403:
+            assert response.json()["error"]["code"] == "AuthorizationFailed"
+        else:
+            allowed.add(name)
+    assert allowed == MANAGEMENT_MATRIX[role]
