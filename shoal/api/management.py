@@ -91,8 +91,8 @@ def arm_error_response(request: Request, error: ArmError) -> Response:
 
 
 class Management:
-    """The management routes of one server: its account, the keys the data plane verifies, and
-    what to do once they change (rewrite the endpoint file)."""
+    """The management routes of one server's account and resource groups, on the server's Api
+    (its keys, authenticator, authorizer and store runner)."""
 
     def __init__(self, api: Api) -> None:
         self.api = api
@@ -178,7 +178,6 @@ class Management:
         params = request.path_params
         scope = f"/subscriptions/{params['subscription']}"
         if "group" in params:
-            # (A bad name in a scope only makes a scope no assignment names.)
             scope += f"/resourceGroups/{params['group']}"
         if "account" in params:
             scope += f"/providers/Microsoft.Batch/batchAccounts/{params['account']}"
@@ -194,17 +193,14 @@ class Management:
             raise ArmError(404, "SubscriptionNotFound",
                            f"The subscription '{params['subscription'][:64]}' could not be found.")
         if action.startswith(GROUP_ACTION) or "group" not in params or params["group"].lower() == group.lower():
-            pass
+            pass  # a group route finds its group itself; the account's own group always exists
         elif await self.api.runner.read(resource_groups.get, self.api.ctx, subscription, params["group"]) is None:
             raise ArmError(404, "ResourceGroupNotFound",
                            f"Resource group '{params['group'][:90]}' could not be found.")
         else:
             request.state.empty_group = True
-        if "account" in params and request.state.empty_group:
-            raise ArmError(404, "ResourceNotFound",
-                           f"The Resource '{ACCOUNT_TYPE}/{params['account'][:64]}' under resource group "
-                           f"'{params['group'][:90]}' was not found.")
-        if "account" in params and params["account"].lower() != self.api.ctx.account.lower():
+        if "account" in params and (request.state.empty_group
+                                    or params["account"].lower() != self.api.ctx.account.lower()):
             raise ArmError(404, "ResourceNotFound",
                            f"The Resource '{ACCOUNT_TYPE}/{params['account'][:64]}' under resource group "
                            f"'{params['group'][:90]}' was not found.")
