@@ -126,8 +126,8 @@ class Settings:
         return self.database_url or os.environ.get("SHOAL_DATABASE_URL") or self.sqlite_url
 
 
-# Where the account sits in ARM's tree, for role assignment scopes: Shoal has no management plane
-# yet, so its one account lives in one subscription and resource group, named by these.
+# Where the account sits in ARM's tree, for role assignment scopes and the management API
+# (shoal/api/management.py): its one account lives in one subscription and resource group.
 DEFAULT_SUBSCRIPTION_ID = "00000000-0000-0000-0000-000000000000"
 DEFAULT_RESOURCE_GROUP = "shoal"
 

@@ -56,6 +56,15 @@ class Api:
         # What each principal's role assignments allow it (shoal/api/authorization.py).
         self.authz = Authorizer(ctx, self.runner)
         self.identity = identity
+        # Called with the account's keys once they change (the server rewrites its endpoint file).
+        self.on_keys_changed: Callable[[str, tuple[str, str]], None] = lambda _account, _keys: None
+
+    def replace_keys(self, account: str, keys: tuple[str, str]) -> None:
+        """The account's keys after one was regenerated: Shared Key verification and the
+        dashboard's sessions read this same mapping, so the old key is refused from the next
+        request on."""
+        self.keys[account] = keys
+        self.on_keys_changed(account, keys)
 
     def context_for(self, request: Request) -> Context:
         """The service context with this request's base URL (for `url` and `odata` fields); every
@@ -138,6 +147,7 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
         jobs,
         ledger,
         lifetime,
+        management,
         node_logs,
         node_users,
         nodes,
@@ -174,6 +184,8 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
     routes.extend(identity.routes(api, api.identity))
     # Role definitions and assignments (shoal/api/roles.py).
     routes.extend(role_routes.routes(api))
+    # The management API of the account, in ARM's shape (shoal/api/management.py).
+    routes.extend(management.routes(api))
 
     # The web dashboard (shoal/web), signed in with the account key, on the same port.
     from shoal.web.routes import mount as mount_dashboard
@@ -181,12 +193,16 @@ def build_app(api: Api, agent_hub: AgentHub, poll_timeout_s: float, heartbeat_in
     routes.append(mount_dashboard(api))
 
     async def no_such_route(request: Request, exc: Exception) -> Response:
+        if management.is_management_path(request.url.path):
+            return management.unrouted(request, 404)
         operation = unserved.operation_for(request.method, request.url.path)
         if operation is not None:
             return await api.batch(_unserved(operation), path=unserved.template_of(operation))(request)
         return await _no_such_route(request, exc)
 
     async def no_such_method(request: Request, exc: Exception) -> Response:
+        if management.is_management_path(request.url.path):
+            return management.unrouted(request, 405)
         operation = unserved.operation_for(request.method, request.url.path)
         if operation is not None:
             return await api.batch(_unserved(operation), path=unserved.template_of(operation))(request)

@@ -90,6 +90,8 @@ def _extension(method: str, path: str, verb: str) -> Operation | None:
         return Operation(ACTION, ACCOUNT_READ)
     if path == "/account/authentication-modes":
         return Operation(ACTION, ACCOUNT_READ) if method == "GET" else SHARED_KEY_ONLY
+    if path == "/account/regenerate-key":
+        return SHARED_KEY_ONLY
     if path.startswith(("/principals", "/tenants")):
         return SHARED_KEY_ONLY
     if path.startswith("/roledefinitions"):

@@ -29,7 +29,7 @@ from shoal import clock
 from shoal.api.auth import SHARED_KEY, Forbidden, Identity
 from shoal.api.http import dumps, empty_response, json_response, parse_json, read_body
 from shoal.errors import BatchError
-from shoal.service import principals, tokens
+from shoal.service import accounts, principals, tokens
 from shoal.service.context import Context
 from shoal.store.runner import Busy
 
@@ -38,6 +38,11 @@ MAX_TOKEN_REQUEST_BYTES = 16 * 1024
 # The scopes a client may ask for: the Batch resource's default scope, in both spellings the
 # SDKs use (the resource with its trailing slash, plus "/.default").
 BATCH_SCOPES = (tokens.BATCH_AUDIENCE + "/.default", tokens.BATCH_AUDIENCE + ".default")
+# The management API's (azure-mgmt-batch asks for "https://management.azure.com/.default").
+MANAGEMENT_SCOPES = (tokens.MANAGEMENT_AUDIENCE + ".default", tokens.MANAGEMENT_AUDIENCE + "/.default")
+# Each scope a client may ask for, and the audience its token is minted for.
+AUDIENCE_OF_SCOPE = {**{scope: tokens.BATCH_AUDIENCE for scope in BATCH_SCOPES},
+                     **{scope: tokens.MANAGEMENT_AUDIENCE for scope in MANAGEMENT_SCOPES}}
 OPENID_CONFIGURATION_PATH = "/{tenant}/v2.0/.well-known/openid-configuration"
 KEYS_PATH = "/{tenant}/discovery/v2.0/keys"
 TOKEN_PATH = "/{tenant}/oauth2/v2.0/token"
@@ -118,7 +123,7 @@ def routes(api: Any, identity: Identity | None) -> list[Route]:
             "response_types_supported": ["token"],
             "subject_types_supported": ["pairwise"],
             "id_token_signing_alg_values_supported": ["RS256"],
-            "scopes_supported": list(BATCH_SCOPES),
+            "scopes_supported": [*BATCH_SCOPES, *MANAGEMENT_SCOPES],
             "tenant_region_scope": None,
             "cloud_instance_name": urlsplit(base).netloc,
         }, cache=True)
@@ -153,10 +158,10 @@ def routes(api: Any, identity: Identity | None) -> list[Route]:
             raise OAuthError(400, "invalid_request", 900144,
                              "The request body must contain the parameters 'client_id' and 'client_secret'.")
         scope = form.get("scope") or ""
-        if scope.split() != [scope] or scope not in BATCH_SCOPES:
+        if scope.split() != [scope] or scope not in AUDIENCE_OF_SCOPE:
             raise OAuthError(400, "invalid_scope", 70011,
                              f"The provided value for the input parameter 'scope' is not valid: only "
-                             f"{BATCH_SCOPES[0]} is served.")
+                             f"{BATCH_SCOPES[0]} and {MANAGEMENT_SCOPES[0]} are served.")
         row = await runner.read(principals.check_client_secret, ctx, tenant_id, client_id, secret)
         if row is None:
             raise OAuthError(400, "unauthorized_client", 700016,
@@ -165,7 +170,7 @@ def routes(api: Any, identity: Identity | None) -> list[Route]:
             raise OAuthError(401, "invalid_client", 7000215, "Invalid client secret provided.")
         access_token = tokens.mint_access_token(identity.keys, issuer_url=tokens.issuer(identity.authority, tenant_id),
                                                 tenant_id=tenant_id, client_id=row.client_id,
-                                                object_id=row.object_id)
+                                                object_id=row.object_id, audience=AUDIENCE_OF_SCOPE[scope])
         return _json({"token_type": "Bearer", "expires_in": tokens.ACCESS_TOKEN_LIFETIME_S,
                       "ext_expires_in": tokens.ACCESS_TOKEN_LIFETIME_S, "access_token": access_token})
 
@@ -210,6 +215,15 @@ def routes(api: Any, identity: Identity | None) -> list[Route]:
         api.auth.forget_policy()
         return json_response(request, {"allowedAuthenticationModes": chosen})
 
+    async def regenerate_key(request: Request, ctx: Context) -> Response:
+        # On the writer thread (placement "write"), as the management API's regenerateKeys.
+        from shoal.api.management import keys_resource, regenerate_and_swap
+
+        shared_key_only(request)
+        which = accounts.key_name(parse_json(await request.body()))
+        primary, secondary = regenerate_and_swap(api, ctx, which)
+        return json_response(request, keys_resource(ctx.account, primary, secondary))
+
     return [
         Route(OPENID_CONFIGURATION_PATH, authority_route(openid_configuration), methods=["GET"]),
         Route(KEYS_PATH, authority_route(keys), methods=["GET"]),
@@ -222,6 +236,7 @@ def routes(api: Any, identity: Identity | None) -> list[Route]:
             ("/shoal/v1/tenants", ["POST"], create_tenant, "write"),
             ("/shoal/v1/tenants", ["GET"], list_tenants, "read"),
             ("/shoal/v1/account/authentication-modes", ["GET", "PUT"], authentication_modes, "write"),
+            ("/shoal/v1/account/regenerate-key", ["POST"], regenerate_key, "write"),
         )),
     ]
 

@@ -359,7 +359,7 @@ def _failures(client: Any, job_id: str, most: int = 20) -> list[dict[str, Any]]:
 from shoal.cli.apps import app  # noqa: E402
 from shoal.cli.autoscale import autoscale  # noqa: E402
 from shoal.cli.control import down, reset, status  # noqa: E402
-from shoal.cli.principals import account_auth_modes, principal, tenant  # noqa: E402
+from shoal.cli.principals import account_auth_modes, account_regenerate_key, principal, tenant  # noqa: E402
 from shoal.cli.roles import role  # noqa: E402
 from shoal.cli.secrets_key import secrets_key  # noqa: E402
 from shoal.cli.usage import usage  # noqa: E402
@@ -367,3 +367,4 @@ from shoal.cli.usage import usage  # noqa: E402
 for command in (app, autoscale, status, down, reset, principal, tenant, role, usage, secrets_key):
     main.add_command(command)
 account.add_command(account_auth_modes)
+account.add_command(account_regenerate_key)

@@ -95,3 +95,22 @@ def account_auth_modes(modes: tuple[str, ...], data_dir: Path | None, as_json: b
         answer = or_exit(lambda: client.get(path))
     modes_now = answer["allowedAuthenticationModes"]
     click.echo(json.dumps({"allowedAuthenticationModes": modes_now}) if as_json else " ".join(modes_now))
+
+
+@click.command("regenerate-key")
+@click.argument("key_name", type=click.Choice(["primary", "secondary"], case_sensitive=False))
+@data_dir_option
+@json_option
+def account_regenerate_key(key_name: str, data_dir: Path | None, as_json: bool) -> None:
+    """Replace the account's primary or secondary key with a new random one: the old one is
+    refused at once, the other keeps working (the management API's regenerateKeys). Signed with
+    the account's key; the server rewrites the endpoint file, so later commands use the new key."""
+    client = client_for(data_dir)
+    body = {"keyName": key_name.capitalize()}
+    answer = or_exit(lambda: client.request("POST", "/shoal/v1/account/regenerate-key", body=body).json())
+    if as_json:
+        click.echo(json.dumps({"accountName": answer["accountName"], "primaryKey": answer["primary"],
+                               "secondaryKey": answer["secondary"]}))
+    else:
+        click.echo(f"the {key_name.lower()} key of {answer['accountName']} was regenerated "
+                   f"(`shoal account show` shows it)")

@@ -123,6 +123,7 @@ class ControlPlane:
         identity = Identity(ensure_identity(self.engine, sealer=sealer),
                             (settings.authority or self.endpoint).rstrip("/"))
         self.api = Api(self.ctx, {DEFAULT_ACCOUNT: self.keys}, self.runner, identity)
+        self.api.on_keys_changed = self.keys_changed
         # An idle agent calls at least once per long-poll: keep that well inside the timeout
         # after which a silent node is declared unusable.
         poll_timeout = min(settings.poll_timeout_s, settings.heartbeat_timeout_s / 3)
@@ -145,6 +146,11 @@ class ControlPlane:
                                           ca_file=ca_file)
         self._tasks: list[asyncio.Task[None]] = []
         self._duties_stopped = False
+
+    def keys_changed(self, _account: str, keys: tuple[str, str]) -> None:
+        """A key was regenerated (the management API): the CLI must find the new one."""
+        self.keys = keys
+        self.write_endpoint_file()
 
     def write_endpoint_file(self) -> None:
         # The CLI (`shoal account show`, every command without AZURE_BATCH_*) reads the account

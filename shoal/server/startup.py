@@ -18,7 +18,8 @@ from sqlalchemy import select
 
 from shoal import clock
 from shoal.config import ENDPOINT_FILE, LOCK_FILE, METRICS_TOKEN_FILE
-from shoal.service import ids, principals, roles, tokens
+from shoal.service import accounts as accounts_service
+from shoal.service import ids, principals, resource_groups, roles, tokens
 from shoal.store.schema import accounts
 from shoal.store.sealing import Sealer, SealingError, purpose, seal_store
 
@@ -123,10 +124,12 @@ def ensure_account(engine: Any, name: str = DEFAULT_ACCOUNT, sealer: Sealer | No
 
 
 def ensure_identity(engine: Any, name: str = DEFAULT_ACCOUNT, sealer: Sealer | None = None) -> tokens.SigningKeys:
-    """The account's tenant, the built-in roles and the token signing keys, made on the first start."""
+    """The account's tenant, the built-in roles, the account's resource group and the token signing
+    keys, made on the first start."""
     with engine.begin() as conn:
         principals.ensure_tenant(conn, name)
         roles.ensure_builtin_roles(conn)
+        resource_groups.ensure_account_group(conn, name, accounts_service.LOCATION)
     return tokens.load_or_create(engine, sealer or Sealer())
 
 

@@ -62,7 +62,7 @@ def account_policy(conn: Connection, account: str) -> AccountPolicy:
 
 def set_allowed_modes(ctx: Context, modes: Any) -> list[str]:
     """Replace the account's allowed authentication modes; SharedKey may not go while it is the
-    only way to manage the account (Shoal has no management plane yet)."""
+    way the CLI manages the account (the management API sets them too: shoal/api/management.py)."""
     if not isinstance(modes, list) or not modes or not all(isinstance(m, str) for m in modes):
         raise InvalidProperty("allowedAuthenticationModes", modes, "A non-empty list of modes is required.")
     chosen: list[str] = []

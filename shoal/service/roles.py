@@ -333,13 +333,18 @@ def unassign(ctx: Context, assignment_id: str) -> dict[str, Any]:
 
 def grants_of(ctx: Context, object_id: str) -> permissions.EffectivePermissions:
     """What a principal's assignments allow on the account: one indexed read of its own rows."""
+    return grants_at(ctx, object_id, config.account_scope(ctx.account))
+
+
+def grants_at(ctx: Context, object_id: str, scope: str) -> permissions.EffectivePermissions:
+    """What a principal's assignments allow at an ARM ``scope`` (a resource group of the
+    management API): those at it or above it."""
     query = (select(role_assignments.c.scope, role_definitions.c.permissions)
              .join(role_definitions, role_definitions.c.id == role_assignments.c.role_id)
              .where(role_assignments.c.principal_id == object_id))
     with ctx.engine.connect() as conn:
         rows = conn.execute(query).all()
-    return permissions.effective(((row.scope, _grant(row.permissions)) for row in rows),
-                                 config.account_scope(ctx.account))
+    return permissions.effective(((row.scope, _grant(row.permissions)) for row in rows), scope)
 
 
 def _grant(stored: dict[str, Any]) -> permissions.Grant:

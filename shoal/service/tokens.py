@@ -31,6 +31,10 @@ from shoal.store.sealing import Sealer, purpose
 BATCH_AUDIENCE = "https://batch.core.windows.net/"
 # Entra gives this audience both with and without its trailing slash.
 ACCEPTED_AUDIENCES = (BATCH_AUDIENCE, BATCH_AUDIENCE.rstrip("/"))
+# The resource ARM clients (azure-mgmt-batch) ask a token for: the management API's, never the
+# data plane's, so a token for one is refused by the other (shoal/api/management.py).
+MANAGEMENT_AUDIENCE = "https://management.azure.com/"
+MANAGEMENT_AUDIENCES = (MANAGEMENT_AUDIENCE, MANAGEMENT_AUDIENCE.rstrip("/"))
 ACCESS_TOKEN_LIFETIME_S = 3600
 # A token is good this long either side of its nbf/exp, for clocks that differ a little.
 CLOCK_SKEW_S = 300
@@ -147,10 +151,12 @@ def mint_task_token(keys: SigningKeys, *, account: str, job_id: str, task_id: st
     return jwt.encode(claims, keys.task_secret, algorithm="HS256", headers={"kid": keys.task_kid})
 
 
-def verify(keys: SigningKeys, token: str) -> AccessClaims | TaskClaims:
+def verify(keys: SigningKeys, token: str,
+           audiences: tuple[str, ...] = ACCEPTED_AUDIENCES) -> AccessClaims | TaskClaims:
     """The claims of a token Shoal signed and that is good now; InvalidToken otherwise. The key is
     chosen by the header's kid and each key admits exactly one algorithm, so an RS256 public key
-    can never be passed off as an HMAC secret."""
+    can never be passed off as an HMAC secret. ``audiences``: what an access token must be for
+    (the data plane's by default); a task token is only ever the data plane's."""
     if len(token) > MAX_TOKEN_CHARS:
         raise InvalidToken("The token is too long.")
     try:
@@ -161,7 +167,7 @@ def verify(keys: SigningKeys, token: str) -> AccessClaims | TaskClaims:
     try:
         if kid == keys.access_kid:
             claims = jwt.decode(token, keys.access_private.public_key(), algorithms=["RS256"],
-                                audience=list(ACCEPTED_AUDIENCES), leeway=CLOCK_SKEW_S,
+                                audience=list(audiences), leeway=CLOCK_SKEW_S,
                                 options={"require": ["exp", "iat", "aud", "iss", "tid", "oid", "appid"]})
             return _access_claims(claims)
         if kid == keys.task_kid:
@@ -173,7 +179,7 @@ def verify(keys: SigningKeys, token: str) -> AccessClaims | TaskClaims:
     except jwt.ImmatureSignatureError:
         raise InvalidToken("The token is not valid yet.") from None
     except jwt.InvalidAudienceError:
-        raise InvalidToken(f"The token's audience is not {BATCH_AUDIENCE}.") from None
+        raise InvalidToken(f"The token's audience is not {audiences[0]}.") from None
     except jwt.InvalidSignatureError:
         raise InvalidToken("The token's signature is not valid.") from None
     except jwt.PyJWTError as exc:

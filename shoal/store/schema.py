@@ -92,6 +92,19 @@ role_definitions = Table(
     Column("created", DateTime(timezone=True), nullable=False),
 )
 
+# The resource groups of the management API (Microsoft.Resources), by subscription; ARM's names
+# compare without case, so each is kept by its lower-cased `key` too (service/resource_groups.py).
+resource_groups = Table(
+    "resource_groups",
+    metadata,
+    Column("subscription", String(36), primary_key=True),
+    Column("key", String(90), primary_key=True),
+    Column("name", String(90), nullable=False),
+    Column("location", String(64), nullable=False),
+    Column("tags", JSON, nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+)
+
 # Who holds which role where: a principal (by object id) x a role x an ARM scope. Read by
 # principal, one principal at a time (its effective permissions are cached by the API).
 role_assignments = Table(

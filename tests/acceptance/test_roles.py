@@ -190,9 +190,13 @@ def _data_plane_routes() -> list[tuple[str, str]]:
 
 
 def test_every_route_refuses_a_principal_without_roles(tls_shoal: RunningShoal, key_client: Any) -> None:
-    from shoal.api import unserved
+    from shoal.api import management, unserved
+    from tests.acceptance.test_management_api import management_token
 
-    token = access_token(tls_shoal, _principal(tls_shoal))
+    principal = _principal(tls_shoal)
+    token = access_token(tls_shoal, principal)
+    # The management API takes only management-audience tokens, and answers in ARM's shape.
+    arm_token = management_token(tls_shoal, principal)
     # /metrics takes its own scrape token as its only bearer token (401 for any other).
     routes = [route for route in _data_plane_routes() if route[1] != "/metrics"]
     routes += [(method, path.replace("{}", "x")) for method, path, _ in unserved.OPERATIONS]
@@ -201,12 +205,17 @@ def test_every_route_refuses_a_principal_without_roles(tls_shoal: RunningShoal, 
         for method, path in routes:
             # Real ids where a route has them: the refusal must not depend on a 404 first.
             real = path.replace("/pools/x", f"/pools/{POOL}")
+            arm = management.is_management_path(path)
             response = http.request(method, f"{tls_shoal.endpoint}{real}?api-version=2025-06-01",
-                                    headers={"Authorization": f"Bearer {token}", "Content-Length": "2",
+                                    headers={"Authorization": f"Bearer {arm_token if arm else token}",
+                                             "Content-Length": "2",
                                              "Content-Type": "application/json; odata=minimalmetadata"},
                                     content=b"{}")
             assert response.status_code == 403, (method, real, response.text)
-            assert response.json()["code"] == "AuthorizationFailure"
+            if arm:
+                assert response.json()["error"]["code"] == "AuthorizationFailed"
+            else:
+                assert response.json()["code"] == "AuthorizationFailure"
     assert [pool.id for pool in key_client.list_pools()].count(POOL) == 1
 
 
@@ -214,7 +223,7 @@ def _family(method: str, path: str) -> tuple[str, bool]:
     """What a route touches and whether it only reads: the matrix's own reading of Azure Batch's
     rules, written apart from shoal/api/authorization.py so that the two check each other."""
     lowered, reads = path.lower(), method == "GET"
-    if lowered.startswith(("/shoal/v1/principals", "/shoal/v1/tenants")):
+    if lowered.startswith(("/shoal/v1/principals", "/shoal/v1/tenants", "/shoal/v1/account/regenerate-key")):
         return "keys", reads
     if lowered == "/shoal/v1/account/authentication-modes":
         return ("account", True) if reads else ("keys", False)
@@ -247,10 +256,12 @@ MATRIX = {
 def test_permission_matrix_of_the_builtin_roles(tls_shoal: RunningShoal, role: str) -> None:
     """Every route, for each built-in role: refused with 403 exactly where the role says; allowed
     calls (on ids that do not exist, with empty bodies) get the handler's own answer."""
-    from shoal.api import unserved
+    from shoal.api import management, unserved
 
     token = access_token(tls_shoal, _principal(tls_shoal, role))
-    routes = [route for route in _data_plane_routes() if route[1] != "/metrics"]
+    # The management API's own matrix: tests/acceptance/test_management_api.py.
+    routes = [route for route in _data_plane_routes()
+              if route[1] != "/metrics" and not management.is_management_path(route[1])]
     routes += [(method, path.replace("{}", "x")) for method, path, _ in unserved.OPERATIONS]
     wrong = []
     with httpx.Client(verify=verifier(tls_shoal), timeout=30) as http:

@@ -107,6 +107,8 @@ def _routes() -> list[tuple[str, str]]:
             continue
         if path.startswith(("/{tenant}", "/common/")):
             continue  # the token authority: unauthenticated, as on Entra
+        if path.startswith("/subscriptions/"):
+            continue  # the management API: one RBAC action per route (test below)
         out.extend((method, path) for method in sorted(route.methods))
     return out
 
@@ -120,6 +122,17 @@ def test_every_route_names_the_operation_it_needs() -> None:
 
     for method, _path, name in unserved.OPERATIONS:
         assert authorization.required(method, unserved.template_of(name)) is not None
+
+
+def test_every_management_route_names_its_one_action() -> None:
+    from shoal.api import management
+
+    app = build_app(Api(Context(engine=None, account="x"), {}), AgentHub(), 1.0)  # type: ignore[arg-type]
+    served = {(method, route.path) for route in app.routes if getattr(route, "path", "").startswith("/subscriptions/")
+              for method in route.methods or () if method != "HEAD"}
+    assert served == {(method, path) for path, method, _handler, _action in management.ROUTES}
+    assert all(action.startswith(("Microsoft.Batch/batchAccounts/", "Microsoft.Resources/subscriptions/resourceGroups/"))
+               for *_rest, action in management.ROUTES)
 
 
 ROLE = {role.name: role for role in BUILTIN_ROLES}

@@ -61,7 +61,8 @@ def served_operations() -> set[tuple[str, str]]:
     for route in app.routes:
         # The agent protocol, the /shoal/ extensions, health and metrics, the dashboard (/ui) and the
         # token authority are not Batch operations.
-        if route.path.startswith(("/agent/", "/shoal/", "/health", "/ready", "/metrics", "/ui")) \
+        # /subscriptions/: the management API (ARM's, not the Batch spec's: docs/management-api.md).
+        if route.path.startswith(("/agent/", "/shoal/", "/health", "/ready", "/metrics", "/ui", "/subscriptions/")) \
                 or route.path in identity.AUTHORITY_PATHS:
             continue
         for method in route.methods or ():
