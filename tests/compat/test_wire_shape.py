@@ -202,3 +202,22 @@ def test_a_subnet_is_an_invalid_property_value(shoal: Any) -> None:
     values = {v["key"]: v["value"] for v in error["values"]}
     assert (values["PropertyName"], values["PropertyValue"]) == ("subnetId", subnet)
     assert rest.call(shoal, "GET", "/pools/shape-subnet").status_code == 404
+
+
+def test_the_classic_communication_mode_is_accepted_and_kept(shoal: Any) -> None:
+    # test_batch.pyTestBatchtest_batch_create_pools[sync].json #001 (Pool_Add with
+    # `targetNodeCommunicationMode: classic`, 201) and test_batch.pyTestBatchtest_batch_update_pools
+    # [sync].json #001 (Pool_UpdateProperties with it, 204) and #004 (Pool_Get shows it back, and
+    # `certificateReferences: []` as updated). Shoal's agents still talk the simplified way.
+    _send(shoal, "POST", "/pools", {"id": "shape-classic", "vmSize": "standard_d2s_v3",
+                                    "virtualMachineConfiguration": VM_CONFIGURATION,
+                                    "targetNodeCommunicationMode": "classic"}, expect=201, api_version=RECORDED_2023)
+    assert _send(shoal, "GET", "/pools/shape-classic")["targetNodeCommunicationMode"] == "classic"
+    _send(shoal, "POST", "/pools/shape-classic/updateproperties",
+          {"certificateReferences": [], "applicationPackageReferences": [],
+           "metadata": [{"name": "foo", "value": "bar"}], "targetNodeCommunicationMode": "classic"},
+          expect=204, api_version=RECORDED_2023)
+    pool = _send(shoal, "GET", "/pools/shape-classic", api_version=RECORDED_2023)
+    assert pool["targetNodeCommunicationMode"] == "classic"
+    assert pool["certificateReferences"] == []
+    assert "currentNodeCommunicationMode" not in pool  # no nodes
