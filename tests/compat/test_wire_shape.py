@@ -221,3 +221,18 @@ def test_the_classic_communication_mode_is_accepted_and_kept(shoal: Any) -> None
     assert pool["targetNodeCommunicationMode"] == "classic"
     assert pool["certificateReferences"] == []
     assert "currentNodeCommunicationMode" not in pool  # no nodes
+
+
+def test_a_listed_directory_has_no_properties(shoal: Any, pool_with_node: dict[str, Any]) -> None:
+    # batchservice-tests.json #074 (File_ListFromComputeNode of a node's root: directories only,
+    # none with `properties`) and test_batch.pyTestBatchtest_batch_files[async].json #011
+    # (recursive: directories without, files with `properties`).
+    node = pool_with_node["node"]["id"]
+    response = rest.call(shoal, "GET", f"/pools/shape-nodes/nodes/{node}/files", params={"recursive": "true"})
+    assert response.status_code == 200, response.text
+    listed = response.json()["value"]
+    directories = [item for item in listed if item["isDirectory"]]
+    files = [item for item in listed if not item["isDirectory"]]
+    assert directories and files
+    assert all(set(item) == {"name", "url", "isDirectory"} for item in directories)
+    assert all({"creationTime", "lastModified", "contentLength"} <= set(item["properties"]) for item in files)
