@@ -236,3 +236,22 @@ def test_a_listed_directory_has_no_properties(shoal: Any, pool_with_node: dict[s
     assert directories and files
     assert all(set(item) == {"name", "url", "isDirectory"} for item in directories)
     assert all({"creationTime", "lastModified", "contentLength"} <= set(item["properties"]) for item in files)
+
+
+@pytest.mark.parametrize("api_version", [RECORDED_2023, "2024-02-01.19.0"])
+def test_a_reimage_before_2024_07_needs_a_cloud_service_pool(shoal: Any, pool_with_node: dict[str, Any],
+                                                            api_version: str) -> None:
+    # test_batch.pyTestBatchtest_batch_compute_nodes[sync].json #009 (ComputeNode_Reimage of a node
+    # of a virtual-machine pool at 2023-05-01.17.0): 409 OperationNotValidOnNode, as the
+    # 2024-02-01.19.0 OpenAPI document describes the operation. An unknown node is still 404.
+    node = pool_with_node["node"]["id"]
+    body = json.dumps({"nodeReimageOption": "terminate"}).encode()
+    response = rest.call(shoal, "POST", f"/pools/shape-nodes/nodes/{node}/reimage", body=body,
+                         api_version=api_version)
+    error = rest.assert_batch_error(response, 409, "OperationNotValidOnNode")
+    assert {v["key"]: v["value"] for v in error["values"]}["Reason"] == (
+        "Operation reimage can be invoked only on pools created with cloudServiceConfiguration")
+    assert _send(shoal, "GET", f"/pools/shape-nodes/nodes/{node}")["state"] == "idle"
+    missing = rest.call(shoal, "POST", "/pools/shape-nodes/nodes/tvmps_nosuchnode/reimage", body=body,
+                        api_version=api_version)
+    rest.assert_batch_error(missing, 404, "NodeNotFound")
