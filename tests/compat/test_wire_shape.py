@@ -255,3 +255,20 @@ def test_a_reimage_before_2024_07_needs_a_cloud_service_pool(shoal: Any, pool_wi
     missing = rest.call(shoal, "POST", "/pools/shape-nodes/nodes/tvmps_nosuchnode/reimage", body=body,
                         api_version=api_version)
     rest.assert_batch_error(missing, 404, "NodeNotFound")
+
+
+def test_a_node_keeps_listing_a_task_of_a_deleted_job(shoal: Any, pool_with_node: dict[str, Any]) -> None:
+    # test_batch_extensions_live.json #036 (Job_Delete) then #100 (ComputeNode_List at
+    # 2022-01-01.15.0): the node's `recentTasks` still shows the deleted job's completed task,
+    # with its execution information.
+    _send(shoal, "POST", "/jobs", {"id": "shape-gone", "poolInfo": {"poolId": "shape-nodes"}}, expect=201)
+    _send(shoal, "POST", "/jobs/shape-gone/tasks", {"id": "myTask", "commandLine": "/bin/true"}, expect=201)
+    wait_for(lambda: _send(shoal, "GET", "/jobs/shape-gone/tasks/myTask")["state"] == "completed", 30,
+             message="the task completed")
+    _send(shoal, "DELETE", "/jobs/shape-gone", expect=202)
+    wait_for(lambda: rest.call(shoal, "GET", "/jobs/shape-gone").status_code == 404, 30, message="the job gone")
+    node = _send(shoal, "GET", "/pools/shape-nodes/nodes", api_version="2022-01-01.15.0")["value"][0]
+    recent = [t for t in node.get("recentTasks", []) if t["jobId"] == "shape-gone"]
+    assert recent and recent[0]["taskId"] == "myTask" and recent[0]["taskState"] == "completed"
+    assert recent[0]["executionInfo"]["result"] == "success"
+    assert recent[0]["taskUrl"].endswith("/jobs/shape-gone/tasks/myTask")
