@@ -42,7 +42,8 @@ def _restart(kind: str):  # type: ignore[no-untyped-def]
         if kind == "deallocate":
             versions.require(request, versions.V2025)
         body, _size = await versions.read_json(request, f"node.{kind}", optional=True)
-        node_operations.restart(ctx, *_ids(request), body, kind)
+        node_operations.restart(ctx, *_ids(request), body, kind,
+                                reimage_needs_cloud_service=not versions.reimages_virtual_machine_pools(request))
         return empty_response(request, 202)
 
     return handler

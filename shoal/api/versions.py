@@ -181,6 +181,17 @@ def require_before(request: Request, until: str) -> None:
                          status=404, values={"RequestUri": request.url.path})
 
 
+# Until 2024-07-01.20.0 a node could be reimaged only in a pool of cloudServiceConfiguration
+# (the 2024-02-01.19.0 OpenAPI document says so, and Azure answered 409 OperationNotValidOnNode for
+# a virtual-machine pool at 2023-05-01.17.0: test_batch.pyTestBatchtest_batch_compute_nodes
+# [sync].json #009). From then on there are no cloud-service pools, and the operation stays.
+REIMAGE_OF_VIRTUAL_MACHINE_POOLS_SINCE = V20
+
+
+def reimages_virtual_machine_pools(request: Request) -> bool:
+    return _INDEX[of(request)] >= _INDEX[REIMAGE_OF_VIRTUAL_MACHINE_POOLS_SINCE]
+
+
 @cache
 def _changes(subject: str, version: str) -> tuple[list[Change], list[Change]]:
     """(undefined at `version`, renamed at `version`) for one subject."""

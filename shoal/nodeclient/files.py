@@ -248,10 +248,12 @@ def entries_to_wire(entries: list[dict[str, Any]], prefix: str, url_base: str) -
         name = f"{prefix}{entry['name']}" if prefix else entry["name"]
         item: dict[str, Any] = {"name": name, "url": f"{url_base}/{quote(name, safe='')}",
                                 "isDirectory": entry["isDirectory"]}
-        props: dict[str, Any] = {"creationTime": entry["creationTime"], "lastModified": entry["lastModified"],
-                                 "contentLength": entry["contentLength"], "fileMode": entry["fileMode"]}
+        # Azure lists a directory by its name, url and isDirectory alone; only files carry
+        # `properties` (recorded: batchservice-tests.json #074, test_batch.pyTestBatchtest_batch_files
+        # [async].json #011 and #015).
         if not entry["isDirectory"]:
-            props["contentType"] = "application/octet-stream"
-        item["properties"] = props
+            item["properties"] = {"creationTime": entry["creationTime"], "lastModified": entry["lastModified"],
+                                  "contentLength": entry["contentLength"], "contentType": "application/octet-stream",
+                                  "fileMode": entry["fileMode"]}
         out.append(item)
     return out

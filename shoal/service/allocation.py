@@ -145,6 +145,7 @@ def _reconcile_pool(ctx: Context, conn: Any, pool: Any) -> bool:
         conn.execute(delete(nodes).where(nodes.c.pool_seq == pool.seq))
         usage.close_spans(conn, gone)
         node_copies.gone(conn, gone)
+        transitions.forget_attempts(conn, gone)
         conn.execute(delete(pools).where(pools.c.seq == pool.seq))
         return True
     deadline = clock.as_utc(pool.resize_deadline)

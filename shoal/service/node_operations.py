@@ -59,8 +59,12 @@ def enable_scheduling(ctx: Context, pool_id: str, node_id: str) -> None:
     ctx.signals.wake_scheduler()
 
 
-def restart(ctx: Context, pool_id: str, node_id: str, body: Any, kind: str) -> None:
-    """Reboot or reimage (`kind`), with the node's running tasks handled by the option."""
+def restart(ctx: Context, pool_id: str, node_id: str, body: Any, kind: str, *,
+            reimage_needs_cloud_service: bool = False) -> None:
+    """Reboot or reimage (`kind`), with the node's running tasks handled by the option.
+
+    `reimage_needs_cloud_service`: the request's api-version allows a reimage only on a pool of
+    `cloudServiceConfiguration`, which no Shoal pool is (see `shoal.api.versions`)."""
     body = v.require_object(body or {})
     request_body.check(body, f"node.{kind}")
     name = {"reboot": "nodeRebootOption", "reimage": "nodeReimageOption", "deallocate": "nodeDeallocateOption"}[kind]
@@ -71,6 +75,10 @@ def restart(ctx: Context, pool_id: str, node_id: str, body: Any, kind: str) -> N
                        "machines.", code="OperationNotValidOnNode")
     with ctx.engine.begin() as conn:
         _pool, row = node_service.load(conn, ctx, pool_id, node_id)
+        if kind == "reimage" and reimage_needs_cloud_service:
+            raise Conflict("The specified operation is not valid on the node.", code="OperationNotValidOnNode",
+                           values={"Reason": "Operation reimage can be invoked only on pools created with "
+                                             "cloudServiceConfiguration"})
         if row.state not in RESTARTABLE:
             raise Conflict(f"The node is {row.state}; it can be {kind}d only when idle or running."
                            if kind == "deallocate" else

@@ -6,7 +6,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import delete, select, union_all, update
+from sqlalchemy import delete, func, select, union_all, update
 
 from shoal import clock
 from shoal.errors import NotFound
@@ -18,8 +18,7 @@ from shoal.service.liveness import Liveness
 from shoal.store.chunks import in_chunks
 from shoal.store.schema import jobs, nodes, pools, task_attempts, tasks
 
-# Azure's recentTasks: the tasks whose state changed on the node lately; Shoal shows ten.
-RECENT_TASKS = 10
+RECENT_TASKS = transitions.RECENT_TASKS
 # Nodes per statement (one bounded walk each, joined by UNION ALL; SQLite allows 500).
 RECENT_CHUNK = 100
 
@@ -58,15 +57,22 @@ def _recent_by_node(conn: Any, node_ids: list[str], running: dict[str, list[Any]
     out: dict[str, list[Any]] = {n: [] for n in node_ids}
     for chunk in in_chunks(node_ids, RECENT_CHUNK):
         walks = [select(task_attempts.c.node_id, task_attempts.c.end_time, task_attempts.c.seq.label("attempt_seq"),
-                        task_attempts.c.task_seq)
+                        task_attempts.c.task_seq, task_attempts.c.task_id, task_attempts.c.job_id,
+                        task_attempts.c.end_state, task_attempts.c.execution_info)
                  .where(task_attempts.c.node_id == node_id)
                  .order_by(task_attempts.c.end_time.desc(), task_attempts.c.seq.desc())
                  .limit(RECENT_TASKS).subquery() for node_id in chunk]
         attempts = union_all(*[select(walk) for walk in walks]).subquery()
+        # A deleted task's attempt shows what it ended with (its task and job are gone).
         rows = conn.execute(
-            select(attempts.c.node_id, attempts.c.attempt_seq, tasks.c.seq, tasks.c.id, tasks.c.state,
-                   tasks.c.required_slots, tasks.c.execution_info, jobs.c.id.label("job_id"))
-            .join(tasks, tasks.c.seq == attempts.c.task_seq).join(jobs, jobs.c.seq == tasks.c.job_seq)
+            select(attempts.c.node_id, attempts.c.attempt_seq,
+                   func.coalesce(tasks.c.seq, -attempts.c.attempt_seq).label("seq"),
+                   func.coalesce(tasks.c.id, attempts.c.task_id).label("id"),
+                   func.coalesce(tasks.c.state, attempts.c.end_state).label("state"),
+                   func.coalesce(tasks.c.required_slots, 1).label("required_slots"),
+                   func.coalesce(tasks.c.execution_info, attempts.c.execution_info).label("execution_info"),
+                   func.coalesce(jobs.c.id, attempts.c.job_id).label("job_id"))
+            .outerjoin(tasks, tasks.c.seq == attempts.c.task_seq).outerjoin(jobs, jobs.c.seq == tasks.c.job_seq)
             .order_by(attempts.c.node_id, attempts.c.end_time.desc(), attempts.c.attempt_seq.desc())).all()
         for row in rows:
             shown = out[row.node_id]
@@ -177,6 +183,7 @@ def forget_in(conn: Any, node_id: str) -> None:
     conn.execute(delete(nodes).where(nodes.c.id == node_id))
     usage.close_spans(conn, [node_id])
     node_copies.gone(conn, [node_id])
+    transitions.forget_attempts(conn, [node_id])
 
 
 # Node states whose agent is expected to call: silence in any of them makes the node unusable.

@@ -62,8 +62,11 @@ _NOT_UPDATABLE = ("vmSize", "virtualMachineConfiguration", "taskSlotsPerNode", "
                   "networkConfiguration", "userAccounts", "mountConfiguration", "upgradePolicy",
                   "enableInterNodeCommunication")
 _UNSUPPORTED_ON_UPDATE = ("resourceTags",)
-# Node communication modes: Shoal's agents always talk to the service the "simplified" way.
-_COMMUNICATION_MODES = ("default", "simplified")
+# Node communication modes. Shoal's agents always talk to the service the "simplified" way
+# (`currentNodeCommunicationMode`), but every target Batch knows is accepted and kept, as Azure
+# accepts `classic` and shows it back (recorded: test_batch.pyTestBatchtest_batch_update_pools
+# [sync].json #001/#004, test_batch.pyTestBatchtest_batch_create_pools[sync].json #001).
+_COMMUNICATION_MODES = ("default", "simplified", "classic")
 # Longer than any Marketplace publisher, offer, SKU or version name, and any node agent SKU id.
 _MAX_IMAGE_FIELD = 256
 
@@ -167,7 +170,7 @@ def _validate_user_accounts(body: dict[str, Any]) -> None:
 
 
 def _validate_communication_mode(body: dict[str, Any]) -> None:
-    request_body.supported_choice(body, "targetNodeCommunicationMode", ("default", "simplified", "classic"),
+    request_body.supported_choice(body, "targetNodeCommunicationMode", _COMMUNICATION_MODES,
                                   _COMMUNICATION_MODES, path="targetNodeCommunicationMode")
 
 

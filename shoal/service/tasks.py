@@ -36,7 +36,7 @@ from shoal.service import (
 from shoal.service import jobs as job_service
 from shoal.service import validation as v
 from shoal.service.context import Context
-from shoal.store.schema import jobs, nodes, tasks
+from shoal.store.schema import jobs, nodes, task_attempts, tasks
 
 # Properties a client may set that Shoal keeps verbatim in `spec` (and shows again).
 KEPT_PROPERTIES = ("displayName", "commandLine", "environmentSettings", "affinityInfo", "constraints", "userIdentity",
@@ -470,6 +470,9 @@ def delete_task(ctx: Context, job_id: str, task_id: str) -> tuple[list[str], str
         instance_nodes = subtasks.nodes_of(conn, row.seq) if row.instances else set()
         touched = transitions.terminate(conn, [row]) if row.state == TaskState.RUNNING else set()
         transitions.refresh_node_busy(conn, touched)
+        # A task deleted on its own leaves its nodes' recentTasks (Shoal's reading; a deleted
+        # job's tasks stay there, as recorded: see store.schema.task_attempts).
+        conn.execute(delete(task_attempts).where(task_attempts.c.task_seq == row.seq))
         conn.execute(delete(tasks).where(tasks.c.seq == row.seq))
         # A deleted job manager leaves its job with none: SQLite may give its seq to a new task.
         conn.execute(update(jobs).where(jobs.c.seq == job.seq, jobs.c.manager_seq == row.seq).values(

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, func, insert, select, update
 
 from shoal import clock
 from shoal.model.states import NodeState, SchedulingState, TaskState
@@ -24,6 +24,9 @@ FAILURE_EXIT_CODE = {"category": "usererror", "code": "FailureExitCode",
 DEFAULT_RETENTION = timedelta(days=7)
 TERMINATED = {"category": "usererror", "code": "TaskEnded", "message": "The task was terminated."}
 
+
+# Azure's recentTasks: the tasks whose state changed on a node lately; Shoal shows ten.
+RECENT_TASKS = 10
 
 # One prepared statement for every task move: built once, executed with many rows at a time.
 # (Building SQLAlchemy statements per row cost more than the database work itself.)
@@ -69,11 +72,14 @@ def _apply(conn: Connection, moves: list[dict[str, Any]]) -> set[str]:
         return set()
     # An attempt that leaves a node is kept: the node's recentTasks, the task's history.
     left = [m for m in moves if m["b_ran_on"]]
+    names = _names(conn, [m["b_seq"] for m in left])
     ended = [{"node_id": m["b_ran_on"], "task_seq": m["b_seq"], "end_state": m["b_state"],
-              "end_time": _attempt_end(m["b_info"], m["b_now"])} for m in left]
+              "end_time": _attempt_end(m["b_info"], m["b_now"]), "job_id": names[m["b_seq"]][0],
+              "task_id": names[m["b_seq"]][1], "execution_info": m["b_info"]} for m in left]
     conn.execute(_MOVE, [{k: value for k, value in m.items() if k not in _NOT_MOVED} for m in moves])
     if ended:
         conn.execute(insert(task_attempts), ended)
+        _forget_old_orphans(conn, sorted({e["node_id"] for e in ended}))
         # The attempt ran from its placement (its change to running) to its end.
         ledger.record(conn, [ledger.EndedAttempt(m["b_ran_on"], m["b_job_seq"], m["b_slots"] or 1,
                                                  clock.as_utc(m["b_previous_time"]), e["end_time"])
@@ -86,6 +92,35 @@ def _apply(conn: Connection, moves: list[dict[str, Any]]) -> set[str]:
     touched = subtasks.end_attempts(conn, gangs, moves[0]["b_now"], gangs)
     refresh_node_busy(conn, touched)
     return touched
+
+
+def _names(conn: Connection, task_seqs: list[int]) -> dict[int, tuple[str, str]]:
+    """(job id, task id) of each task, kept with its attempts should the task be deleted."""
+    out: dict[int, tuple[str, str]] = {}
+    for chunk in in_chunks(sorted(set(task_seqs)), 500):
+        for row in conn.execute(select(tasks.c.seq, tasks.c.id, jobs.c.id.label("job_id"))
+                                .join(jobs, jobs.c.seq == tasks.c.job_seq).where(tasks.c.seq.in_(chunk))):
+            out[row.seq] = (row.job_id, row.id)
+    return out
+
+
+def _forget_old_orphans(conn: Connection, node_ids: list[str]) -> None:
+    """Attempts of deleted tasks beyond a node's newest RECENT_TASKS can no longer be shown: one
+    bounded walk of ix_task_attempts_node per node that just ended an attempt."""
+    for node_id in node_ids:
+        newest = (select(task_attempts.c.seq).where(task_attempts.c.node_id == node_id)
+                  .order_by(task_attempts.c.end_time.desc(), task_attempts.c.seq.desc())
+                  .limit(RECENT_TASKS).scalar_subquery())
+        conn.execute(delete(task_attempts).where(task_attempts.c.node_id == node_id,
+                                                 task_attempts.c.task_seq.is_(None),
+                                                 task_attempts.c.seq.not_in(newest)))
+
+
+def forget_attempts(conn: Connection, node_ids: list[str]) -> None:
+    """A node that is gone shows no recent tasks: its attempts go with it (those of a task still
+    there, whose deletion would otherwise only unlink them, too)."""
+    for chunk in in_chunks(node_ids, 500):
+        conn.execute(delete(task_attempts).where(task_attempts.c.node_id.in_(chunk)))
 
 
 # What a move carries for the attempts record and the ledger, not for the task's row.

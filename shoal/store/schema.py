@@ -459,16 +459,22 @@ node_users = Table(
     PrimaryKeyConstraint("node_id", "name", name="pk_node_users"),
 )
 
-# Each attempt of a task that ended on a node (completed, retried, requeued), migration 0016:
-# the node's `recentTasks` and the history of a task across requeues. Gone with its task.
+# Each attempt of a task that ended on a node (completed, retried, requeued), migrations 0016 and
+# 0030: the node's `recentTasks` and the history of a task across requeues. A deleted task's
+# attempts stay (task_seq NULL) with what they showed then, as Azure's node keeps listing a task
+# of a job deleted since (recorded: test_batch_extensions_live.json #100); they go with their node,
+# and beyond its newest RECENT_TASKS when another attempt ends there.
 task_attempts = Table(
     "task_attempts",
     metadata,
     Column("seq", SurrogateId, primary_key=True, autoincrement=True),
     Column("node_id", String(96), nullable=False),
-    Column("task_seq", SurrogateId, ForeignKey("tasks.seq", ondelete="CASCADE"), nullable=False),
+    Column("task_seq", SurrogateId, ForeignKey("tasks.seq", ondelete="SET NULL")),
     Column("end_time", DateTime(timezone=True), nullable=False),
     Column("end_state", String(16), nullable=False),
+    Column("job_id", _JOB_ID, nullable=False),
+    Column("task_id", String(64), nullable=False),
+    Column("execution_info", JSON, nullable=False),
 )
 Index("ix_task_attempts_node", task_attempts.c.node_id, task_attempts.c.end_time, task_attempts.c.seq)
 Index("ix_task_attempts_task", task_attempts.c.task_seq)

@@ -202,3 +202,73 @@ def test_a_subnet_is_an_invalid_property_value(shoal: Any) -> None:
     values = {v["key"]: v["value"] for v in error["values"]}
     assert (values["PropertyName"], values["PropertyValue"]) == ("subnetId", subnet)
     assert rest.call(shoal, "GET", "/pools/shape-subnet").status_code == 404
+
+
+def test_the_classic_communication_mode_is_accepted_and_kept(shoal: Any) -> None:
+    # test_batch.pyTestBatchtest_batch_create_pools[sync].json #001 (Pool_Add with
+    # `targetNodeCommunicationMode: classic`, 201) and test_batch.pyTestBatchtest_batch_update_pools
+    # [sync].json #001 (Pool_UpdateProperties with it, 204) and #004 (Pool_Get shows it back, and
+    # `certificateReferences: []` as updated). Shoal's agents still talk the simplified way.
+    _send(shoal, "POST", "/pools", {"id": "shape-classic", "vmSize": "standard_d2s_v3",
+                                    "virtualMachineConfiguration": VM_CONFIGURATION,
+                                    "targetNodeCommunicationMode": "classic"}, expect=201, api_version=RECORDED_2023)
+    assert _send(shoal, "GET", "/pools/shape-classic")["targetNodeCommunicationMode"] == "classic"
+    _send(shoal, "POST", "/pools/shape-classic/updateproperties",
+          {"certificateReferences": [], "applicationPackageReferences": [],
+           "metadata": [{"name": "foo", "value": "bar"}], "targetNodeCommunicationMode": "classic"},
+          expect=204, api_version=RECORDED_2023)
+    pool = _send(shoal, "GET", "/pools/shape-classic", api_version=RECORDED_2023)
+    assert pool["targetNodeCommunicationMode"] == "classic"
+    assert pool["certificateReferences"] == []
+    assert "currentNodeCommunicationMode" not in pool  # no nodes
+
+
+def test_a_listed_directory_has_no_properties(shoal: Any, pool_with_node: dict[str, Any]) -> None:
+    # batchservice-tests.json #074 (File_ListFromComputeNode of a node's root: directories only,
+    # none with `properties`) and test_batch.pyTestBatchtest_batch_files[async].json #011
+    # (recursive: directories without, files with `properties`).
+    node = pool_with_node["node"]["id"]
+    response = rest.call(shoal, "GET", f"/pools/shape-nodes/nodes/{node}/files", params={"recursive": "true"})
+    assert response.status_code == 200, response.text
+    listed = response.json()["value"]
+    directories = [item for item in listed if item["isDirectory"]]
+    files = [item for item in listed if not item["isDirectory"]]
+    assert directories and files
+    assert all(set(item) == {"name", "url", "isDirectory"} for item in directories)
+    assert all({"creationTime", "lastModified", "contentLength"} <= set(item["properties"]) for item in files)
+
+
+@pytest.mark.parametrize("api_version", [RECORDED_2023, "2024-02-01.19.0"])
+def test_a_reimage_before_2024_07_needs_a_cloud_service_pool(shoal: Any, pool_with_node: dict[str, Any],
+                                                            api_version: str) -> None:
+    # test_batch.pyTestBatchtest_batch_compute_nodes[sync].json #009 (ComputeNode_Reimage of a node
+    # of a virtual-machine pool at 2023-05-01.17.0): 409 OperationNotValidOnNode, as the
+    # 2024-02-01.19.0 OpenAPI document describes the operation. An unknown node is still 404.
+    node = pool_with_node["node"]["id"]
+    body = json.dumps({"nodeReimageOption": "terminate"}).encode()
+    response = rest.call(shoal, "POST", f"/pools/shape-nodes/nodes/{node}/reimage", body=body,
+                         api_version=api_version)
+    error = rest.assert_batch_error(response, 409, "OperationNotValidOnNode")
+    assert {v["key"]: v["value"] for v in error["values"]}["Reason"] == (
+        "Operation reimage can be invoked only on pools created with cloudServiceConfiguration")
+    assert _send(shoal, "GET", f"/pools/shape-nodes/nodes/{node}")["state"] == "idle"
+    missing = rest.call(shoal, "POST", "/pools/shape-nodes/nodes/tvmps_nosuchnode/reimage", body=body,
+                        api_version=api_version)
+    rest.assert_batch_error(missing, 404, "NodeNotFound")
+
+
+def test_a_node_keeps_listing_a_task_of_a_deleted_job(shoal: Any, pool_with_node: dict[str, Any]) -> None:
+    # test_batch_extensions_live.json #036 (Job_Delete) then #100 (ComputeNode_List at
+    # 2022-01-01.15.0): the node's `recentTasks` still shows the deleted job's completed task,
+    # with its execution information.
+    _send(shoal, "POST", "/jobs", {"id": "shape-gone", "poolInfo": {"poolId": "shape-nodes"}}, expect=201)
+    _send(shoal, "POST", "/jobs/shape-gone/tasks", {"id": "myTask", "commandLine": "/bin/true"}, expect=201)
+    wait_for(lambda: _send(shoal, "GET", "/jobs/shape-gone/tasks/myTask")["state"] == "completed", 30,
+             message="the task completed")
+    _send(shoal, "DELETE", "/jobs/shape-gone", expect=202)
+    wait_for(lambda: rest.call(shoal, "GET", "/jobs/shape-gone").status_code == 404, 30, message="the job gone")
+    node = _send(shoal, "GET", "/pools/shape-nodes/nodes", api_version="2022-01-01.15.0")["value"][0]
+    recent = [t for t in node.get("recentTasks", []) if t["jobId"] == "shape-gone"]
+    assert recent and recent[0]["taskId"] == "myTask" and recent[0]["taskState"] == "completed"
+    assert recent[0]["executionInfo"]["result"] == "success"
+    assert recent[0]["taskUrl"].endswith("/jobs/shape-gone/tasks/myTask")

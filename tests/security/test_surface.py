@@ -177,7 +177,6 @@ def test_user_account_password_is_write_only(client: Any, shoal: Any, setup: Non
 
 
 KNOWN_BUT_UNSUPPORTED_VALUES = [
-    ({"targetNodeCommunicationMode": "classic"}, "targetNodeCommunicationMode"),
     ({"upgradePolicy": {"mode": "automatic"}}, "upgradePolicy.mode"),
     ({"taskSchedulingPolicy": {"nodeFillType": "pack", "jobDefaultOrder": "creationtime"}},
      "taskSchedulingPolicy.jobDefaultOrder"),

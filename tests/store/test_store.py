@@ -174,6 +174,53 @@ def test_upgrading_an_older_store_keeps_its_data(backend, tmp_path, request):
     engine.dispose()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_upgrading_keeps_every_task_attempt_with_its_task_ids(backend, tmp_path, request):
+    """Migration 0031 rebuilds task_attempts (its foreign key's delete rule changes): the attempts
+    a store held stay, now with their job and task ids, and new ones number on after them."""
+    from alembic import command
+    from alembic.config import Config
+
+    from shoal.store.db import MIGRATIONS_DIR, create_store_engine
+
+    url = (f"sqlite:///{tmp_path / 'old.db'}" if backend == "sqlite"
+           else request.getfixturevalue("postgres").create_database(f"upgrade_{next(_names)}"))
+    engine = create_store_engine(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0030")
+    ensure_account(engine)
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        old_jobs = Table("jobs", MetaData(), autoload_with=conn)
+        old_tasks = Table("tasks", MetaData(), autoload_with=conn)
+        old_attempts = Table("task_attempts", MetaData(), autoload_with=conn)
+        job_seq = conn.execute(insert(old_jobs).values(
+            account=DEFAULT_ACCOUNT, id="old", key="old", state="active", priority=0, pool_key="p",
+            max_parallel_tasks=-1, spec={}, execution_info={}, etag="0x1", last_modified=now, creation_time=now,
+            state_transition_time=now)).inserted_primary_key[0]
+        task_seq = conn.execute(insert(old_tasks).values(
+            job_seq=job_seq, id="ran", key="ran", state="completed", required_slots=1, attempt=1,
+            spec={"commandLine": "/bin/true"}, execution_info={"result": "success", "exitCode": 0},
+            etag="0x1", last_modified=now, creation_time=now, state_transition_time=now)).inserted_primary_key[0]
+        conn.execute(insert(old_attempts).values(node_id="tvmps_1", task_seq=task_seq, end_time=now,
+                                                 end_state="completed"))
+    migrate(engine)
+    from shoal.store.schema import task_attempts
+
+    with engine.begin() as conn:
+        kept = conn.execute(select(task_attempts)).one()
+        assert (kept.node_id, kept.task_seq, kept.job_id, kept.task_id) == ("tvmps_1", task_seq, "old", "ran")
+        assert kept.execution_info["exitCode"] == 0
+        conn.execute(insert(task_attempts).values(node_id="tvmps_1", task_seq=task_seq, end_time=now,
+                                                  end_state="completed", job_id="old", task_id="ran",
+                                                  execution_info={}))
+        assert sorted(conn.execute(select(task_attempts.c.seq)).scalars()) == [kept.seq, kept.seq + 1]
+    engine.dispose()
+
+
 def test_migrations_produce_exactly_the_declared_schema(ctx):
     """schema.py and the Alembic revisions never drift apart (on either backend)."""
     from alembic.autogenerate import compare_metadata
