@@ -39,10 +39,10 @@ def token_request(shoal: RunningShoal, tenant: str, form: dict[str, str]) -> htt
     return httpx.post(f"{shoal.endpoint}/{tenant}/oauth2/v2.0/token", data=form, verify=verifier(shoal), timeout=30)
 
 
-def access_token(shoal: RunningShoal, principal: dict[str, Any]) -> str:
+def access_token(shoal: RunningShoal, principal: dict[str, Any], scope: str = BATCH_SCOPE) -> str:
     response = token_request(shoal, principal["tenantId"], {
         "grant_type": "client_credentials", "client_id": principal["clientId"],
-        "client_secret": principal["clientSecret"], "scope": BATCH_SCOPE})
+        "client_secret": principal["clientSecret"], "scope": scope})
     assert response.status_code == 200, response.text
     return str(response.json()["access_token"])
 

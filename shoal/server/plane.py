@@ -206,7 +206,8 @@ class ControlPlane:
             _, stuck = await asyncio.wait(self._tasks, timeout=DUTY_STOP_TIMEOUT_S)
             for task in stuck:
                 # A stop must end: a duty that does not is named (with where it waits) and left.
-                where = "".join(traceback.format_stack(task.get_stack(limit=8)[-1])) if task.get_stack() else "?"
+                stack = task.get_stack(limit=8)
+                where = "".join(traceback.format_stack(stack[-1])) if stack else "?"
                 log.error("the %s duty did not stop within %.0f s; stopping without it. It waits at:\n%s",
                           getattr(task.get_coro(), "__qualname__", task.get_name()), DUTY_STOP_TIMEOUT_S, where)
         if self.provider is not None:

@@ -15,7 +15,7 @@ import re
 import uuid
 from typing import Any, NamedTuple
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from shoal import clock, config, storage
@@ -110,6 +110,12 @@ def _find(conn: Connection, account: str, application_id: str) -> Any:
                                                    applications.c.key == application_id.lower())).first()
 
 
+def _version_of(application_seq: int, version: str) -> Any:
+    """The condition naming one version of one application (versions compare without case)."""
+    return and_(application_packages.c.application_seq == application_seq,
+                application_packages.c.version_key == version.lower())
+
+
 def _load(conn: Connection, account: str, application_id: str) -> Any:
     row = _find(conn, account, application_id)
     if row is None:
@@ -164,9 +170,7 @@ def _check_default(conn: Connection, seq: int, version: str | None) -> str | Non
     """The default version as stored (the package's own spelling); it must be an active package."""
     if version is None:
         return None
-    package = conn.execute(select(application_packages).where(
-        application_packages.c.application_seq == seq,
-        application_packages.c.version_key == version.lower())).first()
+    package = conn.execute(select(application_packages).where(_version_of(seq, version))).first()
     if package is None or package.state != ACTIVE:
         raise InvalidProperty("defaultVersion", version, "The default version must be an active package of "
                               "the application.")
@@ -240,9 +244,7 @@ def begin_package(ctx: Context, application_id: str, version: str) -> Upload:
     blob = f"{ctx.account}/{application_id.lower()}/{version.lower()}/{uuid.uuid4().hex}.zip"
     with ctx.engine.begin() as conn:
         row = _load(conn, ctx.account, application_id)
-        package = conn.execute(select(application_packages).where(
-            application_packages.c.application_seq == row.seq,
-            application_packages.c.version_key == version.lower())).first()
+        package = conn.execute(select(application_packages).where(_version_of(row.seq, version))).first()
         if package is None:
             count = conn.execute(select(func.count()).select_from(application_packages).where(
                 application_packages.c.application_seq == row.seq)).scalar_one()
@@ -263,9 +265,7 @@ def activate_package(ctx: Context, application_id: str, version: str, upload: Up
     """The zip is in storage: the version is active, from its new blob."""
     with ctx.engine.begin() as conn:
         row = _load(conn, ctx.account, application_id)
-        conn.execute(update(application_packages).where(
-            application_packages.c.application_seq == row.seq,
-            application_packages.c.version_key == version.lower()).values(
+        conn.execute(update(application_packages).where(_version_of(row.seq, version)).values(
             state=ACTIVE, blob_container=upload.container, blob_name=upload.blob, size_bytes=size,
             last_activation_time=clock.now()))
         conn.execute(update(applications).where(applications.c.seq == row.seq).values(
@@ -276,9 +276,7 @@ def delete_package(ctx: Context, application_id: str, version: str) -> tuple[str
     """Delete one version (clearing the default if it was); its blob, to remove once committed."""
     with ctx.engine.begin() as conn:
         row = _load(conn, ctx.account, application_id)
-        package = conn.execute(select(application_packages).where(
-            application_packages.c.application_seq == row.seq,
-            application_packages.c.version_key == version.lower())).first()
+        package = conn.execute(select(application_packages).where(_version_of(row.seq, version))).first()
         if package is None:
             raise package_not_found()
         conn.execute(delete(application_packages).where(application_packages.c.seq == package.seq))
@@ -355,9 +353,7 @@ def resolve(conn: Connection, account: str, refs: list[dict[str, Any]] | None) -
             out.append(Resolved(row.id, None, True, None,
                                 f"application {row.id} has no default version and the reference names none"))
             continue
-        package = conn.execute(select(application_packages).where(
-            application_packages.c.application_seq == row.seq,
-            application_packages.c.version_key == version.lower())).first()
+        package = conn.execute(select(application_packages).where(_version_of(row.seq, version))).first()
         if package is None or package.state != ACTIVE:
             out.append(Resolved(row.id, version, by_default, None,
                                 f"application {row.id} has no active version {version}"))

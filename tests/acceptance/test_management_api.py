@@ -20,7 +20,7 @@ from azure.core.exceptions import HttpResponseError
 from shoal import config
 from shoal.testing.server import RunningShoal, account_info, running_shoal
 from tests.acceptance.rest import call, verifier
-from tests.identity import assign_role, cli, create_principal, credential, token_request
+from tests.identity import access_token, assign_role, cli, create_principal, credential
 
 MANAGEMENT_SCOPE = "https://management.azure.com/.default"
 API_VERSION = "2025-06-01"
@@ -61,11 +61,7 @@ def management_client(shoal: RunningShoal, principal: dict[str, Any]) -> Any:
 
 
 def management_token(shoal: RunningShoal, principal: dict[str, Any]) -> str:
-    response = token_request(shoal, principal["tenantId"], {
-        "grant_type": "client_credentials", "client_id": principal["clientId"],
-        "client_secret": principal["clientSecret"], "scope": MANAGEMENT_SCOPE})
-    assert response.status_code == 200, response.text
-    return str(response.json()["access_token"])
+    return access_token(shoal, principal, scope=MANAGEMENT_SCOPE)
 
 
 def account_path(suffix: str = "") -> str:
@@ -157,10 +153,7 @@ def test_allowed_authentication_modes_through_patch(tls_shoal: RunningShoal, con
 
     client = management_client(tls_shoal, contributor)
     _subscription, group = scope_parts()
-    data_token = token_request(tls_shoal, contributor["tenantId"], {
-        "grant_type": "client_credentials", "client_id": contributor["clientId"],
-        "client_secret": contributor["clientSecret"], "scope": "https://batch.core.windows.net//.default"}
-    ).json()["access_token"]
+    data_token = access_token(tls_shoal, contributor)
     assert call(tls_shoal, "GET", "/pools", token=data_token).status_code == 200
     updated = client.batch_account.update(group, "shoal", models.BatchAccountUpdateParameters(
         properties=models.BatchAccountUpdateProperties(allowed_authentication_modes=["SharedKey"])))
@@ -217,10 +210,7 @@ def test_unsigned_shared_key_and_data_plane_tokens_are_401(tls_shoal: RunningSho
     assert_arm_error(response, 401, "AuthenticationFailed")
     assert keys["primaryKey"] not in response.text
     # A token for the data plane is not one for ARM, and the other way round.
-    data_token = token_request(tls_shoal, contributor["tenantId"], {
-        "grant_type": "client_credentials", "client_id": contributor["clientId"],
-        "client_secret": contributor["clientSecret"], "scope": "https://batch.core.windows.net//.default"}
-    ).json()["access_token"]
+    data_token = access_token(tls_shoal, contributor)
     assert_arm_error(arm_call(tls_shoal, "POST", path, token=data_token), 401, "InvalidAuthenticationToken")
     assert call(tls_shoal, "GET", "/pools", token=management_token(tls_shoal, contributor)).status_code == 401
     assert_arm_error(arm_call(tls_shoal, "GET", account_path(), token="not.a.jwt"), 401, "InvalidAuthenticationToken")
@@ -448,10 +438,7 @@ def test_shoal_account_regenerate_key(tls_shoal: RunningShoal, contributor: dict
     assert cli(tls_shoal, "pool", "list").returncode == 0
     assert cli(tls_shoal, "account", "regenerate-key", "tertiary").returncode == 2
     # Principals never call it, whatever their roles: it is the key holder's.
-    data_token = token_request(tls_shoal, contributor["tenantId"], {
-        "grant_type": "client_credentials", "client_id": contributor["clientId"],
-        "client_secret": contributor["clientSecret"], "scope": "https://batch.core.windows.net//.default"}
-    ).json()["access_token"]
+    data_token = access_token(tls_shoal, contributor)
     refused = call(tls_shoal, "POST", "/shoal/v1/account/regenerate-key", token=data_token,
                    body=b'{"keyName": "Primary"}')
     assert refused.status_code == 403

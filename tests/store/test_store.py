@@ -138,9 +138,8 @@ def _node_state(ctx: Context) -> str:
         return conn.execute(select(nodes.c.state)).scalar_one()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_upgrading_an_older_store_keeps_its_data(backend, tmp_path, request):
-    """A store at revision 0003 with a completed task upgrades to head with its outcome filled in."""
+def _store_at_revision(backend: str, tmp_path: Any, request: Any, revision: str) -> Any:
+    """A new store (SQLite, or a PostgreSQL database of its own) migrated only up to ``revision``."""
     from alembic import command
     from alembic.config import Config
 
@@ -153,7 +152,14 @@ def test_upgrading_an_older_store_keeps_its_data(backend, tmp_path, request):
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0003")
+        command.upgrade(cfg, revision)
+    return engine
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_upgrading_an_older_store_keeps_its_data(backend, tmp_path, request):
+    """A store at revision 0003 with a completed task upgrades to head with its outcome filled in."""
+    engine = _store_at_revision(backend, tmp_path, request, "0003")
     ensure_account(engine)
     ctx = Context(engine=engine, account=DEFAULT_ACCOUNT, base_url="http://test")
     # Written as a server at 0003 wrote them: today's service knows tables 0003 does not have.
@@ -178,19 +184,7 @@ def test_upgrading_an_older_store_keeps_its_data(backend, tmp_path, request):
 def test_upgrading_keeps_every_task_attempt_with_its_task_ids(backend, tmp_path, request):
     """Migration 0031 rebuilds task_attempts (its foreign key's delete rule changes): the attempts
     a store held stay, now with their job and task ids, and new ones number on after them."""
-    from alembic import command
-    from alembic.config import Config
-
-    from shoal.store.db import MIGRATIONS_DIR, create_store_engine
-
-    url = (f"sqlite:///{tmp_path / 'old.db'}" if backend == "sqlite"
-           else request.getfixturevalue("postgres").create_database(f"upgrade_{next(_names)}"))
-    engine = create_store_engine(url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0030")
+    engine = _store_at_revision(backend, tmp_path, request, "0030")
     ensure_account(engine)
     now = datetime.now(UTC)
     with engine.begin() as conn:
